@@ -1,0 +1,58 @@
+"""``textclf make-dataset`` and ``textclf stats``: split, downsample and describe labelled data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from textclf.atomic import atomic_write_json
+from textclf.data import balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
+
+
+@click.command("make-dataset")
+@click.option("--input_path", required=True, type=click.Path(dir_okay=False), help="One labelled file (.csv/.tsv/.jsonl/.txt).")
+@click.option("--output_dir", required=True, type=click.Path(file_okay=False), help="Where train/valid/test files go.")
+@click.option("--valid_frac", type=float, default=0.1, show_default=True)
+@click.option("--test_frac", type=float, default=0.1, show_default=True)
+@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--downsample", is_flag=True, help="Also write train_balanced: every class cut to the smallest class size.")
+@click.option("--output_format", type=click.Choice(["csv", "tsv", "jsonl", "fasttext"]), default="csv", show_default=True)
+@click.option("--text_column", default="text")
+@click.option("--label_column", default="label")
+@click.option("--input_format", type=click.Choice(["csv", "tsv", "jsonl", "fasttext"]), default=None)
+def make_dataset(input_path, output_dir, valid_frac, test_frac, seed, downsample, output_format, text_column, label_column,
+                 input_format):
+    """Deterministic stratified train/valid/test split, optional balanced downsample, label statistics."""
+    ds = read_labelled(input_path, input_format, text_column, label_column)
+    train, valid, test = stratified_split(ds, valid_frac, test_frac, seed)
+    out = Path(output_dir)
+    ext = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "fasttext": "txt"}[output_format]
+    parts = {"train": train, "valid": valid, "test": test}
+    if downsample:
+        parts["train_balanced"] = train.subset(balanced_downsample(train.labels, seed))
+    report = {}
+    for name, part in parts.items():
+        if len(part) == 0:
+            continue
+        part.path = str(out / f"{name}.{ext}")
+        write_labelled(part.path, part, output_format)
+        report[name] = label_stats(part)
+        click.echo(format_label_stats(report[name]))
+    atomic_write_json(out / "stats.json", report)
+    click.echo(f"wrote {', '.join(report)} and stats.json to {out}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--text_column", default="text")
+@click.option("--label_column", default="label")
+def stats(paths, as_json, text_column, label_column):
+    """Label counts, shares and text lengths of labelled files."""
+    reports = [label_stats(read_labelled(p, None, text_column, label_column, min_classes=0)) for p in paths]
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        click.echo("\n".join(format_label_stats(r) for r in reports))

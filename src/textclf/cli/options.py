@@ -1,0 +1,48 @@
+"""Options every training command shares, and turning flags into config overrides."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from textclf.config import load_config
+from textclf.training import Splits, load_splits
+
+
+def data_options(fn: Callable) -> Callable:
+    """``--train_path --valid_path --test_path --output_dir`` (the seed's flag names)."""
+    fn = click.option("--output_dir", required=True, type=click.Path(file_okay=False),
+                      help="Model directory to write (created if missing; a rerun resumes its study).")(fn)
+    fn = click.option("--test_path", type=click.Path(dir_okay=False), default=None,
+                      help="Optional labelled test file, scored once after training.")(fn)
+    fn = click.option("--valid_path", required=True, type=click.Path(dir_okay=False), help="Labelled validation file.")(fn)
+    fn = click.option("--train_path", required=True, type=click.Path(dir_okay=False),
+                      help="Labelled training file (.csv/.tsv/.jsonl, or fastText .txt).")(fn)
+    return fn
+
+
+def config_options(fn: Callable) -> Callable:
+    """``--config PATH`` and repeatable ``--set key.sub=value``."""
+    fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                      help="Override a config value, e.g. --set model.lr=0.1 (JSON value, else string). Repeatable.")(fn)
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                      help="JSON config (full or partial) merged over the family's config/<family>.json.")(fn)
+    return fn
+
+
+def flag_overrides(mapping: dict[str, Any]) -> list[str]:
+    """Turn explicitly given flags into ``key=json`` overrides (None means not given)."""
+    return [f"{key}={json.dumps(value)}" for key, value in mapping.items() if value is not None]
+
+
+def prepare_run(family: str, config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any],
+                train_path: str, valid_path: str, test_path: str | None) -> tuple[dict, Splits]:
+    """Effective config (defaults < --config < --set < explicit flags) and the checked splits."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(family, config_path, [*overrides, *flag_overrides(flags)])
+    splits = load_splits(train_path, valid_path, test_path, cfg["data"])
+    return cfg, splits

@@ -1,0 +1,50 @@
+"""``textclf predict`` and ``textclf evaluate``: work with any family's model directory."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from textclf.data import read_labelled
+from textclf.metrics import format_report
+from textclf.predictor import OUTPUT_FORMATS, evaluate_predictor, load_predictor, predict_file
+
+
+@click.command()
+@click.option("--model_path", required=True, type=click.Path(), help="Model directory (or a model file inside one).")
+@click.option("--input_path", required=True, type=click.Path(dir_okay=False),
+              help="Texts: plain text (one a line), .csv/.tsv/.jsonl with a text column, or fastText .txt.")
+@click.option("--output_path", required=True, type=click.Path(dir_okay=False), help="Where to write predictions (atomically).")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default=None,
+              help="txt: one label a line; csv/jsonl: label plus one probability per class. Default: from the extension.")
+@click.option("--input_format", type=click.Choice(["txt", "csv", "tsv", "jsonl", "fasttext"]), default=None,
+              help="Input format (default: from the extension; .txt is plain text).")
+@click.option("--text_column", default="text", help="Text column/key for CSV/JSONL input.")
+@click.option("--batch_size", type=int, default=1024, help="Documents per batch (memory stays flat).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def predict(model_path, input_path, output_path, output_format, input_format, text_column, batch_size, progress):
+    """Label every document of INPUT; output line i belongs to input line i."""
+    predictor = load_predictor(model_path)
+    n = predict_file(predictor, input_path, output_path, output_format, batch_size, input_format, text_column, progress)
+    click.echo(f"wrote {n} predictions to {output_path}", err=True)
+
+
+@click.command()
+@click.option("--model_path", required=True, type=click.Path(), help="Model directory.")
+@click.option("--data_path", required=True, type=click.Path(dir_okay=False), help="Labelled file to score.")
+@click.option("--beta", type=float, multiple=True, help="F-beta to report (repeatable; default 1 and 0.5).")
+@click.option("--text_column", default="text")
+@click.option("--label_column", default="label")
+@click.option("--data_format", type=click.Choice(["csv", "tsv", "jsonl", "fasttext"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--batch_size", type=int, default=1024)
+def evaluate(model_path, data_path, beta, text_column, label_column, data_format, as_json, batch_size):
+    """Score a model on a labelled file: per-class and averaged metrics, confusion matrix."""
+    predictor = load_predictor(model_path)
+    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
+    metrics = evaluate_predictor(predictor, ds.texts, ds.labels, batch_size, betas=beta or (1.0, 0.5))
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        click.echo(format_report(metrics, title=f"== {data_path} ({predictor.kind} model {model_path})"))

@@ -1,0 +1,157 @@
+"""One prediction interface for every model family, and streaming file prediction.
+
+``load_predictor(model_dir)`` reads ``meta.json`` and picks the implementation
+registered for its ``kind``; callers never import a family's module themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from textclf.atomic import atomic_open
+from textclf.data import batched, iter_texts
+from textclf.errors import ModelError
+from textclf.meta import read_meta
+
+#: kind in meta.json -> "module:Class"; imported lazily so fastText users never import torch.
+REGISTRY: dict[str, str] = {
+    "fasttext": "textclf.models.fasttext_model:FastTextPredictor",
+    "lstm": "textclf.models.lstm:LSTMPredictor",
+    "bert": "textclf.models.bert:BertPredictor",
+}
+
+OUTPUT_FORMATS = ("txt", "csv", "jsonl")
+
+
+class Predictor(ABC):
+    """A trained classifier loaded from a model directory."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, model_dir: str | Path, meta: dict):
+        self.model_dir = Path(model_dir)
+        self.meta = meta
+        self.labels: list[str] = list(meta["labels"])
+
+    @classmethod
+    @abstractmethod
+    def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> Predictor:
+        """Load the model stored in ``model_dir``."""
+
+    @abstractmethod
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, shape ``(len(texts), len(self.labels))``, columns in ``self.labels`` order."""
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most probable label of every text."""
+        if len(texts) == 0:
+            return []
+        proba = self.predict_proba(texts)
+        return [self.labels[i] for i in proba.argmax(axis=1)]
+
+
+def _resolve(model_path: str | Path) -> tuple[Path, Path | None]:
+    path = Path(model_path)
+    if path.is_file():
+        return path.parent, path
+    return path, None
+
+
+def load_predictor(model_path: str | Path) -> Predictor:
+    """Load any textclf model directory (or a model file inside one) by the ``kind`` in its meta.json."""
+    model_dir, model_file = _resolve(model_path)
+    meta = read_meta(model_dir)
+    kind = meta.get("kind")
+    if kind not in REGISTRY:
+        raise ModelError(f"{model_dir}/meta.json: unknown model kind {kind!r}; known: {', '.join(REGISTRY)}")
+    module_name, cls_name = REGISTRY[kind].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls.load(model_dir, meta=meta, model_file=model_file)
+
+
+def _count_lines(path: Path) -> int | None:
+    try:
+        with path.open("rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
+def predict_file(
+    predictor: Predictor,
+    input_path: str | Path,
+    output_path: str | Path,
+    output_format: str | None = None,
+    batch_size: int = 1024,
+    input_format: str | None = None,
+    text_column: str = "text",
+    progress: bool | None = None,
+) -> int:
+    """Predict every record of ``input_path`` into ``output_path``; returns the number of records.
+
+    Streams in batches (memory stays flat), keeps output record i for input record i
+    (an empty input line gets a prediction too), writes to a temp file and renames it.
+    ``txt`` writes one label a line; ``csv``/``jsonl`` add one probability per class.
+    """
+    output_path = Path(output_path)
+    fmt = output_format or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(output_path.suffix.lower(), "txt")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    texts = iter_texts(input_path, input_format, text_column)
+    bar = None
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if progress:
+        from tqdm import tqdm
+
+        total = _count_lines(Path(input_path)) if (input_format or Path(input_path).suffix) in ("txt", ".txt", "") else None
+        bar = tqdm(total=total, unit="doc", desc="predict", file=sys.stderr)
+    n = 0
+    with atomic_open(output_path, "w") as fh:
+        writer = csv.writer(fh, lineterminator="\n") if fmt == "csv" else None
+        if writer:
+            writer.writerow(["label", *[f"p_{label}" for label in predictor.labels]])
+        for batch in batched(texts, batch_size):
+            rows = _predict_batch(predictor, batch, need_proba=fmt != "txt")
+            for label, probs in rows:
+                if fmt == "txt":
+                    fh.write(label + "\n")
+                elif writer:
+                    writer.writerow([label, *[f"{p:.6f}" for p in probs]])
+                else:
+                    probabilities = dict(zip(predictor.labels, map(float, probs), strict=True))
+                    fh.write(json.dumps({"label": label, "probabilities": probabilities}) + "\n")
+            n += len(batch)
+            if bar:
+                bar.update(len(batch))
+    if bar:
+        bar.close()
+    return n
+
+
+def _predict_batch(predictor: Predictor, batch: list[str], need_proba: bool) -> Iterable[tuple[str, Sequence[float]]]:
+    if need_proba:
+        proba = predictor.predict_proba(batch)
+        return [(predictor.labels[int(row.argmax())], row) for row in proba]
+    return [(label, ()) for label in predictor.predict(batch)]
+
+
+def evaluate_predictor(predictor: Predictor, texts: Sequence[str], labels: Sequence[str], batch_size: int = 1024,
+                       betas: Sequence[float] = (1.0, 0.5)) -> dict:
+    """Metrics of ``predictor`` on labelled texts (see :func:`textclf.metrics.classification_metrics`)."""
+    from textclf.metrics import classification_metrics
+
+    preds: list[str] = []
+    for batch in batched(texts, batch_size):
+        preds += predictor.predict(batch)
+    label_order = list(predictor.labels) + sorted(set(labels) - set(predictor.labels))
+    return classification_metrics(list(labels), preds, label_order, betas)

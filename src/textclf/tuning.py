@@ -1,0 +1,186 @@
+"""Optuna plumbing shared by every family: storages, resumable studies, search spaces, reports.
+
+A study is a name plus a storage. The default storage is an Optuna journal file in
+the output directory (safe for several processes on one machine, and resumable);
+``--storage`` takes a journal path, ``redis://...`` or an RDB URL such as
+``postgresql://user@host/db`` for workers on many machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from textclf.atomic import atomic_open
+from textclf.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "study.journal"
+RDB_PREFIXES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_storage(storage: str | None, output_dir: str | Path) -> optuna.storages.BaseStorage:
+    """Turn ``--storage`` into an Optuna storage (optuna's own CLI rule).
+
+    None -> journal file ``<output_dir>/study.journal``; ``redis://`` -> journal on Redis;
+    a URL with an RDB scheme -> RDBStorage; anything else -> a journal file at that path.
+    """
+    if not storage:
+        path = Path(output_dir) / JOURNAL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if storage.startswith("redis"):
+        from optuna.storages.journal import JournalRedisBackend
+
+        return JournalStorage(JournalRedisBackend(storage))
+    if storage.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES and "://" in storage:
+        return optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(storage))
+
+
+def open_study(name: str, storage: optuna.storages.BaseStorage, seed: int, direction: str = "maximize",
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create the study or load it if it exists (every worker can call this), with a seeded TPE sampler.
+
+    Each process seeds its sampler with ``seed`` plus its SLURM array task id (or 0),
+    so parallel workers explore different points while one worker stays reproducible.
+    """
+    worker = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
+    sampler = optuna.samplers.TPESampler(seed=seed + worker, multivariate=True, warn_independent_sampling=False)
+    return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                               pruner=pruner, load_if_exists=True)
+
+
+def count_done(study: optuna.Study) -> int:
+    """Trials that finished (complete or pruned) and count toward the study's total."""
+    return len(study.get_trials(deepcopy=False, states=DONE_STATES))
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    """Sample one value per entry of a JSON search space.
+
+    Entry forms: ``{"type": "float", "low": a, "high": b, "log": true}``,
+    ``{"type": "int", "low": a, "high": b, "step": 1, "log": false}``,
+    ``{"type": "categorical", "choices": [...]}``.
+    """
+    params = {}
+    for name, spec in space.items():
+        kind = spec.get("type")
+        if kind == "float":
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+        elif kind == "int":
+            params[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
+        elif kind == "categorical":
+            params[name] = trial.suggest_categorical(name, spec["choices"])
+        else:
+            raise ConfigError(f"search space {name!r}: type must be float, int or categorical, got {kind!r}")
+    return params
+
+
+def record_worker(trial: optuna.Trial) -> None:
+    """Store which worker ran a trial (SLURM job/array ids, host, pid) as user attributes."""
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        if key in os.environ:
+            trial.set_user_attr(key.lower(), os.environ[key])
+    trial.set_user_attr("host", os.uname().nodename)
+    trial.set_user_attr("pid", os.getpid())
+
+
+def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int | None,
+               timeout: float | None = None, n_jobs: int = 1) -> int:
+    """Run trials until the study holds ``n_trials`` finished trials (resuming counts the old ones) or ``timeout``.
+
+    ``n_trials`` is the study's total, shared by all workers (``MaxTrialsCallback``);
+    failed trials (e.g. fastText's "Encountered NaN") are recorded and the search goes on.
+    Returns the number of trials this call ran.
+    """
+    before = len(study.get_trials(deepcopy=False))
+    callbacks = []
+    if n_trials is not None:
+        remaining = n_trials - count_done(study)
+        if remaining <= 0:
+            log.info("study %s already holds %d finished trials (target %d)", study.study_name, count_done(study), n_trials)
+            return 0
+        callbacks.append(MaxTrialsCallback(n_trials, states=DONE_STATES))
+    else:
+        remaining = None
+    study.optimize(objective, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, callbacks=callbacks,
+                   catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+    return len(study.get_trials(deepcopy=False)) - before
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best complete trial, with a clear error when every trial failed."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        states = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        raise RuntimeError(f"study {study.study_name!r} has no complete trial ({states}); see the log for trial errors")
+    return study.best_trial
+
+
+def export_trials(study: optuna.Study, output_dir: str | Path) -> Path:
+    """Write ``trials.csv`` (number, state, value, params, user attrs, duration) atomically."""
+    trials = study.get_trials(deepcopy=False)
+    params = sorted({k for t in trials for k in t.params})
+    attrs = sorted({k for t in trials for k in t.user_attrs})
+    path = Path(output_dir) / "trials.csv"
+    with atomic_open(path, "w") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["number", "state", "value", "duration_s", *[f"params_{p}" for p in params], *[f"user_attrs_{a}" for a in attrs]])
+        for t in trials:
+            dur = t.duration.total_seconds() if t.duration else ""
+            w.writerow([t.number, t.state.name, "" if t.value is None else t.value, dur,
+                        *[t.params.get(p, "") for p in params], *[t.user_attrs.get(a, "") for a in attrs]])
+    return path
+
+
+def save_plots(study: optuna.Study, output_dir: str | Path) -> list[Path]:
+    """Optimisation history and parameter importance as PNG (matplotlib) and HTML (plotly).
+
+    Skipped with a log line when the study has too few complete trials for a plot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna import visualization as vis
+    from optuna.visualization import matplotlib as vis_mpl
+
+    out_dir = Path(output_dir)
+    written: list[Path] = []
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    plots = [("optimization_history", vis.plot_optimization_history, vis_mpl.plot_optimization_history, 1)]
+    plots.append(("param_importances", vis.plot_param_importances, vis_mpl.plot_param_importances, 2))
+    for name, plotly_fn, mpl_fn, min_trials in plots:
+        if len(complete) < min_trials:
+            log.info("skipping %s plot: %d complete trial(s)", name, len(complete))
+            continue
+        try:
+            fig = plotly_fn(study)
+            html = out_dir / f"{name}.html"
+            with atomic_open(html, "w") as fh:
+                fh.write(fig.to_html(include_plotlyjs="cdn"))
+            written.append(html)
+            ax = mpl_fn(study)
+            png = out_dir / f"{name}.png"
+            ax.figure.tight_layout()
+            with atomic_open(png, "wb") as fh:
+                ax.figure.savefig(fh, format="png", dpi=100)
+            plt.close(ax.figure)
+            written.append(png)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            log.warning("could not draw %s: %s", name, exc)
+    return written

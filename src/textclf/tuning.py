@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from textclf.atomic import atomic_open
 from textclf.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# multivariate TPE and the matplotlib plots are flagged experimental; they are stable enough for us
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 JOURNAL_FILE = "study.journal"
 RDB_PREFIXES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
@@ -58,7 +61,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, seed: int, direc
     so parallel workers explore different points while one worker stays reproducible.
     """
     worker = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
-    sampler = optuna.samplers.TPESampler(seed=seed + worker, multivariate=True, warn_independent_sampling=False)
+    sampler = optuna.samplers.TPESampler(seed=seed + worker, multivariate=True)
     return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                pruner=pruner, load_if_exists=True)
 
@@ -106,18 +109,27 @@ def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     failed trials (e.g. fastText's "Encountered NaN") are recorded and the search goes on.
     Returns the number of trials this call ran.
     """
+    import time
+
     before = len(study.get_trials(deepcopy=False))
-    callbacks = []
-    if n_trials is not None:
-        remaining = n_trials - count_done(study)
-        if remaining <= 0:
-            log.info("study %s already holds %d finished trials (target %d)", study.study_name, count_done(study), n_trials)
-            return 0
-        callbacks.append(MaxTrialsCallback(n_trials, states=DONE_STATES))
-    else:
-        remaining = None
-    study.optimize(objective, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, callbacks=callbacks,
-                   catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+    deadline = time.monotonic() + timeout if timeout else None
+    kwargs = {"n_jobs": n_jobs, "catch": (Exception,), "gc_after_trial": False, "show_progress_bar": False}
+    if n_trials is None:
+        study.optimize(objective, timeout=timeout, **kwargs)
+        return len(study.get_trials(deepcopy=False)) - before
+    cap = [MaxTrialsCallback(n_trials, states=DONE_STATES)]
+    while (remaining := n_trials - count_done(study)) > 0:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        done_before = count_done(study)
+        # failed trials do not count toward the target: run again for the ones still missing
+        study.optimize(objective, n_trials=remaining, timeout=left, callbacks=cap, **kwargs)
+        if count_done(study) == done_before:
+            log.warning("study %s: the last %d trials all failed; stopping the search", study.study_name, remaining)
+            break
+    if count_done(study) >= n_trials and len(study.get_trials(deepcopy=False)) == before:
+        log.info("study %s already holds %d finished trials (target %d)", study.study_name, count_done(study), n_trials)
     return len(study.get_trials(deepcopy=False)) - before
 
 

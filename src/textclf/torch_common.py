@@ -1,0 +1,137 @@
+"""PyTorch helpers shared by the torch families (LSTM, BERT): device choice, seeding, length-bucketed batches."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from textclf.errors import ConfigError
+
+DEVICE_ENV = "TEXTCLF_DEVICE"
+
+
+def resolve_device(spec: str | None = None) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` (or ``$TEXTCLF_DEVICE`` when ``spec`` is None/empty) into a torch device.
+
+    ``auto`` picks ``cuda:0`` when CUDA is usable, else ``mps`` when available, else ``cpu``.
+    Asking for a CUDA device that is not there raises ConfigError naming the devices seen.
+    """
+    spec = (spec or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda:0")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "gpu":
+        spec = "cuda"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index or 0
+        if index >= count:
+            seen = f"{count} CUDA device(s) visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+            raise ConfigError(f"--device {spec!r}: {seen}; use --device cpu or auto")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {spec!r}: MPS is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def lightning_device_args(device: torch.device) -> dict:
+    """``accelerator``/``devices`` keyword arguments for a Lightning Trainer running on one ``device``."""
+    if device.type == "cuda":
+        return {"accelerator": "gpu", "devices": [device.index or 0]}
+    if device.type == "mps":
+        return {"accelerator": "mps", "devices": 1}
+    return {"accelerator": "cpu", "devices": 1}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose items have similar lengths, so little compute goes to padding.
+
+    Each epoch the indices are shuffled (seeded by ``seed + epoch``), cut into pools of
+    ``batch_size * pool_batches`` items, every pool is sorted by length and cut into batches,
+    and the batches are shuffled. Without ``shuffle`` the batches follow length order, which
+    is what evaluation wants. Call :meth:`set_epoch` (Lightning and the training loops do)
+    to get a new order every epoch; the same seed and epoch always give the same batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 pool_batches: int = 50, drop_last: bool = False):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pool_batches = max(1, pool_batches)
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order :meth:`__iter__` yields."""
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches, as lists of dataset indices."""
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            out = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        else:
+            rng = np.random.default_rng(self.seed + self.epoch)
+            perm = rng.permutation(n)
+            pool = self.batch_size * self.pool_batches
+            out = []
+            for start in range(0, n, pool):
+                chunk = perm[start : start + pool]
+                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                out += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+            order = rng.permutation(len(out))
+            out = [out[i] for i in order]
+        if self.drop_last:
+            out = [b for b in out if len(b) == self.batch_size]
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches()
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.lengths) // self.batch_size
+        if not self.shuffle:
+            return math.ceil(len(self.lengths) / self.batch_size)
+        pool = self.batch_size * self.pool_batches
+        full, rest = divmod(len(self.lengths), pool)
+        return full * self.pool_batches + math.ceil(rest / self.batch_size)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux/macOS)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024

@@ -1,0 +1,162 @@
+"""Readers for every format, every bad input, splitting and downsampling."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from textclf.cli import cli
+from textclf.data import (
+    Dataset,
+    balanced_downsample,
+    check_labels_known,
+    iter_texts,
+    read_labelled,
+    stratified_split,
+    write_labelled,
+)
+from textclf.errors import DataError
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    p = tmp_path / name
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content, encoding="utf-8")
+    return p
+
+
+def test_reads_embedded_csv(tweets):
+    ds = read_labelled(tweets["train"])
+    assert len(ds) == 3356
+    assert ds.label_set == ["negative", "positive"]
+    assert Counter(ds.labels) == {"negative": 1039, "positive": 2317}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "fasttext"])
+def test_every_format_round_trips(tmp_path, fmt):
+    ds = Dataset(["good movie, really", "bad \"film\"", "so-so\tthing"], ["pos", "neg", "mixed label"])
+    ext = {"fasttext": "txt"}.get(fmt, fmt)
+    path = tmp_path / f"data.{ext}"
+    write_labelled(path, ds)
+    back = read_labelled(path, min_classes=0)
+    expected_labels = ["pos", "neg", "mixed_label"] if fmt == "fasttext" else ds.labels
+    assert back.labels == expected_labels
+    assert back.texts[0] == "good movie, really"
+    assert back.texts[1] == 'bad "film"'
+    assert back.line_numbers == [1, 2, 3] if fmt in ("jsonl", "fasttext") else [2, 3, 4]
+
+
+def test_custom_columns_and_multiline_csv(tmp_path):
+    p = write(tmp_path, "d.csv", 'id,body,y\n1,"line one\nline two",a\n2,plain,b\n')
+    ds = read_labelled(p, text_column="body", label_column="y")
+    assert ds.texts == ["line one\nline two", "plain"]
+    assert ds.line_numbers == [2, 4]
+
+
+def test_fasttext_format_multiple_labels_takes_first(tmp_path):
+    p = write(tmp_path, "d.txt", "__label__a __label__b hello world\n__label__b bye\n")
+    ds = read_labelled(p)
+    assert ds.labels == ["a", "b"] and ds.texts == ["hello world", "bye"]
+
+
+BAD_INPUTS = [
+    ("missing.csv", None, "file not found", None),
+    ("empty.csv", "", "file is empty", None),
+    ("nolabel.csv", "text,lbl\nhi,a\n", "missing label column 'label'", 1),
+    ("notext.csv", "body,label\nhi,a\n", "missing text column 'text'", 1),
+    ("emptylabel.csv", "text,label\nhi,a\nyo,b\nhey,\n", "empty label", 4),
+    ("emptytext.csv", "text,label\nhi,a\n ,b\n", "empty text", 3),
+    ("fields.csv", "text,label\nhi,a\nhi,b,c\n", "expected 2 fields", 3),
+    ("utf8.csv", b"text,label\nhi,a\n\xff\xfe bad,b\n", "invalid UTF-8", 3),
+    ("nul.csv", b"text,label\nhi,a\nnul\x00here,b\n", "NUL byte", 3),
+    ("oneclass.csv", "text,label\nhi,a\nyo,a\n", "need at least 2", None),
+    ("nolabel.txt", "__label__a ok\nno label here\n", "no label", 2),
+    ("bad.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": \n', "invalid JSON", 2),
+    ("key.jsonl", '{"text": "a", "label": "x"}\n{"txt": "b", "label": "y"}\n', "missing text key 'text'", 2),
+    ("header.csv", "text,label\n", "no data rows", None),
+]
+
+
+@pytest.mark.parametrize("name,content,message,line", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_names_file_line_and_problem(tmp_path, name, content, message, line):
+    path = tmp_path / name
+    if content is not None:
+        write(tmp_path, name, content)
+    with pytest.raises(DataError) as err:
+        read_labelled(path)
+    assert message in str(err.value)
+    assert err.value.path == str(path)
+    assert err.value.line == line
+    prefix = f"{path}:{line}: " if line else f"{path}: "
+    assert str(err.value).startswith(prefix)
+
+
+def test_unseen_label_in_valid_is_named(tmp_path):
+    train = read_labelled(write(tmp_path, "train.csv", "text,label\na,x\nb,y\n"))
+    valid = read_labelled(write(tmp_path, "valid.csv", "text,label\nc,x\nd,z\n"), min_classes=0)
+    with pytest.raises(DataError, match=r"valid\.csv:3: label 'z' does not occur in the training data"):
+        check_labels_known(train, valid)
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path, tweets):
+    bad = write(tmp_path, "bad.csv", "text,label\nhi,a\n\xff,b\n".encode("latin-1"))
+    result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(bad), "--valid_path", str(tweets["valid"]),
+                                      "--output_dir", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert f"{bad}:3: invalid UTF-8" in result.output
+    assert not (tmp_path / "m" / "meta.json").exists()
+
+
+def test_iter_texts_keeps_empty_lines_for_alignment(tmp_path):
+    p = write(tmp_path, "in.txt", "first\n\nthird line\n\n")
+    assert list(iter_texts(p)) == ["first", "", "third line", ""]
+    p = write(tmp_path, "in.jsonl", '{"text": "a"}\n\n{"text": "c"}\n')
+    assert list(iter_texts(p)) == ["a", "", "c"]
+    p = write(tmp_path, "in.csv", 'text\n"multi\nline"\n\nlast\n')
+    assert list(iter_texts(p)) == ["multi\nline", "", "last"]
+
+
+def test_stratified_split_is_deterministic_and_stratified(tweets):
+    ds = read_labelled(tweets["train"])
+    a = stratified_split(ds, 0.1, 0.1, seed=7)
+    b = stratified_split(ds, 0.1, 0.1, seed=7)
+    assert [p.texts for p in a] == [p.texts for p in b]
+    train, valid, test = a
+    assert len(train) + len(valid) + len(test) == len(ds)
+    assert not set(train.texts) & set(test.texts)
+    for part in (valid, test):
+        share = Counter(part.labels)["negative"] / len(part)
+        assert abs(share - 1039 / 3356) < 0.01
+    c = stratified_split(ds, 0.1, 0.1, seed=8)
+    assert c[2].texts != test.texts
+
+
+def test_balanced_downsample(tweets):
+    ds = read_labelled(tweets["train"])
+    idx = balanced_downsample(ds.labels, seed=1)
+    counts = Counter(ds.labels[i] for i in idx)
+    assert counts == {"negative": 1039, "positive": 1039}
+    assert idx == sorted(set(idx))
+    assert balanced_downsample(ds.labels, seed=1) == idx
+
+
+def test_make_dataset_cli(tmp_path, tweets):
+    out = tmp_path / "split"
+    result = CliRunner().invoke(cli, ["make-dataset", "--input_path", str(tweets["train"]), "--output_dir", str(out),
+                                      "--downsample", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert set(stats) == {"train", "valid", "test", "train_balanced"}
+    assert stats["train"]["rows"] + stats["valid"]["rows"] + stats["test"]["rows"] == 3356
+    bal = read_labelled(out / "train_balanced.csv")
+    assert len(set(Counter(bal.labels).values())) == 1
+    again = tmp_path / "again"
+    CliRunner().invoke(cli, ["make-dataset", "--input_path", str(tweets["train"]), "--output_dir", str(again), "--seed", "3"])
+    assert (again / "test.csv").read_bytes() == (out / "test.csv").read_bytes()

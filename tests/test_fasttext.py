@@ -1,0 +1,165 @@
+"""fastText end to end: CLI training on real data, Predictor round-trip, alignment, resume, failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from click.testing import CliRunner
+
+import textclf
+from textclf.cli import cli
+from textclf.data import read_labelled
+from textclf.tuning import make_storage
+
+# From real runs with 4 trials on data/tweets_sentiment: test macro-F1 0.74-0.77 (majority class: 0.41).
+MACRO_F1_FLOOR = 0.70
+
+
+def train_cli(tweets, out, *extra):
+    args = ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path", str(tweets["valid"]),
+            "--test_path", str(tweets["test"]), "--output_dir", str(out), *extra]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tweets):
+    out = tmp_path_factory.mktemp("ft") / "model"
+    train_cli(tweets, out, "--n_trials", "4", "--seed", "13")
+    return out
+
+
+def test_cli_trains_a_model_above_floor(model_dir):
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["kind"] == "fasttext"
+    assert meta["labels"] == ["negative", "positive"]
+    assert meta["metrics"]["test"]["macro_f1"] > MACRO_F1_FLOOR
+    assert meta["metrics"]["valid"]["macro_f1"] > MACRO_F1_FLOOR
+    assert meta["search"]["n_trials"] == 4
+    assert set(meta["search"]["best_params"]) >= {"lr", "epoch", "wordNgrams", "dim", "loss", "bucket"}
+    assert len(meta["data_sha256"]) == 64
+    assert meta["versions"]["fasttext-community"] == "0.11.9"
+    assert meta["config"]["search"]["n_trials"] == 4
+    for name in ("model.bin", "trials.csv", "metrics.txt", "study.journal", "optimization_history.png",
+                 "optimization_history.html", "param_importances.png", "param_importances.html"):
+        assert (model_dir / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((model_dir / "trials.csv").open()))
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}
+
+
+def test_predictor_round_trip_identical(model_dir, tweets):
+    ds = read_labelled(tweets["test"])
+    p1 = textclf.load_predictor(model_dir)
+    p2 = textclf.load_predictor(model_dir / "model.bin")
+    proba = p1.predict_proba(ds.texts)
+    assert proba.shape == (len(ds), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-3)
+    np.testing.assert_array_equal(proba, p2.predict_proba(ds.texts))
+    preds = p1.predict(ds.texts)
+    assert preds == [p1.labels[i] for i in proba.argmax(axis=1)]
+    acc = np.mean([p == t for p, t in zip(preds, ds.labels, strict=True)])
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"])
+
+
+def test_predict_keeps_line_alignment(model_dir, tmp_path):
+    lines = ["I love this, best day ever", "", "this is awful and I hate it", "   ", "multi\tspace  text", ""]
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(lines) + "\n")
+    p = textclf.load_predictor(model_dir)
+    for fmt in ("txt", "csv", "jsonl"):
+        out = tmp_path / f"out.{fmt}"
+        result = CliRunner().invoke(cli, ["predict", "--model_path", str(model_dir), "--input_path", str(inp),
+                                          "--output_path", str(out), "--batch_size", "2"])
+        assert result.exit_code == 0, result.output
+        if fmt == "txt":
+            got = out.read_text().splitlines()
+        elif fmt == "csv":
+            rows = list(csv.DictReader(out.open()))
+            assert set(rows[0]) == {"label", "p_negative", "p_positive"}
+            got = [r["label"] for r in rows]
+        else:
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            assert set(rows[0]["probabilities"]) == {"negative", "positive"}
+            got = [r["label"] for r in rows]
+        assert len(got) == len(lines)
+        assert got == p.predict(lines)
+    assert got[0] == "positive" and got[2] == "negative"
+    assert not list(tmp_path.glob(".out*"))  # no temp files left behind
+
+
+def test_predict_reads_csv_and_fasttext_inputs(model_dir, tmp_path, tweets):
+    out = tmp_path / "p.txt"
+    CliRunner().invoke(cli, ["predict", "--model_path", str(model_dir), "--input_path", str(tweets["test"]),
+                             "--output_path", str(out)], catch_exceptions=False)
+    assert len(out.read_text().splitlines()) == 420
+
+
+def test_evaluate_json_matches_meta(model_dir, tweets):
+    result = CliRunner().invoke(cli, ["evaluate", "--model_path", str(model_dir), "--data_path", str(tweets["test"]), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert metrics["macro_f1"] == pytest.approx(meta["metrics"]["test"]["macro_f1"])
+    text = CliRunner().invoke(cli, ["evaluate", "--model_path", str(model_dir), "--data_path", str(tweets["test"]),
+                                    "--beta", "0.5"]).output
+    assert "f0.5" in text and "confusion matrix" in text
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path, tweets):
+    result = CliRunner().invoke(cli, ["predict", "--model_path", str(tmp_path / "nope"), "--input_path", str(tweets["test"]),
+                                      "--output_path", str(tmp_path / "o.txt")])
+    assert result.exit_code == 2 and "model directory not found" in result.output
+
+
+def test_resume_adds_trials_to_the_same_study(tmp_path, tweets):
+    out = tmp_path / "resume"
+    small = ["--set", "search.space.epoch.high=10", "--set", 'search.space.dim={"type": "categorical", "choices": [20]}']
+    train_cli(tweets, out, "--n_trials", "2", *small)
+    study = optuna.load_study(study_name="fasttext", storage=make_storage(None, out))
+    assert len(study.trials) == 2
+    first = [t.params for t in study.trials]
+    train_cli(tweets, out, "--n_trials", "4", *small)
+    study = optuna.load_study(study_name="fasttext", storage=make_storage(None, out))
+    assert len(study.trials) == 4
+    assert [t.params for t in study.trials[:2]] == first
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["search"]["n_trials"] == 4
+    train_cli(tweets, out, "--n_trials", "4", *small)  # target reached: no new trial, only the refit
+    assert len(optuna.load_study(study_name="fasttext", storage=make_storage(None, out)).trials) == 4
+
+
+def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, tweets):
+    out = tmp_path / "fail"
+    # "bogus" is not a fastText loss: those trials fail inside fastText, the others complete.
+    train_cli(tweets, out, "--n_trials", "3", "--set", 'search.space.loss={"type": "categorical", "choices": ["softmax", "bogus"]}',
+              "--set", "search.space.epoch.high=10")
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    states = [r["state"] for r in rows]
+    assert "FAIL" in states and states.count("COMPLETE") == 3
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["params"]["loss"] == "softmax"
+
+
+def test_quantize_writes_ftz_and_predicts(tmp_path, tweets):
+    out = tmp_path / "q"
+    train_cli(tweets, out, "--n_trials", "0", "--quantize", "--set", "model.epoch=5")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model_file"] == "model.ftz" and (out / "model.ftz").stat().st_size < (out / "model.bin").stat().st_size
+    assert "search" not in meta
+    assert textclf.load_predictor(out).predict(["what a great day"]) in (["positive"], ["negative"])
+    assert meta["metrics"]["test"]["macro_f1"] > 0.6
+
+
+def test_entry_points_run_as_scripts(repo):
+    for script in ("fasttext/train.py", "fasttext/predict.py"):
+        result = subprocess.run([sys.executable, script, "--help"], cwd=repo, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "--output_path" in result.stdout or "--output_dir" in result.stdout

@@ -163,3 +163,38 @@ def test_entry_points_run_as_scripts(repo):
         result = subprocess.run([sys.executable, script, "--help"], cwd=repo, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "--output_path" in result.stdout or "--output_dir" in result.stdout
+
+
+def test_killed_search_resumes_losing_at_most_the_running_trial(tmp_path, tweets, repo):
+    """SIGKILL a search mid-trial, then rerun: finished trials are kept, the killed one is FAIL."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "fasttext/train.py", "--train_path", str(tweets["train"]), "--valid_path", str(tweets["valid"]),
+           "--output_dir", str(out), "--n_trials", "50", "--set", "search.space.epoch.low=40", "--set", "search.space.epoch.high=60"]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = None
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (out / "study.journal").exists():
+            storage = storage or make_storage(None, out)
+            trials = optuna.load_study(study_name="fasttext", storage=storage).trials
+            done = sum(t.state.name == "COMPLETE" for t in trials)
+            if done >= 2 and trials[-1].state.name == "RUNNING":
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done >= 2, "search did not get going"
+    storage = make_storage(None, out)
+    before = optuna.load_study(study_name="fasttext", storage=storage).trials
+    kept = [(t.number, t.params) for t in before if t.state.name == "COMPLETE"]
+    assert not (out / "meta.json").exists()
+    train_cli(tweets, out, "--n_trials", str(len(kept) + 1), "--set", "search.space.epoch.low=5", "--set", "search.space.epoch.high=10")
+    after = optuna.load_study(study_name="fasttext", storage=make_storage(None, out)).trials
+    assert [(t.number, t.params) for t in after if t.number in dict(kept)] == kept
+    assert sum(t.state.name == "COMPLETE" for t in after) == len(kept) + 1
+    assert [t.state.name for t in after if t.state.name not in ("COMPLETE",)] == ["FAIL"]
+    assert (out / "meta.json").exists()

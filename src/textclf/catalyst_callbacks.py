@@ -1,0 +1,253 @@
+"""Catalyst 22.4 callbacks for textclf's torch runs.
+
+* :class:`FBetaCallback` - accuracy and macro/micro/weighted F-beta (F1 and F0.5 by default)
+  from :func:`textclf.metrics.classification_metrics`, computed on predictions gathered from
+  every process (repeats that DDP padding adds are dropped) and logged per loader.
+* :class:`AccumulatedBackwardCallback` / :class:`OptimizerStepCallback` - loss scaled by the
+  accumulation steps, backward through the engine (fp16 aware), then at every accumulation
+  boundary (and at the end of the loader) gradient clipping, optimizer step and a per-step
+  scheduler step.
+* :class:`BestCheckpointCallback` - the selected metric decides the best checkpoint; a last
+  checkpoint (model, optimizer, scheduler, epoch, best score, history) lets a run resume.
+  Only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from catalyst.core.callback import (
+    Callback,
+    CallbackOrder,
+    IBackwardCallback,
+    ICheckpointCallback,
+    IMetricCallback,
+    IOptimizerCallback,
+    ISchedulerCallback,
+)
+
+from textclf.atomic import atomic_replace_file
+from textclf.metrics import DEFAULT_BETAS, classification_metrics
+
+log = logging.getLogger(__name__)
+
+#: metrics where lower is better; every other metric is maximised
+MINIMIZED_METRICS = ("loss",)
+
+
+def is_minimized(metric: str) -> bool:
+    """Whether a lower value of ``metric`` is better."""
+    return metric in MINIMIZED_METRICS
+
+
+class FBetaCallback(IMetricCallback):
+    """Accuracy and F-beta scores of a loader's predictions, written to ``runner.loader_metrics``.
+
+    After every batch it keeps ``(index, predicted class, true class)`` from ``runner.batch``
+    (``index_key``, ``logits_key``, ``target_key``). On loader end the triples of every process
+    are gathered (``torch.distributed.all_gather_object``) and de-duplicated by dataset index
+    (DDP samplers pad the last batches with repeats), then ``accuracy`` and
+    ``{macro,micro,weighted}_f{beta}`` for each beta are set: exactly the values of
+    :func:`textclf.metrics.classification_metrics` on the same predictions.
+    """
+
+    def __init__(self, labels: Sequence[str], betas: Sequence[float] = DEFAULT_BETAS,
+                 logits_key: str = "logits", target_key: str = "targets", index_key: str = "index"):
+        super().__init__()
+        self.labels = list(labels)
+        self.betas = tuple(betas)
+        self.logits_key = logits_key
+        self.target_key = target_key
+        self.index_key = index_key
+        self._rows: list[torch.Tensor] = []
+        self.last_metrics: dict[str, dict] = {}
+
+    def on_loader_start(self, runner) -> None:
+        self._rows = []
+
+    def on_batch_end(self, runner) -> None:
+        batch = runner.batch
+        preds = batch[self.logits_key].detach().argmax(dim=-1)
+        self._rows.append(torch.stack([batch[self.index_key].detach().to(preds.device), preds,
+                                       batch[self.target_key].detach()], dim=1).cpu())
+
+    def gathered(self) -> tuple[list[int], list[int]]:
+        """(predicted, true) class ids of every distinct example seen by any process, in dataset-index order."""
+        rows = torch.cat(self._rows).tolist() if self._rows else []
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, rows)
+            rows = [row for part in parts for row in part]
+        unique = {}
+        for index, pred, target in rows:
+            unique.setdefault(index, (pred, target))
+        ordered = [unique[i] for i in sorted(unique)]
+        return [p for p, _ in ordered], [t for _, t in ordered]
+
+    def compute(self) -> dict:
+        """The full :func:`classification_metrics` dict of the predictions seen since the loader started."""
+        preds, targets = self.gathered()
+        return classification_metrics([self.labels[t] for t in targets], [self.labels[p] for p in preds], self.labels,
+                                      self.betas)
+
+    def on_loader_end(self, runner) -> None:
+        metrics = self.compute()
+        self.last_metrics[runner.loader_key] = metrics
+        runner.loader_metrics["accuracy"] = metrics["accuracy"]
+        for avg in ("macro", "micro", "weighted"):
+            for beta in self.betas:
+                key = f"{avg}_f{beta:g}"
+                runner.loader_metrics[key] = metrics[key]
+
+
+class AccumulatedBackwardCallback(IBackwardCallback):
+    """Backward of ``runner.batch_metrics[metric_key] / accumulation_steps`` through the engine (handles fp16 scaling)."""
+
+    def __init__(self, metric_key: str = "loss", accumulation_steps: int = 1):
+        super().__init__()
+        self.metric_key = metric_key
+        self.accumulation_steps = max(1, int(accumulation_steps))
+
+    def on_batch_end(self, runner) -> None:
+        if runner.is_train_loader:
+            runner.engine.backward(runner.batch_metrics[self.metric_key] / self.accumulation_steps)
+
+
+class OptimizerStepCallback(IOptimizerCallback, ISchedulerCallback):
+    """Every ``accumulation_steps`` train batches (and at the loader's last batch): clip, step, schedule, zero.
+
+    It owns the per-step learning-rate schedule too (hence also an ``ISchedulerCallback``):
+    ``runner.scheduler.step()`` follows every optimizer step, so linear warm-up/decay counts
+    optimizer steps, not batches.
+    """
+
+    def __init__(self, accumulation_steps: int = 1, max_grad_norm: float | None = 1.0):
+        Callback.__init__(self, order=CallbackOrder.Optimizer)
+        self.accumulation_steps = max(1, int(accumulation_steps))
+        self.max_grad_norm = max_grad_norm
+        self._counter = 0
+
+    def on_loader_start(self, runner) -> None:
+        self._counter = 0
+
+    def on_batch_end(self, runner) -> None:
+        if not runner.is_train_loader:
+            return
+        self._counter += 1
+        last = runner.loader_batch_step >= runner.loader_batch_len * runner.engine.num_processes
+        if self._counter % self.accumulation_steps and not last:
+            return
+        if self.max_grad_norm:
+            norm = runner.engine.clip_grad_norm_(runner.model.parameters(), self.max_grad_norm)
+            if norm is not None:
+                runner.batch_metrics["grad_norm"] = float(norm)
+        runner.optimizer.step()
+        if runner.scheduler is not None:
+            runner.scheduler.step()
+        runner.optimizer.zero_grad(set_to_none=True)
+        runner.batch_metrics["lr"] = runner.optimizer.param_groups[0]["lr"]
+
+    def on_loader_end(self, runner) -> None:
+        if runner.is_train_loader:
+            runner.loader_metrics["lr"] = runner.optimizer.param_groups[0]["lr"]
+
+
+def optimizer_steps(batches_per_epoch: int, epochs: int, accumulation_steps: int) -> int:
+    """Optimizer steps :class:`OptimizerStepCallback` takes in ``epochs`` epochs (for the LR schedule)."""
+    return max(1, math.ceil(batches_per_epoch / max(1, accumulation_steps)) * epochs)
+
+
+class BestCheckpointCallback(ICheckpointCallback):
+    """Keep ``best.pth`` (model weights at the best ``valid`` score) and ``last.pth`` (everything needed to resume).
+
+    ``best.pth`` holds the unwrapped model's ``state_dict``; ``last.pth`` a dict with ``model``,
+    ``optimizer``, ``scheduler``, ``epoch``, ``best_score``, ``best_epoch``, ``history``. With
+    ``resume=True`` an existing ``last.pth`` is loaded at experiment start and training goes on
+    from the next epoch. ``history`` lists every epoch's loader metrics.
+
+    Early stopping lives here too, so it survives a resume: after ``patience`` epochs without
+    improvement (0 disables it) ``runner.need_early_stop`` is set and ``stopped_early`` recorded.
+    """
+
+    def __init__(self, logdir: str | Path, metric_key: str, loader_key: str = "valid", resume: bool = False,
+                 patience: int = 0, min_delta: float = 1e-6):
+        super().__init__()
+        self.logdir = Path(logdir)
+        self.metric_key = metric_key
+        self.loader_key = loader_key
+        self.minimize = is_minimized(metric_key)
+        self.resume = resume
+        self.min_delta = min_delta
+        self.patience = patience
+        self.stopped_early = False
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict] = []
+        self.resumed_from_epoch = 0
+
+    @property
+    def best_path(self) -> Path:
+        """Where the best weights are stored."""
+        return self.logdir / "best.pth"
+
+    @property
+    def last_path(self) -> Path:
+        """Where the resumable state is stored."""
+        return self.logdir / "last.pth"
+
+    def _better(self, score: float) -> bool:
+        if self.best_score is None:
+            return True
+        if self.minimize:
+            return score < self.best_score - self.min_delta
+        return score > self.best_score + self.min_delta
+
+    def on_experiment_start(self, runner) -> None:
+        self.best_score, self.best_epoch, self.history, self.stopped_early = None, None, [], False
+        if not (self.resume and self.last_path.exists()):
+            return
+        state = torch.load(self.last_path, map_location="cpu", weights_only=False)
+        runner.engine.unwrap_model(runner.model).load_state_dict(state["model"])
+        runner.optimizer.load_state_dict(state["optimizer"])
+        if runner.scheduler is not None and state.get("scheduler") is not None:
+            runner.scheduler.load_state_dict(state["scheduler"])
+        runner.epoch_step = state["epoch"]
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.history = state["history"]
+        self.resumed_from_epoch = state["epoch"]
+        self.stopped_early = runner.need_early_stop = bool(state.get("stopped_early", False))
+        log.info("resumed from %s at epoch %d (best %s=%.4f at epoch %s)", self.last_path, state["epoch"],
+                 self.metric_key, self.best_score, self.best_epoch)
+
+    def _save(self, runner, obj, path: Path) -> None:
+        atomic_replace_file(lambda tmp: torch.save(obj, tmp), path)
+
+    def on_epoch_end(self, runner) -> None:
+        score = float(runner.epoch_metrics[self.loader_key][self.metric_key])
+        self.history.append({"epoch": runner.epoch_step,
+                             **{k: dict(v) for k, v in runner.epoch_metrics.items() if not k.startswith("_")}})
+        improved = self._better(score)
+        if improved:
+            self.best_score, self.best_epoch = score, runner.epoch_step
+        if self.patience and runner.epoch_step - self.best_epoch >= self.patience:
+            self.stopped_early = runner.need_early_stop = True
+            log.info("early stop: no %s improvement for %d epoch(s)", self.metric_key, self.patience)
+        runner.engine.wait_for_everyone()
+        if runner.engine.is_main_process:
+            model = runner.engine.unwrap_model(runner.model)
+            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            if improved:
+                self._save(runner, weights, self.best_path)
+            state = {"model": weights, "optimizer": runner.optimizer.state_dict(),
+                     "scheduler": runner.scheduler.state_dict() if runner.scheduler is not None else None,
+                     "epoch": runner.epoch_step, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                     "history": copy.deepcopy(self.history),
+                     "stopped_early": self.stopped_early}
+            self._save(runner, state, self.last_path)
+        runner.engine.wait_for_everyone()
+        log.info("epoch %d: valid %s=%.4f%s", runner.epoch_step, self.metric_key, score, " (best)" if improved else "")

@@ -1,0 +1,82 @@
+"""Losses for imbalanced classification: a real focal loss (Lin et al., 2017).
+
+``FL(p_t) = -alpha_t * (1 - p_t) ** gamma * log(p_t)``. With ``gamma=0`` and no ``alpha``
+it is exactly cross-entropy; with ``gamma > 0`` well-classified examples (``p_t`` near 1)
+are down-weighted, so training concentrates on the hard ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textclf.errors import ConfigError
+
+
+def class_alpha(alpha: None | str | Sequence[float] | Mapping[str, float], labels: Sequence[str],
+                train_labels: Sequence[str] = ()) -> list[float] | None:
+    """Per-class weights in ``labels`` order from a config value.
+
+    ``None``: no weighting. ``"balanced"``: ``n / (k * count_c)`` from ``train_labels``
+    (scikit-learn's rule). A list: one weight per label in sorted label order. A dict:
+    ``{label: weight}``, labels left out get 1.
+    """
+    if alpha is None:
+        return None
+    k = len(labels)
+    if isinstance(alpha, str):
+        if alpha != "balanced":
+            raise ConfigError(f"loss.alpha: expected null, \"balanced\", a list of {k} weights or a {{label: weight}} dict; got {alpha!r}")
+        counts = {label: 0 for label in labels}
+        for label in train_labels:
+            counts[label] += 1
+        n = sum(counts.values())
+        return [n / (k * counts[label]) if counts[label] else 1.0 for label in labels]
+    if isinstance(alpha, Mapping):
+        unknown = sorted(set(alpha) - set(labels))
+        if unknown:
+            raise ConfigError(f"loss.alpha: unknown label(s) {', '.join(unknown)}; labels: {', '.join(labels)}")
+        return [float(alpha.get(label, 1.0)) for label in labels]
+    weights = [float(a) for a in alpha]
+    if len(weights) != k:
+        raise ConfigError(f"loss.alpha: {len(weights)} weights given for {k} classes ({', '.join(labels)})")
+    return weights
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss on logits, averaged over the batch.
+
+    Args:
+        gamma: focusing parameter (0 gives cross-entropy; 2 is the paper's default).
+        alpha: optional per-class weights (a list in class-index order), applied as ``alpha[target]``.
+            Averaging is a plain mean over examples, so with ``gamma=0`` this matches
+            ``F.cross_entropy(weight=alpha, reduction="none").mean()``.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | None = None):
+        super().__init__()
+        if gamma < 0:
+            raise ConfigError(f"loss.gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32) if alpha is not None else None)
+
+    def per_example(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of every example, shape ``(batch,)``."""
+        log_p = F.log_softmax(logits.float(), dim=-1)
+        log_pt = log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
+        loss = -log_pt
+        if self.gamma:
+            pt = log_pt.exp()
+            loss = (1.0 - pt).clamp(min=0.0).pow(self.gamma) * loss
+        if self.alpha is not None:
+            loss = self.alpha.to(loss.device)[targets] * loss
+        return loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_example(logits, targets).mean()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={None if self.alpha is None else self.alpha.tolist()}"

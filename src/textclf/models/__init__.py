@@ -1,0 +1,1 @@
+"""Model families: one module each (never a module named after the library it wraps)."""

@@ -1,0 +1,278 @@
+"""fastText: training with fixed params, an Optuna search over them, and the Predictor.
+
+Labels are stored in fastText as ``__label__<index>`` so any label text (spaces,
+unicode) round-trips; ``meta.json`` maps indices back to names.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+import fasttext
+from textclf.atomic import atomic_replace_file
+from textclf.data import Dataset
+from textclf.errors import ModelError
+from textclf.metrics import classification_metrics, metric_value
+from textclf.predictor import Predictor
+from textclf.training import Splits, finish_run
+from textclf.tuning import best_trial, export_trials, make_storage, open_study, record_worker, run_search, save_plots, suggest
+
+log = logging.getLogger(__name__)
+
+KIND = "fasttext"
+MODEL_FILE = "model.bin"
+QUANTIZED_FILE = "model.ftz"
+PACKAGES = ("fasttext-community",)
+FASTTEXT_PARAMS = ("lr", "epoch", "wordNgrams", "dim", "minCount", "minn", "maxn", "loss", "bucket", "ws", "neg",
+                   "lrUpdateRate", "t", "thread", "pretrainedVectors", "seed")
+
+
+def one_line(text: str) -> str:
+    """fastText reads one document per line: fold newlines and runs of whitespace into single spaces."""
+    return " ".join(text.split())
+
+
+def write_training_file(ds: Dataset, labels: list[str], path: str | Path) -> None:
+    """Write ``ds`` in fastText format with ``__label__<index>`` labels."""
+    index = {label: i for i, label in enumerate(labels)}
+    with open(path, "w", encoding="utf-8") as fh:
+        for text, label in zip(ds.texts, ds.labels, strict=True):
+            fh.write(f"__label__{index[label]} {one_line(text)}\n")
+
+
+def default_threads(n_jobs: int = 1) -> int:
+    """Threads per fastText run: the usable cores divided among parallel trials."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, n_jobs))
+
+
+def fit_params(params: dict, n_jobs: int = 1) -> dict:
+    """fastText keyword arguments from a params dict: known names only, thread set, maxn >= minn."""
+    kw = {k: v for k, v in params.items() if k in FASTTEXT_PARAMS and v is not None}
+    kw.setdefault("thread", default_threads(n_jobs))
+    if kw.get("minn", 0) == 0:
+        kw["maxn"] = 0
+    elif kw.get("maxn", 0) < kw["minn"]:
+        kw["maxn"] = kw["minn"]
+    if not kw.get("pretrainedVectors"):
+        kw.pop("pretrainedVectors", None)
+    return kw
+
+
+def train_model(train_file: str | Path, params: dict, n_jobs: int = 1) -> fasttext.FastText._FastText:
+    """Train one supervised fastText model on a prepared fastText-format file."""
+    return fasttext.train_supervised(input=str(train_file), verbose=0, **fit_params(params, n_jobs))
+
+
+class FastTextPredictor(Predictor):
+    """A trained fastText model behind the shared Predictor interface."""
+
+    kind = KIND
+
+    def __init__(self, model_dir: str | Path, meta: dict, model: fasttext.FastText._FastText):
+        super().__init__(model_dir, meta)
+        self.model = model
+        self._n = len(self.labels)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> FastTextPredictor:
+        """Load ``model.bin`` (or the given ``.bin``/``.ftz`` file) from a model directory."""
+        from textclf.meta import read_meta
+
+        meta = meta or read_meta(model_dir)
+        path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", MODEL_FILE)
+        if path.name == "meta.json":
+            path = Path(model_dir) / meta.get("model_file", MODEL_FILE)
+        if not path.exists():
+            raise ModelError(f"{path}: fastText model file not found")
+        return cls(model_dir, meta, fasttext.load_model(str(path)))
+
+    def _index(self, ft_label: str) -> int:
+        return int(ft_label[9:])
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """Top label per text (one fastText call for the whole batch)."""
+        if len(texts) == 0:
+            return []
+        ft_labels, _ = self.model.predict([one_line(t) for t in texts], k=1)
+        return [self.labels[self._index(row[0])] if row else self.labels[0] for row in ft_labels]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities for every label (softmax, or independent sigmoids for ``ova``)."""
+        out = np.zeros((len(texts), self._n), dtype=np.float64)
+        if len(texts) == 0:
+            return out
+        ft_labels, probs = self.model.predict([one_line(t) for t in texts], k=-1, threshold=0.0)
+        for i, (row_labels, row_probs) in enumerate(zip(ft_labels, probs, strict=True)):
+            for label, p in zip(row_labels, row_probs, strict=True):
+                out[i, self._index(label)] = p
+        return out
+
+
+def _valid_score(model: fasttext.FastText._FastText, splits: Splits, metric: str) -> tuple[float, dict]:
+    tmp = FastTextPredictor("", {"labels": splits.labels}, model)
+    metrics = classification_metrics(splits.valid.labels, tmp.predict(splits.valid.texts), splits.labels)
+    return metric_value(metrics, metric), metrics
+
+
+def _trial_in_child(conn, train_file: Path, params: dict, n_jobs: int, splits: Splits, metric: str) -> None:
+    """Body of a forked trial process: train, score on valid, send ``(ok, score or error, accuracy)``."""
+    try:
+        score, metrics = _valid_score(train_model(train_file, params, n_jobs), splits, metric)
+        conn.send((True, score, metrics["accuracy"]))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as the trial's error
+        conn.send((False, f"{type(exc).__name__}: {exc}", None))
+    finally:
+        conn.close()
+
+
+def score_before_deadline(train_file: Path, params: dict, n_jobs: int, splits: Splits, metric: str,
+                          deadline: float) -> tuple[float, float]:
+    """Train and score one trial in a forked process that is killed at ``deadline`` (``time.monotonic``).
+
+    fastText's C++ training cannot be interrupted from Python, so this is how a search
+    keeps a wall-clock budget: a trial still running at the deadline is killed and
+    raises ``optuna.TrialPruned``. Returns ``(valid score, valid accuracy)``.
+    """
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_trial_in_child, args=(send, train_file, params, n_jobs, splits, metric), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(max(0.0, deadline - time.monotonic())):
+            raise optuna.TrialPruned("search timeout reached: trial killed")
+        ok, value, accuracy = recv.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"trial process died (exit code {proc.exitcode})") from None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        recv.close()
+    if not ok:
+        raise RuntimeError(value)
+    return value, accuracy
+
+
+def start_points(space: dict, starts: list[dict]) -> list[dict]:
+    """The configured start points reduced to what fits ``space`` (keys in it, values inside its ranges/choices)."""
+    out = []
+    for start in starts:
+        point = {}
+        for name, value in start.items():
+            spec = space.get(name)
+            if spec is None:
+                continue
+            if spec.get("type") == "categorical":
+                fits = value in spec["choices"]
+            else:
+                fits = isinstance(value, int | float) and spec["low"] <= value <= spec["high"]
+            if fits:
+                point[name] = value
+        if point:
+            out.append(point)
+    return out
+
+
+def search(cfg: dict, splits: Splits, train_file: Path, output_dir: Path) -> tuple[optuna.Study, dict]:
+    """Run (or resume) the Optuna study; return it and the best params merged over the fixed ones.
+
+    A new study first tries ``search.start_params`` (cheap, usually strong points), then TPE.
+    With ``search.timeout`` every trial runs in a forked process and one still running at the
+    deadline is killed (state PRUNED), so the search keeps its wall-clock budget like fastText's
+    autotune; a study without any complete trial lets its first trial finish.
+    """
+    s = cfg["search"]
+    storage = make_storage(s["storage"], output_dir)
+    study = open_study(s["study_name"], storage, seed=cfg["seed"])
+    n_jobs = s["n_jobs"]
+    deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
+    if not study.get_trials(deepcopy=False):
+        for point in start_points(s["space"], s.get("start_params") or []):
+            study.enqueue_trial(point, skip_if_exists=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        record_worker(trial)
+        params = {**cfg["model"], **suggest(trial, s["space"]), "seed": cfg["seed"] + trial.number}
+        try:
+            if deadline is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                score, accuracy = score_before_deadline(train_file, params, n_jobs, splits, s["metric"], deadline)
+            else:
+                score, metrics = _valid_score(train_model(train_file, params, n_jobs), splits, s["metric"])
+                accuracy = metrics["accuracy"]
+        except (RuntimeError, ValueError) as exc:
+            log.warning("trial %d failed: %s (params %s)", trial.number, exc, trial.params)
+            raise
+        trial.set_user_attr("valid_accuracy", accuracy)
+        return score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_search(study, objective, s["n_trials"], s["timeout"], n_jobs)
+    best = best_trial(study)
+    return study, {**cfg["model"], **best.params}
+
+
+def refit(train_file: Path, params: dict, seed: int, retries: int) -> tuple[fasttext.FastText._FastText, int]:
+    """Train the final model; a run that dies (e.g. "Encountered NaN") retries with the next seed."""
+    last: Exception | None = None
+    for attempt in range(max(1, retries)):
+        try:
+            return train_model(train_file, {**params, "seed": seed + attempt}), seed + attempt
+        except (RuntimeError, ValueError) as exc:
+            log.warning("refit with seed %d failed: %s", seed + attempt, exc)
+            last = exc
+    raise RuntimeError(f"final fastText fit failed {retries} times: {last}")
+
+
+def train(cfg: dict, splits: Splits, output_dir: str | Path, tune: bool = True, echo: bool = True) -> dict:
+    """Search (when ``tune`` and ``search.n_trials``/``timeout`` allow), refit, save the model directory; return meta."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    s = cfg["search"]
+    with tempfile.TemporaryDirectory(prefix="textclf-ft-") as tmp:
+        train_file = Path(tmp) / "train.txt"
+        write_training_file(splits.train, splits.labels, train_file)
+        extra: dict = {}
+        params = dict(cfg["model"])
+        if tune and (s["n_trials"] or s["timeout"]):
+            study, params = search(cfg, splits, train_file, output_dir)
+            export_trials(study, output_dir)
+            save_plots(study, output_dir)
+            best = study.best_trial
+            extra["search"] = {"study_name": study.study_name, "storage": s["storage"] or str(output_dir / "study.journal"),
+                               "n_trials": len(study.trials), "best_trial": best.number, "best_value": best.value,
+                               "metric": s["metric"], "best_params": best.params}
+        model, seed = refit(train_file, params, cfg["seed"], s["refit_retries"])
+        atomic_replace_file(model.save_model, output_dir / MODEL_FILE)
+        model_file = MODEL_FILE
+        if cfg["output"]["quantize"]:
+            model.quantize(input=str(train_file), retrain=True, thread=default_threads())
+            atomic_replace_file(model.save_model, output_dir / QUANTIZED_FILE)
+            model_file = QUANTIZED_FILE
+    final_params = fit_params({**params, "seed": seed})
+    predictor = FastTextPredictor(output_dir, {"labels": splits.labels, "kind": KIND}, model)
+    return finish_run(output_dir, predictor, splits, cfg, PACKAGES, echo=echo, model_file=model_file,
+                      params=final_params, **extra)
+
+
+def search_only(cfg: dict, splits: Splits, output_dir: str | Path) -> optuna.Study:
+    """Run this worker's share of the study without a refit (SLURM array tasks); ``train`` refits later."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="textclf-ft-") as tmp:
+        train_file = Path(tmp) / "train.txt"
+        write_training_file(splits.train, splits.labels, train_file)
+        study, _ = search(cfg, splits, train_file, output_dir)
+    return study

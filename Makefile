@@ -55,6 +55,39 @@ predict_fasttext: install ## Label INPUT (default: the test split) with models/f
 bench_fasttext: install ## Benchmark: defaults vs autotune vs Optuna, throughput -> benchmarks/results/fasttext.json
 	$(BIN)/python benchmarks/bench_fasttext.py $(BENCH_ARGS)
 
+## ---- LSTM (allennlp/) ----
+.PHONY: train_allennlp predict_allennlp tune_allennlp tensorboard bench_lstm
+# LSTM_CONFIG: a JSON merged over config/lstm.json. The seed's BATCH_SIZE, EPOCHS and CUDA_DEVICES work here too;
+# DEVICE=auto|cpu|cuda:N, RESUME=1 continues an interrupted run. Fewer trials than fastText by default (each trains a net).
+LSTM_CONFIG ?=
+LSTM_N_TRIALS ?= $(if $(filter command line environment,$(origin N_TRIALS)),$(N_TRIALS),20)
+DEVICE ?=
+RESUME ?=
+TB_LOGDIR ?= $(MODELS)
+TB_PORT ?= 6006
+TB_HOST ?= localhost
+LSTM_FLAGS = $(if $(LSTM_CONFIG),--config $(LSTM_CONFIG)) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DEVICE),--device $(DEVICE)) $(SET_FLAGS)
+LSTM_ENV = $(if $(CUDA_DEVICES),CUDA_VISIBLE_DEVICES=$(CUDA_DEVICES))
+
+train_allennlp: install ## BiLSTM on DATA_DIR, best epoch by valid macro F0.5 (BATCH_SIZE EPOCHS DEVICE RESUME=1) -> models/lstm
+	$(LSTM_ENV) $(BIN)/python allennlp/train.py --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
+		--output_dir $(LSTM_DIR) $(if $(RESUME),--resume) $(LSTM_FLAGS)
+
+predict_allennlp: install ## Label INPUT (default: the test split) with models/lstm -> OUTPUT
+	$(LSTM_ENV) $(BIN)/python allennlp/predict.py --model_path $(LSTM_DIR) --input_path $(INPUT) \
+		--output_path $(or $(OUTPUT),$(LSTM_DIR)/predictions.txt)
+
+tune_allennlp: install ## Optuna over the BiLSTM (LSTM_N_TRIALS, pruned per epoch, resumable), refit the best -> models/lstm
+	$(LSTM_ENV) $(BIN)/python allennlp/train.py --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
+		--output_dir $(LSTM_DIR) --n_trials $(LSTM_N_TRIALS) $(LSTM_FLAGS)
+
+tensorboard: install ## Serve TensorBoard over every run under MODELS (TB_LOGDIR TB_PORT TB_HOST)
+	$(BIN)/tensorboard --logdir $(TB_LOGDIR) --port $(TB_PORT) --host $(TB_HOST)
+
+bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -> benchmarks/results/lstm.json
+	$(BIN)/python benchmarks/bench_lstm.py $(BENCH_ARGS)
+
 ## ---- checks ----
 test: install ## Run the test suite (all but @slow), offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -216,6 +216,7 @@ def _lightning():
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available.*")
     return L
 
 
@@ -543,15 +544,23 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, device: str | None 
 # --------------------------------------------------------------------------- search
 
 
+SEARCH_SECTIONS = ("model", "train", "text")
+
+
+def param_section(cfg: dict, name: str) -> str:
+    """The config section (model, train or text) that holds a search-space name such as ``hidden_size``."""
+    for section in SEARCH_SECTIONS:
+        if name in cfg[section]:
+            return section
+    keys = [k for section in SEARCH_SECTIONS for k in cfg[section]]
+    raise ConfigError(f"search.space {name!r} is not a model/train/text setting; valid names: {', '.join(keys)}")
+
+
 def apply_params(cfg: dict, params: dict) -> dict:
-    """A config with sampled ``section.key`` values (the search space's names) put in place."""
+    """A config with sampled values (search-space names like ``lr``, ``hidden_size``) put in their sections."""
     update: dict = {}
-    for dotted, value in params.items():
-        node = update
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+    for name, value in params.items():
+        update.setdefault(param_section(cfg, name), {})[name] = value
     return merge(cfg, update, source="search.space")
 
 
@@ -575,7 +584,8 @@ def search(cfg: dict, splits: Splits, output_dir: str | Path, device: str | None
     metric = s["metric"] or cfg["train"]["metric"]
     cfg = merge(cfg, {"train": {"metric": metric}})
     for name in s["space"]:
-        apply_params(cfg, {name: cfg_value(cfg, name)})
+        param_section(cfg, name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(s["storage"], output_dir)
     study = open_study(s["study_name"], storage, seed=cfg["seed"], direction="minimize" if metric == "loss" else "maximize",
                        pruner=make_pruner(s, cfg["train"]["epochs"]))
@@ -596,19 +606,8 @@ def search(cfg: dict, splits: Splits, output_dir: str | Path, device: str | None
             raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
         return result.best_score
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_search(study, objective, s["n_trials"], s["timeout"])
     return study
-
-
-def cfg_value(cfg: dict, dotted: str):
-    """The value at ``a.b`` in a config, or a ConfigError naming the bad search-space key."""
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"search.space key {dotted!r} is not a config key (use section.key, e.g. model.hidden_size)")
-        node = node[part]
-    return node
 
 
 def tune(cfg: dict, splits: Splits, output_dir: str | Path, device: str | None = None, refit: bool = True,

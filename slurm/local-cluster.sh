@@ -8,7 +8,8 @@
 #
 # DIR (default /tmp/textclf-slurm) holds slurm.conf, state, spool, logs and pid files. Needs root
 # (the daemons run as root, munged as munge) and no systemd. One node called localhost with this
-# machine's CPUs and memory, one partition "debug". See ../shared/design/infra.md for the traps.
+# machine's CPUs and memory, one partition "debug". Ports: SLURMCTLD_PORT (6817) and SLURMD_PORT (6818),
+# so a second cluster (e.g. the tests') can run beside one already up.
 set -euo pipefail
 
 CMD=${1:-up}
@@ -54,6 +55,8 @@ write_conf() {
   cat > "$DIR/slurm.conf" <<EOF
 ClusterName=textclf
 SlurmctldHost=localhost
+SlurmctldPort=${SLURMCTLD_PORT:-6817}
+SlurmdPort=${SLURMD_PORT:-6818}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -110,7 +113,7 @@ stop_pid() {
 }
 
 down() {
-  if [ -f "$SLURM_CONF" ] && command -v squeue >/dev/null; then
+  if [ -f "$SLURM_CONF" ] && alive "$DIR/slurmctld.pid"; then
     # killing slurmd does not kill running jobs: cancel them first and wait until they are gone
     local jobs
     jobs=$(squeue -h -o %i 2>/dev/null || true)

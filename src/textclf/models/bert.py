@@ -81,15 +81,30 @@ def resolve_model_name(name: str | None) -> str:
 
 
 def load_encoder(name_or_path: str | Path) -> nn.Module:
-    """``AutoModel.from_pretrained`` in float32, with an error that says what to do when it cannot be found."""
-    from transformers import AutoModel
+    """``AutoModel.from_pretrained`` in float32 without the pooler layer the head does not use.
 
+    An unused pooler would leave parameters without gradients, which DistributedDataParallel
+    rejects. A model that cannot be found raises ModelError saying what to do.
+    """
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # "pooler weights unexpected" is intended here
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
+        try:
+            model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32, add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler option
+            model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
         hint = " (HF_HUB_OFFLINE is set: only local paths and cached models work)" if offline else ""
         raise ModelError(f"cannot load encoder {name_or_path!r}{hint}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.float()
 
 
@@ -126,6 +141,23 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def save_tiny_random_bert(path: str | Path, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Save a tiny randomly initialised BERT with the shipped MiniLM tokenizer to ``path`` (Hugging Face format).
+
+    No download: for smoke tests, CI and trying the pipeline (``--model_name <path>``) in seconds.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=max(1, hidden_size // 16), intermediate_size=2 * hidden_size,
+                        max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- predictor

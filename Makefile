@@ -88,6 +88,21 @@ tensorboard: install ## Serve TensorBoard over every run under MODELS (TB_LOGDIR
 bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -> benchmarks/results/lstm.json
 	$(BIN)/python benchmarks/bench_lstm.py $(BENCH_ARGS)
 
+## ---- BERT (bert_classification/) ----
+.PHONY: train_bert_classification predict_bert bench_bert
+BERT_CONFIG ?= config/bert.json
+
+train_bert_classification: install ## Fine-tune BERT in Catalyst (focal loss, two stages; MiniLM offline) -> models/bert
+	$(BIN)/python bert_classification/train.py --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
+		--output_dir $(BERT_DIR) --config $(BERT_CONFIG) $(SET_FLAGS)
+
+predict_bert: install ## Label INPUT with models/bert -> OUTPUT (CSV: label + per-class probabilities)
+	$(BIN)/python bert_classification/predict.py --model_path $(BERT_DIR) --input_path $(INPUT) \
+		--output_path $(or $(OUTPUT),$(BERT_DIR)/bert_preds.csv)
+
+bench_bert: install ## Benchmark BERT: one vs two stages, CE vs focal, vs published MR scores -> benchmarks/results/bert.json
+	$(BIN)/python benchmarks/bench_bert.py $(BENCH_ARGS)
+
 ## ---- containers & SLURM ----
 .PHONY: build_fasttext build_allennlp build_bert_classification base_images docker_constraints \
 	train_fasttext_docker train_allennlp_docker train_bert_classification_docker \

@@ -68,14 +68,30 @@ def seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
+class _EpochView(Sampler[int]):
+    """The ``sampler`` attribute of a :class:`BucketBatchSampler`: Lightning calls ``batch_sampler.sampler.set_epoch``."""
+
+    def __init__(self, owner: BucketBatchSampler):
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for batch in self.owner.batches() for i in batch)
+
+    def __len__(self) -> int:
+        return len(self.owner.lengths)
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of indices whose items have similar lengths, so little compute goes to padding.
 
     Each epoch the indices are shuffled (seeded by ``seed + epoch``), cut into pools of
     ``batch_size * pool_batches`` items, every pool is sorted by length and cut into batches,
     and the batches are shuffled. Without ``shuffle`` the batches follow length order, which
-    is what evaluation wants. Call :meth:`set_epoch` (Lightning and the training loops do)
-    to get a new order every epoch; the same seed and epoch always give the same batches.
+    is what evaluation wants. Call :meth:`set_epoch` (Lightning calls ``sampler.set_epoch``,
+    which forwards here) to get a new order every epoch; the same seed and epoch always give the same batches.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -89,6 +105,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.pool_batches = max(1, pool_batches)
         self.drop_last = drop_last
         self.epoch = 0
+        self.sampler = _EpochView(self)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order :meth:`__iter__` yields."""

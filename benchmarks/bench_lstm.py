@@ -1,0 +1,266 @@
+"""Benchmark the BiLSTM family: textclf's Lightning training vs a bare PyTorch loop over the same model, and fastText.
+
+For every dataset under ``--data_root`` (default ``<repo>/../shared/data``; a missing one is skipped
+with a message) three jobs run, each in a fresh spawned process (so peak RSS is the job's own):
+
+  (a) ``lightning``: ``textclf.models.lstm.fit`` (Lightning, TensorBoard logging, checkpoints, history),
+  (b) ``bare``: a plain PyTorch loop over the same model, batches, optimiser, scheduler and validation,
+  (c) ``fasttext``: fastText with config/fasttext.json's params, no search (the baseline users know).
+
+Both LSTM jobs run the same fixed number of epochs (``--epochs``, early stopping off) and keep their
+best epoch by valid macro F0.5; every model is scored on the test split with ``textclf.metrics``.
+Reported: test accuracy / macro-F1 / macro-F0.5, seconds per epoch (train + validation, and train
+only), training tokens/s, prediction docs/s (``Predictor.predict_proba`` over the test texts), peak
+RSS, and the overhead ratio lightning/bare of the seconds per epoch (target <= 1.2). Prints a markdown
+table and writes ``benchmarks/results/lstm.json`` atomically::
+
+    python benchmarks/bench_lstm.py                              # all four datasets, 5 epochs, config/lstm.json
+    python benchmarks/bench_lstm.py --quick --datasets tweets_sentiment
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import click
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
+JOBS = ("lightning", "bare", "fasttext")
+QUICK_SET = ("model.embedding_dim=32", "model.hidden_size=32")
+RSS_NOTE = "peak_rss_mb: ru_maxrss of the fresh spawned process that ran only that job (interpreter, imports, data, training, scoring)"
+
+
+# --------------------------------------------------------------------------- child jobs
+
+
+def _splits(data_dir: str, data_cfg: dict, max_train: int | None):
+    from textclf.training import load_splits
+
+    d = Path(data_dir)
+    splits = load_splits(d / "train.csv", d / "valid.csv", d / "test.csv", data_cfg)
+    if max_train and len(splits.train) > max_train:
+        splits.train = splits.train.subset(range(max_train))
+    return splits
+
+
+def _predict_speed(predictor, texts: list[str], min_docs: int = 2000) -> float:
+    predictor.predict_proba(texts[:64])  # warm-up
+    n, start = 0, time.perf_counter()
+    while n < min_docs:
+        predictor.predict_proba(texts)
+        n += len(texts)
+    return n / (time.perf_counter() - start)
+
+
+def _test_metrics(predictor, splits) -> dict:
+    from textclf.predictor import evaluate_predictor
+
+    m = evaluate_predictor(predictor, splits.test.texts, splits.test.labels)
+    return {k: m[k] for k in ("accuracy", "macro_f1", "macro_f0.5")}
+
+
+def _lstm_job(job: str, data_dir: str, overrides: list[str], max_train: int | None) -> dict:
+    import torch
+
+    from textclf.config import load_config
+    from textclf.models import lstm
+    from textclf.torch_common import peak_rss_mb
+
+    cfg = load_config("lstm", None, overrides)
+    splits = _splits(data_dir, cfg["data"], max_train)
+    if cfg["train"]["num_threads"]:
+        torch.set_num_threads(cfg["train"]["num_threads"])
+    with tempfile.TemporaryDirectory(prefix="bench-lstm-") as tmp:
+        start = time.perf_counter()
+        if job == "lightning":
+            result = lstm.fit(cfg, splits, tmp, device="cpu", progress=False)
+            model, vocab, history = result.model, result.vocab, result.history
+        else:
+            model, vocab, history = bare_fit(cfg, splits)
+        fit_s = time.perf_counter() - start
+    predictor = lstm.LSTMPredictor("", {"labels": splits.labels}, model, lstm.make_encoder(cfg, vocab), "cpu",
+                                   cfg["train"]["eval_batch_size"])
+    epochs = len(history)
+    train_s = sum(h["train_time_s"] for h in history)
+    return {"test": _test_metrics(predictor, splits), "epochs": epochs, "epoch_s": fit_s / epochs, "train_epoch_s": train_s / epochs,
+            "fit_s": fit_s, "train_tokens_per_s": sum(h["train_tokens"] for h in history) / train_s,
+            "best_epoch": max(history, key=lambda h: (h["valid_macro_f0.5"], -h["epoch"]))["epoch"],
+            "best_valid_macro_f0.5": max(h["valid_macro_f0.5"] for h in history),
+            "predict_docs_per_s": _predict_speed(predictor, splits.test.texts), "peak_rss_mb": peak_rss_mb(),
+            "n_train": len(splits.train), "threads": torch.get_num_threads()}
+
+
+def bare_fit(cfg: dict, splits) -> tuple:
+    """The same training as ``lstm.fit`` written as a plain PyTorch loop: no Lightning, no logging, no checkpoints."""
+    import torch
+    from torch import nn
+
+    from textclf.metrics import classification_metrics
+    from textclf.models import lstm
+    from textclf.torch_common import seed_everything
+
+    t = cfg["train"]
+    seed_everything(cfg["seed"])
+    vocab = lstm.build_vocab(cfg, splits.train.texts)
+    enc = lstm.make_encoder(cfg, vocab)
+    index = {label: i for i, label in enumerate(splits.labels)}
+    train_loader = lstm.make_loader(lstm.EncodedTexts(enc(splits.train.texts), [index[y] for y in splits.train.labels]),
+                                    t["batch_size"], True, cfg["seed"])
+    valid_loader = lstm.make_loader(lstm.EncodedTexts(enc(splits.valid.texts), [index[y] for y in splits.valid.labels]),
+                                    t["eval_batch_size"], False, cfg["seed"])
+    model, _ = lstm.build_model(cfg, vocab, len(splits.labels))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"], weight_decay=t["weight_decay"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1) if t["scheduler"] == "plateau" else None
+    loss_fn = nn.CrossEntropyLoss()
+    history, best, best_state = [], -1.0, None
+    for epoch in range(t["epochs"]):
+        model.train()
+        train_loader.batch_sampler.set_epoch(epoch)
+        start, tokens, total, n = time.perf_counter(), 0, 0.0, 0
+        for ids, lengths, y in train_loader:
+            loss = loss_fn(model(ids, lengths), y)
+            opt.zero_grad()
+            loss.backward()
+            if t["grad_clip"]:
+                nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            opt.step()
+            tokens += int(lengths.sum())
+            total += float(loss.detach()) * y.size(0)
+            n += y.size(0)
+        train_s = time.perf_counter() - start
+        model.eval()
+        preds, gold = [], []
+        with torch.no_grad():
+            for ids, lengths, y in valid_loader:
+                preds += model(ids, lengths).argmax(1).tolist()
+                gold += y.tolist()
+        m = classification_metrics([splits.labels[i] for i in gold], [splits.labels[i] for i in preds], splits.labels)
+        score = m["macro_f0.5"]
+        if sched:
+            sched.step(score)
+        if score > best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+        history.append({"epoch": epoch, "train_time_s": train_s, "train_tokens": tokens, "train_loss": total / max(1, n),
+                        "valid_macro_f0.5": score})
+    model.load_state_dict(best_state)
+    return model.eval(), vocab, history
+
+
+def _fasttext_job(data_dir: str, max_train: int | None) -> dict:
+    from textclf.config import load_config
+    from textclf.models import fasttext_model
+    from textclf.torch_common import peak_rss_mb
+
+    cfg = load_config("fasttext", None, ["search.n_trials=0"])
+    splits = _splits(data_dir, cfg["data"], max_train)
+    with tempfile.TemporaryDirectory(prefix="bench-ft-") as tmp:
+        start = time.perf_counter()
+        fasttext_model.train(cfg, splits, tmp, tune=False, echo=False)
+        fit_s = time.perf_counter() - start
+        predictor = fasttext_model.FastTextPredictor.load(tmp)
+        test = _test_metrics(predictor, splits)
+        speed = _predict_speed(predictor, splits.test.texts, 20000)
+    epochs = cfg["model"]["epoch"]
+    return {"test": test, "epochs": epochs, "fit_s": fit_s, "epoch_s": fit_s / epochs, "predict_docs_per_s": speed,
+            "peak_rss_mb": peak_rss_mb(), "n_train": len(splits.train)}
+
+
+def run_job(job: str, data_dir: str, overrides: list[str], max_train: int | None) -> dict:
+    """One benchmark job (runs in a fresh process)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    if job == "fasttext":
+        return _fasttext_job(data_dir, max_train)
+    return _lstm_job(job, data_dir, overrides, max_train)
+
+
+def in_fresh_process(job: str, *args) -> dict:
+    """Run one job in a new spawned interpreter and return its result."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(run_job, job, *args).result()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(results: dict) -> str:
+    """The results as a markdown table (one row per dataset and system)."""
+    head = ("| dataset | system | test acc | macro-F1 | macro-F0.5 | s/epoch | train tokens/s | predict docs/s | peak RSS MiB |"
+            " overhead vs bare |")
+    lines = [head, "|" + "---|" * 2 + "---:|" * 8]
+    for ds, r in results.items():
+        for job in JOBS:
+            if job not in r:
+                continue
+            j = r[job]
+            tok = f"{j['train_tokens_per_s']:,.0f}" if "train_tokens_per_s" in j else "-"
+            ratio = f"{r['overhead_ratio']:.2f}x" if job == "lightning" and "overhead_ratio" in r else ""
+            lines.append(f"| {ds} | {job} | {j['test']['accuracy']:.3f} | {j['test']['macro_f1']:.3f} | {j['test']['macro_f0.5']:.3f} | "
+                         f"{j['epoch_s']:.2f} | {tok} | {j['predict_docs_per_s']:,.0f} | {j['peak_rss_mb']:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated shared dataset names.")
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(REPO.parent / "shared" / "data"), show_default=True)
+@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs for both LSTM jobs (early stopping off).")
+@click.option("--set", "overrides", multiple=True, help="config/lstm.json overrides for both LSTM jobs, e.g. model.hidden_size=64.")
+@click.option("--max_train", type=int, default=None, help="Use only the first N training documents.")
+@click.option("--jobs", default=",".join(JOBS), show_default=True, help="Which of lightning,bare,fasttext to run.")
+@click.option("--quick", is_flag=True, help=f"A smoke run: 2 epochs, {' '.join(QUICK_SET)}, at most 2000 training docs.")
+@click.option("--output", type=click.Path(dir_okay=False), default=str(REPO / "benchmarks" / "results" / "lstm.json"), show_default=True)
+def main(datasets, data_root, epochs, overrides, max_train, jobs, quick, output):
+    """Run the benchmark and write the results JSON plus a markdown table."""
+    from textclf.atomic import atomic_write_json
+
+    overrides = list(overrides)
+    if quick:
+        epochs = min(epochs, 2)
+        overrides = [*QUICK_SET, *overrides]
+        max_train = max_train or 2000
+    overrides = [f"train.epochs={epochs}", "train.patience=0", *overrides]
+    results: dict = {}
+    for ds in [d.strip() for d in datasets.split(",") if d.strip()]:
+        d = Path(data_root) / ds
+        if not (d / "train.csv").exists():
+            click.echo(f"skipping {ds}: {d}/train.csv not found", err=True)
+            continue
+        results[ds] = {}
+        for job in [j.strip() for j in jobs.split(",") if j.strip()]:
+            click.echo(f"[{dt.datetime.now():%H:%M:%S}] {ds}: {job} ...", err=True)
+            results[ds][job] = in_fresh_process(job, str(d), overrides, max_train)
+        if "lightning" in results[ds] and "bare" in results[ds]:
+            results[ds]["overhead_ratio"] = results[ds]["lightning"]["epoch_s"] / results[ds]["bare"]["epoch_s"]
+            results[ds]["overhead_ratio_train_only"] = (results[ds]["lightning"]["train_epoch_s"]
+                                                        / results[ds]["bare"]["train_epoch_s"])
+    report = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_avg_at_end": os.getloadavg()},
+        "versions": {p: importlib.metadata.version(p) for p in ("torch", "lightning", "fasttext-community", "textclf")},
+        "settings": {"epochs": epochs, "overrides": overrides, "max_train": max_train, "quick": quick, "device": "cpu"},
+        "notes": [RSS_NOTE, "epoch_s: fit wall time / epochs (training + validation + the framework's own work); "
+                  "train_epoch_s: the training batches only; overhead_ratio = lightning epoch_s / bare epoch_s",
+                  "fasttext: config/fasttext.json params without search; its epoch_s is fit time / its epochs"],
+        "results": results,
+    }
+    atomic_write_json(output, report)
+    click.echo(table(results))
+    click.echo(f"\nwrote {output}", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

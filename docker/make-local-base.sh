@@ -64,15 +64,13 @@ build_torch() {
   mkdir -p "$WORK/ctx/wheels"
   # The host's pip config points find-links at the CPU wheel; nothing is fetched inside the build.
   $PIP download -q --only-binary=:all: --dest "$WORK/ctx/wheels" "torch==$TORCH_VERSION"
+  # a bind mount, so the wheels never become a layer (podman, buildah and BuildKit support it)
   cat > "$WORK/ctx/Containerfile" <<EOF
 FROM $PYTHON_IMAGE
-COPY wheels /tmp/wheels
-RUN python -m pip install --no-cache-dir --no-index --find-links /tmp/wheels "torch==$TORCH_VERSION" && rm -rf /tmp/wheels
+RUN --mount=type=bind,source=wheels,target=/tmp/wheels \\
+    python -m pip install --no-cache-dir --no-index --find-links /tmp/wheels "torch==$TORCH_VERSION"
 EOF
-  # squash: the wheel layer is not kept under the installed torch
-  local squash=()
-  [ "$(basename "$DOCKER")" = podman ] && squash=(--squash)
-  "$DOCKER" build -q "${squash[@]}" -t "$TORCH_IMAGE" -f "$WORK/ctx/Containerfile" "$WORK/ctx" >/dev/null
+  "$DOCKER" build -q --pull=never -t "$TORCH_IMAGE" -f "$WORK/ctx/Containerfile" "$WORK/ctx" >/dev/null
   say "built $TORCH_IMAGE in $((SECONDS - t)) s"
 }
 

@@ -93,7 +93,9 @@ def test_fasttext_image_trains_and_predicts_on_host_data(engine, tweets, tmp_pat
     assert meta["metrics"]["test"]["macro_f1"] > 0.6
 
     # predict inside the container on the host's test split, into the host folder
-    run(["podman", "run", "--rm", "-v", f"{tweets['test'].parent}:/data:ro", "-v", f"{out}:/out", image,
+    # as the Makefile does: --user of the caller, who owns the model files the training wrote
+    user = f"{os.getuid()}:{os.getgid()}"
+    run(["podman", "run", "--rm", "--user", user, "-v", f"{tweets['test'].parent}:/data:ro", "-v", f"{out}:/out", image,
          "python", "fasttext/predict.py", "--model_path", "/out", "--input_path", "/data/test.csv",
          "--output_path", "/out/preds.txt"], engine)
     preds = (out / "preds.txt").read_text().splitlines()

@@ -18,7 +18,7 @@ def lstm_options(fn: Callable) -> Callable:
         click.option("--batch_size", type=int, default=None, help="Training batch size (train.batch_size)."),
         click.option("--lr", type=float, default=None, help="Learning rate (train.lr)."),
         click.option("--patience", type=int, default=None, help="Epochs without a better validation score before stopping."),
-        click.option("--beta", type=float, default=None, help="Beta of the F-beta reported at validation (train.beta)."),
+        click.option("--beta", type=float, default=None, help="F-beta to report; alone it also selects on macro_f<beta> (train.beta)."),
         click.option("--metric", default=None, help="Validation metric selecting the best epoch (train.metric, default macro_f0.5)."),
         click.option("--pretrained_vectors", default=None, help="fastText .vec/.bin or word2vec text file (model.pretrained_vectors)."),
         click.option("--seed", type=int, default=None, help="Seed of the whole run."),
@@ -36,6 +36,8 @@ def lstm_options(fn: Callable) -> Callable:
 
 def _prepare(config_path, overrides, train_path, valid_path, test_path, epochs, batch_size, lr, patience, beta, metric,
              pretrained_vectors, seed, n_trials, timeout, storage, study_name, pruner):
+    if beta is not None and metric is None:
+        metric = f"macro_f{beta:g}"  # --beta 0.3 alone selects on macro F0.3
     flags = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "train.patience": patience,
              "train.beta": beta, "train.metric": metric, "model.pretrained_vectors": pretrained_vectors, "seed": seed,
              "search.n_trials": n_trials, "search.timeout": timeout, "search.storage": storage,

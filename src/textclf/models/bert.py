@@ -424,6 +424,11 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     m, t = cfg["model"], cfg["train"]
     if m["max_length"] < 8:
         raise ConfigError(f"model.max_length must be at least 8, got {m['max_length']}")
+    for stage in ("stage1", "stage2") if cfg["two_stage"] else ("stage2",):
+        if cfg[stage]["epochs"] < 1 or cfg[stage]["lr"] <= 0:
+            raise ConfigError(f"{stage}.epochs must be >= 1 and {stage}.lr > 0 (got {cfg[stage]['epochs']}, {cfg[stage]['lr']})")
+    if t["accumulation_steps"] < 1 or t["batch_size"] < 1:
+        raise ConfigError("train.batch_size and train.accumulation_steps must be >= 1")
     model_name = resolve_model_name(m["model_name"])
     encoder = load_encoder(model_name)
     tokenizer = load_tokenizer(model_name, encoder.config.vocab_size)

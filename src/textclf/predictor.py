@@ -121,15 +121,15 @@ def predict_file(
         if writer:
             writer.writerow(["label", *[f"p_{label}" for label in predictor.labels]])
         for batch in batched(texts, batch_size):
-            rows = _predict_batch(predictor, batch, need_proba=fmt != "txt")
-            for label, probs in rows:
-                if fmt == "txt":
-                    fh.write(label + "\n")
-                elif writer:
-                    writer.writerow([label, *[f"{p:.6f}" for p in probs]])
-                else:
-                    probabilities = dict(zip(predictor.labels, map(float, probs), strict=True))
-                    fh.write(json.dumps({"label": label, "probabilities": probabilities}) + "\n")
+            if fmt == "txt":  # one write per batch: this path must keep up with the model on short texts
+                fh.write("".join([label + "\n" for label in predictor.predict(batch)]))
+            else:
+                for label, probs in _predict_batch(predictor, batch, need_proba=True):
+                    if writer:
+                        writer.writerow([label, *[f"{p:.6f}" for p in probs]])
+                    else:
+                        probabilities = dict(zip(predictor.labels, map(float, probs), strict=True))
+                        fh.write(json.dumps({"label": label, "probabilities": probabilities}) + "\n")
             n += len(batch)
             if bar:
                 bar.update(len(batch))

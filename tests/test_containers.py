@@ -39,31 +39,28 @@ def run(cmd: list[str], env: dict, timeout: float = 900, check: bool = True) -> 
     return proc
 
 
-def podman_conf(tmp: Path) -> Path:
-    """containers.conf for sandboxes: runc (crun rejects hybrid cgroups) and ulimits within this process's hard limits."""
+def podman_env() -> dict:
+    """Environment for podman here: docker/containers.conf (runc; ulimits that fit a 20000 open-files hard limit)."""
     import resource
 
-    def cap(which: int, want: int) -> int:
-        hard = resource.getrlimit(which)[1]
-        return want if hard == resource.RLIM_INFINITY else min(want, hard)
-
-    nofile, nproc = cap(resource.RLIMIT_NOFILE, 65536), cap(resource.RLIMIT_NPROC, 32768)
-    conf = tmp / "containers.conf"
-    conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-                    '[engine]\nruntime = "runc"\n')
-    return conf
+    env = dict(os.environ, DOCKER="podman")
+    if "CONTAINERS_CONF" not in env:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and hard < 20000:
+            pytest.skip(f"open-files hard limit {hard} < 20000 (docker/containers.conf): set CONTAINERS_CONF")
+        env["CONTAINERS_CONF"] = str(REPO / "docker" / "containers.conf")
+    return env
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory) -> dict:
+def engine() -> dict:
     """Environment for make/podman: DOCKER=podman with a working containers.conf, base images present."""
     if not INFRA:
         pytest.skip("container tests build images (minutes): set TEXTCLF_INFRA_TESTS=1 or run `make test_infra`")
     missing = [tool for tool in ("podman", "runc", "mmdebstrap") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: run `bash docker/ci-system-deps.sh` (Debian, root)")
-    env = dict(os.environ, DOCKER="podman")
-    env.setdefault("CONTAINERS_CONF", str(podman_conf(tmp_path_factory.mktemp("podman"))))
+    env = podman_env()
     info = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], env=env, capture_output=True, text=True)
     if info.returncode != 0:
         pytest.skip(f"podman does not work here: {info.stderr.strip()[-300:]}")

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
 FT_SET = "search.space.bucket.choices=[100000] search.space.epoch.high=15 search.space.dim.choices=[25,50]"
 N_TRIALS = 6
+TINY_BERT = "two_stage=false model.max_length=16 model.gradient_checkpointing=false stage2.epochs=1 train.batch_size=32 device=cpu"
 
 
 def free_port() -> int:
@@ -212,19 +213,24 @@ def test_failing_workers_are_reported_and_cancel_the_refit(cluster, tmp_path):
     assert [s for s, _ in job_states(cluster, refit)] == ["CANCELLED"]  # afterok never satisfied: not left pending
 
 
-def test_bert_training_job(cluster, tweets, tmp_path):
-    import json
-
-    data = tmp_path / "data"
-    data.mkdir()
+@pytest.fixture(scope="module")
+def tiny_bert_data(tweets, tmp_path_factory) -> Path:
+    """The first 64 train and 40 valid rows of tweets_sentiment."""
+    data = tmp_path_factory.mktemp("bert_data")
     for split, n in (("train", 64), ("valid", 40)):
         lines = tweets[split].read_text(encoding="utf-8").splitlines(keepends=True)
         (data / f"{split}.csv").write_text("".join(lines[: n + 1]), encoding="utf-8")
+    return data
+
+
+def test_bert_training_job(cluster, tiny_bert_data, tmp_path):
+    import json
+
+    data = tiny_bert_data
     out, logs = tmp_path / "bert", tmp_path / "logs"
     proc = make("train_bert_classification_slurm", cluster, GPUS="0", CPUS="2", MEM="4G", TIME_LIMIT="0:15:00",
                 TRAIN_PATH=str(data / "train.csv"), VALID_PATH=str(data / "valid.csv"), TEST_PATH=str(data / "valid.csv"),
-                BERT_DIR=str(out), SLURM_LOGS=str(logs),
-                SET="two_stage=false model.max_length=16 model.gradient_checkpointing=false stage2.epochs=1 train.batch_size=32 device=cpu")
+                BERT_DIR=str(out), SLURM_LOGS=str(logs), SET=TINY_BERT)
     job = re.search(r"job (\d+)", proc.stdout).group(1)
     log = logs / f"textclf-bert-{job}.out"
     assert str(log) in proc.stdout  # make prints where the log is
@@ -234,6 +240,30 @@ def test_bert_training_job(cluster, tweets, tmp_path):
     assert "+ .venv/bin/python bert_classification/train.py --train_path" in text
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "bert" and meta["config"]["model"]["max_length"] == 16
+
+
+def test_bert_job_inside_the_image(cluster, tiny_bert_data, tmp_path):
+    """The same sbatch script with SLURM_IMAGE: the job runs the train command in the BERT image (podman)."""
+    import json
+
+    image = "textclf-bert:test"  # built by tests/test_containers.py earlier in the session
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (docker/ci-system-deps.sh)")
+    env = dict(cluster)
+    env.setdefault("CONTAINERS_CONF", str(REPO / "docker" / "containers.conf"))  # as in tests/test_containers.py
+    if subprocess.run(["podman", "image", "exists", image], env=env).returncode != 0:
+        pytest.skip(f"image {image} not built (tests/test_containers.py builds it)")
+    out, logs = tmp_path / "bert", tmp_path / "logs"
+    proc = make("train_bert_classification_slurm", env, SLURM_IMAGE=image, DOCKER="podman", GPUS="0", CPUS="2", MEM="4G",
+                TIME_LIMIT="0:15:00", TRAIN_PATH=str(tiny_bert_data / "train.csv"), VALID_PATH=str(tiny_bert_data / "valid.csv"),
+                TEST_PATH=str(tiny_bert_data / "valid.csv"), BERT_DIR=str(out), SLURM_LOGS=str(logs), SET=TINY_BERT)
+    job = re.search(r"job (\d+)", proc.stdout).group(1)
+    log = logs / f"textclf-bert-{job}.out"
+    assert wait(env, job) == 0, log.read_text()[-3000:] if log.exists() else "no log"
+    text = log.read_text()
+    assert f"+ podman run --rm --user {os.getuid()}:{os.getgid()}" in text
+    assert "+ python bert_classification/train.py --train_path" in text  # printed by the image's entry point
+    assert json.loads((out / "meta.json").read_text())["kind"] == "bert"
 
 
 def test_bert_job_failure_propagates(cluster, tmp_path):

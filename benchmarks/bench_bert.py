@@ -46,7 +46,8 @@ VARIANTS = (
     ("two_stage_focal", "two stages, focal (gamma 2)", True, 2.0),
 )
 PUBLISHED = {"movie_review_sentences": {"NBSVM (Wang & Manning 2012)": 0.794, "CNN (Kim 2014)": 0.815}}
-QUICK = {"train_rows": 240, "eval_rows": 120, "overrides": ["model.max_length=32", "stage1.epochs=1", "stage2.epochs=1"]}
+QUICK = {"train_rows": 240, "eval_rows": 120, "overrides": ["model.max_length=32", "stage1.epochs=1", "stage2.epochs=1",
+                                                            "stage1.lr=2e-4", "stage2.lr=1e-4", "train.batch_size=16"]}
 
 
 # --------------------------------------------------------------------------- child process
@@ -145,8 +146,10 @@ def markdown_table(datasets: dict) -> str:
             continue
         for key, title, _, _ in VARIANTS:
             v = r["variants"].get(key)
-            if v is None or "test" not in v:
-                rows.append(f"| {name} | {title}: {v['status'] if v else 'not run'} | | | | | | |")
+            if v is None:
+                continue
+            if "test" not in v:
+                rows.append(f"| {name} | {title}: {v['status']} | | | | | | |")
                 continue
             t = v["test"]
             rows.append(f"| {name} | {title} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} | {t['macro_f0.5']:.4f} | "

@@ -245,3 +245,14 @@ def test_minilm_short_finetune_beats_floor(tweets, tmp_path):
     print("MiniLM slice fine-tune, valid:", {k: round(meta["metrics"]["valid"][k], 4) for k in ("accuracy", "macro_f1")})
     assert meta["metrics"]["valid"]["macro_f1"] > MINILM_MACRO_F1_FLOOR
     assert not (out / "checkpoints").exists()
+
+
+def test_bert_configs_load_with_strict_keys(repo):
+    from textclf.config import load_config
+
+    cfg = load_config("bert")
+    assert cfg["two_stage"] is True and cfg["loss"]["gamma"] == 2.0 and cfg["model"]["model_name"] == "auto"
+    smoke = load_config("bert", repo / "config" / "bert_smoke.json")
+    assert smoke["stage2"]["epochs"] == 1 and smoke["model"]["max_length"] == 48
+    with pytest.raises(ConfigError, match="unknown key 'train.lr'"):
+        load_config("bert", overrides=["train.lr=0.1"])

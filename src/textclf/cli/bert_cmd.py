@@ -47,12 +47,13 @@ def train_bert(train_path, valid_path, test_path, output_dir, config_path, overr
     from textclf.distributed import check_devices, world_info
 
     n = cfg["devices"]
-    if n > 1 and not world_info().distributed:
+    if not world_info().distributed:
         from textclf.torch_common import resolve_device
 
         check_devices(n, resolve_device(cfg["device"]).type)
-        _launch_workers(cfg, n, train_path, valid_path, test_path, output_dir, resume)
-        return
+        if n > 1:
+            _launch_workers(cfg, n, train_path, valid_path, test_path, output_dir, resume)
+            return
     from textclf.models import bert
 
     bert.train(cfg, splits, output_dir, resume=resume)

@@ -226,6 +226,7 @@ def make_module(model: LSTMClassifier, cfg: dict, labels: list[str], weights: to
     tcfg = cfg["train"]
     betas = metric_betas(cfg)
     metric = selection_metric(cfg)
+    every = max(1, tcfg["log_every_n_steps"])
 
     class LSTMModule(L.LightningModule):
         def __init__(self):
@@ -246,12 +247,18 @@ def make_module(model: LSTMClassifier, cfg: dict, labels: list[str], weights: to
             ids, lengths, y = batch
             loss = self.loss_fn(self.model(ids, lengths), y)
             n = y.size(0)
-            self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=n)
-            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=True, batch_size=n)
-            self._train_loss += float(loss.detach()) * n
+            value = float(loss.detach())
+            if (self.global_step + 1) % every == 0:  # Lightning writes step logs only on these steps: skip the rest
+                self.log("train/loss_step", value, on_step=True, on_epoch=False, batch_size=n)
+                self.log("lr_step", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n)
+            self._train_loss += value * n
             self._train_n += n
             self._train_tokens += int(lengths.sum())
             return loss
+
+        def on_train_epoch_end(self):
+            self.log("train/loss_epoch", self._train_loss / max(1, self._train_n), on_epoch=True)
+            self.log("lr_epoch", self.optimizers().param_groups[0]["lr"], on_epoch=True)
 
         def on_train_epoch_start(self):
             self._train_loss, self._train_n, self._train_tokens = 0.0, 0, 0
@@ -407,8 +414,6 @@ def fit(cfg: dict, splits: Splits, output_dir: str | Path, device: str | None = 
             if stale.exists():
                 shutil.rmtree(stale)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if tcfg["num_threads"]:
-        torch.set_num_threads(tcfg["num_threads"])
     seed_everything(cfg["seed"])
 
     vocab_path = output_dir / VOCAB_FILE
@@ -448,7 +453,13 @@ def fit(cfg: dict, splits: Splits, output_dir: str | Path, device: str | None = 
     if resume_path is not None:
         resumed_from = int(torch.load(resume_path, map_location="cpu", weights_only=False)["epoch"]) + 1
         log.info("resuming %s at epoch %d", resume_path, resumed_from)
-    trainer.fit(module, train_loader, valid_loader, ckpt_path=str(resume_path) if resume_path else None)
+    threads = torch.get_num_threads()
+    if tcfg["num_threads"]:
+        torch.set_num_threads(tcfg["num_threads"])
+    try:
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(resume_path) if resume_path else None)
+    finally:
+        torch.set_num_threads(threads)  # the cap is for this run only, not for the rest of the process
 
     history = history_cb.history
     best_epoch, best_score = _best(history, metric)

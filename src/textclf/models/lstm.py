@@ -311,9 +311,11 @@ def _history_callback(path: Path | None, metric: str):
         def __init__(self):
             self.history: list[dict] = []
             self.t0 = time.perf_counter()
+            self.cpu0 = time.process_time()
 
         def on_fit_start(self, trainer, pl_module):
             self.t0 = time.perf_counter()
+            self.cpu0 = time.process_time()
 
         def on_validation_end(self, trainer, pl_module):
             if trainer.sanity_checking:
@@ -323,7 +325,8 @@ def _history_callback(path: Path | None, metric: str):
             n = max(1, pl_module._train_n)
             row = {"epoch": epoch, "step": trainer.global_step, "train_loss": pl_module._train_loss / n,
                    "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_time_s": round(pl_module.train_time, 4),
-                   "train_tokens": pl_module._train_tokens, "elapsed_s": round(time.perf_counter() - self.t0, 4)}
+                   "train_tokens": pl_module._train_tokens, "elapsed_s": round(time.perf_counter() - self.t0, 4),
+                   "cpu_s": round(time.process_time() - self.cpu0, 4)}
             row.update({f"valid_{k}": v for k, v in pl_module.val_metrics.items()})
             self.history.append(row)
             log.info("epoch %d: valid %s=%.4f loss=%.4f (train loss %.4f, %.1fs)", epoch, metric,

@@ -245,3 +245,20 @@ def test_config_and_device_errors():
         lstm.class_weights([1.0], ["a", "b"], ["a", "b"])
     weights = lstm.class_weights("balanced", ["a", "b"], ["a", "a", "a", "b"])
     assert weights.tolist() == pytest.approx([4 / 6, 2.0])
+
+
+def test_pretrained_fasttext_bin(tmp_path):
+    import fasttext
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("__label__a good great fine\n__label__b bad awful poor\n" * 20)
+    model = fasttext.train_supervised(str(corpus), dim=8, epoch=1, minCount=1, minn=2, maxn=3, thread=1, verbose=0)
+    path = tmp_path / "vectors.bin"
+    model.save_model(str(path))
+    cfg = load_config("lstm", None, ["model.pretrained_vectors=" + str(path)])
+    vocab = Vocab(["<pad>", "<unk>", "good", "unseenword"])
+    net, info = lstm.build_model(cfg, vocab, 2)
+    assert net.embedding.weight.shape == (4, 8)
+    assert np.allclose(net.embedding.weight[2].detach().numpy(), model.get_word_vector("good"))
+    assert net.embedding.weight.requires_grad  # trainable unless model.freeze_embeddings
+    assert info["coverage"] == 1.0  # subwords give the unseen word a vector too

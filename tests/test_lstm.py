@@ -245,6 +245,13 @@ def test_config_and_device_errors():
         lstm.class_weights([1.0], ["a", "b"], ["a", "b"])
     weights = lstm.class_weights("balanced", ["a", "b"], ["a", "a", "a", "b"])
     assert weights.tolist() == pytest.approx([4 / 6, 2.0])
+    import optuna
+
+    search = cfg["search"]
+    assert isinstance(lstm.make_pruner({**search, "pruner": "hyperband"}, 10), optuna.pruners.HyperbandPruner)
+    assert isinstance(lstm.make_pruner(search, 10), optuna.pruners.MedianPruner)
+    with pytest.raises(ConfigError, match="search.pruner"):
+        lstm.make_pruner({**search, "pruner": "asha"}, 10)
 
 
 def test_pretrained_fasttext_bin(tmp_path):

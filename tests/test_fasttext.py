@@ -139,7 +139,10 @@ def test_resume_adds_trials_to_the_same_study(tmp_path, tweets):
 def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, tweets):
     out = tmp_path / "fail"
     # "bogus" is not a fastText loss: those trials fail inside fastText, the others complete.
+    # The start points fix the order (fail first, then three good ones) whatever the sampler draws.
+    starts = json.dumps([{"loss": "bogus"}] + [{"loss": "softmax", "lr": lr} for lr in (0.1, 0.2, 0.3)])
     train_cli(tweets, out, "--n_trials", "3", "--set", 'search.space.loss={"type": "categorical", "choices": ["softmax", "bogus"]}',
+              "--set", f"search.start_params={starts}",
               "--set", "search.space.epoch.high=10")
     rows = list(csv.DictReader((out / "trials.csv").open()))
     states = [r["state"] for r in rows]
@@ -150,12 +153,13 @@ def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, tweets):
 
 def test_quantize_writes_ftz_and_predicts(tmp_path, tweets):
     out = tmp_path / "q"
-    train_cli(tweets, out, "--n_trials", "0", "--quantize", "--set", "model.epoch=5")
+    train_cli(tweets, out, "--n_trials", "0", "--quantize", "--set", "model.dim=20", "--set", "model.bucket=100000",
+              "--set", "output.quantize_cutoff=20000")
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model_file"] == "model.ftz" and (out / "model.ftz").stat().st_size < (out / "model.bin").stat().st_size
     assert "search" not in meta
     assert textclf.load_predictor(out).predict(["what a great day"]) in (["positive"], ["negative"])
-    assert meta["metrics"]["test"]["macro_f1"] > 0.6
+    assert meta["metrics"]["test"]["macro_f1"] > MACRO_F1_FLOOR - 0.05  # fixed default params, no search
 
 
 def test_entry_points_run_as_scripts(repo):

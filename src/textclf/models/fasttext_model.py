@@ -42,6 +42,35 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+#: Characters ``str.split`` treats as whitespace but fastText's tokenizer does not, plus the newline
+#: (fastText splits on space, tab, CR, VT, FF and NUL, and ends a line at ``\n``).
+SPLIT_ONLY_WHITESPACE = "\n\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+                        "\u2028\u2029\u202f\u205f\u3000"
+_ASCII_SPLIT_ONLY = "\n\x1c\x1d\x1e\x1f"
+
+
+def fasttext_line(text: str) -> str:
+    """``text`` as fastText input that tokenizes exactly like ``one_line(text)``, copying only when needed.
+
+    A text holding none of :data:`SPLIT_ONLY_WHITESPACE` already gives fastText the same
+    tokens as its ``one_line`` form, so it is passed as it is: ``str.isascii`` is O(1) and
+    each ``in`` test is a fast scan, far cheaper than the split/join on long documents.
+    """
+    for char in _ASCII_SPLIT_ONLY if text.isascii() else SPLIT_ONLY_WHITESPACE:
+        if char in text:
+            return one_line(text)
+    return text
+
+
+def fasttext_lines(texts: Sequence[str]) -> list[str]:
+    """:func:`fasttext_line` for a batch; one scan of the joined batch settles the common case of nothing to fold."""
+    joined = "".join(texts)
+    for char in _ASCII_SPLIT_ONLY if joined.isascii() else SPLIT_ONLY_WHITESPACE:
+        if char in joined:
+            return [fasttext_line(t) for t in texts]
+    return list(texts)
+
+
 def write_training_file(ds: Dataset, labels: list[str], path: str | Path) -> None:
     """Write ``ds`` in fastText format with ``__label__<index>`` labels."""
     index = {label: i for i, label in enumerate(labels)}
@@ -83,6 +112,7 @@ class FastTextPredictor(Predictor):
         super().__init__(model_dir, meta)
         self.model = model
         self._n = len(self.labels)
+        self._by_ft_label = {f"__label__{i}": label for i, label in enumerate(self.labels)}
 
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> FastTextPredictor:
@@ -104,15 +134,16 @@ class FastTextPredictor(Predictor):
         """Top label per text (one fastText call for the whole batch)."""
         if len(texts) == 0:
             return []
-        ft_labels, _ = self.model.predict([one_line(t) for t in texts], k=1)
-        return [self.labels[self._index(row[0])] if row else self.labels[0] for row in ft_labels]
+        ft_labels, _ = self.model.predict(fasttext_lines(texts), k=1)
+        by_ft, first = self._by_ft_label, self.labels[0]
+        return [by_ft[row[0]] if row else first for row in ft_labels]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities for every label (softmax, or independent sigmoids for ``ova``)."""
         out = np.zeros((len(texts), self._n), dtype=np.float64)
         if len(texts) == 0:
             return out
-        ft_labels, probs = self.model.predict([one_line(t) for t in texts], k=-1, threshold=0.0)
+        ft_labels, probs = self.model.predict(fasttext_lines(texts), k=-1, threshold=0.0)
         for i, (row_labels, row_probs) in enumerate(zip(ft_labels, probs, strict=True)):
             for label, p in zip(row_labels, row_probs, strict=True):
                 out[i, self._index(label)] = p
@@ -186,6 +217,10 @@ def start_points(space: dict, starts: list[dict]) -> list[dict]:
     return out
 
 
+#: Trials that ran (a start point still queued when a timeout ends the search stays WAITING for a resume).
+_RUN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
 def search(cfg: dict, splits: Splits, train_file: Path, output_dir: Path) -> tuple[optuna.Study, dict]:
     """Run (or resume) the Optuna study; return it and the best params merged over the fixed ones.
 
@@ -200,7 +235,10 @@ def search(cfg: dict, splits: Splits, train_file: Path, output_dir: Path) -> tup
     n_jobs = s["n_jobs"]
     deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
     if not study.get_trials(deepcopy=False):
-        for point in start_points(s["space"], s.get("start_params") or []):
+        points = start_points(s["space"], s.get("start_params") or [])
+        if s["n_trials"] is not None:  # queue no more than the study will run
+            points = points[: max(0, s["n_trials"])]
+        for point in points:
             study.enqueue_trial(point, skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
@@ -252,13 +290,15 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, tune: bool = True, 
             save_plots(study, output_dir)
             best = study.best_trial
             extra["search"] = {"study_name": study.study_name, "storage": s["storage"] or str(output_dir / "study.journal"),
-                               "n_trials": len(study.trials), "best_trial": best.number, "best_value": best.value,
-                               "metric": s["metric"], "best_params": best.params}
+                               "n_trials": len(study.get_trials(deepcopy=False, states=_RUN_STATES)), "best_trial": best.number,
+                               "best_value": best.value, "metric": s["metric"], "best_params": best.params}
         model, seed = refit(train_file, params, cfg["seed"], s["refit_retries"])
         atomic_replace_file(model.save_model, output_dir / MODEL_FILE)
         model_file = MODEL_FILE
         if cfg["output"]["quantize"]:
-            model.quantize(input=str(train_file), retrain=True, thread=default_threads())
+            # cutoff keeps the most important rows of the input matrix: product-quantizing all 2M buckets takes ages
+            model.quantize(input=str(train_file), retrain=True, qnorm=True, cutoff=cfg["output"]["quantize_cutoff"],
+                           thread=default_threads())
             atomic_replace_file(model.save_model, output_dir / QUANTIZED_FILE)
             model_file = QUANTIZED_FILE
     final_params = fit_params({**params, "seed": seed})

@@ -1,0 +1,108 @@
+"""fastText search budget and prediction fast paths: same results as the slow ways, on real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+import textclf.data as data_mod
+from textclf.cli import cli
+from textclf.data import iter_texts
+from textclf.errors import DataError
+from textclf.models import fasttext_model as ftm
+from textclf.training import load_splits
+
+
+def test_split_only_whitespace_is_what_python_splits_on_and_fasttext_does_not():
+    python_ws = {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
+    assert set(ftm.SPLIT_ONLY_WHITESPACE) == python_ws - set(" \t\r\x0b\x0c")
+
+
+def test_fasttext_lines_predict_exactly_like_one_line(tweets, tmp_path):
+    splits = load_splits(tweets["train"], tweets["valid"], tweets["test"], {})
+    train_file = tmp_path / "train.txt"
+    ftm.write_training_file(splits.train, splits.labels, train_file)
+    model = ftm.train_model(train_file, {"epoch": 2, "dim": 10, "wordNgrams": 2, "minn": 2, "maxn": 4, "bucket": 50000})
+    texts = list(splits.test.texts)
+    odd = ["two\nlines", "em\u2003space", "no\xa0break", "sep\x1cchar", "tab\tand\rcr\x0bvt\x0cff", "  lead and trail  ", "",
+           "caf\u00e9 \u2014 na\u00efve", "mixed\u3000\u2028end"]
+    for batch in (texts, texts + odd, odd):
+        fast = ftm.fasttext_lines(batch)
+        slow = [ftm.one_line(t) for t in batch]
+        a_labels, a_probs = model.predict(slow, k=-1, threshold=0.0)
+        b_labels, b_probs = model.predict(fast, k=-1, threshold=0.0)
+        assert a_labels == b_labels
+        assert all((x == y).all() for x, y in zip(a_probs, b_probs, strict=True))
+    assert all(f is t for f, t in zip(ftm.fasttext_lines(texts), texts, strict=True))  # clean text: no copy
+    assert ftm.fasttext_line("a\u2003b") == "a b" and ftm.fasttext_line("a\nb") == "a b"
+
+
+CASES = [b"", b"\n", b"\n\n", b"abc", b"abc\r", b"\xef\xbb\xbfhello\nworld", b"a\r\r\nb\r\n\r\n", b"a\rb\rc\n",
+         "caf\u00e9\n\u20ac\n\n\U0001f600 x\n".encode(), b"x" * 300 + b"\n" + b"y" * 7, b"\xef\xbb\xbf"]
+BAD = [b"one\ntwo\x00x\nthree", b"ok\nbad \xff\xfe\nz\x00", b"fine\n" * 20 + b"\xc3\n"]
+
+
+def _reference(path):
+    return [line.rstrip("\n").rstrip("\r") for _, line in data_mod._decoded_lines(path)]
+
+
+@pytest.mark.parametrize("block", [1, 3, 64, 1 << 22])
+def test_plain_text_block_reader_matches_the_line_reader(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(data_mod, "_BLOCK_BYTES", block)
+    for i, raw in enumerate(CASES):
+        path = tmp_path / f"c{i}.txt"
+        path.write_bytes(raw)
+        assert list(iter_texts(path)) == _reference(path), raw
+    for i, raw in enumerate(BAD):
+        path = tmp_path / f"bad{i}.txt"
+        path.write_bytes(raw)
+        with pytest.raises(DataError) as expected:
+            _reference(path)
+        with pytest.raises(DataError) as got:
+            list(iter_texts(path))
+        assert str(got.value) == str(expected.value)  # same message, same line number
+
+
+def test_score_before_deadline_kills_a_trial_that_runs_past_it(tweets, tmp_path):
+    splits = load_splits(tweets["train"], tweets["valid"], tweets["test"], {})
+    train_file = tmp_path / "train.txt"
+    ftm.write_training_file(splits.train, splits.labels, train_file)
+    start = time.monotonic()
+    with pytest.raises(optuna.TrialPruned):
+        ftm.score_before_deadline(train_file, {"epoch": 100000, "dim": 10}, 1, splits, "macro_f1", time.monotonic() + 1.0)
+    assert time.monotonic() - start < 10  # killed at the deadline, not after 100k epochs
+    score, accuracy = ftm.score_before_deadline(train_file, {"epoch": 5, "lr": 0.5, "dim": 20}, 1, splits, "macro_f1",
+                                                time.monotonic() + 300)
+    assert 0.6 < score <= 1.0 and 0.6 < accuracy <= 1.0
+    with pytest.raises(RuntimeError, match="Unrecognized loss"):
+        ftm.score_before_deadline(train_file, {"epoch": 1, "loss": "bogus"}, 1, splits, "macro_f1", time.monotonic() + 300)
+
+
+def test_start_points_keep_only_what_fits_the_space():
+    space = {"lr": {"type": "float", "low": 0.05, "high": 1.0}, "dim": {"type": "categorical", "choices": [25, 50]}}
+    starts = [{"lr": 0.5, "dim": 50, "epoch": 25}, {"lr": 2.0, "dim": 30}, {"lr": 0.1, "dim": 100}]
+    assert ftm.start_points(space, starts) == [{"lr": 0.5, "dim": 50}, {"lr": 0.1}]
+
+
+def test_timed_search_kills_the_trial_at_the_deadline(tweets, tmp_path):
+    """A start point of 100k epochs would run for hours: the 8 s timeout kills it and the search refits the first."""
+    out = tmp_path / "timed"
+    cheap = {"dim": 25, "wordNgrams": 1, "minn": 0, "bucket": 200000}
+    starts = json.dumps([{"epoch": 5, **cheap}, {"epoch": 100000, **cheap}])
+    args = ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path", str(tweets["valid"]),
+            "--output_dir", str(out), "--n_trials", "2", "--timeout", "8", "--set", "search.space.epoch.high=100000",
+            "--set", f"search.start_params={starts}"]
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - start < 120
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [(r["params_epoch"], r["state"]) for r in rows] == [("5", "COMPLETE"), ("100000", "PRUNED")]
+    assert float(rows[1]["duration_s"]) < 20
+    assert json.loads((out / "meta.json").read_text())["params"]["epoch"] == 5

@@ -167,6 +167,10 @@ def test_resume_continues_from_the_saved_epoch(small_splits, tmp_path):
     for a, b in zip(after, ref, strict=True):
         assert a["valid_loss"] == pytest.approx(b["valid_loss"], abs=1e-5)
         assert a["step"] == b["step"]
+    # a checkpoint of another architecture is refused with a one-line error, before any training
+    result = CliRunner().invoke(train_lstm, [str(a) for a in [*base, "--output_dir", crashed, "--resume", "--set", "model.hidden_size=16"]])
+    assert result.exit_code == 2
+    assert "cannot resume" in result.output and "model.hidden_size: 32 -> 16" in result.output
 
 
 def test_search_prunes_a_bad_trial_and_refits(small_splits, tmp_path):

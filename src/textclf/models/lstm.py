@@ -289,6 +289,9 @@ def make_module(model: LSTMClassifier, cfg: dict, labels: list[str], weights: to
             for name in dict.fromkeys(shown):
                 self.log(VAL_PREFIX + name, out[name], on_epoch=True, prog_bar=name == metric)
 
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint["textclf_config"] = cfg  # lets --resume refuse a checkpoint of another architecture
+
         def configure_optimizers(self):
             params = [p for p in self.model.parameters() if p.requires_grad]
             opt = torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
@@ -361,6 +364,22 @@ def _pruning_callback(trial: optuna.Trial, metric: str):
                 trainer.should_stop = True
 
     return Pruning()
+
+
+RESUME_KEYS = ("seed", "text", "model")
+
+
+def check_resumable(saved: dict | None, cfg: dict, path: Path) -> None:
+    """Raise ModelError when a checkpoint was trained with other model/text settings than ``cfg``."""
+    if not saved:
+        return
+    diffs = [f"{section}.{k}: {saved[section].get(k)!r} -> {v!r}" for section in RESUME_KEYS[1:]
+             for k, v in cfg[section].items() if saved.get(section, {}).get(k) != v]
+    if saved.get("seed") != cfg["seed"]:
+        diffs.append(f"seed: {saved.get('seed')!r} -> {cfg['seed']!r}")
+    if diffs:
+        raise ModelError(f"{path}: cannot resume, the checkpoint was trained with other settings ({'; '.join(diffs)}); "
+                         "rerun without --resume to start over")
 
 
 @dataclass
@@ -454,7 +473,9 @@ def fit(cfg: dict, splits: Splits, output_dir: str | Path, device: str | None = 
                         default_root_dir=str(output_dir), **lightning_device_args(torch_device))
     resumed_from = None
     if resume_path is not None:
-        resumed_from = int(torch.load(resume_path, map_location="cpu", weights_only=False)["epoch"]) + 1
+        saved = torch.load(resume_path, map_location="cpu", weights_only=False)
+        check_resumable(saved.get("textclf_config"), cfg, resume_path)
+        resumed_from = int(saved["epoch"]) + 1
         log.info("resuming %s at epoch %d", resume_path, resumed_from)
     threads = torch.get_num_threads()
     if tcfg["num_threads"]:

@@ -160,3 +160,19 @@ def test_make_dataset_cli(tmp_path, tweets):
     again = tmp_path / "again"
     CliRunner().invoke(cli, ["make-dataset", "--input_path", str(tweets["train"]), "--output_dir", str(again), "--seed", "3"])
     assert (again / "test.csv").read_bytes() == (out / "test.csv").read_bytes()
+
+
+def test_atomic_write_keeps_normal_permissions_and_leaves_no_temp(tmp_path):
+    import os
+
+    from textclf.atomic import atomic_open, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "a.txt") as fh:
+        fh.write("half")
+        raise RuntimeError("interrupted")
+    assert (tmp_path / "a.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

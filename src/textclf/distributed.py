@@ -68,8 +68,8 @@ def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
 def launch(nproc: int, module: str, args: Sequence[str], env: dict | None = None) -> int:
     """Run ``module`` in ``nproc`` processes under torch.distributed.run; returns the exit code.
 
-    ``TEXTCLF_LAUNCHED=1`` is set for the workers so they do not launch again.
+    The workers see ``WORLD_SIZE`` > 1 (:func:`world_info`), so they train instead of launching again.
     """
-    child_env = {**os.environ, **(env or {}), "TEXTCLF_LAUNCHED": "1"}
+    child_env = {**os.environ, **(env or {})}
     child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(torchrun_command(nproc, module, args), env=child_env)

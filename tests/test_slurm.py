@@ -275,7 +275,8 @@ def test_bert_job_failure_propagates(cluster, tmp_path):
     assert job_states(cluster, job) == [("FAILED", 2)]
 
 
-def test_cancelled_job_leaves_nothing_running(cluster, tmp_path):
+def submit_sleeping_job(cluster, tmp_path) -> str:
+    """Submit a job that sleeps for 10 minutes and wait until its processes run; return its id."""
     proc = run(["sbatch", "--parsable", "--cpus-per-task=1", "--mem=100M", f"--output={tmp_path}/%j.out",
                 "slurm/optuna_worker.sbatch", "sleep", "600"], cluster)
     job = proc.stdout.strip().split(";")[0]
@@ -283,6 +284,11 @@ def test_cancelled_job_leaves_nothing_running(cluster, tmp_path):
     while not job_processes(job):
         assert time.time() < deadline, "the job never started"
         time.sleep(0.2)
+    return job
+
+
+def test_cancelled_job_leaves_nothing_running(cluster, tmp_path):
+    job = submit_sleeping_job(cluster, tmp_path)
     run(["scancel", job], cluster)
     assert wait(cluster, job) == 1
     assert [s for s, _ in job_states(cluster, job)] == ["CANCELLED"]
@@ -295,13 +301,7 @@ def test_cancelled_job_leaves_nothing_running(cluster, tmp_path):
 def test_cluster_shuts_down(cluster, tmp_path):
     """Last in the module: `down` cancels what is queued and stops every daemon it started."""
     d = Path(cluster["TEXTCLF_TEST_SLURM_DIR"])
-    proc = run(["sbatch", "--parsable", "--cpus-per-task=1", "--mem=100M", f"--output={tmp_path}/%j.out",
-                "slurm/optuna_worker.sbatch", "sleep", "600"], cluster)
-    job = proc.stdout.strip().split(";")[0]
-    deadline = time.time() + 60
-    while not job_processes(job):
-        assert time.time() < deadline, "the job never started"
-        time.sleep(0.2)
+    job = submit_sleeping_job(cluster, tmp_path)
     run(["bash", "slurm/local-cluster.sh", "down", str(d)], cluster)
     assert not pid_alive(d / "slurmctld.pid") and not pid_alive(d / "slurmd.pid")
     deadline = time.time() + 20

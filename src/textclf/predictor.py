@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -124,7 +124,8 @@ def predict_file(
             if fmt == "txt":  # one write per batch: this path must keep up with the model on short texts
                 fh.write("".join([label + "\n" for label in predictor.predict(batch)]))
             else:
-                for label, probs in _predict_batch(predictor, batch, need_proba=True):
+                for probs in predictor.predict_proba(batch):
+                    label = predictor.labels[int(probs.argmax())]
                     if writer:
                         writer.writerow([label, *[f"{p:.6f}" for p in probs]])
                     else:
@@ -136,13 +137,6 @@ def predict_file(
     if bar:
         bar.close()
     return n
-
-
-def _predict_batch(predictor: Predictor, batch: list[str], need_proba: bool) -> Iterable[tuple[str, Sequence[float]]]:
-    if need_proba:
-        proba = predictor.predict_proba(batch)
-        return [(predictor.labels[int(row.argmax())], row) for row in proba]
-    return [(label, ()) for label in predictor.predict(batch)]
 
 
 def evaluate_predictor(predictor: Predictor, texts: Sequence[str], labels: Sequence[str], batch_size: int = 1024,

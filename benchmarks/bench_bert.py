@@ -2,13 +2,14 @@
 
 For every dataset under ``--data_root`` (default ``<repo>/../shared/data``; a missing one is
 skipped with a message) it fine-tunes the encoder (``--model_name``, default the shipped
-all-MiniLM-L6-v2) with ``config/bert.json`` in four variants, each in a fresh spawned process:
+all-MiniLM-L6-v2) with ``config/bert.json`` in four variants, each in a fresh process (forked from a
+fork server started before any data loads, so its peak RSS is its own; see ``bench_common``):
 
   one-stage + cross-entropy (focal gamma=0), one-stage + focal (gamma=2),
   two-stage + cross-entropy,                 two-stage + focal,
 
 and records test accuracy, macro-F1/F0.5 (``textclf.metrics``), training time, prediction
-throughput of ``textclf.predictor.predict_file`` on the test split, and the child's peak RSS.
+throughput of ``textclf.predictor.predict_file`` on the test split, and the variant's peak RSS.
 On ``movie_review_sentences`` the table also shows the published accuracies on the MR
 sentence-polarity corpus (NBSVM 79.4, CNN 81.5). Progress (per epoch, per run) goes to the
 terminal; ``--max_minutes`` stops starting new runs once the budget is spent (the runs not
@@ -21,22 +22,27 @@ started are listed as skipped). Results: ``benchmarks/results/bert.json`` and a 
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.metadata
 import json
-import multiprocessing
 import os
-import platform
-import resource
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
+from bench_common import (
+    DATA_ROOT,
+    REPO,
+    RSS_NOTE,
+    dataset_paths,
+    in_child,
+    machine_info,
+    make_echo,
+    peak_rss_mb,
+    start_fork_server,
+    utc_now,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 ALL_DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 DEFAULT_DATASETS = ("tweets_sentiment", "movie_review_sentences")
 VARIANTS = (
@@ -51,10 +57,6 @@ QUICK = {"train_rows": 240, "eval_rows": 120, "overrides": ["model.max_length=32
 
 
 # --------------------------------------------------------------------------- child process
-
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
 
 def run_variant(paths: dict, overrides: list[str], output_dir: str, device: str) -> dict:
     """Train one variant, score valid/test, time ``predict_file`` on the test split; runs in a fresh process."""
@@ -87,36 +89,11 @@ def run_variant(paths: dict, overrides: list[str], output_dir: str, device: str)
         "predict_docs": n,
         "predict_docs_per_s": round(n / predict_s, 1),
         "device": tr["device"],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
 # --------------------------------------------------------------------------- parent side
-
-def in_child(fn, *args):
-    """Run ``fn(*args)`` in a fresh spawned process (its peak RSS is its own) and return the result."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def machine_info() -> dict:
-    """Cores, CPU model, OS, Python and library versions."""
-    cpu = ""
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("textclf", "torch", "transformers", "catalyst", "accelerate"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            versions[pkg] = None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cores_usable": cores, "cpu_model": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "versions": versions}
-
 
 def slice_dataset(d: Path, work: Path, train_rows: int | None, eval_rows: int | None) -> dict:
     """The dataset's split paths, or copies cut to the first ``train_rows``/``eval_rows`` rows."""
@@ -163,7 +140,7 @@ def markdown_table(datasets: dict) -> str:
 @click.option("--datasets", default=",".join(DEFAULT_DATASETS), show_default=True,
               help=f"Comma-separated dataset folder names, or 'all' ({', '.join(ALL_DATASETS)}).")
 @click.option("--variants", default=",".join(v[0] for v in VARIANTS), show_default=True, help="Which variants to run.")
-@click.option("--data_root", type=click.Path(file_okay=False), default=str(REPO.parent / "shared" / "data"), show_default=True)
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True)
 @click.option("--model_name", default="auto", show_default=True, help="Encoder: 'auto' (shipped MiniLM), a hub id or a path.")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N | auto.")
 @click.option("--max_minutes", type=float, default=None, help="Start no new run after this many minutes.")
@@ -176,6 +153,7 @@ def markdown_table(datasets: dict) -> str:
               help="Results JSON [default: benchmarks/results/bert.json, --quick: bert_quick.json].")
 def main(datasets, variants, data_root, model_name, device, max_minutes, max_train_rows, max_eval_rows, overrides, quick, output):
     """Fine-tune BERT variants on the shared datasets and write a comparison table and JSON."""
+    start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.atomic import atomic_write_json
 
     names = list(ALL_DATASETS) if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
@@ -186,19 +164,16 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
         overrides = (*QUICK["overrides"], *overrides)
     output = Path(output or REPO / "benchmarks" / "results" / ("bert_quick.json" if quick else "bert.json"))
     started = time.perf_counter()
-
-    def echo(msg: str) -> None:
-        elapsed = (time.perf_counter() - started) / 60
-        click.echo(f"[{dt.datetime.now().strftime('%H:%M:%S')} +{elapsed:.1f} min] {msg}", err=True)
+    echo = make_echo(show_elapsed=True)
 
     doc = {
         "benchmark": "bert",
-        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "started": utc_now(),
         "command": " ".join(["python", "benchmarks/bench_bert.py", *sys.argv[1:]]),
         "settings": {"datasets": names, "variants": [v[0] for v in wanted], "model_name": model_name, "device": device,
                      "max_minutes": max_minutes, "max_train_rows": max_train_rows, "max_eval_rows": max_eval_rows,
                      "overrides": list(overrides), "quick": quick, "config": "config/bert.json"},
-        "machine": machine_info(),
+        "machine": machine_info(("textclf", "torch", "transformers", "catalyst", "accelerate")),
         "notes": {
             "variants": "cross-entropy = focal loss with gamma 0 (identical by construction, see tests/test_bert.py); "
                         "two stages = stage 1 on a class-balanced downsample, stage 2 on the full train set from "
@@ -206,7 +181,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
             "metrics": "test split, textclf.metrics; train s = wall time of textclf.models.bert.train (tokenising, "
                        "all stages, evaluation of valid+test, saving); predict docs/s = predict_file to CSV on the test "
                        "split, model load excluded",
-            "peak_rss": "ru_maxrss of the fresh spawned process that ran the variant (training + prediction), MiB",
+            "peak_rss": RSS_NOTE + " (here: one job = one variant, training + prediction)",
             "published": "accuracies on the MR sentence-polarity corpus from the papers (10-fold CV on the full corpus, "
                          "not this exact split)",
         },
@@ -218,7 +193,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
     with tempfile.TemporaryDirectory(prefix="bench-bert-") as tmp:
         for name in names:
             d = Path(data_root) / name
-            if not all((d / f"{s}.csv").exists() for s in ("train", "valid", "test")):
+            if dataset_paths(data_root, name) is None:
                 echo(f"{name}: skipped, {d}/{{train,valid,test}}.csv not found")
                 doc["datasets"][name] = {"status": "skipped", "reason": f"{d} not found"}
                 continue
@@ -244,7 +219,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                      f"F0.5 {t['macro_f0.5']:.4f}; train {v['train_wall_s']:.0f} s; {v['predict_docs_per_s']:.0f} docs/s; "
                      f"peak RSS {v['peak_rss_mb']:.0f} MiB")
                 atomic_write_json(output, doc)
-    doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    doc["finished"] = utc_now()
     doc["table_markdown"] = markdown_table(doc["datasets"])
     atomic_write_json(output, doc)
     click.echo(doc["table_markdown"])

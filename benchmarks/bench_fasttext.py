@@ -1,7 +1,8 @@
 """Benchmark the fastText family: library defaults vs fastText autotune vs textclf's Optuna search.
 
 For every dataset under ``--data_root`` (default ``<repo>/../shared/data``; a missing one is
-skipped with a message) it runs, each in a fresh spawned process:
+skipped with a message) it runs, each in a fresh process (forked from a fork server started
+before any data loads, so its peak RSS is its own; see ``bench_common``):
 
   (a) ``fasttext.train_supervised`` with the library defaults (``thread`` = usable cores),
   (b) fastText's built-in autotune on the valid split for ``--budget_s`` seconds,
@@ -18,41 +19,38 @@ atomically (``benchmarks/results/fasttext.json``)::
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.metadata
 import math
-import multiprocessing
-import multiprocessing.forkserver
 import os
-import platform
-import resource
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
+from bench_common import (
+    DATA_ROOT,
+    REPO,
+    dataset_paths,
+    in_child,
+    machine_info,
+    make_echo,
+    peak_rss_mb,
+    start_fork_server,
+    usable_cores,
+    utc_now,
+)
+from bench_common import RSS_NOTE as COMMON_RSS_NOTE
 
-REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 METHODS = (("defaults", "(a) fastText defaults"), ("autotune", "(b) fastText autotune"), ("optuna", "(c) textclf Optuna"))
 QUICK_BUDGET_S = 4.0
-RSS_NOTE = ("peak_rss_mb: max of ru_maxrss (RUSAGE_SELF, RUSAGE_CHILDREN) of the fresh spawned Python process that ran "
-            "only that phase (interpreter + fasttext/optuna/textclf imports + the phase's work; RUSAGE_CHILDREN covers the "
-            "forked trial processes of textclf's timed search), in MiB")
+RSS_NOTE = COMMON_RSS_NOTE + " (here: each phase is one job; RUSAGE_CHILDREN covers the forked trial processes of textclf's timed search)"
 AUTOTUNE_NOTE = ("fastText autotune cannot optimise macro-F1: it ran with autotuneMetric='f1', fastText's overall "
                  "(micro) F1 over all labels, which for single-label data is close to accuracy; textclf's search "
                  "maximises valid macro-F1")
 
 
 # --------------------------------------------------------------------------- helpers run in child processes
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process or of its largest finished child (textclf's timed search forks its trials)."""
-    usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return round(usage / 1024, 1)
-
 
 def _quiet_child() -> None:
     """In a phase process: fastText's C++ progress output goes to stderr, Optuna and warnings stay quiet."""
@@ -65,12 +63,6 @@ def _quiet_child() -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="optuna")
     warnings.filterwarnings("ignore", category=Warning, message=".*experimental.*")
-
-
-def _cores() -> int:
-    from textclf.models.fasttext_model import default_threads
-
-    return default_threads()
 
 
 def _score(model, labels: list[str], test_path: str) -> dict:
@@ -98,14 +90,14 @@ def phase_fasttext(train_file: str, valid_file: str | None, test_path: str, labe
     import fasttext
 
     _quiet_child()
-    kw: dict = {"input": train_file, "thread": _cores(), "verbose": 0}
+    kw: dict = {"input": train_file, "thread": usable_cores(), "verbose": 0}
     if budget_s is not None:
         kw.update(autotuneValidationFile=valid_file, autotuneDuration=max(1, int(round(budget_s))), autotuneMetric="f1")
     start = time.perf_counter()
     model = fasttext.train_supervised(**kw)
     wall = time.perf_counter() - start
     return {"train_wall_s": round(wall, 2), "test": _score(model, labels, test_path), "params": _model_args(model),
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def phase_optuna(paths: dict, budget_s: float, output_dir: str, n_trials: int) -> dict:
@@ -131,7 +123,7 @@ def phase_optuna(paths: dict, budget_s: float, output_dir: str, n_trials: int) -
             "test": _score(predictor.model, splits.labels, paths["test"]), "params": meta["params"],
             "search": {k: meta["search"][k] for k in ("n_trials", "best_trial", "best_value", "metric")},
             "trial_states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def phase_predict_textclf(model_dir: str, input_file: str, output_file: str) -> dict:
@@ -142,7 +134,7 @@ def phase_predict_textclf(model_dir: str, input_file: str, output_file: str) -> 
     start, cpu = time.perf_counter(), time.process_time()
     n = predict_file(predictor, input_file, output_file, "txt", progress=False)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"docs": n, "wall_s": wall, "docs_per_s": n / wall, "cpu_docs_per_s": n / cpu, "peak_rss_mb": _peak_rss_mb()}
+    return {"docs": n, "wall_s": wall, "docs_per_s": n / wall, "cpu_docs_per_s": n / cpu, "peak_rss_mb": peak_rss_mb()}
 
 
 def phase_predict_raw(model_file: str, input_file: str, output_file: str) -> dict:
@@ -159,48 +151,10 @@ def phase_predict_raw(model_file: str, input_file: str, output_file: str) -> dic
         out.write("\n")
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"docs": len(lines), "wall_s": wall, "docs_per_s": len(lines) / wall, "cpu_docs_per_s": len(lines) / cpu,
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 # --------------------------------------------------------------------------- parent side
-
-def in_child(fn, *args):
-    """Run ``fn(*args)`` in a fresh process and return its result.
-
-    The processes come from a fork server started before any data is loaded: a child
-    forked or spawned from the benchmark process itself would inherit its peak RSS
-    (Linux keeps ru_maxrss across fork and exec), so every phase would look as large as
-    the parent with all its prediction inputs.
-    """
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def machine_info() -> dict:
-    """Cores, CPU model, memory, OS, Python and library versions."""
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    versions = {}
-    for pkg in ("textclf", "fasttext-community", "optuna", "numpy", "click"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {"cores_usable": _cores(), "cpu_count": os.cpu_count(), "cpu_model": cpu, "memory_gib": mem_gib,
-            "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
-            "hostname": platform.node()}
-
 
 def write_prediction_input(texts: list[str], min_docs: int, path: Path, min_mb: float = 0.0) -> int:
     """The test texts (one a line, whitespace folded) repeated to at least ``min_docs`` lines and ``min_mb`` MiB."""
@@ -325,7 +279,7 @@ def summary(results: dict) -> dict:
 @click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated dataset folder names.")
 @click.option("--budget_s", type=float, default=None,
               help="Wall-clock budget of (b) autotune and (c) Optuna each [default: 60, --quick: 4].")
-@click.option("--data_root", type=click.Path(file_okay=False), default=str(REPO.parent / "shared" / "data"), show_default=True,
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True,
               help="Folder holding <dataset>/{train,valid,test}.csv.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/fasttext.json, --quick: benchmarks/results/fasttext_quick.json].")
@@ -337,8 +291,7 @@ def summary(results: dict) -> dict:
 @click.option("--n_trials", type=int, default=100000, show_default=True, help="Trial cap of (c); large so the budget decides.")
 def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb, repeats, n_trials):
     """Benchmark fastText defaults, fastText autotune and textclf's Optuna search; write a table and a JSON."""
-    multiprocessing.get_context("forkserver").set_forkserver_preload([])
-    multiprocessing.forkserver.ensure_running()  # before anything large is loaded: see in_child
+    start_fork_server()  # before anything large is loaded: see bench_common
     budget_s = budget_s if budget_s is not None else (QUICK_BUDGET_S if quick else 60.0)
     predict_docs = predict_docs if predict_docs is not None else (5000 if quick else 50000)
     predict_mb = predict_mb if predict_mb is not None else (0.0 if quick else 20.0)
@@ -346,19 +299,17 @@ def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb,
     output = Path(output or REPO / "benchmarks" / "results" / ("fasttext_quick.json" if quick else "fasttext.json"))
     names = [d.strip() for d in datasets.split(",") if d.strip()]
 
-    def echo(msg: str) -> None:
-        click.echo(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", err=True)
-
+    echo = make_echo()
     from textclf.atomic import atomic_write_json
 
     doc = {
         "benchmark": "fasttext",
-        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "started": utc_now(),
         "command": " ".join(["python", "benchmarks/bench_fasttext.py", *sys.argv[1:]]),
         "settings": {"budget_s": budget_s, "quick": quick, "datasets": names, "data_root": str(data_root),
                      "predict_docs_min": predict_docs, "predict_mb_min": predict_mb, "predict_repeats": repeats,
                      "optuna_n_trials_cap": n_trials},
-        "machine": machine_info(),
+        "machine": machine_info(("textclf", "fasttext-community", "optuna", "numpy", "click")),
         "notes": {
             "methods": {"defaults": "fasttext.train_supervised with library defaults, thread = usable cores",
                         "autotune": f"train_supervised(autotuneValidationFile=valid, autotuneDuration=budget_s, thread = usable cores); "
@@ -380,7 +331,7 @@ def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb,
     echo(f"fastText benchmark: {', '.join(names)}; budget {budget_s:g} s; {doc['machine']['cores_usable']} cores")
     for name in names:
         d = Path(data_root) / name
-        if not all((d / f"{s}.csv").exists() for s in ("train", "valid", "test")):
+        if dataset_paths(data_root, name) is None:
             echo(f"{name}: skipped, {d}/{{train,valid,test}}.csv not found")
             doc["datasets"][name] = {"status": "skipped", "reason": f"{d} not found"}
             continue
@@ -388,7 +339,7 @@ def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb,
         doc["datasets"][name] = bench_dataset(name, d, budget_s, n_trials, predict_docs, predict_mb, repeats, echo)
         doc["summary"] = summary(doc["datasets"])
         atomic_write_json(output, doc)
-    doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    doc["finished"] = utc_now()
     doc["summary"] = summary(doc["datasets"])
     doc["table_markdown"] = markdown_tables(doc["datasets"])
     atomic_write_json(output, doc)

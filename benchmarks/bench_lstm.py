@@ -1,7 +1,8 @@
 """Benchmark the BiLSTM family: textclf's Lightning training vs a bare PyTorch loop over the same model, and fastText.
 
 For every dataset under ``--data_root`` (default ``<repo>/../shared/data``; a missing one is skipped
-with a message) three jobs run, each in a fresh spawned process (so peak RSS is the job's own):
+with a message) three jobs run, each in a fresh process (forked from a fork server started before any
+data loads, so its peak RSS is the job's own; see ``bench_common``):
 
   (a) ``lightning``: ``textclf.models.lstm.fit`` (Lightning, TensorBoard logging, checkpoints, history),
   (b) ``bare``: a plain PyTorch loop over the same model, batches, optimiser, scheduler and validation,
@@ -22,23 +23,18 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import importlib.metadata
-import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
+from bench_common import DATA_ROOT, REPO, RSS_NOTE, dataset_paths, in_child, machine_info, package_versions, peak_rss_mb, start_fork_server
 
-REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 JOBS = ("lightning", "bare", "fasttext")
 QUICK_SET = ("model.embedding_dim=32", "model.hidden_size=32")
-RSS_NOTE = "peak_rss_mb: ru_maxrss of the fresh spawned process that ran only that job (interpreter, imports, data, training, scoring)"
 
 
 # --------------------------------------------------------------------------- child jobs
@@ -75,7 +71,6 @@ def _lstm_job(job: str, data_dir: str, overrides: list[str], max_train: int | No
 
     from textclf.config import load_config
     from textclf.models import lstm
-    from textclf.torch_common import peak_rss_mb
 
     cfg = load_config("lstm", None, overrides)
     splits = _splits(data_dir, cfg["data"], max_train)
@@ -175,7 +170,6 @@ def bare_fit(cfg: dict, splits) -> tuple:
 def _fasttext_job(data_dir: str, max_train: int | None) -> dict:
     from textclf.config import load_config
     from textclf.models import fasttext_model
-    from textclf.torch_common import peak_rss_mb
 
     cfg = load_config("fasttext", None, ["search.n_trials=0"])
     splits = _splits(data_dir, cfg["data"], max_train)
@@ -192,20 +186,13 @@ def _fasttext_job(data_dir: str, max_train: int | None) -> dict:
 
 
 def run_job(job: str, data_dir: str, overrides: list[str], max_train: int | None) -> dict:
-    """One benchmark job (runs in a fresh process)."""
+    """One benchmark job (runs in a fresh process, see ``bench_common.in_child``)."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     if job == "fasttext":
         return _fasttext_job(data_dir, max_train)
     return _lstm_job(job, data_dir, overrides, max_train)
-
-
-def in_fresh_process(job: str, *args) -> dict:
-    """Run one job in a new spawned interpreter and return its result."""
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(run_job, job, *args).result()
 
 
 # --------------------------------------------------------------------------- report
@@ -231,7 +218,7 @@ def table(results: dict) -> str:
 
 @click.command()
 @click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated shared dataset names.")
-@click.option("--data_root", type=click.Path(file_okay=False), default=str(REPO.parent / "shared" / "data"), show_default=True)
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True)
 @click.option("--epochs", type=int, default=5, show_default=True, help="Epochs for both LSTM jobs (early stopping off).")
 @click.option("--set", "overrides", multiple=True, help="config/lstm.json overrides for both LSTM jobs, e.g. model.hidden_size=64.")
 @click.option("--max_train", type=int, default=None, help="Use only the first N training documents.")
@@ -242,6 +229,7 @@ def table(results: dict) -> str:
 @click.option("--output", type=click.Path(dir_okay=False), default=str(REPO / "benchmarks" / "results" / "lstm.json"), show_default=True)
 def main(datasets, data_root, epochs, overrides, max_train, jobs, repeats, quick, output):
     """Run the benchmark and write the results JSON plus a markdown table."""
+    start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.atomic import atomic_write_json
 
     overrides = list(overrides)
@@ -253,8 +241,8 @@ def main(datasets, data_root, epochs, overrides, max_train, jobs, repeats, quick
     results: dict = {}
     for ds in [d.strip() for d in datasets.split(",") if d.strip()]:
         d = Path(data_root) / ds
-        if not (d / "train.csv").exists():
-            click.echo(f"skipping {ds}: {d}/train.csv not found", err=True)
+        if dataset_paths(data_root, ds) is None:
+            click.echo(f"skipping {ds}: {d}/{{train,valid,test}}.csv not found", err=True)
             continue
         results[ds] = {}
         names = [j.strip() for j in jobs.split(",") if j.strip()]
@@ -263,7 +251,7 @@ def main(datasets, data_root, epochs, overrides, max_train, jobs, repeats, quick
                 if job == "fasttext" and rep:
                     continue
                 click.echo(f"[{dt.datetime.now():%H:%M:%S}] {ds}: {job} (run {rep + 1}) ...", err=True)
-                res = in_fresh_process(job, str(d), overrides, max_train)
+                res = in_child(run_job, job, str(d), overrides, max_train)
                 if job in results[ds]:
                     res["epoch_s_runs"] = [*results[ds][job]["epoch_s_runs"], res["epoch_s"]]
                     if res["epoch_s"] > results[ds][job]["epoch_s"]:
@@ -278,9 +266,8 @@ def main(datasets, data_root, epochs, overrides, max_train, jobs, repeats, quick
             results[ds]["overhead_ratio_cpu"] = results[ds]["lightning"]["epoch_cpu_s"] / results[ds]["bare"]["epoch_cpu_s"]
     report = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "load_avg_at_end": os.getloadavg()},
-        "versions": {p: importlib.metadata.version(p) for p in ("torch", "lightning", "fasttext-community", "textclf")},
+        "machine": {**machine_info(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
+        "versions": package_versions(("torch", "lightning", "fasttext-community", "textclf")),
         "settings": {"epochs": epochs, "overrides": overrides, "max_train": max_train, "quick": quick, "repeats": repeats,
                      "device": "cpu"},
         "notes": [RSS_NOTE, "epoch_s: steady-state seconds per epoch, from the end of epoch 1's validation to the end of the "

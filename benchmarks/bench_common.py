@@ -1,0 +1,118 @@
+"""Helpers shared by the benchmark scripts: jobs in small fresh processes, their peak RSS, machine facts.
+
+Peak RSS: Linux keeps ``ru_maxrss`` across ``fork`` and ``exec``, so a job forked or spawned from the
+benchmark process reports at least the benchmark's own peak (with its loaded data, earlier results,
+...). Each script therefore calls :func:`start_fork_server` first thing, while it is still small, and
+runs every job through :func:`in_child`: a fresh process forked from that fork server, whose
+:func:`peak_rss_mb` is then the job's own (plus the small fork server it started from).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import platform
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import click
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO.parent / "shared" / "data"
+SPLITS = ("train", "valid", "test")
+RSS_NOTE = ("peak_rss_mb: max of ru_maxrss over RUSAGE_SELF and RUSAGE_CHILDREN of the fresh process that ran only that "
+            "job, in MiB. The process is forked from a fork server that the benchmark starts before it imports or loads "
+            "anything large (Linux keeps ru_maxrss across fork and exec, so a child of the benchmark process itself would "
+            "report at least the benchmark's own peak); the figure covers the interpreter, the job's imports and its work, "
+            "and any processes the job forked and waited for")
+
+
+def start_fork_server() -> None:
+    """Start the fork server :func:`in_child` uses; call it before importing or loading anything large."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([])
+    multiprocessing.forkserver.ensure_running()
+
+
+def in_child(fn, *args):
+    """Run ``fn(*args)`` in a fresh process forked from the fork server and return its result.
+
+    ``fn`` must be importable (a module-level function of the script or of a module). Without a
+    prior :func:`start_fork_server` the server is started here, from whatever the caller has
+    grown to, and the children's peak RSS includes it.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS in MiB of this process or of its largest finished child, whichever is larger."""
+    usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(usage / (1024 * 1024) if sys.platform == "darwin" else usage / 1024, 1)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def package_versions(packages) -> dict:
+    """Installed version of each distribution name, None for one not installed."""
+    versions = {}
+    for pkg in packages:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def machine_info(packages=None) -> dict:
+    """Cores, CPU model, memory, OS, Python and (unless None) the versions of ``packages``."""
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    info = {"cores_usable": usable_cores(), "cpu_count": os.cpu_count(), "cpu_model": cpu, "memory_gib": mem_gib,
+            "platform": platform.platform(), "python": platform.python_version(), "hostname": platform.node()}
+    if packages is not None:
+        info["versions"] = package_versions(packages)
+    return info
+
+
+def dataset_paths(data_root, name: str) -> dict | None:
+    """``{split: path}`` of ``<data_root>/<name>/{train,valid,test}.csv``, or None when one is missing."""
+    d = Path(data_root) / name
+    paths = {s: str(d / f"{s}.csv") for s in SPLITS}
+    return paths if all(Path(p).exists() for p in paths.values()) else None
+
+
+def make_echo(show_elapsed: bool = False):
+    """A progress printer to stderr: ``[HH:MM:SS] msg``, or ``[HH:MM:SS +M.M min] msg`` with ``show_elapsed``."""
+    started = time.perf_counter()
+
+    def echo(msg: str) -> None:
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        if show_elapsed:
+            stamp += f" +{(time.perf_counter() - started) / 60:.1f} min"
+        click.echo(f"[{stamp}] {msg}", err=True)
+
+    return echo
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

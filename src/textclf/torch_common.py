@@ -143,12 +143,3 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool = self.batch_size * self.pool_batches
         full, rest = divmod(len(self.lengths), pool)
         return full * self.pool_batches + math.ceil(rest / self.batch_size)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux/macOS)."""
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024

@@ -202,3 +202,8 @@ def test_killed_search_resumes_losing_at_most_the_running_trial(tmp_path, tweets
     assert sum(t.state.name == "COMPLETE" for t in after) == len(kept) + 1
     assert [t.state.name for t in after if t.state.name not in ("COMPLETE",)] == ["FAIL"]
     assert (out / "meta.json").exists()
+
+
+def test_model_path_may_name_meta_json(model_dir):
+    p = textclf.load_predictor(model_dir / "meta.json")
+    assert p.predict(["what a great day"]) == textclf.load_predictor(model_dir).predict(["what a great day"])

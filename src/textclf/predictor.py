@@ -20,7 +20,7 @@ import numpy as np
 from textclf.atomic import atomic_open
 from textclf.data import batched, iter_texts
 from textclf.errors import ModelError
-from textclf.meta import read_meta
+from textclf.meta import META_FILE, read_meta
 
 #: kind in meta.json -> "module:Class"; imported lazily so fastText users never import torch.
 REGISTRY: dict[str, str] = {
@@ -62,7 +62,8 @@ class Predictor(ABC):
 def _resolve(model_path: str | Path) -> tuple[Path, Path | None]:
     path = Path(model_path)
     if path.is_file():
-        return path.parent, path
+        # meta.json names the directory, not a model file
+        return path.parent, None if path.name == META_FILE else path
     return path, None
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from textclf.atomic import atomic_write_text
 from textclf.data import Dataset, check_labels_known, read_labelled, sha256_files
 from textclf.meta import build_meta, write_meta
 from textclf.metrics import format_report
@@ -51,8 +52,6 @@ def finish_run(model_dir: str | Path, predictor: Predictor, splits: Splits, conf
     if splits.test is not None:
         metrics["test"] = evaluate_predictor(predictor, splits.test.texts, splits.test.labels)
     report = "\n\n".join(format_report(m, title=f"== {name} ({splits.paths[name]})") for name, m in metrics.items())
-    from textclf.atomic import atomic_write_text
-
     atomic_write_text(model_dir / "metrics.txt", report + "\n")
     meta = build_meta(predictor.kind, predictor.labels, config, metrics, splits.data_sha256, packages,
                       data=splits.paths, **extra)

@@ -121,8 +121,6 @@ class FastTextPredictor(Predictor):
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", MODEL_FILE)
-        if path.name == "meta.json":
-            path = Path(model_dir) / meta.get("model_file", MODEL_FILE)
         if not path.exists():
             raise ModelError(f"{path}: fastText model file not found")
         return cls(model_dir, meta, fasttext.load_model(str(path)))

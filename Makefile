@@ -24,7 +24,7 @@ BERT_DIR ?= $(MODELS)/bert
 INPUT ?= $(TEST_PATH)
 OUTPUT ?=
 
-.PHONY: help install test test-full lint clean \
+.PHONY: help install test test-quick test-full lint clean \
 	train_fasttext predict_fasttext bench_fasttext
 
 help: ## Show this list of targets
@@ -206,11 +206,13 @@ test_infra: install ## Container, SLURM and PostgreSQL tests (builds images, sta
 	TEXTCLF_INFRA_TESTS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "containers or slurm or postgres" $(PYTEST_ARGS)
 
 ## ---- checks ----
-test: install ## Run the test suite (all but @slow), offline
+test: install ## Run every test, the slow ones too, offline (what CI runs)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: install ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-full: install ## Run every test, the slow ones too
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+test-full: test ## Same as test (kept for old habits)
 
 lint: install ## ruff on all Python code, hadolint on the Dockerfiles
 	$(BIN)/ruff check src tests benchmarks fasttext allennlp bert_classification

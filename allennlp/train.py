@@ -4,7 +4,7 @@
         --valid_path data/tweets_sentiment/valid.csv --output_dir models/lstm [--n_trials 20] [--set model.hidden_size=256]
 """
 
-from textclf.cli.lstm_cmd import train_lstm
+from textclf.cli.family_cmd import train_command
 
 if __name__ == "__main__":
-    train_lstm()
+    train_command("lstm")()

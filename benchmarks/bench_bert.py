@@ -62,15 +62,16 @@ def run_variant(paths: dict, overrides: list[str], output_dir: str, device: str)
     """Train one variant, score valid/test, time ``predict_file`` on the test split; runs in a fresh process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from textclf.config import load_config
-    from textclf.models import bert
+    from textclf.meta import read_meta
     from textclf.predictor import load_predictor, predict_file
+    from textclf.registry import get_family
     from textclf.training import load_splits
 
     cfg = load_config("bert", overrides=[*overrides, f"device={json.dumps(device)}", "output.keep_checkpoints=false",
                                          "train.progress=false"])
     splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
     start = time.perf_counter()
-    meta = bert.train(cfg, splits, output_dir, echo=True)
+    meta = read_meta(get_family("bert").train_fn()(cfg, splits, output_dir))
     wall = time.perf_counter() - start
     predictor = load_predictor(output_dir)
     t0 = time.perf_counter()
@@ -178,7 +179,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
             "variants": "cross-entropy = focal loss with gamma 0 (identical by construction, see tests/test_bert.py); "
                         "two stages = stage 1 on a class-balanced downsample, stage 2 on the full train set from "
                         "stage 1's best checkpoint",
-            "metrics": "test split, textclf.metrics; train s = wall time of textclf.models.bert.train (tokenising, "
+            "metrics": "test split, textclf.metrics; train s = wall time of textclf.families.bert.model.train (tokenising, "
                        "all stages, evaluation of valid+test, saving); predict docs/s = predict_file to CSV on the test "
                        "split, model load excluded",
             "peak_rss": RSS_NOTE + " (here: one job = one variant, training + prediction)",

@@ -68,8 +68,8 @@ def _quiet_child() -> None:
 def _score(model, labels: list[str], test_path: str) -> dict:
     """Test metrics of a raw fastText model whose labels are ``__label__<index>`` into ``labels``."""
     from textclf.data import read_labelled
+    from textclf.families.fasttext.model import one_line
     from textclf.metrics import classification_metrics
-    from textclf.models.fasttext_model import one_line
 
     test = read_labelled(test_path, min_classes=0)
     ft_labels, _ = model.predict([one_line(t) for t in test.texts], k=1)
@@ -105,15 +105,16 @@ def phase_optuna(paths: dict, budget_s: float, output_dir: str, n_trials: int) -
     import csv
 
     from textclf.config import load_config
-    from textclf.models import fasttext_model
+    from textclf.meta import read_meta
     from textclf.predictor import load_predictor
+    from textclf.registry import get_family
     from textclf.training import load_splits
 
     _quiet_child()
     cfg = load_config("fasttext", overrides=[f"search.timeout={budget_s}", f"search.n_trials={n_trials}"])
     splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
     start = time.perf_counter()
-    meta = fasttext_model.train(cfg, splits, output_dir, tune=True, echo=False)
+    meta = read_meta(get_family("fasttext").train_fn()(cfg, splits, output_dir))
     wall = time.perf_counter() - start
     with open(Path(output_dir) / "trials.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -158,7 +159,7 @@ def phase_predict_raw(model_file: str, input_file: str, output_file: str) -> dic
 
 def write_prediction_input(texts: list[str], min_docs: int, path: Path, min_mb: float = 0.0) -> int:
     """The test texts (one a line, whitespace folded) repeated to at least ``min_docs`` lines and ``min_mb`` MiB."""
-    from textclf.models.fasttext_model import one_line
+    from textclf.families.fasttext.model import one_line
 
     lines = [one_line(t) for t in texts]
     size = sum(len(line.encode("utf-8")) + 1 for line in lines)
@@ -201,7 +202,7 @@ def bench_dataset(name: str, data_dir: Path, budget_s: float, n_trials: int, min
                   echo) -> dict:
     """All phases on one dataset."""
     from textclf.data import read_labelled
-    from textclf.models.fasttext_model import write_training_file
+    from textclf.families.fasttext.model import write_training_file
 
     paths = {s: str(data_dir / f"{s}.csv") for s in ("train", "valid", "test")}
     train = read_labelled(paths["train"])
@@ -314,7 +315,7 @@ def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb,
             "methods": {"defaults": "fasttext.train_supervised with library defaults, thread = usable cores",
                         "autotune": f"train_supervised(autotuneValidationFile=valid, autotuneDuration=budget_s, thread = usable cores); "
                                     f"{AUTOTUNE_NOTE}",
-                        "optuna": "textclf.models.fasttext_model.train with config/fasttext.json, search.timeout = budget_s, "
+                        "optuna": "textclf.families.fasttext.model.train with config/fasttext.json, search.timeout = budget_s, "
                                   "search.n_trials = cap; train_wall_s includes the refit, evaluation and saving the model directory"},
             "metrics": "test split, textclf.metrics.classification_metrics; macro_f1 is the target metric",
             "peak_rss": RSS_NOTE,

@@ -4,7 +4,7 @@ For every dataset under ``--data_root`` (default ``<repo>/../shared/data``; a mi
 with a message) three jobs run, each in a fresh process (forked from a fork server started before any
 data loads, so its peak RSS is the job's own; see ``bench_common``):
 
-  (a) ``lightning``: ``textclf.models.lstm.fit`` (Lightning, TensorBoard logging, checkpoints, history),
+  (a) ``lightning``: ``textclf.families.lstm.train.fit`` (Lightning, TensorBoard logging, checkpoints, history),
   (b) ``bare``: a plain PyTorch loop over the same model, batches, optimiser, scheduler and validation,
   (c) ``fasttext``: fastText with config/fasttext.json's params, no search (the baseline users know).
 
@@ -70,23 +70,24 @@ def _lstm_job(job: str, data_dir: str, overrides: list[str], max_train: int | No
     import torch
 
     from textclf.config import load_config
-    from textclf.models import lstm
+    from textclf.families.lstm import model as lstm
 
-    cfg = load_config("lstm", None, overrides)
+    cfg = load_config("lstm", None, [*overrides, "device=cpu"])
     splits = _splits(data_dir, cfg["data"], max_train)
     if cfg["train"]["num_threads"]:
         torch.set_num_threads(cfg["train"]["num_threads"])
     import_s = 0.0
     if job == "lightning":
         start = time.perf_counter()
-        lstm._lightning()
         from lightning.pytorch.loggers import TensorBoardLogger  # noqa: F401  (imports tensorboard)
+
+        from textclf.families.lstm import train as lstm_train
 
         import_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="bench-lstm-") as tmp:
         start = time.perf_counter()
         if job == "lightning":
-            result = lstm.fit(cfg, splits, tmp, device="cpu", progress=False)
+            result = lstm_train.fit(cfg, splits, tmp, progress=False)
             model, vocab, history = result.model, result.vocab, result.history
         else:
             model, vocab, history = bare_fit(cfg, splits)
@@ -114,8 +115,8 @@ def bare_fit(cfg: dict, splits) -> tuple:
     import torch
     from torch import nn
 
+    from textclf.families.lstm import model as lstm
     from textclf.metrics import classification_metrics
-    from textclf.models import lstm
     from textclf.torch_common import seed_everything
 
     t = cfg["train"]
@@ -169,13 +170,14 @@ def bare_fit(cfg: dict, splits) -> tuple:
 
 def _fasttext_job(data_dir: str, max_train: int | None) -> dict:
     from textclf.config import load_config
-    from textclf.models import fasttext_model
+    from textclf.families.fasttext import model as fasttext_model
+    from textclf.registry import get_family
 
     cfg = load_config("fasttext", None, ["search.n_trials=0"])
     splits = _splits(data_dir, cfg["data"], max_train)
     with tempfile.TemporaryDirectory(prefix="bench-ft-") as tmp:
         start = time.perf_counter()
-        fasttext_model.train(cfg, splits, tmp, tune=False, echo=False)
+        get_family("fasttext").train_fn()(cfg, splits, tmp)
         fit_s = time.perf_counter() - start
         predictor = fasttext_model.FastTextPredictor.load(tmp)
         test = _test_metrics(predictor, splits)

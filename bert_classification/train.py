@@ -5,7 +5,7 @@
         [--set stage2.epochs=3] [--model_name DeepPavlov/rubert-base-cased] [--device cuda:0] [--devices 2]
 """
 
-from textclf.cli.bert_cmd import train_bert
+from textclf.cli.family_cmd import train_command
 
 if __name__ == "__main__":
-    train_bert()
+    train_command("bert")()

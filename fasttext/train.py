@@ -4,7 +4,7 @@
         --valid_path data/tweets_sentiment/valid.csv --output_dir models/fasttext --n_trials 50
 """
 
-from textclf.cli.fasttext_cmd import train_fasttext
+from textclf.cli.family_cmd import train_command
 
 if __name__ == "__main__":
-    train_fasttext()
+    train_command("fasttext")()

@@ -26,9 +26,24 @@ def tweets() -> dict[str, Path]:
     return {name: DATA / f"{name}.csv" for name in ("train", "valid", "test")}
 
 
-def shared_dataset(name: str) -> dict[str, Path]:
-    """A dataset from ../shared/data, or skip with a reason when it is absent."""
-    d = SHARED_DATA / name
-    if not (d / "train.csv").exists():
-        pytest.skip(f"shared dataset {d} not found")
-    return {split: d / f"{split}.csv" for split in ("train", "valid", "test")}
+def save_tiny_random_bert(path: Path, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny randomly initialised BERT with the shipped MiniLM tokenizer, saved in Hugging Face format (no download)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from textclf.families.bert.model import default_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=max(1, hidden_size // 16), intermediate_size=2 * hidden_size,
+                        max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny random BERT for smoke runs: ``--model_name <path>`` trains in seconds."""
+    return save_tiny_random_bert(tmp_path_factory.mktemp("tiny_bert") / "model")

@@ -19,25 +19,21 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import textclf
-from textclf.catalyst_callbacks import FBetaCallback
+from textclf.class_weights import class_alpha
 from textclf.cli import cli
 from textclf.data import balanced_downsample, read_labelled, write_labelled
 from textclf.errors import ConfigError, ModelError
-from textclf.losses import FocalLoss, class_alpha
+from textclf.families.bert.callbacks import FBetaCallback
+from textclf.families.bert.data import load_tokenizer
+from textclf.families.bert.losses import FocalLoss
+from textclf.families.bert.model import state_digest
 from textclf.metrics import classification_metrics
-from textclf.models.bert import save_tiny_random_bert, state_digest
-from textclf.models.bert_data import load_tokenizer
 from textclf.predictor import evaluate_predictor
 
 # Real run of test_minilm_short_finetune_beats_floor (MiniLM, first 400 train rows of tweets_sentiment,
 # max_length 48, batch 16, 1 epoch per stage, two stages, focal gamma=2): valid macro-F1 0.842,
 # accuracy 0.873 on the first 150 valid rows; predicting the majority class gives macro-F1 0.41.
 MINILM_MACRO_F1_FLOOR = 0.75
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
-    return save_tiny_random_bert(tmp_path_factory.mktemp("tiny_bert") / "model")
 
 
 @pytest.fixture(scope="session")
@@ -231,6 +227,7 @@ def test_resume_continues_from_last_epoch(tweet_slice, tiny_bert, tmp_path):
 
 # --------------------------------------------------------------------------- real fine-tune (MiniLM)
 
+@pytest.mark.slow
 def test_minilm_short_finetune_beats_floor(tweets, tmp_path):
     d = tmp_path / "data"
     d.mkdir()

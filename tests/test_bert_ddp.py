@@ -14,18 +14,19 @@ from click.testing import CliRunner
 
 from textclf.cli import cli
 from textclf.data import read_labelled, write_labelled
-from textclf.models.bert import save_tiny_random_bert
+
+pytestmark = pytest.mark.slow  # two gloo workers train a tiny BERT: about a minute on 2 cores
 
 MODEL_FILES = {"meta.json", "metrics.txt", "head.pt", "encoder/config.json", "encoder/model.safetensors",
                "encoder/tokenizer.json", "encoder/tokenizer_config.json"}
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory, tweets):
+def ddp_run(tmp_path_factory, tweets, tiny_bert):
     root = tmp_path_factory.mktemp("bert_ddp")
     write_labelled(root / "train.csv", read_labelled(tweets["train"]).subset(range(240)))
     write_labelled(root / "valid.csv", read_labelled(tweets["valid"]).subset(range(101)))  # odd: uneven shards
-    model = save_tiny_random_bert(root / "tiny")
+    model = tiny_bert
     out = root / "model"
     args = ["train", "bert", "--train_path", str(root / "train.csv"), "--valid_path", str(root / "valid.csv"),
             "--output_dir", str(out), "--model_name", str(model), "--device", "cpu", "--devices", "2", "--two_stage",

@@ -49,7 +49,7 @@ def test_every_format_round_trips(tmp_path, fmt):
     assert back.labels == expected_labels
     assert back.texts[0] == "good movie, really"
     assert back.texts[1] == 'bad "film"'
-    assert back.line_numbers == [1, 2, 3] if fmt in ("jsonl", "fasttext") else [2, 3, 4]
+    assert back.line_numbers == ([1, 2, 3] if fmt in ("jsonl", "fasttext") else [2, 3, 4])
 
 
 def test_custom_columns_and_multiline_csv(tmp_path):

@@ -15,7 +15,7 @@ import textclf.data as data_mod
 from textclf.cli import cli
 from textclf.data import iter_texts
 from textclf.errors import DataError
-from textclf.models import fasttext_model as ftm
+from textclf.families.fasttext import model as ftm
 from textclf.training import load_splits
 
 

@@ -12,16 +12,21 @@ import torch
 from click.testing import CliRunner
 
 from textclf.cli import cli
-from textclf.cli.lstm_cmd import train_lstm, tune_lstm
+from textclf.cli.family_cmd import train_command
 from textclf.config import load_config
 from textclf.data import read_labelled, write_labelled
 from textclf.errors import ConfigError
-from textclf.models import lstm
+from textclf.families.lstm import model as lstm
+from textclf.families.lstm import search as lstm_search
+from textclf.families.lstm import train as lstm_train
+from textclf.families.lstm.text import UNK_ID, Tokenizer, Vocab
 from textclf.predictor import load_predictor
-from textclf.text_vocab import UNK_ID, Tokenizer, Vocab
 from textclf.torch_common import BucketBatchSampler, resolve_device
 from textclf.training import load_splits
 from textclf.tuning import make_storage
+
+train_lstm = train_command("lstm")
+tune_lstm = train_command("lstm", tune=True)
 
 # A tiny model on one thread: every run here takes seconds on a busy 2-core machine.
 TINY = ["--device", "cpu", "--batch_size", "64", "--lr", "0.005", "--set", "model.embedding_dim=32", "--set", "model.hidden_size=32",
@@ -144,11 +149,12 @@ def test_resume_continues_from_the_saved_epoch(small_splits, tmp_path):
     base = ["--train_path", small_splits["train"], "--valid_path", small_splits["valid"], *TINY, "--set", "model.dropout=0.0",
             "--set", "train.patience=0", "--epochs", "4"]
     cfg = load_config("lstm", None, ["train.batch_size=64", "train.lr=0.005", "model.embedding_dim=32", "model.hidden_size=32",
-                                     "train.num_threads=1", "model.dropout=0.0", "train.patience=0", "train.epochs=4"])
+                                     "train.num_threads=1", "model.dropout=0.0", "train.patience=0", "train.epochs=4",
+                                     "device=cpu"])
     splits = load_splits(small_splits["train"], small_splits["valid"], None, cfg["data"])
     crashed = tmp_path / "crashed"
     with pytest.raises(CrashAt):
-        lstm.train(cfg, splits, crashed, device="cpu", callbacks=[crash_callback(2)])
+        lstm_train.train_once(cfg, splits, crashed, callbacks=[crash_callback(2)])
     assert not (crashed / "meta.json").exists()
     assert torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
     before = json.loads((crashed / "history.json").read_text())
@@ -241,21 +247,21 @@ def test_config_and_device_errors():
     assert resolve_device("cpu").type == "cpu"
     cfg = load_config("lstm")
     with pytest.raises(ConfigError, match="valid names"):
-        lstm.apply_params(cfg, {"hiden_size": 3})
-    assert lstm.apply_params(cfg, {"hidden_size": 16, "lr": 0.1})["model"]["hidden_size"] == 16
+        lstm_search.apply_params(cfg, {"hiden_size": 3})
+    assert lstm_search.apply_params(cfg, {"hidden_size": 16, "lr": 0.1})["model"]["hidden_size"] == 16
     with pytest.raises(ConfigError, match="train.metric"):
-        lstm.selection_metric(load_config("lstm", None, ["train.metric=macro_f2"]))
+        lstm_train.selection_metric(load_config("lstm", None, ["train.metric=macro_f2"]))
     with pytest.raises(ConfigError, match="2 classes"):
-        lstm.class_weights([1.0], ["a", "b"], ["a", "b"])
-    weights = lstm.class_weights("balanced", ["a", "b"], ["a", "a", "a", "b"])
+        lstm_train.class_weights([1.0], ["a", "b"], ["a", "b"])
+    weights = lstm_train.class_weights("balanced", ["a", "b"], ["a", "a", "a", "b"])
     assert weights.tolist() == pytest.approx([4 / 6, 2.0])
     import optuna
 
     search = cfg["search"]
-    assert isinstance(lstm.make_pruner({**search, "pruner": "hyperband"}, 10), optuna.pruners.HyperbandPruner)
-    assert isinstance(lstm.make_pruner(search, 10), optuna.pruners.MedianPruner)
+    assert isinstance(lstm_search.make_pruner({**search, "pruner": "hyperband"}, 10), optuna.pruners.HyperbandPruner)
+    assert isinstance(lstm_search.make_pruner(search, 10), optuna.pruners.MedianPruner)
     with pytest.raises(ConfigError, match="search.pruner"):
-        lstm.make_pruner({**search, "pruner": "asha"}, 10)
+        lstm_search.make_pruner({**search, "pruner": "asha"}, 10)
 
 
 def test_pretrained_fasttext_bin(tmp_path):

@@ -48,8 +48,10 @@ def read_json(path: str | Path) -> dict:
 
 
 def default_config(family: str) -> dict:
-    """The default config of a model family (``fasttext``, ``lstm``, ``bert``)."""
-    return read_json(config_dir() / f"{family}.json")
+    """The default config of a registered model family (``config/<family>.json`` for the built-in ones)."""
+    from textclf.registry import get_family
+
+    return get_family(family).default_config()
 
 
 def leaf_keys(cfg: dict, prefix: str = "") -> list[str]:
@@ -134,11 +136,3 @@ def load_config(family: str, config_path: str | Path | None = None, overrides: I
     for assignment in overrides:
         cfg = apply_override(cfg, assignment)
     return cfg
-
-
-def get(cfg: dict, dotted: str) -> Any:
-    """Read ``a.b.c`` from a nested dict."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node

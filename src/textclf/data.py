@@ -23,6 +23,7 @@ from pathlib import Path
 
 from textclf.atomic import atomic_open
 from textclf.errors import DataError
+from textclf.registry import register_reader
 
 LABELLED_FORMATS = ("csv", "tsv", "jsonl", "fasttext")
 UNLABELLED_FORMATS = ("txt", "csv", "tsv", "jsonl")
@@ -217,22 +218,80 @@ def _require_column(path: Path, header: list[str], column: str, what: str) -> No
         )
 
 
+def _csv_reader(delimiter: str):
+    def read(path: str | Path, text_column: str, label_column: str) -> Iterator[tuple[int, object, object]]:
+        path = Path(path)
+        for number, row, header in _csv_rows(path, delimiter):
+            _require_column(path, header, text_column, "text")
+            _require_column(path, header, label_column, "label")
+            if row:
+                yield number, row[text_column], row[label_column]
+
+    return read
+
+
+register_reader("csv")(_csv_reader(","))
+register_reader("tsv")(_csv_reader("\t"))
+
+
+@register_reader("jsonl")
+def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterator[tuple[int, object, object]]:
+    """``{"text": ..., "label": ...}`` per line (blank lines skipped)."""
+    path = Path(path)
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        obj = _parse_json_line(path, number, line)
+        for column, what in ((text_column, "text"), (label_column, "label")):
+            if column not in obj:
+                raise DataError(path, f"missing {what} key {column!r} (keys: {', '.join(obj)})", number)
+        yield number, obj[text_column], obj[label_column]
+
+
+@register_reader("fasttext")
+def read_fasttext(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, str]]:
+    """``__label__x text`` per line (blank lines skipped); the column names do not apply."""
+    path = Path(path)
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        label, text = parse_fasttext_line(path, number, line)
+        yield number, text, label
+
+
+@register_reader("txt")
+def read_plain(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, None]]:
+    """Plain text, one document a line, no labels (prediction input)."""
+    for number, line in enumerate(_plain_lines(Path(path)), start=1):
+        yield number, line, None
+
+
 def read_labelled(
     path: str | Path,
     fmt: str | None = None,
     text_column: str = "text",
     label_column: str = "label",
     min_classes: int = 2,
+    reader: str | None = None,
 ) -> Dataset:
-    """Read a labelled file into a :class:`Dataset`; every defect raises DataError with the line."""
-    path = Path(path)
-    _check_not_empty(path)
-    fmt = detect_format(path, fmt, labelled=True)
+    """Read a labelled file into a :class:`Dataset`; every defect raises DataError with the line.
+
+    ``reader`` names a registered reader (``data.reader``: a plug-in's reader may read a
+    database or an API, and ``path`` is whatever it understands); by default the reader
+    of the file's format (``fmt`` or the extension) reads it.
+    """
+    from textclf.registry import get_reader
+
+    if reader:
+        rows = get_reader(reader)(str(path), text_column, label_column)
+    else:
+        path = Path(path)
+        _check_not_empty(path)
+        rows = get_reader(detect_format(path, fmt, labelled=True))(path, text_column, label_column)
     texts: list[str] = []
     labels: list[str] = []
     lines: list[int] = []
-
-    def add(number: int, text: object, label: object) -> None:
+    for number, text, label in rows:
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(path, "empty label", number)
         if text is None or (isinstance(text, str) and not text.strip()):
@@ -244,28 +303,6 @@ def read_labelled(
         texts.append(text)
         labels.append(str(label).strip())
         lines.append(number)
-
-    if fmt in ("csv", "tsv"):
-        for number, row, header in _csv_rows(path, "," if fmt == "csv" else "\t"):
-            _require_column(path, header, text_column, "text")
-            _require_column(path, header, label_column, "label")
-            if row:
-                add(number, row[text_column], row[label_column])
-    elif fmt == "jsonl":
-        for number, line in _decoded_lines(path):
-            if not line.strip():
-                continue
-            obj = _parse_json_line(path, number, line)
-            for column, what in ((text_column, "text"), (label_column, "label")):
-                if column not in obj:
-                    raise DataError(path, f"missing {what} key {column!r} (keys: {', '.join(obj)})", number)
-            add(number, obj[text_column], obj[label_column])
-    else:
-        for number, line in _decoded_lines(path):
-            if not line.strip():
-                continue
-            label, text = parse_fasttext_line(path, number, line)
-            add(number, text, label)
     if not texts:
         raise DataError(path, "no data rows")
     ds = Dataset(texts, labels, str(path), lines)
@@ -364,6 +401,17 @@ def sha256_files(paths: Iterable[str | Path | None]) -> str:
         with open(p, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_datasets(datasets: Iterable[Dataset | None]) -> str:
+    """One SHA-256 over the texts and labels of datasets (for data a reader did not take from files)."""
+    digest = hashlib.sha256()
+    for ds in datasets:
+        if ds is None:
+            continue
+        for text, label in zip(ds.texts, ds.labels, strict=True):
+            digest.update(f"{label}\t{text}\n".encode())
     return digest.hexdigest()
 
 

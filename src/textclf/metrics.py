@@ -11,6 +11,18 @@ from collections.abc import Sequence
 import numpy as np
 
 DEFAULT_BETAS = (1.0, 0.5)
+#: metrics where lower is better; every other metric is maximised
+MINIMIZED_METRICS = ("loss",)
+
+
+def is_minimized(metric: str) -> bool:
+    """Whether a lower value of ``metric`` is better."""
+    return metric in MINIMIZED_METRICS
+
+
+def direction(metric: str) -> str:
+    """Optuna's study direction for ``metric``: ``minimize`` or ``maximize``."""
+    return "minimize" if is_minimized(metric) else "maximize"
 
 
 def beta_name(beta: float) -> str:

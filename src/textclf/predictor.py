@@ -1,14 +1,16 @@
 """One prediction interface for every model family, and streaming file prediction.
 
-``load_predictor(model_dir)`` reads ``meta.json`` and picks the implementation
-registered for its ``kind``; callers never import a family's module themselves.
+``load_predictor(model_dir)`` reads ``meta.json`` and asks the family registry
+(:mod:`textclf.registry`) for the Predictor of its ``kind``; callers never import a
+family's module themselves. A model trained by a plug-in family carries the plug-in's code
+(``meta.json`` names it), which is imported first, with a one-line warning.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
+import logging
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -22,12 +24,7 @@ from textclf.data import batched, iter_texts
 from textclf.errors import ModelError
 from textclf.meta import META_FILE, read_meta
 
-#: kind in meta.json -> "module:Class"; imported lazily so fastText users never import torch.
-REGISTRY: dict[str, str] = {
-    "fasttext": "textclf.models.fasttext_model:FastTextPredictor",
-    "lstm": "textclf.models.lstm:LSTMPredictor",
-    "bert": "textclf.models.bert:BertPredictor",
-}
+log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("txt", "csv", "jsonl")
 
@@ -67,15 +64,34 @@ def _resolve(model_path: str | Path) -> tuple[Path, Path | None]:
     return path, None
 
 
+def load_plugin_code(model_dir: Path, meta: dict) -> None:
+    """Import the plug-in file a model directory carries (named in meta.json), warning that it runs code."""
+    from textclf.registry import PLUGIN_META_KEY, load_code
+
+    relative = meta.get(PLUGIN_META_KEY)
+    if not relative:
+        return
+    path = (model_dir / relative).resolve()
+    if not path.is_relative_to(model_dir.resolve()) or not path.is_file():
+        raise ModelError(f"{model_dir / META_FILE}: {PLUGIN_META_KEY} {relative!r} is not a file inside the model directory")
+    import click
+
+    click.echo(f"warning: model {model_dir} runs plug-in code from its directory: {path}", err=True)
+    load_code(path)
+
+
 def load_predictor(model_path: str | Path) -> Predictor:
     """Load any textclf model directory (or a model file inside one) by the ``kind`` in its meta.json."""
+    from textclf.registry import all_families
+
     model_dir, model_file = _resolve(model_path)
     meta = read_meta(model_dir)
     kind = meta.get("kind")
-    if kind not in REGISTRY:
-        raise ModelError(f"{model_dir}/meta.json: unknown model kind {kind!r}; known: {', '.join(REGISTRY)}")
-    module_name, cls_name = REGISTRY[kind].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    load_plugin_code(model_dir, meta)
+    known = all_families()
+    if kind not in known:
+        raise ModelError(f"{model_dir}/{META_FILE}: unknown model kind {kind!r}; known: {', '.join(known)}")
+    cls = known[kind].predictor_class()
     return cls.load(model_dir, meta=meta, model_file=model_file)
 
 

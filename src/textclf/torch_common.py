@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -143,3 +143,28 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool = self.batch_size * self.pool_batches
         full, rest = divmod(len(self.lengths), pool)
         return full * self.pool_batches + math.ceil(rest / self.batch_size)
+
+
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists to the longest row: ``(ids (batch, width), lengths (batch,))``."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    ids = torch.full((len(rows), int(lengths.max()) if len(rows) else 0), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return ids, lengths
+
+
+def predict_by_length(rows: Sequence[Sequence[int]], batch_size: int, n_out: int,
+                      forward: Callable[[list[int]], torch.Tensor], dtype: type = np.float32) -> np.ndarray:
+    """Run ``forward(indices)`` on length-sorted batches of ``rows`` and return ``(len(rows), n_out)`` in input order.
+
+    Sorting by length keeps padding small; ``forward`` gets the indices of one batch and returns
+    its outputs (any float tensor), which are put back at those indices.
+    """
+    out = np.zeros((len(rows), n_out), dtype=dtype)
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    with torch.inference_mode():
+        for start in range(0, len(order), max(1, batch_size)):
+            idx = order[start : start + batch_size]
+            out[idx] = forward(idx.tolist()).float().cpu().numpy()
+    return out

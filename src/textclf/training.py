@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from textclf.atomic import atomic_write_text
-from textclf.data import Dataset, check_labels_known, read_labelled, sha256_files
+from textclf.data import Dataset, check_labels_known, read_labelled, sha256_datasets, sha256_files
 from textclf.meta import build_meta, write_meta
 from textclf.metrics import format_report
 from textclf.predictor import Predictor, evaluate_predictor
 
 log = logging.getLogger(__name__)
+
+PLUGIN_DIR = "plugin"
+#: the plug-in file (relative to the model directory) that the run in progress must record in meta.json
+_plugin_code: ContextVar[str | None] = ContextVar("textclf_plugin_code", default=None)
+
+
+@contextlib.contextmanager
+def plugin_context(family, output_dir: str | Path) -> Iterator[None]:
+    """While a plug-in family trains: copy its code file into ``output_dir/plugin/`` and have meta.json name it.
+
+    So ``textclf predict --model_path M`` works on a machine without the original file.
+    Built-in and entry-point families (no ``code_file``) record nothing.
+    """
+    if not family.code_file:
+        yield
+        return
+    from textclf.atomic import atomic_replace_file
+
+    source = Path(family.code_file)
+    relative = f"{PLUGIN_DIR}/{source.name}"
+    target = Path(output_dir) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.resolve() != target.resolve():
+        atomic_replace_file(lambda p: shutil.copyfile(source, p), target)
+    token = _plugin_code.set(relative)
+    try:
+        yield
+    finally:
+        _plugin_code.reset(token)
 
 
 @dataclass
@@ -32,7 +65,7 @@ class Splits:
 def load_splits(train_path: str | Path, valid_path: str | Path, test_path: str | Path | None, data_cfg: dict) -> Splits:
     """Read train/valid/test with the data config; every valid/test label must occur in train."""
     kw = {"fmt": data_cfg.get("format"), "text_column": data_cfg.get("text_column", "text"),
-          "label_column": data_cfg.get("label_column", "label")}
+          "label_column": data_cfg.get("label_column", "label"), "reader": data_cfg.get("reader")}
     train = read_labelled(train_path, **kw)
     valid = read_labelled(valid_path, min_classes=0, **kw)
     check_labels_known(train, valid)
@@ -41,7 +74,11 @@ def load_splits(train_path: str | Path, valid_path: str | Path, test_path: str |
         test = read_labelled(test_path, min_classes=0, **kw)
         check_labels_known(train, test)
     paths = {"train": str(train_path), "valid": str(valid_path), "test": str(test_path) if test_path else None}
-    return Splits(train, valid, test, train.label_set, sha256_files([train_path, valid_path, test_path]), paths)
+    if kw["reader"]:  # a registered reader may not read files: hash what it returned
+        digest = sha256_datasets([train, valid, test])
+    else:
+        digest = sha256_files([train_path, valid_path, test_path])
+    return Splits(train, valid, test, train.label_set, digest, paths)
 
 
 def finish_run(model_dir: str | Path, predictor: Predictor, splits: Splits, config: dict,
@@ -53,6 +90,10 @@ def finish_run(model_dir: str | Path, predictor: Predictor, splits: Splits, conf
         metrics["test"] = evaluate_predictor(predictor, splits.test.texts, splits.test.labels)
     report = "\n\n".join(format_report(m, title=f"== {name} ({splits.paths[name]})") for name, m in metrics.items())
     atomic_write_text(model_dir / "metrics.txt", report + "\n")
+    if _plugin_code.get():
+        from textclf.registry import PLUGIN_META_KEY
+
+        extra.setdefault(PLUGIN_META_KEY, _plugin_code.get())
     meta = build_meta(predictor.kind, predictor.labels, config, metrics, splits.data_sha256, packages,
                       data=splits.paths, **extra)
     write_meta(model_dir, meta)

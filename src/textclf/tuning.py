@@ -153,22 +153,35 @@ def record_worker(trial: optuna.Trial) -> None:
 
 
 def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int | None,
-               timeout: float | None = None, n_jobs: int = 1) -> int:
+               timeout: float | None = None, n_jobs: int = 1, output_dir: str | Path | None = None) -> int:
     """Run trials until the study holds ``n_trials`` finished trials (resuming counts the old ones) or ``timeout``.
 
     ``n_trials`` is the study's total, shared by all workers (``MaxTrialsCallback``);
     failed trials (e.g. fastText's "Encountered NaN") are recorded and the search goes on.
-    Returns the number of trials this call ran.
+    Progress (trial i/N, best so far, elapsed, ETA) goes to a bar on a terminal, the log and
+    ``output_dir/progress.log``. Returns the number of trials this call ran.
     """
+    from textclf.progress import search_callback
+
+    progress = search_callback(n_trials, output_dir)
+    try:
+        return _optimize(study, objective, n_trials, timeout, n_jobs, progress)
+    finally:
+        progress.close()
+
+
+def _optimize(study: optuna.Study, objective: Callable, n_trials: int | None, timeout: float | None, n_jobs: int,
+              progress: Callable) -> int:
+    """The search loop of :func:`run_search` (``progress`` is called after every trial)."""
     import time
 
     before = len(study.get_trials(deepcopy=False))
     deadline = time.monotonic() + timeout if timeout else None
     kwargs = {"n_jobs": n_jobs, "catch": (Exception,), "gc_after_trial": False, "show_progress_bar": False}
     if n_trials is None:
-        study.optimize(objective, timeout=timeout, **kwargs)
+        study.optimize(objective, timeout=timeout, callbacks=[progress], **kwargs)
         return len(study.get_trials(deepcopy=False)) - before
-    cap = [MaxTrialsCallback(n_trials, states=DONE_STATES)]
+    cap = [MaxTrialsCallback(n_trials, states=DONE_STATES), progress]
     while (remaining := n_trials - count_done(study)) > 0:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -187,11 +200,32 @@ def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """The best complete trial, with a clear error when every trial failed."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        states = {}
-        for t in study.get_trials(deepcopy=False):
-            states[t.state.name] = states.get(t.state.name, 0) + 1
-        raise RuntimeError(f"study {study.study_name!r} has no complete trial ({states}); see the log for trial errors")
+        raise RuntimeError(f"study {study.study_name!r} has no complete trial ({state_counts(study)}); "
+                           "see the log for trial errors")
     return study.best_trial
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """How many trials the study holds in each state (``{"COMPLETE": 18, "PRUNED": 2}``)."""
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    return states
+
+
+def search_summary(study: optuna.Study, storage: str | None, output_dir: str | Path, metric: str) -> dict:
+    """The ``search`` block of meta.json: study, storage, trials run (queued ones not counted), the best trial."""
+    best = best_trial(study)
+    return {"study_name": study.study_name, "storage": storage or str(Path(output_dir) / JOURNAL_FILE),
+            "n_trials": len([t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]),
+            "states": state_counts(study), "best_trial": best.number,
+            "best_value": best.value, "metric": metric, "best_params": best.params}
+
+
+def finish_search(study: optuna.Study, output_dir: str | Path) -> None:
+    """Write ``trials.csv`` and the plots of a search (every family does this after searching)."""
+    export_trials(study, output_dir)
+    save_plots(study, output_dir)
 
 
 def export_trials(study: optuna.Study, output_dir: str | Path) -> Path:

@@ -1,29 +1,24 @@
-"""The ``textclf`` command: a click group whose subcommands are imported only when used."""
+"""The ``textclf`` command: a click group whose subcommands are imported only when used.
+
+``textclf train <family>`` and ``textclf tune <family>`` are built from the family registry
+(:mod:`textclf.registry`), so a family from a package or a ``--code`` file needs no change here.
+"""
 
 from __future__ import annotations
 
 import importlib
-import logging
 
 import click
 
-#: command path -> "module:attribute"; families register here so `textclf --help` never imports torch.
-COMMANDS: dict[str, dict[str, str]] = {
-    "": {
-        "predict": "textclf.cli.predict_cmd:predict",
-        "evaluate": "textclf.cli.predict_cmd:evaluate",
-        "make-dataset": "textclf.cli.data_cmd:make_dataset",
-        "stats": "textclf.cli.data_cmd:stats",
-    },
-    "train": {
-        "fasttext": "textclf.cli.fasttext_cmd:train_fasttext",
-        "lstm": "textclf.cli.lstm_cmd:train_lstm",
-        "bert": "textclf.cli.bert_cmd:train_bert",
-    },
-    "tune": {
-        "fasttext": "textclf.cli.fasttext_cmd:train_fasttext",
-        "lstm": "textclf.cli.lstm_cmd:tune_lstm",
-    },
+from textclf.cli.options import code_option
+
+#: top-level command -> "module:attribute", imported on first use so `textclf --help` never imports torch
+COMMANDS: dict[str, str] = {
+    "predict": "textclf.cli.predict_cmd:predict",
+    "evaluate": "textclf.cli.predict_cmd:evaluate",
+    "make-dataset": "textclf.cli.data_cmd:make_dataset",
+    "stats": "textclf.cli.data_cmd:stats",
+    "families": "textclf.cli.families_cmd:families",
 }
 
 
@@ -44,23 +39,51 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS[""], context_settings={"help_option_names": ["-h", "--help"]})
+class FamilyGroup(click.Group):
+    """``train``/``tune``: one subcommand per registered family (``tune``: families with a search space)."""
+
+    def __init__(self, *args, tune: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tune = tune
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from textclf.registry import all_families
+
+        return [name for name, fam in all_families().items() if fam.searchable or not self.tune]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from textclf.cli.family_cmd import train_command
+        from textclf.errors import ConfigError
+        from textclf.registry import get_family
+
+        family = get_family(name)
+        if self.tune and not family.searchable:
+            tunable = ", ".join(self.list_commands(ctx))
+            raise ConfigError(f"family {name!r} has no search space to tune; families with one: {tunable}")
+        return train_command(name, tune=self.tune)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@code_option
 @click.version_option(package_name="textclf")
 def cli(verbose: int) -> None:
-    """Train, tune, evaluate and serve text classifiers (fastText, BiLSTM, BERT)."""
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Train, tune, evaluate and serve text classifiers (fastText, BiLSTM, BERT and your own families)."""
+    from textclf.progress import setup_logging
+
+    setup_logging(verbose)
 
 
-@cli.group(cls=LazyGroup, lazy=COMMANDS["train"])
+@cli.group(cls=FamilyGroup)
+@code_option
 def train() -> None:
-    """Train a model family on labelled files (fastText runs an Optuna search)."""
+    """Train a model family on labelled files (`textclf families` lists them)."""
 
 
-@cli.group(cls=LazyGroup, lazy=COMMANDS["tune"])
+@cli.group(cls=FamilyGroup, tune=True)
+@code_option
 def tune() -> None:
-    """Hyper-parameter search with Optuna (resumable, shareable between workers)."""
+    """Hyper-parameter search with Optuna (resumable, shareable between workers), then refit the best."""
 
 
 def main() -> None:

@@ -1,9 +1,8 @@
-"""Options every training command shares, and turning flags into config overrides."""
+"""Options every command shares, and turning flags into config overrides."""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +12,24 @@ from textclf.config import load_config
 from textclf.training import Splits, load_splits
 
 
+def _load_code(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Import every ``--code`` file as soon as the flag is parsed (before the subcommand is looked up)."""
+    from textclf.registry import load_code
+
+    for path in value or ():
+        load_code(path)
+    return value
+
+
+def code_option(fn: Callable) -> Callable:
+    """``--code FILE`` (repeatable): import a Python file that registers families or readers."""
+    return click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), callback=_load_code,
+                        is_eager=True, expose_value=False,
+                        help="Python file registering your own families/readers (imported first). Repeatable.")(fn)
+
+
 def data_options(fn: Callable) -> Callable:
-    """``--train_path --valid_path --test_path --output_dir`` (the seed's flag names)."""
+    """``--train_path --valid_path --test_path --output_dir`` (the original repository's flag names)."""
     fn = click.option("--output_dir", required=True, type=click.Path(file_okay=False),
                       help="Model directory to write (created if missing; a rerun resumes its study).")(fn)
     fn = click.option("--test_path", type=click.Path(dir_okay=False), default=None,
@@ -42,7 +57,9 @@ def flag_overrides(mapping: dict[str, Any]) -> list[str]:
 def prepare_run(family: str, config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any],
                 train_path: str, valid_path: str, test_path: str | None) -> tuple[dict, Splits]:
     """Effective config (defaults < --config < --set < explicit flags) and the checked splits."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from textclf.progress import setup_logging
+
+    setup_logging()
     cfg = load_config(family, config_path, [*overrides, *flag_overrides(flags)])
     splits = load_splits(train_path, valid_path, test_path, cfg["data"])
     return cfg, splits

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from textclf.errors import DataError
-from textclf.text_vocab import PAD_ID, Vocab
+from textclf.families.lstm.text import PAD_ID, Vocab
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,16 @@ from textclf.errors import ModelError
 from textclf.metrics import classification_metrics, metric_value
 from textclf.predictor import Predictor
 from textclf.training import Splits, finish_run
-from textclf.tuning import best_trial, export_trials, make_storage, open_study, record_worker, run_search, save_plots, suggest
+from textclf.tuning import (
+    best_trial,
+    finish_search,
+    make_storage,
+    open_study,
+    record_worker,
+    run_search,
+    search_summary,
+    suggest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +224,6 @@ def start_points(space: dict, starts: list[dict]) -> list[dict]:
     return out
 
 
-#: Trials that ran (a start point still queued when a timeout ends the search stays WAITING for a resume).
-_RUN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-
-
 def search(cfg: dict, splits: Splits, train_file: Path, output_dir: Path) -> tuple[optuna.Study, dict]:
     """Run (or resume) the Optuna study; return it and the best params merged over the fixed ones.
 
@@ -255,7 +260,7 @@ def search(cfg: dict, splits: Splits, train_file: Path, output_dir: Path) -> tup
         return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_search(study, objective, s["n_trials"], s["timeout"], n_jobs)
+    run_search(study, objective, s["n_trials"], s["timeout"], n_jobs, output_dir)
     best = best_trial(study)
     return study, {**cfg["model"], **best.params}
 
@@ -272,8 +277,12 @@ def refit(train_file: Path, params: dict, seed: int, retries: int) -> tuple[fast
     raise RuntimeError(f"final fastText fit failed {retries} times: {last}")
 
 
-def train(cfg: dict, splits: Splits, output_dir: str | Path, tune: bool = True, echo: bool = True) -> dict:
-    """Search (when ``tune`` and ``search.n_trials``/``timeout`` allow), refit, save the model directory; return meta."""
+def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
+    """Search (when ``search.n_trials``/``timeout`` ask for one), refit the best, save the model directory; return it.
+
+    With ``search.refit`` false only this worker's share of the search runs (SLURM array
+    tasks); a later run with refit refits. A study always resumes, so ``resume`` changes nothing.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     s = cfg["search"]
@@ -282,14 +291,12 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, tune: bool = True, 
         write_training_file(splits.train, splits.labels, train_file)
         extra: dict = {}
         params = dict(cfg["model"])
-        if tune and (s["n_trials"] or s["timeout"]):
+        if s["n_trials"] or s["timeout"]:
             study, params = search(cfg, splits, train_file, output_dir)
-            export_trials(study, output_dir)
-            save_plots(study, output_dir)
-            best = study.best_trial
-            extra["search"] = {"study_name": study.study_name, "storage": s["storage"] or str(output_dir / "study.journal"),
-                               "n_trials": len(study.get_trials(deepcopy=False, states=_RUN_STATES)), "best_trial": best.number,
-                               "best_value": best.value, "metric": s["metric"], "best_params": best.params}
+            finish_search(study, output_dir)
+            if not s["refit"]:
+                return output_dir
+            extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
         model, seed = refit(train_file, params, cfg["seed"], s["refit_retries"])
         atomic_replace_file(model.save_model, output_dir / MODEL_FILE)
         model_file = MODEL_FILE
@@ -301,16 +308,5 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, tune: bool = True, 
             model_file = QUANTIZED_FILE
     final_params = fit_params({**params, "seed": seed})
     predictor = FastTextPredictor(output_dir, {"labels": splits.labels, "kind": KIND}, model)
-    return finish_run(output_dir, predictor, splits, cfg, PACKAGES, echo=echo, model_file=model_file,
-                      params=final_params, **extra)
-
-
-def search_only(cfg: dict, splits: Splits, output_dir: str | Path) -> optuna.Study:
-    """Run this worker's share of the study without a refit (SLURM array tasks); ``train`` refits later."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="textclf-ft-") as tmp:
-        train_file = Path(tmp) / "train.txt"
-        write_training_file(splits.train, splits.labels, train_file)
-        study, _ = search(cfg, splits, train_file, output_dir)
-    return study
+    finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=model_file, params=final_params, **extra)
+    return output_dir

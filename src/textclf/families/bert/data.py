@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from textclf.errors import ModelError
-from textclf.torch_common import BucketBatchSampler
+from textclf.torch_common import BucketBatchSampler, pad_ids
 
 #: fewer entries than this means the tokenizer was built wrong (e.g. a 5-token vocab from a bad vocab_file)
 MIN_VOCAB = 1000
@@ -78,13 +78,8 @@ class PadCollate:
         self.pad_id = pad_id
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, it in enumerate(items):
-            n = len(it["input_ids"])
-            ids[row, :n] = torch.tensor(it["input_ids"], dtype=torch.long)
-            mask[row, :n] = 1
+        ids, lengths = pad_ids([it["input_ids"] for it in items], self.pad_id)
+        mask = (torch.arange(ids.size(1))[None, :] < lengths[:, None]).long()
         batch = {"input_ids": ids, "attention_mask": mask, "index": torch.tensor([it["index"] for it in items])}
         if "targets" in items[0]:
             batch["targets"] = torch.tensor([it["targets"] for it in items], dtype=torch.long)

@@ -32,18 +32,9 @@ from catalyst.core.callback import (
 )
 
 from textclf.atomic import atomic_replace_file
-from textclf.metrics import DEFAULT_BETAS, classification_metrics
+from textclf.metrics import DEFAULT_BETAS, classification_metrics, is_minimized
 
 log = logging.getLogger(__name__)
-
-#: metrics where lower is better; every other metric is maximised
-MINIMIZED_METRICS = ("loss",)
-
-
-def is_minimized(metric: str) -> bool:
-    """Whether a lower value of ``metric`` is better."""
-    return metric in MINIMIZED_METRICS
-
 
 class FBetaCallback(IMetricCallback):
     """Accuracy and F-beta scores of a loader's predictions, written to ``runner.loader_metrics``.

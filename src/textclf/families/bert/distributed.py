@@ -73,3 +73,33 @@ def launch(nproc: int, module: str, args: Sequence[str], env: dict | None = None
     child_env = {**os.environ, **(env or {})}
     child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(torchrun_command(nproc, module, args), env=child_env)
+
+
+#: the module each DDP worker runs (``python -m``): the BERT train command
+WORKER_MODULE = "textclf.families.bert.worker"
+
+
+def launch_workers(cfg: dict, splits, output_dir: str | os.PathLike, resume: bool) -> None:
+    """Write the effective config next to the model and start ``cfg["devices"]`` workers on it under torch.distributed.run."""
+    import json
+
+    from textclf.atomic import atomic_write_json
+
+    n = cfg["devices"]
+    os.makedirs(output_dir, exist_ok=True)
+    cfg_path = os.path.join(output_dir, "launch_config.json")
+    atomic_write_json(cfg_path, cfg)
+    paths = splits.paths
+    args = ["--train_path", str(paths["train"]), "--valid_path", str(paths["valid"]), "--output_dir", str(output_dir),
+            "--config", cfg_path]
+    if paths.get("test"):
+        args += ["--test_path", str(paths["test"])]
+    if resume:
+        args.append("--resume")
+    print(f"launching {n} DDP workers: torch.distributed.run --nproc_per_node {n} -m {WORKER_MODULE} "
+          + " ".join(json.dumps(a) if " " in a else a for a in args), file=sys.stderr, flush=True)
+    code = launch(n, WORKER_MODULE, args)
+    if code:
+        import click
+
+        raise click.ClickException(f"distributed training failed (exit code {code}); see the worker output above")

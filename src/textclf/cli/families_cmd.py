@@ -1,0 +1,41 @@
+"""``textclf families``: every registered family, whether it can run here, and where its config lives."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from textclf.cli.options import code_option
+
+
+def family_rows() -> list[dict]:
+    """One row per registered family: name, kind, description, installed, missing deps, config, origin."""
+    from textclf.registry import all_families
+
+    rows = []
+    for name, fam in all_families().items():
+        path = fam.config_path()
+        rows.append({"name": name, "kind": fam.kind, "description": fam.description, "installed": fam.installed,
+                     "missing": fam.missing(), "install": None if fam.installed else fam.install_hint(),
+                     "config": str(path) if path else "(in the plug-in)", "searchable": fam.searchable,
+                     "plugin": fam.code_file, "subproject": fam.subproject})
+    return rows
+
+
+@click.command()
+@code_option
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def families(as_json: bool) -> None:
+    """List every model family: kind, description, whether its dependencies are installed, its config."""
+    rows = family_rows()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    kind_w = max(len(r["kind"]) for r in rows)
+    for r in rows:
+        status = "installed" if r["installed"] else f"missing {', '.join(r['missing'])} ({r['install']})"
+        origin = f"  plug-in: {r['plugin']}" if r["plugin"] else ""
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<{kind_w}}  {r['description']}")
+        click.echo(f"{'':<{width}}  {'':<{kind_w}}  {status}; config: {r['config']}{origin}")

@@ -1,0 +1,83 @@
+"""``textclf train <family>`` and ``textclf tune <family>``: one command builder for every registered family.
+
+The flags every family shares (data paths, ``--config``/``--set``, ``--resume``, ``--seed`` and,
+for families with a search space, the Optuna flags) come from here; a family adds its own
+through :attr:`textclf.registry.Family.options`, each of which sets one config key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from textclf.cli.options import config_options, data_options, prepare_run
+from textclf.registry import Family, Option, get_family
+
+SEARCH_OPTIONS = (
+    Option("--n_trials", "search.n_trials", int,
+           "Optuna: finished trials the study should hold (resume counts old ones); then refit the best. 0: no search."),
+    Option("--timeout", "search.timeout", float, "Optuna: stop the search after this many seconds."),
+    Option("--storage", "search.storage", str,
+           "Optuna: journal file path or RDB URL shared by workers (default OUTPUT_DIR/study.journal)."),
+    Option("--study_name", "search.study_name", str, "Optuna study name (default: the family's name)."),
+    Option("--refit", "search.refit", bool, "Refit the best params after the search (SLURM workers pass --no-refit).",
+           is_flag=True, secondary="--no-refit"),
+)
+COMMON_OPTIONS = (Option("--seed", "seed", int, "Seed of the whole run."),)
+
+
+def _click_option(opt: Option) -> Callable:
+    if opt.is_flag:
+        decl = f"{opt.flag}/{opt.secondary}" if opt.secondary else opt.flag
+        return click.option(decl, opt.dest, default=None, help=opt.help)
+    kind = click.Choice(opt.type) if isinstance(opt.type, list | tuple) else opt.type
+    return click.option(opt.flag, opt.dest, type=kind, default=None, help=opt.help)
+
+
+def family_options(family: Family, tune: bool) -> list[Option]:
+    """Every flag the family's train (or tune) command takes, its own first."""
+    opts = list(family.options)
+    names = {o.flag for o in opts}
+    shared = [*COMMON_OPTIONS, *(SEARCH_OPTIONS if (tune or family.searchable) else ())]
+    return opts + [o for o in shared if o.flag not in names]
+
+
+def run_family(family: Family, cfg: dict, splits, output_dir: str, resume: bool):
+    """Train ``family`` with the plug-in file (if any) recorded in the model directory; returns the model dir."""
+    from textclf.training import plugin_context
+
+    with plugin_context(family, output_dir):
+        return family.train_fn()(cfg, splits, output_dir, resume=resume)
+
+
+def train_command(name: str, tune: bool = False) -> click.Command:
+    """The click command that trains (``tune``: searches, then refits) the family called ``name``."""
+    family = get_family(name)
+    options = family_options(family, tune)
+
+    def callback(train_path, valid_path, test_path, output_dir, config_path, overrides, resume, **kw):
+        family.check_installed()
+        flags = {o.key: kw.get(o.dest) for o in options if o.key}
+        if family.flag_hook:
+            flags = family.flag_hook(flags)
+        cfg, splits = prepare_run(family.name, config_path, overrides, flags, train_path, valid_path, test_path)
+        if tune:
+            s = cfg.get("search", {})
+            if not (s.get("n_trials") or s.get("timeout")):
+                raise click.UsageError(f"textclf tune {family.name}: set --n_trials N or --timeout S "
+                                       f"(search.n_trials is {s.get('n_trials')!r})")
+        run_family(family, cfg, splits, output_dir, resume)
+
+    what = "Search hyper-parameters with Optuna, then refit the best" if tune else "Train"
+    doc = f"{what}: {family.description}.\n\nConfig: {family.config_path() or '(given by the plug-in)'}; " \
+          "--set key=value overrides any key."
+    if family.searchable and not tune:
+        doc += " With --n_trials N (or search.n_trials in the config) an Optuna search runs first."
+    cmd: Callable = callback
+    for opt in reversed(options):
+        cmd = _click_option(opt)(cmd)
+    cmd = click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTPUT_DIR (studies always resume).")(cmd)
+    cmd = config_options(cmd)
+    cmd = data_options(cmd)
+    return click.command(family.name, help=doc)(cmd)

@@ -1,0 +1,32 @@
+"""BERT: any Hugging Face encoder fine-tuned in Catalyst with focal loss and two-stage training."""
+
+from textclf.registry import Family, Option, register_family
+
+FAMILY = register_family(Family(
+    name="bert",
+    description="Hugging Face encoder (default: shipped all-MiniLM-L6-v2) fine-tuned in Catalyst, focal loss, two stages",
+    kind="neural",
+    train="textclf.families.bert.train:train",
+    predictor="textclf.families.bert.model:BertPredictor",
+    requires=("torch", "transformers", "catalyst"),
+    extra="bert",
+    subproject="bert_classification",
+    env={"BATCH_SIZE": "train.batch_size", "EPOCHS": "stage2.epochs"},
+    options=(
+        Option("--model_name", "model.model_name", str,
+               "Hugging Face id or local path of the encoder (e.g. DeepPavlov/rubert-base-cased); "
+               "'auto' (default): the shipped all-MiniLM-L6-v2."),
+        Option("--two_stage", "two_stage", bool,
+               "Stage 1 on a class-balanced downsample, stage 2 on the full train set from stage 1's best weights "
+               "(default: config two_stage, true).", is_flag=True, secondary="--one_stage"),
+        Option("--device", "device", str, "auto | cpu | cuda | cuda:N (default: config device, or $TEXTCLF_DEVICE)."),
+        Option("--devices", "devices", int,
+               "Processes for DistributedDataParallel training (one GPU each on CUDA, gloo on the CPU). Default 1."),
+        Option("--max_length", "model.max_length", int, "Maximum tokens per text (model.max_length)."),
+        Option("--batch_size", "train.batch_size", int, "Training batch size per process (train.batch_size)."),
+        Option("--metric", "train.metric", str,
+               "Validation metric for best checkpoint / early stopping: macro_f1 (default), macro_f0.5, accuracy, loss, ..."),
+        Option("--progress", "train.progress", bool, "Per-batch progress bars (default: on a terminal).", is_flag=True,
+               secondary="--no-progress"),
+    ),
+))

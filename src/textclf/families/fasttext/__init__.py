@@ -1,0 +1,21 @@
+"""fastText + Optuna: a linear bag-of-n-grams classifier with a resumable hyper-parameter search."""
+
+from textclf.registry import Family, Option, register_family
+
+FAMILY = register_family(Family(
+    name="fasttext",
+    description="fastText bag of word/char n-grams, Optuna-tuned (seconds on a CPU)",
+    kind="linear",
+    train="textclf.families.fasttext.model:train",
+    predictor="textclf.families.fasttext.model:FastTextPredictor",
+    requires=("fasttext",),
+    extra=None,
+    subproject="fasttext",
+    env={"N_TRIALS": "search.n_trials"},
+    options=(
+        Option("--n_jobs", "search.n_jobs", int, "Parallel trials in this process."),
+        Option("--metric", "search.metric", str, "Validation metric to maximise: macro_f1 (default), macro_f0.5, accuracy, ..."),
+        Option("--quantize", "output.quantize", bool, "Also save a compressed model.ftz and use it.", is_flag=True,
+               secondary="--no-quantize"),
+    ),
+))

@@ -1,0 +1,39 @@
+"""BiLSTM (the ``allennlp/`` subproject): packed sequences, selection on macro F0.5, Optuna with pruning."""
+
+from textclf.registry import Family, Option, register_family
+
+
+def beta_selects_metric(flags: dict) -> dict:
+    """``--beta 0.3`` alone also selects on macro F0.3 (``train.metric``)."""
+    beta = flags.get("train.beta")
+    if beta is not None and flags.get("train.metric") is None:
+        from textclf.metrics import beta_name
+
+        flags["train.metric"] = f"macro_{beta_name(beta)}"
+    return flags
+
+
+FAMILY = register_family(Family(
+    name="lstm",
+    description="BiLSTM over packed sequences (Lightning), best epoch by macro F0.5, Optuna with pruning",
+    kind="neural",
+    train="textclf.families.lstm.train:train",
+    predictor="textclf.families.lstm.model:LSTMPredictor",
+    requires=("torch", "lightning"),
+    extra="lstm",
+    subproject="allennlp",
+    env={"BATCH_SIZE": "train.batch_size", "EPOCHS": "train.epochs", "N_TRIALS": "search.n_trials"},
+    options=(
+        Option("--device", "device", str, "auto (default; also $TEXTCLF_DEVICE), cpu, cuda, cuda:N."),
+        Option("--epochs", "train.epochs", int, "Maximum epochs (train.epochs)."),
+        Option("--batch_size", "train.batch_size", int, "Training batch size (train.batch_size)."),
+        Option("--lr", "train.lr", float, "Learning rate (train.lr)."),
+        Option("--patience", "train.patience", int, "Epochs without a better validation score before stopping."),
+        Option("--beta", "train.beta", float, "F-beta to report; alone it also selects on macro_f<beta> (train.beta)."),
+        Option("--metric", "train.metric", str, "Validation metric selecting the best epoch (train.metric, default macro_f0.5)."),
+        Option("--pretrained_vectors", "model.pretrained_vectors", str,
+               "fastText .vec/.bin or word2vec text file (model.pretrained_vectors)."),
+        Option("--pruner", "search.pruner", ["median", "hyperband", "none"], "Optuna pruner."),
+    ),
+    flag_hook=beta_selects_metric,
+))

@@ -1,0 +1,389 @@
+"""Training the BiLSTM with Lightning: the best epoch by ``train.metric`` (macro F0.5 by default) is kept.
+
+:func:`train` is the family's entry (the registry's contract): one run, or an Optuna search
+and a refit when ``search.n_trials``/``search.timeout`` ask for one (:mod:`.search`).
+:func:`fit` trains one model in named steps: data, module, trainer, run, restore best.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L  # noqa: N812
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from textclf.atomic import atomic_write_json
+from textclf.class_weights import class_alpha
+from textclf.errors import ConfigError, ModelError
+from textclf.families.lstm.model import (
+    KIND,
+    MODEL_FILE,
+    EncodedTexts,
+    LSTMClassifier,
+    LSTMPredictor,
+    build_model,
+    build_vocab,
+    make_encoder,
+    make_loader,
+    preprocess_config,
+    save_model,
+)
+from textclf.families.lstm.text import VOCAB_FILE, Vocab
+from textclf.metrics import beta_name, classification_metrics, is_minimized
+from textclf.progress import PROGRESS_FILE, append_line
+from textclf.torch_common import lightning_device_args, resolve_device, seed_everything
+from textclf.training import Splits, finish_run
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+CKPT_DIR = "checkpoints"
+LAST_CKPT = "last.ckpt"
+BEST_CKPT = "best.ckpt"
+TB_DIR = "tensorboard"
+PACKAGES = ("torch", "lightning", "tensorboard")
+VAL_PREFIX = "val/"
+AVERAGES = ("macro", "micro", "weighted")
+
+for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # their info lines are noise here
+    logging.getLogger(_name).setLevel(logging.WARNING)
+for _message in (r".*does not have many workers.*", r".*Checkpoint directory .* exists and is not empty.*", r".*LeafSpec.*",
+                 r".*The `srun` command is available.*"):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+def class_weights(spec, labels: list[str], train_labels: Sequence[str]) -> torch.Tensor | None:
+    """Loss weights per class from ``train.class_weights``: null, ``"balanced"``, a list, or ``{label: weight}``."""
+    weights = class_alpha(spec, labels, train_labels, key="train.class_weights")
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32)
+
+
+def metric_betas(cfg: dict) -> tuple[float, ...]:
+    """The F-betas validation reports: 1, 0.5 and ``train.beta``."""
+    return tuple(dict.fromkeys((1.0, 0.5, float(cfg["train"]["beta"]))))
+
+
+def selection_metric(cfg: dict) -> str:
+    """The validation metric that picks the best epoch and drives early stopping (``train.metric``)."""
+    metric = cfg["train"]["metric"]
+    valid = ["accuracy", "loss"] + [f"{avg}_{beta_name(b)}" for b in metric_betas(cfg) for avg in AVERAGES]
+    if metric not in valid:
+        raise ConfigError(f"train.metric {metric!r}: choose one of {', '.join(valid)} (set train.beta for another F-beta)")
+    return metric
+
+
+# --------------------------------------------------------------------------- Lightning module
+
+
+class LSTMModule(L.LightningModule):
+    """Trains an :class:`LSTMClassifier`; validation metrics come from :mod:`textclf.metrics`."""
+
+    def __init__(self, model: LSTMClassifier, cfg: dict, labels: list[str], weights: torch.Tensor | None):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.labels = labels
+        self.betas = metric_betas(cfg)
+        self.metric = selection_metric(cfg)
+        self.every = max(1, cfg["train"]["log_every_n_steps"])
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights)
+        self.val_metrics: dict = {}
+        self.train_time = 0.0
+        self._train_loss, self._train_n, self._train_tokens, self._epoch_start = 0.0, 0, 0, 0.0
+        self._preds: list[torch.Tensor] = []
+        self._gold: list[torch.Tensor] = []
+        self._val_loss = 0.0
+
+    def training_step(self, batch, batch_idx):
+        ids, lengths, y = batch
+        loss = self.loss_fn(self.model(ids, lengths), y)
+        n = y.size(0)
+        value = float(loss.detach())
+        if (self.global_step + 1) % self.every == 0:  # Lightning writes step logs only on these steps: skip the rest
+            self.log("train/loss_step", value, on_step=True, on_epoch=False, batch_size=n)
+            self.log("lr_step", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n)
+        self._train_loss += value * n
+        self._train_n += n
+        self._train_tokens += int(lengths.sum())
+        return loss
+
+    def on_train_epoch_start(self):
+        self._train_loss, self._train_n, self._train_tokens = 0.0, 0, 0
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self):
+        self.log("train/loss_epoch", self._train_loss / max(1, self._train_n), on_epoch=True)
+        self.log("lr_epoch", self.optimizers().param_groups[0]["lr"], on_epoch=True)
+
+    def on_validation_epoch_start(self):
+        if self._epoch_start:
+            self.train_time = time.perf_counter() - self._epoch_start
+        self._preds, self._gold, self._val_loss = [], [], 0.0
+
+    def validation_step(self, batch, batch_idx):
+        ids, lengths, y = batch
+        logits = self.model(ids, lengths)
+        self._val_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        self._preds.append(logits.argmax(dim=1).cpu())
+        self._gold.append(y.cpu())
+
+    def on_validation_epoch_end(self):
+        preds = torch.cat(self._preds).tolist()
+        gold = torch.cat(self._gold).tolist()
+        labels = self.labels
+        m = classification_metrics([labels[i] for i in gold], [labels[i] for i in preds], labels, self.betas)
+        out = {"loss": self._val_loss / max(1, len(gold)), "accuracy": m["accuracy"]}
+        for b in self.betas:
+            for avg in AVERAGES:
+                out[f"{avg}_{beta_name(b)}"] = m[f"{avg}_{beta_name(b)}"]
+        self.val_metrics = out
+        shown = ["loss", "accuracy", "macro_f1", "macro_f0.5", self.metric] + [f"macro_{beta_name(b)}" for b in self.betas]
+        for name in dict.fromkeys(shown):
+            self.log(VAL_PREFIX + name, out[name], on_epoch=True, prog_bar=name == self.metric)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["textclf_config"] = self.cfg  # lets --resume refuse a checkpoint of another architecture
+
+    def configure_optimizers(self):
+        tcfg = self.cfg["train"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+        if tcfg["scheduler"] == "plateau":
+            mode = "min" if is_minimized(self.metric) else "max"
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": VAL_PREFIX + self.metric, "interval": "epoch"}}
+        if tcfg["scheduler"] not in ("none", "", None):
+            raise ConfigError(f"train.scheduler {tcfg['scheduler']!r}: choose none or plateau")
+        return opt
+
+
+class History(L.Callback):
+    """Appends one row per epoch to ``history`` (kept in checkpoints, so a resume keeps it) and logs it."""
+
+    def __init__(self, path: Path | None, metric: str):
+        self.path = path
+        self.metric = metric
+        self.history: list[dict] = []
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def on_fit_start(self, trainer, pl_module):
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        self.history = [h for h in self.history if h["epoch"] < epoch]
+        n = max(1, pl_module._train_n)
+        row = {"epoch": epoch, "step": trainer.global_step, "train_loss": pl_module._train_loss / n,
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "train_time_s": round(pl_module.train_time, 4),
+               "train_tokens": pl_module._train_tokens, "elapsed_s": round(time.perf_counter() - self.t0, 4),
+               "cpu_s": round(time.process_time() - self.cpu0, 4)}
+        row.update({f"valid_{k}": v for k, v in pl_module.val_metrics.items()})
+        self.history.append(row)
+        text = (f"epoch {epoch + 1}/{trainer.max_epochs}: valid {self.metric}={pl_module.val_metrics[self.metric]:.4f} "
+                f"loss={pl_module.val_metrics['loss']:.4f} (train loss {row['train_loss']:.4f}, {row['train_time_s']:.1f}s)")
+        log.info(text)
+        if self.path is not None and trainer.is_global_zero:
+            atomic_write_json(self.path, self.history)
+            append_line(self.path.parent / PROGRESS_FILE, text)
+
+    def state_dict(self):
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict):
+        self.history = list(state_dict.get("history", []))
+
+
+# --------------------------------------------------------------------------- one run
+
+RESUME_KEYS = ("seed", "text", "model")
+
+
+def check_resumable(saved: dict | None, cfg: dict, path: Path) -> None:
+    """Raise ModelError when a checkpoint was trained with other model/text settings than ``cfg``."""
+    if not saved:
+        return
+    diffs = [f"{section}.{k}: {saved[section].get(k)!r} -> {v!r}" for section in RESUME_KEYS[1:]
+             for k, v in cfg[section].items() if saved.get(section, {}).get(k) != v]
+    if saved.get("seed") != cfg["seed"]:
+        diffs.append(f"seed: {saved.get('seed')!r} -> {cfg['seed']!r}")
+    if diffs:
+        raise ModelError(f"{path}: cannot resume, the checkpoint was trained with other settings ({'; '.join(diffs)}); "
+                         "rerun without --resume to start over")
+
+
+@dataclass
+class FitResult:
+    """What one training run produced."""
+
+    model: LSTMClassifier
+    vocab: Vocab
+    history: list[dict]
+    best_epoch: int
+    best_score: float
+    resumed_from_epoch: int | None = None
+    embedding_info: dict = field(default_factory=dict)
+
+
+def best_epoch(history: list[dict], metric: str) -> tuple[int, float]:
+    """The best epoch of ``history`` by ``metric`` (the earliest on ties) and its score."""
+    key = f"valid_{metric}"
+    if not history:
+        raise RuntimeError("training produced no validation epoch")
+    sign = -1.0 if is_minimized(metric) else 1.0
+    best = max(history, key=lambda h: (sign * h[key], -h["epoch"]))
+    return best["epoch"], best[key]
+
+
+def _resume_point(output_dir: Path, resume: bool) -> Path | None:
+    """``last.ckpt`` when resuming and it exists; otherwise None, after clearing a previous run's checkpoints/logs."""
+    last = output_dir / CKPT_DIR / LAST_CKPT
+    if resume and last.exists():
+        return last
+    if resume:
+        log.warning("--resume: no %s yet; starting a new run", last)
+    for stale in (output_dir / CKPT_DIR, output_dir / TB_DIR):
+        if stale.exists():
+            shutil.rmtree(stale)
+    return None
+
+
+def _data(cfg: dict, splits: Splits, output_dir: Path, resumed: bool, pin: bool):
+    """The vocabulary (reloaded on resume) and the train/valid loaders."""
+    vocab_path = output_dir / VOCAB_FILE
+    if resumed and vocab_path.exists():
+        vocab = Vocab.load(vocab_path)
+    else:
+        vocab = build_vocab(cfg, splits.train.texts)
+        vocab.save(vocab_path)
+    encoder = make_encoder(cfg, vocab)
+    index = {label: i for i, label in enumerate(splits.labels)}
+    train_data = EncodedTexts(encoder(splits.train.texts), [index[y] for y in splits.train.labels])
+    valid_data = EncodedTexts(encoder(splits.valid.texts), [index[y] for y in splits.valid.labels])
+    tcfg = cfg["train"]
+    return vocab, (make_loader(train_data, tcfg["batch_size"], True, cfg["seed"], pin),
+                   make_loader(valid_data, tcfg["eval_batch_size"], False, cfg["seed"], pin))
+
+
+def _trainer(cfg: dict, output_dir: Path, device: torch.device, callbacks: list, checkpoints: bool,
+             progress: bool) -> L.Trainer:
+    """A Lightning Trainer with early stopping, checkpoints (best + last) and TensorBoard logs."""
+    tcfg = cfg["train"]
+    metric = selection_metric(cfg)
+    mode = "min" if is_minimized(metric) else "max"
+    cbs = list(callbacks)
+    if tcfg["patience"]:
+        cbs.append(EarlyStopping(monitor=VAL_PREFIX + metric, mode=mode, patience=tcfg["patience"], check_on_train_epoch_end=False))
+    if checkpoints:
+        cbs.append(ModelCheckpoint(dirpath=output_dir / CKPT_DIR, filename="best", monitor=VAL_PREFIX + metric, mode=mode,
+                                   save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False))
+    tb = TensorBoardLogger(str(output_dir), name=TB_DIR, version="", default_hp_metric=False)
+    return L.Trainer(max_epochs=tcfg["epochs"], logger=tb, callbacks=cbs, enable_checkpointing=checkpoints,
+                     enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                     log_every_n_steps=tcfg["log_every_n_steps"], gradient_clip_val=tcfg["grad_clip"] or None,
+                     default_root_dir=str(output_dir), **lightning_device_args(device))
+
+
+def _run(trainer: L.Trainer, module: LSTMModule, loaders, resume_path: Path | None, cfg: dict) -> int | None:
+    """Fit (from ``resume_path`` when given) with ``train.num_threads`` for this run only; returns the resumed epoch."""
+    resumed_from = None
+    if resume_path is not None:
+        saved = torch.load(resume_path, map_location="cpu", weights_only=False)
+        check_resumable(saved.get("textclf_config"), cfg, resume_path)
+        resumed_from = int(saved["epoch"]) + 1
+        log.info("resuming %s at epoch %d", resume_path, resumed_from)
+    threads = torch.get_num_threads()
+    if cfg["train"]["num_threads"]:
+        torch.set_num_threads(cfg["train"]["num_threads"])
+    try:
+        trainer.fit(module, *loaders, ckpt_path=str(resume_path) if resume_path else None)
+    finally:
+        torch.set_num_threads(threads)  # the cap is for this run only, not for the rest of the process
+    return resumed_from
+
+
+def _restore_best(model: LSTMClassifier, output_dir: Path, epoch: int, checkpoints: bool) -> None:
+    """Load the best epoch's weights from ``best.ckpt`` (checked against the history) into ``model``."""
+    best_path = output_dir / CKPT_DIR / BEST_CKPT
+    if checkpoints and best_path.exists():
+        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        if int(state["epoch"]) != epoch:
+            raise RuntimeError(f"{best_path} holds epoch {state['epoch']}, history says the best is epoch {epoch}")
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")})
+    model.cpu().eval()
+
+
+def fit(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, checkpoints: bool = True,
+        callbacks: Sequence = (), progress: bool | None = None) -> FitResult:
+    """Train one model on ``cfg["device"]``; the best epoch by ``train.metric`` is kept, ``patience`` epochs without gain stop it.
+
+    Writes TensorBoard logs to ``output_dir/tensorboard``, ``history.json``, ``progress.log`` and
+    (with ``checkpoints``) ``checkpoints/last.ckpt`` + ``best.ckpt``. ``resume`` continues from
+    ``last.ckpt`` (model, optimiser, scheduler, epoch, early-stopping state, history).
+    """
+    output_dir = Path(output_dir)
+    metric = selection_metric(cfg)
+    device = resolve_device(cfg["device"])
+    resume_path = _resume_point(output_dir, resume)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg["seed"])
+    vocab, loaders = _data(cfg, splits, output_dir, resume_path is not None, device.type == "cuda")
+    model, emb_info = build_model(cfg, vocab, len(splits.labels))
+    weights = class_weights(cfg["train"]["class_weights"], splits.labels, splits.train.labels)
+    module = LSTMModule(model, cfg, splits.labels, weights)
+    history = History(output_dir / HISTORY_FILE, metric)
+    trainer = _trainer(cfg, output_dir, device, [history, *callbacks], checkpoints,
+                       sys.stderr.isatty() if progress is None else progress)
+    resumed_from = _run(trainer, module, loaders, resume_path, cfg)
+    epoch, score = best_epoch(history.history, metric)
+    _restore_best(model, output_dir, epoch, checkpoints)
+    return FitResult(model, vocab, history.history, epoch, score, resumed_from, emb_info)
+
+
+def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, callbacks: Sequence = (),
+               extra: dict | None = None) -> dict:
+    """Train, keep the best epoch, write the model directory (``model.pt``, vocab, history, meta.json); return meta."""
+    output_dir = Path(output_dir)
+    start = time.perf_counter()
+    result = fit(cfg, splits, output_dir, resume, callbacks=callbacks)
+    wall = time.perf_counter() - start
+    save_model(output_dir, result.model)
+    meta_stub = {"labels": splits.labels, "kind": KIND, "preprocess": preprocess_config(cfg), "config": cfg}
+    predictor = LSTMPredictor(output_dir, meta_stub, result.model, make_encoder(cfg, result.vocab), cfg["device"])
+    epochs = len(result.history)
+    train_times = [h["train_time_s"] for h in result.history]
+    tokens = sum(h["train_tokens"] for h in result.history)
+    info = {"best_epoch": result.best_epoch, "best_valid_score": result.best_score, "selection_metric": selection_metric(cfg),
+            "epochs_trained": epochs, "resumed_from_epoch": result.resumed_from_epoch,
+            "train_time_per_epoch_s": round(sum(train_times) / max(1, epochs), 4),
+            "train_tokens_per_s": round(tokens / max(1e-9, sum(train_times)), 1), "wall_time_s": round(wall, 2),
+            "device": str(predictor.device), "vocab_size": len(result.vocab), **result.embedding_info}
+    return finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=MODEL_FILE,
+                      preprocess=preprocess_config(cfg), params=result.model.arch, training=info, **(extra or {}))
+
+
+def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
+    """The family's entry: an Optuna search + refit when ``search.n_trials``/``timeout`` ask for one, else one run."""
+    s = cfg["search"]
+    if s["n_trials"] or s["timeout"]:
+        from textclf.families.lstm.search import tune
+
+        if resume:
+            log.info("a study always resumes from its storage; --resume is not needed for a search")
+        tune(cfg, splits, output_dir, refit=s["refit"])
+    else:
+        train_once(cfg, splits, output_dir, resume)
+    return Path(output_dir)

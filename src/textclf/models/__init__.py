@@ -1,1 +1,0 @@
-"""Model families: one module each (never a module named after the library it wraps)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from textclf.errors import ConfigError
 
@@ -143,6 +143,13 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool = self.batch_size * self.pool_batches
         full, rest = divmod(len(self.lengths), pool)
         return full * self.pool_batches + math.ceil(rest / self.batch_size)
+
+
+def bucket_loader(dataset, lengths: Sequence[int], batch_size: int, collate: Callable, shuffle: bool, seed: int = 0,
+                  num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over length buckets (:class:`BucketBatchSampler`; seeded, ``set_epoch`` reshuffles)."""
+    sampler = BucketBatchSampler(lengths, batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def pad_ids(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,12 +6,14 @@ import json
 
 import click
 
+from textclf.cli.options import code_option
 from textclf.data import read_labelled
 from textclf.metrics import format_report
 from textclf.predictor import OUTPUT_FORMATS, evaluate_predictor, load_predictor, predict_file
 
 
 @click.command()
+@code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (or a model file inside one).")
 @click.option("--input_path", required=True, type=click.Path(dir_okay=False),
               help="Texts: plain text (one a line), .csv/.tsv/.jsonl with a text column, or fastText .txt.")
@@ -31,6 +33,7 @@ def predict(model_path, input_path, output_path, output_format, input_format, te
 
 
 @click.command()
+@code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory.")
 @click.option("--data_path", required=True, type=click.Path(dir_okay=False), help="Labelled file to score.")
 @click.option("--beta", type=float, multiple=True, help="F-beta to report (repeatable; default 1 and 0.5).")

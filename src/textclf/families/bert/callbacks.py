@@ -32,7 +32,7 @@ from catalyst.core.callback import (
 )
 
 from textclf.atomic import atomic_replace_file
-from textclf.metrics import DEFAULT_BETAS, classification_metrics, is_minimized
+from textclf.metrics import DEFAULT_BETAS, beta_name, classification_metrics, is_minimized
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class FBetaCallback(IMetricCallback):
         runner.loader_metrics["accuracy"] = metrics["accuracy"]
         for avg in ("macro", "micro", "weighted"):
             for beta in self.betas:
-                key = f"{avg}_f{beta:g}"
+                key = f"{avg}_{beta_name(beta)}"
                 runner.loader_metrics[key] = metrics[key]
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from textclf.errors import ModelError
-from textclf.torch_common import BucketBatchSampler, pad_ids
+from textclf.torch_common import bucket_loader, pad_ids
 
 #: fewer entries than this means the tokenizer was built wrong (e.g. a 5-token vocab from a bad vocab_file)
 MIN_VOCAB = 1000
@@ -89,5 +89,4 @@ class PadCollate:
 def make_loader(dataset: EncodedDataset, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0,
                 num_workers: int = 0) -> DataLoader:
     """A loader of padded batches: length-grouped and shuffled for training, length-sorted for evaluation."""
-    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollate(pad_id), num_workers=num_workers)
+    return bucket_loader(dataset, dataset.lengths, batch_size, PadCollate(pad_id), shuffle, seed, num_workers)

@@ -21,7 +21,7 @@ from textclf.atomic import atomic_replace_file
 from textclf.errors import ConfigError, ModelError
 from textclf.families.lstm.text import PAD_ID, VOCAB_FILE, TextEncoder, Tokenizer, Vocab
 from textclf.predictor import Predictor
-from textclf.torch_common import BucketBatchSampler, pad_ids, predict_by_length, resolve_device
+from textclf.torch_common import bucket_loader, pad_ids, predict_by_length, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ class EncodedTexts(torch.utils.data.Dataset):
 
 def make_loader(data: EncodedTexts, batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over length buckets (seeded; ``set_epoch`` reshuffles)."""
-    sampler = BucketBatchSampler(data.lengths(), batch_size, shuffle=shuffle, seed=seed)
-    return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=0, pin_memory=pin_memory)
+    return bucket_loader(data, data.lengths(), batch_size, collate, shuffle, seed, pin_memory=pin_memory)
 
 
 def make_encoder(cfg: dict, vocab: Vocab) -> TextEncoder:

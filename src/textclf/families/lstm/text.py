@@ -34,9 +34,6 @@ class Tokenizer:
         """The tokens of ``text``."""
         return self._regex.findall(text.lower() if self.lowercase else text)
 
-    def to_dict(self) -> dict:
-        return {"lowercase": self.lowercase, "pattern": self.pattern}
-
 
 class Vocab:
     """Token <-> id mapping; id 0 is padding, id 1 the unknown token."""

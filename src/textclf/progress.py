@@ -50,7 +50,7 @@ def format_seconds(seconds: float | None) -> str:
 
 
 class Progress:
-    """A step counter: a bar on a terminal, one plain line per :meth:`update` in the log (and ``log_path``).
+    """A step counter: a bar on a terminal, else one plain line per :meth:`update` in the log; always a line in ``log_path``.
 
     ``total`` may be None (unknown). ``enabled`` forces the bar on/off (default: stderr is a terminal).
     """
@@ -97,7 +97,8 @@ class Progress:
             self.bar.update(n)
             if info:
                 self.bar.set_postfix({k: _fmt(v) for k, v in info.items() if v is not None}, refresh=False)
-        log.info(text)
+        # on a terminal the bar says it; in a batch job's log (no terminal) the plain line does
+        log.log(logging.DEBUG if self.bar is not None else logging.INFO, text)
         if self.log_path is not None:
             append_line(self.log_path, text)
         return text

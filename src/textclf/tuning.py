@@ -81,6 +81,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, seed: int, direc
     Each process seeds its sampler with ``seed`` plus its SLURM array task id (or 0),
     so parallel workers explore different points while one worker stays reproducible.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress has its own lines (textclf.progress)
     worker = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
     sampler = optuna.samplers.TPESampler(seed=seed + worker, multivariate=True)
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,

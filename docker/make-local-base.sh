@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build local stand-ins for the base images the Dockerfiles name by default, for machines that
-# cannot pull from any registry (CI, sandboxes). The real Dockerfiles then build unchanged.
+# Build local stand-ins for the base images docker/Dockerfile names by default, for machines that
+# cannot pull from any registry (CI, sandboxes). The real Dockerfile then builds unchanged.
 #
 #   docker/make-local-base.sh [python|torch|all]      (default: all)
 #
-#   python -> docker.io/library/python:3.11-slim-bookworm     (fasttext/Dockerfile)
+#   python -> docker.io/library/python:3.11-slim-bookworm     (docker/Dockerfile, families without torch)
 #             Debian bookworm minbase + python3/pip/venv, made with mmdebstrap from Debian packages.
-#   torch  -> docker.io/pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime  (allennlp/, bert_classification/)
+#   torch  -> docker.io/pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime  (docker/Dockerfile, families that require torch)
 #             the python image + the CPU torch wheel that pip finds on this host (pip config
 #             find-links), installed offline. It has no CUDA: it only stands in for the name.
 #

@@ -2,6 +2,7 @@
 
 Container builds install these before copying src/, so the dependency layer is rebuilt only
 when pyproject.toml changes:  python docker/requirements.py bert > /tmp/requirements.txt
+Extras may also be given comma-separated (``lstm,postgres``, docker/Dockerfile's EXTRAS; empty: the core only).
 Self-references such as ``textclf[lstm,bert]`` are expanded; ``--no-core`` leaves the core out.
 """
 
@@ -39,7 +40,7 @@ def requirements(pyproject: Path, extras: list[str], core: bool = True) -> list[
 if __name__ == "__main__":
     args = sys.argv[1:]
     core = "--no-core" not in args
-    extras = [a for a in args if a != "--no-core"]
+    extras = [e for a in args if a != "--no-core" for e in a.split(",") if e.strip()]
     here = Path(__file__).resolve().parent
     pyproject = here.parent / "pyproject.toml"
     print("\n".join(requirements(pyproject, extras, core)))

@@ -61,10 +61,10 @@ def test_tune_refuses_a_family_without_a_search_space_and_an_unknown_name():
     result = CliRunner().invoke(cli, ["tune", "bert", "--help"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == \
-        "Error: family 'bert' has no search space to tune; families with one: fasttext, lstm"
+        "Error: family 'bert' has no search space to tune; families with one: embeddings, fasttext, lstm"
     result = CliRunner().invoke(cli, ["train", "fasttxt", "--help"])
     assert result.exit_code == 2
-    assert "Error: unknown model family 'fasttxt'; known: bert, fasttext, lstm" in result.output
+    assert "Error: unknown model family 'fasttxt'; known: bert, embeddings, fasttext, lstm" in result.output
     assert "Traceback" not in result.output
 
 

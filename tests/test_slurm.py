@@ -2,8 +2,10 @@
 
 BERT trains as one batch job; fastText runs as a 2-task Optuna worker array on one study (a journal
 file, then a real PostgreSQL server) followed by an ``afterok`` refit job whose model predicts.
-Failures propagate (a failing worker is FAILED with its exit code, and the refit is cancelled),
-a cancelled job leaves no process behind, and the cluster shuts down cleanly.
+A family from a plug-in file (CODE=examples/plugins/tfidf_logreg.py) is tuned the same way: the
+file reaches every job as --code. Failures propagate (a failing worker is FAILED with its exit
+code, and the refit is cancelled), a cancelled job leaves no process behind, and the cluster
+shuts down cleanly.
 
 Starting daemons needs root on Debian, so these tests run only with TEXTCLF_INFRA_TESTS=1
 (``make test_infra``; ``.ci/run`` sets it) and otherwise skip with that reason.
@@ -199,6 +201,67 @@ def test_fasttext_worker_array_on_postgresql(cluster, postgres_url, tweets, tmp_
     assert not (out / "study.journal").exists()  # the study lives in PostgreSQL
     study = optuna.load_study(study_name="fasttext", storage=postgres_url)
     check_study_and_model(study, out, tweets)
+
+
+PLUGIN = REPO / "examples" / "plugins" / "tfidf_logreg.py"
+
+
+def test_plugin_family_worker_array_gets_the_code_file(cluster, tweets, tmp_path):
+    """make tune_slurm FAMILY=tfidf_logreg CODE=...: workers and refit run textclf tune --code FILE tfidf_logreg."""
+    import csv
+
+    import optuna
+
+    from textclf.predictor import load_predictor
+    from textclf.tuning import make_storage
+
+    if not PLUGIN.is_file():
+        pytest.skip(f"{PLUGIN.relative_to(REPO)} is not there")
+    out, logs = tmp_path / "tfidf_logreg", tmp_path / "logs"  # MODELS/<family>
+    proc = make("tune_slurm", cluster, FAMILY="tfidf_logreg", CODE=str(PLUGIN.relative_to(REPO)), N_WORKERS="2",
+                N_TRIALS="4", MODELS=str(tmp_path), SLURM_LOGS=str(logs), WORKER_CPUS="1", WORKER_MEM="1G", TIME_LIMIT="0:15:00")
+    array, refit = re.search(r"array_job=(\d+) refit_job=(\d+)", proc.stdout).groups()
+    assert wait(cluster, array, refit) == 0, "".join(p.read_text()[-2000:] for p in logs.iterdir())
+    for log in (logs / f"textclf-tfidf_logreg-worker-{array}_0.out", logs / f"textclf-tfidf_logreg-refit-{refit}.out"):
+        assert f"tune --code {PLUGIN} tfidf_logreg --train_path" in log.read_text()  # made absolute for the jobs
+    assert "--no-refit" in (logs / f"textclf-tfidf_logreg-worker-{array}_1.out").read_text()
+
+    study = optuna.load_study(study_name="tfidf_logreg", storage=make_storage(None, out))
+    assert {t.user_attrs.get("slurm_array_task_id") for t in study.trials} == {"0", "1"}
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
+    # the refit's model directory carries the plug-in, so it loads without --code
+    predictor = load_predictor(out)
+    assert predictor.meta["kind"] == "tfidf_logreg" and (out / predictor.meta["plugin_code"]).is_file()
+    with open(tweets["test"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    preds = predictor.predict([r["text"] for r in rows])
+    assert sum(p == r["label"] for p, r in zip(preds, rows, strict=True)) / len(rows) > 0.6
+
+
+def test_tune_sh_takes_searchable_families_from_the_registry(tmp_path):
+    """Names are checked against the registry before anything is submitted (no cluster needed)."""
+    args = ["--train_path", "x.csv", "--valid_path", "x.csv", "--output_dir", str(tmp_path), "--n_trials", "2"]
+    proc = run(["bash", "slurm/tune.sh", "bert_classification", "2", *args], check=False)
+    assert proc.returncode == 2 and "family 'bert' has no search space to tune; families with one: embeddings, fasttext, lstm (allennlp)" \
+        in proc.stderr
+    proc = run(["bash", "slurm/tune.sh", "tfidf_logreg", "2", *args], check=False)
+    assert proc.returncode == 2 and "unknown model family 'tfidf_logreg'" in proc.stderr  # needs its CODE file
+    proc = run(["bash", "slurm/tune.sh", "fasttext", "2", *args], dict(os.environ, CODE=str(tmp_path / "nope.py")), check=False)
+    assert proc.returncode == 2 and "nope.py: file not found" in proc.stderr
+
+
+def test_bert_job_passes_code_on(cluster, tmp_path):
+    """CODE=file.py: the BERT job runs textclf train --code FILE bert (here it fails on purpose, after importing the file)."""
+    plugin = tmp_path / "marker_plugin.py"
+    plugin.write_text("import sys\nprint('marker plug-in imported', file=sys.stderr)\n", encoding="utf-8")
+    proc = run(["sbatch", "--parsable", "--gres=none", "--cpus-per-task=1", "--mem=1G", f"--output={tmp_path}/%j.out",
+                "slurm/train_bert.sbatch", "--train_path", str(tmp_path / "nope.csv"), "--valid_path", str(tmp_path / "nope.csv"),
+                "--output_dir", str(tmp_path / "bert")], dict(cluster, CODE=str(plugin)))
+    job = proc.stdout.strip().split(";")[0]
+    assert wait(cluster, job) == 2
+    log = (tmp_path / f"{job}.out").read_text()
+    assert f"+ .venv/bin/textclf train --code {plugin} bert --train_path {tmp_path}/nope.csv" in log
+    assert "marker plug-in imported" in log and "nope.csv" in log
 
 
 def test_failing_workers_are_reported_and_cancel_the_refit(cluster, tmp_path):

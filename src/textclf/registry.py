@@ -1,7 +1,7 @@
 """The one place families and readers are found: ``catalogue`` registries plus entry points.
 
 A *family* is a :class:`Family` object registered under its name. The built-in ones
-(``fasttext``, ``lstm``, ``bert``) register when :mod:`textclf.families` is imported; an
+(``fasttext``, ``lstm``, ``bert``, ``embeddings``) register when :mod:`textclf.families` is imported; an
 installed package registers more through the ``textclf_families`` entry-point group, and a
 user's file registers them with :func:`register_family` (``textclf train --code my.py ...``).
 Readers work the same way (``textclf_readers`` group, :func:`register_reader`).
@@ -185,7 +185,7 @@ def register_reader(name: str) -> Callable[[Callable], Callable]:
 
 def _load_builtins() -> None:
     import textclf.data  # noqa: F401  (registers the built-in readers)
-    import textclf.families  # noqa: F401  (registers fasttext, lstm, bert)
+    import textclf.families  # noqa: F401  (registers fasttext, lstm, bert, embeddings)
 
 
 def all_families() -> dict[str, Family]:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "make-dataset": "textclf.cli.data_cmd:make_dataset",
     "stats": "textclf.cli.data_cmd:stats",
     "families": "textclf.cli.families_cmd:families",
+    "embed": "textclf.families.embeddings.cli:embed",
 }
 
 

@@ -116,6 +116,7 @@ def _options(args: list[str], usage: str) -> tuple[list[str], bool, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m textclf.cli.container SUBCOMMAND ...`` (see the module's docstring); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     what = args.pop(0) if args else ""
     try:

@@ -1,0 +1,26 @@
+"""Sentence embeddings + scikit-learn: a frozen encoder (cached vectors) and a classifier, Optuna-tunable."""
+
+from textclf.registry import Family, Option, register_family
+
+FAMILY = register_family(Family(
+    name="embeddings",
+    description="frozen sentence embeddings (MiniLM, any sentence-transformers model, TF-IDF+SVD) + scikit-learn classifier",
+    kind="embeddings",
+    train="textclf.families.embeddings.train:train",
+    predictor="textclf.families.embeddings.model:EmbeddingsPredictor",
+    requires=("torch", "sentence_transformers", "sklearn"),
+    extra="embeddings",
+    env={"N_TRIALS": "search.n_trials", "MODEL_NAME": "encoder.name"},
+    options=(
+        Option("--model_name", "encoder.name", str, "Encoder: minilm (default, shipped), a sentence-transformers/HF id or "
+               "local path, or tfidf_svd."),
+        Option("--classifier", "classifier", ["logreg", "linear_svm", "knn", "mlp", "hgb"], "Classifier over the embeddings."),
+        Option("--batch_size", "encoder.batch_size", int, "Encoding batch size."),
+        Option("--max_length", "encoder.max_length", int, "Maximum tokens per text (default: the encoder's)."),
+        Option("--device", "device", str, "auto (default), cpu, cuda, cuda:N or mps."),
+        Option("--balance", "balance", bool, "Downsample train to the smallest class before fitting.", is_flag=True,
+               secondary="--no-balance"),
+        Option("--n_jobs", "search.n_jobs", int, "Parallel trials in this process."),
+        Option("--metric", "search.metric", str, "Validation metric to maximise: macro_f1 (default), accuracy, ..."),
+    ),
+))

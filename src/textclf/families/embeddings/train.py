@@ -1,0 +1,182 @@
+"""Training the embeddings family: encode once (through the cache), fit classifiers, optionally search, save.
+
+Train/valid/test are encoded by each encoder at most once per run (sentence encoders through the
+disk cache, so a rerun or another trial loads the vectors); ``tfidf_svd`` is fitted on the train
+texts. Without ``search.n_trials``/``timeout`` the configured encoder + classifier is fitted; with
+them an Optuna study picks encoder x classifier x its hyper-parameters x balance-by-downsampling on
+valid. The best is refitted on train, saved (``classifier.joblib``, ``tfidf_svd.joblib``) and
+evaluated by :func:`textclf.training.finish_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from textclf.data import balanced_downsample
+from textclf.errors import ConfigError
+from textclf.families.embeddings.cache import EmbeddingCache
+from textclf.families.embeddings.classifiers import make_classifier, proba_in_label_order
+from textclf.families.embeddings.encoders import TFIDF_SVD, make_encoder
+from textclf.families.embeddings.model import CLASSIFIER_FILE, KIND, EmbeddingsPredictor, save_classifier
+from textclf.metrics import classification_metrics, direction, metric_value
+from textclf.training import Splits, finish_run
+from textclf.tuning import best_trial, finish_search, make_storage, open_study, record_worker, run_search, search_summary, suggest
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("sentence-transformers", "scikit-learn", "torch", "transformers")
+
+
+class Features:
+    """Each encoder's train/valid/test matrices, computed on first use and kept for the run."""
+
+    def __init__(self, cfg: dict, splits: Splits):
+        self.cfg = cfg
+        self.splits = splits
+        self.encoders: dict[str, object] = {}
+        self.matrices: dict[str, dict[str, np.ndarray]] = {}
+        self.cache_keys: dict[str, dict[str, str]] = {}
+
+    def get(self, name: str) -> dict[str, np.ndarray]:
+        """``{"train": X, "valid": X, "test": X}`` (test only when there is a test split) for encoder ``name``."""
+        if name in self.matrices:
+            return self.matrices[name]
+        enc = make_encoder(name, self.cfg)
+        parts = {"train": self.splits.train, "valid": self.splits.valid}
+        if self.splits.test is not None:
+            parts["test"] = self.splits.test
+        out: dict[str, np.ndarray] = {}
+        start = time.monotonic()
+        if name == TFIDF_SVD:
+            enc.fit(self.splits.train.texts)
+            out = {part: enc.encode(ds.texts, desc=part) for part, ds in parts.items()}
+        else:
+            cache = EmbeddingCache() if self.cfg.get("encoder", {}).get("cache", True) else None
+            keys = {}
+            for part, ds in parts.items():
+                if cache is None:
+                    out[part] = enc.encode(ds.texts, desc=part)
+                else:
+                    out[part], keys[part], _ = enc.encode_cached(ds.texts, cache, desc=part)
+            self.cache_keys[name] = keys
+        log.info("encoder %s: features %s in %.1fs", name, {k: v.shape for k, v in out.items()}, time.monotonic() - start)
+        self.encoders[name] = enc
+        self.matrices[name] = out
+        return out
+
+
+def label_indices(splits: Splits, labels: list[str]) -> np.ndarray:
+    """Labels as indices into ``splits.labels``."""
+    index = {label: i for i, label in enumerate(splits.labels)}
+    return np.asarray([index[label] for label in labels], dtype=int)
+
+
+def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, params: dict, balance: bool, seed: int):
+    """Fit classifier ``name`` on ``(x, y)``, first cut to the smallest class size when ``balance``."""
+    if balance:
+        keep = balanced_downsample([splits.labels[i] for i in y], seed=seed)
+        x, y = x[keep], y[keep]
+    counts = np.bincount(y, minlength=len(splits.labels))
+    clf = make_classifier(name, params, seed=seed, n_train=len(y), min_class_count=int(counts[counts > 0].min()))
+    clf.fit(x, y)
+    return clf
+
+
+def valid_metrics(clf, x: np.ndarray, splits: Splits) -> dict:
+    """Classification metrics of ``clf`` on the valid matrix."""
+    proba = proba_in_label_order(clf, x, len(splits.labels))
+    preds = [splits.labels[i] for i in proba.argmax(axis=1)]
+    return classification_metrics(splits.valid.labels, preds, splits.labels)
+
+
+def choice_from(cfg: dict, params: dict) -> dict:
+    """Encoder, classifier, its params and balance from (flat) search params over the config's defaults."""
+    clf = params.get("classifier", cfg["classifier"])
+    if clf not in cfg["classifiers"]:
+        raise ConfigError(f"classifier {clf!r}: no classifiers.{clf} block in the config; known: {', '.join(cfg['classifiers'])}")
+    own = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(clf + ".")}
+    return {"encoder": params.get("encoder", cfg["encoder"]["name"]), "classifier": clf,
+            "params": {**cfg["classifiers"][clf], **own}, "balance": bool(params.get("balance", cfg["balance"]))}
+
+
+def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> tuple[optuna.Study, dict]:
+    """Run (or resume) the Optuna study over encoder x classifier x hyper-parameters x balance; return it and the best choice.
+
+    ``search.space`` entries without a dot (``encoder``, ``classifier``, ``balance``) are sampled every
+    trial; ``<classifier>.<param>`` entries only when that classifier is chosen (a conditional space).
+    The configured choice is queued as the first trial of a new study.
+    """
+    s = cfg["search"]
+    space = s["space"]
+    top = {k: v for k, v in space.items() if "." not in k}
+    storage = make_storage(s["storage"], output_dir)
+    study = open_study(s["study_name"], storage, seed=cfg["seed"], direction=direction(s["metric"]))
+    if not study.get_trials(deepcopy=False):
+        start = {"encoder": cfg["encoder"]["name"], "classifier": cfg["classifier"], "balance": cfg["balance"]}
+        start = {k: v for k, v in start.items() if k in top and v in top[k].get("choices", [v])}
+        for name, value in cfg["classifiers"].get(cfg["classifier"], {}).items():  # its configured params too
+            spec = space.get(f"{cfg['classifier']}.{name}")
+            if spec and (value in spec["choices"] if spec.get("type") == "categorical" else spec["low"] <= value <= spec["high"]):
+                start[f"{cfg['classifier']}.{name}"] = value
+        if start:
+            study.enqueue_trial(start, skip_if_exists=True)
+    y_train = label_indices(splits, splits.train.labels)
+
+    def objective(trial: optuna.Trial) -> float:
+        record_worker(trial)
+        params = suggest(trial, top)
+        clf_name = params.get("classifier", cfg["classifier"])
+        params.update(suggest(trial, {k: v for k, v in space.items() if k.startswith(clf_name + ".")}))
+        choice = choice_from(cfg, params)
+        x = features.get(choice["encoder"])
+        clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"],
+                             cfg["seed"] + trial.number)
+        metrics = valid_metrics(clf, x["valid"], splits)
+        trial.set_user_attr("valid_accuracy", metrics["accuracy"])
+        return metric_value(metrics, s["metric"])
+
+    run_search(study, objective, s["n_trials"], s["timeout"], s["n_jobs"], output_dir)
+    return study, choice_from(cfg, best_trial(study).params)
+
+
+def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
+    """Encode, (search,) refit the best classifier on train, save the model directory; return it.
+
+    With ``search.refit`` false only the search runs (SLURM workers). The study always resumes and
+    the embeddings come from the cache, so ``resume`` changes nothing.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    s = cfg["search"]
+    features = Features(cfg, splits)
+    extra: dict = {}
+    choice = choice_from(cfg, {})
+    if s.get("n_trials") or s.get("timeout"):
+        study, choice = search(cfg, splits, features, output_dir)
+        finish_search(study, output_dir)
+        if not s["refit"]:
+            return output_dir
+        extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
+    x = features.get(choice["encoder"])
+    y_train = label_indices(splits, splits.train.labels)
+    start = time.monotonic()
+    clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"], cfg["seed"])
+    log.info("fitted %s on %s features in %.1fs", choice["classifier"], choice["encoder"], time.monotonic() - start)
+    save_classifier(clf, output_dir)
+    encoder = features.encoders[choice["encoder"]]
+    if choice["encoder"] == TFIDF_SVD:
+        encoder.save(output_dir)
+    record = encoder.describe()
+    predictor = EmbeddingsPredictor(output_dir, {"labels": splits.labels, "kind": KIND, "encoder": record}, encoder, clf)
+    predictor.remember(splits.valid.texts, x["valid"])
+    if splits.test is not None:
+        predictor.remember(splits.test.texts, x["test"])
+    finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=CLASSIFIER_FILE, encoder=record,
+               classifier=choice["classifier"], params=choice["params"], balance=choice["balance"],
+               cache_keys=features.cache_keys.get(choice["encoder"], {}), **extra)
+    return output_dir

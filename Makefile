@@ -57,7 +57,7 @@ bench_fasttext: install ## Benchmark: defaults vs autotune vs Optuna, throughput
 
 ## ---- LSTM (allennlp/) ----
 .PHONY: train_allennlp predict_allennlp tune_allennlp tensorboard bench_lstm
-# LSTM_CONFIG: a JSON merged over config/lstm.json. The seed's BATCH_SIZE, EPOCHS and CUDA_DEVICES work here too;
+# LSTM_CONFIG: a JSON merged over config/lstm.json. The original repository's BATCH_SIZE, EPOCHS and CUDA_DEVICES work here too;
 # DEVICE=auto|cpu|cuda:N, RESUME=1 continues an interrupted run. Fewer trials than fastText by default (each trains a net).
 LSTM_CONFIG ?=
 LSTM_N_TRIALS ?= $(if $(filter command line environment,$(origin N_TRIALS)),$(N_TRIALS),20)
@@ -128,7 +128,7 @@ DOCKER_USER ?= $(shell id -u):$(shell id -g)
 DOCKER_RUN_FLAGS ?=
 # a plug-in file (registers families/readers): passed on as --code to containers and to every SLURM job
 CODE ?=
-# the seed's environment variables, passed into the container when given (the family's Family.env lists its own)
+# the original repository's environment variables, passed into the container when given (the family's Family.env lists its own)
 BATCH_SIZE ?=
 EPOCHS ?=
 CUDA_DEVICES ?=

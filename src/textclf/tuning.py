@@ -144,6 +144,26 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
     return params
 
 
+def start_points(space: dict, starts: list[dict]) -> list[dict]:
+    """The configured start points reduced to what fits ``space`` (keys in it, values inside its ranges/choices)."""
+    out = []
+    for start in starts:
+        point = {}
+        for name, value in start.items():
+            spec = space.get(name)
+            if spec is None:
+                continue
+            if spec.get("type") == "categorical":
+                fits = value in spec["choices"]
+            else:
+                fits = isinstance(value, int | float) and spec["low"] <= value <= spec["high"]
+            if fits:
+                point[name] = value
+        if point:
+            out.append(point)
+    return out
+
+
 def record_worker(trial: optuna.Trial) -> None:
     """Store which worker ran a trial (SLURM job/array ids, host, pid) as user attributes."""
     for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from textclf.errors import ConfigError, ModelError
-from textclf.families.bert.data import encode, load_tokenizer
+from textclf.families.bert.data import PadCollate, encode, load_tokenizer
 from textclf.predictor import Predictor
-from textclf.torch_common import pad_ids, predict_by_length, resolve_device
+from textclf.torch_common import predict_by_length, resolve_device
 
 KIND = "bert"
 ENCODER_DIR = "encoder"
@@ -116,11 +116,11 @@ def predict_logits(model: BertClassifier, input_ids: list[list[int]], pad_id: in
                    batch_size: int) -> np.ndarray:
     """Logits for token id lists, computed in length-sorted batches and returned in input order."""
     model.eval()
+    collate = PadCollate(pad_id)
 
     def forward(idx: list[int]) -> torch.Tensor:
-        ids, lengths = pad_ids([input_ids[i] for i in idx], pad_id)
-        mask = (torch.arange(ids.size(1))[None, :] < lengths[:, None]).long()
-        return model(ids.to(device), mask.to(device))
+        batch = collate([{"input_ids": input_ids[i], "index": i} for i in idx])
+        return model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
     return predict_by_length(input_ids, batch_size, model.head.out_features, forward)
 

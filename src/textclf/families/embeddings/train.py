@@ -25,7 +25,17 @@ from textclf.families.embeddings.encoders import TFIDF_SVD, make_encoder
 from textclf.families.embeddings.model import CLASSIFIER_FILE, KIND, EmbeddingsPredictor, save_classifier
 from textclf.metrics import classification_metrics, direction, metric_value
 from textclf.training import Splits, finish_run
-from textclf.tuning import best_trial, finish_search, make_storage, open_study, record_worker, run_search, search_summary, suggest
+from textclf.tuning import (
+    best_trial,
+    finish_search,
+    make_storage,
+    open_study,
+    record_worker,
+    run_search,
+    search_summary,
+    start_points,
+    suggest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +127,11 @@ def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> t
     storage = make_storage(s["storage"], output_dir)
     study = open_study(s["study_name"], storage, seed=cfg["seed"], direction=direction(s["metric"]))
     if not study.get_trials(deepcopy=False):
-        start = {"encoder": cfg["encoder"]["name"], "classifier": cfg["classifier"], "balance": cfg["balance"]}
-        start = {k: v for k, v in start.items() if k in top and v in top[k].get("choices", [v])}
-        for name, value in cfg["classifiers"].get(cfg["classifier"], {}).items():  # its configured params too
-            spec = space.get(f"{cfg['classifier']}.{name}")
-            if spec and (value in spec["choices"] if spec.get("type") == "categorical" else spec["low"] <= value <= spec["high"]):
-                start[f"{cfg['classifier']}.{name}"] = value
-        if start:
-            study.enqueue_trial(start, skip_if_exists=True)
+        clf = cfg["classifier"]
+        configured = {"encoder": cfg["encoder"]["name"], "classifier": clf, "balance": cfg["balance"],
+                      **{f"{clf}.{name}": value for name, value in cfg["classifiers"].get(clf, {}).items()}}
+        for point in start_points(space, [configured]):  # the configured choice, as far as it fits the space
+            study.enqueue_trial(point, skip_if_exists=True)
     y_train = label_indices(splits, splits.train.labels)
 
     def objective(trial: optuna.Trial) -> float:

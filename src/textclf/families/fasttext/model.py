@@ -33,6 +33,7 @@ from textclf.tuning import (
     record_worker,
     run_search,
     search_summary,
+    start_points,
     suggest,
 )
 
@@ -202,26 +203,6 @@ def score_before_deadline(train_file: Path, params: dict, n_jobs: int, splits: S
     if not ok:
         raise RuntimeError(value)
     return value, accuracy
-
-
-def start_points(space: dict, starts: list[dict]) -> list[dict]:
-    """The configured start points reduced to what fits ``space`` (keys in it, values inside its ranges/choices)."""
-    out = []
-    for start in starts:
-        point = {}
-        for name, value in start.items():
-            spec = space.get(name)
-            if spec is None:
-                continue
-            if spec.get("type") == "categorical":
-                fits = value in spec["choices"]
-            else:
-                fits = isinstance(value, int | float) and spec["low"] <= value <= spec["high"]
-            if fits:
-                point[name] = value
-        if point:
-            out.append(point)
-    return out
 
 
 def search(cfg: dict, splits: Splits, train_file: Path, output_dir: Path) -> tuple[optuna.Study, dict]:

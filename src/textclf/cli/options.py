@@ -35,8 +35,9 @@ def data_options(fn: Callable) -> Callable:
     fn = click.option("--test_path", type=click.Path(dir_okay=False), default=None,
                       help="Optional labelled test file, scored once after training.")(fn)
     fn = click.option("--valid_path", required=True, type=click.Path(dir_okay=False), help="Labelled validation file.")(fn)
-    fn = click.option("--train_path", required=True, type=click.Path(dir_okay=False),
-                      help="Labelled training file (.csv/.tsv/.jsonl, or fastText .txt).")(fn)
+    fn = click.option("--train_path", required=True, multiple=True, type=click.Path(dir_okay=False),
+                      help="Labelled training file (.csv/.tsv/.jsonl, or fastText .txt). Repeatable: the files are "
+                      "concatenated (the embeddings search also picks which of them to train on).")(fn)
     return fn
 
 
@@ -55,7 +56,7 @@ def flag_overrides(mapping: dict[str, Any]) -> list[str]:
 
 
 def prepare_run(family: str, config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any],
-                train_path: str, valid_path: str, test_path: str | None) -> tuple[dict, Splits]:
+                train_path: str | tuple[str, ...], valid_path: str, test_path: str | None) -> tuple[dict, Splits]:
     """Effective config (defaults < --config < --set < explicit flags) and the checked splits."""
     from textclf.progress import setup_logging
 

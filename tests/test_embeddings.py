@@ -244,7 +244,15 @@ def test_tfidf_svd_round_trip(tmp_path, small, cache_dir):
     out = tmp_path / "tfidf"
     train_cli(small, out, "--model_name", "tfidf_svd", "--classifier", "knn", "--set", "tfidf_svd.n_components=32")
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["encoder"]["type"] == "tfidf_svd" and meta["cache_keys"] == {}
+    assert meta["encoder"]["type"] == "tfidf_svd" and set(meta["cache_keys"]) == {"train", "valid", "test"}
+    # a second run loads the fitted pipeline and its vectors from the cache: same model, same scores
+    again = tmp_path / "tfidf2"
+    train_cli(small, again, "--model_name", "tfidf_svd", "--classifier", "knn", "--set", "tfidf_svd.n_components=32")
+    meta2 = json.loads((again / "meta.json").read_text())
+    assert meta2["cache_keys"] == meta["cache_keys"] and meta2["metrics"] == meta["metrics"]
+    other = tmp_path / "tfidf3"
+    train_cli(small, other, "--model_name", "tfidf_svd", "--classifier", "knn", "--set", "tfidf_svd.n_components=16")
+    assert json.loads((other / "meta.json").read_text())["cache_keys"]["train"] != meta["cache_keys"]["train"]
     ds = read_labelled(small["test"])
     p = textclf.load_predictor(out)
     assert p.predict(ds.texts) == textclf.load_predictor(out).predict(ds.texts)
@@ -272,3 +280,60 @@ def test_embed_command_caches_lists_and_removes(tmp_path, small, cache_dir):
     assert runner.invoke(embed, []).exit_code == 2  # neither --data_path nor a subcommand
     removed = runner.invoke(embed, ["rm", "--all"], catch_exceptions=False).output
     assert "removed" in removed and "no cached embeddings" in runner.invoke(embed, ["ls"]).output
+
+
+# --------------------------------------------------------------------------- several training files
+
+def test_train_file_choices():
+    from textclf.families.embeddings.train import train_file_choices
+
+    assert train_file_choices(1) == []
+    assert train_file_choices(2) == ["0+1", "0", "1"]
+    assert len(train_file_choices(4)) == 15 and train_file_choices(4)[0] == "0+1+2+3"
+    assert train_file_choices(6) == ["0+1+2+3+4+5", "0+1+2+3+4", "0+1+2+3", "0+1+2", "0+1", "0"]
+
+
+def test_search_picks_training_files_and_drops_a_noisy_one(tmp_path, small, tweets, cache_dir):
+    """Three training files, the third with flipped labels: the search over make-ups leaves it out."""
+    rows = list(csv.reader(open(tweets["train"], encoding="utf-8", newline="")))
+    header, body = rows[0], rows[1:]
+    flip = {"negative": "positive", "positive": "negative"}
+    parts = {"a": body[:400], "b": body[400:800], "noisy": [[text, flip[label]] for text, label in body[800:1200]]}
+    paths = {}
+    for name, part in parts.items():
+        paths[name] = tmp_path / f"{name}.csv"
+        with paths[name].open("w", encoding="utf-8", newline="") as fh:
+            csv.writer(fh).writerows([header, *part])
+    out = tmp_path / "files"
+    args = [a for name in ("a", "b", "noisy") for a in ("--train_path", str(paths[name]))]
+    args += ["--valid_path", str(small["valid"]), "--test_path", str(small["test"]), "--output_dir", str(out),
+             "--device", "cpu", "--n_trials", "10", "--seed", "3",
+             "--set", 'search.space.encoder.choices=["minilm"]', "--set", 'search.space.classifier.choices=["logreg"]']
+    result = CliRunner().invoke(train_command("embeddings"), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert str(paths["noisy"]) not in meta["train_files"], meta["train_files"]
+    assert meta["data"]["train"] == [str(paths[n]) for n in ("a", "b", "noisy")]
+    tried = {r["params_train_files"] for r in csv.DictReader((out / "trials.csv").open())}
+    assert "0+1+2" in tried and len(tried) > 2
+    assert meta["metrics"]["test"]["macro_f1"] > MACRO_F1_FLOOR
+
+
+# --------------------------------------------------------------------------- the second packaged encoder
+
+def test_packaged_mpnet_encodes_offline(tmp_path, cache_dir):
+    """all-mpnet-base-v2 (fetched by `make encoders`): 768-d unit vectors that put paraphrases together."""
+    from textclf.families.embeddings.packaged import installed_dir
+
+    if installed_dir("mpnet") is None:
+        pytest.fail("mpnet is not fetched: run `make encoders` (make test does it first)")
+    enc = SentenceEncoder("mpnet", device="cpu", batch_size=8)
+    texts = ["I love this phone, it is great", "This phone is wonderful and I like it a lot",
+             "The train to Boston leaves at noon", "Worst customer service I have ever had"]
+    v, key, hit = enc.encode_cached(texts, EmbeddingCache())
+    assert v.shape == (4, 768) and not hit
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    sims = v @ v.T
+    assert sims[0, 1] > sims[0, 2] + 0.3 and sims[0, 1] > sims[0, 3]
+    assert enc.describe()["pooling"] == "mean" and enc.describe()["max_length"] == 384
+    assert SentenceEncoder("sentence-transformers/all-mpnet-base-v2", device="cpu").model_dir == installed_dir("mpnet")

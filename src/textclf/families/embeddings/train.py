@@ -62,18 +62,22 @@ class Features:
             parts["test"] = self.splits.test
         out: dict[str, np.ndarray] = {}
         start = time.monotonic()
-        if name == TFIDF_SVD:
+        cache = EmbeddingCache() if self.cfg.get("encoder", {}).get("cache", True) else None
+        keys = {}
+        if name == TFIDF_SVD and cache is None:
             enc.fit(self.splits.train.texts)
             out = {part: enc.encode(ds.texts, desc=part) for part, ds in parts.items()}
+        elif name == TFIDF_SVD:  # the fitted pipeline and its vectors are cached too (keyed by params + train texts)
+            fit_key = enc.fit_cached(self.splits.train.texts, cache)
+            for part, ds in parts.items():
+                out[part], keys[part], _ = enc.encode_cached(ds.texts, cache, fit_key, desc=part)
         else:
-            cache = EmbeddingCache() if self.cfg.get("encoder", {}).get("cache", True) else None
-            keys = {}
             for part, ds in parts.items():
                 if cache is None:
                     out[part] = enc.encode(ds.texts, desc=part)
                 else:
                     out[part], keys[part], _ = enc.encode_cached(ds.texts, cache, desc=part)
-            self.cache_keys[name] = keys
+        self.cache_keys[name] = keys
         log.info("encoder %s: features %s in %.1fs", name, {k: v.shape for k, v in out.items()}, time.monotonic() - start)
         self.encoders[name] = enc
         self.matrices[name] = out
@@ -86,8 +90,13 @@ def label_indices(splits: Splits, labels: list[str]) -> np.ndarray:
     return np.asarray([index[label] for label in labels], dtype=int)
 
 
-def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, params: dict, balance: bool, seed: int):
-    """Fit classifier ``name`` on ``(x, y)``, first cut to the smallest class size when ``balance``."""
+def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, params: dict, balance: bool, seed: int,
+                   rows: np.ndarray | None = None):
+    """Fit classifier ``name`` on ``(x, y)`` (only ``rows`` when given), first cut to the smallest class size when ``balance``."""
+    if rows is not None:
+        x, y = x[rows], y[rows]
+    if len(np.unique(y)) < 2:
+        raise ConfigError(f"the chosen training rows hold {len(np.unique(y))} class(es); need at least 2")
     if balance:
         keep = balanced_downsample([splits.labels[i] for i in y], seed=seed)
         x, y = x[keep], y[keep]
@@ -104,14 +113,40 @@ def valid_metrics(clf, x: np.ndarray, splits: Splits) -> dict:
     return classification_metrics(splits.valid.labels, preds, splits.labels)
 
 
+def train_file_choices(n_files: int) -> list[str]:
+    """The training-set make-ups a search picks from when several ``--train_path`` files are given.
+
+    Up to 4 files: every non-empty subset (``"0+2"`` = the first and third file); more files: the first
+    k files for every k (the number of datasets to sample from). One file: nothing to choose.
+    """
+    if n_files < 2:
+        return []
+    if n_files <= 4:
+        subsets = [[i for i in range(n_files) if mask >> i & 1] for mask in range(1, 2 ** n_files)]
+        subsets.sort(key=lambda sub: (-len(sub), sub))
+    else:
+        subsets = [list(range(k)) for k in range(n_files, 0, -1)]
+    return ["+".join(map(str, sub)) for sub in subsets]
+
+
+def train_rows(splits: Splits, files: str | None) -> np.ndarray | None:
+    """Indices of the train rows from the files ``files`` names (``"0+2"``); None means every row."""
+    if not files:
+        return None
+    chosen = {int(i) for i in str(files).split("+")}
+    ids = np.asarray(splits.train_source_ids)
+    return np.flatnonzero(np.isin(ids, sorted(chosen)))
+
+
 def choice_from(cfg: dict, params: dict) -> dict:
-    """Encoder, classifier, its params and balance from (flat) search params over the config's defaults."""
+    """Encoder, classifier, its params, balance and training files from (flat) search params over the config's defaults."""
     clf = params.get("classifier", cfg["classifier"])
     if clf not in cfg["classifiers"]:
         raise ConfigError(f"classifier {clf!r}: no classifiers.{clf} block in the config; known: {', '.join(cfg['classifiers'])}")
     own = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(clf + ".")}
     return {"encoder": params.get("encoder", cfg["encoder"]["name"]), "classifier": clf,
-            "params": {**cfg["classifiers"][clf], **own}, "balance": bool(params.get("balance", cfg["balance"]))}
+            "params": {**cfg["classifiers"][clf], **own}, "balance": bool(params.get("balance", cfg["balance"])),
+            "train_files": params.get("train_files")}
 
 
 def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> tuple[optuna.Study, dict]:
@@ -119,18 +154,24 @@ def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> t
 
     ``search.space`` entries without a dot (``encoder``, ``classifier``, ``balance``) are sampled every
     trial; ``<classifier>.<param>`` entries only when that classifier is chosen (a conditional space).
+    With several training files (and ``search.train_files`` true) ``train_files`` picks which of them
+    to fit on (:func:`train_file_choices`); a pick with fewer than two classes is pruned.
     The configured choice is queued as the first trial of a new study.
     """
     s = cfg["search"]
     space = s["space"]
     top = {k: v for k, v in space.items() if "." not in k}
+    files = train_file_choices(len(splits.train_sources)) if s.get("train_files", True) else []
+    if files:
+        top["train_files"] = {"type": "categorical", "choices": files}
     storage = make_storage(s["storage"], output_dir)
     study = open_study(s["study_name"], storage, seed=cfg["seed"], direction=direction(s["metric"]))
     if not study.get_trials(deepcopy=False):
         clf = cfg["classifier"]
         configured = {"encoder": cfg["encoder"]["name"], "classifier": clf, "balance": cfg["balance"],
+                      **({"train_files": files[0]} if files else {}),
                       **{f"{clf}.{name}": value for name, value in cfg["classifiers"].get(clf, {}).items()}}
-        for point in start_points(space, [configured]):  # the configured choice, as far as it fits the space
+        for point in start_points({**space, **top}, [configured]):  # the configured choice, as far as it fits the space
             study.enqueue_trial(point, skip_if_exists=True)
     y_train = label_indices(splits, splits.train.labels)
 
@@ -141,8 +182,11 @@ def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> t
         params.update(suggest(trial, {k: v for k, v in space.items() if k.startswith(clf_name + ".")}))
         choice = choice_from(cfg, params)
         x = features.get(choice["encoder"])
+        rows = train_rows(splits, choice["train_files"])
+        if rows is not None and len({y_train[i] for i in rows}) < 2:
+            raise optuna.TrialPruned(f"training files {choice['train_files']} hold fewer than 2 classes")
         clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"],
-                             cfg["seed"] + trial.number)
+                             cfg["seed"] + trial.number, rows)
         metrics = valid_metrics(clf, x["valid"], splits)
         trial.set_user_attr("valid_accuracy", metrics["accuracy"])
         return metric_value(metrics, s["metric"])
@@ -169,11 +213,28 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
         if not s["refit"]:
             return output_dir
         extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
+    fit_and_save(cfg, splits, features, choice, output_dir, **extra)
+    return output_dir
+
+
+def fit_and_save(cfg: dict, splits: Splits, features: Features, choice: dict, output_dir: str | Path, echo: bool = True,
+                 **extra) -> tuple[dict, EmbeddingsPredictor, float]:
+    """Refit ``choice`` (see :func:`choice_from`) on train, save the model directory and evaluate it.
+
+    Writes ``classifier.joblib`` (+ ``tfidf_svd.joblib``), ``metrics.txt`` and ``meta.json`` (``extra``
+    goes into meta.json) into ``output_dir``; returns ``(meta, predictor, fit seconds)``. The predictor
+    remembers the valid/test vectors, so evaluating it re-encodes nothing. ``textclf sweep`` calls this
+    once per encoder x classifier combination.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     x = features.get(choice["encoder"])
     y_train = label_indices(splits, splits.train.labels)
     start = time.monotonic()
-    clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"], cfg["seed"])
-    log.info("fitted %s on %s features in %.1fs", choice["classifier"], choice["encoder"], time.monotonic() - start)
+    clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"], cfg["seed"],
+                         train_rows(splits, choice.get("train_files")))
+    fit_seconds = time.monotonic() - start
+    log.info("fitted %s on %s features in %.1fs", choice["classifier"], choice["encoder"], fit_seconds)
     save_classifier(clf, output_dir)
     encoder = features.encoders[choice["encoder"]]
     if choice["encoder"] == TFIDF_SVD:
@@ -183,7 +244,9 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     predictor.remember(splits.valid.texts, x["valid"])
     if splits.test is not None:
         predictor.remember(splits.test.texts, x["test"])
-    finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=CLASSIFIER_FILE, encoder=record,
-               classifier=choice["classifier"], params=choice["params"], balance=choice["balance"],
-               cache_keys=features.cache_keys.get(choice["encoder"], {}), **extra)
-    return output_dir
+    meta = finish_run(output_dir, predictor, splits, cfg, PACKAGES, echo=echo, model_file=CLASSIFIER_FILE, encoder=record,
+                      classifier=choice["classifier"], params=choice["params"], balance=choice["balance"],
+                      cache_keys=features.cache_keys.get(choice["encoder"], {}),
+                      train_files=[splits.train_sources[int(i)].path for i in choice["train_files"].split("+")]
+                      if choice.get("train_files") else None, **extra)
+    return meta, predictor, fit_seconds

@@ -1,0 +1,399 @@
+"""Benchmark the sentence-embedding families against the tools users would pick instead.
+
+Per dataset under ``--data_root`` (default ``<repo>/../shared/data``), each job in a fresh process
+forked from a fork server (its peak RSS is its own; see ``bench_common``):
+
+  tune cold    ``textclf tune embeddings`` (``--n_trials`` over encoder x classifier x params x balance)
+               with an empty embedding cache: encoding included;
+  tune warm    the same search again into a new directory on the now-filled cache: the ratio
+               cold/warm is the cache's speed-up (target >= 10x);
+  grid         every classifier with its config defaults on every frozen encoder (vectors from the cache):
+               test accuracy / macro-F1, fit seconds, classifier predict docs/s;
+  encode       docs/s of each sentence encoder on up to 512 test texts (model loaded, no cache);
+  predict      end-to-end docs/s of the tuned model's Predictor on raw test text (encoding included);
+  setfit       the SetFit-style family with 8 and 64 examples per class and with the full training set,
+               next to the frozen MiniLM + logistic regression on the very same rows;
+  fastText     the fastText family's Optuna search (``--ft_trials``), and TF-IDF + logistic regression.
+
+Targets (``../shared/design/targets.md``): tuned embeddings >= MiniLM+logreg on every dataset and >= tuned
+fastText on tweets_sentiment and movie_review_sentences; cache speed-up >= 10x. Prints markdown tables and
+writes ``benchmarks/results/embeddings.json`` atomically (after every dataset)::
+
+    python benchmarks/bench_embeddings.py                                  # all four datasets
+    python benchmarks/bench_embeddings.py --datasets tweets_sentiment --quick
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from bench_common import (
+    DATA_ROOT,
+    REPO,
+    RSS_NOTE,
+    dataset_paths,
+    in_child,
+    machine_info,
+    make_echo,
+    peak_rss_mb,
+    start_fork_server,
+    utc_now,
+)
+
+DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
+CLASSIFIERS = ("logreg", "linear_svm", "knn", "mlp", "hgb")
+SHORT_TEXT = ("tweets_sentiment", "movie_review_sentences")
+PACKAGES = ("textclf", "torch", "sentence-transformers", "scikit-learn", "optuna", "fasttext-community", "numpy")
+
+
+def _quiet() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, force=True)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the families' reports; this job returns its numbers
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _metrics(true, pred, labels) -> dict:
+    from textclf.metrics import classification_metrics
+
+    m = classification_metrics(true, pred, labels)
+    return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+
+
+def _splits(paths: dict, family: str, overrides: list[str]):
+    from textclf.config import load_config
+    from textclf.training import load_splits
+
+    cfg = load_config(family, overrides=overrides)
+    return cfg, load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
+
+
+# --------------------------------------------------------------------------- jobs (each in a fresh process)
+
+def job_tune(paths: dict, cache_dir: str, out: str, n_trials: int, encoders: list[str], seed: int) -> dict:
+    """``textclf tune embeddings`` into ``out`` with the embedding cache at ``cache_dir``."""
+    _quiet()
+    os.environ["TEXTCLF_CACHE"] = cache_dir
+    import json
+
+    from textclf.meta import read_meta
+    from textclf.registry import get_family
+
+    cfg, splits = _splits(paths, "embeddings", [f"search.n_trials={n_trials}", f"seed={seed}", "device=\"cpu\"",
+                                                 f"search.space.encoder.choices={json.dumps(encoders)}"])
+    start = time.perf_counter()
+    get_family("embeddings").train_fn()(cfg, splits, out)
+    wall = time.perf_counter() - start
+    meta = read_meta(out)
+    return {"wall_s": round(wall, 2), "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")},
+            "valid_macro_f1": round(meta["metrics"]["valid"]["macro_f1"], 4), "encoder": meta["encoder"]["name"],
+            "classifier": meta["classifier"], "balance": meta["balance"], "params": meta["params"],
+            "n_trials": meta["search"]["n_trials"], "peak_rss_mb": peak_rss_mb()}
+
+
+def job_grid(paths: dict, cache_dir: str, encoder: str, seed: int) -> dict:
+    """Every classifier with its defaults on ``encoder``'s vectors (from the cache when it is a sentence encoder)."""
+    _quiet()
+    os.environ["TEXTCLF_CACHE"] = cache_dir
+    from textclf.families.embeddings.classifiers import proba_in_label_order
+    from textclf.families.embeddings.train import Features, fit_classifier, label_indices
+
+    cfg, splits = _splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
+    start = time.perf_counter()
+    x = Features(cfg, splits).get(encoder)
+    features_s = time.perf_counter() - start
+    y = label_indices(splits, splits.train.labels)
+    rows = {}
+    for name in CLASSIFIERS:
+        start = time.perf_counter()
+        clf = fit_classifier(x["train"], y, splits, name, cfg["classifiers"][name], False, seed)
+        fit_s = time.perf_counter() - start
+        out = {"fit_s": round(fit_s, 2)}
+        for part in ("valid", "test"):
+            start = time.perf_counter()
+            proba = proba_in_label_order(clf, x[part], len(splits.labels))
+            seconds = time.perf_counter() - start
+            pred = [splits.labels[i] for i in proba.argmax(axis=1)]
+            out[part] = _metrics(getattr(splits, part).labels, pred, splits.labels)
+            if part == "test":
+                out["clf_predict_docs_per_s"] = round(len(pred) / max(seconds, 1e-9), 1)
+        rows[name] = out
+    return {"features_s": round(features_s, 2), "classifiers": rows, "peak_rss_mb": peak_rss_mb()}
+
+
+def job_encode_speed(texts: list[str], encoder: str) -> dict:
+    """docs/s of a sentence encoder on ``texts`` after the model is loaded (no cache)."""
+    _quiet()
+    from textclf.families.embeddings.encoders import SentenceEncoder
+
+    enc = SentenceEncoder(encoder, device="cpu", batch_size=64)
+    enc.encode(texts[:8], progress=False)  # load + warm up
+    start = time.perf_counter()
+    enc.encode(texts, progress=False)
+    seconds = time.perf_counter() - start
+    return {"docs": len(texts), "docs_per_s": round(len(texts) / seconds, 1), "peak_rss_mb": peak_rss_mb()}
+
+
+def job_predict(model_dir: str, texts: list[str]) -> dict:
+    """End-to-end docs/s of a model directory's Predictor on raw text (load excluded)."""
+    _quiet()
+    from textclf.predictor import load_predictor
+
+    predictor = load_predictor(model_dir)
+    start = time.perf_counter()
+    predictor.predict(texts)
+    seconds = time.perf_counter() - start
+    return {"docs": len(texts), "docs_per_s": round(len(texts) / seconds, 1), "peak_rss_mb": peak_rss_mb()}
+
+
+def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, overrides: list[str]) -> dict:
+    """The SetFit-style family (``per_class`` examples per class, None = all), and frozen MiniLM + logreg on the same rows."""
+    _quiet()
+    from textclf.meta import read_meta
+    from textclf.registry import get_family
+
+    per = "null" if per_class is None else str(per_class)
+    cfg, splits = _splits(paths, "setfit", [f"data.per_class={per}", f"seed={seed}", "device=\"cpu\"", *overrides])
+    start = time.perf_counter()
+    get_family("setfit").train_fn()(cfg, splits, out)
+    wall = time.perf_counter() - start
+    meta = read_meta(out)
+    result = {"wall_s": round(wall, 2), "train_rows": meta.get("train_rows"),
+              "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": peak_rss_mb()}
+    result["frozen_minilm_logreg"] = _frozen_on_rows(paths, per_class, seed)
+    return result
+
+
+def _frozen_on_rows(paths: dict, per_class: int | None, seed: int) -> dict:
+    """Frozen MiniLM + logistic regression on the rows the SetFit run sampled (its sampler, its seed)."""
+    from textclf.families.embeddings.train import Features, fit_classifier, label_indices
+    from textclf.families.setfit.sampling import few_shot_indices
+
+    cfg, splits = _splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
+    x = Features(cfg, splits).get("minilm")
+    y = label_indices(splits, splits.train.labels)
+    rows = None if per_class is None else few_shot_indices(splits.train.labels, per_class, seed)
+    clf = fit_classifier(x["train"], y, splits, "logreg", cfg["classifiers"]["logreg"], False, seed, rows)
+    pred = [splits.labels[i] for i in clf.predict(x["test"])]
+    return {"train_rows": len(y) if rows is None else len(rows), "test": _metrics(splits.test.labels, pred, splits.labels)}
+
+
+def job_fasttext(paths: dict, out: str, n_trials: int) -> dict:
+    """The fastText family's Optuna search (``n_trials``) and refit."""
+    _quiet()
+    from textclf.meta import read_meta
+    from textclf.registry import get_family
+
+    cfg, splits = _splits(paths, "fasttext", [f"search.n_trials={n_trials}"])
+    start = time.perf_counter()
+    get_family("fasttext").train_fn()(cfg, splits, out)
+    meta = read_meta(out)
+    return {"wall_s": round(time.perf_counter() - start, 2),
+            "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": peak_rss_mb()}
+
+
+def job_tfidf_logreg(paths: dict) -> dict:
+    """TF-IDF (1-2 grams, sublinear tf) + logistic regression (C=10): the classical baseline of targets.md."""
+    _quiet()
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    _, splits = _splits(paths, "embeddings", [])
+    start = time.perf_counter()
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+                          LogisticRegression(C=10.0, max_iter=3000))
+    model.fit(splits.train.texts, splits.train.labels)
+    fit_s = time.perf_counter() - start
+    return {"wall_s": round(fit_s, 2), "test": _metrics(splits.test.labels, list(model.predict(splits.test.texts)), splits.labels),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+# --------------------------------------------------------------------------- parent side
+
+def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
+    """Every job on one dataset; returns its results block."""
+    from textclf.data import read_labelled
+
+    test = read_labelled(paths["test"], min_classes=0)
+    encoders = ["minilm", "tfidf_svd"] + (["mpnet"] if name in opts["mpnet_datasets"] else [])
+    res: dict = {"status": "ok", "paths": paths, "encoders": encoders, "jobs": {}}
+    seed = opts["seed"]
+    with tempfile.TemporaryDirectory(prefix=f"bench-emb-{name}-") as tmp:
+        work = Path(tmp)
+        cache = str(work / "cache")
+
+        def run(key, fn, *args):
+            echo(f"  {key} ...")
+            load = os.getloadavg()[0]
+            try:
+                r = in_child(fn, *args)
+            except Exception as exc:  # noqa: BLE001 - one failed job is recorded, the rest still run
+                r = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            r["loadavg_1m_before"] = round(load, 2)
+            res["jobs"][key] = r
+            echo(f"    {_short(r)}")
+            return r
+
+        run("tune_cold", job_tune, paths, cache, str(work / "tune_cold"), opts["n_trials"], encoders, seed)
+        run("tune_warm", job_tune, paths, cache, str(work / "tune_warm"), opts["n_trials"], encoders, seed)
+        for enc in encoders:
+            run(f"grid_{enc}", job_grid, paths, cache, enc, seed)
+        sample = test.texts[:512]
+        for enc in (e for e in encoders if e != "tfidf_svd"):
+            run(f"encode_{enc}", job_encode_speed, sample, enc)
+        if res["jobs"]["tune_cold"].get("status") != "failed":
+            reps = max(1, opts["predict_docs"] // max(len(test.texts), 1))
+            run("predict_tuned", job_predict, str(work / "tune_cold"), (test.texts * (reps + 1))[:opts["predict_docs"]])
+        if not opts["skip_setfit"]:
+            for per in opts["setfit_per_class"]:
+                run(f"setfit_{per or 'full'}", job_setfit, paths, str(work / f"setfit_{per or 'full'}"), per, seed,
+                    opts["setfit_set"])
+        run("fasttext_tuned", job_fasttext, paths, str(work / "fasttext"), opts["ft_trials"])
+        run("tfidf_logreg", job_tfidf_logreg, paths)
+    res["targets"] = targets(name, res["jobs"])
+    return res
+
+
+def _short(r: dict) -> str:
+    if r.get("status") == "failed":
+        return f"FAILED {r['error']}"
+    parts = []
+    if "test" in r:
+        parts.append(f"test acc {r['test']['accuracy']:.4f} macro-F1 {r['test']['macro_f1']:.4f}")
+    if "classifiers" in r:
+        parts.append(" ".join(f"{k} {v['test']['macro_f1']:.4f}" for k, v in r["classifiers"].items()))
+    for key in ("wall_s", "docs_per_s", "peak_rss_mb"):
+        if key in r:
+            parts.append(f"{key} {r[key]}")
+    return ", ".join(parts)
+
+
+def _f1(jobs: dict, key: str, *path) -> float | None:
+    r = jobs.get(key, {})
+    for p in path:
+        r = r.get(p, {}) if isinstance(r, dict) else {}
+    return r if isinstance(r, float | int) else None
+
+
+def targets(name: str, jobs: dict) -> dict:
+    """The issue's targets on one dataset (None where a job failed or did not run)."""
+    tuned = _f1(jobs, "tune_cold", "test", "macro_f1")
+    base = _f1(jobs, "grid_minilm", "classifiers", "logreg", "test", "macro_f1")
+    ft = _f1(jobs, "fasttext_tuned", "test", "macro_f1")
+    cold, warm = _f1(jobs, "tune_cold", "wall_s"), _f1(jobs, "tune_warm", "wall_s")
+    out = {"tuned_ge_minilm_logreg": None if tuned is None or base is None else tuned >= base,
+           "cache_speedup": None if not cold or not warm else round(cold / warm, 1)}
+    out["cache_speedup_ge_10"] = None if out["cache_speedup"] is None else out["cache_speedup"] >= 10
+    if name in SHORT_TEXT:
+        out["tuned_ge_fasttext"] = None if tuned is None or ft is None else tuned >= ft
+    return out
+
+
+def markdown_tables(datasets: dict) -> str:
+    """The results as markdown: one summary table, then every classifier on every encoder."""
+    lines = ["| dataset | tuned embeddings (test macro-F1) | MiniLM+logreg | tuned fastText | TF-IDF+logreg | SetFit 8/class "
+             "(frozen) | SetFit 64/class (frozen) | SetFit full (frozen) | cold / warm search s | cache speed-up | predict docs/s |",
+             "|---|---|---:|---:|---:|---|---|---|---:|---:|---:|"]
+    for name, r in datasets.items():
+        if r.get("status") != "ok":
+            continue
+        j = r["jobs"]
+
+        def f(key, *path, j=j):
+            v = _f1(j, key, *path)
+            return "—" if v is None else f"{v:.3f}"
+
+        tuned = j.get("tune_cold", {})
+        desc = f"{f('tune_cold', 'test', 'macro_f1')} ({tuned.get('encoder', '?')}+{tuned.get('classifier', '?')})"
+        setfit = [f"{f(k, 'test', 'macro_f1')} ({f(k, 'frozen_minilm_logreg', 'test', 'macro_f1')})"
+                  for k in ("setfit_8", "setfit_64", "setfit_full")]
+        lines.append(f"| {name} | {desc} | {f('grid_minilm', 'classifiers', 'logreg', 'test', 'macro_f1')} | "
+                     f"{f('fasttext_tuned', 'test', 'macro_f1')} | {f('tfidf_logreg', 'test', 'macro_f1')} | {' | '.join(setfit)} | "
+                     f"{j.get('tune_cold', {}).get('wall_s', '—')} / {j.get('tune_warm', {}).get('wall_s', '—')} | "
+                     f"{r['targets'].get('cache_speedup', '—')}x | {j.get('predict_tuned', {}).get('docs_per_s', '—')} |")
+    lines += ["", "| dataset | encoder | encode docs/s | " + " | ".join(CLASSIFIERS) + " | fit s (each) |",
+              "|---|---|---:|" + "---:|" * len(CLASSIFIERS) + "---|"]
+    for name, r in datasets.items():
+        if r.get("status") != "ok":
+            continue
+        for enc in r["encoders"]:
+            g = r["jobs"].get(f"grid_{enc}", {})
+            if "classifiers" not in g:
+                continue
+            speed = r["jobs"].get(f"encode_{enc}", {}).get("docs_per_s", "fitted")
+            cells = [f"{g['classifiers'][c]['test']['macro_f1']:.3f}" for c in CLASSIFIERS]
+            fits = "/".join(f"{g['classifiers'][c]['fit_s']:g}" for c in CLASSIFIERS)
+            lines.append(f"| {name} | {enc} | {speed} | {' | '.join(cells)} | {fits} |")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated dataset folder names.")
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True)
+@click.option("--n_trials", type=int, default=30, show_default=True, help="Trials of the embeddings search.")
+@click.option("--ft_trials", type=int, default=30, show_default=True, help="Trials of the fastText search.")
+@click.option("--mpnet_datasets", default=",".join(SHORT_TEXT), show_default=True,
+              help="Datasets whose search also gets mpnet (long texts encode at a few docs/s on a CPU).")
+@click.option("--setfit_per_class", default="8,64,full", show_default=True, help="SetFit runs: examples per class, or full.")
+@click.option("--setfit_set", multiple=True, help="--set overrides for the SetFit runs (repeatable).")
+@click.option("--skip_setfit", is_flag=True, help="Leave the SetFit runs out.")
+@click.option("--predict_docs", type=int, default=2000, show_default=True, help="Docs in the end-to-end predict timing.")
+@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--quick", is_flag=True, help="Smoke check: 4 trials, no mpnet, SetFit 8/class only.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Results JSON [default: benchmarks/results/embeddings.json; --quick: embeddings_quick.json].")
+def main(datasets, data_root, n_trials, ft_trials, mpnet_datasets, setfit_per_class, setfit_set, skip_setfit, predict_docs,
+         seed, quick, output):
+    """Benchmark the embeddings and SetFit-style families against fastText and TF-IDF; write tables and a JSON."""
+    start_fork_server()  # before anything large is loaded: see bench_common
+    if quick:
+        n_trials, ft_trials, mpnet_datasets, setfit_per_class, predict_docs = 4, 4, "", "8", 500
+    per_class = [None if p.strip() == "full" else int(p) for p in setfit_per_class.split(",") if p.strip()]
+    opts = {"n_trials": n_trials, "ft_trials": ft_trials, "seed": seed, "predict_docs": predict_docs, "skip_setfit": skip_setfit,
+            "mpnet_datasets": {d.strip() for d in mpnet_datasets.split(",") if d.strip()}, "setfit_per_class": per_class,
+            "setfit_set": list(setfit_set)}
+    output = Path(output or REPO / "benchmarks" / "results" / ("embeddings_quick.json" if quick else "embeddings.json"))
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    echo = make_echo(show_elapsed=True)
+    from textclf.atomic import atomic_write_json
+
+    doc = {"benchmark": "embeddings", "started": utc_now(),
+           "command": " ".join(["python", "benchmarks/bench_embeddings.py", *sys.argv[1:]]),
+           "settings": {**opts, "mpnet_datasets": sorted(opts["mpnet_datasets"]), "datasets": names, "quick": quick},
+           "machine": machine_info(PACKAGES),
+           "notes": {"peak_rss": RSS_NOTE, "metrics": "test split; macro_f1 is the target metric",
+                     "cache_speedup": "tune_cold wall / tune_warm wall: the same search (same seed, same trials) first on an "
+                                      "empty embedding cache, then on the filled one; both include the refit and evaluation",
+                     "load": "the machine may be shared; loadavg_1m_before records the 1-minute load before each job"},
+           "datasets": {}}
+    for name in names:
+        paths = dataset_paths(data_root, name)
+        if paths is None:
+            echo(f"{name}: skipped, not found under {data_root}")
+            doc["datasets"][name] = {"status": "skipped"}
+            continue
+        echo(f"{name}:")
+        doc["datasets"][name] = bench_dataset(name, paths, opts, echo)
+        doc["table_markdown"] = markdown_tables(doc["datasets"])
+        atomic_write_json(output, doc)
+    doc["finished"] = utc_now()
+    doc["table_markdown"] = markdown_tables(doc["datasets"])
+    atomic_write_json(output, doc)
+    click.echo(doc["table_markdown"])
+    click.echo("\ntargets: " + "; ".join(f"{n}: {r.get('targets')}" for n, r in doc["datasets"].items()))
+    click.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -235,6 +235,39 @@ tune_slurm: ## The same for any searchable FAMILY=<name> (e.g. FAMILY=tfidf_logr
 	@test -n "$(FAMILY)" || { echo "usage: make tune_slurm FAMILY=<family> [CODE=plugin.py] [N_WORKERS=4 N_TRIALS=50 ...]" >&2; exit 2; }
 	@$(MAKE) --no-print-directory tune_$(FAMILY)_slurm
 
+## ---- embeddings sweep ----
+.PHONY: sweep sweep_slurm
+# Every SWEEP_ENCODERS x SWEEP_CLASSIFIERS combination gets its own SWEEP_TRIALS-trial Optuna study (the
+# classifier's space + balance); finished combinations are skipped on a rerun. SWEEP_FLAGS: more `textclf sweep`
+# flags (e.g. --bench_docs 0 --device cpu). Table: SWEEP_DIR/sweep.csv; best model: SWEEP_DIR/best.
+SWEEP_ENCODERS ?= minilm,tfidf_svd
+SWEEP_CLASSIFIERS ?= logreg,linear_svm,knn,mlp,hgb
+SWEEP_TRIALS ?= 10
+SWEEP_WORKERS ?= 2
+SWEEP_DIR ?= $(MODELS)/sweep
+SWEEP_FLAGS ?=
+SWEEP_ARGS = --encoders $(SWEEP_ENCODERS) --classifiers $(SWEEP_CLASSIFIERS) --n_trials $(SWEEP_TRIALS) \
+	--train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) --output_dir $(SWEEP_DIR) \
+	$(if $(STORAGE),--storage $(STORAGE)) $(SET_FLAGS) $(SWEEP_FLAGS)
+
+sweep: install ## Embeddings sweep: SWEEP_ENCODERS x SWEEP_CLASSIFIERS, SWEEP_TRIALS trials each, SWEEP_WORKERS processes -> models/sweep/sweep.csv
+	$(BIN)/textclf sweep $(SWEEP_ARGS) --workers $(SWEEP_WORKERS)
+
+sweep_slurm: ## The sweep as a SLURM array (one combination per task; WORKER_CPUS WORKER_MEM STORAGE) + an afterany report job
+	@mkdir -p $(SLURM_LOGS)
+	@plan=$$($(BIN)/textclf sweep $(SWEEP_ARGS) --list) || exit $$?; n=$$(grep -c . <<<"$$plan"); \
+	array=$$(sbatch --parsable $(SBATCH_COMMON) --cpus-per-task=$(WORKER_CPUS) --mem=$(WORKER_MEM) --array=0-$$((n - 1)) \
+		--job-name=textclf-sweep --output=$(SLURM_LOGS)/%x-%A_%a.out slurm/sweep.sbatch $(BIN)/textclf sweep $(SWEEP_ARGS)) && \
+	array=$${array%%;*} && \
+	report=$$(sbatch --parsable $(SBATCH_COMMON) --cpus-per-task=1 --mem=$(WORKER_MEM) --dependency=afterany:$$array \
+		--job-name=textclf-sweep-report --output=$(SLURM_LOGS)/%x-%j.out \
+		slurm/sweep.sbatch $(BIN)/textclf sweep $(SWEEP_ARGS) --report_only) && \
+	report=$${report%%;*} && \
+	echo "submitted $$n sweep combinations: array job $$array, logs $(SLURM_LOGS)/textclf-sweep-$${array}_<task>.out" && \
+	echo "submitted the report (after every task, failed ones too): job $$report, log $(SLURM_LOGS)/textclf-sweep-report-$$report.out" && \
+	echo "table: $(SWEEP_DIR)/sweep.csv   follow: squeue -j $$array,$$report   |   slurm/wait.sh $$array $$report" && \
+	echo "array_job=$$array report_job=$$report"
+
 slurm_status: ## Show the SLURM queue (your jobs) and the nodes
 	@squeue --me -o "%.10i %.24j %.9T %.10M %.6D %R" 2>/dev/null || squeue
 	@sinfo -o "%.12P %.6a %.6D %.8T %N" 2>/dev/null || true

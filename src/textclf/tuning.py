@@ -39,8 +39,10 @@ def make_storage(storage: str | None, output_dir: str | Path) -> optuna.storages
     None -> journal file ``<output_dir>/study.journal``; ``redis://`` -> journal on Redis;
     a URL with an RDB scheme -> RDBStorage; anything else -> a journal file at that path.
     """
+    # absolute paths: Optuna's journal lock is a symlink, and a relative one left by a kill -9 dangles
+    # from the lock directory, so the next run would spin on it instead of breaking it after its grace period
     if not storage:
-        path = Path(output_dir) / JOURNAL_FILE
+        path = (Path(output_dir) / JOURNAL_FILE).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if storage.startswith("redis"):
@@ -49,8 +51,9 @@ def make_storage(storage: str | None, output_dir: str | Path) -> optuna.storages
         return JournalStorage(JournalRedisBackend(storage))
     if storage.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES and "://" in storage:
         return rdb_storage(storage)
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(storage))
+    path = Path(storage).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def rdb_storage(url: str, attempts: int = 8) -> optuna.storages.RDBStorage:

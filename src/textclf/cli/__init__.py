@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "stats": "textclf.cli.data_cmd:stats",
     "families": "textclf.cli.families_cmd:families",
     "embed": "textclf.families.embeddings.cli:embed",
+    "sweep": "textclf.families.embeddings.sweep_cli:sweep",
 }
 
 

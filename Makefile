@@ -268,6 +268,30 @@ sweep_slurm: ## The sweep as a SLURM array (one combination per task; WORKER_CPU
 	echo "table: $(SWEEP_DIR)/sweep.csv   follow: squeue -j $$array,$$report   |   slurm/wait.sh $$array $$report" && \
 	echo "array_job=$$array report_job=$$report"
 
+## ---- experiment store and run queue ----
+.PHONY: mlflow_ui queue_worker workers workers_slurm
+# experiment store and run queue (README: Experiment store and run queue)
+MLFLOW_PORT ?= 5000
+QUEUE ?= default
+QUEUE_STORAGE ?= sqlite:///runs/queue.db
+IDLE_EXIT ?= 60
+N ?= 2
+
+mlflow_ui: ## MLflow UI on the local experiment store (runs/mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+queue_worker: ## One run-queue worker in the foreground (QUEUE=name QUEUE_STORAGE=url; stops after IDLE_EXIT s idle)
+	$(BIN)/textclf queue worker --queue $(QUEUE) --storage $(QUEUE_STORAGE) --idle_exit $(IDLE_EXIT)
+
+workers: ## N local run-queue workers (QUEUE= QUEUE_STORAGE=), each until the queue stays empty IDLE_EXIT s
+	@for i in $$(seq $(N)); do $(BIN)/textclf queue worker --queue $(QUEUE) --storage $(QUEUE_STORAGE) --idle_exit $(IDLE_EXIT) & done; wait
+
+workers_slurm: ## N_WORKERS run-queue workers as a SLURM job array (QUEUE_STORAGE=postgresql://... across nodes)
+	@mkdir -p $(SLURM_LOGS)
+	sbatch --parsable --job-name=textclf-worker --array=1-$(N_WORKERS) $(SBATCH_COMMON) --cpus-per-task=$(WORKER_CPUS) \
+		--mem=$(WORKER_MEM) --output=$(SLURM_LOGS)/%x-%A_%a.out \
+		--wrap "$(BIN)/textclf queue worker --queue $(QUEUE) --storage $(QUEUE_STORAGE) --idle_exit $(IDLE_EXIT)"
+
 slurm_status: ## Show the SLURM queue (your jobs) and the nodes
 	@squeue --me -o "%.10i %.24j %.9T %.10M %.6D %R" 2>/dev/null || squeue
 	@sinfo -o "%.12P %.6a %.6D %.8T %N" 2>/dev/null || true

@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Runs are not recorded in an MLflow store unless a test turns tracking on (--track, TEXTCLF_TRACK=1):
+# many tests train twice into the same place, which tracking would skip as a duplicate.
+os.environ["TEXTCLF_TRACK"] = "0"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "tweets_sentiment"

@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "make-dataset": "textclf.cli.data_cmd:make_dataset",
     "stats": "textclf.cli.data_cmd:stats",
     "families": "textclf.cli.families_cmd:families",
+    "runs": "textclf.cli.runs_cmd:runs",
+    "queue": "textclf.cli.queue_cmd:queue",
     "embed": "textclf.families.embeddings.cli:embed",
     "sweep": "textclf.families.embeddings.sweep_cli:sweep",
 }

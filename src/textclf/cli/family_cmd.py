@@ -13,6 +13,7 @@ import click
 
 from textclf.cli.options import config_options, data_options, prepare_run
 from textclf.registry import Family, Option, get_family
+from textclf.tracking import TrackSettings, run_tracked
 
 SEARCH_OPTIONS = (
     Option("--n_trials", "search.n_trials", int,
@@ -43,7 +44,7 @@ def family_options(family: Family, tune: bool) -> list[Option]:
     return opts + [o for o in shared if o.flag not in names]
 
 
-def run_family(family: Family, cfg: dict, splits, output_dir: str, resume: bool):
+def train_family(family: Family, cfg: dict, splits, output_dir: str, resume: bool):
     """Train ``family`` with the plug-in file (if any) recorded in the model directory; returns the model dir."""
     from textclf.training import plugin_context
 
@@ -51,12 +52,40 @@ def run_family(family: Family, cfg: dict, splits, output_dir: str, resume: bool)
         return family.train_fn()(cfg, splits, output_dir, resume=resume)
 
 
+def run_family(family: Family, cfg: dict, splits, output_dir: str, resume: bool, track: TrackSettings | None = None):
+    """:func:`train_family` recorded in the experiment store (:mod:`textclf.tracking`) unless tracking is off.
+
+    Returns the model directory (a duplicate of a finished run: that run's directory, nothing trained).
+    """
+    tracked = run_tracked(lambda: train_family(family, cfg, splits, output_dir, resume), family, cfg, splits,
+                          output_dir, track)
+    return tracked.model_dir
+
+
+def tracking_options(fn: Callable) -> Callable:
+    """``--tracking_uri``, ``--track/--no-track`` and ``--force`` (train, tune)."""
+    fn = click.option("--force", is_flag=True,
+                      help="Run even when a finished run in the store has the same config and data.")(fn)
+    return store_options(fn)
+
+
+def store_options(fn: Callable) -> Callable:
+    """``--tracking_uri`` and ``--track/--no-track`` (also the queue worker's)."""
+    fn = click.option("--track/--no-track", "track", default=None,
+                      help="Record the run in the MLflow experiment store (default on; env TEXTCLF_TRACK=0: off).")(fn)
+    fn = click.option("--tracking_uri", default=None, metavar="URI",
+                      help="MLflow store: sqlite:///file.db or http://server:5000 (default $MLFLOW_TRACKING_URI, "
+                      "else sqlite:///runs/mlflow.db).")(fn)
+    return fn
+
+
 def train_command(name: str, tune: bool = False) -> click.Command:
     """The click command that trains (``tune``: searches, then refits) the family called ``name``."""
     family = get_family(name)
     options = family_options(family, tune)
 
-    def callback(train_path, valid_path, test_path, output_dir, config_path, overrides, resume, **kw):
+    def callback(train_path, valid_path, test_path, output_dir, config_path, overrides, resume, tracking_uri, track,
+                 force, **kw):
         family.check_installed()
         flags = {o.key: kw.get(o.dest) for o in options if o.key}
         if family.flag_hook:
@@ -67,7 +96,8 @@ def train_command(name: str, tune: bool = False) -> click.Command:
             if not (s.get("n_trials") or s.get("timeout")):
                 raise click.UsageError(f"textclf tune {family.name}: set --n_trials N or --timeout S "
                                        f"(search.n_trials is {s.get('n_trials')!r})")
-        run_family(family, cfg, splits, output_dir, resume)
+        settings = TrackSettings(enabled=track, uri=tracking_uri, force=force, command="tune" if tune else "train")
+        run_family(family, cfg, splits, output_dir, resume, settings)
 
     what = "Search hyper-parameters with Optuna, then refit the best" if tune else "Train"
     doc = f"{what}: {family.description}.\n\nConfig: {family.config_path() or '(given by the plug-in)'}; " \
@@ -77,6 +107,7 @@ def train_command(name: str, tune: bool = False) -> click.Command:
     cmd: Callable = callback
     for opt in reversed(options):
         cmd = _click_option(opt)(cmd)
+    cmd = tracking_options(cmd)
     cmd = click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTPUT_DIR (studies always resume).")(cmd)
     cmd = config_options(cmd)
     cmd = data_options(cmd)

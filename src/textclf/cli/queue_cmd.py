@@ -1,0 +1,162 @@
+"""``textclf queue``: a run queue on the shared Optuna storage (add, worker, status, requeue, cancel).
+
+See :mod:`textclf.run_queue`: a queue is an Optuna study whose WAITING trials are tasks; workers
+on any machine that reaches the storage pop and run them, recording MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from textclf.cli.family_cmd import store_options
+from textclf.run_queue import DEFAULT_OUTPUT_ROOT, DEFAULT_STORAGE, HEARTBEAT_S, MAX_RETRY
+
+
+def queue_options(fn):
+    """``--queue NAME`` and ``--storage URL``."""
+    fn = click.option("--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
+                      help="Optuna storage holding the queue: sqlite:///file.db (local disk), postgresql://..., "
+                      "or a journal file path (no heartbeat: use `queue requeue`).")(fn)
+    fn = click.option("--queue", "name", required=True, help="Queue name (an Optuna study).")(fn)
+    return fn
+
+
+@click.group()
+def queue() -> None:
+    """A run queue on the shared Optuna storage: add tasks, start workers anywhere, watch and requeue."""
+
+
+@queue.command("add")
+@queue_options
+@click.option("--family", "families", multiple=True, required=True,
+              help="Model family to train (repeatable: one task per family and grid point).")
+@click.option("--train_path", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Labelled training file (repeatable: concatenated).")
+@click.option("--valid_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Labelled validation file.")
+@click.option("--test_path", default=None, type=click.Path(exists=True, dir_okay=False), help="Labelled test file.")
+@click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="JSON config merged over the family's defaults.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override for every task. Repeatable.")
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2",
+              help="Grid axis: one task per value (or JSON list), the product over every --grid. Repeatable.")
+@click.option("--code", "code", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Plug-in file the workers import (repeatable).")
+@click.option("--metric", default="macro_f1", show_default=True, help="Valid metric reported as the task's value.")
+@click.option("--force", is_flag=True, help="Workers run the tasks even when a finished run has the same config and data.")
+def add(name, storage, families, train_path, valid_path, test_path, config_path, overrides, grid, code, metric,
+        force) -> None:
+    """Enqueue one task per family x grid point (config keys checked now, data read by the workers)."""
+    from textclf.config import load_config
+    from textclf.registry import get_family, load_code
+    from textclf.run_queue import Task, add_tasks, expand_grid, open_queue, parse_grid
+
+    def absolute(p):
+        return str(Path(p).resolve()) if p else None
+
+    for path in code:
+        load_code(path)
+    points = expand_grid(list(overrides), parse_grid(grid))
+    tasks = []
+    for family in families:
+        # a plug-in family loaded by `textclf --code F queue add` travels with its file too
+        files = [absolute(p) for p in code]
+        plugin = get_family(family).code_file
+        if plugin and absolute(plugin) not in files:
+            files.append(absolute(plugin))
+        for point in points:
+            load_config(family, config_path, point)  # unknown keys and bad types fail here, not in a worker
+            tasks.append(Task(family, [absolute(p) for p in train_path], absolute(valid_path), absolute(test_path),
+                              point, absolute(config_path), files, metric, force))
+    numbers = add_tasks(open_queue(name, storage, create=True), tasks)
+    click.echo(f"queued {len(tasks)} task(s) on {name!r} ({storage}): {', '.join(map(str, numbers))}")
+
+
+@queue.command("worker")
+@queue_options
+@click.option("--output_root", default=DEFAULT_OUTPUT_ROOT, show_default=True, type=click.Path(file_okay=False),
+              help="Model directories go to OUTPUT_ROOT/QUEUE/<task>-<family>.")
+@click.option("--max_tasks", type=int, default=None, help="Stop after this many tasks (default: no limit).")
+@click.option("--idle_exit", type=float, default=None, metavar="SECONDS",
+              help="Stop when the queue stayed empty this long (default: wait for tasks forever).")
+@click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between looks at an empty queue.")
+@click.option("--heartbeat", type=int, default=HEARTBEAT_S, show_default=True,
+              help="RDB storages: seconds between heartbeats of the running task.")
+@click.option("--grace", type=int, default=None,
+              help="RDB storages: a task without a heartbeat this long is failed and retried (default 3 x heartbeat).")
+@click.option("--max_retry", type=int, default=MAX_RETRY, show_default=True, help="Retries of a task whose worker died.")
+@store_options
+def worker(name, storage, output_root, max_tasks, idle_exit, poll, heartbeat, grace, max_retry, tracking_uri, track) -> None:
+    """Pop tasks one at a time and train them in this process (run as many workers as you like, anywhere)."""
+    from textclf.progress import setup_logging
+    from textclf.run_queue import Tracking, open_queue, work
+
+    setup_logging()
+    _stop_on_sigterm()
+    study = open_queue(name, storage, heartbeat=heartbeat, grace=grace, max_retry=max_retry)
+    done = work(study, output_root, max_tasks, idle_exit, poll, Tracking(track, tracking_uri))
+    click.echo(f"worker done: {done} task(s) run from {name!r}")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (scancel, docker stop) stops the worker like Ctrl-C: its task is failed and enqueued again."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@queue.command("status")
+@queue_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: counts and one row per task.")
+def status(name, storage, as_json) -> None:
+    """Counts per state and one line per task (running ones with host, pid and age)."""
+    from textclf.run_queue import open_queue, state_counts, status_rows
+
+    rows = status_rows(open_queue(name, storage))
+    counts = state_counts(rows)
+    if as_json:
+        click.echo(json.dumps({"counts": counts, "tasks": rows}, indent=2))
+        return
+    click.echo(f"queue {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for r in rows:
+        extra = []
+        if r["retry_of"] is not None:
+            extra.append(f"retry of {r['retry_of']}")
+        if r["state"] == "running":
+            extra.append(f"on {r['host']} pid {r['pid']} for {r['age_s']}s")
+        if r["value"] is not None:
+            extra.append(f"value {r['value']:.4f}")
+        if r["mlflow_run_id"]:
+            extra.append(f"run {r['mlflow_run_id'][:8]}")
+        if r["error"]:
+            extra.append(f"error: {r['error']}")
+        click.echo(f"{r['number']:>5}  {r['state']:<9}  {r['task']}" + (f"  ({'; '.join(extra)})" if extra else ""))
+
+
+@queue.command("requeue")
+@queue_options
+@click.option("--older_than", type=float, default=None, metavar="SECONDS",
+              help="Also requeue RUNNING tasks started longer ago than this (their worker is presumed dead).")
+@click.option("--failed", is_flag=True, help="Also requeue FAILED tasks not retried yet.")
+def requeue_cmd(name, storage, older_than, failed) -> None:
+    """Journal-file queues (no heartbeat): fail and re-enqueue tasks whose worker died."""
+    from textclf.run_queue import open_queue, requeue
+
+    numbers = requeue(open_queue(name, storage), older_than, failed)
+    click.echo(f"requeued {len(numbers)} task(s)" + (f": {', '.join(map(str, numbers))}" if numbers else ""))
+
+
+@queue.command("cancel")
+@queue_options
+@click.option("--task", "numbers", type=int, multiple=True, help="Task number to cancel (repeatable; default: all waiting).")
+def cancel_cmd(name, storage, numbers) -> None:
+    """Cancel waiting tasks (running ones finish)."""
+    from textclf.run_queue import cancel, open_queue
+
+    done = cancel(open_queue(name, storage), list(numbers) or None)
+    click.echo(f"cancelled {len(done)} task(s)" + (f": {', '.join(map(str, done))}" if done else ""))

@@ -269,19 +269,24 @@ sweep_slurm: ## The sweep as a SLURM array (one combination per task; WORKER_CPU
 	echo "array_job=$$array report_job=$$report"
 
 ## ---- experiment store and run queue ----
-.PHONY: mlflow_ui queue_worker workers workers_slurm
+.PHONY: mlflow_ui queue_grid queue_worker workers workers_slurm
 # experiment store and run queue (README: Experiment store and run queue)
 MLFLOW_PORT ?= 5000
 QUEUE ?= default
 QUEUE_STORAGE ?= sqlite:///runs/queue.db
 IDLE_EXIT ?= 60
 N ?= 2
+QUEUE_FLAGS ?=
+GRID ?=
 
 mlflow_ui: ## MLflow UI on the local experiment store (runs/mlflow.db) at http://127.0.0.1:$(MLFLOW_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+queue_grid: ## Queue a grid file (GRID=exp1.json QUEUE=exp1 QUEUE_STORAGE=...): one task per family x data x point
+	$(BIN)/textclf queue grid $(GRID) --queue $(QUEUE) --storage $(QUEUE_STORAGE)
+
 queue_worker: ## One run-queue worker in the foreground (QUEUE=name QUEUE_STORAGE=url; stops after IDLE_EXIT s idle)
-	$(BIN)/textclf queue worker --queue $(QUEUE) --storage $(QUEUE_STORAGE) --idle_exit $(IDLE_EXIT)
+	$(BIN)/textclf worker --queue $(QUEUE) --storage $(QUEUE_STORAGE) --idle-exit $(IDLE_EXIT) $(QUEUE_FLAGS)
 
 workers: ## N local run-queue workers (QUEUE= QUEUE_STORAGE=), each until the queue stays empty IDLE_EXIT s
 	@for i in $$(seq $(N)); do $(BIN)/textclf queue worker --queue $(QUEUE) --storage $(QUEUE_STORAGE) --idle_exit $(IDLE_EXIT) & done; wait

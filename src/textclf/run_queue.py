@@ -172,6 +172,201 @@ def expand_grid(overrides: list[str], grid: dict[str, list[str]]) -> list[list[s
             for point in itertools.product(*(grid[k] for k in keys))]
 
 
+def _absolute(path: str | Path | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def _code_files(family: str, code: list[str] | tuple[str, ...]) -> list[str]:
+    """The plug-in files a family's tasks carry: ``code``, and a plug-in family's own file."""
+    from textclf.registry import get_family
+
+    files = [_absolute(p) for p in code]
+    plugin = get_family(family).code_file
+    if plugin and _absolute(plugin) not in files:
+        files.append(_absolute(plugin))
+    return files
+
+
+def _family_tasks(family: str, train_path, valid_path, test_path, points, config, files, metric, force) -> list[Task]:
+    """One task per override list; each point's config is built now, so unknown keys and bad types fail here."""
+    from textclf.config import load_config
+
+    tasks = []
+    for point in points:
+        load_config(family, config, point)
+        tasks.append(Task(family, [_absolute(p) for p in train_path], _absolute(valid_path), _absolute(test_path),
+                          list(point), _absolute(config), list(files), metric, force))
+    return tasks
+
+
+def make_tasks(families: list[str] | tuple[str, ...], train_path: list[str] | tuple[str, ...], valid_path: str,
+               test_path: str | None = None, points: list[list[str]] | None = None, config: str | None = None,
+               code: list[str] | tuple[str, ...] = (), metric: str = "macro_f1", force: bool = False) -> list[Task]:
+    """One :class:`Task` per family x override list in ``points`` (default: one without overrides), paths absolute.
+
+    The plug-in ``code`` files are imported here (a plug-in family's own file travels with its tasks).
+    """
+    from textclf.registry import load_code
+
+    for path in [*train_path, valid_path, *([test_path] if test_path else []), *([config] if config else [])]:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: file not found")
+    for path in code:
+        load_code(path)
+    return [task for family in families
+            for task in _family_tasks(family, train_path, valid_path, test_path, points if points is not None else [[]],
+                                      config, _code_files(family, code), metric, force)]
+
+
+# --------------------------------------------------------------------------- grid files
+GRID_KEYS = ("family", "data", "set", "config", "code", "metric", "force")
+#: the data files a ``"data"`` folder holds: ``train.csv`` (or another labelled format), ``valid.*``, ``test.*``
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt", ".ft", ".fasttext", ".tab", ".ndjson", ".json")
+
+
+def _names(value, key: str, bad) -> list[str]:
+    """A string or a non-empty list of strings."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+        raise bad(f'"{key}" must be a string or a non-empty list of strings, got {json.dumps(value)}')
+    return values
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    for suffix in DATA_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    return None
+
+
+def _data_entry(entry, bad) -> tuple[list[str], str, str | None]:
+    """``"folder"`` (train/valid/test files inside) or ``{"train": ..., "valid": ..., "test": ...}`` -> paths."""
+    if isinstance(entry, str):
+        folder = Path(entry)
+        if not folder.is_dir():
+            raise bad(f'data {entry!r}: no such folder (relative paths start at the working directory)')
+        found = {split: _split_file(folder, split) for split in ("train", "valid", "test")}
+        missing = [s for s in ("train", "valid") if found[s] is None]
+        if missing:
+            raise bad(f"data {entry!r}: no {' or '.join(f'{m}.csv' for m in missing)} (nor .tsv/.jsonl/.txt) in the folder")
+        return [str(found["train"])], str(found["valid"]), str(found["test"]) if found["test"] else None
+    if isinstance(entry, dict):
+        spec = {k.removesuffix("_path"): v for k, v in entry.items()}
+        unknown = sorted(set(spec) - {"train", "valid", "test"})
+        if unknown or not isinstance(spec.get("valid"), str) or not isinstance(spec.get("test") or "", str):
+            raise bad(f'data {json.dumps(entry)}: an object has a "train" path (or list), a "valid" path '
+                      'and optionally a "test" path')
+        train = _names(spec.get("train"), "data.train", bad)
+        for path in [*train, spec["valid"], *([spec["test"]] if spec.get("test") else [])]:
+            if not Path(path).is_file():
+                raise bad(f"data {path!r}: file not found (relative paths start at the working directory)")
+        return train, spec["valid"], spec.get("test") or None
+    raise bad(f'"data" entries are folders or {{"train": ..., "valid": ..., "test": ...}} objects, got {json.dumps(entry)}')
+
+
+def _has_key(cfg: dict, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg`` (anything under a free-form ``{}`` counts)."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return False
+        if node == {}:
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def raw_value(value) -> str:
+    """A JSON value as ``--set`` takes it: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def grid_tasks(spec, source: str = "grid") -> list[Task]:
+    """The tasks of a grid: every family x data entry x point of the ``set`` lists (a grid file's content).
+
+    ``{"family": ["fasttext", "lstm"], "data": ["data/a", {"train": "b/tr.csv", "valid": "b/va.csv"}],
+    "set": {"model.dropout": [0.1, 0.3], "seed": 7}, "config": "c.json", "code": "plugin.py"}``:
+    a list value in ``set`` is a grid axis, anything else a fixed value (write ``[[1, 2]]`` to set a
+    list). A ``set`` key applies to the families whose config has it (fastText has no
+    ``model.dropout``: its tasks do not multiply over that axis); a key no family has is an error.
+    ``config`` is one file or ``{family: file}``; ``metric`` and ``force`` as in ``queue add``.
+    Relative paths start at the working directory. Errors are one :class:`ConfigError` line
+    starting with ``source`` (the grid file's path).
+    """
+    from textclf.config import load_config
+    from textclf.registry import load_code
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{source}: {problem}")
+
+    if not isinstance(spec, dict):
+        raise bad('a grid is a JSON object: {"family": [...], "data": [...], "set": {"key": [values]}}')
+    unknown = [k for k in spec if k not in GRID_KEYS]
+    if unknown:
+        raise bad(f"unknown key {unknown[0]!r}; a grid has the keys {', '.join(GRID_KEYS)}")
+    for key in ("family", "data"):
+        if key not in spec:
+            raise bad(f'no "{key}"')
+    families = _names(spec["family"], "family", bad)
+    code = _names(spec["code"], "code", bad) if spec.get("code") is not None else []
+    data_entries = spec["data"] if isinstance(spec["data"], list) else [spec["data"]]
+    if not data_entries:
+        raise bad('"data" is empty')
+    data = [_data_entry(entry, bad) for entry in data_entries]
+    sets = spec.get("set") or {}
+    if not isinstance(sets, dict):
+        raise bad(f'"set" must be an object {{"key": [values] or value}}, got {json.dumps(sets)}')
+    for key, values in sets.items():
+        if isinstance(values, list) and not values:
+            raise bad(f"set {key!r}: empty list of values")
+    configs = spec.get("config")
+    if not (configs is None or isinstance(configs, str)
+            or isinstance(configs, dict) and all(isinstance(v, str) for v in configs.values())):
+        raise bad(f'"config" must be a file or {{"family": file}}, got {json.dumps(configs)}')
+    metric, force = spec.get("metric", "macro_f1"), spec.get("force", False)
+    if not isinstance(metric, str) or not isinstance(force, bool):
+        raise bad('"metric" must be a string and "force" true or false')
+    try:
+        for path in code:
+            load_code(path)
+        tasks, used = [], set()
+        for family in families:
+            config = configs.get(family) if isinstance(configs, dict) else configs
+            base = load_config(family, config)
+            keys = [k for k in sets if _has_key(base, k)]
+            used.update(keys)
+            fixed = [f"{k}={raw_value(sets[k])}" for k in keys if not isinstance(sets[k], list)]
+            axes = {k: [raw_value(v) for v in sets[k]] for k in keys if isinstance(sets[k], list)}
+            files = _code_files(family, code)
+            for train, valid, test in data:
+                tasks += _family_tasks(family, train, valid, test, expand_grid(fixed, axes), config, files, metric, force)
+        missing = [k for k in sets if k not in used]
+        if missing:
+            raise bad(f"set {missing[0]!r}: no family of the grid ({', '.join(families)}) has this config key")
+    except ConfigError as exc:
+        if exc.message.startswith(f"{source}: "):
+            raise
+        raise bad(exc.message) from None
+    return tasks
+
+
+def load_grid(path: str | Path) -> list[Task]:
+    """The tasks of a grid file (see :func:`grid_tasks`); every error is one line naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: grid file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the grid file ({exc})") from None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    return grid_tasks(spec, str(path))
+
+
 def add_tasks(study: optuna.Study, tasks: list[Task]) -> list[int]:
     """Enqueue each task as a WAITING trial; returns their trial numbers."""
     before = len(study.get_trials(deepcopy=False))
@@ -451,7 +646,9 @@ def cancel(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
 
 @_quiet
 def status_rows(study: optuna.Study) -> list[dict]:
-    """One dict per task: number, state, task label, host/pid and age while running, value, run id, error."""
+    """One dict per task: number, state, task label, dataset, host/pid and age while running, value, run id, error."""
+    from textclf.tracking import dataset_name
+
     now = _dt.datetime.now()
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -459,6 +656,7 @@ def status_rows(study: optuna.Study) -> list[dict]:
             continue
         task = Task.from_trial(t)
         row = {"number": t.number, "state": STATE_NAMES.get(t.state, t.state.name.lower()), "task": task.label(),
+               "dataset": dataset_name({"train": task.train_path}),
                "retry_of": RetryHeartbeatStaleTrialCallback.retried_trial_number(t), "value": t.value,
                "mlflow_run_id": t.user_attrs.get("mlflow_run_id") if t.state != TrialState.WAITING else None,
                "host": None, "pid": None, "age_s": None, "error": None}

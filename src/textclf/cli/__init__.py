@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "families": "textclf.cli.families_cmd:families",
     "runs": "textclf.cli.runs_cmd:runs",
     "queue": "textclf.cli.queue_cmd:queue",
+    "worker": "textclf.cli.queue_cmd:worker",
     "embed": "textclf.families.embeddings.cli:embed",
     "sweep": "textclf.families.embeddings.sweep_cli:sweep",
 }

@@ -1,7 +1,8 @@
-"""``textclf queue``: a run queue on the shared Optuna storage (add, worker, status, requeue, cancel).
+"""``textclf queue``: a run queue on the shared Optuna storage (add, grid, worker, status, requeue, cancel).
 
 See :mod:`textclf.run_queue`: a queue is an Optuna study whose WAITING trials are tasks; workers
-on any machine that reaches the storage pop and run them, recording MLflow runs.
+on any machine that reaches the storage pop and run them, recording MLflow runs. ``textclf worker``
+is ``textclf queue worker`` (the same command object, registered at the top level too).
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from textclf.cli.family_cmd import store_options
 from textclf.run_queue import DEFAULT_OUTPUT_ROOT, DEFAULT_STORAGE, HEARTBEAT_S, MAX_RETRY
 
 
+def storage_option(fn):
+    """``--storage URL``."""
+    return click.option("--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
+                        help="Optuna storage holding the queue: sqlite:///file.db (local disk), postgresql://..., "
+                        "or a journal file path (no heartbeat: use `queue requeue`).")(fn)
+
+
 def queue_options(fn):
     """``--queue NAME`` and ``--storage URL``."""
-    fn = click.option("--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
-                      help="Optuna storage holding the queue: sqlite:///file.db (local disk), postgresql://..., "
-                      "or a journal file path (no heartbeat: use `queue requeue`).")(fn)
+    fn = storage_option(fn)
     fn = click.option("--queue", "name", required=True, help="Queue name (an Optuna study).")(fn)
     return fn
 
@@ -49,27 +55,42 @@ def queue() -> None:
 def add(name, storage, families, train_path, valid_path, test_path, config_path, overrides, grid, code, metric,
         force) -> None:
     """Enqueue one task per family x grid point (config keys checked now, data read by the workers)."""
-    from textclf.config import load_config
-    from textclf.registry import get_family, load_code
-    from textclf.run_queue import Task, add_tasks, expand_grid, open_queue, parse_grid
+    from textclf.run_queue import add_tasks, expand_grid, make_tasks, open_queue, parse_grid
 
-    def absolute(p):
-        return str(Path(p).resolve()) if p else None
-
-    for path in code:
-        load_code(path)
     points = expand_grid(list(overrides), parse_grid(grid))
-    tasks = []
-    for family in families:
-        # a plug-in family loaded by `textclf --code F queue add` travels with its file too
-        files = [absolute(p) for p in code]
-        plugin = get_family(family).code_file
-        if plugin and absolute(plugin) not in files:
-            files.append(absolute(plugin))
-        for point in points:
-            load_config(family, config_path, point)  # unknown keys and bad types fail here, not in a worker
-            tasks.append(Task(family, [absolute(p) for p in train_path], absolute(valid_path), absolute(test_path),
-                              point, absolute(config_path), files, metric, force))
+    tasks = make_tasks(families, train_path, valid_path, test_path, points, config_path, code, metric, force)
+    numbers = add_tasks(open_queue(name, storage, create=True), tasks)
+    click.echo(f"queued {len(tasks)} task(s) on {name!r} ({storage}): {', '.join(map(str, numbers))}")
+
+
+@queue.command("grid")
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@click.option("--queue", "name", default=None, help="Queue name (an Optuna study; default: the grid file's name "
+              "without .json).")
+@storage_option
+@click.option("--list", "list_only", is_flag=True, help="Print the tasks the grid makes and queue nothing.")
+def grid_cmd(grid_file, name, storage, list_only) -> None:
+    """Enqueue a grid file: one task per family x data x point of the "set" lists.
+
+    \b
+    {"family": ["fasttext", "lstm"],
+     "data": ["data/a", {"train": "b/train.csv", "valid": "b/valid.csv", "test": "b/test.csv"}],
+     "set": {"model.dropout": [0.1, 0.3], "search.n_trials": 0},
+     "config": "my.json", "code": "plugin.py"}
+
+    "data" folders hold train/valid(/test).csv (or .tsv/.jsonl/.txt); a list in "set" is an axis,
+    any other value is fixed; a "set" key applies to the families whose config has it (a key none
+    has is an error). "config" is a file or {"family": file}; "code" a plug-in file or a list;
+    "metric" and "force" as in `queue add`. Relative paths start at the working directory.
+    """
+    from textclf.run_queue import add_tasks, load_grid, open_queue
+
+    tasks = load_grid(grid_file)
+    if list_only:
+        for i, task in enumerate(tasks):
+            click.echo(f"{i:>5}  {task.label()}  ({task.train_path[0]})")
+        return
+    name = name or Path(grid_file).stem
     numbers = add_tasks(open_queue(name, storage, create=True), tasks)
     click.echo(f"queued {len(tasks)} task(s) on {name!r} ({storage}): {', '.join(map(str, numbers))}")
 
@@ -78,8 +99,9 @@ def add(name, storage, families, train_path, valid_path, test_path, config_path,
 @queue_options
 @click.option("--output_root", default=DEFAULT_OUTPUT_ROOT, show_default=True, type=click.Path(file_okay=False),
               help="Model directories go to OUTPUT_ROOT/QUEUE/<task>-<family>.")
-@click.option("--max_tasks", type=int, default=None, help="Stop after this many tasks (default: no limit).")
-@click.option("--idle_exit", type=float, default=None, metavar="SECONDS",
+@click.option("--max_tasks", "--max-tasks", "max_tasks", type=int, default=None,
+              help="Stop after this many tasks (default: no limit).")
+@click.option("--idle_exit", "--idle-exit", "idle_exit", type=float, default=None, metavar="SECONDS",
               help="Stop when the queue stayed empty this long (default: wait for tasks forever).")
 @click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between looks at an empty queue.")
 @click.option("--heartbeat", type=int, default=HEARTBEAT_S, show_default=True,
@@ -89,7 +111,10 @@ def add(name, storage, families, train_path, valid_path, test_path, config_path,
 @click.option("--max_retry", type=int, default=MAX_RETRY, show_default=True, help="Retries of a task whose worker died.")
 @store_options
 def worker(name, storage, output_root, max_tasks, idle_exit, poll, heartbeat, grace, max_retry, tracking_uri, track) -> None:
-    """Pop tasks one at a time and train them in this process (run as many workers as you like, anywhere)."""
+    """Pop tasks one at a time and train them in this process (run as many workers as you like, anywhere).
+
+    `textclf worker` and `textclf queue worker` are the same command.
+    """
     from textclf.progress import setup_logging
     from textclf.run_queue import Tracking, open_queue, work
 

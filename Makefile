@@ -104,8 +104,73 @@ predict_bert: install ## Label INPUT with models/bert -> OUTPUT (CSV: label + pe
 	$(BIN)/python bert_classification/predict.py --model_path $(BERT_DIR) --input_path $(INPUT) \
 		--output_path $(or $(OUTPUT),$(BERT_DIR)/bert_preds.csv)
 
-bench_bert: install ## Benchmark BERT: one vs two stages, CE vs focal, vs published MR scores -> benchmarks/results/bert.json
+bench_bert: install ## Benchmark BERT: plain PyTorch loop vs textclf variants (rows/s, docs/s, test F1) -> benchmarks/results/bert.json
 	$(BIN)/python benchmarks/bench_bert.py $(BENCH_ARGS)
+
+## ---- serving & ONNX ----
+.PHONY: serve export_onnx bench_serve bench_export serve_docker
+# MODEL: a model directory (any family, an ensemble); HOST/PORT/WORKERS/THREADS/BACKEND=torch|onnx, SERVE_FLAGS=...
+MODEL ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
+THREADS ?=
+BACKEND ?=
+SERVE_FLAGS ?=
+
+serve: install ## Serve MODEL (default models/fasttext) over HTTP on HOST:PORT: POST /predict, docs at /docs
+	$(BIN)/textclf serve --model_path $(or $(MODEL),$(FASTTEXT_DIR)) --host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		$(if $(THREADS),--threads $(THREADS)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(CODE),--code $(CODE)) $(SERVE_FLAGS)
+
+export_onnx: install ## Export MODEL (BERT or BiLSTM family) to ONNX + int8 for fast CPU inference
+	$(BIN)/textclf export --model_path $(or $(MODEL),$(BERT_DIR)) --format onnx --quantize int8
+
+bench_serve: install ## Load test of textclf serve on loopback (fastText, MiniLM torch/ONNX int8, ensemble) -> benchmarks/results/serve.json
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_serve.py --threads 1 $(BENCH_ARGS)
+
+bench_export: install ## MiniLM CPU predict docs/s: torch vs ONNX float32 vs int8 -> benchmarks/results/export.json
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_export.py $(BENCH_ARGS)
+
+# serve_docker: MODEL in the image of its family (meta.json's kind; FAMILY=<family> for an ensemble, whose members
+# must be inside MODEL: textclf ensemble --copy), published on HOST:PORT; TEXTCLF_API_KEY is passed on when set
+serve_docker: ## Serve MODEL in its family's container on 127.0.0.1:PORT (make build_<family> first)
+	@test -f "$(or $(MODEL),$(FASTTEXT_DIR))/meta.json" || { echo "usage: make serve_docker MODEL=models/<family> [PORT=8000]" >&2; exit 2; }
+	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) serve_$(or $(FAMILY),$(shell $(BIN)/python -c "import json,sys; print(json.load(open(sys.argv[1]))['kind'])" "$(or $(MODEL),$(FASTTEXT_DIR))/meta.json"))_docker
+
+serve_%_docker:
+	$(with_facts)
+	$(DOCKER) run --rm --user $(DOCKER_USER) $(DOCKER_RUN_FLAGS) -p $(HOST):$(PORT):8000 \
+		-v $(abspath $(or $(MODEL),$(family_dir))):/model:ro -e MODEL_DIR=/model $(if $(TEXTCLF_API_KEY),-e TEXTCLF_API_KEY) \
+		$(if $(THREADS),-e TEXTCLF_THREADS=$(THREADS)) $(code_mount) $(family_image) serve $(SERVE_FLAGS)
+
+## ---- SetFit (contrastive fine-tuning + head) ----
+.PHONY: train_setfit predict_setfit
+SETFIT_DIR ?= $(MODELS)/setfit
+PER_CLASS ?=
+
+train_setfit: install ## SetFit-style: tune MiniLM contrastively on label pairs, then a head (PER_CLASS=N: few-shot) -> models/setfit
+	$(BIN)/textclf train setfit --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
+		--output_dir $(SETFIT_DIR) $(if $(PER_CLASS),--per_class $(PER_CLASS)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(if $(DEVICE),--device $(DEVICE)) $(SET_FLAGS)
+
+predict_setfit: install ## Label INPUT with models/setfit -> OUTPUT
+	$(BIN)/textclf predict --model_path $(SETFIT_DIR) --input_path $(INPUT) \
+		--output_path $(or $(OUTPUT),$(SETFIT_DIR)/predictions.txt)
+
+## ---- compare & combine ----
+.PHONY: bench_ensemble leaderboard
+COMPARE ?= $(FASTTEXT_DIR) $(LSTM_DIR) $(BERT_DIR)
+
+bench_ensemble: install ## Benchmark: tuned fastText + MiniLM embeddings + TF-IDF, weighted/stacked ensembles, thresholds -> benchmarks/results/ensemble.json
+	$(BIN)/python benchmarks/bench_ensemble.py $(BENCH_ARGS)
+
+leaderboard: install ## Compare the model directories in COMPARE on their test split -> table, $(MODELS)/leaderboard.html
+	$(BIN)/textclf leaderboard $(COMPARE) --html $(MODELS)/leaderboard.html
+
+## ---- sentence embeddings ----
+.PHONY: bench_embeddings
+bench_embeddings: install encoders ## Benchmark embeddings x classifiers, tuned search (cache speed-up), SetFit 8/64/full, fastText, TF-IDF -> benchmarks/results/embeddings.json
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_embeddings.py $(BENCH_ARGS)
 
 ## ---- containers & SLURM ----
 # One Dockerfile (docker/Dockerfile, ARG FAMILY) for every family. The pattern targets take a family or its

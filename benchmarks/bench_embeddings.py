@@ -25,6 +25,7 @@ writes ``benchmarks/results/embeddings.json`` atomically (after every dataset)::
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -86,16 +87,30 @@ def job_tune(paths: dict, cache_dir: str, out: str, n_trials: int, encoders: lis
     os.environ["TEXTCLF_CACHE"] = cache_dir
     import json
 
+    from textclf.families.embeddings.train import Features
     from textclf.meta import read_meta
     from textclf.registry import get_family
 
     cfg, splits = _splits(paths, "embeddings", [f"search.n_trials={n_trials}", f"seed={seed}", "device=\"cpu\"",
                                                  f"search.space.encoder.choices={json.dumps(encoders)}"])
+    features_s = [0.0]
+    original = Features.get
+
+    def timed_get(self, name):  # measures the time spent getting vectors (encoding, or loading from the cache)
+        t0 = time.perf_counter()
+        try:
+            return original(self, name)
+        finally:
+            features_s[0] += time.perf_counter() - t0
+
+    Features.get = timed_get
     start = time.perf_counter()
     get_family("embeddings").train_fn()(cfg, splits, out)
     wall = time.perf_counter() - start
+    Features.get = original
     meta = read_meta(out)
-    return {"wall_s": round(wall, 2), "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")},
+    return {"wall_s": round(wall, 2), "features_s": round(features_s[0], 2),
+            "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")},
             "valid_macro_f1": round(meta["metrics"]["valid"]["macro_f1"], 4), "encoder": meta["encoder"]["name"],
             "classifier": meta["classifier"], "balance": meta["balance"], "params": meta["params"],
             "n_trials": meta["search"]["n_trials"], "peak_rss_mb": peak_rss_mb()}
@@ -168,7 +183,7 @@ def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, override
     get_family("setfit").train_fn()(cfg, splits, out)
     wall = time.perf_counter() - start
     meta = read_meta(out)
-    result = {"wall_s": round(wall, 2), "train_rows": meta.get("train_rows"),
+    result = {"wall_s": round(wall, 2), "train_rows": meta.get("few_shot", {}).get("n_train"),
               "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": peak_rss_mb()}
     result["frozen_minilm_logreg"] = _frozen_on_rows(paths, per_class, seed)
     return result
@@ -227,13 +242,15 @@ def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
 
     test = read_labelled(paths["test"], min_classes=0)
     encoders = ["minilm", "tfidf_svd"] + (["mpnet"] if name in opts["mpnet_datasets"] else [])
-    res: dict = {"status": "ok", "paths": paths, "encoders": encoders, "jobs": {}}
+    res: dict = {"status": "ok", "paths": paths, "encoders": encoders, "jobs": dict(opts["previous"].get(name, {}).get("jobs", {}))}
     seed = opts["seed"]
     with tempfile.TemporaryDirectory(prefix=f"bench-emb-{name}-") as tmp:
         work = Path(tmp)
         cache = str(work / "cache")
 
         def run(key, fn, *args):
+            if not any(key.startswith(prefix) for prefix in opts["only"]):
+                return res["jobs"].get(key, {})
             echo(f"  {key} ...")
             load = os.getloadavg()[0]
             try:
@@ -252,7 +269,7 @@ def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
         sample = test.texts[:512]
         for enc in (e for e in encoders if e != "tfidf_svd"):
             run(f"encode_{enc}", job_encode_speed, sample, enc)
-        if res["jobs"]["tune_cold"].get("status") != "failed":
+        if "tune_cold" in res["jobs"] and res["jobs"]["tune_cold"].get("status") != "failed":
             reps = max(1, opts["predict_docs"] // max(len(test.texts), 1))
             run("predict_tuned", job_predict, str(work / "tune_cold"), (test.texts * (reps + 1))[:opts["predict_docs"]])
         if not opts["skip_setfit"]:
@@ -295,6 +312,8 @@ def targets(name: str, jobs: dict) -> dict:
     out = {"tuned_ge_minilm_logreg": None if tuned is None or base is None else tuned >= base,
            "cache_speedup": None if not cold or not warm else round(cold / warm, 1)}
     out["cache_speedup_ge_10"] = None if out["cache_speedup"] is None else out["cache_speedup"] >= 10
+    f_cold, f_warm = _f1(jobs, "tune_cold", "features_s"), _f1(jobs, "tune_warm", "features_s")
+    out["features_speedup"] = None if not f_cold or not f_warm else round(f_cold / f_warm, 1)
     if name in SHORT_TEXT:
         out["tuned_ge_fasttext"] = None if tuned is None or ft is None else tuned >= ft
     return out
@@ -350,11 +369,14 @@ def markdown_tables(datasets: dict) -> str:
 @click.option("--skip_setfit", is_flag=True, help="Leave the SetFit runs out.")
 @click.option("--predict_docs", type=int, default=2000, show_default=True, help="Docs in the end-to-end predict timing.")
 @click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--only", default="tune,grid,encode,predict,setfit,fasttext,tfidf", show_default=True,
+              help="Job groups to run (the others keep their results from the output JSON, with --merge).")
+@click.option("--merge", is_flag=True, help="Update the output JSON's jobs instead of starting a new one.")
 @click.option("--quick", is_flag=True, help="Smoke check: 4 trials, no mpnet, SetFit 8/class only.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/embeddings.json; --quick: embeddings_quick.json].")
 def main(datasets, data_root, n_trials, ft_trials, mpnet_datasets, setfit_per_class, setfit_set, skip_setfit, predict_docs,
-         seed, quick, output):
+         seed, only, merge, quick, output):
     """Benchmark the embeddings and SetFit-style families against fastText and TF-IDF; write tables and a JSON."""
     start_fork_server()  # before anything large is loaded: see bench_common
     if quick:
@@ -364,19 +386,25 @@ def main(datasets, data_root, n_trials, ft_trials, mpnet_datasets, setfit_per_cl
             "mpnet_datasets": {d.strip() for d in mpnet_datasets.split(",") if d.strip()}, "setfit_per_class": per_class,
             "setfit_set": list(setfit_set)}
     output = Path(output or REPO / "benchmarks" / "results" / ("embeddings_quick.json" if quick else "embeddings.json"))
+    previous = json.loads(output.read_text()) if merge and output.exists() else {}
+    opts["previous"] = previous.get("datasets", {})
+    opts["only"] = [g.strip() for g in only.split(",") if g.strip()]
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     echo = make_echo(show_elapsed=True)
     from textclf.atomic import atomic_write_json
 
     doc = {"benchmark": "embeddings", "started": utc_now(),
            "command": " ".join(["python", "benchmarks/bench_embeddings.py", *sys.argv[1:]]),
-           "settings": {**opts, "mpnet_datasets": sorted(opts["mpnet_datasets"]), "datasets": names, "quick": quick},
+           "settings": {**{k: v for k, v in opts.items() if k != "previous"}, "mpnet_datasets": sorted(opts["mpnet_datasets"]),
+                        "datasets": names, "quick": quick},
            "machine": machine_info(PACKAGES),
            "notes": {"peak_rss": RSS_NOTE, "metrics": "test split; macro_f1 is the target metric",
                      "cache_speedup": "tune_cold wall / tune_warm wall: the same search (same seed, same trials) first on an "
                                       "empty embedding cache, then on the filled one; both include the refit and evaluation",
                      "load": "the machine may be shared; loadavg_1m_before records the 1-minute load before each job"},
-           "datasets": {}}
+           "datasets": dict(previous.get("datasets", {}))}
+    if previous:
+        doc["runs"] = [*previous.get("runs", [previous.get("command")]), doc["command"]]
     for name in names:
         paths = dataset_paths(data_root, name)
         if paths is None:

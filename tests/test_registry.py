@@ -58,13 +58,19 @@ def test_families_command_lists_kind_description_status_and_config(repo):
 
 
 def test_tune_refuses_a_family_without_a_search_space_and_an_unknown_name():
+    from textclf.registry import all_families
+
+    registered = all_families()  # the built-ins, plus plug-ins other tests of this process loaded
+    searchable = ", ".join(name for name, fam in registered.items() if fam.searchable)
+    assert searchable.startswith("embeddings, fasttext, lstm")
     result = CliRunner().invoke(cli, ["tune", "bert", "--help"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == \
-        "Error: family 'bert' has no search space to tune; families with one: embeddings, fasttext, lstm"
+        f"Error: family 'bert' has no search space to tune; families with one: {searchable}"
     result = CliRunner().invoke(cli, ["train", "fasttxt", "--help"])
     assert result.exit_code == 2
-    assert "Error: unknown model family 'fasttxt'; known: bert, embeddings, fasttext, lstm" in result.output
+    assert f"Error: unknown model family 'fasttxt'; known: {', '.join(registered)}" in result.output
+    assert {"bert", "embeddings", "fasttext", "lstm", "setfit"} <= set(registered)
     assert "Traceback" not in result.output
 
 

@@ -135,4 +135,60 @@ def load_config(family: str, config_path: str | Path | None = None, overrides: I
         cfg = merge(cfg, read_json(config_path), source=str(config_path))
     for assignment in overrides:
         cfg = apply_override(cfg, assignment)
+    check_search_settings(cfg)
     return cfg
+
+
+#: names of the validation metrics the families compute (any F-beta; the family may still narrow them down)
+METRIC_RE = r"accuracy|loss|(macro|micro|weighted)_f\d+(\.\d+)?|(macro|weighted)_(precision|recall)"
+
+
+def check_metric_name(key: str, name: Any) -> None:
+    """A ConfigError unless ``name`` is a metric name: accuracy, loss, macro_f1, weighted_f0.5, macro_recall, ..."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(METRIC_RE, name):
+        raise ConfigError(f"{key} {name!r}: unknown metric; use accuracy, loss, macro_f1, macro_f0.5, micro_f1, "
+                          "weighted_f1 (any F-beta), macro_precision, macro_recall, ...")
+
+
+def check_space(space: Any, key: str = "search.space") -> None:
+    """A ConfigError for a search-space entry that no trial could sample (bad type, low > high, empty choices, ...)."""
+    if not isinstance(space, dict):
+        raise ConfigError(f"{key}: expected an object of parameter specs")
+    for name, spec in space.items():
+        where = f"{key}.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected an object such as {{\"type\": \"float\", \"low\": 0.1, \"high\": 1}}")
+        kind = spec.get("type")
+        if kind == "categorical":
+            if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+                raise ConfigError(f"{where}: a categorical parameter needs a non-empty 'choices' list")
+            continue
+        if kind not in ("float", "int"):
+            raise ConfigError(f"{where}: type must be float, int or categorical, got {kind!r}")
+        low, high = spec.get("low"), spec.get("high")
+        number = (int,) if kind == "int" else (int, float)
+        for bound, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, number):
+                raise ConfigError(f"{where}.{bound}: expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+        if low > high:
+            raise ConfigError(f"{where}: low {low} is above high {high}")
+        if spec.get("log") and low <= 0:
+            raise ConfigError(f"{where}: a log-scale range needs low > 0, got {low}")
+        step = spec.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, number) or step <= 0):
+            raise ConfigError(f"{where}.step: expected a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+        if step is not None and spec.get("log"):
+            raise ConfigError(f"{where}: step and log cannot be combined")
+
+
+def check_search_settings(cfg: dict) -> None:
+    """Check the metric names and the search space of a config before any training or trial starts."""
+    for section in ("search", "train"):
+        block = cfg.get(section)
+        if isinstance(block, dict) and "metric" in block and block["metric"] is not None:
+            check_metric_name(f"{section}.metric", block["metric"])
+    search = cfg.get("search")
+    if isinstance(search, dict) and "space" in search:
+        check_space(search["space"])

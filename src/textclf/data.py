@@ -84,9 +84,21 @@ def detect_format(path: str | Path, fmt: str | None = None, labelled: bool = Tru
     return "fasttext" if labelled else "txt"
 
 
+_UTF16_HINT = "re-encode it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 IN > OUT"
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
 def _decode_line(path: Path, number: int, raw: bytes) -> str:
-    """One raw line as text; a NUL byte or invalid UTF-8 raises DataError naming the line."""
+    """One raw line as text; UTF-16/32, a NUL byte or invalid UTF-8 raise DataError naming the line."""
+    if number == 1:
+        for bom, name in _BOMS:
+            if raw.startswith(bom):
+                hint = _UTF16_HINT.replace("UTF-16", name)
+                raise DataError(path, f"the file is {name} (it starts with a {name} byte-order mark); {hint}", number)
     if b"\x00" in raw:
+        if raw.count(b"\x00") * 3 >= len(raw.rstrip(b"\r\n")) > 1:
+            raise DataError(path, f"NUL bytes between the characters: the file looks like UTF-16 without a byte-order "
+                            f"mark; {_UTF16_HINT}", number)
         column = raw.index(b"\x00") + 1
         raise DataError(path, f"NUL byte at column {column}; the file looks binary", number)
     try:
@@ -167,18 +179,30 @@ def _check_not_empty(path: Path) -> None:
 
 
 class _LineCounter:
-    """Wraps a line iterator for ``csv.reader`` and remembers the physical line last read."""
+    """Wraps a line iterator for ``csv.reader``; remembers the physical line last read and the lines of the current row."""
 
     def __init__(self, lines: Iterator[tuple[int, str]]):
         self._lines = lines
         self.line = 0
+        self.row_lines: list[str] = []
 
     def __iter__(self) -> _LineCounter:
         return self
 
     def __next__(self) -> str:
         self.line, text = next(self._lines)
+        self.row_lines.append(text)
         return text
+
+
+def _unterminated_quote(lines: list[str], delimiter: str) -> bool:
+    """Whether these physical lines of one CSV row end inside a quoted field (a quote never closed)."""
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, str], list[str]]]:
@@ -194,28 +218,32 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, str],
     header = [h.strip() for h in header]
     start = counter.line + 1
     while True:
+        counter.row_lines = []
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise DataError(path, f"malformed CSV: {exc}", start) from None
+        spans = counter.line > start
+        if spans and _unterminated_quote(counter.row_lines, delimiter):
+            raise DataError(path, f"unterminated quote: the quoted field that starts on this line is never closed "
+                            f"(it runs to the end of the file, line {counter.line}); close it, or double a quote "
+                            f"inside a field (\"\")", start)
         if not row:
             yield start, {}, header
         elif len(row) != len(header):
-            raise DataError(path, f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}", start)
+            where = f" (the row runs to line {counter.line}: check for an unbalanced quote)" if spans else ""
+            raise DataError(path, f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}{where}", start)
         else:
             yield start, dict(zip(header, row, strict=True)), header
         start = counter.line + 1
 
 
-def _require_column(path: Path, header: list[str], column: str, what: str) -> None:
+def _require_column(path: Path, header: list[str], column: str, what: str, hint: str | None = None) -> None:
     if column not in header:
-        raise DataError(
-            path,
-            f"missing {what} column {column!r} (columns: {', '.join(header)}); set data.{what}_column",
-            1,
-        )
+        hint = hint or f"set data.{what}_column"
+        raise DataError(path, f"missing {what} column {column!r} (columns: {', '.join(header)}); {hint}", 1)
 
 
 def _csv_reader(delimiter: str):
@@ -245,7 +273,24 @@ def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterato
         for column, what in ((text_column, "text"), (label_column, "label")):
             if column not in obj:
                 raise DataError(path, f"missing {what} key {column!r} (keys: {', '.join(obj)})", number)
+        for value in (obj[text_column], obj[label_column]):
+            _check_unicode(path, number, value)
         yield number, obj[text_column], obj[label_column]
+
+
+def _check_unicode(path: Path, number: int, value: object) -> None:
+    """A JSON string escape can make a lone surrogate (``"\\ud800"``), which is not text: DataError."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(path, f"invalid text: a lone surrogate \\u{ord(value[exc.start]):04x} "
+                            "(a JSON escape that is not a Unicode character)", number) from None
+
+
+def _json_type(value: object) -> str:
+    return {type(None): "null", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__)
 
 
 @register_reader("fasttext")
@@ -316,6 +361,8 @@ def _parse_json_line(path: Path, number: int, line: str) -> dict:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(path, f"invalid JSON: {exc.msg} at column {exc.colno}", number) from None
+    except RecursionError:
+        raise DataError(path, "invalid JSON: nested too deeply", number) from None
     if not isinstance(obj, dict):
         raise DataError(path, f"expected a JSON object, found {type(obj).__name__}", number)
     return obj
@@ -342,6 +389,9 @@ def iter_texts(
 
     Plain text yields one document per line, including empty lines (as ``""``), so
     predictions stay aligned line-for-line. Labels in fastText or CSV input are ignored.
+    A JSONL ``text`` that is not a string (a number, null, a list) or not valid Unicode is
+    rejected as training rejects it; a file without records yields nothing
+    (:func:`textclf.predictor.predict_file` refuses that, see :func:`check_has_records`).
     """
     path = Path(path)
     if not path.exists():
@@ -358,7 +408,7 @@ def iter_texts(
     elif fmt in ("csv", "tsv"):
         _check_not_empty(path)
         for _number, row, header in _csv_rows(path, "," if fmt == "csv" else "\t"):
-            _require_column(path, header, text_column, "text")
+            _require_column(path, header, text_column, "text", hint="pass --text_column NAME")
             yield row.get(text_column, "") if row else ""
     else:
         for number, line in _decoded_lines(path):
@@ -367,8 +417,21 @@ def iter_texts(
                 continue
             obj = _parse_json_line(path, number, line)
             if text_column not in obj:
-                raise DataError(path, f"missing text key {text_column!r}", number)
-            yield str(obj[text_column])
+                raise DataError(path, f"missing text key {text_column!r} (keys: {', '.join(obj)}); pass --text_column NAME",
+                                number)
+            text = obj[text_column]
+            if not isinstance(text, str):
+                raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
+            _check_unicode(path, number, text)
+            yield text
+
+
+def check_has_records(path: str | Path, records: int) -> None:
+    """DataError when an input file gave no record: an empty file, or a CSV with only its header (as training says)."""
+    if records == 0:
+        path = Path(path)
+        empty = path.is_file() and path.stat().st_size <= 3  # nothing, or a byte-order mark
+        raise DataError(path, "file is empty" if empty else "no data rows")
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -497,9 +560,13 @@ def write_labelled(path: str | Path, ds: Dataset, fmt: str | None = None) -> Non
     fmt = detect_format(path, fmt, labelled=True)
     with atomic_open(path, "w") as fh:
         if fmt in ("csv", "tsv"):
-            writer = csv.writer(fh, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+            delimiter = "," if fmt == "csv" else "\t"
+            writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+            # QUOTE_MINIMAL leaves a field with a lone "\r" unquoted, which no CSV reader takes back: quote those rows
+            quoted = csv.writer(fh, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
             writer.writerow(["text", "label"])
-            writer.writerows(zip(ds.texts, ds.labels, strict=True))
+            for row in zip(ds.texts, ds.labels, strict=True):
+                (quoted if "\r" in row[0] or "\r" in row[1] else writer).writerow(row)
         elif fmt == "jsonl":
             for text, label in zip(ds.texts, ds.labels, strict=True):
                 fh.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")

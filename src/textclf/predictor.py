@@ -4,11 +4,17 @@
 (:mod:`textclf.registry`) for the Predictor of its ``kind``; callers never import a
 family's module themselves. A model trained by a plug-in family carries the plug-in's code
 (``meta.json`` names it), which is imported first, with a one-line warning.
+
+Decision thresholds (:mod:`textclf.thresholds`): when ``meta.json`` holds per-class offsets
+(``textclf tune-thresholds``), ``predict`` of every Predictor returns ``argmax(log p + offsets)``;
+``predict_proba`` is unchanged, and ``load_predictor(..., thresholds=False)`` (``--no-thresholds``)
+ignores them.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import sys
@@ -19,10 +25,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from textclf.atomic import atomic_open
-from textclf.data import batched, iter_texts
+from textclf.data import batched, check_has_records, iter_texts
 from textclf.errors import ModelError
 from textclf.meta import META_FILE, read_meta
+from textclf.tempfiles import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +36,41 @@ OUTPUT_FORMATS = ("txt", "csv", "jsonl")
 
 
 class Predictor(ABC):
-    """A trained classifier loaded from a model directory."""
+    """A trained classifier loaded from a model directory.
+
+    ``predict`` applies the decision offsets of ``meta.json`` (``"thresholds"``) when there are
+    any and ``use_thresholds`` is true. A subclass that overrides ``predict`` (a faster path for the
+    plain argmax, like fastText's) keeps it for models without offsets: :meth:`__init_subclass__`
+    wraps the override so that a model with offsets goes through :meth:`decide` instead.
+    """
 
     kind: ClassVar[str] = ""
 
     def __init__(self, model_dir: str | Path, meta: dict):
+        from textclf.thresholds import offsets_from_meta
+
         self.model_dir = Path(model_dir)
         self.meta = meta
         self.labels: list[str] = list(meta["labels"])
+        #: per-class offsets on log-probabilities (``labels`` order) from meta.json, or None
+        self.offsets: np.ndarray | None = offsets_from_meta(meta, self.labels)
+        #: False: ``predict`` ignores ``offsets`` (``--no-thresholds``)
+        self.use_thresholds: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("predict")
+        if own is None or getattr(own, "applies_thresholds", False):
+            return
+
+        @functools.wraps(own)
+        def predict(self, texts: Sequence[str]) -> list[str]:
+            if self.active_offsets() is not None:
+                return Predictor.predict(self, texts)
+            return own(self, texts)
+
+        predict.applies_thresholds = True  # type: ignore[attr-defined]
+        cls.predict = predict  # type: ignore[method-assign]
 
     @classmethod
     @abstractmethod
@@ -48,12 +81,22 @@ class Predictor(ABC):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), len(self.labels))``, columns in ``self.labels`` order."""
 
+    def active_offsets(self) -> np.ndarray | None:
+        """The offsets ``predict`` applies now (None: plain argmax)."""
+        return getattr(self, "offsets", None) if getattr(self, "use_thresholds", True) else None
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Predicted class index of every row of ``proba``: ``argmax(log p + offsets)``, or ``argmax(p)`` without offsets."""
+        from textclf.thresholds import decide
+
+        return decide(proba, self.active_offsets())
+
     def predict(self, texts: Sequence[str]) -> list[str]:
-        """The most probable label of every text."""
+        """The predicted label of every text (the most probable one, shifted by the tuned offsets if any)."""
         if len(texts) == 0:
             return []
         proba = self.predict_proba(texts)
-        return [self.labels[i] for i in proba.argmax(axis=1)]
+        return [self.labels[i] for i in self.decide(proba)]
 
 
 def _resolve(model_path: str | Path) -> tuple[Path, Path | None]:
@@ -80,19 +123,43 @@ def load_plugin_code(model_dir: Path, meta: dict) -> None:
     load_code(path)
 
 
-def load_predictor(model_path: str | Path) -> Predictor:
-    """Load any textclf model directory (or a model file inside one) by the ``kind`` in its meta.json."""
-    from textclf.registry import all_families
+def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str | None = None) -> Predictor:
+    """Load any textclf model directory (or a model file inside one) by the ``kind`` in its meta.json.
+
+    The kind is a family's name, or a kind built by a command rather than trained (``ensemble``;
+    :func:`textclf.registry.all_kinds`). ``thresholds=False`` makes ``predict`` ignore tuned offsets.
+    ``backend``: ``torch`` (the family's own Predictor), ``onnx`` (the exported ONNX model,
+    :mod:`textclf.onnx_backend`) or None: ONNX when the directory holds an export (or
+    ``model_path`` names a ``.onnx`` file), else the family's own. Files recorded in meta.json
+    (``files``) are checked first (:mod:`textclf.integrity`); a library failure while loading is
+    a one-line ModelError.
+    """
+    from textclf.integrity import announce_pickles, check_meta, guarded_load, verify_recorded_files
+    from textclf.onnx_backend import load_onnx_predictor, use_onnx
+    from textclf.registry import all_families, all_kinds, kind_predictor
 
     model_dir, model_file = _resolve(model_path)
     meta = read_meta(model_dir)
+    check_meta(model_dir, meta)
     kind = meta.get("kind")
     load_plugin_code(model_dir, meta)
+    if use_onnx(model_dir, meta, model_file, backend):
+        predictor = load_onnx_predictor(model_dir, meta, model_file)
+        predictor.use_thresholds = thresholds
+        return predictor
     known = all_families()
-    if kind not in known:
-        raise ModelError(f"{model_dir}/{META_FILE}: unknown model kind {kind!r}; known: {', '.join(known)}")
-    cls = known[kind].predictor_class()
-    return cls.load(model_dir, meta=meta, model_file=model_file)
+    if kind in known:
+        cls = known[kind].predictor_class()
+    else:
+        cls = kind_predictor(kind) if isinstance(kind, str) else None
+        if cls is None:
+            names = sorted({*known, *all_kinds()})
+            raise ModelError(f"{model_dir}/{META_FILE}: unknown model kind {kind!r}; known: {', '.join(names)}")
+    verify_recorded_files(model_dir, meta)
+    announce_pickles(model_dir)
+    predictor = guarded_load(cls, model_dir, meta, model_file)
+    predictor.use_thresholds = thresholds
+    return predictor
 
 
 def _count_lines(path: Path) -> int | None:
@@ -118,7 +185,32 @@ def predict_file(
     Streams in batches (memory stays flat), keeps output record i for input record i
     (an empty input line gets a prediction too), writes to a temp file and renames it.
     ``txt`` writes one label a line; ``csv``/``jsonl`` add one probability per class.
+    The temp file names this process (:mod:`textclf.tempfiles`): a run killed with ``kill -9``
+    leaves it, and the next run for the same target removes it; an error or SIGTERM removes it at
+    once, and ``output_path`` keeps its old content. A write that fails (no permission, a full
+    disk, a parent that is a file) is a one-line error naming ``output_path``.
     """
+    try:
+        return _predict_file(predictor, input_path, output_path, output_format, batch_size, input_format, text_column,
+                             progress)
+    except OSError as exc:
+        import errno
+
+        from textclf.errors import TextclfError
+
+        if exc.errno == errno.EPIPE or (exc.filename and Path(exc.filename) == Path(input_path)):
+            raise
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            reason = f"a parent of it is a file, not a folder ({exc.filename})"
+        elif exc.filename and Path(exc.filename) != Path(output_path):
+            reason += f" ({exc.filename})"
+        raise TextclfError(f"{output_path}: cannot write the predictions: {reason}; nothing was written there") from None
+
+
+def _predict_file(predictor: Predictor, input_path: str | Path, output_path: str | Path, output_format: str | None,
+                  batch_size: int, input_format: str | None, text_column: str, progress: bool | None) -> int:
+    """The body of :func:`predict_file`."""
     output_path = Path(output_path)
     fmt = output_format or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(output_path.suffix.lower(), "txt")
     if fmt not in OUTPUT_FORMATS:
@@ -133,7 +225,7 @@ def predict_file(
         total = _count_lines(Path(input_path)) if (input_format or Path(input_path).suffix) in ("txt", ".txt", "") else None
         bar = tqdm(total=total, unit="doc", desc="predict", file=sys.stderr)
     n = 0
-    with atomic_open(output_path, "w") as fh:
+    with atomic_output(output_path, "w") as fh:
         writer = csv.writer(fh, lineterminator="\n") if fmt == "csv" else None
         if writer:
             writer.writerow(["label", *[f"p_{label}" for label in predictor.labels]])
@@ -141,8 +233,9 @@ def predict_file(
             if fmt == "txt":  # one write per batch: this path must keep up with the model on short texts
                 fh.write("".join([label + "\n" for label in predictor.predict(batch)]))
             else:
-                for probs in predictor.predict_proba(batch):
-                    label = predictor.labels[int(probs.argmax())]
+                proba = predictor.predict_proba(batch)
+                for probs, index in zip(proba, predictor.decide(proba), strict=True):
+                    label = predictor.labels[int(index)]
                     if writer:
                         writer.writerow([label, *[f"{p:.6f}" for p in probs]])
                     else:
@@ -151,6 +244,7 @@ def predict_file(
             n += len(batch)
             if bar:
                 bar.update(len(batch))
+        check_has_records(input_path, n)  # an empty input is refused (as by train), and nothing is written
     if bar:
         bar.close()
     return n

@@ -1,10 +1,13 @@
 """The one place families and readers are found: ``catalogue`` registries plus entry points.
 
 A *family* is a :class:`Family` object registered under its name. The built-in ones
-(``fasttext``, ``lstm``, ``bert``, ``embeddings``) register when :mod:`textclf.families` is imported; an
+(``fasttext``, ``lstm``, ``bert``, ``embeddings``, ``setfit``) register when :mod:`textclf.families` is imported; an
 installed package registers more through the ``textclf_families`` entry-point group, and a
 user's file registers them with :func:`register_family` (``textclf train --code my.py ...``).
-Readers work the same way (``textclf_readers`` group, :func:`register_reader`).
+Readers work the same way (``textclf_readers`` group, :func:`register_reader`). Model *kinds*
+that are built by a command instead of trained (``ensemble``, :mod:`textclf.ensemble`) only
+name their Predictor (``kinds``, :func:`kind_predictor`), so ``load_predictor`` knows them while
+``textclf train`` and ``textclf families`` do not list them.
 
 Why catalogue: it is what spaCy and thinc use for exactly this (named functions from code,
 files and installed packages); entry points come with it, so a pip-installed plug-in needs
@@ -26,6 +29,10 @@ from textclf.errors import ConfigError, TextclfError
 
 families = catalogue.create("textclf", "families", entry_points=True)
 readers = catalogue.create("textclf", "readers", entry_points=True)
+#: model kinds that load like a family's models but are built by a command, not by ``textclf train``
+#: (kind -> Predictor class or ``"module:Class"``; more through the ``textclf_kinds`` entry-point group)
+kinds = catalogue.create("textclf", "kinds", entry_points=True)
+kinds.register("ensemble", func="textclf.ensemble:EnsemblePredictor")
 
 #: ``meta.json`` key naming the plug-in file a model directory carries (relative to the directory)
 PLUGIN_META_KEY = "plugin_code"
@@ -185,7 +192,7 @@ def register_reader(name: str) -> Callable[[Callable], Callable]:
 
 def _load_builtins() -> None:
     import textclf.data  # noqa: F401  (registers the built-in readers)
-    import textclf.families  # noqa: F401  (registers fasttext, lstm, bert, embeddings)
+    import textclf.families  # noqa: F401  (registers fasttext, lstm, bert, embeddings, setfit)
 
 
 def all_families() -> dict[str, Family]:
@@ -206,6 +213,17 @@ def get_family(name: str) -> Family:
         raise ConfigError(f"unknown model family {name!r}; known: {', '.join(known)} "
                           "(a family from your own file needs --code FILE)")
     return known[name]
+
+
+def all_kinds() -> dict[str, Any]:
+    """Every predictor-only model kind (``ensemble``, ...) by name, as registered (class or ``"module:Class"``)."""
+    return dict(sorted(kinds.get_all().items()))
+
+
+def kind_predictor(kind: str) -> type | None:
+    """The Predictor class of a predictor-only model kind (imported on first use), or None when unknown."""
+    ref = all_kinds().get(kind)
+    return None if ref is None else _resolve(ref)
 
 
 def get_reader(name: str) -> Callable:

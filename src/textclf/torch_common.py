@@ -1,4 +1,8 @@
-"""PyTorch helpers shared by the torch families (LSTM, BERT): device choice, seeding, length-bucketed batches."""
+"""PyTorch helpers shared by the torch families (LSTM, BERT): device choice, seeding, length-bucketed batches.
+
+Also the learning-rate scaling rule for larger batches (:func:`scaled_lr`) and padding of
+pre-tokenised texts kept as one flat id array plus offsets (:func:`pad_flat`).
+"""
 
 from __future__ import annotations
 
@@ -161,15 +165,56 @@ def pad_ids(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, t
     return ids, lengths
 
 
-def predict_by_length(rows: Sequence[Sequence[int]], batch_size: int, n_out: int,
-                      forward: Callable[[list[int]], torch.Tensor], dtype: type = np.float32) -> np.ndarray:
+def pad_flat(flat: np.ndarray, offsets: np.ndarray, idx: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of texts stored as one flat id array (text ``i`` is ``flat[offsets[i]:offsets[i + 1]]``),
+    padded to the longest of them: ``(ids (batch, width) int64, lengths (batch,))``. Vectorised, no Python loop per row.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    starts = offsets[idx]
+    lengths = offsets[idx + 1] - starts
+    width = int(lengths.max()) if len(idx) else 0
+    steps = np.arange(width)
+    valid = steps[None, :] < lengths[:, None]
+    positions = np.where(valid, starts[:, None] + steps[None, :], 0)
+    ids = np.where(valid, flat[positions] if len(flat) else pad_id, pad_id).astype(np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(lengths.astype(np.int64))
+
+
+LR_SCALING = ("none", "linear", "sqrt")
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int = 32, rule: str = "sqrt") -> float:
+    """The learning rate for ``batch_size`` when ``lr`` was tuned at ``base_batch_size``.
+
+    ``linear``: ``lr * B / B0`` (Goyal et al. 2017, for SGD); ``sqrt``: ``lr * sqrt(B / B0)``
+    (Malladi et al. 2022, the rule that keeps Adam/AdamW's dynamics); ``none``: ``lr`` unchanged.
+    ``batch_size`` is the effective batch: per-process batch x accumulation steps x processes.
+    """
+    rule = str(rule or "none").lower()
+    if rule not in LR_SCALING:
+        raise ConfigError(f"train.lr_scaling {rule!r}: choose one of {', '.join(LR_SCALING)}")
+    if base_batch_size < 1 or batch_size < 1:
+        raise ConfigError(f"batch sizes must be at least 1 (batch {batch_size}, base {base_batch_size})")
+    ratio = batch_size / base_batch_size
+    if rule == "linear":
+        return lr * ratio
+    if rule == "sqrt":
+        return lr * math.sqrt(ratio)
+    return lr
+
+
+def predict_by_length(rows: Sequence[Sequence[int]] | None, batch_size: int, n_out: int,
+                      forward: Callable[[list[int]], torch.Tensor], dtype: type = np.float32,
+                      lengths: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Run ``forward(indices)`` on length-sorted batches of ``rows`` and return ``(len(rows), n_out)`` in input order.
 
     Sorting by length keeps padding small; ``forward`` gets the indices of one batch and returns
-    its outputs (any float tensor), which are put back at those indices.
+    its outputs (any float tensor), which are put back at those indices. ``lengths`` may be given
+    instead of ``rows`` (then ``rows`` is not read).
     """
-    out = np.zeros((len(rows), n_out), dtype=dtype)
-    order = np.argsort([len(r) for r in rows], kind="stable")
+    lengths = np.asarray([len(r) for r in rows] if lengths is None else lengths)
+    out = np.zeros((len(lengths), n_out), dtype=dtype)
+    order = np.argsort(lengths, kind="stable")
     with torch.inference_mode():
         for start in range(0, len(order), max(1, batch_size)):
             idx = order[start : start + batch_size]

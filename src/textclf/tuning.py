@@ -22,7 +22,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from textclf.atomic import atomic_open
-from textclf.errors import ConfigError
+from textclf.errors import ConfigError, TextclfError
 
 log = logging.getLogger(__name__)
 # multivariate TPE and the matplotlib plots are flagged experimental; they are stable enough for us
@@ -31,6 +31,10 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 JOURNAL_FILE = "study.journal"
 RDB_PREFIXES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SearchError(TextclfError):
+    """A search that produced nothing to refit (every trial failed): a one-line error, not a traceback."""
 
 
 def make_storage(storage: str | None, output_dir: str | Path) -> optuna.storages.BaseStorage:
@@ -81,16 +85,43 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, seed: int, direc
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Create the study or load it if it exists (every worker can call this), with a seeded TPE sampler.
 
-    Each process seeds its sampler with ``seed`` plus its SLURM array task id (or 0),
-    so parallel workers explore different points while one worker stays reproducible.
+    The sampler draws each trial's random numbers from ``(seed, SLURM array task id or 0, trial
+    number)`` (:class:`TrialSeededTPESampler`): trial numbers are unique within a study, so
+    workers sharing it never draw the same points (with or without SLURM), while a lone worker
+    stays reproducible.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress has its own lines (textclf.progress)
     worker = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
-    sampler = optuna.samplers.TPESampler(seed=seed + worker, multivariate=True)
+    sampler = TrialSeededTPESampler(seed=seed + worker, multivariate=True)
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     fail_stale_trials(study)
     return study
+
+
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random state is reset from ``(seed, trial number)`` before every trial.
+
+    Two workers with one seed on one study would otherwise draw identical start-up points (each
+    process's sampler replays the same random stream); the trial number, unique in a study, makes
+    their draws differ while a single worker's run stays the same for the same seed.
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        if self._base_seed is None:
+            return
+        import numpy as np
+
+        state = np.random.SeedSequence([self._base_seed % 2**32, trial.number]).generate_state(2)
+        for owner, value in ((self, state[0]), (getattr(self, "_random_sampler", None), state[1])):
+            rng = getattr(getattr(owner, "_rng", None), "rng", None)
+            if rng is not None:
+                rng.seed(int(value))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -199,12 +230,12 @@ def _optimize(study: optuna.Study, objective: Callable, n_trials: int | None, ti
     """The search loop of :func:`run_search` (``progress`` is called after every trial)."""
     import time
 
-    before = len(study.get_trials(deepcopy=False))
+    before = _started(study)
     deadline = time.monotonic() + timeout if timeout else None
     kwargs = {"n_jobs": n_jobs, "catch": (Exception,), "gc_after_trial": False, "show_progress_bar": False}
     if n_trials is None:
         study.optimize(objective, timeout=timeout, callbacks=[progress], **kwargs)
-        return len(study.get_trials(deepcopy=False)) - before
+        return _started(study) - before
     cap = [MaxTrialsCallback(n_trials, states=DONE_STATES), progress]
     while (remaining := n_trials - count_done(study)) > 0:
         left = None if deadline is None else deadline - time.monotonic()
@@ -216,16 +247,23 @@ def _optimize(study: optuna.Study, objective: Callable, n_trials: int | None, ti
         if count_done(study) == done_before:
             log.warning("study %s: the last %d trials all failed; stopping the search", study.study_name, remaining)
             break
-    if count_done(study) >= n_trials and len(study.get_trials(deepcopy=False)) == before:
-        log.info("study %s already holds %d finished trials (target %d)", study.study_name, count_done(study), n_trials)
-    return len(study.get_trials(deepcopy=False)) - before
+    ran = _started(study) - before
+    if ran == 0 and count_done(study) >= n_trials:
+        log.info("study %s already held %d finished trials before this run (target %d): no new trial",
+                 study.study_name, count_done(study), n_trials)
+    return ran
+
+
+def _started(study: optuna.Study) -> int:
+    """Trials that have started (queued start points, still WAITING, are not counted)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """The best complete trial, with a clear error when every trial failed."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise RuntimeError(f"study {study.study_name!r} has no complete trial ({state_counts(study)}); "
-                           "see the log for trial errors")
+        raise SearchError(f"study {study.study_name!r} has no complete trial ({state_counts(study)}); "
+                          "see the log for trial errors")
     return study.best_trial
 
 

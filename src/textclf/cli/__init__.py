@@ -24,7 +24,31 @@ COMMANDS: dict[str, str] = {
     "worker": "textclf.cli.queue_cmd:worker",
     "embed": "textclf.families.embeddings.cli:embed",
     "sweep": "textclf.families.embeddings.sweep_cli:sweep",
+    "leaderboard": "textclf.cli.compare_cmd:leaderboard",
+    "report": "textclf.cli.compare_cmd:report",
+    "ensemble": "textclf.cli.compare_cmd:ensemble",
+    "tune-thresholds": "textclf.cli.compare_cmd:tune_thresholds",
+    "serve": "textclf.cli.serve_cmd:serve",
+    "export": "textclf.cli.export_cmd:export",
 }
+
+
+class OneLineUsageError(click.ClickException):
+    """A click usage error shown as one line (``Error: ... (see 'textclf predict --help')``), exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError):
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        super().__init__(" ".join(error.format_message().split("\n")) + hint)
+        self.exit_code = error.exit_code
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line naming its file: ``out/p.txt: Permission denied``."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    also = f" ({exc.filename2})" if getattr(exc, "filename2", None) else ""
+    return f"{where}{exc.strerror or exc}{also}"
 
 
 class LazyGroup(click.Group):
@@ -42,6 +66,38 @@ class LazyGroup(click.Group):
             module, attr = self.lazy[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc) from None
+
+    def invoke(self, ctx: click.Context):
+        """Run the subcommand; usage errors and file-system errors become one line (exit 2), SIGTERM cleans up.
+
+        SIGTERM raises SystemExit(143) while a command runs, so temp files and folders are removed
+        (:mod:`textclf.tempfiles`); an OSError (no permission, disk full, a parent that is a file)
+        is reported as ``Error: PATH: reason`` instead of a traceback.
+        """
+        import errno
+
+        from textclf.errors import TextclfError
+        from textclf.tempfiles import sigterm_as_exit
+
+        try:
+            with sigterm_as_exit():
+                return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc) from None
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise
+            raise TextclfError(os_error_line(exc)) from None
 
 
 class FamilyGroup(click.Group):

@@ -11,6 +11,11 @@ from textclf.data import read_labelled
 from textclf.metrics import format_report
 from textclf.predictor import OUTPUT_FORMATS, evaluate_predictor, load_predictor, predict_file
 
+#: ``--backend torch|onnx`` (default: onnx when the model directory holds an export from ``textclf export``)
+backend_option = click.option(
+    "--backend", type=click.Choice(["torch", "onnx"]), default=None,
+    help="torch: the family's own model; onnx: the ONNX export (textclf export). Default: onnx when exported.")
+
 
 @click.command()
 @code_option
@@ -25,9 +30,13 @@ from textclf.predictor import OUTPUT_FORMATS, evaluate_predictor, load_predictor
 @click.option("--text_column", default="text", help="Text column/key for CSV/JSONL input.")
 @click.option("--batch_size", type=int, default=1024, help="Documents per batch (memory stays flat).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def predict(model_path, input_path, output_path, output_format, input_format, text_column, batch_size, progress):
+@click.option("--thresholds/--no-thresholds", default=True,
+              help="Apply the decision thresholds tuned by `textclf tune-thresholds` (default) or the plain argmax.")
+@backend_option
+def predict(model_path, input_path, output_path, output_format, input_format, text_column, batch_size, progress, thresholds,
+            backend):
     """Label every document of INPUT; output line i belongs to input line i."""
-    predictor = load_predictor(model_path)
+    predictor = load_predictor(model_path, thresholds=thresholds, backend=backend)
     n = predict_file(predictor, input_path, output_path, output_format, batch_size, input_format, text_column, progress)
     click.echo(f"wrote {n} predictions to {output_path}", err=True)
 
@@ -42,9 +51,12 @@ def predict(model_path, input_path, output_path, output_format, input_format, te
 @click.option("--data_format", type=click.Choice(["csv", "tsv", "jsonl", "fasttext"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch_size", type=int, default=1024)
-def evaluate(model_path, data_path, beta, text_column, label_column, data_format, as_json, batch_size):
+@click.option("--thresholds/--no-thresholds", default=True,
+              help="Apply the decision thresholds tuned by `textclf tune-thresholds` (default) or the plain argmax.")
+@backend_option
+def evaluate(model_path, data_path, beta, text_column, label_column, data_format, as_json, batch_size, thresholds, backend):
     """Score a model on a labelled file: per-class and averaged metrics, confusion matrix."""
-    predictor = load_predictor(model_path)
+    predictor = load_predictor(model_path, thresholds=thresholds, backend=backend)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
     metrics = evaluate_predictor(predictor, ds.texts, ds.labels, batch_size, betas=beta or (1.0, 0.5))
     if as_json:

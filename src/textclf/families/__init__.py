@@ -4,4 +4,4 @@ Each subpackage holds everything only that family uses; its ``__init__`` declare
 :class:`textclf.registry.Family` (names of the train function and Predictor, imported lazily).
 """
 
-from textclf.families import bert, embeddings, fasttext, lstm  # noqa: F401  (each registers its family)
+from textclf.families import bert, embeddings, fasttext, lstm, setfit  # noqa: F401  (each registers its family)

@@ -1,24 +1,41 @@
-"""Tokenised datasets, dynamic padding and loaders for the BERT family.
+"""Tokenised datasets, the token cache, dynamic padding and loaders for the BERT family.
 
-Texts are tokenised once with the model's own tokenizer (truncated to ``max_length``, not
-padded); each batch is padded only to its longest member. Training batches group texts of
-similar length (:class:`textclf.torch_common.BucketBatchSampler`); evaluation and
-prediction batches are sorted by length and put back in input order afterwards.
+Every split is tokenised once, up front, by the model's fast tokenizer in one batched call
+(truncated to ``max_length``, not padded) and kept as one flat int32 id array plus offsets
+(:class:`EncodedDataset`). :func:`cached_encode` stores those arrays in the model directory's
+work area (``work/tokens_<split>_<key>.npz``, the key a SHA-256 of the tokenizer's full
+definition, ``max_length`` and the texts), so a rerun or ``--resume`` on the same data skips
+tokenising. A batch is padded only to its longest member, by a vectorised gather
+(:func:`textclf.torch_common.pad_flat`) in the dataset's ``__getitems__``: no per-row Python.
+Training batches group texts of similar length (:class:`textclf.torch_common.BucketBatchSampler`,
+shared with the LSTM); evaluation and prediction batches are sorted by length and put back in
+input order afterwards. On CUDA the loaders pin memory and the engine copies with ``non_blocking``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from textclf.errors import ModelError
-from textclf.torch_common import bucket_loader, pad_ids
+from textclf.torch_common import bucket_loader, pad_flat, pad_ids
+
+log = logging.getLogger(__name__)
 
 #: fewer entries than this means the tokenizer was built wrong (e.g. a 5-token vocab from a bad vocab_file)
 MIN_VOCAB = 1000
+#: texts per tokenizer call: one batched call per chunk keeps memory bounded on large splits
+ENCODE_CHUNK = 20000
+WORK_DIR = "work"
+CACHE_VERSION = 1
 
 
 def load_tokenizer(path: str | Path, encoder_vocab_size: int | None = None):
@@ -37,6 +54,8 @@ def load_tokenizer(path: str | Path, encoder_vocab_size: int | None = None):
                          f"embedding table ({encoder_vocab_size}); tokenizer and model do not match")
     if tokenizer.pad_token_id is None:
         raise ModelError(f"{path}: tokenizer has no padding token")
+    if not getattr(tokenizer, "is_fast", False):
+        log.warning("%s: no fast (Rust) tokenizer; tokenising will be slow", path)
     return tokenizer
 
 
@@ -44,31 +63,92 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids of every text (special tokens added, truncated to ``max_length``, no padding)."""
     if not texts:
         return []
-    out = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
-                    return_attention_mask=False, return_token_type_ids=False)
-    return out["input_ids"]
+    out: list[list[int]] = []
+    texts = list(texts)
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        out += tokenizer(texts[start : start + ENCODE_CHUNK], truncation=True, max_length=max_length, padding=False,
+                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return out
+
+
+def _flatten(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def batch_from_ids(ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``input_ids`` + ``attention_mask`` (1 on real tokens) of a padded id matrix."""
+    mask = (torch.arange(ids.size(1))[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 class EncodedDataset(Dataset):
-    """Token ids with optional integer targets; items are dicts for :func:`pad_collate`."""
+    """Token ids of many texts in one flat int32 array + offsets, with optional integer targets.
 
-    def __init__(self, input_ids: list[list[int]], targets: Sequence[int] | None = None):
-        self.input_ids = input_ids
-        self.targets = list(targets) if targets is not None else None
+    ``dataset[i]`` is one item (a dict); ``dataset.__getitems__(indices)`` - what a DataLoader
+    with a batch sampler calls - is the whole padded batch: ``input_ids``, ``attention_mask``,
+    ``index`` (dataset positions, so metrics can be gathered across processes) and ``targets``.
+    """
+
+    def __init__(self, input_ids: Sequence[Sequence[int]] | None = None, targets: Sequence[int] | None = None, *,
+                 pad_id: int = 0, flat: np.ndarray | None = None, offsets: np.ndarray | None = None):
+        if flat is None or offsets is None:
+            flat, offsets = _flatten(input_ids or [])
+        self.flat = np.asarray(flat, dtype=np.int32)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.pad_id = pad_id
+        self.targets = np.asarray(targets, dtype=np.int64) if targets is not None else None
+        if self.targets is not None and len(self.targets) != len(self):
+            raise ValueError(f"{len(self.targets)} targets for {len(self)} texts")
 
     def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {"input_ids": self.input_ids[i], "index": i}
-        if self.targets is not None:
-            item["targets"] = self.targets[i]
-        return item
+        return len(self.offsets) - 1
 
     @property
-    def lengths(self) -> list[int]:
+    def lengths(self) -> np.ndarray:
         """Token counts, for length-grouped batches."""
-        return [len(ids) for ids in self.input_ids]
+        return np.diff(self.offsets)
+
+    @property
+    def input_ids(self) -> list[list[int]]:
+        """The texts' ids as lists (for callers that want them; training never builds these)."""
+        return [self.flat[a:b].tolist() for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+
+    def with_targets(self, targets: Sequence[int] | None) -> EncodedDataset:
+        """The same ids with other targets (no copy of the ids)."""
+        return EncodedDataset(targets=targets, pad_id=self.pad_id, flat=self.flat, offsets=self.offsets)
+
+    def subset(self, indices: Sequence[int]) -> EncodedDataset:
+        """The rows ``indices``, in that order (a compact copy)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        lengths = self.lengths[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        starts = self.offsets[idx]
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+        targets = self.targets[idx] if self.targets is not None else None
+        return EncodedDataset(targets=targets, pad_id=self.pad_id, flat=self.flat[gather], offsets=offsets)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"input_ids": self.flat[self.offsets[i] : self.offsets[i + 1]].tolist(), "index": int(i)}
+        if self.targets is not None:
+            item["targets"] = int(self.targets[i])
+        return item
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        ids, lengths = pad_flat(self.flat, self.offsets, indices, self.pad_id)
+        batch = {**batch_from_ids(ids, lengths), "index": torch.as_tensor(np.asarray(indices, dtype=np.int64))}
+        if self.targets is not None:
+            batch["targets"] = torch.from_numpy(self.targets[np.asarray(indices, dtype=np.int64)])
+        return batch
+
+
+def batch_as_is(batch):
+    """The collate function of loaders over :class:`EncodedDataset`: ``__getitems__`` already built the batch."""
+    return batch
 
 
 class PadCollate:
@@ -79,14 +159,81 @@ class PadCollate:
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         ids, lengths = pad_ids([it["input_ids"] for it in items], self.pad_id)
-        mask = (torch.arange(ids.size(1))[None, :] < lengths[:, None]).long()
-        batch = {"input_ids": ids, "attention_mask": mask, "index": torch.tensor([it["index"] for it in items])}
+        batch = {**batch_from_ids(ids, lengths), "index": torch.tensor([it["index"] for it in items])}
         if "targets" in items[0]:
             batch["targets"] = torch.tensor([it["targets"] for it in items], dtype=torch.long)
         return batch
 
 
 def make_loader(dataset: EncodedDataset, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0,
-                num_workers: int = 0) -> DataLoader:
+                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A loader of padded batches: length-grouped and shuffled for training, length-sorted for evaluation."""
-    return bucket_loader(dataset, dataset.lengths, batch_size, PadCollate(pad_id), shuffle, seed, num_workers)
+    dataset.pad_id = pad_id
+    return bucket_loader(dataset, dataset.lengths, batch_size, batch_as_is, shuffle, seed, num_workers, pin_memory)
+
+
+# --------------------------------------------------------------------------- token cache
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of everything that decides a tokenizer's ids (the full ``tokenizer.json`` of a fast tokenizer)."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # without the truncation/padding state that every __call__ sets anew
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        digest.update(json.dumps(spec, sort_keys=True).encode())
+    else:  # slow tokenizer: its vocabulary and special tokens
+        for token, index in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+            digest.update(f"{index}\t{token}\n".encode())
+    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    return digest.hexdigest()
+
+
+def texts_sha256(texts: Sequence[str]) -> str:
+    """SHA-256 of a list of texts (each length-prefixed, so boundaries count)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        raw = text.encode("utf-8", "surrogatepass")
+        digest.update(len(raw).to_bytes(8, "little"))
+        digest.update(raw)
+    return digest.hexdigest()
+
+
+def cache_key(fingerprint: str, max_length: int, texts: Sequence[str]) -> str:
+    """The token cache key: tokenizer + ``max_length`` + texts."""
+    raw = f"v{CACHE_VERSION}|{fingerprint}|{max_length}|{texts_sha256(texts)}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def cached_encode(tokenizer, texts: Sequence[str], max_length: int, cache_dir: str | Path | None, split: str,
+                  fingerprint: str | None = None) -> tuple[EncodedDataset, str]:
+    """Token ids of ``texts`` from ``cache_dir/tokens_<split>_<key>.npz``, or tokenised now and stored there.
+
+    Returns the dataset (no targets) and ``"hit"``, ``"miss"`` (tokenised and written) or
+    ``"off"`` (no ``cache_dir``). The file is written to a temp name and renamed, so parallel
+    writers (DDP ranks) and interrupted runs never leave a half-written cache.
+    """
+    pad_id = tokenizer.pad_token_id
+    if cache_dir is None:
+        return EncodedDataset(encode(tokenizer, texts, max_length), pad_id=pad_id), "off"
+    key = cache_key(fingerprint or tokenizer_fingerprint(tokenizer), max_length, texts)
+    path = Path(cache_dir) / f"tokens_{split}_{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                flat, offsets = data["ids"], data["offsets"]
+            if len(offsets) == len(texts) + 1:
+                log.info("tokens of %s (%d texts) from %s", split, len(texts), path)
+                return EncodedDataset(pad_id=pad_id, flat=flat, offsets=offsets), "hit"
+        except (OSError, ValueError, KeyError) as exc:  # unreadable: tokenise again and overwrite
+            log.warning("%s: unreadable token cache (%s); tokenising again", path, exc)
+    dataset = EncodedDataset(encode(tokenizer, texts, max_length), pad_id=pad_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, ids=dataset.flat, offsets=dataset.offsets)
+    os.replace(tmp, path)
+    log.info("tokenised %s (%d texts) into %s", split, len(texts), path)
+    return dataset, "miss"

@@ -7,7 +7,9 @@ loads it through :func:`textclf.load_predictor`. Training lives in :mod:`.train`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -18,9 +20,13 @@ import torch
 from torch import nn
 
 from textclf.errors import ConfigError, ModelError
-from textclf.families.bert.data import PadCollate, encode, load_tokenizer
+from textclf.families.bert.data import EncodedDataset, encode, load_tokenizer
+from textclf.integrity import load_torch_weights
+from textclf.precision import DeviceInfo, Precision, predict_batch_size, resolve_precision
 from textclf.predictor import Predictor
 from textclf.torch_common import predict_by_length, resolve_device
+
+log = logging.getLogger(__name__)
 
 KIND = "bert"
 ENCODER_DIR = "encoder"
@@ -86,6 +92,7 @@ class BertClassifier(nn.Module):
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, n_classes)
+        self.compile_state = "off"  # off | pending | on | failed (see compile_encoder)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean of the unmasked token states, or the first (CLS) token's state."""
@@ -94,8 +101,35 @@ class BertClassifier(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
+    def compile_encoder(self) -> None:
+        """``torch.compile`` the encoder in place (state-dict keys unchanged), with ``dynamic=True`` for bucketed lengths.
+
+        Compilation happens at the first forward; if it fails there (no C++ compiler, an
+        unsupported op, ...) a warning is logged and the encoder runs eagerly from then on.
+        """
+        try:
+            self.encoder.compile(dynamic=True)
+            self.compile_state = "pending"
+        except Exception as exc:  # noqa: BLE001 - any failure means: run eagerly
+            log.warning("model.compile: torch.compile unavailable (%s); running the encoder eagerly", exc)
+            self.compile_state = "failed"
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.compile_state != "pending":
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        try:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            self.compile_state = "on"
+            return hidden
+        except Exception as exc:  # noqa: BLE001 - compile errors come in many types
+            log.warning("model.compile: compiling the encoder failed (%s: %s); running it eagerly",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.encoder._compiled_call_impl = None  # what nn.Module.compile set
+            self.compile_state = "failed"
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self._encode(input_ids, attention_mask)
         return self.head(self.dropout(self.pool(hidden, attention_mask)))
 
 
@@ -112,17 +146,28 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
 
 # --------------------------------------------------------------------------- predictor
 
-def predict_logits(model: BertClassifier, input_ids: list[list[int]], pad_id: int, device: torch.device,
-                   batch_size: int) -> np.ndarray:
-    """Logits for token id lists, computed in length-sorted batches and returned in input order."""
+def predict_logits(model: BertClassifier, input_ids: list[list[int]] | EncodedDataset, pad_id: int, device: torch.device,
+                   batch_size: int, precision: Precision | None = None) -> np.ndarray:
+    """Logits for token id lists, computed in length-sorted batches and returned in input order.
+
+    On CUDA, batches are padded in pinned memory and copied without blocking, and the forward
+    runs under ``precision``'s autocast (bf16/fp16; fp32 is plain).
+    """
     model.eval()
-    collate = PadCollate(pad_id)
+    data = input_ids if isinstance(input_ids, EncodedDataset) else EncodedDataset(input_ids, pad_id=pad_id)
+    data.pad_id = pad_id
+    cuda = device.type == "cuda"
+    autocast = precision.autocast(device.type) if precision is not None else contextlib.nullcontext()
 
     def forward(idx: list[int]) -> torch.Tensor:
-        batch = collate([{"input_ids": input_ids[i], "index": i} for i in idx])
-        return model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        batch = data.__getitems__(idx)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if cuda:
+            ids, mask = ids.pin_memory(), mask.pin_memory()
+        with autocast:
+            return model(ids.to(device, non_blocking=cuda), mask.to(device, non_blocking=cuda))
 
-    return predict_by_length(input_ids, batch_size, model.head.out_features, forward)
+    return predict_by_length(None, batch_size, model.head.out_features, forward, lengths=data.lengths)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -133,19 +178,49 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def inference_bytes_per_row(config, max_length: int, activation_bytes: int = 4) -> int:
+    """Rough memory of one text in an inference batch: one layer's activations alive at a time.
+
+    ``max_length * hidden * 12`` values (hidden states in and out, Q/K/V, the 4x feed-forward)
+    plus the attention scores ``heads * max_length**2``, at ``activation_bytes`` each.
+    """
+    hidden = int(getattr(config, "hidden_size", 768))
+    heads = int(getattr(config, "num_attention_heads", max(1, hidden // 64)))
+    return int(activation_bytes * (max_length * hidden * 12 + heads * max_length**2))
+
+
+def predict_settings(info: dict) -> dict:
+    """The prediction settings saved in meta.json's ``bert`` section, with defaults for older models."""
+    legacy = info.get("predict_batch_size", 64)
+    saved = info.get("predict") or {}
+    return {"batch_size_cpu": saved.get("batch_size_cpu", legacy),
+            "batch_size_gpu": saved.get("batch_size_gpu", legacy if "predict" not in info else "auto"),
+            "precision": saved.get("precision", "auto")}
+
+
 class BertPredictor(Predictor):
-    """A fine-tuned encoder + head behind the shared Predictor interface."""
+    """A fine-tuned encoder + head behind the shared Predictor interface.
+
+    The batch size and precision are chosen for the device it runs on (``predict.*`` in the
+    training config, saved in meta.json): small fp32 batches on the CPU, large bf16/fp16
+    autocast batches on a GPU.
+    """
 
     kind = KIND
 
     def __init__(self, model_dir: str | Path, meta: dict, model: BertClassifier, tokenizer, device: torch.device,
-                 max_length: int, batch_size: int = 64):
+                 max_length: int, batch_size: int | None = None, precision: Precision | None = None):
         super().__init__(model_dir, meta)
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
         self.max_length = max_length
-        self.batch_size = batch_size
+        settings = predict_settings((meta or {}).get("bert") or {})
+        info = DeviceInfo.of(device)
+        self.precision = precision or resolve_precision(settings["precision"], info)
+        self.batch_size = batch_size or predict_batch_size(
+            settings["batch_size_cpu"], settings["batch_size_gpu"], info,
+            inference_bytes_per_row(model.encoder.config, max_length, self.precision.activation_bytes))
 
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None,
@@ -162,16 +237,15 @@ class BertPredictor(Predictor):
                 raise ModelError(f"{path}: missing from the BERT model directory (training did not finish?)")
         encoder = load_encoder(encoder_dir)
         tokenizer = load_tokenizer(encoder_dir, encoder.config.vocab_size)
-        head = torch.load(head_path, map_location="cpu", weights_only=True)
+        head = load_torch_weights(head_path)
         model = BertClassifier(encoder, len(meta["labels"]), info.get("dropout", 0.0), info.get("pooling", "mean"))
         model.head.load_state_dict(head)
-        return cls(model_dir, meta, model, tokenizer, resolve_device(device), info.get("max_length", 128),
-                   info.get("predict_batch_size", 64))
+        return cls(model_dir, meta, model, tokenizer, resolve_device(device), info.get("max_length", 128))
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Raw head outputs, shape ``(len(texts), len(self.labels))``."""
         ids = encode(self.tokenizer, list(texts), self.max_length)
-        return predict_logits(self.model, ids, self.tokenizer.pad_token_id, self.device, self.batch_size)
+        return predict_logits(self.model, ids, self.tokenizer.pad_token_id, self.device, self.batch_size, self.precision)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Softmax probabilities in ``self.labels`` order."""

@@ -7,6 +7,14 @@ stops early. With ``two_stage`` the first stage trains on a class-balanced downs
 the training set and the second on the full set, starting from the first stage's best
 weights. Every stage logs to its own TensorBoard directory (``logs/<stage>/tensorboard``).
 ``devices > 1`` relaunches the run in that many DDP processes (:mod:`.distributed`).
+
+Speed: every split is tokenised once, up front, and cached in ``work/`` (:mod:`.data`);
+batches are length-bucketed and padded only to their longest text; precision
+(``train.precision``) and gradient checkpointing (``model.gradient_checkpointing``) are resolved
+for the device by :mod:`textclf.precision` and recorded in meta.json; ``train.batch_size``
+scales the learning rate by ``train.lr_scaling`` (sqrt by default) relative to
+``train.base_batch_size``; ``model.compile`` compiles the encoder. The console shows one line
+per epoch (:class:`.callbacks.EpochLineLogger`); TensorBoard and CSV get every metric.
 """
 
 from __future__ import annotations
@@ -22,22 +30,29 @@ from pathlib import Path
 
 import torch
 from catalyst import dl
-from catalyst.loggers.console import ConsoleLogger
 from catalyst.loggers.csv import CSVLogger
 from catalyst.loggers.tensorboard import TensorboardLogger
 from torch import nn
 
 from textclf.class_weights import class_alpha
-from textclf.data import Dataset, balanced_downsample
+from textclf.data import balanced_downsample
 from textclf.errors import ConfigError
 from textclf.families.bert.callbacks import (
     AccumulatedBackwardCallback,
     BestCheckpointCallback,
+    EpochLineLogger,
     FBetaCallback,
     OptimizerStepCallback,
     optimizer_steps,
 )
-from textclf.families.bert.data import EncodedDataset, encode, load_tokenizer, make_loader
+from textclf.families.bert.data import (
+    WORK_DIR,
+    EncodedDataset,
+    cached_encode,
+    load_tokenizer,
+    make_loader,
+    tokenizer_fingerprint,
+)
 from textclf.families.bert.distributed import WorldInfo, world_info
 from textclf.families.bert.losses import FocalLoss
 from textclf.families.bert.model import (
@@ -52,8 +67,18 @@ from textclf.families.bert.model import (
     state_digest,
 )
 from textclf.metrics import is_minimized
+from textclf.precision import (
+    Checkpointing,
+    DeviceInfo,
+    MemoryEstimate,
+    Precision,
+    precision_setting,
+    resolve_checkpointing,
+    resolve_precision,
+    warn_once,
+)
 from textclf.progress import PROGRESS_FILE, append_line
-from textclf.torch_common import resolve_device, seed_everything
+from textclf.torch_common import LR_SCALING, resolve_device, scaled_lr, seed_everything
 from textclf.training import Splits, finish_run
 
 log = logging.getLogger(__name__)
@@ -67,11 +92,12 @@ class BertRunner(dl.Runner):
     """Catalyst runner: forward + loss per batch; callbacks do backward, steps, metrics and checkpoints.
 
     Each loader's batch sampler gets the epoch number (same order on every process), and the
-    loader loss is averaged over all processes' examples.
+    loader loss is averaged over all processes' examples. The loss is summed on the device (no
+    GPU sync per batch); the seconds and rows of every train loader are kept for throughput.
     """
 
     def __init__(self, loss_fn: nn.Module, samplers: dict, logdir: Path | None, echo: bool = True,
-                 progress_log: Path | None = None, metric: str = "macro_f1"):
+                 progress_log: Path | None = None, metric: str = "macro_f1", stage: str = ""):
         super().__init__()
         self.loss_fn = loss_fn
         self.samplers = samplers
@@ -79,18 +105,34 @@ class BertRunner(dl.Runner):
         self.echo = echo
         self.progress_log = progress_log
         self.metric = metric
-        self._loss_sum = 0.0
+        self.stage = stage
+        self._loss_sum: float | torch.Tensor = 0.0
         self._loss_n = 0
+        self._loader_t0 = 0.0
+        self._loader_cpu0 = 0.0
+        self._epoch_t0 = 0.0
+        self.epoch_seconds: float | None = None
+        self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
+        self.train_rows = 0
 
     def get_loggers(self) -> dict:
-        """Console (when echoing), CSV and TensorBoard loggers; Catalyst calls this on the main process only."""
+        """One line per epoch on the console (when echoing), CSV and TensorBoard; Catalyst calls this on the main process only."""
         loggers: dict = {}
         if self.echo:
-            loggers["console"] = ConsoleLogger()
+            loggers["console"] = EpochLineLogger(self.stage, extra=self.metric)
         if self.stage_logdir is not None:
             loggers["csv"] = CSVLogger(logdir=str(self.stage_logdir / "csv"))
             loggers["tensorboard"] = TensorboardLogger(logdir=str(self.stage_logdir / "tensorboard"))
         return loggers
+
+    def _sync(self) -> None:
+        if self.engine is not None and self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
+
+    def on_epoch_start(self, runner) -> None:
+        super().on_epoch_start(runner)
+        self._epoch_t0 = time.perf_counter()
 
     def on_loader_start(self, runner) -> None:
         sampler = self.samplers.get(self.loader_key)
@@ -98,6 +140,9 @@ class BertRunner(dl.Runner):
             sampler.set_epoch(self.epoch_step)
         super().on_loader_start(runner)
         self._loss_sum, self._loss_n = 0.0, 0
+        self._sync()
+        self._loader_t0 = time.perf_counter()
+        self._loader_cpu0 = time.process_time()
 
     def handle_batch(self, batch) -> None:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
@@ -105,19 +150,25 @@ class BertRunner(dl.Runner):
         self.batch = {**batch, "logits": logits}
         self.batch_metrics["loss"] = loss
         n = len(batch["targets"])
-        self._loss_sum += float(loss.detach()) * n
+        self._loss_sum = self._loss_sum + loss.detach().float() * n  # a device tensor: no sync per batch
         self._loss_n += n
 
     def on_loader_end(self, runner) -> None:
-        totals = torch.tensor([self._loss_sum, float(self._loss_n)], dtype=torch.float64)
+        totals = torch.tensor([float(self._loss_sum), float(self._loss_n)], dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             totals = totals.to(self.engine.device)
             torch.distributed.all_reduce(totals)
             totals = totals.cpu()
+        if self.is_train_loader:
+            self._sync()
+            self.train_seconds += time.perf_counter() - self._loader_t0
+            self.train_cpu_seconds += time.process_time() - self._loader_cpu0
+            self.train_rows += int(totals[1])
         self.loader_metrics["loss"] = float(totals[0] / max(totals[1], 1.0))
         super().on_loader_end(runner)
 
     def on_epoch_end(self, runner) -> None:
+        self.epoch_seconds = time.perf_counter() - self._epoch_t0
         super().on_epoch_end(runner)
         if self.progress_log is not None:  # one plain line per epoch for batch jobs' logs
             valid = self.epoch_metrics.get("valid", {})
@@ -145,6 +196,13 @@ class StageResult:
     seconds: float
     init_from: str | None = None
     init_sha256: str | None = None
+    base_lr: float | None = None
+    batch_size: int | None = None
+    train_loop_seconds: float | None = None
+    train_loop_cpu_seconds: float | None = None
+    rows_trained: int = 0
+    rows_per_s: float | None = None
+    compile_state: str = "off"
     history: list = field(default_factory=list)
 
     def as_dict(self, root: Path | None = None) -> dict:
@@ -157,31 +215,58 @@ class StageResult:
         return out
 
 
-def make_engine(device: torch.device, fp16: bool):
-    """Catalyst engine (an ``accelerate.Accelerator``) for ``device``; under torchrun it joins the process group."""
+def make_engine(device: torch.device, precision: Precision | bool = False):
+    """Catalyst engine (an ``accelerate.Accelerator``) for ``device`` and ``precision``; under torchrun it joins the process group.
+
+    bf16/fp16 become accelerate's autocast (fp16 with its GradScaler). On CUDA, batches are
+    copied to the device with ``non_blocking`` (from pinned memory, see :func:`.data.make_loader`).
+    A bool ``precision`` is the old ``fp16`` flag.
+    """
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
     from catalyst.engines.torch import CPUEngine, GPUEngine
 
+    if isinstance(precision, bool):
+        precision = Precision("fp16" if precision and device.type == "cuda" else "fp32", "legacy", "fp16 flag")
+    mixed = precision.accelerate if device.type == "cuda" or precision.name == "bf16" else "no"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed:
+        # accelerate keeps one precision per process; a second run in this process (tests, notebooks)
+        # with another precision starts from a fresh state (the distributed part is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
     if device.type == "cuda":
         if not world_info().distributed and device.index is not None:
             torch.cuda.set_device(device)
-        return GPUEngine(mixed_precision="fp16" if fp16 else "no")
-    return CPUEngine()
+        return GPUEngine(mixed_precision=precision.accelerate, dataloader_config=DataLoaderConfiguration(non_blocking=True))
+    return CPUEngine(mixed_precision=mixed)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and LayerNorm weights."""
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and LayerNorm weights (``fused``: one kernel per step, for CUDA)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=True) if fused else torch.optim.AdamW(groups, lr=lr)
+
+
+def effective_batch(cfg: dict, world: WorldInfo) -> int:
+    """Examples per optimizer step: batch size x accumulation steps x processes."""
+    t = cfg["train"]
+    return t["batch_size"] * t["accumulation_steps"] * world.world_size
+
+
+def stage_lr(cfg: dict, stage: str, world: WorldInfo) -> float:
+    """``<stage>.lr`` scaled for the effective batch by ``train.lr_scaling`` relative to ``train.base_batch_size``."""
+    t = cfg["train"]
+    return scaled_lr(cfg[stage]["lr"], effective_batch(cfg, world), t["base_batch_size"], t["lr_scaling"])
 
 
 def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, valid_ds: EncodedDataset, cfg: dict,
               labels: list[str], loss_fn: nn.Module, pad_id: int, device: torch.device, output_dir: Path, world: WorldInfo,
-              resume: bool, init_from: str | None = None) -> StageResult:
+              resume: bool, precision: Precision, init_from: str | None = None) -> StageResult:
     """Train ``model`` for one stage with Catalyst; returns the stage's summary (best weights in ``best_path``)."""
     from transformers import get_linear_schedule_with_warmup
 
@@ -189,12 +274,18 @@ def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, va
     s = cfg[stage]
     name = STAGE_NAMES[stage]
     seed = cfg["seed"] + (0 if stage == "stage1" else 1000)
-    loaders = {"train": make_loader(train_ds, t["batch_size"], pad_id, shuffle=True, seed=seed, num_workers=t["num_workers"]),
-               "valid": make_loader(valid_ds, t["eval_batch_size"], pad_id, shuffle=False, num_workers=t["num_workers"])}
+    pin = device.type == "cuda"
+    loaders = {"train": make_loader(train_ds, t["batch_size"], pad_id, shuffle=True, seed=seed, num_workers=t["num_workers"],
+                                    pin_memory=pin),
+               "valid": make_loader(valid_ds, t["eval_batch_size"], pad_id, shuffle=False, num_workers=t["num_workers"],
+                                    pin_memory=pin)}
     samplers = {key: loader.batch_sampler for key, loader in loaders.items()}
     batches = math.ceil(len(loaders["train"]) / world.world_size)
     steps = optimizer_steps(batches, s["epochs"], t["accumulation_steps"])
-    optimizer = make_optimizer(model, s["lr"], t["weight_decay"])
+    lr = stage_lr(cfg, stage, world)
+    if device.type == "cuda":  # on the GPU before the optimizer exists, so fused AdamW sees CUDA parameters
+        model.to(device)
+    optimizer = make_optimizer(model, lr, t["weight_decay"], fused=device.type == "cuda")
     scheduler = get_linear_schedule_with_warmup(optimizer, int(round(t["warmup_ratio"] * steps)), steps)
     ckpt = BestCheckpointCallback(output_dir / "checkpoints" / name, t["metric"], "valid", resume=resume,
                                   patience=t["patience"])
@@ -208,12 +299,15 @@ def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, va
     if progress and world.is_main:
         callbacks["progress"] = dl.TqdmCallback()
     runner = BertRunner(loss_fn, samplers, output_dir / "logs" / name if world.is_main else None, echo=world.is_main,
-                        progress_log=output_dir / PROGRESS_FILE if world.is_main else None, metric=t["metric"])
-    engine = make_engine(device, fp16=bool(t["fp16"]) and device.type == "cuda")
-    log.info("%s: %d train rows, %d epochs, lr %g, %d optimizer steps", name, len(train_ds), s["epochs"], s["lr"], steps)
+                        progress_log=output_dir / PROGRESS_FILE if world.is_main else None, metric=t["metric"], stage=name)
+    engine = make_engine(device, precision)
+    batch = effective_batch(cfg, world)
+    lr_note = f"lr {lr:g}" + (f" ({s['lr']:g} at batch {t['base_batch_size']}, {t['lr_scaling']} rule)" if lr != s["lr"] else "")
+    log.info("%s: %d train rows, %d epochs, batch %d, %s, %d optimizer steps", name, len(train_ds), s["epochs"], batch,
+             lr_note, steps)
     if world.is_main:
-        print(f"== {name}: {len(train_ds)} train rows, {s['epochs']} epoch(s), lr {s['lr']:g}, {steps} optimizer steps",
-              flush=True)
+        print(f"== {name}: {len(train_ds)} train rows, {s['epochs']} epoch(s), batch {batch}, {lr_note}, "
+              f"{steps} optimizer steps", flush=True)
     start = time.perf_counter()
     runner.train(model=model, engine=engine, loaders=loaders, optimizer=optimizer, scheduler=scheduler,
                  callbacks=callbacks, num_epochs=s["epochs"], seed=seed, valid_loader="valid",
@@ -221,10 +315,15 @@ def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, va
     if runner.exception is not None:  # Catalyst re-raises in on_exception; this is a guard
         raise runner.exception
     engine.free_memory()  # drop the engine's references to this stage's model and optimizer
-    return StageResult(name=name, train_rows=len(train_ds), epochs=s["epochs"], lr=s["lr"], best_path=str(ckpt.best_path),
+    loop_s = runner.train_seconds
+    return StageResult(name=name, train_rows=len(train_ds), epochs=s["epochs"], lr=lr, best_path=str(ckpt.best_path),
                        best_epoch=ckpt.best_epoch, best_score=ckpt.best_score, epochs_run=len(ckpt.history),
                        stopped_early=ckpt.stopped_early, resumed_from_epoch=ckpt.resumed_from_epoch,
-                       seconds=round(time.perf_counter() - start, 2), init_from=init_from, history=ckpt.history)
+                       seconds=round(time.perf_counter() - start, 2), init_from=init_from, base_lr=s["lr"],
+                       batch_size=batch, train_loop_seconds=round(loop_s, 3), rows_trained=runner.train_rows,
+                       train_loop_cpu_seconds=round(runner.train_cpu_seconds, 3),
+                       rows_per_s=round(runner.train_rows / loop_s, 2) if loop_s > 0 else None,
+                       compile_state=model.compile_state, history=ckpt.history)
 
 
 def training_device(spec: str, world: WorldInfo) -> torch.device:
@@ -237,6 +336,15 @@ def training_device(spec: str, world: WorldInfo) -> torch.device:
     return device
 
 
+def device_batch(cfg: dict, device: torch.device) -> dict:
+    """The config with ``train.batch_size_gpu`` (when set) as ``train.batch_size`` on a CUDA device."""
+    gpu = cfg["train"].get("batch_size_gpu")
+    if device.type != "cuda" or not gpu:
+        return cfg
+    log.info("train.batch_size_gpu: batch %s on %s (train.batch_size %s elsewhere)", gpu, device, cfg["train"]["batch_size"])
+    return {**cfg, "train": {**cfg["train"], "batch_size": int(gpu)}}
+
+
 def check_config(cfg: dict) -> None:
     """Refuse settings that cannot train (before any model is loaded)."""
     m, t = cfg["model"], cfg["train"]
@@ -245,12 +353,35 @@ def check_config(cfg: dict) -> None:
     for stage in ("stage1", "stage2") if cfg["two_stage"] else ("stage2",):
         if cfg[stage]["epochs"] < 1 or cfg[stage]["lr"] <= 0:
             raise ConfigError(f"{stage}.epochs must be >= 1 and {stage}.lr > 0 (got {cfg[stage]['epochs']}, {cfg[stage]['lr']})")
-    if t["accumulation_steps"] < 1 or t["batch_size"] < 1:
-        raise ConfigError("train.batch_size and train.accumulation_steps must be >= 1")
+    if t["accumulation_steps"] < 1 or t["batch_size"] < 1 or t["base_batch_size"] < 1:
+        raise ConfigError("train.batch_size, train.base_batch_size and train.accumulation_steps must be >= 1")
+    if str(t["lr_scaling"]).lower() not in LR_SCALING:
+        raise ConfigError(f"train.lr_scaling {t['lr_scaling']!r}: choose one of {', '.join(LR_SCALING)}")
+
+
+def check_memory_choice(ckpt: Checkpointing, encoder: nn.Module) -> Checkpointing:
+    """Checkpointing off, with a warning, for an encoder that does not support it."""
+    if ckpt.enabled and not getattr(encoder, "supports_gradient_checkpointing", False):
+        log.warning("model.gradient_checkpointing: %s does not support it; training without", type(encoder).__name__)
+        return Checkpointing(False, ckpt.setting, f"{ckpt.reason}; unsupported by {type(encoder).__name__}",
+                             ckpt.need_bytes, ckpt.free_bytes)
+    return ckpt
+
+
+def enable_checkpointing(encoder: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of every layer (transformers >= 5.2x names it activation_checkpointing)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(encoder, "activation_checkpointing_enable"):
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class ModelFactory:
-    """Fresh :class:`BertClassifier` objects for each stage (a DDP wrapper leaves hooks on the parameters it wrapped)."""
+    """Fresh :class:`BertClassifier` objects for each stage (a DDP wrapper leaves hooks on the parameters it wrapped).
+
+    ``checkpointing`` and ``compile`` (set by :func:`train` once resolved) apply to every model it makes.
+    """
 
     def __init__(self, cfg: dict, n_classes: int, device: torch.device):
         self.cfg = cfg
@@ -259,6 +390,14 @@ class ModelFactory:
         self.model_name = resolve_model_name(cfg["model"]["model_name"])
         self._encoder: nn.Module | None = load_encoder(self.model_name)
         self.config = self._encoder.config
+        self.n_params = sum(p.numel() for p in self._encoder.parameters())
+        self.checkpointing = False
+        self.compile = False
+
+    def memory_estimate(self, batch_size: int, max_length: int, precision: Precision) -> MemoryEstimate:
+        """The training-memory estimate of this encoder for one batch (see :class:`textclf.precision.MemoryEstimate`)."""
+        assert self._encoder is not None, "estimate before the first model is made"
+        return MemoryEstimate.for_encoder(self._encoder, batch_size, max_length, precision.activation_bytes)
 
     def __call__(self, state: dict | None = None) -> BertClassifier:
         m = self.cfg["model"]
@@ -267,26 +406,37 @@ class ModelFactory:
         model = BertClassifier(enc, self.n_classes, m["dropout"], m["pooling"])
         if state is not None:
             model.load_state_dict(state)
-        if self.device.type == "cuda" and m["gradient_checkpointing"]:
-            enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.checkpointing:
+            enable_checkpointing(enc)
+        if self.compile:
+            model.compile_encoder()
         return model
 
 
-def run_stages(cfg: dict, splits: Splits, factory: ModelFactory, tokenizer, max_length: int, common: dict) -> list[StageResult]:
-    """Stage 1 on a class-balanced downsample (when ``two_stage``), then stage 2 on everything from stage 1's best weights."""
+def encode_splits(cfg: dict, splits: Splits, tokenizer, max_length: int, output_dir: Path) -> tuple[dict, dict]:
+    """Tokenise train and valid once (from the ``work/`` token cache when it has them): datasets with targets, cache status."""
     index = {label: i for i, label in enumerate(splits.labels)}
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    work = output_dir / WORK_DIR if cfg["train"]["token_cache"] else None
+    data, status = {}, {}
+    start = time.perf_counter()
+    for name in ("train", "valid"):
+        ds = getattr(splits, name)
+        encoded, status[name] = cached_encode(tokenizer, ds.texts, max_length, work, name, fingerprint)
+        data[name] = encoded.with_targets([index[label] for label in ds.labels])
+    status["seconds"] = round(time.perf_counter() - start, 3)
+    return data, status
 
-    def encoded(ds: Dataset) -> EncodedDataset:
-        return EncodedDataset(encode(tokenizer, ds.texts, max_length), [index[label] for label in ds.labels])
 
-    full_train = encoded(splits.train)
-    common = {**common, "valid_ds": encoded(splits.valid)}
+def run_stages(cfg: dict, splits: Splits, factory: ModelFactory, data: dict, common: dict) -> list[StageResult]:
+    """Stage 1 on a class-balanced downsample (when ``two_stage``), then stage 2 on everything from stage 1's best weights."""
+    full_train = data["train"]
+    common = {**common, "valid_ds": data["valid"]}
     stages: list[StageResult] = []
     init_state, init_from = None, None
     if cfg["two_stage"]:
         idx = balanced_downsample(splits.train.labels, cfg["seed"], cfg["stage1"]["per_class"])
-        stage1_train = EncodedDataset([full_train.input_ids[i] for i in idx], [full_train.targets[i] for i in idx])
-        stages.append(run_stage("stage1", factory(), stage1_train, **common))
+        stages.append(run_stage("stage1", factory(), full_train.subset(idx), **common))
         init_from = stages[0].best_path
         init_state = torch.load(init_from, map_location="cpu", weights_only=True)
     stage2 = run_stage("stage2", factory(init_state), full_train, init_from=init_from, **common)
@@ -296,24 +446,68 @@ def run_stages(cfg: dict, splits: Splits, factory: ModelFactory, tokenizer, max_
     return stages
 
 
+def predict_config(cfg: dict) -> dict:
+    """``predict.*`` with the deprecated ``output.predict_batch_size`` (when set) as the batch size on every device."""
+    p = dict(cfg["predict"])
+    legacy = cfg["output"].get("predict_batch_size")
+    if legacy is not None:
+        warn_once("output.predict_batch_size", "output.predict_batch_size is deprecated; use predict.batch_size_cpu "
+                                               "and predict.batch_size_gpu")
+        p["batch_size_cpu"] = p["batch_size_gpu"] = legacy
+    return p
+
+
 def save_best(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFactory, tokenizer, max_length: int,
-              stages: list[StageResult], device: torch.device, world: WorldInfo, train_seconds: float) -> dict:
+              stages: list[StageResult], device: torch.device, world: WorldInfo, train_seconds: float,
+              speed: dict | None = None) -> dict:
     """Load the best stage's best weights, save the model directory and score it; returns meta."""
     m, t = cfg["model"], cfg["train"]
+    speed = speed or {}
     best = (min if is_minimized(t["metric"]) else max)(stages, key=lambda r: r.best_score)
     model = BertClassifier(load_encoder(factory.model_name), len(splits.labels), m["dropout"], m["pooling"])
     model.load_state_dict(torch.load(best.best_path, map_location="cpu", weights_only=True))
     save_model_dir(output_dir, model, tokenizer)
+    predict = predict_config(cfg)
     info = {"model_name": m["model_name"] or "auto", "resolved_model": factory.model_name, "pooling": m["pooling"],
             "dropout": m["dropout"], "max_length": max_length, "hidden_size": model.encoder.config.hidden_size,
-            "predict_batch_size": cfg["output"]["predict_batch_size"], "encoder_dir": ENCODER_DIR, "head_file": HEAD_FILE}
-    training = {"device": str(device), "world_size": world.world_size, "fp16": bool(t["fp16"]) and device.type == "cuda",
+            "predict": predict, "encoder_dir": ENCODER_DIR, "head_file": HEAD_FILE}
+    precision = speed.get("precision")
+    rows = sum(s.rows_trained for s in stages)
+    loop_s = sum(s.train_loop_seconds or 0.0 for s in stages)
+    cpu_s = sum(s.train_loop_cpu_seconds or 0.0 for s in stages)
+    training = {"device": str(device), "world_size": world.world_size,
+                "fp16": bool(precision and precision["name"] == "fp16"),
                 "metric": t["metric"], "selected_stage": best.name, "selected_epoch": best.best_epoch,
                 "selected_score": best.best_score, "train_seconds": train_seconds,
+                "train_loop_seconds": round(loop_s, 3), "train_loop_cpu_seconds": round(cpu_s, 3), "rows_trained": rows,
+                "rows_per_s": round(rows / loop_s, 2) if loop_s > 0 else None,
+                **{k: v for k, v in speed.items()},
                 "stages": [s.as_dict(output_dir) for s in stages]}
-    predictor = BertPredictor(output_dir, {"labels": splits.labels, "kind": KIND, "bert": info}, model, tokenizer, device,
-                              max_length, cfg["output"]["predict_batch_size"])
+    if device.type == "cuda":
+        training["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    meta_stub = {"labels": splits.labels, "kind": KIND, "bert": info}
+    predictor = BertPredictor(output_dir, meta_stub, model, tokenizer, device, max_length)
+    training["predict_batch_size"] = predictor.batch_size
+    training["predict_precision"] = predictor.precision.name
     return finish_run(output_dir, predictor, splits, cfg, PACKAGES, bert=info, training=training)
+
+
+def resolve_speed(cfg: dict, factory: ModelFactory, device: torch.device, max_length: int,
+                  world: WorldInfo) -> tuple[Precision, Checkpointing]:
+    """Precision and gradient checkpointing for this device, logged (and printed on the main process)."""
+    t, m = cfg["train"], cfg["model"]
+    info = DeviceInfo.of(device)
+    precision = resolve_precision(precision_setting(t), info)
+    estimate = factory.memory_estimate(t["batch_size"], max_length, precision)
+    ckpt = check_memory_choice(resolve_checkpointing(m["gradient_checkpointing"], info, estimate), factory._encoder)
+    factory.checkpointing = ckpt.enabled
+    factory.compile = bool(m["compile"])
+    line = (f"precision {precision.name} ({precision.reason}); gradient checkpointing "
+            f"{'on' if ckpt.enabled else 'off'} ({ckpt.reason})" + ("; torch.compile on" if factory.compile else ""))
+    log.info(line)
+    if world.is_main:
+        print(f"== {line}", flush=True)
+    return precision, ckpt
 
 
 def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
@@ -332,6 +526,7 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
             launch_workers(cfg, splits, output_dir, resume)
             return output_dir
     device = training_device(cfg["device"], world)
+    cfg = device_batch(cfg, device)
     seed_everything(cfg["seed"])
     check_config(cfg)
     factory = ModelFactory(cfg, len(splits.labels), device)
@@ -339,16 +534,25 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     m = cfg["model"]
     max_length = min(m["max_length"], getattr(factory.config, "max_position_embeddings", m["max_length"]))
     alpha = class_alpha(cfg["loss"]["alpha"], splits.labels, splits.train.labels)
-    if world.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    precision, ckpt = resolve_speed(cfg, factory, device, max_length, world)
+    data, token_cache = encode_splits(cfg, splits, tokenizer, max_length, output_dir)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     common = {"cfg": cfg, "labels": splits.labels, "loss_fn": FocalLoss(cfg["loss"]["gamma"], alpha),
-              "pad_id": tokenizer.pad_token_id, "device": device, "output_dir": output_dir, "world": world, "resume": resume}
+              "pad_id": tokenizer.pad_token_id, "device": device, "output_dir": output_dir, "world": world, "resume": resume,
+              "precision": precision}
     started = time.perf_counter()
-    stages = run_stages(cfg, splits, factory, tokenizer, max_length, common)
+    stages = run_stages(cfg, splits, factory, data, common)
     if not world.is_main:
         return output_dir
+    speed = {"precision": precision.as_dict(), "gradient_checkpointing": ckpt.as_dict(),
+             "compile": {"asked": factory.compile, "stages": [st.compile_state for st in stages]},
+             "lr_scaling": {"rule": cfg["train"]["lr_scaling"], "base_batch_size": cfg["train"]["base_batch_size"],
+                            "batch_size": effective_batch(cfg, world)},
+             "token_cache": token_cache}
     save_best(cfg, splits, output_dir, factory, tokenizer, max_length, stages, device, world,
-              round(time.perf_counter() - started, 2))
+              round(time.perf_counter() - started, 2), speed)
     if not cfg["output"]["keep_checkpoints"]:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     return output_dir

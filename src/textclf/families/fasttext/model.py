@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +20,12 @@ from optuna.trial import TrialState
 import fasttext
 from textclf.atomic import atomic_replace_file
 from textclf.data import Dataset
-from textclf.errors import ModelError
+from textclf.errors import ConfigError, ModelError
+from textclf.families.fasttext.fileformat import check_model_file
+from textclf.integrity import FILES_KEY, files_block
 from textclf.metrics import classification_metrics, metric_value
 from textclf.predictor import Predictor
+from textclf.tempfiles import owned_temp_dir
 from textclf.training import Splits, finish_run
 from textclf.tuning import (
     best_trial,
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 KIND = "fasttext"
 MODEL_FILE = "model.bin"
 QUANTIZED_FILE = "model.ftz"
+#: prefix of the temp folder holding the training file (``textclf-ft-<pid>@<host>-*``)
+TEMP_PREFIX = "textclf-ft-"
 PACKAGES = ("fasttext-community",)
 FASTTEXT_PARAMS = ("lr", "epoch", "wordNgrams", "dim", "minCount", "minn", "maxn", "loss", "bucket", "ws", "neg",
                    "lrUpdateRate", "t", "thread", "pretrainedVectors", "seed")
@@ -133,7 +137,12 @@ class FastTextPredictor(Predictor):
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", MODEL_FILE)
         if not path.exists():
             raise ModelError(f"{path}: fastText model file not found")
-        return cls(model_dir, meta, fasttext.load_model(str(path)))
+        check_model_file(path)  # a truncated file would make fastText allocate for minutes and crash
+        try:
+            model = fasttext.load_model(str(path))
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            raise ModelError(f"{path}: fastText cannot load it: {exc}") from None
+        return cls(model_dir, meta, model)
 
     def _index(self, ft_label: str) -> int:
         return int(ft_label[9:])
@@ -156,6 +165,40 @@ class FastTextPredictor(Predictor):
             for label, p in zip(row_labels, row_probs, strict=True):
                 out[i, self._index(label)] = p
         return out
+
+
+#: (minimum, integer?) of the numeric fastText parameters a config or a search space may set
+PARAM_RANGES = {"lr": (1e-12, False), "epoch": (1, True), "wordNgrams": (1, True), "dim": (1, True), "minCount": (1, True),
+                "minn": (0, True), "maxn": (0, True), "bucket": (0, True), "ws": (1, True), "neg": (1, True),
+                "lrUpdateRate": (1, True), "t": (1e-12, False), "thread": (1, True)}
+
+
+def check_param(key: str, name: str, value: object) -> None:
+    """A ConfigError when ``value`` is not a usable value of the fastText parameter ``name``."""
+    if name not in PARAM_RANGES or value is None:
+        return
+    low, integer = PARAM_RANGES[name]
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise ConfigError(f"{key}: fastText's {name} must be {kind}, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{key}: fastText's {name} must be {'>= ' + str(low) if integer else '> 0'}, got {value!r}")
+
+
+def check_settings(cfg: dict) -> None:
+    """Check the fixed parameters, the search space's bounds and choices and the metric before anything trains."""
+    for name, value in cfg["model"].items():
+        check_param(f"model.{name}", name, value)
+    s = cfg["search"]
+    if s["n_trials"] or s["timeout"]:
+        for name, spec in s["space"].items():
+            values = spec.get("choices", []) if spec.get("type") == "categorical" else [spec.get("low"), spec.get("high")]
+            for value in values:
+                check_param(f"search.space.{name}", name, value)
+        try:
+            metric_value(classification_metrics(["a", "b"], ["a", "b"], ["a", "b"]), s["metric"])
+        except KeyError as exc:
+            raise ConfigError(f"search.metric: {exc.args[0]}") from None
 
 
 def _valid_score(model: fasttext.FastText._FastText, splits: Splits, metric: str) -> tuple[float, dict]:
@@ -265,9 +308,10 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     tasks); a later run with refit refits. A study always resumes, so ``resume`` changes nothing.
     """
     output_dir = Path(output_dir)
+    check_settings(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     s = cfg["search"]
-    with tempfile.TemporaryDirectory(prefix="textclf-ft-") as tmp:
+    with owned_temp_dir(TEMP_PREFIX) as tmp:  # swept by the next run if this one is killed with -9
         train_file = Path(tmp) / "train.txt"
         write_training_file(splits.train, splits.labels, train_file)
         extra: dict = {}
@@ -289,5 +333,6 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
             model_file = QUANTIZED_FILE
     final_params = fit_params({**params, "seed": seed})
     predictor = FastTextPredictor(output_dir, {"labels": splits.labels, "kind": KIND}, model)
+    extra[FILES_KEY] = files_block(output_dir, [MODEL_FILE, model_file])  # checked before every load
     finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=model_file, params=final_params, **extra)
     return output_dir

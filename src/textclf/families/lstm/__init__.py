@@ -27,6 +27,8 @@ FAMILY = register_family(Family(
         Option("--device", "device", str, "auto (default; also $TEXTCLF_DEVICE), cpu, cuda, cuda:N."),
         Option("--epochs", "train.epochs", int, "Maximum epochs (train.epochs)."),
         Option("--batch_size", "train.batch_size", int, "Training batch size (train.batch_size)."),
+        Option("--precision", "train.precision", ["auto", "fp32", "bf16", "fp16"],
+               "auto (default): bf16-mixed on Ampere+ GPUs, 16-mixed on older GPUs, 32-true on the CPU."),
         Option("--lr", "train.lr", float, "Learning rate (train.lr)."),
         Option("--patience", "train.patience", int, "Epochs without a better validation score before stopping."),
         Option("--beta", "train.beta", float, "F-beta to report; alone it also selects on macro_f<beta> (train.beta)."),

@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 from textclf.atomic import atomic_replace_file
 from textclf.errors import ConfigError, ModelError
 from textclf.families.lstm.text import PAD_ID, VOCAB_FILE, TextEncoder, Tokenizer, Vocab
+from textclf.integrity import load_torch_weights
+from textclf.precision import DeviceInfo, predict_batch_size
 from textclf.predictor import Predictor
 from textclf.torch_common import bucket_loader, pad_ids, predict_by_length, resolve_device
 
@@ -174,13 +176,14 @@ class LSTMPredictor(Predictor):
         path = Path(model_file) if model_file and Path(model_file).suffix == ".pt" else Path(model_dir) / MODEL_FILE
         if not path.exists():
             raise ModelError(f"{path}: LSTM model file not found")
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_torch_weights(path)
         model = LSTMClassifier(**saved["arch"])
         model.load_state_dict(saved["state_dict"])
         pre = meta["preprocess"]
         encoder = TextEncoder(Tokenizer(pre["lowercase"], pre["pattern"]), Vocab.load(Path(model_dir) / VOCAB_FILE),
                               pre["max_length"] or None)
-        return cls(model_dir, meta, model, encoder, device, meta.get("config", {}).get("train", {}).get("eval_batch_size", 256))
+        resolved = resolve_device(device)
+        return cls(model_dir, meta, model, encoder, str(resolved), predict_batch(meta.get("config", {}), resolved))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Softmax probabilities; texts are batched by length, results come back in input order."""
@@ -191,6 +194,13 @@ class LSTMPredictor(Predictor):
             return torch.softmax(self.model(ids.to(self.device), lengths).float(), dim=1)
 
         return predict_by_length(encoded, self.batch_size, len(self.labels), forward, dtype=np.float64)
+
+
+def predict_batch(cfg: dict, device: torch.device) -> int:
+    """Prediction batch size on ``device``: ``predict.batch_size_cpu``/``batch_size_gpu`` (older models: ``train.eval_batch_size``)."""
+    legacy = (cfg.get("train") or {}).get("eval_batch_size", 256)
+    p = cfg.get("predict") or {}
+    return predict_batch_size(p.get("batch_size_cpu", legacy), p.get("batch_size_gpu", legacy), DeviceInfo(device.type))
 
 
 def save_model(output_dir: str | Path, model: LSTMClassifier) -> None:

@@ -35,11 +35,13 @@ from textclf.families.lstm.model import (
     build_vocab,
     make_encoder,
     make_loader,
+    predict_batch,
     preprocess_config,
     save_model,
 )
 from textclf.families.lstm.text import VOCAB_FILE, Vocab
 from textclf.metrics import beta_name, classification_metrics, is_minimized
+from textclf.precision import DeviceInfo, Precision, precision_setting, resolve_precision
 from textclf.progress import PROGRESS_FILE, append_line
 from textclf.torch_common import lightning_device_args, resolve_device, seed_everything
 from textclf.training import Splits, finish_run
@@ -236,6 +238,7 @@ class FitResult:
     best_score: float
     resumed_from_epoch: int | None = None
     embedding_info: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)
 
 
 def best_epoch(history: list[dict], metric: str) -> tuple[int, float]:
@@ -278,9 +281,14 @@ def _data(cfg: dict, splits: Splits, output_dir: Path, resumed: bool, pin: bool)
                    make_loader(valid_data, tcfg["eval_batch_size"], False, cfg["seed"], pin))
 
 
+def training_precision(cfg: dict, device: torch.device) -> Precision:
+    """``train.precision`` resolved for ``device`` (auto: bf16 on Ampere+ GPUs, fp16 + scaler on older ones, fp32 on CPU)."""
+    return resolve_precision(precision_setting(cfg["train"]), DeviceInfo.of(device))
+
+
 def _trainer(cfg: dict, output_dir: Path, device: torch.device, callbacks: list, checkpoints: bool,
-             progress: bool) -> L.Trainer:
-    """A Lightning Trainer with early stopping, checkpoints (best + last) and TensorBoard logs."""
+             progress: bool, precision: Precision | None = None) -> L.Trainer:
+    """A Lightning Trainer with early stopping, checkpoints (best + last), TensorBoard logs and ``precision``."""
     tcfg = cfg["train"]
     metric = selection_metric(cfg)
     mode = "min" if is_minimized(metric) else "max"
@@ -294,7 +302,8 @@ def _trainer(cfg: dict, output_dir: Path, device: torch.device, callbacks: list,
     return L.Trainer(max_epochs=tcfg["epochs"], logger=tb, callbacks=cbs, enable_checkpointing=checkpoints,
                      enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                      log_every_n_steps=tcfg["log_every_n_steps"], gradient_clip_val=tcfg["grad_clip"] or None,
-                     default_root_dir=str(output_dir), **lightning_device_args(device))
+                     default_root_dir=str(output_dir), precision=(precision or training_precision(cfg, device)).lightning,
+                     **lightning_device_args(device))
 
 
 def _run(trainer: L.Trainer, module: LSTMModule, loaders, resume_path: Path | None, cfg: dict) -> int | None:
@@ -345,12 +354,14 @@ def fit(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False,
     weights = class_weights(cfg["train"]["class_weights"], splits.labels, splits.train.labels)
     module = LSTMModule(model, cfg, splits.labels, weights)
     history = History(output_dir / HISTORY_FILE, metric)
+    precision = training_precision(cfg, device)
+    log.info("precision %s (%s)", precision.name, precision.reason)
     trainer = _trainer(cfg, output_dir, device, [history, *callbacks], checkpoints,
-                       sys.stderr.isatty() if progress is None else progress)
+                       sys.stderr.isatty() if progress is None else progress, precision)
     resumed_from = _run(trainer, module, loaders, resume_path, cfg)
     epoch, score = best_epoch(history.history, metric)
     _restore_best(model, output_dir, epoch, checkpoints)
-    return FitResult(model, vocab, history.history, epoch, score, resumed_from, emb_info)
+    return FitResult(model, vocab, history.history, epoch, score, resumed_from, emb_info, precision.as_dict())
 
 
 def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, callbacks: Sequence = (),
@@ -362,7 +373,8 @@ def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool =
     wall = time.perf_counter() - start
     save_model(output_dir, result.model)
     meta_stub = {"labels": splits.labels, "kind": KIND, "preprocess": preprocess_config(cfg), "config": cfg}
-    predictor = LSTMPredictor(output_dir, meta_stub, result.model, make_encoder(cfg, result.vocab), cfg["device"])
+    predictor = LSTMPredictor(output_dir, meta_stub, result.model, make_encoder(cfg, result.vocab), cfg["device"],
+                              predict_batch(cfg, resolve_device(cfg["device"])))
     epochs = len(result.history)
     train_times = [h["train_time_s"] for h in result.history]
     tokens = sum(h["train_tokens"] for h in result.history)
@@ -370,7 +382,8 @@ def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool =
             "epochs_trained": epochs, "resumed_from_epoch": result.resumed_from_epoch,
             "train_time_per_epoch_s": round(sum(train_times) / max(1, epochs), 4),
             "train_tokens_per_s": round(tokens / max(1e-9, sum(train_times)), 1), "wall_time_s": round(wall, 2),
-            "device": str(predictor.device), "vocab_size": len(result.vocab), **result.embedding_info}
+            "device": str(predictor.device), "vocab_size": len(result.vocab), "precision": result.precision,
+            "predict_batch_size": predictor.batch_size, **result.embedding_info}
     return finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=MODEL_FILE,
                       preprocess=preprocess_config(cfg), params=result.model.arch, training=info, **(extra or {}))
 

@@ -1,0 +1,356 @@
+"""Benchmark ensembles across families and multiclass threshold tuning on the shared datasets.
+
+For every dataset under ``--data_root`` (default ``<repo>/../shared/data``; a missing one is skipped
+with a message), each job in a fresh process forked from a fork server started before anything
+loads (its peak RSS is its own; see ``bench_common``):
+
+  members      the tuned cheap families, each trained through the registry on train, searched on valid:
+               fastText (Optuna, ``--ft_trials`` trials within ``--ft_budget_s`` seconds),
+               embeddings with the frozen MiniLM encoder (Optuna over classifier x params x balance,
+               ``--emb_trials``), and the example plug-in TF-IDF + logistic regression
+               (``examples/plugins/tfidf_logreg.py``, ``--tfidf_trials``; ``--no-tfidf`` leaves it out);
+  ensembles    ``textclf ensemble`` of all members on valid: ``weighted`` (simplex weights maximising valid
+               macro-F1), ``weighted_logloss`` (``--objective logloss``: weights minimising the valid
+               log-loss) and ``stacking`` (cross-validated logistic regression on the members' probabilities);
+  thresholds   ``textclf tune-thresholds --beta`` (default 0.5) on valid for every member and both weighted
+               ensembles, and the test-set change of macro-F0.5 and macro-F1 it brings.
+
+``--holdout F`` splits valid (stratified): the members tune on 1-F of it and the ensembles and
+thresholds learn on the F they never saw (results: ``benchmarks/results/ensemble_holdout.json``).
+Everything is scored on the test split (the members' test metrics are their meta.json's). Targets
+(issue 13): the weighted ensemble's test macro-F1 >= the best single member's on every dataset, and >
+on at least half. Prints markdown tables and writes ``benchmarks/results/ensemble.json`` atomically
+(after every dataset)::
+
+    python benchmarks/bench_ensemble.py                                  # all four datasets
+    python benchmarks/bench_ensemble.py --datasets tweets_sentiment --keep /tmp/ens_models
+    python benchmarks/bench_ensemble.py --quick --datasets tweets_sentiment
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from bench_common import (
+    DATA_ROOT,
+    REPO,
+    RSS_NOTE,
+    dataset_paths,
+    in_child,
+    machine_info,
+    make_echo,
+    peak_rss_mb,
+    start_fork_server,
+    utc_now,
+)
+
+DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
+PLUGIN = REPO / "examples" / "plugins" / "tfidf_logreg.py"
+PACKAGES = ("textclf", "fasttext-community", "torch", "sentence-transformers", "scikit-learn", "optuna", "numpy")
+MINILM_ONLY = '{"type": "categorical", "choices": ["minilm"]}'
+#: the embeddings search's classifiers: all but hgb (gradient boosting on 384-d vectors takes minutes a trial on 2 cores)
+EMB_CLASSIFIERS = '{"type": "categorical", "choices": ["logreg", "linear_svm", "knn", "mlp"]}'
+#: (name, method, objective) of every ensemble built
+ENSEMBLES = (("weighted", "weighted", "fbeta"), ("weighted_logloss", "weighted", "logloss"), ("stacking", "stacking", "fbeta"))
+
+
+def _quiet() -> None:
+    """In a job process: training reports go to stderr (stdout keeps the tables), libraries stay quiet."""
+    import logging
+    import warnings
+
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.WARNING, force=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+
+
+def _pick(metrics: dict | None) -> dict | None:
+    if not metrics:
+        return None
+    return {k: round(metrics[k], 4) for k in ("accuracy", "macro_f1", "macro_f0.5") if k in metrics}
+
+
+# --------------------------------------------------------------------------- jobs (each in a fresh process)
+def job_train(family: str, paths: dict, out: str, overrides: list[str], code: str | None) -> dict:
+    """Train (search, refit) one family into ``out``; return its valid/test metrics and search summary."""
+    _quiet()
+    from textclf.cli.family_cmd import train_family
+    from textclf.config import load_config
+    from textclf.meta import read_meta
+    from textclf.registry import get_family, load_code
+    from textclf.training import load_splits
+
+    if code:
+        load_code(code)
+    cfg = load_config(family, overrides=overrides)
+    splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
+    start = time.perf_counter()
+    train_family(get_family(family), cfg, splits, out, False)
+    wall = time.perf_counter() - start
+    meta = read_meta(out)
+    search = meta.get("search") or {}
+    return {"family": family, "train_wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb(),
+            "valid": _pick(meta["metrics"]["valid"]), "test": _pick(meta["metrics"].get("test")),
+            "search": {"n_trials": search.get("n_trials"), "best_value": search.get("best_value"),
+                       "best_params": search.get("best_params")}}
+
+
+def job_ensemble(members: list[str], paths: dict, out: str, method: str, beta: float, objective: str) -> dict:
+    """``textclf ensemble`` of ``members`` on valid, scored on test."""
+    _quiet()
+    from textclf.ensemble import build_ensemble
+
+    start = time.perf_counter()
+    meta = build_ensemble(members, paths["valid"], out, method=method, beta=beta, test_path=paths["test"], objective=objective)
+    s = meta["ensemble_search"]
+    return {"method": method, "objective": objective if method == "weighted" else None,
+            "build_wall_s": round(time.perf_counter() - start, 1), "peak_rss_mb": peak_rss_mb(),
+            "weights": meta["weights"], "valid": _pick(meta["metrics"]["valid"]), "test": _pick(meta["metrics"]["test"]),
+            "search": {k: s.get(k) for k in ("strategy", "score", "cv_score", "params", "single", "evaluated")}}
+
+
+def job_thresholds(model_dir: str, paths: dict, beta: float) -> dict:
+    """``textclf tune-thresholds`` on valid; test metrics without and with the offsets."""
+    _quiet()
+    import numpy as np
+
+    from textclf.data import read_labelled
+    from textclf.metrics import classification_metrics
+    from textclf.predictor import load_predictor
+    from textclf.thresholds import tune_thresholds
+
+    block = tune_thresholds(model_dir, paths["valid"], beta)
+    predictor = load_predictor(model_dir, thresholds=False)
+    test = read_labelled(paths["test"], min_classes=0)
+    proba = predictor.predict_proba(test.texts)
+    out = {"offsets": block["offsets"], "metric": block["metric"], "valid_before": round(block["valid_before"], 4),
+           "valid_after": round(block["valid_after"], 4), "moves": block["moves"]}
+    offsets = np.array([block["offsets"][label] for label in predictor.labels])
+    from textclf.thresholds import decide
+
+    for name, idx in (("test_before", decide(proba)), ("test_after", decide(proba, offsets))):
+        m = classification_metrics(test.labels, [predictor.labels[i] for i in idx], predictor.labels, (1.0, 0.5))
+        out[name] = _pick(m)
+    return out
+
+
+# --------------------------------------------------------------------------- one dataset
+def member_specs(args: dict) -> list[tuple[str, str, list[str], str | None]]:
+    """``(name, family, overrides, code file)`` of every member."""
+    specs = [("fasttext", "fasttext", [f"search.n_trials={args['ft_trials']}", f"search.timeout={args['ft_budget_s']}"], None),
+             ("embeddings", "embeddings", [f"search.n_trials={args['emb_trials']}", f"search.space.encoder={MINILM_ONLY}",
+                                           f"search.space.classifier={EMB_CLASSIFIERS}", "encoder.name=minilm"], None)]
+    if args["tfidf"]:
+        specs.append(("tfidf_logreg", "tfidf_logreg", [f"search.n_trials={args['tfidf_trials']}"], str(PLUGIN)))
+    return specs
+
+
+def holdout_paths(paths: dict, work: Path, frac: float) -> tuple[dict, dict]:
+    """Split valid (stratified, seed 13) into the part the members tune on and the part the ensembles learn on."""
+    from textclf.data import read_labelled, stratified_split, write_labelled
+
+    tune, held, _ = stratified_split(read_labelled(paths["valid"]), valid_frac=frac, test_frac=0.0, seed=13)
+    tune_path, held_path = work / "valid_tune.csv", work / "valid_ensemble.csv"
+    write_labelled(tune_path, tune)
+    write_labelled(held_path, held)
+    return {**paths, "valid": str(tune_path)}, {**paths, "valid": str(held_path)}
+
+
+def bench_dataset(name: str, paths: dict, work: Path, args: dict, echo) -> dict:
+    """Members, ensembles and thresholds on one dataset."""
+    result: dict = {"status": "ok", "paths": paths, "members": {}, "ensembles": {}, "thresholds": {}}
+    member_paths = ensemble_paths = paths
+    if args["holdout"]:
+        member_paths, ensemble_paths = holdout_paths(paths, work, args["holdout"])
+        result["holdout"] = {"members_valid": member_paths["valid"], "ensemble_valid": ensemble_paths["valid"],
+                             "fraction": args["holdout"]}
+        echo(f"  valid split: members tune on {member_paths['valid']}, ensembles and thresholds learn on "
+             f"{ensemble_paths['valid']}")
+    dirs = {}
+    for member, family, overrides, code in member_specs(args):
+        out = work / member
+        if out.exists():
+            shutil.rmtree(out)
+        echo(f"  train {member} ...")
+        r = in_child(job_train, family, member_paths, str(out), overrides, code)
+        r["overrides"] = overrides
+        result["members"][member] = r
+        dirs[member] = str(out)
+        echo(f"    valid macro-F1 {r['valid']['macro_f1']:.4f}  test macro-F1 {r['test']['macro_f1']:.4f}  "
+             f"({r['search']['n_trials']} trials, {r['train_wall_s']:.0f} s)")
+    members = list(dirs.values())
+    for key, method, objective in ENSEMBLES:
+        echo(f"  ensemble {key} ...")
+        out = work / f"ensemble_{key}"
+        r = in_child(job_ensemble, members, ensemble_paths, str(out), method, 1.0, objective)
+        result["ensembles"][key] = r
+        dirs[f"ensemble_{key}"] = str(out)
+        weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(result["members"], r["weights"] or [], strict=False))
+        echo(f"    test macro-F1 {r['test']['macro_f1']:.4f}" + (f"  weights: {weights}" if weights else ""))
+    for model in [*result["members"], "ensemble_weighted", "ensemble_weighted_logloss"]:
+        echo(f"  tune-thresholds {model} (beta {args['threshold_beta']:g}) ...")
+        r = in_child(job_thresholds, dirs[model], ensemble_paths, args["threshold_beta"])
+        result["thresholds"][model] = r
+        f = r["metric"]
+        echo(f"    valid {f} {r['valid_before']:.4f} -> {r['valid_after']:.4f}; test {f} "
+             f"{r['test_before']['macro_f0.5']:.4f} -> {r['test_after']['macro_f0.5']:.4f}")
+    best_name = max(result["members"], key=lambda m: result["members"][m]["test"]["macro_f1"])
+    best = result["members"][best_name]["test"]["macro_f1"]
+    targets = {"best_member": best_name, "best_member_test_macro_f1": best}
+    for method, r in result["ensembles"].items():
+        targets[f"{method}_ge_best"] = r["test"]["macro_f1"] >= best
+        targets[f"{method}_gt_best"] = r["test"]["macro_f1"] > best
+    result["targets"] = targets
+    return result
+
+
+def markdown_tables(datasets: dict) -> str:
+    """Members and ensembles per dataset, then the thresholds' test-set change."""
+    rows = ["| dataset | model | valid macro-F1 | test accuracy | test macro-F1 | weights (members in order) / stacker | trials "
+            "| wall s |",
+            "|---|---|---:|---:|---:|---|---:|---:|"]
+    for name, r in datasets.items():
+        if r["status"] != "ok":
+            rows.append(f"| {name} | skipped: {r['reason']} | | | | | | |")
+            continue
+        for member, m in r["members"].items():
+            mark = " (best member)" if member == r["targets"]["best_member"] else ""
+            rows.append(f"| {name} | {member}{mark} | {m['valid']['macro_f1']:.4f} | {m['test']['accuracy']:.4f} | "
+                        f"{m['test']['macro_f1']:.4f} | | {m['search']['n_trials']} | {m['train_wall_s']:.0f} |")
+        for method, e in r["ensembles"].items():
+            best = r["targets"]["best_member_test_macro_f1"]
+            delta = e["test"]["macro_f1"] - best
+            detail = (", ".join(f"{w:.2f}" for w in e["weights"]) if e["weights"] else
+                      f"C={e['search']['params']['C']:g}, class_weight={e['search']['params']['class_weight']}")
+            cv = e["search"].get("cv_score")  # stacking: the stacker's 5-fold CV score (in-sample valid says little)
+            valid = f"{cv:.4f} (CV)" if cv is not None else f"{e['valid']['macro_f1']:.4f}"
+            rows.append(f"| {name} | **ensemble {method}** ({delta:+.4f} vs best) | {valid} | "
+                        f"{e['test']['accuracy']:.4f} | **{e['test']['macro_f1']:.4f}** | {detail} | | {e['build_wall_s']:.0f} |")
+    rows += ["", "| dataset | model | valid macro-F0.5 untuned -> tuned | test macro-F0.5 untuned -> tuned | change | "
+             "test macro-F1 untuned -> tuned | change |", "|---|---|---|---|---:|---|---:|"]
+    for name, r in datasets.items():
+        if r["status"] != "ok":
+            continue
+        for model, t in r["thresholds"].items():
+            b, a = t["test_before"], t["test_after"]
+            rows.append(f"| {name} | {model} | {t['valid_before']:.4f} -> {t['valid_after']:.4f} | {b['macro_f0.5']:.4f} -> "
+                        f"{a['macro_f0.5']:.4f} | {a['macro_f0.5'] - b['macro_f0.5']:+.4f} | {b['macro_f1']:.4f} -> "
+                        f"{a['macro_f1']:.4f} | {a['macro_f1'] - b['macro_f1']:+.4f} |")
+    return "\n".join(rows)
+
+
+def summary(datasets: dict) -> dict:
+    """Which targets hold: weighted ensemble >= best member everywhere, > on at least half."""
+    ok = {n: r for n, r in datasets.items() if r["status"] == "ok"}
+    out: dict = {}
+    for method, _, _ in ENSEMBLES:
+        ge = {n: r["targets"][f"{method}_ge_best"] for n, r in ok.items()}
+        gt = {n: r["targets"][f"{method}_gt_best"] for n, r in ok.items()}
+        out[method] = {"ge_best": ge, "gt_best": gt,
+                       "targets_met": bool(ok) and all(ge.values()) and sum(gt.values()) * 2 >= len(gt)}
+    return out
+
+
+@click.command()
+@click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated dataset folder names.")
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True,
+              help="Folder holding <dataset>/{train,valid,test}.csv.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Results JSON [default: benchmarks/results/ensemble.json, --quick: benchmarks/results/ensemble_quick.json].")
+@click.option("--ft_trials", type=int, default=None, help="fastText Optuna trials [default: 30, --quick: 3].")
+@click.option("--ft_budget_s", type=float, default=None, help="fastText search time budget [default: 60, --quick: 10].")
+@click.option("--emb_trials", type=int, default=None, help="embeddings (MiniLM) Optuna trials [default: 12, --quick: 2].")
+@click.option("--tfidf_trials", type=int, default=None, help="TF-IDF + logreg Optuna trials [default: 10, --quick: 2].")
+@click.option("--tfidf/--no-tfidf", default=True, show_default=True, help="Include the TF-IDF plug-in family as a member.")
+@click.option("--threshold_beta", type=float, default=0.5, show_default=True, help="F-beta the thresholds are tuned for.")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Keep the model directories under KEEP/<dataset>/ (default: a temporary folder, deleted).")
+@click.option("--holdout", type=float, default=0.0, show_default=True,
+              help="Split valid (stratified): the members tune on 1-HOLDOUT of it, the ensembles and thresholds learn on "
+              "the HOLDOUT part they never saw. 0: everything uses the whole valid split.")
+@click.option("--quick", is_flag=True, help="Smoke check: tiny searches.")
+def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_trials, tfidf, threshold_beta, keep, holdout,
+         quick):
+    """Members vs weighted and stacked ensembles, and threshold tuning, per shared dataset; a table and a JSON."""
+    start_fork_server()  # before anything large is loaded: see bench_common
+    args = {"ft_trials": ft_trials or (3 if quick else 30), "ft_budget_s": ft_budget_s or (10.0 if quick else 60.0),
+            "emb_trials": emb_trials or (2 if quick else 12), "tfidf_trials": tfidf_trials or (2 if quick else 10),
+            "tfidf": tfidf, "threshold_beta": threshold_beta, "holdout": holdout, "quick": quick}
+    if not 0 <= holdout < 1:
+        raise click.BadParameter("must be in [0, 1)", param_hint="--holdout")
+    default = "ensemble_quick.json" if quick else "ensemble_holdout.json" if holdout else "ensemble.json"
+    output = Path(output or REPO / "benchmarks" / "results" / default)
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    echo = make_echo(show_elapsed=True)
+    from textclf.atomic import atomic_write_json
+
+    doc = {
+        "benchmark": "ensemble",
+        "started": utc_now(),
+        "command": " ".join(["python", "benchmarks/bench_ensemble.py", *sys.argv[1:]]),
+        "settings": {**args, "datasets": names, "data_root": str(data_root)},
+        "machine": machine_info(PACKAGES),
+        "notes": {
+            "members": "each family trained through the registry (textclf.cli.family_cmd.train_family) on train with its Optuna "
+                       "search on valid, refitted on train; fastText: config/fasttext.json with search.n_trials/timeout; "
+                       "embeddings: config/embeddings.json with the encoder fixed to minilm (the search picks classifier "
+                       "among logreg, linear_svm, knn, mlp, its params and balance); tfidf_logreg: examples/plugins/tfidf_logreg.py",
+            "ensembles": "textclf.ensemble.build_ensemble on valid (beta 1: macro-F1); weighted: simplex grid step 0.05 "
+                         "maximising valid macro-F1 (ties: lower valid log-loss); weighted_logloss: the same grid minimising "
+                         "the valid log-loss (ties: higher macro-F1); stacking: LogisticRegression on the members' probabilities, "
+                         "C x class_weight by 5-fold stratified CV",
+            "thresholds": "textclf.thresholds.tune_thresholds on valid (coordinate search of per-class offsets on "
+                          "log-probabilities); test metrics from one predict_proba, decided without and with the offsets",
+            "valid_caveat": "without --holdout the members were tuned on the same valid split the ensemble weights and "
+                            "thresholds learn from; with --holdout F valid is split (stratified, seed 13): the members tune "
+                            "on 1-F of it, the ensembles and thresholds learn on the other F",
+            "peak_rss": RSS_NOTE,
+            "load": "the machine may be shared with other jobs: wall times are rough",
+        },
+        "datasets": {},
+    }
+    echo(f"ensemble benchmark: {', '.join(names)}; {doc['machine']['cores_usable']} cores; settings {args}")
+    tmp = None
+    if keep:
+        root = Path(keep)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-ensemble-")
+        root = Path(tmp.name)
+    try:
+        for name in names:
+            paths = dataset_paths(data_root, name)
+            if paths is None:
+                echo(f"{name}: skipped, {Path(data_root) / name}/{{train,valid,test}}.csv not found")
+                doc["datasets"][name] = {"status": "skipped", "reason": f"{Path(data_root) / name} not found"}
+                continue
+            echo(f"{name}:")
+            work = root / name
+            work.mkdir(parents=True, exist_ok=True)
+            doc["datasets"][name] = bench_dataset(name, paths, work, args, echo)
+            doc["summary"] = summary(doc["datasets"])
+            atomic_write_json(output, doc)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    doc["finished"] = utc_now()
+    doc["summary"] = summary(doc["datasets"])
+    doc["table_markdown"] = markdown_tables(doc["datasets"])
+    atomic_write_json(output, doc)
+    click.echo(doc["table_markdown"])
+    for method, s in doc["summary"].items():
+        click.echo(f"\n{method} ensemble >= best member: {s['ge_best']}; > best member: {s['gt_best']}; "
+                   f"targets met: {s['targets_met']}")
+    click.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""``textclf serve``: the HTTP JSON API (:mod:`textclf.serving.app`) on uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from textclf.errors import ConfigError
+
+#: where a container's HEALTHCHECK finds the port (docker/Dockerfile sets it; unset: nothing is written)
+HEALTH_FILE_ENV = "TEXTCLF_HEALTH_FILE"
+
+
+def _load_code(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    from textclf.registry import load_code
+
+    for path in value or ():
+        load_code(path)
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one); a port in use is a one-line error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    # proto IPPROTO_TCP (from getaddrinfo) matters: asyncio sets TCP_NODELAY only on such sockets, and without
+    # it a response written in two parts waits for the client's delayed ACK (~40 ms a request)
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _write_health_file(host: str, port: int) -> None:
+    path = os.environ.get(HEALTH_FILE_ENV)
+    if path:
+        from textclf.atomic import atomic_write_json
+
+        atomic_write_json(path, {"host": host, "port": port, "pid": os.getpid()})
+
+
+@click.command()
+@click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), callback=_load_code, is_eager=True,
+              help="Python file registering your own families/readers (imported first, in every worker). Repeatable.")
+@click.option("--model_path", required=True, type=click.Path(), help="Model directory (any family, an ensemble, a plug-in's).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; another address serves the network: set TEXTCLF_API_KEY).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: any free one).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (each loads the model and batches on its own).")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default=None,
+              help="Model backend (default: onnx when the directory holds an export from `textclf export`, else torch).")
+@click.option("--thresholds/--no-thresholds", default=True, help="Apply tuned decision thresholds (default) or plain argmax.")
+@click.option("--batching", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Micro-batch concurrent requests (auto: every family but fastText-like linear ones).")
+@click.option("--max_batch_size", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Most texts in one micro-batch.")
+@click.option("--max_wait_ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
+              help="How long a micro-batch waits for more requests (under load batches fill while the model runs).")
+@click.option("--max_texts", type=click.IntRange(1), default=256, show_default=True, help="Most texts per request (413 above).")
+@click.option("--max_text_bytes", type=click.IntRange(1), default=65536, show_default=True,
+              help="Most UTF-8 bytes per text (413 above).")
+@click.option("--max_body_bytes", type=click.IntRange(1), default=8 * 1024 * 1024, show_default=True,
+              help="Most bytes per request body (413 above).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Intra-op threads of the model (torch and ONNX Runtime; default: all usable cores).")
+@click.option("--log_level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
+              show_default=True, help="uvicorn's log level (info: one line per request).")
+def serve(code, model_path, host, port, workers, backend, thresholds, batching, max_batch_size, max_wait_ms, max_texts,
+          max_text_bytes, max_body_bytes, threads, log_level):
+    """Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, docs at /docs."""
+    import uvicorn
+
+    from textclf.integrity import check_meta
+    from textclf.meta import read_meta
+    from textclf.predictor import load_predictor
+    from textclf.serving.app import API_KEY_ENV, SETTINGS_ENV, ServeSettings, create_app
+    from textclf.serving.limits import Limits
+
+    if threads:
+        from textclf.onnx_backend import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(threads)  # read by ONNX Runtime sessions and, for torch, when the model is attached
+    settings = ServeSettings(model_path=str(model_path), backend=backend, thresholds=thresholds, batching=batching,
+                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                             limits=Limits(max_texts, max_text_bytes, max_body_bytes),
+                             code=[str(Path(c).resolve()) for c in code])
+    if not is_loopback(host) and not os.environ.get(API_KEY_ENV):
+        click.echo(f"warning: serving on {host} (not loopback) without an API key; set {API_KEY_ENV} to require one",
+                   err=True)
+    if workers == 1:
+        predictor = load_predictor(model_path, thresholds=thresholds, backend=backend)  # errors: one line, exit 2
+        app = create_app(settings, predictor)
+        what = f"{predictor.kind} model, backend {getattr(predictor, 'backend', 'torch')}"
+    else:
+        model_dir = Path(model_path) if not Path(model_path).is_file() else Path(model_path).parent
+        meta = read_meta(model_dir)
+        check_meta(model_dir, meta)
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        app = "textclf.serving.app:app_from_env"
+        what = f"{meta['kind']} model, {workers} workers"
+    sock = bind(host, port)
+    bound_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"textclf serve: {model_path} ({what}) on http://{shown}:{bound_port} (docs: /docs)", err=True)
+    _write_health_file(host, bound_port)
+    config = uvicorn.Config(app, factory=workers > 1, workers=workers, log_level=log_level, access_log=log_level in ("info", "debug"),
+                            timeout_graceful_shutdown=10, timeout_keep_alive=30, server_header=False)
+    try:
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        _remove_health_file()
+
+
+def _remove_health_file() -> None:
+    path = os.environ.get(HEALTH_FILE_ENV)
+    if not path:
+        return
+    try:
+        if json.loads(Path(path).read_text()).get("pid") == os.getpid():
+            Path(path).unlink()
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,238 @@
+"""The classifier head on the tuned (frozen, L2-normalised) sentence embeddings.
+
+``head.type``:
+
+* ``torch`` (default): optional hidden layer (``head.hidden`` units, ReLU; 0 = none), dropout,
+  linear to the classes; cross-entropy with ``head.label_smoothing``, Adam, mini-batches. The epoch
+  with the best valid macro-F1 is kept. Saved as a state dict (``head.pt``).
+* ``logreg``: scikit-learn LogisticRegression (SetFit's default head). Saved with joblib (``head.joblib``).
+
+Both give ``predict_proba(x)`` with columns in class-index order (the model's ``labels`` order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from textclf.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+HEAD_TYPES = ("torch", "logreg")
+TORCH_FILE = "head.pt"
+LOGREG_FILE = "head.joblib"
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread inside the block: a head this small only loses to thread hand-offs (badly on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def build_head_module(dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Sequential:
+    """``[Linear(dim, hidden), ReLU] + Dropout + Linear(-, n_classes)`` (no hidden layer when ``hidden`` is 0)."""
+    if hidden < 0 or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"head: hidden must be >= 0 and dropout in [0, 1); got hidden={hidden}, dropout={dropout}")
+    layers: list[nn.Module] = []
+    width = dim
+    if hidden:
+        layers += [nn.Linear(dim, hidden), nn.ReLU()]
+        width = hidden
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(width, n_classes))
+    return nn.Sequential(*layers)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Macro-averaged F1 over the classes present in ``y_true`` or ``y_pred``."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, labels=np.arange(n_classes), average="macro", zero_division=0))
+
+
+class TorchHead:
+    """A small torch MLP/linear head (see :func:`build_head_module`) on embedding vectors."""
+
+    type = "torch"
+    file = TORCH_FILE
+
+    def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.0, label_smoothing: float = 0.0,
+                 epochs: int = 50, lr: float = 1e-2, batch_size: int = 32, weight_decay: float = 0.0, seed: int = 13):
+        self.params = {"dim": int(dim), "n_classes": int(n_classes), "hidden": int(hidden), "dropout": float(dropout),
+                       "label_smoothing": float(label_smoothing), "epochs": int(epochs), "lr": float(lr),
+                       "batch_size": int(batch_size), "weight_decay": float(weight_decay), "seed": int(seed)}
+        torch.manual_seed(seed)
+        self.module = build_head_module(dim, n_classes, int(hidden), float(dropout))
+        self.history: list[dict] = []
+        self.best_epoch: int | None = None
+        self.best_state: dict | None = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray, x_valid: np.ndarray | None = None, y_valid: np.ndarray | None = None) -> TorchHead:
+        """Train for ``epochs``; keep the epoch with the best valid macro-F1 (the last one without valid data)."""
+        p = self.params
+        if p["epochs"] < 1:
+            raise ConfigError(f"head.epochs: expected at least 1, got {p['epochs']}")
+        gen = torch.Generator().manual_seed(p["seed"])
+        xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+        opt = torch.optim.Adam(self.module.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
+        start = time.monotonic()
+        with one_thread():
+            self._train_epochs(xt, yt, x_valid, y_valid, opt, loss_fn, gen)
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+        else:
+            self.best_epoch = p["epochs"]
+        self.module.eval()
+        best = max((r.get("valid_macro_f1", -1.0) for r in self.history), default=-1.0)
+        log.info("head: %s, %d epochs in %.1fs, best epoch %s (valid macro-F1 %s)", self.describe_layers(), p["epochs"],
+                 time.monotonic() - start, self.best_epoch, best if best >= 0 else "n/a")
+        return self
+
+    def _train_epochs(self, xt, yt, x_valid, y_valid, opt, loss_fn, gen) -> None:
+        """The epoch loop of :meth:`fit`; leaves the best epoch's weights in ``best_state``."""
+        p = self.params
+        best = -1.0
+        self.best_state, self.history = None, []
+        for epoch in range(1, p["epochs"] + 1):
+            self.module.train()
+            perm = torch.randperm(len(yt), generator=gen)
+            total = 0.0
+            for b in range(0, len(perm), max(1, p["batch_size"])):
+                idx = perm[b:b + p["batch_size"]]
+                loss = loss_fn(self.module(xt[idx]), yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            row = {"epoch": epoch, "train_loss": round(total / max(1, len(yt)), 5)}
+            if x_valid is not None and y_valid is not None and len(y_valid):
+                row["valid_macro_f1"] = round(macro_f1(y_valid, self.predict_proba(x_valid).argmax(1), p["n_classes"]), 5)
+                if row["valid_macro_f1"] > best:
+                    best, self.best_state, self.best_epoch = row["valid_macro_f1"], copy.deepcopy(self.module.state_dict()), epoch
+            self.history.append(row)
+
+    def describe_layers(self) -> str:
+        """The layers as one short string, e.g. ``384-25-relu-dropout0.5-2``."""
+        p = self.params
+        parts = [str(p["dim"])] + ([str(p["hidden"]), "relu"] if p["hidden"] else [])
+        parts += [f"dropout{p['dropout']:g}"] if p["dropout"] else []
+        return "-".join([*parts, str(p["n_classes"])])
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (float64), one column per class index."""
+        self.module.eval()
+        with torch.inference_mode(), one_thread():
+            logits = self.module(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write the state dict to ``model_dir/head.pt`` atomically."""
+        from textclf.atomic import atomic_replace_file
+
+        path = Path(model_dir) / self.file
+        atomic_replace_file(lambda tmp: torch.save(self.module.state_dict(), tmp), path)
+        return path
+
+    def describe(self) -> dict:
+        """The meta.json ``head`` block: type, file, every parameter, best epoch and per-epoch history."""
+        return {"type": self.type, "file": self.file, **self.params, "best_epoch": self.best_epoch, "history": self.history}
+
+    @classmethod
+    def load(cls, path: str | Path, record: dict) -> TorchHead:
+        """The head saved at ``path`` with the parameters its meta.json ``record`` gives."""
+        keys = ("dim", "n_classes", "hidden", "dropout", "label_smoothing", "epochs", "lr", "batch_size", "weight_decay", "seed")
+        head = cls(**{k: record[k] for k in keys if k in record})
+        head.module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        head.module.eval()
+        head.best_epoch = record.get("best_epoch")
+        head.history = list(record.get("history", []))
+        return head
+
+
+class LogregHead:
+    """scikit-learn LogisticRegression on the embeddings (SetFit's default head)."""
+
+    type = "logreg"
+    file = LOGREG_FILE
+
+    def __init__(self, n_classes: int, C: float = 1.0, max_iter: int = 2000, seed: int = 13, clf: Any = None):  # noqa: N803
+        self.params = {"n_classes": int(n_classes), "C": float(C), "max_iter": int(max_iter), "seed": int(seed)}
+        self.clf = clf
+
+    def fit(self, x: np.ndarray, y: np.ndarray, x_valid: np.ndarray | None = None, y_valid: np.ndarray | None = None) -> LogregHead:
+        """Fit on ``(x, y)`` (valid data is not used)."""
+        from sklearn.linear_model import LogisticRegression
+
+        start = time.monotonic()
+        self.clf = LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"], random_state=self.params["seed"])
+        self.clf.fit(x, y)
+        log.info("head: logreg C=%g in %.1fs", self.params["C"], time.monotonic() - start)
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (float64), one column per class index (a class absent from train gets 0)."""
+        from textclf.families.embeddings.classifiers import proba_in_label_order
+
+        return np.asarray(proba_in_label_order(self.clf, np.asarray(x), self.params["n_classes"]), dtype=np.float64)
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write the fitted classifier to ``model_dir/head.joblib`` atomically."""
+        import joblib
+
+        from textclf.atomic import atomic_replace_file
+
+        path = Path(model_dir) / self.file
+        atomic_replace_file(lambda tmp: joblib.dump(self.clf, tmp), path)
+        return path
+
+    def describe(self) -> dict:
+        """The meta.json ``head`` block."""
+        return {"type": self.type, "file": self.file, **self.params}
+
+    @classmethod
+    def load(cls, path: str | Path, record: dict) -> LogregHead:
+        """The classifier saved at ``path``."""
+        import joblib
+
+        return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13),
+                   clf=joblib.load(path))
+
+
+def make_head(cfg: dict, dim: int, n_classes: int, seed: int) -> TorchHead | LogregHead:
+    """The untrained head the config's ``head`` block describes."""
+    h = cfg["head"]
+    kind = h.get("type", "torch")
+    if kind == "logreg":
+        return LogregHead(n_classes, C=h.get("C", 1.0), seed=seed)
+    if kind != "torch":
+        raise ConfigError(f"head.type: unknown head {kind!r}; known: {', '.join(HEAD_TYPES)}")
+    return TorchHead(dim, n_classes, hidden=h["hidden"], dropout=h["dropout"], label_smoothing=h["label_smoothing"],
+                     epochs=h["epochs"], lr=h["lr"], batch_size=h.get("batch_size", 32),
+                     weight_decay=h.get("weight_decay", 0.0), seed=seed)
+
+
+def load_head(model_dir: str | Path, record: dict, path: str | Path | None = None) -> TorchHead | LogregHead:
+    """The head a model directory records (meta.json ``head`` block); ``path`` overrides its file."""
+    cls = {"torch": TorchHead, "logreg": LogregHead}.get(record.get("type", ""))
+    if cls is None:
+        raise ModelError(f"{model_dir}: unknown head type {record.get('type')!r} in meta.json")
+    path = Path(path) if path else Path(model_dir) / record.get("file", cls.file)
+    if not path.exists():
+        raise ModelError(f"{path}: setfit head file not found")
+    return cls.load(path, record)

@@ -1,0 +1,99 @@
+"""Training the setfit family: (few-shot subset,) contrastive encoder tuning, head on the tuned embeddings, save.
+
+1. ``data.per_class`` N keeps N seeded rows per class of train (the few-shot setting; null: all).
+2. The encoder (``encoder.name``, resolved like the embeddings family's) is fine-tuned with the
+   configured contrastive loss on pairs/triplets drawn from the labels (:mod:`.contrastive`).
+3. Train/valid/test are embedded once with the tuned encoder (L2-normalised); the head is fitted on
+   train, its best epoch chosen on valid macro-F1 (:mod:`.head`).
+4. ``encoder/``, the head file and (through :func:`textclf.training.finish_run`) metrics.txt and
+   meta.json are written; valid/test are scored with the vectors already computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from textclf.families.embeddings.cache import weight_hash
+from textclf.families.embeddings.encoders import resolve_model_dir
+from textclf.families.setfit.contrastive import loss_name, tune_encoder
+from textclf.families.setfit.head import make_head
+from textclf.families.setfit.model import ENCODER_DIR, KIND, SetFitPredictor, embed, load_sentence_model, save_encoder
+from textclf.families.setfit.sampling import few_shot_indices
+from textclf.torch_common import resolve_device, seed_everything
+from textclf.training import Splits, finish_run
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("sentence-transformers", "scikit-learn", "torch", "transformers")
+
+
+def label_codes(labels: list[str], label_set: list[str]) -> np.ndarray:
+    """``labels`` as indices into ``label_set``."""
+    index = {label: i for i, label in enumerate(label_set)}
+    return np.asarray([index[label] for label in labels], dtype=np.int64)
+
+
+def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
+    """Tune the encoder contrastively, fit the head, save the model directory and evaluate it; return the directory.
+
+    There are no checkpoints: ``resume`` starts the (seeded, so identical) run again.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        log.info("setfit keeps no checkpoints; --resume trains from the start")
+    started = time.monotonic()
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    device = resolve_device(cfg.get("device"))
+    loss_name(cfg["loss"])  # a bad name fails before the model loads
+
+    per_class = cfg["data"].get("per_class")
+    keep = few_shot_indices(splits.train.labels, per_class, seed)
+    train_ds = splits.train if per_class is None else splits.train.subset(keep)
+    y_train = label_codes(train_ds.labels, splits.labels)
+    log.info("setfit: %d training texts (%s per class; %d in train), %d classes, device %s", len(train_ds),
+             "all" if per_class is None else per_class, len(splits.train), len(splits.labels), device)
+
+    e = cfg["encoder"]
+    source = resolve_model_dir(e["name"])
+    model = load_sentence_model(source, str(device), e.get("max_length"))
+    contrastive = tune_encoder(model, train_ds.texts, y_train, cfg, device, seed, log_path=output_dir / "progress.log")
+
+    start = time.monotonic()
+    batch = int(e.get("batch_size", 64))
+    x_train = embed(model, train_ds.texts, batch)
+    x_valid = embed(model, splits.valid.texts, batch)
+    x_test = embed(model, splits.test.texts, batch) if splits.test is not None else None
+    embed_seconds = round(time.monotonic() - start, 2)
+    log.info("embedded train/valid/test (%d/%d/%d texts) with the tuned encoder in %.1fs", len(x_train), len(x_valid),
+             0 if x_test is None else len(x_test), embed_seconds)
+
+    start = time.monotonic()
+    head = make_head(cfg, x_train.shape[1], len(splits.labels), seed)
+    head.fit(x_train, y_train, x_valid, label_codes(splits.valid.labels, splits.labels))
+    head_seconds = round(time.monotonic() - start, 2)
+
+    save_encoder(model, output_dir)
+    head.save(output_dir)
+    record = {"name": e["name"], "source": str(source), "base_weights": weight_hash(source), "dir": ENCODER_DIR,
+              "max_length": int(model.max_seq_length), "batch_size": batch, "normalize": True, "dim": int(x_train.shape[1])}
+    head_record = head.describe()
+    predictor = SetFitPredictor(output_dir, {"labels": splits.labels, "kind": KIND, "encoder": record, "head": head_record},
+                                model, head, batch)
+    predictor.remember(splits.valid.texts, x_valid)
+    if x_test is not None:
+        predictor.remember(splits.test.texts, x_test)
+    contrastive.update(per_text=int(cfg["pairs"]["per_text"]), batch_size=int(cfg["train"]["batch_size"]),
+                       lr=float(cfg["train"]["lr"]))
+    seconds = {"contrastive": contrastive["seconds"], "embed": embed_seconds, "head": head_seconds,
+               "total": round(time.monotonic() - started, 2)}
+    finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=head.file, encoder=record, head=head_record,
+               contrastive=contrastive, few_shot={"per_class": per_class, "n_train": len(train_ds),
+                                                  "n_train_full": len(splits.train)}, seconds=seconds)
+    log.info("setfit: done in %.1fs", time.monotonic() - started)
+    return output_dir

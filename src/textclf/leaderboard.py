@@ -313,7 +313,9 @@ def chart(board: dict, path: str | Path) -> Path:
             ax2.text(v, yi, f" {v:,.0f}/s, {size} MB", va="center", ha="left", fontsize=8)
     if np.isfinite(speed).any():
         ax2.set_xlim(np.nanmin(speed) / 2, np.nanmax(speed) * 10)
-    fig.suptitle(f"Leaderboard on {Path(board['data_path']).name} ({board['n']} docs)", fontsize=12)
+    data = Path(board["data_path"])
+    where = f"{data.parent.name}/{data.name}" if data.parent.name else data.name
+    fig.suptitle(f"Leaderboard on {where} ({board['n']} docs)", fontsize=12)
     return save_figure(fig, path)
 
 

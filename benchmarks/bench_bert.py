@@ -39,24 +39,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench_common as bench
 import click
-from bench_common import (
-    DATA_ROOT,
-    REPO,
-    RSS_NOTE,
-    dataset_paths,
-    in_child,
-    machine_info,
-    make_echo,
-    peak_rss_mb,
-    start_fork_server,
-    utc_now,
-)
 
 ALL_DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 DEFAULT_DATASETS = ("tweets_sentiment", "movie_review_sentences")
@@ -123,15 +111,12 @@ def run_plain(paths: dict, overrides: list[str], device_spec: str, min_predict_d
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
-    from textclf.config import load_config
     from textclf.families.bert.data import load_tokenizer
     from textclf.families.bert.model import BertClassifier, load_encoder, resolve_model_name
     from textclf.torch_common import resolve_device, seed_everything
-    from textclf.training import load_splits
 
-    cfg = load_config("bert", overrides=overrides)
+    cfg, splits = bench.load_job_splits(paths, "bert", overrides)
     device = resolve_device(device_spec)
-    splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
     seed_everything(cfg["seed"])
     name = resolve_model_name(cfg["model"]["model_name"])
     encoder = load_encoder(name)
@@ -189,23 +174,20 @@ def run_plain(paths: dict, overrides: list[str], device_spec: str, min_predict_d
     return {"test": test, "rows_trained": rows, "train_loop_s": round(loop_s, 2), "train_wall_s": round(loop_s, 2),
             "rows_per_s": round(rows / loop_s, 2), "train_loop_cpu_s": round(cpu_s, 2),
             "rows_per_cpu_s": round(rows / cpu_s, 2), "epochs": epochs, "predict_docs_per_s": round(speed, 1),
-            "predict_batch_size": 64, "peak_gpu_mb": peak, "device": str(device), "peak_rss_mb": peak_rss_mb()}
+            "predict_batch_size": 64, "peak_gpu_mb": peak, "device": str(device), "peak_rss_mb": bench.peak_rss_mb()}
 
 
 def run_variant(paths: dict, overrides: list[str], output_dir: str, device_spec: str, min_predict_docs: int) -> dict:
     """Train one textclf variant, read its meta, time prediction on the test split (runs in a fresh process)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from textclf.config import load_config
     from textclf.families.bert.model import BertPredictor
     from textclf.families.bert.train import train
     from textclf.meta import read_meta
     from textclf.torch_common import resolve_device
-    from textclf.training import load_splits
 
-    cfg = load_config("bert", overrides=[*overrides, f"device={json.dumps(device_spec)}", "output.keep_checkpoints=false",
-                                         "train.progress=false"])
+    cfg, splits = bench.load_job_splits(paths, "bert", [*overrides, f"device={json.dumps(device_spec)}",
+                                                        "output.keep_checkpoints=false", "train.progress=false"])
     device = resolve_device(device_spec)
-    splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
     start = time.perf_counter()
     meta = read_meta(train(cfg, splits, output_dir))
     wall = time.perf_counter() - start
@@ -228,7 +210,7 @@ def run_variant(paths: dict, overrides: list[str], output_dir: str, device_spec:
         "compile": tr["compile"], "token_cache": tr["token_cache"],
         "predict_docs_per_s": round(speed, 1), "predict_batch_size": predictor.batch_size,
         "predict_precision": predictor.precision.name,
-        "peak_gpu_mb": tr.get("peak_gpu_memory_mb"), "device": tr["device"], "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": tr.get("peak_gpu_memory_mb"), "device": tr["device"], "peak_rss_mb": bench.peak_rss_mb(),
     }
 
 
@@ -247,13 +229,13 @@ def run_job(threads: int | None, fn, *args) -> dict:
 
 def slice_dataset(d: Path, work: Path, train_rows: int | None, eval_rows: int | None) -> dict:
     """The dataset's split paths, or copies cut to the first ``train_rows``/``eval_rows`` rows."""
-    paths = {s: str(d / f"{s}.csv") for s in ("train", "valid", "test")}
+    paths = {s: str(d / f"{s}.csv") for s in bench.SPLITS}
     if train_rows is None and eval_rows is None:
         return paths
     from textclf.data import read_labelled, write_labelled
 
     out = {}
-    for split in ("train", "valid", "test"):
+    for split in bench.SPLITS:
         ds = read_labelled(paths[split], min_classes=0)
         limit = train_rows if split == "train" else eval_rows
         if limit is not None and limit < len(ds):
@@ -307,7 +289,7 @@ def add_ratios(result: dict) -> None:
               help=f"Comma-separated dataset folder names, or 'all' ({', '.join(ALL_DATASETS)}).")
 @click.option("--variants", default=",".join(DEFAULT_VARIANTS), show_default=True,
               help=f"Comma-separated, or 'all': {', '.join(VARIANTS)}.")
-@click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True)
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(bench.DATA_ROOT), show_default=True)
 @click.option("--model_name", default="auto", show_default=True, help="Encoder: 'auto' (shipped MiniLM), a hub id or a path.")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N | auto.")
 @click.option("--max_minutes", type=float, default=None, help="Start no new run after this many minutes.")
@@ -327,7 +309,7 @@ def add_ratios(result: dict) -> None:
 def main(datasets, variants, data_root, model_name, device, max_minutes, max_train_rows, max_eval_rows, repeats,
          min_predict_docs, threads, overrides, quick, output):
     """Fine-tune BERT variants and a plain PyTorch loop on the shared datasets; write a comparison table and JSON."""
-    start_fork_server()  # before anything large is loaded: see bench_common
+    bench.start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.atomic import atomic_write_json
 
     names = list(ALL_DATASETS) if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
@@ -341,21 +323,19 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
         overrides = (*QUICK["overrides"], *overrides)
     if min_predict_docs is None:
         min_predict_docs = 20000 if device.startswith("cuda") else 0
-    output = Path(output or REPO / "benchmarks" / "results" / ("bert_quick.json" if quick else "bert.json"))
+    output = bench.results_path(output, "bert", quick)
     started = time.perf_counter()
-    echo = make_echo(show_elapsed=True)
+    echo = bench.make_echo(show_elapsed=True)
 
-    doc = {
-        "benchmark": "bert",
-        "started": utc_now(),
-        "command": " ".join(["python", "benchmarks/bench_bert.py", *sys.argv[1:]]),
-        "settings": {"datasets": names, "variants": wanted, "model_name": model_name, "device": device,
-                     "max_minutes": max_minutes, "max_train_rows": max_train_rows, "max_eval_rows": max_eval_rows,
-                     "repeats": repeats, "min_predict_docs": min_predict_docs, "threads": threads,
-                     "overrides": list(overrides), "quick": quick,
-                     "config": "config/bert.json"},
-        "machine": machine_info(("textclf", "torch", "transformers", "catalyst", "accelerate")),
-        "notes": {
+    doc = bench.results_doc(
+        "bert",
+        {"datasets": names, "variants": wanted, "model_name": model_name, "device": device,
+         "max_minutes": max_minutes, "max_train_rows": max_train_rows, "max_eval_rows": max_eval_rows,
+         "repeats": repeats, "min_predict_docs": min_predict_docs, "threads": threads,
+         "overrides": list(overrides), "quick": quick,
+         "config": "config/bert.json"},
+        ("textclf", "torch", "transformers", "catalyst", "accelerate"),
+        notes={
             "plain": "a plain PyTorch loop: same encoder, head, AdamW groups, lr (stage2.lr), linear warm-up/decay, "
                      "gradient clipping and total epochs (stage1 + stage2) as textclf's default; fp32, batch 32, "
                      "cross-entropy, tokenised per batch and padded to the random batch's longest text",
@@ -367,20 +347,20 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                        "and precision; plain: batches of 64 in input order), repeated up to min_predict_docs",
             "metrics": "test split, textclf.metrics",
             "peak_gpu_mb": "torch.cuda.max_memory_allocated over training (textclf: from meta.json) on CUDA",
-            "peak_rss": RSS_NOTE + " (here: one job = one variant, training + prediction)",
+            "peak_rss": bench.RSS_NOTE + " (here: one job = one variant, training + prediction)",
             "published": "accuracies on the MR sentence-polarity corpus from the papers (10-fold CV on the full corpus, "
                          "not this exact split)",
         },
-        "published": PUBLISHED,
-        "datasets": {},
-    }
+        published=PUBLISHED,
+        datasets={},
+    )
     echo(f"BERT benchmark: {', '.join(names)}; variants {', '.join(wanted)}; device {device}; "
          f"{doc['machine']['cores_usable']} cores" + (f"; budget {max_minutes:g} min" if max_minutes else ""))
     common = [f"model.model_name={json.dumps(model_name)}", *overrides]
     with tempfile.TemporaryDirectory(prefix="bench-bert-") as tmp:
         for name in names:
             d = Path(data_root) / name
-            if dataset_paths(data_root, name) is None:
+            if bench.dataset_paths(data_root, name) is None:
                 echo(f"{name}: skipped, {d}/{{train,valid,test}}.csv not found")
                 doc["datasets"][name] = {"status": "skipped", "reason": f"{d} not found"}
                 continue
@@ -400,9 +380,9 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                     load = os.getloadavg()[0]
                     try:
                         if extra is None:
-                            v = in_child(run_job, threads, run_plain, paths, common, device, min_predict_docs)
+                            v = bench.in_child(run_job, threads, run_plain, paths, common, device, min_predict_docs)
                         else:
-                            v = in_child(run_job, threads, run_variant, paths, [*common, *extra], str(work / f"{key}_{rep}"),
+                            v = bench.in_child(run_job, threads, run_variant, paths, [*common, *extra], str(work / f"{key}_{rep}"),
                                          device, min_predict_docs)
                     except Exception as exc:  # noqa: BLE001 - one failed variant must not lose the others
                         echo(f"{name} {title}: FAILED {type(exc).__name__}: {exc}")
@@ -423,9 +403,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                          + f"; test acc {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}; {v['predict_docs_per_s']:.0f} docs/s"
                          + (f"; peak GPU {v['peak_gpu_mb']:.0f} MiB" if v.get("peak_gpu_mb") else ""))
                     atomic_write_json(output, doc)
-    doc["finished"] = utc_now()
-    doc["table_markdown"] = markdown_table(doc["datasets"])
-    atomic_write_json(output, doc)
+    bench.finish_doc(output, doc, markdown_table(doc["datasets"]))
     click.echo(doc["table_markdown"])
     click.echo(f"\nwrote {output}")
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: jobs in small fresh processes, their peak RSS, machine facts.
+"""Helpers shared by the benchmark scripts: jobs in small fresh processes, their peak RSS, machine facts,
+the datasets' splits and the results JSON's head and tail.
 
 Peak RSS: Linux keeps ``ru_maxrss`` across ``fork`` and ``exec``, so a job forked or spawned from the
 benchmark process reports at least the benchmark's own peak (with its loaded data, earlier results,
@@ -20,6 +21,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -116,3 +118,41 @@ def make_echo(show_elapsed: bool = False):
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def load_job_splits(paths: dict, family: str, overrides: list[str]) -> tuple[dict, Any]:
+    """``family``'s config with ``overrides``, and the splits ``paths`` names loaded as its ``data`` section says.
+
+    For a job process (the imports happen here, not in the benchmark process). ``paths`` maps
+    ``train``/``valid``/``test`` to CSV files, as :func:`dataset_paths` returns them.
+    """
+    from textclf.config import load_config
+    from textclf.training import load_splits
+
+    cfg = load_config(family, overrides=overrides)
+    return cfg, load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
+
+
+def results_path(output: str | Path | None, benchmark: str, quick: bool = False) -> Path:
+    """``output``, or by default ``benchmarks/results/<benchmark>.json`` (``<benchmark>_quick.json`` with ``quick``)."""
+    return Path(output or REPO / "benchmarks" / "results" / (f"{benchmark}_quick.json" if quick else f"{benchmark}.json"))
+
+
+def results_doc(benchmark: str, settings: dict, packages, **rest) -> dict:
+    """The head of a results JSON: ``benchmark``, ``started``, ``command``, ``settings``, ``machine``, then ``rest``.
+
+    ``command`` is ``python benchmarks/bench_<benchmark>.py`` with this process's arguments;
+    ``machine`` is :func:`machine_info` with the versions of ``packages``.
+    """
+    return {"benchmark": benchmark, "started": utc_now(),
+            "command": " ".join(["python", f"benchmarks/bench_{benchmark}.py", *sys.argv[1:]]),
+            "settings": settings, "machine": machine_info(packages), **rest}
+
+
+def finish_doc(output: str | Path, doc: dict, table_markdown: str) -> None:
+    """Stamp ``doc`` as finished, set its ``table_markdown`` and write it to ``output`` atomically."""
+    from textclf.atomic import atomic_write_json
+
+    doc["finished"] = utc_now()
+    doc["table_markdown"] = table_markdown
+    atomic_write_json(output, doc)

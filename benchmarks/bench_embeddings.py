@@ -32,19 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_common as bench
 import click
-from bench_common import (
-    DATA_ROOT,
-    REPO,
-    RSS_NOTE,
-    dataset_paths,
-    in_child,
-    machine_info,
-    make_echo,
-    peak_rss_mb,
-    start_fork_server,
-    utc_now,
-)
 
 DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 CLASSIFIERS = ("logreg", "linear_svm", "knn", "mlp", "hgb")
@@ -71,18 +60,10 @@ def _metrics(true, pred, labels) -> dict:
     return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
 
 
-def _splits(paths: dict, family: str, overrides: list[str]):
-    from textclf.config import load_config
-    from textclf.training import load_splits
-
-    cfg = load_config(family, overrides=overrides)
-    return cfg, load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
-
-
 # --------------------------------------------------------------------------- jobs (each in a fresh process)
 
-def job_tune(paths: dict, cache_dir: str, out: str, n_trials: int, encoders: list[str], seed: int) -> dict:
-    """``textclf tune embeddings`` into ``out`` with the embedding cache at ``cache_dir``."""
+def job_tune(paths: dict, cache_dir: str, out: str, n_trials: int, encoders: list[str], seed: int, memo: bool = True) -> dict:
+    """``textclf tune embeddings`` into ``out`` with the embedding cache at ``cache_dir`` (search-trial memo on/off)."""
     _quiet()
     os.environ["TEXTCLF_CACHE"] = cache_dir
     import json
@@ -91,8 +72,9 @@ def job_tune(paths: dict, cache_dir: str, out: str, n_trials: int, encoders: lis
     from textclf.meta import read_meta
     from textclf.registry import get_family
 
-    cfg, splits = _splits(paths, "embeddings", [f"search.n_trials={n_trials}", f"seed={seed}", "device=\"cpu\"",
-                                                 f"search.space.encoder.choices={json.dumps(encoders)}"])
+    cfg, splits = bench.load_job_splits(paths, "embeddings", [f"search.n_trials={n_trials}", f"seed={seed}", "device=\"cpu\"",
+                                                             f"search.space.encoder.choices={json.dumps(encoders)}",
+                                                             f"search.memo={json.dumps(memo)}"])
     features_s = [0.0]
     original = Features.get
 
@@ -113,7 +95,7 @@ def job_tune(paths: dict, cache_dir: str, out: str, n_trials: int, encoders: lis
             "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")},
             "valid_macro_f1": round(meta["metrics"]["valid"]["macro_f1"], 4), "encoder": meta["encoder"]["name"],
             "classifier": meta["classifier"], "balance": meta["balance"], "params": meta["params"],
-            "n_trials": meta["search"]["n_trials"], "peak_rss_mb": peak_rss_mb()}
+            "n_trials": meta["search"]["n_trials"], "peak_rss_mb": bench.peak_rss_mb()}
 
 
 def job_grid(paths: dict, cache_dir: str, encoder: str, seed: int) -> dict:
@@ -123,7 +105,7 @@ def job_grid(paths: dict, cache_dir: str, encoder: str, seed: int) -> dict:
     from textclf.families.embeddings.classifiers import proba_in_label_order
     from textclf.families.embeddings.train import Features, fit_classifier, label_indices
 
-    cfg, splits = _splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
+    cfg, splits = bench.load_job_splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
     start = time.perf_counter()
     x = Features(cfg, splits).get(encoder)
     features_s = time.perf_counter() - start
@@ -143,7 +125,7 @@ def job_grid(paths: dict, cache_dir: str, encoder: str, seed: int) -> dict:
             if part == "test":
                 out["clf_predict_docs_per_s"] = round(len(pred) / max(seconds, 1e-9), 1)
         rows[name] = out
-    return {"features_s": round(features_s, 2), "classifiers": rows, "peak_rss_mb": peak_rss_mb()}
+    return {"features_s": round(features_s, 2), "classifiers": rows, "peak_rss_mb": bench.peak_rss_mb()}
 
 
 def job_encode_speed(texts: list[str], encoder: str) -> dict:
@@ -156,7 +138,7 @@ def job_encode_speed(texts: list[str], encoder: str) -> dict:
     start = time.perf_counter()
     enc.encode(texts, progress=False)
     seconds = time.perf_counter() - start
-    return {"docs": len(texts), "docs_per_s": round(len(texts) / seconds, 1), "peak_rss_mb": peak_rss_mb()}
+    return {"docs": len(texts), "docs_per_s": round(len(texts) / seconds, 1), "peak_rss_mb": bench.peak_rss_mb()}
 
 
 def job_predict(model_dir: str, texts: list[str]) -> dict:
@@ -168,7 +150,7 @@ def job_predict(model_dir: str, texts: list[str]) -> dict:
     start = time.perf_counter()
     predictor.predict(texts)
     seconds = time.perf_counter() - start
-    return {"docs": len(texts), "docs_per_s": round(len(texts) / seconds, 1), "peak_rss_mb": peak_rss_mb()}
+    return {"docs": len(texts), "docs_per_s": round(len(texts) / seconds, 1), "peak_rss_mb": bench.peak_rss_mb()}
 
 
 def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, overrides: list[str]) -> dict:
@@ -178,13 +160,13 @@ def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, override
     from textclf.registry import get_family
 
     per = "null" if per_class is None else str(per_class)
-    cfg, splits = _splits(paths, "setfit", [f"data.per_class={per}", f"seed={seed}", "device=\"cpu\"", *overrides])
+    cfg, splits = bench.load_job_splits(paths, "setfit", [f"data.per_class={per}", f"seed={seed}", "device=\"cpu\"", *overrides])
     start = time.perf_counter()
     get_family("setfit").train_fn()(cfg, splits, out)
     wall = time.perf_counter() - start
     meta = read_meta(out)
     result = {"wall_s": round(wall, 2), "train_rows": meta.get("few_shot", {}).get("n_train"),
-              "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": peak_rss_mb()}
+              "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": bench.peak_rss_mb()}
     result["frozen_minilm_logreg"] = _frozen_on_rows(paths, per_class, seed)
     return result
 
@@ -194,7 +176,7 @@ def _frozen_on_rows(paths: dict, per_class: int | None, seed: int) -> dict:
     from textclf.families.embeddings.train import Features, fit_classifier, label_indices
     from textclf.families.setfit.sampling import few_shot_indices
 
-    cfg, splits = _splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
+    cfg, splits = bench.load_job_splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
     x = Features(cfg, splits).get("minilm")
     y = label_indices(splits, splits.train.labels)
     rows = None if per_class is None else few_shot_indices(splits.train.labels, per_class, seed)
@@ -209,12 +191,12 @@ def job_fasttext(paths: dict, out: str, n_trials: int) -> dict:
     from textclf.meta import read_meta
     from textclf.registry import get_family
 
-    cfg, splits = _splits(paths, "fasttext", [f"search.n_trials={n_trials}"])
+    cfg, splits = bench.load_job_splits(paths, "fasttext", [f"search.n_trials={n_trials}"])
     start = time.perf_counter()
     get_family("fasttext").train_fn()(cfg, splits, out)
     meta = read_meta(out)
     return {"wall_s": round(time.perf_counter() - start, 2),
-            "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": peak_rss_mb()}
+            "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": bench.peak_rss_mb()}
 
 
 def job_tfidf_logreg(paths: dict) -> dict:
@@ -224,14 +206,14 @@ def job_tfidf_logreg(paths: dict) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    _, splits = _splits(paths, "embeddings", [])
+    _, splits = bench.load_job_splits(paths, "embeddings", [])
     start = time.perf_counter()
     model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
                           LogisticRegression(C=10.0, max_iter=3000))
     model.fit(splits.train.texts, splits.train.labels)
     fit_s = time.perf_counter() - start
     return {"wall_s": round(fit_s, 2), "test": _metrics(splits.test.labels, list(model.predict(splits.test.texts)), splits.labels),
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": bench.peak_rss_mb()}
 
 
 # --------------------------------------------------------------------------- parent side
@@ -254,7 +236,7 @@ def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
             echo(f"  {key} ...")
             load = os.getloadavg()[0]
             try:
-                r = in_child(fn, *args)
+                r = bench.in_child(fn, *args)
             except Exception as exc:  # noqa: BLE001 - one failed job is recorded, the rest still run
                 r = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             r["loadavg_1m_before"] = round(load, 2)
@@ -263,6 +245,8 @@ def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
             return r
 
         run("tune_cold", job_tune, paths, cache, str(work / "tune_cold"), opts["n_trials"], encoders, seed)
+        run("tune_warm_vectors", job_tune, paths, cache, str(work / "tune_warm_vectors"), opts["n_trials"], encoders, seed,
+            False)
         run("tune_warm", job_tune, paths, cache, str(work / "tune_warm"), opts["n_trials"], encoders, seed)
         for enc in encoders:
             run(f"grid_{enc}", job_grid, paths, cache, enc, seed)
@@ -312,6 +296,8 @@ def targets(name: str, jobs: dict) -> dict:
     out = {"tuned_ge_minilm_logreg": None if tuned is None or base is None else tuned >= base,
            "cache_speedup": None if not cold or not warm else round(cold / warm, 1)}
     out["cache_speedup_ge_10"] = None if out["cache_speedup"] is None else out["cache_speedup"] >= 10
+    vec = _f1(jobs, "tune_warm_vectors", "wall_s")
+    out["vectors_only_speedup"] = None if not cold or not vec else round(cold / vec, 1)
     f_cold, f_warm = _f1(jobs, "tune_cold", "features_s"), _f1(jobs, "tune_warm", "features_s")
     out["features_speedup"] = None if not f_cold or not f_warm else round(f_cold / f_warm, 1)
     if name in SHORT_TEXT:
@@ -322,7 +308,8 @@ def targets(name: str, jobs: dict) -> dict:
 def markdown_tables(datasets: dict) -> str:
     """The results as markdown: one summary table, then every classifier on every encoder."""
     lines = ["| dataset | tuned embeddings (test macro-F1) | MiniLM+logreg | tuned fastText | TF-IDF+logreg | SetFit 8/class "
-             "(frozen) | SetFit 64/class (frozen) | SetFit full (frozen) | cold / warm search s | cache speed-up | predict docs/s |",
+             "(frozen) | SetFit 64/class (frozen) | SetFit full (frozen) | search s: cold / vectors cached / vectors + trials "
+             "cached | speed-up: vectors / both | predict docs/s |",
              "|---|---|---:|---:|---:|---|---|---|---:|---:|---:|"]
     for name, r in datasets.items():
         if r.get("status") != "ok":
@@ -339,7 +326,8 @@ def markdown_tables(datasets: dict) -> str:
                   for k in ("setfit_8", "setfit_64", "setfit_full")]
         lines.append(f"| {name} | {desc} | {f('grid_minilm', 'classifiers', 'logreg', 'test', 'macro_f1')} | "
                      f"{f('fasttext_tuned', 'test', 'macro_f1')} | {f('tfidf_logreg', 'test', 'macro_f1')} | {' | '.join(setfit)} | "
-                     f"{j.get('tune_cold', {}).get('wall_s', '—')} / {j.get('tune_warm', {}).get('wall_s', '—')} | "
+                     f"{j.get('tune_cold', {}).get('wall_s', '—')} / {j.get('tune_warm_vectors', {}).get('wall_s', '—')} / "
+                     f"{j.get('tune_warm', {}).get('wall_s', '—')} | {r['targets'].get('vectors_only_speedup', '—')}x / "
                      f"{r['targets'].get('cache_speedup', '—')}x | {j.get('predict_tuned', {}).get('docs_per_s', '—')} |")
     lines += ["", "| dataset | encoder | encode docs/s | " + " | ".join(CLASSIFIERS) + " | fit s (each) |",
               "|---|---|---:|" + "---:|" * len(CLASSIFIERS) + "---|"]
@@ -359,7 +347,7 @@ def markdown_tables(datasets: dict) -> str:
 
 @click.command()
 @click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated dataset folder names.")
-@click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True)
+@click.option("--data_root", type=click.Path(file_okay=False), default=str(bench.DATA_ROOT), show_default=True)
 @click.option("--n_trials", type=int, default=30, show_default=True, help="Trials of the embeddings search.")
 @click.option("--ft_trials", type=int, default=30, show_default=True, help="Trials of the fastText search.")
 @click.option("--mpnet_datasets", default=",".join(SHORT_TEXT), show_default=True,
@@ -378,35 +366,37 @@ def markdown_tables(datasets: dict) -> str:
 def main(datasets, data_root, n_trials, ft_trials, mpnet_datasets, setfit_per_class, setfit_set, skip_setfit, predict_docs,
          seed, only, merge, quick, output):
     """Benchmark the embeddings and SetFit-style families against fastText and TF-IDF; write tables and a JSON."""
-    start_fork_server()  # before anything large is loaded: see bench_common
+    bench.start_fork_server()  # before anything large is loaded: see bench_common
     if quick:
         n_trials, ft_trials, mpnet_datasets, setfit_per_class, predict_docs = 4, 4, "", "8", 500
     per_class = [None if p.strip() == "full" else int(p) for p in setfit_per_class.split(",") if p.strip()]
     opts = {"n_trials": n_trials, "ft_trials": ft_trials, "seed": seed, "predict_docs": predict_docs, "skip_setfit": skip_setfit,
             "mpnet_datasets": {d.strip() for d in mpnet_datasets.split(",") if d.strip()}, "setfit_per_class": per_class,
             "setfit_set": list(setfit_set)}
-    output = Path(output or REPO / "benchmarks" / "results" / ("embeddings_quick.json" if quick else "embeddings.json"))
+    output = bench.results_path(output, "embeddings", quick)
     previous = json.loads(output.read_text()) if merge and output.exists() else {}
     opts["previous"] = previous.get("datasets", {})
     opts["only"] = [g.strip() for g in only.split(",") if g.strip()]
     names = [d.strip() for d in datasets.split(",") if d.strip()]
-    echo = make_echo(show_elapsed=True)
+    echo = bench.make_echo(show_elapsed=True)
     from textclf.atomic import atomic_write_json
 
-    doc = {"benchmark": "embeddings", "started": utc_now(),
-           "command": " ".join(["python", "benchmarks/bench_embeddings.py", *sys.argv[1:]]),
-           "settings": {**{k: v for k, v in opts.items() if k != "previous"}, "mpnet_datasets": sorted(opts["mpnet_datasets"]),
-                        "datasets": names, "quick": quick},
-           "machine": machine_info(PACKAGES),
-           "notes": {"peak_rss": RSS_NOTE, "metrics": "test split; macro_f1 is the target metric",
-                     "cache_speedup": "tune_cold wall / tune_warm wall: the same search (same seed, same trials) first on an "
-                                      "empty embedding cache, then on the filled one; both include the refit and evaluation",
-                     "load": "the machine may be shared; loadavg_1m_before records the 1-minute load before each job"},
-           "datasets": dict(previous.get("datasets", {}))}
+    settings = {**{k: v for k, v in opts.items() if k != "previous"}, "mpnet_datasets": sorted(opts["mpnet_datasets"]),
+                "datasets": names, "quick": quick}
+    doc = bench.results_doc(
+        "embeddings", settings, PACKAGES,
+        notes={"peak_rss": bench.RSS_NOTE, "metrics": "test split; macro_f1 is the target metric",
+               "cache_speedup": "tune_cold wall / tune_warm wall: the same search (same seed, same trials) first on an "
+                                "empty cache, then on the filled one (embedding cache + search-trial memo); all three "
+                                "searches include the refit and evaluation",
+               "vectors_only_speedup": "tune_cold wall / tune_warm_vectors wall: the second search with only the "
+                                       "embedding cache (search.memo=false), so every trial fits its classifier again",
+               "load": "the machine may be shared; loadavg_1m_before records the 1-minute load before each job"},
+        datasets=dict(previous.get("datasets", {})))
     if previous:
         doc["runs"] = [*previous.get("runs", [previous.get("command")]), doc["command"]]
     for name in names:
-        paths = dataset_paths(data_root, name)
+        paths = bench.dataset_paths(data_root, name)
         if paths is None:
             echo(f"{name}: skipped, not found under {data_root}")
             doc["datasets"][name] = {"status": "skipped"}
@@ -415,9 +405,7 @@ def main(datasets, data_root, n_trials, ft_trials, mpnet_datasets, setfit_per_cl
         doc["datasets"][name] = bench_dataset(name, paths, opts, echo)
         doc["table_markdown"] = markdown_tables(doc["datasets"])
         atomic_write_json(output, doc)
-    doc["finished"] = utc_now()
-    doc["table_markdown"] = markdown_tables(doc["datasets"])
-    atomic_write_json(output, doc)
+    bench.finish_doc(output, doc, markdown_tables(doc["datasets"]))
     click.echo(doc["table_markdown"])
     click.echo("\ntargets: " + "; ".join(f"{n}: {r.get('targets')}" for n, r in doc["datasets"].items()))
     click.echo(f"wrote {output}")

@@ -1,8 +1,20 @@
-"""Shared fixtures: real data paths, offline hub, small slices of the embedded dataset."""
+"""Shared fixtures: real data paths, offline hub, small slices of the embedded dataset, a private
+embedding cache, and a local SLURM cluster.
+
+Plain helpers here (:func:`head_csv`, :func:`train_family_cli`, the SLURM ones) are imported by test
+modules as ``from conftest import ...`` after putting this folder on ``sys.path`` (pytest runs with
+``--import-mode=importlib``, which does not).
+"""
 
 from __future__ import annotations
 
+import csv
 import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +29,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "tweets_sentiment"
 SHARED_DATA = REPO.parent / "shared" / "data"
+INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +64,93 @@ def save_tiny_random_bert(path: Path, hidden_size: int = 32, layers: int = 2, se
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny random BERT for smoke runs: ``--model_name <path>`` trains in seconds."""
     return save_tiny_random_bert(tmp_path_factory.mktemp("tiny_bert") / "model")
+
+
+# --------------------------------------------------------------------------- data slices, the embedding cache
+
+
+def head_csv(src, dst, n: int, skip: int = 0):
+    """Write the header and ``n`` rows of CSV ``src`` (after skipping ``skip`` rows) to ``dst``; returns ``dst``."""
+    with open(src, encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    with open(dst, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([rows[0], *rows[1 + skip: 1 + skip + n]])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A private embedding cache for the requesting module ($TEXTCLF_CACHE; subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("emb_cache")
+    old = os.environ.get("TEXTCLF_CACHE")
+    os.environ["TEXTCLF_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("TEXTCLF_CACHE", None)
+    else:
+        os.environ["TEXTCLF_CACHE"] = old
+
+
+def train_family_cli(family: str, data: dict, out, *extra: str):
+    """``textclf train <family>`` on ``data``'s train/valid/test splits into ``out`` on the CPU; asserts it succeeds."""
+    from click.testing import CliRunner
+
+    from textclf.cli.family_cmd import train_command
+
+    args = ["--train_path", str(data["train"]), "--valid_path", str(data["valid"]), "--test_path", str(data["test"]),
+            "--output_dir", str(out), "--device", "cpu", *extra]
+    result = CliRunner().invoke(train_command(family), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+# --------------------------------------------------------------------------- a local SLURM cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the repo, echo its output into the test log, fail with the tail on error."""
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    sys.stdout.write(f"$ {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}\n")
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd[:3])} ... exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def wait(env: dict, *job_ids: str) -> int:
+    return run(["bash", "slurm/wait.sh", *job_ids], dict(env, WAIT_TIMEOUT="400"), check=False).returncode
+
+
+def job_states(env: dict, job_id: str) -> list[tuple[str, int]]:
+    """(JobState, exit code) of every task of a job, from scontrol (no accounting needed)."""
+    out = run(["scontrol", "show", "job", "-o", job_id], env).stdout
+    return [(m.group(1), int(m.group(2))) for m in re.finditer(r"JobState=(\S+).*? ExitCode=(\d+):\d+", out)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> dict:
+    """A fresh cluster on free ports in a temporary folder; yields the environment for sbatch/make.
+
+    Starting its daemons needs root on Debian, so it skips unless TEXTCLF_INFRA_TESTS=1 (``make test_infra``).
+    ``TEXTCLF_TEST_SLURM_DIR`` in the environment names the cluster's folder.
+    """
+    if not INFRA:
+        pytest.skip("SLURM tests start daemons as root: set TEXTCLF_INFRA_TESTS=1 or run `make test_infra`")
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (munged/slurmd)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("slurm-wlm is not installed and apt-get is unavailable")
+    d = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()), SLURM_CONF=str(d / "slurm.conf"))
+    up = run(["bash", "slurm/local-cluster.sh", "up", str(d)], env, timeout=300, check=False)
+    if up.returncode == 3:
+        pytest.skip(f"cannot install SLURM here: {up.stderr.strip()}")
+    assert up.returncode == 0, up.stderr
+    env["TEXTCLF_TEST_SLURM_DIR"] = str(d)
+    yield env
+    run(["bash", "slurm/local-cluster.sh", "down", str(d)], env, check=False)

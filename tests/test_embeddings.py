@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +28,9 @@ from textclf.families.embeddings.classifiers import CosineKNN  # noqa: E402
 from textclf.families.embeddings.cli import embed  # noqa: E402
 from textclf.families.embeddings.encoders import SentenceEncoder  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import head_csv, train_family_cli  # noqa: E402
+
 N_TRAIN, N_VALID = 800, 120
 # Real runs, MiniLM + logreg (C=1), full 420-row test split: 800 train rows give macro-F1 0.810 (400 rows: 0.763);
 # the full train set gives 0.847 (valid 0.834). Majority class alone: 0.41.
@@ -35,31 +38,10 @@ MACRO_F1_FLOOR = 0.77
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A private embedding cache for this module ($TEXTCLF_CACHE)."""
-    path = tmp_path_factory.mktemp("emb_cache")
-    old = os.environ.get("TEXTCLF_CACHE")
-    os.environ["TEXTCLF_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("TEXTCLF_CACHE", None)
-    else:
-        os.environ["TEXTCLF_CACHE"] = old
-
-
-def _head(src, dst, n):
-    with open(src, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh))
-    with open(dst, "w", encoding="utf-8", newline="") as fh:
-        csv.writer(fh).writerows(rows[: n + 1])
-    return dst
-
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory, tweets):
     """First rows of train/valid and the full test split."""
     d = tmp_path_factory.mktemp("tweets_small")
-    return {"train": _head(tweets["train"], d / "train.csv", N_TRAIN), "valid": _head(tweets["valid"], d / "valid.csv", N_VALID),
+    return {"train": head_csv(tweets["train"], d / "train.csv", N_TRAIN), "valid": head_csv(tweets["valid"], d / "valid.csv", N_VALID),
             "test": tweets["test"]}
 
 
@@ -69,11 +51,7 @@ def encoder():
 
 
 def train_cli(data, out, *extra):
-    args = ["--train_path", str(data["train"]), "--valid_path", str(data["valid"]), "--test_path", str(data["test"]),
-            "--output_dir", str(out), "--device", "cpu", *extra]
-    result = CliRunner().invoke(train_command("embeddings"), args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
+    return train_family_cli("embeddings", data, out, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +241,7 @@ def test_tfidf_svd_round_trip(tmp_path, small, cache_dir):
 # --------------------------------------------------------------------------- `textclf embed`
 
 def test_embed_command_caches_lists_and_removes(tmp_path, small, cache_dir):
-    data = _head(small["valid"], tmp_path / "few.csv", 10)
+    data = head_csv(small["valid"], tmp_path / "few.csv", 10)
     runner = CliRunner()
     first = runner.invoke(embed, ["--data_path", str(data), "--device", "cpu"], catch_exceptions=False)
     assert first.exit_code == 0, first.output

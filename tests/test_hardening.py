@@ -441,7 +441,12 @@ def test_killed_search_resumes_and_its_temp_folder_is_swept(tweets, tmp_path):
     def running_after_one():
         if proc.poll() is not None or not (out / "study.journal").exists():
             return proc.poll() is not None
-        trials = _trials(out)
+        try:
+            trials = _trials(out)
+        except KeyError:  # the journal file exists, the study record is not written yet
+            return False
+        if not trials:
+            return False
         last = trials[-1]  # running, and already recorded which process runs it
         return sum(t.state.name == "COMPLETE" for t in trials) >= 1 and last.state.name == "RUNNING" and "pid" in last.user_attrs
 

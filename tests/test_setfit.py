@@ -7,9 +7,10 @@ short valid/test slices, so the module (without ``-m slow``) runs in about two m
 from __future__ import annotations
 
 import copy
-import csv
 import json
+import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,6 @@ pytest.importorskip("sklearn")
 
 import textclf  # noqa: E402
 from textclf.cli import cli  # noqa: E402
-from textclf.cli.family_cmd import train_command  # noqa: E402
 from textclf.config import load_config  # noqa: E402
 from textclf.data import read_labelled  # noqa: E402
 from textclf.errors import ConfigError  # noqa: E402
@@ -31,6 +31,9 @@ from textclf.families.setfit.model import SetFitPredictor, embed, load_sentence_
 from textclf.families.setfit.sampling import few_shot_indices, sample_pairs, sample_texts, sample_triplets  # noqa: E402
 from textclf.training import load_splits  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import head_csv, train_family_cli  # noqa: E402
+
 N_EVAL = 100  # valid/test rows of the quick runs
 # Quick run (8 per class, R=2: 64 pairs, 1 epoch, default head) on the first 100 test rows: macro-F1 0.601
 # (valid 0.666); always "positive" scores 0.42.
@@ -40,28 +43,16 @@ QUICK_MACRO_F1_FLOOR = 0.55
 FEW_SHOT_64_MACRO_F1_FLOOR = 0.72
 
 
-def _head(src, dst, n):
-    with open(src, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh))
-    with open(dst, "w", encoding="utf-8", newline="") as fh:
-        csv.writer(fh).writerows(rows[: n + 1])
-    return dst
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, tweets):
     """The full train split (the runs sample a few per class) and the first rows of valid/test."""
     d = tmp_path_factory.mktemp("setfit_data")
-    return {"train": tweets["train"], "valid": _head(tweets["valid"], d / "valid.csv", N_EVAL),
-            "test": _head(tweets["test"], d / "test.csv", N_EVAL)}
+    return {"train": tweets["train"], "valid": head_csv(tweets["valid"], d / "valid.csv", N_EVAL),
+            "test": head_csv(tweets["test"], d / "test.csv", N_EVAL)}
 
 
 def train_cli(data, out, *extra):
-    args = ["--train_path", str(data["train"]), "--valid_path", str(data["valid"]), "--test_path", str(data["test"]),
-            "--output_dir", str(out), "--device", "cpu", *extra]
-    result = CliRunner().invoke(train_command("setfit"), args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
+    return train_family_cli("setfit", data, out, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import glob
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,26 +27,12 @@ import pytest
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
-INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import INFRA, REPO, free_port, job_states, run, wait  # noqa: E402
+
 FT_SET = "search.space.bucket.choices=[100000] search.space.epoch.high=15 search.space.dim.choices=[25,50]"
 N_TRIALS = 6
 TINY_BERT = "two_stage=false model.max_length=16 model.gradient_checkpointing=false stage2.epochs=1 train.batch_size=32 device=cpu"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd: list[str], env: dict | None = None, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in the repo, echo its output into the test log, fail with the tail on error."""
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    sys.stdout.write(f"$ {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}\n")
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd[:3])} ... exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def pid_alive(pid_file: Path) -> bool:
@@ -73,26 +58,6 @@ def job_processes(job_id: str) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return pids
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> dict:
-    """A fresh cluster on free ports in a temporary folder; yields the environment for sbatch/make."""
-    if not INFRA:
-        pytest.skip("SLURM tests start daemons as root: set TEXTCLF_INFRA_TESTS=1 or run `make test_infra`")
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root (munged/slurmd)")
-    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        pytest.skip("slurm-wlm is not installed and apt-get is unavailable")
-    d = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()), SLURM_CONF=str(d / "slurm.conf"))
-    up = run(["bash", "slurm/local-cluster.sh", "up", str(d)], env, timeout=300, check=False)
-    if up.returncode == 3:
-        pytest.skip(f"cannot install SLURM here: {up.stderr.strip()}")
-    assert up.returncode == 0, up.stderr
-    env["TEXTCLF_TEST_SLURM_DIR"] = str(d)
-    yield env
-    run(["bash", "slurm/local-cluster.sh", "down", str(d)], env, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +93,6 @@ def postgres_url() -> str:
 
 def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProcess:
     return run(["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()], env)
-
-
-def wait(env: dict, *job_ids: str) -> int:
-    return run(["bash", "slurm/wait.sh", *job_ids], dict(env, WAIT_TIMEOUT="400"), check=False).returncode
-
-
-def job_states(env: dict, job_id: str) -> list[tuple[str, int]]:
-    """(JobState, exit code) of every task of a job, from scontrol (no accounting needed)."""
-    out = run(["scontrol", "show", "job", "-o", job_id], env).stdout
-    return [(m.group(1), int(m.group(2))) for m in re.finditer(r"JobState=(\S+).*? ExitCode=(\d+):\d+", out)]
 
 
 def tune(env: dict, out: Path, logs: Path, **variables: str) -> tuple[str, str]:

@@ -17,23 +17,37 @@ def _umask() -> int:
     return mask
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temp file next to ``path`` with the permissions a plain ``open`` would give (mkstemp makes 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
+def _temp_beside(path: Path, tag: str = "") -> tuple[int, str]:
+    """A temp file ``.<name>.<tag>.<random>.tmp`` next to ``path`` (no ``<tag>.`` when ``tag`` is empty).
+
+    It gets the permissions a plain ``open`` would give (mkstemp makes 0600). Should that chmod
+    fail, the temp file is closed and removed before the error propagates.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag + '.' if tag else ''}", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return fd, tmp
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8", *,
+                tag: str = "") -> Iterator[IO[Any]]:
     """Open a temp file next to ``path``; on success fsync and rename it to ``path``.
 
     On any exception the temp file is removed and ``path`` is left untouched, so a
-    reader never sees a half-written file.
+    reader never sees a half-written file. ``tag`` goes into the temp file's name
+    (``.<name>.<tag>.<random>.tmp``), so that a caller can recognise its own kind of
+    temporaries later (:func:`textclf.tempfiles.atomic_output` puts the owner's pid and
+    host there, to sweep those a killed run left behind).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
+    fd, tmp = _temp_beside(path, tag)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "") as fh:

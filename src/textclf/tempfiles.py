@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from textclf.atomic import atomic_open
+
 log = logging.getLogger(__name__)
 
 _FILE_RE = re.compile(r"\.tc(?P<pid>\d+)@(?P<host>[^/]*)\.[A-Za-z0-9_]+\.tmp")
@@ -72,35 +74,19 @@ def sweep_stale_temps(target: str | Path) -> list[Path]:
     return removed
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Write ``path`` through an owner-tagged temp file beside it, fsync and rename it over ``path``.
 
     Stale temp files of the same target are swept first. On any exception (SIGTERM included, see
     :func:`sigterm_as_exit`) the temp file is removed and ``path`` keeps its old content, if any.
+    The temp+rename itself is :func:`textclf.atomic.atomic_open`'s; this adds the owner tag and the sweep.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tc{_owner_tag()}.", suffix=".tmp", dir=path.parent)
-    binary = "b" in mode
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, mode, encoding, tag=f"tc{_owner_tag()}") as fh:
+        yield fh
 
 
 def sweep_stale_dirs(prefix: str, parent: str | Path | None = None) -> list[Path]:

@@ -7,6 +7,7 @@ import time
 import click
 
 from textclf.families.embeddings.cache import EmbeddingCache, format_size
+from textclf.families.embeddings.trial_memo import TrialMemo
 
 
 @click.group("embed", invoke_without_command=True)
@@ -69,16 +70,20 @@ def ls() -> None:
         click.echo(f"{e['key'][:16]:<16} {str(e.get('encoder', '?'))[:24]:<24} {e.get('n', '?'):>8} {e.get('dim', '?'):>5} "
                    f"{format_size(e['size']):>10}  {e.get('created', '?')}")
     click.echo(f"{len(entries)} entries, {format_size(sum(e['size'] for e in entries))} in {cache.root}")
+    trials, size = TrialMemo(cache.root).count()
+    if trials:
+        click.echo(f"plus {trials} memoised search trials, {format_size(size)} in {TrialMemo(cache.root).dir}")
 
 
 @embed.command("rm")
 @click.argument("key", required=False)
 @click.option("--all", "remove_all", is_flag=True, help="Remove every cached embedding.")
 def rm(key: str | None, remove_all: bool) -> None:
-    """Remove one cached embedding (KEY or a unique prefix of it), or all with --all."""
+    """Remove one cached embedding (KEY or a unique prefix of it), or all (and the search-trial memo) with --all."""
     cache = EmbeddingCache()
     if remove_all:
-        click.echo(f"removed {cache.clear()} entries from {cache.root}")
+        trials = TrialMemo(cache.root).clear()
+        click.echo(f"removed {cache.clear()} entries and {trials} memoised search trials from {cache.root}")
         return
     if not key:
         raise click.UsageError("textclf embed rm: give KEY (or a unique prefix) or --all")

@@ -472,6 +472,22 @@ def release(sweep: Sweep, combo: Combo, mine: dict) -> None:
             claim.unlink(missing_ok=True)
 
 
+def drop_stale_claim(sweep: Sweep, combo: Combo) -> None:
+    """Remove a finished combination's claim left by a worker that died after writing its result."""
+    claim = sweep.combo_dir(combo) / CLAIM_FILE
+    with _host_lock(sweep.out):
+        seen = _read_text(claim)
+        if seen is None:
+            return
+        try:
+            holder = json.loads(seen)
+        except ValueError:
+            holder = {}
+        if not (holder and holder_alive(holder)):
+            claim.unlink(missing_ok=True)
+            log.info("%s: removed the claim its finished worker left behind", combo.name)
+
+
 # --------------------------------------------------------------------------- running one combination
 
 def _scalars(metrics: dict | None) -> dict | None:
@@ -766,6 +782,7 @@ def run_sweep(sweep: Sweep, workers: int = 1, task_index: int | None = None, ech
         result = read_result(sweep, combo)
         if is_done(result, ident, sweep.n_trials):
             echo(f"{combo.name}: finished earlier (valid {sweep.metric} {result.get('valid_metric') or 0.0:.4f}), skipped")
+            drop_stale_claim(sweep, combo)
         else:
             pending.append(combo)
     if task_index is not None:

@@ -23,6 +23,7 @@ from textclf.families.embeddings.cache import EmbeddingCache
 from textclf.families.embeddings.classifiers import make_classifier, proba_in_label_order
 from textclf.families.embeddings.encoders import TFIDF_SVD, make_encoder
 from textclf.families.embeddings.model import CLASSIFIER_FILE, KIND, EmbeddingsPredictor, save_classifier
+from textclf.families.embeddings.trial_memo import TrialMemo, trial_key
 from textclf.metrics import classification_metrics, direction, metric_value
 from textclf.training import Splits, finish_run
 from textclf.tuning import (
@@ -108,9 +109,31 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, para
 
 def valid_metrics(clf, x: np.ndarray, splits: Splits) -> dict:
     """Classification metrics of ``clf`` on the valid matrix."""
-    proba = proba_in_label_order(clf, x, len(splits.labels))
+    return proba_metrics(proba_in_label_order(clf, x, len(splits.labels)), splits)
+
+
+def proba_metrics(proba: np.ndarray, splits: Splits) -> dict:
+    """Classification metrics of valid probabilities (one column per label, in ``splits.labels`` order)."""
     preds = [splits.labels[i] for i in proba.argmax(axis=1)]
     return classification_metrics(splits.valid.labels, preds, splits.labels)
+
+
+def trial_valid_proba(features: Features, splits: Splits, y_train: np.ndarray, choice: dict, seed: int,
+                      rows: np.ndarray | None, memo: TrialMemo | None) -> tuple[np.ndarray, bool]:
+    """Valid probabilities of one search trial, from the trial memo when it was evaluated before; ``(proba, hit)``."""
+    x = features.get(choice["encoder"])
+    keys = features.cache_keys.get(choice["encoder"], {})
+    key = None
+    if memo is not None and "train" in keys and "valid" in keys:
+        key = trial_key(keys, splits.labels, y_train, rows, choice["classifier"], choice["params"], choice["balance"], seed)
+        proba = memo.load(key, (len(splits.valid.labels), len(splits.labels)))
+        if proba is not None:
+            return proba, True
+    clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"], seed, rows)
+    proba = proba_in_label_order(clf, x["valid"], len(splits.labels))
+    if key is not None:
+        memo.save(key, proba)
+    return proba, False
 
 
 def train_file_choices(n_files: int) -> list[str]:
@@ -174,6 +197,8 @@ def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> t
         for point in start_points({**space, **top}, [configured]):  # the configured choice, as far as it fits the space
             study.enqueue_trial(point, skip_if_exists=True)
     y_train = label_indices(splits, splits.train.labels)
+    use_cache = s.get("memo", True) and cfg.get("encoder", {}).get("cache", True)
+    memo = TrialMemo(EmbeddingCache().root) if use_cache else None
 
     def objective(trial: optuna.Trial) -> float:
         record_worker(trial)
@@ -181,17 +206,20 @@ def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> t
         clf_name = params.get("classifier", cfg["classifier"])
         params.update(suggest(trial, {k: v for k, v in space.items() if k.startswith(clf_name + ".")}))
         choice = choice_from(cfg, params)
-        x = features.get(choice["encoder"])
         rows = train_rows(splits, choice["train_files"])
         if rows is not None and len({y_train[i] for i in rows}) < 2:
             raise optuna.TrialPruned(f"training files {choice['train_files']} hold fewer than 2 classes")
-        clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"],
-                             cfg["seed"] + trial.number, rows)
-        metrics = valid_metrics(clf, x["valid"], splits)
+        proba, hit = trial_valid_proba(features, splits, y_train, choice, cfg["seed"] + trial.number, rows, memo)
+        metrics = proba_metrics(proba, splits)
         trial.set_user_attr("valid_accuracy", metrics["accuracy"])
+        if hit:
+            trial.set_user_attr("memo_hit", True)
         return metric_value(metrics, s["metric"])
 
     run_search(study, objective, s["n_trials"], s["timeout"], s["n_jobs"], output_dir)
+    hits = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("memo_hit"))
+    if hits:
+        log.info("%d trial(s) came from the search-trial memo (search.memo) instead of a fit", hits)
     return study, choice_from(cfg, best_trial(study).params)
 
 

@@ -173,6 +173,21 @@ def test_train_embeddings_cli_above_floor(model_dir):
     assert meta["versions"].get("sentence-transformers")
 
 
+def test_damaged_classifier_file_is_caught_before_unpickling(model_dir, tmp_path):
+    import shutil
+
+    from textclf.errors import ModelError
+
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["files"]["classifier.joblib"]["bytes"] == (model_dir / "classifier.joblib").stat().st_size
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model_dir, damaged)
+    raw = (damaged / "classifier.joblib").read_bytes()
+    (damaged / "classifier.joblib").write_bytes(raw[:-8] + bytes(8))
+    with pytest.raises(ModelError, match="classifier.joblib: SHA-256 differs"):
+        textclf.load_predictor(damaged)
+
+
 def test_round_trip_identical_probabilities(model_dir, cache_dir):
     import joblib
 

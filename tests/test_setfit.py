@@ -231,6 +231,8 @@ def test_train_setfit_cli_writes_model_dir(model_dir):
     assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".")]  # no temp dirs left
     assert meta["metrics"]["test"]["macro_f1"] > QUICK_MACRO_F1_FLOOR, meta["metrics"]["test"]
     assert "contrastive step" in (model_dir / "progress.log").read_text()
+    assert set(meta["files"]) == {"head.pt", "encoder/model.safetensors"}  # checked before every load
+    assert meta["files"]["head.pt"]["bytes"] == (model_dir / "head.pt").stat().st_size
 
 
 def test_round_trip_identical_probabilities(model_dir, small):

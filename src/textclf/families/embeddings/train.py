@@ -21,9 +21,10 @@ from textclf.data import balanced_downsample
 from textclf.errors import ConfigError
 from textclf.families.embeddings.cache import EmbeddingCache
 from textclf.families.embeddings.classifiers import make_classifier, proba_in_label_order
-from textclf.families.embeddings.encoders import TFIDF_SVD, make_encoder
+from textclf.families.embeddings.encoders import TFIDF_FILE, TFIDF_SVD, make_encoder
 from textclf.families.embeddings.model import CLASSIFIER_FILE, KIND, EmbeddingsPredictor, save_classifier
 from textclf.families.embeddings.trial_memo import TrialMemo, trial_key
+from textclf.integrity import FILES_KEY, files_block
 from textclf.metrics import classification_metrics, direction, metric_value
 from textclf.training import Splits, finish_run
 from textclf.tuning import (
@@ -275,6 +276,7 @@ def fit_and_save(cfg: dict, splits: Splits, features: Features, choice: dict, ou
     meta = finish_run(output_dir, predictor, splits, cfg, PACKAGES, echo=echo, model_file=CLASSIFIER_FILE, encoder=record,
                       classifier=choice["classifier"], params=choice["params"], balance=choice["balance"],
                       cache_keys=features.cache_keys.get(choice["encoder"], {}),
+                      **{FILES_KEY: files_block(output_dir, [CLASSIFIER_FILE, TFIDF_FILE])},
                       train_files=[splits.train_sources[int(i)].path for i in choice["train_files"].split("+")]
                       if choice.get("train_files") else None, **extra)
     return meta, predictor, fit_seconds

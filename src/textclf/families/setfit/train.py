@@ -23,6 +23,7 @@ from textclf.families.setfit.contrastive import loss_name, tune_encoder
 from textclf.families.setfit.head import make_head
 from textclf.families.setfit.model import ENCODER_DIR, KIND, SetFitPredictor, embed, load_sentence_model, save_encoder
 from textclf.families.setfit.sampling import few_shot_indices
+from textclf.integrity import FILES_KEY, files_block
 from textclf.torch_common import resolve_device, seed_everything
 from textclf.training import Splits, finish_run
 
@@ -92,8 +93,10 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
                        lr=float(cfg["train"]["lr"]))
     seconds = {"contrastive": contrastive["seconds"], "embed": embed_seconds, "head": head_seconds,
                "total": round(time.monotonic() - started, 2)}
+    weights = sorted(str(p.relative_to(output_dir)) for p in (Path(output_dir) / ENCODER_DIR).rglob("*.safetensors"))
     finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=head.file, encoder=record, head=head_record,
-               contrastive=contrastive, few_shot={"per_class": per_class, "n_train": len(train_ds),
-                                                  "n_train_full": len(splits.train)}, seconds=seconds)
+               **{FILES_KEY: files_block(output_dir, [head.file, *weights])}, contrastive=contrastive,
+               few_shot={"per_class": per_class, "n_train": len(train_ds), "n_train_full": len(splits.train)},
+               seconds=seconds)
     log.info("setfit: done in %.1fs", time.monotonic() - started)
     return output_dir

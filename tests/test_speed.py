@@ -105,7 +105,7 @@ def test_bert_and_lstm_configs_default_to_auto(repo):
     assert bert["train"]["precision"] == "auto" and bert["model"]["gradient_checkpointing"] == "auto"
     assert bert["train"]["fp16"] is None and bert["model"]["compile"] is False
     assert bert["train"]["lr_scaling"] == "sqrt" and bert["train"]["base_batch_size"] == 32
-    assert bert["predict"] == {"batch_size_cpu": 64, "batch_size_gpu": "auto", "precision": "auto"}
+    assert bert["predict"] == {"batch_size_cpu": 16, "batch_size_gpu": "auto", "precision": "auto"}
     smoke = load_config("bert", repo / "config" / "bert_smoke.json")
     assert smoke["train"]["batch_size"] == smoke["train"]["base_batch_size"] == 16  # smoke lr stays as tuned
     # old overrides keep working: true/false become the strings the resolver reads
@@ -297,7 +297,7 @@ def test_cpu_training_records_resolutions_and_reuses_tokens(small_data, tiny_ber
                                             "need_bytes": None, "free_bytes": None}
     assert tr["token_cache"]["train"] == "miss" and tr["rows_trained"] == 160 and tr["rows_per_s"] > 0
     assert tr["lr_scaling"] == {"rule": "sqrt", "base_batch_size": 32, "batch_size": 32}
-    assert meta["bert"]["predict"]["batch_size_cpu"] == 64 and tr["predict_batch_size"] == 64
+    assert meta["bert"]["predict"]["batch_size_cpu"] == 16 and tr["predict_batch_size"] == 16
     epoch_lines = [line for line in output.splitlines() if line.startswith("stage2_full epoch 1/1:")]
     assert len(epoch_lines) == 1 and "micro" not in epoch_lines[0] and "valid loss 0." in epoch_lines[0]
     assert "precision fp32 (auto: fp32 on cpu); gradient checkpointing off (auto: off on cpu)" in output
@@ -310,13 +310,13 @@ def test_gpu_code_paths_run_on_cpu(small_data, tiny_bert, tmp_path):
     """bf16 autocast through the accelerate engine, gradient checkpointing and a larger batch with the sqrt rule."""
     meta, _ = _train(small_data, tmp_path / "m", tiny_bert, "--set", "train.precision=bf16",
                      "--set", "model.gradient_checkpointing=true", "--set", "train.batch_size=64",
-                     "--set", "predict.batch_size_cpu=16")
+                     "--set", "predict.batch_size_cpu=8")
     tr = meta["training"]
     assert tr["precision"]["name"] == "bf16" and tr["gradient_checkpointing"]["enabled"] is True
     assert tr["stages"][0]["lr"] == pytest.approx(0.002 * math.sqrt(2)) and tr["stages"][0]["base_lr"] == 0.002
-    assert tr["predict_batch_size"] == 16 and meta["metrics"]["valid"]["n"] == 60
+    assert tr["predict_batch_size"] == 8 and meta["metrics"]["valid"]["n"] == 60
     predictor = BertPredictor.load(tmp_path / "m", device="cpu")
-    assert predictor.batch_size == 16 and predictor.precision.name == "fp32"
+    assert predictor.batch_size == 8 and predictor.precision.name == "fp32"
 
 
 def test_lstm_precision_and_prediction_batch(small_data, tmp_path):

@@ -126,7 +126,7 @@ export_onnx: install ## Export MODEL (BERT or BiLSTM family) to ONNX + int8 for 
 	$(BIN)/textclf export --model_path $(or $(MODEL),$(BERT_DIR)) --format onnx --quantize int8
 
 bench_serve: install ## Load test of textclf serve on loopback (fastText, MiniLM torch/ONNX int8, ensemble) -> benchmarks/results/serve.json
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_serve.py --threads 1 $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_serve.py --workers 2 --threads 1 $(BENCH_ARGS)
 
 bench_export: install ## MiniLM CPU predict docs/s: torch vs ONNX float32 vs int8 -> benchmarks/results/export.json
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_export.py $(BENCH_ARGS)

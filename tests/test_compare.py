@@ -183,7 +183,7 @@ def test_weighted_ensemble_round_trips_and_averages_its_members(models, tweets, 
     out = tmp_path / "ens"
     members = [models["ft_search"], models["tfidf"]]
     result = invoke("ensemble", "--model_path", members[0], "--model_path", members[1], "--valid_path", tweets["valid"],
-                    "--test_path", tweets["test"], "--output_dir", out)
+                    "--test_path", tweets["test"], "--output_dir", out, "--method", "weighted", "--bags", "0")
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "ensemble" and meta["method"] == "weighted" and meta["labels"] == ["negative", "positive"]
@@ -216,7 +216,7 @@ def test_weighted_ensemble_round_trips_and_averages_its_members(models, tweets, 
 def test_copied_ensemble_moves_as_one_directory(models, tweets, tmp_path):
     out = tmp_path / "built" / "ens"
     result = invoke("ensemble", "--model_path", models["ft_char"], "--model_path", models["tfidf"], "--valid_path",
-                    tweets["valid"], "--output_dir", out, "--copy", "--step", "0.1")
+                    tweets["valid"], "--output_dir", out, "--copy", "--step", "0.1", "--method", "weighted")
     assert result.exit_code == 0, result.output
     texts = read_labelled(tweets["valid"]).texts[:50]
     before = load_predictor(out).predict_proba(texts)
@@ -278,6 +278,82 @@ def test_weight_search_never_loses_to_a_single_member():
         assert ll["objective"] == "logloss" and ll["logloss"] <= min(singles) + 1e-12
 
 
+def test_auto_keeps_the_single_member_that_combining_cannot_beat(models, tweets, tmp_path):
+    # valid relabelled with ft_char's own predictions: ft_char is perfect on it, so out of fold no weighted
+    # average or stacker can score higher, and ties go to the simpler candidate
+    chosen = models["ft_char"]
+    valid = read_labelled(tweets["valid"])
+    relabelled = tmp_path / "valid_as_ft_char.csv"
+    write_labelled(relabelled, Dataset(valid.texts, load_predictor(chosen).predict(valid.texts)))
+    members = [models["ft_search"], chosen, models["tfidf"]]
+    out = tmp_path / "auto"
+    args = [a for m in members for a in ("--model_path", m)]
+    result = invoke("ensemble", *args, "--valid_path", relabelled, "--output_dir", out, "--cv", "4")
+    assert result.exit_code == 0, result.output
+    assert "auto: out-of-fold macro_f1 (4-fold stratified CV on valid, seed 13): single 1.0000 (ft_char in 4/4 folds)" \
+        in result.output
+    assert "-> single\nensemble (auto: single) written to" in result.output
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["method"] == "auto" and meta["method"] == "weighted" and meta["weights"] == [0.0, 1.0, 0.0]
+    s = meta["ensemble_search"]
+    auto = s["auto"]
+    assert s["chosen"] == auto["chosen"] == "single" and auto["folds"] == 4 and auto["metric"] == "macro_f1"
+    cands = auto["candidates"]
+    assert set(cands) == {"single", "weighted", "stacking"}
+    assert cands["single"]["cv_score"] == 1.0 and cands["single"]["fold_members"] == [1, 1, 1, 1]
+    assert all(0.5 < c["cv_score"] <= 1.0 for c in cands.values()) and len(cands["weighted"]["fold_weights"]) == 4
+
+    ens = load_predictor(out)
+    texts = read_labelled(tweets["test"]).texts
+    alone = load_predictor(chosen)
+    np.testing.assert_array_equal(ens.predict_proba(texts), alone.predict_proba(texts))
+    assert ens.predict(texts) == alone.predict(texts)
+
+
+def test_auto_combines_members_whose_errors_are_independent():
+    from textclf.ensemble import CANDIDATES, fit_method, select_method
+
+    rng = np.random.default_rng(3)
+    n = 400
+    y = rng.integers(0, 2, n)
+
+    def member() -> np.ndarray:  # right and confident on 75 %, wrong but unsure on the rest (independently drawn)
+        right = rng.random(n) < 0.75
+        p_true = np.where(right, rng.uniform(0.8, 0.95, n), rng.uniform(0.4, 0.48, n))
+        proba = np.empty((n, 2))
+        proba[np.arange(n), y] = p_true
+        proba[np.arange(n), 1 - y] = 1 - p_true
+        return proba
+
+    probas = [member(), member()]
+    sel = select_method(probas, y, 2, cv=5, bags=5)
+    c = sel["candidates"]
+    assert tuple(c) == CANDIDATES and sel["folds"] == 5
+    assert 0.7 < c["single"]["cv_score"] < 0.8 and c["weighted"]["cv_score"] > c["single"]["cv_score"] + 0.1
+    assert sel["chosen"] in ("weighted", "stacking")
+    assert sel["candidates"][sel["chosen"]]["cv_score"] == max(v["cv_score"] for v in c.values())
+    saved, weights, stacker, search = fit_method("auto", probas, y, 2, cv=5, bags=5)
+    assert search["chosen"] == sel["chosen"] and search["auto"] == sel
+    assert (saved, stacker is None) == (("weighted", True) if sel["chosen"] == "weighted" else ("stacking", False))
+
+
+def test_bagged_weight_search_averages_bootstrap_searches():
+    from textclf.ensemble import bagged_search_weights, search_weights
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 240)
+    probas = [rng.dirichlet(np.ones(3), 240) * 0.5 + np.eye(3)[y] * rng.uniform(0.1, 0.6) for _ in range(3)]
+    probas = [p / p.sum(axis=1, keepdims=True) for p in probas]
+    plain = search_weights(probas, y, step=0.1)
+    assert bagged_search_weights(probas, y, step=0.1, bags=0)["weights"] == plain["weights"]
+    bagged = bagged_search_weights(probas, y, step=0.1, bags=8, seed=2)
+    assert bagged["bags"] == 8 and len(bagged["bag_weights"]) == 8 and bagged["unbagged_weights"] == plain["weights"]
+    np.testing.assert_allclose(bagged["weights"], np.mean(bagged["bag_weights"], axis=0), atol=1e-3)
+    assert sum(bagged["weights"]) == pytest.approx(1.0) and min(bagged["weights"]) >= 0
+    assert bagged_search_weights(probas, y, step=0.1, bags=8, seed=2)["weights"] == bagged["weights"]  # seeded
+
+
 # --------------------------------------------------------------------------- thresholds
 def test_offsets_never_lower_the_score_on_synthetic_data():
     rng = np.random.default_rng(1)
@@ -295,6 +371,60 @@ def test_offsets_never_lower_the_score_on_synthetic_data():
             m = classification_metrics([str(v) for v in y], [str(v) for v in decide(proba, r.offsets)], labels, (beta,))
             assert m[f"macro_f{beta:g}"] == pytest.approx(r.after)
     assert np.array_equal(decide(proba, np.zeros(proba.shape[1])), proba.argmax(axis=1))
+
+
+def test_cross_validated_offsets_reject_noise_and_keep_a_real_shift():
+    from textclf.thresholds import stratified_folds
+
+    labels = np.array([0] * 10 + [1] * 7)
+    folds = stratified_folds(labels, 3, seed=1)
+    assert sorted(np.concatenate([h for _, h in folds]).tolist()) == list(range(17))
+    assert all(set(t) | set(h) == set(range(17)) and not set(t) & set(h) for t, h in folds)
+    assert sorted(len(h) for _, h in folds) == [5, 6, 6]
+    assert sorted(np.bincount(labels[h], minlength=2)[0] for _, h in folds) == [3, 3, 4]  # each class dealt evenly
+
+    # calibrated, symmetric scores: the plain argmax is already right, any valid gain of an offset is luck
+    kept = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 2, 200)
+        logits = np.stack([np.zeros(200), 2.0 * y - 1 + rng.normal(0, 1, 200)], axis=1)
+        proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        plain = tune_offsets(proba, y, 1.0)
+        checked = tune_offsets(proba, y, 1.0, cv=5)
+        assert plain.after > plain.before and checked.after >= checked.before  # the plain search always "finds" something
+        assert checked.cv["accepted"] == (checked.cv["oof_after"] > checked.cv["oof_before"])
+        if checked.cv["accepted"]:
+            kept += 1
+            np.testing.assert_array_equal(checked.offsets, plain.offsets)
+        else:
+            assert np.all(checked.offsets == 0) and checked.after == checked.before and checked.moves == 0
+    assert kept <= 3
+
+    rng = np.random.default_rng(7)
+    n = 300
+    y = rng.integers(0, 2, n)
+    # a model that under-predicts class 1 by a constant shift: the offsets hold out of fold
+    logits = np.stack([np.zeros(n), 2.0 * (2 * y - 1) + rng.normal(0, 1, n) - 2.5], axis=1)
+    shifted = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    fixed = tune_offsets(shifted, y, 1.0, cv=5)
+    assert fixed.cv["accepted"] and fixed.cv["oof_after"] > fixed.cv["oof_before"] + 0.05
+    assert fixed.after > fixed.before + 0.05 and fixed.after == pytest.approx(macro_fbeta(y, decide(shifted, fixed.offsets), 2))
+
+
+def test_tune_thresholds_defaults_to_beta_half_with_an_out_of_fold_check(models, tweets, tmp_path):
+    model = copy_model(models["tfidf"], tmp_path / "model")
+    result = invoke("tune-thresholds", "--model_path", model, "--valid_path", tweets["valid"])
+    assert result.exit_code == 0, result.output
+    block = json.loads((model / "meta.json").read_text())["thresholds"]
+    assert block["beta"] == 0.5 and block["metric"] == "macro_f0.5"
+    check = block["cv"]  # the plain search moves on this valid split, so the check runs
+    assert check["folds"] == 5 and check["accepted"] == (check["oof_after"] > check["oof_before"])
+    assert "out-of-fold check (5-fold CV on valid): macro_f0.5" in result.output
+    if check["accepted"]:
+        assert block["moves"] > 0 and block["valid_after"] > block["valid_before"]
+    else:
+        assert set(block["offsets"].values()) == {0.0} and block["valid_after"] == block["valid_before"]
 
 
 def test_tune_thresholds_on_imbalanced_data(models, tweets, tmp_path):

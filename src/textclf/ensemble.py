@@ -5,16 +5,28 @@ with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`
 ``load_predictor``, ``textclf predict``/``evaluate``/``leaderboard``/``report`` and
 ``tune-thresholds`` use like any other (the kind is registered in :mod:`textclf.registry`).
 
-* ``weighted`` (default): ``P = sum_m w_m P_m`` with ``w`` on the simplex (``w_m >= 0``, sum 1),
+* ``auto`` (default): which of the three below generalises best is estimated, not assumed. A
+  stratified, seeded k-fold split of valid (``--cv``, default 5) gives every candidate the same
+  folds: the best single member (picked on the training folds), the weighted average (weights
+  searched on the training folds) and stacking (the stacker fitted on the training folds, its own
+  CV nested inside). Each predicts its held-out fold; the best pooled out-of-fold macro F-beta
+  wins, ties going to the simpler (single < weighted < stacking), and the winner is fitted on all
+  of valid. A winning single member is saved as one-hot weights (method ``weighted``): the
+  ensemble predicts exactly like it. meta.json keeps every candidate's CV score
+  (``ensemble_search.auto``).
+* ``weighted``: ``P = sum_m w_m P_m`` with ``w`` on the simplex (``w_m >= 0``, sum 1),
   chosen on the validation split to maximise macro F-beta (``--beta``, default 1). With up to
   :data:`GRID_MAX_MEMBERS` members every point of the simplex grid with step ``--step`` (default
   0.05: 21 points for 2 members, 231 for 3, 1771 for 4) is scored; with more, coordinate ascent
   from the best of the uniform weights and each single member moves one weight at a time along
   that grid (the others rescaled) while the score rises. Ties of the (discrete) macro F-beta go
   to the lower valid log-loss, then to the more uniform weights. The single members are grid
-  points, so the chosen weights score >= the best member on valid. ``--objective logloss``
+  points, so the plain search's weights score >= the best member on valid. ``--objective logloss``
   minimises the valid log-loss of the average instead (a smooth, proper score: less swayed by
   the few valid documents that flip macro F-beta; ties go to the higher macro F-beta).
+  The search is bagged (``--bags``, default :data:`DEFAULT_BAGS`; 0 is the plain search): the
+  weights are the mean of those found on stratified bootstrap resamples of valid (Caruana's bagged
+  ensemble selection), which follows valid's noise less than one search does.
 * ``stacking``: a scikit-learn ``LogisticRegression`` on the members' concatenated valid
   probabilities, its ``C`` and ``class_weight`` picked by stratified k-fold cross-validation
   (``--cv``, macro F-beta), then refitted on all of valid (``stacker.joblib``).
@@ -25,7 +37,10 @@ different column order is realigned); their own decision thresholds are not used
 combines probabilities), but the ensemble can get its own with ``textclf tune-thresholds``.
 
 Caveat: the members were usually tuned on the same validation split, so their valid scores are
-optimistic; weights and stacker learn from them all the same. Score the result on a test split.
+optimistic; weights, stacker and ``auto``'s folds learn from them all the same (cross-validation
+guards against the ensemble's own over-fitting, not against the members'). Where data allows,
+tune the members on one part of valid and build the ensemble on another, and score the result on
+a test split.
 """
 
 from __future__ import annotations
@@ -44,13 +59,20 @@ from textclf.meta import META_FILE
 from textclf.predictor import Predictor
 
 KIND = "ensemble"
-METHODS = ("weighted", "stacking")
+#: how a saved ensemble combines its members (meta.json ``method``)
+SAVED_METHODS = ("weighted", "stacking")
+#: what ``--method`` accepts: ``auto`` cross-validates the candidates and saves the winner as one of SAVED_METHODS
+METHODS = ("auto", "weighted", "stacking")
+#: the candidates ``auto`` compares, simplest first (ties go to the earlier one)
+CANDIDATES = ("single", "weighted", "stacking")
 #: what the weighted search optimises on valid: macro F-beta (default) or the log-loss
 OBJECTIVES = ("fbeta", "logloss")
 STACKER_FILE = "stacker.joblib"
 MEMBERS_DIR = "members"
 #: up to this many members the weight search scores the whole simplex grid
 GRID_MAX_MEMBERS = 4
+#: ``textclf ensemble --bags`` default: stratified bootstrap resamples the weight search is bagged over
+DEFAULT_BAGS = 25
 PACKAGES = ("scikit-learn", "joblib")
 
 
@@ -128,8 +150,9 @@ class EnsemblePredictor(Predictor):
 
         model_dir = Path(model_dir)
         meta = meta or read_meta(model_dir)
-        if meta.get("method", "weighted") not in METHODS:
-            raise ModelError(f"{model_dir / META_FILE}: unknown ensemble method {meta.get('method')!r}; known: {', '.join(METHODS)}")
+        if meta.get("method", "weighted") not in SAVED_METHODS:
+            raise ModelError(f"{model_dir / META_FILE}: unknown ensemble method {meta.get('method')!r}; "
+                             f"known: {', '.join(SAVED_METHODS)}")
         records = meta.get("members") or []
         if not records:
             raise ModelError(f"{model_dir / META_FILE}: an ensemble without members")
@@ -267,6 +290,48 @@ def search_weights(probas: Sequence[np.ndarray], y: np.ndarray, beta: float = 1.
             "strategy": strategy, "evaluated": evaluated, "single": singles}
 
 
+def bootstrap_indices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A stratified bootstrap resample of ``range(len(y))``: every class keeps its count."""
+    parts = [rng.choice(idx, len(idx)) for idx in (np.flatnonzero(y == c) for c in np.unique(y))]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def bagged_search_weights(probas: Sequence[np.ndarray], y: np.ndarray, beta: float = 1.0, step: float = 0.05,
+                          bags: int = 0, seed: int = 13, objective: str = "fbeta") -> dict:
+    """:func:`search_weights`, bagged: the mean of the weights it finds on ``bags`` stratified bootstrap resamples.
+
+    Caruana et al.'s bagged ensemble selection: one search follows the few valid documents that
+    flip macro F-beta; the average over resamples keeps what most resamples agree on and is
+    closer to equal weights where valid cannot tell the members apart. ``bags=0`` is the plain
+    search. The result's ``score``/``logloss`` are the averaged weights' on all of ``y``;
+    ``bag_weights`` lists every resample's weights.
+    """
+    plain = search_weights(probas, y, beta, step, objective=objective)
+    if bags <= 0 or len(probas) == 1:
+        return {**plain, "bags": 0}
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(bags):
+        idx = bootstrap_indices(y, rng)
+        found.append(search_weights([p[idx] for p in probas], y[idx], beta, step, objective=objective)["weights"])
+    weights = np.mean(found, axis=0)
+    weights = weights / weights.sum()
+    score, logloss = _objective(probas, y, weights, beta)
+    return {**plain, "weights": [float(w) for w in weights], "score": score, "logloss": logloss, "bags": bags,
+            "strategy": f"bagged: mean of {bags} stratified bootstrap searches ({plain['strategy']})",
+            "evaluated": plain["evaluated"] * (bags + 1), "unbagged_weights": plain["weights"],
+            "bag_weights": [[round(float(w), 4) for w in ws] for ws in found]}
+
+
+def best_member(probas: Sequence[np.ndarray], y: np.ndarray, beta: float = 1.0) -> int:
+    """Index of the member with the highest macro F-beta on ``y`` (ties: lower log-loss, then the first)."""
+    keys = []
+    for m in range(len(probas)):
+        score, logloss = _objective(probas, y, np.eye(len(probas))[m], beta)
+        keys.append((-round(score, 12), round(logloss, 9), m))
+    return min(keys)[2]
+
+
 def fit_stacker(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0, cv: int = 5, seed: int = 13):
     """A logistic regression on the members' probabilities, C and class_weight chosen by stratified k-fold CV.
 
@@ -296,6 +361,129 @@ def fit_stacker(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, bet
     return search.best_estimator_, info
 
 
+# --------------------------------------------------------------------------- auto: choose by cross-validation
+def _fit_candidate(name: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, opts: dict):
+    """Fit candidate ``name`` on ``(probas, y)``: a member index (single), a weight vector, or a stacker."""
+    if name == "single":
+        return best_member(probas, y, opts["beta"])
+    if name == "weighted":
+        return np.asarray(bagged_search_weights(probas, y, opts["beta"], opts["step"], opts["bags"], opts["seed"],
+                                                opts["objective"])["weights"])
+    return fit_stacker(probas, y, n_classes, opts["beta"], opts["cv"], opts["seed"])[0]
+
+
+def _predict_candidate(name: str, fitted, probas: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Class indices a fitted candidate predicts from the members' probabilities."""
+    if name == "single":
+        return np.asarray(probas[fitted]).argmax(axis=1)
+    if name == "weighted":
+        return weighted_average(probas, fitted).argmax(axis=1)
+    return stacker_proba(fitted, probas, n_classes).argmax(axis=1)
+
+
+def _cv_candidate(name: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int,
+                  folds: Sequence[tuple[np.ndarray, np.ndarray]], opts: dict) -> dict:
+    """Pooled out-of-fold macro F-beta of one candidate (fitted on each training part, predicting its held-out part)."""
+    from textclf.thresholds import macro_fbeta
+
+    pred = np.empty(len(y), dtype=np.int64)
+    fitted_per_fold = []
+    for train, held in folds:
+        try:
+            fitted = _fit_candidate(name, [p[train] for p in probas], y[train], n_classes, opts)
+        except EnsembleError as e:  # stacking on a fold whose classes are too small for its inner CV
+            return {"cv_score": None, "skipped": str(e)}
+        pred[held] = _predict_candidate(name, fitted, [p[held] for p in probas], n_classes)
+        fitted_per_fold.append(fitted)
+    out: dict = {"cv_score": macro_fbeta(y, pred, n_classes, opts["beta"])}
+    if name == "single":
+        out["fold_members"] = [int(m) for m in fitted_per_fold]
+    elif name == "weighted":
+        out["fold_weights"] = [[round(float(w), 4) for w in ws] for ws in fitted_per_fold]
+    return out
+
+
+def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0, cv: int = 5,
+                  seed: int = 13, step: float = 0.05, bags: int = 0, objective: str = "fbeta") -> dict:
+    """``--method auto``: estimate each candidate's out-of-sample macro F-beta by stratified k-fold CV on valid.
+
+    Candidates (:data:`CANDIDATES`): the best single member (chosen on the training folds), the
+    weighted average (weights searched on the training folds) and stacking (the stacker fitted on
+    the training folds, its own CV nested inside them). Every candidate sees the same folds; the
+    one with the best pooled out-of-fold score wins, ties going to the simpler (the earlier in
+    :data:`CANDIDATES`). Returns ``{"folds", "seed", "metric", "candidates": {name: {"cv_score",
+    ...}}, "chosen"}``.
+    """
+    from textclf.metrics import beta_name
+    from textclf.thresholds import n_folds, stratified_folds
+
+    y = np.asarray(y, dtype=np.int64)
+    k = n_folds(y, cv)
+    if k < 2 or len(np.unique(y)) < 2:
+        raise EnsembleError(f"--method auto needs at least 2 classes with 2+ validation examples each for its "
+                            f"cross-validation (class counts: {np.bincount(y, minlength=n_classes).tolist()})")
+    folds = stratified_folds(y, k, seed)
+    opts = {"beta": beta, "step": step, "bags": bags, "seed": seed, "objective": objective, "cv": cv}
+    names = CANDIDATES if len(probas) > 1 else ("single",)
+    candidates = {name: _cv_candidate(name, probas, y, n_classes, folds, opts) for name in names}
+    chosen = None
+    for name in names:  # simplest first: a later candidate must score strictly higher
+        score = candidates[name]["cv_score"]
+        if score is not None and (chosen is None or score > candidates[chosen]["cv_score"] + 1e-12):
+            chosen = name
+    return {"folds": k, "seed": seed, "metric": f"macro_{beta_name(beta)}", "candidates": candidates, "chosen": chosen}
+
+
+def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0,
+               step: float = 0.05, cv: int = 5, seed: int = 13, bags: int = 0, objective: str = "fbeta") -> tuple:
+    """Fit ``method`` (auto, weighted, stacking; ``single`` too) on all of valid.
+
+    Returns ``(saved method, weights or None, stacker or None, search info)``. ``auto`` runs
+    :func:`select_method` first (its report lands in ``search["auto"]``); a single member is
+    saved as one-hot weights (method ``weighted``), so the ensemble predicts exactly like it.
+    """
+    n = len(probas)
+    singles = [_objective(probas, y, np.eye(n)[m], beta)[0] for m in range(n)]
+    selection = None
+    if method == "auto":
+        selection = select_method(probas, y, n_classes, beta, cv, seed, step, bags, objective)
+        method = selection["chosen"]
+    weights, stacker = None, None
+    if method == "single":
+        m = best_member(probas, y, beta)
+        weights = [float(w) for w in np.eye(n)[m]]
+        score, logloss = _objective(probas, y, np.asarray(weights), beta)
+        search = {"score": score, "logloss": logloss, "strategy": "single member (best on valid)", "member": m}
+    elif method == "weighted":
+        search = bagged_search_weights(probas, y, beta, step, bags, seed, objective)
+        weights = search["weights"]
+    else:
+        stacker, search = fit_stacker(probas, y, n_classes, beta, cv, seed)
+    search = {**search, "single": singles, "chosen": method}
+    if selection is not None:
+        search["auto"] = selection
+    return ("stacking" if stacker is not None else "weighted"), weights, stacker, search
+
+
+def describe_auto(search: dict, member_names: Sequence[str]) -> str:
+    """One line on what ``--method auto`` compared and chose (empty when it did not run)."""
+    auto = search.get("auto")
+    if not auto:
+        return ""
+    parts = []
+    for name, c in auto["candidates"].items():
+        if c["cv_score"] is None:
+            parts.append(f"{name} skipped ({c.get('skipped')})")
+            continue
+        detail = ""
+        if name == "single":
+            picks = [member_names[m] for m in c["fold_members"]]
+            detail = " (" + ", ".join(f"{p} in {picks.count(p)}/{len(picks)} folds" for p in dict.fromkeys(picks)) + ")"
+        parts.append(f"{name} {c['cv_score']:.4f}{detail}")
+    return (f"auto: out-of-fold {auto['metric']} ({auto['folds']}-fold stratified CV on valid, seed {auto['seed']}): "
+            f"{'; '.join(parts)} -> {auto['chosen']}")
+
+
 # --------------------------------------------------------------------------- building
 def _member_name(path: Path, meta: dict) -> str:
     return f"{path.name} ({meta.get('kind')})"
@@ -306,11 +494,15 @@ def _common(values: Sequence) -> object | None:
 
 
 def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, output_dir: str | Path,
-                   method: str = "weighted", beta: float = 1.0, copy: bool = False, test_path: str | Path | None = None,
+                   method: str = "auto", beta: float = 1.0, copy: bool = False, test_path: str | Path | None = None,
                    step: float = 0.05, cv: int = 5, seed: int = 13, data_format: str | None = None,
                    text_column: str = "text", label_column: str = "label", batch_size: int = 1024,
-                   echo: bool = False, objective: str = "fbeta") -> dict:
-    """Build an ensemble of ``model_paths`` on ``valid_path`` into ``output_dir``; return its meta.json content."""
+                   echo: bool = False, objective: str = "fbeta", bags: int = DEFAULT_BAGS) -> dict:
+    """Build an ensemble of ``model_paths`` on ``valid_path`` into ``output_dir``; return its meta.json content.
+
+    ``method`` is one of :data:`METHODS` (``auto``: see :func:`select_method`); ``bags`` bootstrap
+    resamples bag the weight search (0: the plain grid search).
+    """
     import datetime as _dt
 
     from textclf.atomic import atomic_replace_file, atomic_write_text
@@ -328,6 +520,8 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         raise EnsembleError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if not 0 < step <= 0.5:
         raise EnsembleError(f"--step must be in (0, 0.5], got {step:g}")
+    if bags < 0:
+        raise EnsembleError(f"--bags must be >= 0, got {bags}")
     output_dir = Path(output_dir)
     dirs = [_resolve(p)[0] for p in model_paths]
     if not dirs:
@@ -355,14 +549,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         return out
 
     valid_probas = probas_of(valid.texts)
-    weights: list[float] | None = None
-    stacker = None
-    if method == "weighted":
-        search = search_weights(valid_probas, y, beta, step, objective=objective)
-        weights = search["weights"]
-    else:
-        stacker, search = fit_stacker(valid_probas, y, len(labels), beta, cv, seed)
-        search["single"] = [_objective(valid_probas, y, np.eye(len(members))[m], beta)[0] for m in range(len(members))]
+    saved, weights, stacker, search = fit_method(method, valid_probas, y, len(labels), beta, step, cv, seed, bags, objective)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -385,7 +572,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
     elif (output_dir / STACKER_FILE).exists():
         (output_dir / STACKER_FILE).unlink()
 
-    tmp_meta = {"kind": KIND, "labels": labels, "method": method, "weights": weights, "members": records}
+    tmp_meta = {"kind": KIND, "labels": labels, "method": saved, "weights": weights, "members": records}
     predictor = EnsemblePredictor(output_dir, tmp_meta, members, weights, stacker)
     label_order = list(labels)
     ens_valid = predictor.combine(valid_probas)
@@ -400,22 +587,25 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
     atomic_write_text(output_dir / "metrics.txt", report + "\n")
 
     config = {"members": [str(p) for p in model_paths], "method": method, "beta": beta, "objective": objective, "copy": copy,
-              "step": step, "cv": cv, "seed": seed, "valid_path": str(valid_path),
+              "step": step, "bags": bags, "cv": cv, "seed": seed, "valid_path": str(valid_path),
               "test_path": None if test_path is None else str(test_path)}
     search_block = {"metric": f"macro_{beta_name(beta)}", "valid_score": search.get("score", search.get("cv_score")),
                     **{k: v for k, v in search.items() if k not in ("weights",)},
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     meta = build_meta(KIND, labels, config, metrics, _common([m.get("data_sha256") for m in metas]),
-                      PACKAGES if method == "stacking" else (),
-                      method=method, weights=weights, members=records, ensemble_search=search_block,
+                      PACKAGES if saved == "stacking" else (),
+                      method=saved, weights=weights, members=records, ensemble_search=search_block,
                       data={"train": _common([p.get("train") for p in data_paths]), "valid": str(valid_path), "test": test},
-                      **({"stacker_file": STACKER_FILE} if method == "stacking" else {}))
+                      **({"stacker_file": STACKER_FILE} if saved == "stacking" else {}))
     write_meta(output_dir, meta)
     if echo:
         import click
 
         click.echo(report)
-        click.echo(f"\nensemble ({method}) written to {output_dir}")
+        line = describe_auto(search, [r["name"] for r in records])
+        click.echo(f"\n{line}" if line else "")
+        chosen = f"{method}: {search['chosen']}" if method == "auto" else method
+        click.echo(f"ensemble ({chosen}) written to {output_dir}")
     return meta
 
 

@@ -13,6 +13,14 @@ offset ``o_k`` and a model predicts ``argmax_k(log p_k + o_k)``; all zeros is th
   tuned score is >= the untuned one by construction;
 * rounds over all classes repeat until a round changes nothing (or ``max_rounds``).
 
+That search takes any strict valid improvement, however small, and so over-fits a small split
+(one or two flipped documents). ``cv`` (``textclf tune-thresholds --cv``, default 5) guards it:
+:func:`cross_validate_offsets` runs the same search on each training part of a stratified, seeded
+k-fold split of valid and decides the held-out part with those offsets; the offsets tuned on all of
+valid are kept only when that pooled out-of-fold macro F-beta beats the untuned one, otherwise
+the model keeps the plain argmax (all zeros). Either way the stored valid score is >= the untuned
+one. ``--cv 0`` is the plain search.
+
 The offsets live in the model directory's ``meta.json`` under ``"thresholds"`` (written
 atomically by :func:`save_thresholds`), and :class:`textclf.predictor.Predictor` applies them in
 ``predict`` for every family; ``predict_proba`` is never changed.
@@ -35,6 +43,9 @@ META_KEY = "thresholds"
 EPS = 1e-12
 #: offsets stay within +-MAX_OFFSET nats (beyond that a class is simply always / never predicted)
 MAX_OFFSET = 30.0
+#: ``textclf tune-thresholds`` defaults: macro F0.5 (precision-leaning), 5-fold out-of-fold check
+DEFAULT_BETA = 0.5
+DEFAULT_CV = 5
 
 
 def log_proba(proba: np.ndarray) -> np.ndarray:
@@ -94,16 +105,44 @@ def macro_fbeta(y: np.ndarray, pred: np.ndarray, n_classes: int, beta: float = 1
     return float(fbeta_from_counts(np.diag(cm), cm.sum(axis=0), cm.sum(axis=1), beta))
 
 
+def stratified_folds(y: np.ndarray, k: int, seed: int = 13) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` stratified ``(train, held-out)`` index pairs: each class's shuffled (seeded) indices dealt round-robin.
+
+    The deal continues across classes, so fold sizes differ by at most one.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(y), dtype=np.int64)
+    start = 0
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold_of[idx] = (start + np.arange(len(idx))) % k
+        start += len(idx)
+    everything = np.arange(len(y))
+    return [(everything[fold_of != f], everything[fold_of == f]) for f in range(k)]
+
+
+def n_folds(y: np.ndarray, cv: int) -> int:
+    """Folds a stratified split can have: ``cv`` capped by the smallest class present (0 or 1: no CV possible)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64)) if len(y) else np.zeros(0, dtype=np.int64)
+    present = counts[counts > 0]
+    return int(min(cv, present.min())) if len(present) else 0
+
+
 # --------------------------------------------------------------------------- search
 @dataclass
 class TuneResult:
-    """Outcome of :func:`tune_offsets`: offsets in class order, valid score before and after, rounds run."""
+    """Outcome of :func:`tune_offsets`: offsets in class order, valid score before and after, rounds run.
+
+    ``cv`` holds the out-of-fold check (:func:`cross_validate_offsets`) when one ran.
+    """
 
     offsets: np.ndarray
     before: float
     after: float
     rounds: int
     moves: int
+    cv: dict | None = None
 
 
 def _best_offset_for_class(logp: np.ndarray, offsets: np.ndarray, y: np.ndarray, k: int, beta: float) -> float | None:
@@ -150,12 +189,53 @@ def _best_offset_for_class(logp: np.ndarray, offsets: np.ndarray, y: np.ndarray,
 
 
 def tune_offsets(proba: np.ndarray, y: np.ndarray, beta: float = 1.0, max_rounds: int = 20,
-                 start: np.ndarray | None = None) -> TuneResult:
+                 start: np.ndarray | None = None, cv: int = 0, seed: int = 13) -> TuneResult:
     """Per-class offsets on ``log proba`` that maximise macro F-beta of ``y`` (integer labels); never lower it.
 
     ``start`` (default zeros) is where the search begins; its score is the baseline that every
-    accepted move must beat strictly.
+    accepted move must beat strictly. ``cv >= 2``: keep the offsets only when the same search,
+    cross-validated on ``cv`` stratified folds (seed ``seed``), beats ``start`` out of fold;
+    otherwise return ``start`` unchanged (``result.cv`` says which).
     """
+    result = _search_offsets(proba, y, beta, max_rounds, start)
+    if cv < 2 or result.moves == 0:
+        return result
+    check = cross_validate_offsets(proba, y, beta, cv, seed, max_rounds, start)
+    if check is None:
+        return result
+    result.cv = check
+    if not check["accepted"]:
+        result.offsets = np.zeros(len(result.offsets)) if start is None else np.asarray(start, dtype=np.float64).copy()
+        result.after, result.moves = result.before, 0
+    return result
+
+
+def cross_validate_offsets(proba: np.ndarray, y: np.ndarray, beta: float = 1.0, cv: int = 5, seed: int = 13,
+                           max_rounds: int = 20, start: np.ndarray | None = None) -> dict | None:
+    """Out-of-fold macro F-beta of the offset search: tuned on each training part, deciding its held-out part.
+
+    Returns ``{"folds", "seed", "oof_before", "oof_after", "accepted"}`` (accepted: after > before),
+    or None when a class has fewer than 2 examples (no stratified split).
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    k = n_folds(y, cv)
+    if k < 2:
+        return None
+    n_classes = proba.shape[1]
+    base = np.zeros(n_classes) if start is None else np.asarray(start, dtype=np.float64)
+    pred = np.empty(len(y), dtype=np.int64)
+    for train, held in stratified_folds(y, k, seed):
+        offsets = _search_offsets(proba[train], y[train], beta, max_rounds, base).offsets
+        pred[held] = decide(proba[held], offsets)
+    before = macro_fbeta(y, decide(proba, base), n_classes, beta)
+    after = macro_fbeta(y, pred, n_classes, beta)
+    return {"folds": k, "seed": seed, "oof_before": before, "oof_after": after, "accepted": bool(after > before + 1e-12)}
+
+
+def _search_offsets(proba: np.ndarray, y: np.ndarray, beta: float, max_rounds: int,
+                    start: np.ndarray | None) -> TuneResult:
+    """The plain coordinate search of :func:`tune_offsets` (every strict valid improvement is taken)."""
     proba = np.asarray(proba, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     n, n_classes = proba.shape
@@ -183,12 +263,14 @@ def tune_offsets(proba: np.ndarray, y: np.ndarray, beta: float = 1.0, max_rounds
 
 
 # --------------------------------------------------------------------------- model directories
-def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float = 1.0, data_format: str | None = None,
+def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float = DEFAULT_BETA, data_format: str | None = None,
                     text_column: str = "text", label_column: str = "label", max_rounds: int = 20,
-                    batch_size: int = 1024, save: bool = True) -> dict:
+                    batch_size: int = 1024, save: bool = True, cv: int = DEFAULT_CV, seed: int = 13) -> dict:
     """Tune offsets of the model at ``model_path`` on ``valid_path`` and store them in its meta.json.
 
-    Returns the ``thresholds`` block (offsets by label, beta, valid score before/after, ...).
+    ``cv`` folds (0: none) check the search out of fold first (see the module docstring).
+    Returns the ``thresholds`` block (offsets by label, beta, valid score before/after, the
+    out-of-fold check under ``"cv"``, ...).
     """
     from textclf.data import batched, read_labelled, sha256_files
     from textclf.metrics import beta_name
@@ -202,7 +284,7 @@ def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float 
     y = label_indices(ds.labels, predictor.labels, valid_path)
     probas = [predictor.predict_proba(batch) for batch in batched(ds.texts, batch_size)]
     proba = np.vstack(probas) if probas else np.zeros((0, len(predictor.labels)))
-    result = tune_offsets(proba, y, beta, max_rounds)
+    result = tune_offsets(proba, y, beta, max_rounds, cv=cv, seed=seed)
     before_acc = float(np.mean(decide(proba) == y)) if len(y) else 0.0
     after_acc = float(np.mean(decide(proba, result.offsets) == y)) if len(y) else 0.0
     block = {
@@ -218,6 +300,7 @@ def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float 
         "valid_accuracy_after": after_acc,
         "rounds": result.rounds,
         "moves": result.moves,
+        "cv": result.cv,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if save:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import click
 
 from textclf.cli.options import code_option
+from textclf.ensemble import DEFAULT_BAGS
+from textclf.thresholds import DEFAULT_BETA, DEFAULT_CV
 
 DATA_FORMATS = ["csv", "tsv", "jsonl", "fasttext"]
 
@@ -77,25 +79,29 @@ def report(model_path, data_path, out_dir, text_column, label_column, data_forma
               help="A member model directory (repeat for every member; any family, same label set).")
 @click.option("--valid_path", required=True, type=click.Path(dir_okay=False), help="Labelled file the weights/stacker learn on.")
 @click.option("--output_dir", required=True, type=click.Path(file_okay=False), help="The ensemble's model directory.")
-@click.option("--method", type=click.Choice(["weighted", "stacking"]), default="weighted", show_default=True,
-              help="weighted: simplex weights searched on valid; stacking: logistic regression on the members' probabilities.")
+@click.option("--method", type=click.Choice(["auto", "weighted", "stacking"]), default="auto", show_default=True,
+              help="weighted: simplex weights searched on valid; stacking: logistic regression on the members' probabilities; "
+              "auto: the best single member, weighted or stacking, whichever scores best out of fold (--cv folds on valid).")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Maximise valid macro F-beta (1: macro-F1).")
 @click.option("--objective", type=click.Choice(["fbeta", "logloss"]), default="fbeta", show_default=True,
               help="weighted: maximise valid macro F-beta, or minimise the valid log-loss of the average.")
 @click.option("--copy", is_flag=True, help="Copy the members into OUTPUT_DIR/members/ (default: reference them by relative path).")
 @click.option("--test_path", type=click.Path(dir_okay=False), default=None, help="Optional labelled test file, scored once.")
 @click.option("--step", type=float, default=0.05, show_default=True, help="Weight grid step of the weighted search.")
-@click.option("--cv", type=int, default=5, show_default=True, help="Cross-validation folds of the stacker.")
+@click.option("--bags", type=int, default=DEFAULT_BAGS, show_default=True,
+              help="Bag the weight search: average the weights found on this many stratified bootstrap resamples of valid "
+              "(0: the plain grid search).")
+@click.option("--cv", type=int, default=5, show_default=True, help="Cross-validation folds of auto and of the stacker.")
 @click.option("--seed", type=int, default=13, show_default=True)
 @data_format_options
 @click.option("--batch_size", type=int, default=1024, show_default=True)
-def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy, test_path, step, cv, seed, text_column,
+def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy, test_path, step, bags, cv, seed, text_column,
              label_column, data_format, batch_size):
     """Combine model directories of any families into one ensemble model directory (kind ``ensemble``)."""
     from textclf.ensemble import build_ensemble, weights_table
 
     meta = build_ensemble(model_paths, valid_path, output_dir, method, beta, copy, test_path, step, cv, seed, data_format,
-                          text_column, label_column, batch_size, echo=True, objective=objective)
+                          text_column, label_column, batch_size, echo=True, objective=objective, bags=bags)
     s = meta["ensemble_search"]
     click.echo(f"\n{weights_table(meta)}\n\nvalid {s['metric']}: {s['valid_score']:.4f} ({s.get('strategy') or 'cross-validated'})"
                f"; best single member on valid: {max(s['single']):.4f}")
@@ -105,12 +111,17 @@ def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy,
 @code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (its meta.json gets the offsets).")
 @click.option("--valid_path", type=click.Path(dir_okay=False), default=None, help="Labelled validation file.")
-@click.option("--beta", type=float, default=1.0, show_default=True, help="Maximise macro F-beta on valid (0.5 favours precision).")
+@click.option("--beta", type=float, default=DEFAULT_BETA, show_default=True,
+              help="Maximise macro F-beta on valid (0.5 favours precision, 1 is macro-F1).")
 @data_format_options
 @click.option("--max_rounds", type=int, default=20, show_default=True, help="Rounds of coordinate search over the classes.")
+@click.option("--cv", type=int, default=DEFAULT_CV, show_default=True,
+              help="Keep the offsets only when the search, cross-validated on this many stratified folds of valid, beats "
+              "the plain argmax out of fold (0: no check, keep any valid improvement).")
+@click.option("--seed", type=int, default=13, show_default=True, help="Seed of the folds.")
 @click.option("--reset", is_flag=True, help="Remove the stored offsets instead (predict goes back to the plain argmax).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored thresholds block as JSON.")
-def tune_thresholds(model_path, valid_path, beta, text_column, label_column, data_format, max_rounds, reset, as_json):
+def tune_thresholds(model_path, valid_path, beta, text_column, label_column, data_format, max_rounds, cv, seed, reset, as_json):
     """Tune per-class offsets on log-probabilities for macro F-beta on valid; store them in meta.json."""
     from textclf.predictor import _resolve
     from textclf.thresholds import save_thresholds, tune_thresholds
@@ -121,10 +132,15 @@ def tune_thresholds(model_path, valid_path, beta, text_column, label_column, dat
         return
     if not valid_path:
         raise click.UsageError("--valid_path is required (unless --reset)")
-    block = tune_thresholds(model_path, valid_path, beta, data_format, text_column, label_column, max_rounds)
+    block = tune_thresholds(model_path, valid_path, beta, data_format, text_column, label_column, max_rounds, cv=cv, seed=seed)
     if as_json:
         click.echo(json.dumps(block, indent=2))
         return
+    check = block.get("cv")
+    if check:
+        verdict = "kept" if check["accepted"] else "rejected: the model keeps the plain argmax"
+        click.echo(f"out-of-fold check ({check['folds']}-fold CV on valid): {block['metric']} {check['oof_before']:.4f} "
+                   f"untuned -> {check['oof_after']:.4f} tuned on the other folds; offsets {verdict}")
     offsets = ", ".join(f"{k} {v:+.3f}" for k, v in block["offsets"].items())
     click.echo(f"valid {block['metric']}: {block['valid_before']:.4f} -> {block['valid_after']:.4f} "
                f"(accuracy {block['valid_accuracy_before']:.4f} -> {block['valid_accuracy_after']:.4f}; "

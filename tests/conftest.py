@@ -9,12 +9,14 @@ modules as ``from conftest import ...`` after putting this folder on ``sys.path`
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,39 @@ def cluster(tmp_path_factory) -> dict:
     env["TEXTCLF_TEST_SLURM_DIR"] = str(d)
     yield env
     run(["bash", "slurm/local-cluster.sh", "down", str(d)], env, check=False)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    """A throw-away PostgreSQL server (Debian's postgresql) on a loopback port; yields its URL."""
+    if not INFRA:
+        pytest.skip("PostgreSQL test starts a server: set TEXTCLF_INFRA_TESTS=1 or run `make test_infra`")
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql (docker/ci-system-deps.sh)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install '.[postgres]'")
+    bindir = Path(initdb[-1]).parent
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="textclf-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    run(as_user + [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"], timeout=120)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o", opts, "start"], timeout=60)
+    try:
+        run(as_user + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"])
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProcess:
+    """``make TARGET VAR=value...`` in the repository with ``env``; raises when it fails."""
+    return run(["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()], env)

@@ -30,6 +30,9 @@ from textclf.experiments import Queue, runs
 from textclf.run_queue import Task, open_queue
 from textclf.tracking import open_store
 
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import job_states, make, wait  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,19 +236,7 @@ def test_two_processes_training_at_once_both_land(data_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------- SLURM (infra tests)
-def _slurm_fixtures():
-    """tests/test_slurm.py as a module: its ``cluster`` fixture starts the local SLURM cluster."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_textclf_slurm_fixtures_exp", REPO / "tests" / "test_slurm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_slurm = _slurm_fixtures()
-cluster = _slurm.cluster
-postgres_url = _slurm.postgres_url
+# the `cluster` and `postgres_url` fixtures live in conftest.py
 
 
 @pytest.mark.slurm
@@ -260,13 +251,13 @@ def test_grid_through_a_slurm_worker_array(kind, cluster, data_dir, tmp_path, re
     open_store(uri)  # migrated before the workers start
     # the jobs run in tmp_path (models/queue/... lands there) and record into the test's store
     env = dict(cluster, TEXTCLF_TRACK="1", MLFLOW_TRACKING_URI=uri, HF_HUB_OFFLINE="1")
-    proc = _slurm.make("workers_slurm", env, N_WORKERS="2", QUEUE=q.name, QUEUE_STORAGE=storage, IDLE_EXIT="5",
+    proc = make("workers_slurm", env, N_WORKERS="2", QUEUE=q.name, QUEUE_STORAGE=storage, IDLE_EXIT="5",
                        WORKER_CPUS="1", WORKER_MEM="1G", TIME_LIMIT="0:15:00", SLURM_LOGS=str(logs),
                        SBATCH_EXTRA=f"--chdir={tmp_path}", VENV=str(REPO / ".venv"))
     array = proc.stdout.strip().splitlines()[-1].split(";")[0]
     assert array.isdigit(), proc.stdout
-    assert _slurm.wait(env, array) == 0, "".join(p.read_text()[-2000:] for p in logs.iterdir())
-    assert _slurm.job_states(env, array) == [("COMPLETED", 0), ("COMPLETED", 0)]
+    assert wait(env, array) == 0, "".join(p.read_text()[-2000:] for p in logs.iterdir())
+    assert job_states(env, array) == [("COMPLETED", 0), ("COMPLETED", 0)]
     outs = sorted(logs.iterdir())
     assert [p.name for p in outs] == [f"textclf-worker-{array}_1.out", f"textclf-worker-{array}_2.out"]
     assert sum(int(re.search(r"worker done: (\d+) task", p.read_text()).group(1)) for p in outs) == 4

@@ -279,17 +279,7 @@ def test_journal_queue_requeues_with_the_command(data, uri, sleepy, tmp_path):
 
 
 # --------------------------------------------------------------------------- PostgreSQL (infra tests)
-def _slurm_fixtures():
-    """tests/test_slurm.py as a module: its ``postgres_url`` fixture starts the throw-away PostgreSQL server."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_textclf_slurm_fixtures_q", REPO / "tests" / "test_slurm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-postgres_url = _slurm_fixtures().postgres_url
+# the `cluster` and `postgres_url` fixtures live in conftest.py
 
 
 @pytest.mark.postgres

@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import INFRA, REPO, free_port, job_states, run, wait  # noqa: E402
+from conftest import REPO, job_states, make, run, wait  # noqa: E402
 
 FT_SET = "search.space.bucket.choices=[100000] search.space.epoch.high=15 search.space.dim.choices=[25,50]"
 N_TRIALS = 6
@@ -60,39 +59,6 @@ def job_processes(job_id: str) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> str:
-    """A throw-away PostgreSQL server (Debian's postgresql) on a loopback port; yields its URL."""
-    if not INFRA:
-        pytest.skip("PostgreSQL test starts a server: set TEXTCLF_INFRA_TESTS=1 or run `make test_infra`")
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb:
-        pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql (docker/ci-system-deps.sh)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed: pip install '.[postgres]'")
-    bindir = Path(initdb[-1]).parent
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="textclf-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    run(as_user + [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"], timeout=120)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o", opts, "start"], timeout=60)
-    try:
-        run(as_user + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"])
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProcess:
-    return run(["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()], env)
 
 
 def tune(env: dict, out: Path, logs: Path, **variables: str) -> tuple[str, str]:

@@ -282,17 +282,7 @@ def test_learning_curves_from_history_and_stages(tmp_path):
 
 
 # --------------------------------------------------------------------------- a team server (infra tests)
-def _slurm_fixtures():
-    """tests/test_slurm.py as a module: its ``postgres_url`` fixture starts the throw-away PostgreSQL server."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_textclf_slurm_fixtures", REPO / "tests" / "test_slurm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-postgres_url = _slurm_fixtures().postgres_url
+# the `cluster` and `postgres_url` fixtures live in conftest.py
 
 
 def free_port() -> int:

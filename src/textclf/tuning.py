@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from textclf.atomic import atomic_open
 from textclf.errors import ConfigError, TextclfError
+from textclf.tempfiles import pid_alive
 
 log = logging.getLogger(__name__)
 # multivariate TPE and the matplotlib plots are flagged experimental; they are stable enough for us
@@ -124,16 +125,6 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
                 rng.seed(int(value))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_stale_trials(study: optuna.Study) -> int:
     """Mark RUNNING trials left by a killed process on this host as FAIL; returns how many.
 
@@ -144,7 +135,7 @@ def fail_stale_trials(study: optuna.Study) -> int:
     stale = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             stale += 1
     if stale:

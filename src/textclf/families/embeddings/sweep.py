@@ -74,6 +74,7 @@ from textclf.atomic import atomic_open, atomic_write_json, atomic_write_text
 from textclf.errors import ConfigError, ModelError
 from textclf.families.embeddings.classifiers import CLASSIFIERS
 from textclf.families.embeddings.encoders import TFIDF_SVD
+from textclf.tempfiles import pid_alive
 from textclf.tuning import JOURNAL_FILE
 
 log = logging.getLogger(__name__)
@@ -307,12 +308,8 @@ def _proc_start(pid: int) -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:  # a zombie (killed, not yet reaped) is gone too
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):

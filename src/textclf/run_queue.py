@@ -581,10 +581,10 @@ def work(study: optuna.Study, output_root: str | Path = DEFAULT_OUTPUT_ROOT, max
 
 # --------------------------------------------------------------------------- managing
 def _pid_gone(trial: FrozenTrial) -> bool:
-    from textclf.tuning import _pid_alive
+    from textclf.tempfiles import pid_alive
 
     pid = trial.user_attrs.get("pid")
-    return trial.user_attrs.get("host") == os.uname().nodename and isinstance(pid, int) and not _pid_alive(pid)
+    return trial.user_attrs.get("host") == os.uname().nodename and isinstance(pid, int) and not pid_alive(pid)
 
 
 @_quiet

@@ -264,11 +264,40 @@ def markdown_table(datasets: dict) -> str:
             gpu = f"{v['peak_gpu_mb']:.0f}" if v.get("peak_gpu_mb") else "-"
             per_cpu = f"{v['rows_per_cpu_s']:.1f}" if v.get("rows_per_cpu_s") else "-"
             cpu_ratio = f"{v['cpu_ratio_to_plain']:.2f}" if v.get("cpu_ratio_to_plain") is not None else ""
+            if v.get("n_seeds", 1) > 1:
+                m, sd = v["test_mean"], v["test_sd"]
+                acc = f"{m['accuracy']:.4f} ± {sd['accuracy']:.4f}"
+                f1 = f"{m['macro_f1']:.4f} ± {sd['macro_f1']:.4f} ({v['n_seeds']} seeds)"
+            else:
+                acc, f1 = f"{t['accuracy']:.4f}", f"{t['macro_f1']:.4f}"
             rows.append(f"| {name} | {title} | {v['rows_per_s']:.1f} | {ratio} | {per_cpu} | {cpu_ratio} | {v['train_wall_s']:.0f} | "
-                        f"{v['predict_docs_per_s']:.0f} | {gpu} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |")
+                        f"{v['predict_docs_per_s']:.0f} | {gpu} | {acc} | {f1} |")
         for ref, acc in PUBLISHED.get(name, {}).items():
             rows.append(f"| {name} | published: {ref} | | | | | | | | {acc:.3f} | |")
     return "\n".join(rows)
+
+
+def merge_seed_run(runs: list[dict], seed: int, test: dict) -> list[dict]:
+    """``runs`` with this seed's test scores added (a repeat of a seed replaces its earlier entry)."""
+    entry = {"seed": seed, "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}
+    return [*(r for r in runs if r["seed"] != seed), entry]
+
+
+def seed_summary(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation of test accuracy and macro-F1 over the seed runs."""
+    import statistics
+
+    out = {"test_mean": {}, "test_sd": {}, "n_seeds": len(runs)}
+    for k in ("accuracy", "macro_f1"):
+        xs = [r[k] for r in runs]
+        out["test_mean"][k] = round(statistics.fmean(xs), 4)
+        out["test_sd"][k] = round(statistics.stdev(xs), 4) if len(xs) > 1 else None
+    return out
+
+
+def _f1(v: dict) -> float:
+    """The variant's test macro-F1: the mean over seeds when it ran with several, else its one run."""
+    return (v.get("test_mean") or v["test"])["macro_f1"]
 
 
 def add_ratios(result: dict) -> None:
@@ -281,7 +310,7 @@ def add_ratios(result: dict) -> None:
             v["ratio_to_plain"] = round(v["rows_per_s"] / plain["rows_per_s"], 3)
             if v.get("rows_per_cpu_s") and plain.get("rows_per_cpu_s"):
                 v["cpu_ratio_to_plain"] = round(v["rows_per_cpu_s"] / plain["rows_per_cpu_s"], 3)
-            v["f1_delta_to_plain"] = round(v["test"]["macro_f1"] - plain["test"]["macro_f1"], 4)
+            v["f1_delta_to_plain"] = round(_f1(v) - _f1(plain), 4)
 
 
 @click.command()
@@ -297,6 +326,9 @@ def add_ratios(result: dict) -> None:
 @click.option("--max_eval_rows", type=int, default=None, help="Cut every valid/test split to its first N rows.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Run the variants this many times (interleaved) and keep each one's fastest: timings on a busy machine are noisy.")
+@click.option("--seeds", default="", metavar="S1,S2,...",
+              help="Train every variant once per seed (overrides config seed) and report test scores as mean ± sd "
+                   "over the seeds: one seed cannot tell a small F1 difference from noise [default: the config seed].")
 @click.option("--min_predict_docs", type=int, default=None,
               help="Predict the test texts repeatedly until this many docs [default: 20000 on CUDA, one pass on CPU].")
 @click.option("--threads", type=int, default=None,
@@ -307,7 +339,7 @@ def add_ratios(result: dict) -> None:
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/bert.json, --quick: bert_quick.json].")
 def main(datasets, variants, data_root, model_name, device, max_minutes, max_train_rows, max_eval_rows, repeats,
-         min_predict_docs, threads, overrides, quick, output):
+         seeds, min_predict_docs, threads, overrides, quick, output):
     """Fine-tune BERT variants and a plain PyTorch loop on the shared datasets; write a comparison table and JSON."""
     bench.start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.atomic import atomic_write_json
@@ -321,6 +353,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
         max_train_rows = max_train_rows or QUICK["train_rows"]
         max_eval_rows = max_eval_rows or QUICK["eval_rows"]
         overrides = (*QUICK["overrides"], *overrides)
+    seed_list = [int(x) for x in seeds.split(",") if x.strip()] or [None]
     if min_predict_docs is None:
         min_predict_docs = 20000 if device.startswith("cuda") else 0
     output = bench.results_path(output, "bert", quick)
@@ -331,7 +364,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
         "bert",
         {"datasets": names, "variants": wanted, "model_name": model_name, "device": device,
          "max_minutes": max_minutes, "max_train_rows": max_train_rows, "max_eval_rows": max_eval_rows,
-         "repeats": repeats, "min_predict_docs": min_predict_docs, "threads": threads,
+         "repeats": repeats, "seeds": [x for x in seed_list if x is not None], "min_predict_docs": min_predict_docs, "threads": threads,
          "overrides": list(overrides), "quick": quick,
          "config": "config/bert.json"},
         ("textclf", "torch", "transformers", "catalyst", "accelerate"),
@@ -345,7 +378,9 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                               "CPU other load barely changes it, so cpu_ratio_to_plain is the steadier comparison there",
             "predict": "Predictor.predict_proba over the test texts after a warm-up (textclf: its per-device batch size "
                        "and precision; plain: batches of 64 in input order), repeated up to min_predict_docs",
-            "metrics": "test split, textclf.metrics",
+            "metrics": "test split, textclf.metrics; with --seeds, test_mean / test_sd are the mean and sample sd "
+                       "over the seeds (seed_runs), f1_delta_to_plain compares means, and the speed fields are the "
+                       "fastest run's",
             "peak_gpu_mb": "torch.cuda.max_memory_allocated over training (textclf: from meta.json) on CUDA",
             "peak_rss": bench.RSS_NOTE + " (here: one job = one variant, training + prediction)",
             "published": "accuracies on the MR sentence-polarity corpus from the papers (10-fold CV on the full corpus, "
@@ -369,35 +404,41 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
             paths = slice_dataset(d, work, max_train_rows, max_eval_rows)
             result = {"status": "ok", "paths": paths, "variants": {}}
             doc["datasets"][name] = result
-            for rep in range(max(1, repeats)):
+            for seed, rep in [(sd, r) for sd in seed_list for r in range(max(1, repeats))]:
+                seed_set = [] if seed is None else [f"seed={seed}"]
+                run_label = f"run {rep + 1}" + ("" if seed is None else f", seed {seed}")
                 for i, key in enumerate(wanted, 1):
                     title, extra = VARIANTS[key]
                     if max_minutes is not None and (time.perf_counter() - started) / 60 >= max_minutes:
                         echo(f"{name} / {title}: skipped, --max_minutes {max_minutes:g} spent")
                         result["variants"].setdefault(key, {"status": "skipped: time budget"})
                         continue
-                    echo(f"{name} [{i}/{len(wanted)}, run {rep + 1}] {title} ...")
+                    echo(f"{name} [{i}/{len(wanted)}, {run_label}] {title} ...")
                     load = os.getloadavg()[0]
                     try:
                         if extra is None:
-                            v = bench.in_child(run_job, threads, run_plain, paths, common, device, min_predict_docs)
+                            v = bench.in_child(run_job, threads, run_plain, paths, [*common, *seed_set], device,
+                                               min_predict_docs)
                         else:
-                            v = bench.in_child(run_job, threads, run_variant, paths, [*common, *extra], str(work / f"{key}_{rep}"),
-                                         device, min_predict_docs)
+                            v = bench.in_child(run_job, threads, run_variant, paths, [*common, *extra, *seed_set],
+                                               str(work / f"{key}_{seed}_{rep}"), device, min_predict_docs)
                     except Exception as exc:  # noqa: BLE001 - one failed variant must not lose the others
                         echo(f"{name} {title}: FAILED {type(exc).__name__}: {exc}")
                         result["variants"].setdefault(key, {"status": f"failed: {type(exc).__name__}: {exc}"})
                         continue
                     v["loadavg_1m_before"] = round(load, 2)
-                    this_run = v["rows_per_s"]
+                    this_run, this_test = v["rows_per_s"], v["test"]
                     prev = result["variants"].get(key)
                     runs = [*(prev.get("rows_per_s_runs", []) if prev else []), v["rows_per_s"]]
                     if prev and "rows_per_s" in prev and prev["rows_per_s"] >= v["rows_per_s"]:
                         v = prev
                     v["rows_per_s_runs"] = runs
+                    if seed is not None:
+                        v["seed_runs"] = merge_seed_run(prev.get("seed_runs", []) if prev else [], seed, this_test)
+                        v.update(seed_summary(v["seed_runs"]))
                     result["variants"][key] = v
                     add_ratios(result)
-                    t = v["test"]
+                    t = this_test
                     echo(f"{name} {title}: this run {this_run:.1f} train rows/s, best {v['rows_per_s']:.1f}"
                          + (f" ({v['ratio_to_plain']:.2f}x plain's best)" if v.get("ratio_to_plain") is not None else "")
                          + f"; test acc {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}; {v['predict_docs_per_s']:.0f} docs/s"

@@ -343,8 +343,8 @@ def test_bench_bert_quick_with_plain_loop(repo, tiny_bert, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(repo / "benchmarks" / "bench_bert.py"), "--quick", "--datasets", "tweets_sentiment",
            "--data_root", str(repo / "data"), "--model_name", str(tiny_bert), "--threads", "1", "--variants", "plain,default",
-           "--output", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--seeds", "3,4", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     variants = doc["datasets"]["tweets_sentiment"]["variants"]
@@ -357,3 +357,11 @@ def test_bench_bert_quick_with_plain_loop(repo, tiny_bert, tmp_path):
         assert v["rows_per_s"] > 0 and v["predict_docs_per_s"] > 0 and v["test"]["n"] == 80 and v["threads"] == 1
         assert v["peak_gpu_mb"] is None
     assert "| tweets_sentiment | plain PyTorch loop" in proc.stdout and "ratio to plain" in doc["table_markdown"]
+    # --seeds: one run per seed, test scores reported as the mean over seeds, the F1 delta compares means
+    assert doc["settings"]["seeds"] == [3, 4]
+    for v in (plain, default):
+        assert [r["seed"] for r in v["seed_runs"]] == [3, 4] and v["n_seeds"] == 2 and len(v["rows_per_s_runs"]) == 2
+        assert v["test_mean"]["macro_f1"] == pytest.approx(sum(r["macro_f1"] for r in v["seed_runs"]) / 2, abs=1e-4)
+    assert default["f1_delta_to_plain"] == pytest.approx(default["test_mean"]["macro_f1"] - plain["test_mean"]["macro_f1"],
+                                                         abs=2e-4)
+    assert "(2 seeds)" in doc["table_markdown"]

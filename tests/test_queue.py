@@ -170,7 +170,7 @@ def test_add_enqueues_one_task_per_grid_point(data, tmp_path):
     assert task.train_path == [str(Path(data["train"]).resolve())] and task.test_path is None
     status = invoke("queue", "status", "--queue", "g", "--storage", storage).splitlines()
     assert status[0] == "queue g: 4 waiting, 0 running, 0 done, 0 failed, 0 cancelled"
-    assert status[1].split() == ["0", "waiting", "fasttext", "--set", "search.n_trials=0", "--set", "model.lr=0.1",
+    assert status[1].split() == ["0", "waiting", "tweets_small", "fasttext", "--set", "search.n_trials=0", "--set", "model.lr=0.1",
                                  "--set", "model.dim=25"]
     assert invoke("queue", "cancel", "--queue", "g", "--storage", storage, "--task", "3").strip() == "cancelled 1 task(s): 3"
     counts = json.loads(invoke("queue", "status", "--queue", "g", "--storage", storage, "--json"))["counts"]

@@ -139,7 +139,8 @@ def _stop_on_sigterm() -> None:
 @queue_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: counts and one row per task.")
 def status(name, storage, as_json) -> None:
-    """Counts per state and one line per task (running ones with host, pid and age)."""
+    """Counts per state and one line per task: number, state, dataset, family and overrides (running ones with host,
+    pid and age)."""
     from textclf.run_queue import open_queue, state_counts, status_rows
 
     rows = status_rows(open_queue(name, storage))
@@ -160,7 +161,8 @@ def status(name, storage, as_json) -> None:
             extra.append(f"run {r['mlflow_run_id'][:8]}")
         if r["error"]:
             extra.append(f"error: {r['error']}")
-        click.echo(f"{r['number']:>5}  {r['state']:<9}  {r['task']}" + (f"  ({'; '.join(extra)})" if extra else ""))
+        click.echo(f"{r['number']:>5}  {r['state']:<9}  {r['dataset']}  {r['task']}"
+                   + (f"  ({'; '.join(extra)})" if extra else ""))
 
 
 @queue.command("requeue")

@@ -318,3 +318,16 @@ def test_loading_the_same_plugin_twice_keeps_its_code_file():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(TFIDF.resolve())
+
+
+def test_a_plugin_file_is_imported_once_until_it_changes(tmp_path):
+    """The container entry point loads CODE, then calls the CLI with --code CODE: the file must run once."""
+    plugin, counter = tmp_path / "counting.py", tmp_path / "imports.txt"
+    plugin.write_text(f"open({str(counter)!r}, 'a').write('x')\n")
+    script = ("import os\nfrom textclf.registry import load_code\n"
+              f"load_code({str(plugin)!r}); load_code({str(plugin)!r})\n"
+              f"with open({str(plugin)!r}, 'a') as f: f.write('# changed\\n')\n"
+              f"load_code({str(plugin)!r})\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert counter.read_text() == "xx"  # once, then once more after the edit

@@ -236,13 +236,25 @@ def get_reader(name: str) -> Callable:
     return known[name]
 
 
+#: resolved path -> ((mtime_ns, size), family names it registered): a file is imported once per process
+_LOADED_CODE: dict[str, tuple[tuple[int, int], list[str]]] = {}
+
+
 def load_code(path: str | Path) -> list[str]:
-    """Import a user's Python file so the families and readers it registers exist; returns the new family names."""
+    """Import a user's Python file so the families and readers it registers exist; returns its family names.
+
+    Loading the same unchanged file again (the container entry point and the CLI it calls both see
+    ``--code``) does not run it a second time; a file changed since is imported again.
+    """
     import sys
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--code {path}: file not found")
+    st = path.stat()
+    signature, resolved = (st.st_mtime_ns, st.st_size), str(path.resolve())
+    if resolved in _LOADED_CODE and _LOADED_CODE[resolved][0] == signature:
+        return list(_LOADED_CODE[resolved][1])
     before = dict(families.get_all())
     module_name = f"textclf_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -260,5 +272,6 @@ def load_code(path: str | Path) -> list[str]:
     for name in new:
         fam = families.get(name)
         if isinstance(fam, Family) and fam.code_file is None:
-            fam.code_file = str(path.resolve())
+            fam.code_file = resolved
+    _LOADED_CODE[resolved] = (signature, new)
     return new

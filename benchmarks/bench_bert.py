@@ -16,6 +16,7 @@ before any data loads, so its peak RSS is its own; see ``bench_common``):
   ``bf16``             ``precision bf16`` (autocast; on a CPU too).
   ``batch128``, ``batch512``  ``train.batch_size`` 128 / 512, lr scaled by the sqrt rule.
   ``compile``          ``model.compile true`` (torch.compile of the encoder).
+  ``random_batches``   ``train.bucket_pool 1``: random batches, padded to their longest (no length pools).
   ``one_stage_ce``, ``one_stage_focal``, ``two_stage_ce``  the loss/stage variants.
 
 Reported per variant: training rows/s (rows trained / seconds inside the training batches, all
@@ -58,6 +59,7 @@ VARIANTS = {
     "batch128": ("textclf, batch 128 (sqrt lr rule)", ["train.batch_size=128"]),
     "batch512": ("textclf, batch 512 (sqrt lr rule)", ["train.batch_size=512"]),
     "compile": ("textclf, torch.compile encoder", ["model.compile=true"]),
+    "random_batches": ("textclf, random batches (train.bucket_pool 1)", ["train.bucket_pool=1"]),
     "one_stage_ce": ("textclf, one stage, cross-entropy", ["two_stage=false", "loss.gamma=0"]),
     "one_stage_focal": ("textclf, one stage, focal", ["two_stage=false"]),
     "two_stage_ce": ("textclf, two stages, cross-entropy", ["loss.gamma=0"]),

@@ -209,6 +209,18 @@ def test_bucketed_batches_never_mix_up_labels():
                 assert sorted(seen) == list(range(len(ds)))
 
 
+def test_bucket_pool_sets_how_length_sorted_training_batches_are():
+    """train.bucket_pool: 50 batches per length-sorted pool by default, 1 gives random batches."""
+    lengths = list(range(64))  # an item's length is its index
+    data = EncodedDataset([[1] * (n + 1) for n in lengths], [0] * 64, pad_id=0)
+    pooled = make_loader(data, 8, pad_id=0, shuffle=True, seed=5).batch_sampler.batches()
+    assert all(sorted(b) == list(range(min(b), min(b) + 8)) for b in pooled)  # one pool: runs of neighbouring lengths
+    random = make_loader(data, 8, pad_id=0, shuffle=True, seed=5, pool_batches=1).batch_sampler.batches()
+    perm = np.random.default_rng(5).permutation(64)
+    assert sorted(map(sorted, random)) == sorted(sorted(perm[i : i + 8].tolist()) for i in range(0, 64, 8))
+    assert sorted(map(sorted, random)) != sorted(map(sorted, pooled))
+
+
 def test_token_cache_hit_and_miss(tiny_tokenizer, tmp_path):
     first, s1 = cached_encode(tiny_tokenizer, TEXTS, 16, tmp_path, "train")
     again, s2 = cached_encode(tiny_tokenizer, TEXTS, 16, tmp_path, "train")

@@ -150,9 +150,9 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 def bucket_loader(dataset, lengths: Sequence[int], batch_size: int, collate: Callable, shuffle: bool, seed: int = 0,
-                  num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+                  num_workers: int = 0, pin_memory: bool = False, pool_batches: int = 50) -> DataLoader:
     """A DataLoader over length buckets (:class:`BucketBatchSampler`; seeded, ``set_epoch`` reshuffles)."""
-    sampler = BucketBatchSampler(lengths, batch_size, shuffle=shuffle, seed=seed)
+    sampler = BucketBatchSampler(lengths, batch_size, shuffle=shuffle, seed=seed, pool_batches=pool_batches)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory)
 
 

@@ -166,10 +166,14 @@ class PadCollate:
 
 
 def make_loader(dataset: EncodedDataset, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A loader of padded batches: length-grouped and shuffled for training, length-sorted for evaluation."""
+                num_workers: int = 0, pin_memory: bool = False, pool_batches: int = 50) -> DataLoader:
+    """A loader of padded batches: length-grouped and shuffled for training, length-sorted for evaluation.
+
+    Training batches are cut from length-sorted pools of ``pool_batches`` batches (1: random batches).
+    """
     dataset.pad_id = pad_id
-    return bucket_loader(dataset, dataset.lengths, batch_size, batch_as_is, shuffle, seed, num_workers, pin_memory)
+    return bucket_loader(dataset, dataset.lengths, batch_size, batch_as_is, shuffle, seed, num_workers, pin_memory,
+                         pool_batches)
 
 
 # --------------------------------------------------------------------------- token cache

@@ -185,17 +185,19 @@ def _frozen_on_rows(paths: dict, per_class: int | None, seed: int) -> dict:
     return {"train_rows": len(y) if rows is None else len(rows), "test": _metrics(splits.test.labels, pred, splits.labels)}
 
 
-def job_fasttext(paths: dict, out: str, n_trials: int) -> dict:
-    """The fastText family's Optuna search (``n_trials``) and refit."""
+def job_fasttext(paths: dict, out: str, n_trials: int, budget_s: float | None = None) -> dict:
+    """The fastText family's Optuna search (``n_trials``, within ``budget_s`` seconds when given) and refit."""
     _quiet()
     from textclf.meta import read_meta
     from textclf.registry import get_family
 
-    cfg, splits = bench.load_job_splits(paths, "fasttext", [f"search.n_trials={n_trials}"])
+    overrides = [f"search.n_trials={n_trials}", *([f"search.timeout={budget_s}"] if budget_s else [])]
+    cfg, splits = bench.load_job_splits(paths, "fasttext", overrides)
     start = time.perf_counter()
     get_family("fasttext").train_fn()(cfg, splits, out)
     meta = read_meta(out)
-    return {"wall_s": round(time.perf_counter() - start, 2),
+    return {"wall_s": round(time.perf_counter() - start, 2), "trials": (meta.get("search") or {}).get("n_trials"),
+            "search_budget_s": budget_s,
             "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": bench.peak_rss_mb()}
 
 
@@ -260,7 +262,7 @@ def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
             for per in opts["setfit_per_class"]:
                 run(f"setfit_{per or 'full'}", job_setfit, paths, str(work / f"setfit_{per or 'full'}"), per, seed,
                     opts["setfit_set"])
-        run("fasttext_tuned", job_fasttext, paths, str(work / "fasttext"), opts["ft_trials"])
+        run("fasttext_tuned", job_fasttext, paths, str(work / "fasttext"), opts["ft_trials"], opts["ft_budget_s"])
         run("tfidf_logreg", job_tfidf_logreg, paths)
     res["targets"] = targets(name, res["jobs"])
     return res
@@ -350,6 +352,8 @@ def markdown_tables(datasets: dict) -> str:
 @click.option("--data_root", type=click.Path(file_okay=False), default=str(bench.DATA_ROOT), show_default=True)
 @click.option("--n_trials", type=int, default=30, show_default=True, help="Trials of the embeddings search.")
 @click.option("--ft_trials", type=int, default=30, show_default=True, help="Trials of the fastText search.")
+@click.option("--ft_budget_s", type=float, default=None,
+              help="Stop the fastText search after this many seconds (search.timeout) [default: no limit].")
 @click.option("--mpnet_datasets", default=",".join(SHORT_TEXT), show_default=True,
               help="Datasets whose search also gets mpnet (long texts encode at a few docs/s on a CPU).")
 @click.option("--setfit_per_class", default="8,64,full", show_default=True, help="SetFit runs: examples per class, or full.")
@@ -363,14 +367,15 @@ def markdown_tables(datasets: dict) -> str:
 @click.option("--quick", is_flag=True, help="Smoke check: 4 trials, no mpnet, SetFit 8/class only.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/embeddings.json; --quick: embeddings_quick.json].")
-def main(datasets, data_root, n_trials, ft_trials, mpnet_datasets, setfit_per_class, setfit_set, skip_setfit, predict_docs,
+def main(datasets, data_root, n_trials, ft_trials, ft_budget_s, mpnet_datasets, setfit_per_class, setfit_set, skip_setfit, predict_docs,
          seed, only, merge, quick, output):
     """Benchmark the embeddings and SetFit-style families against fastText and TF-IDF; write tables and a JSON."""
     bench.start_fork_server()  # before anything large is loaded: see bench_common
     if quick:
         n_trials, ft_trials, mpnet_datasets, setfit_per_class, predict_docs = 4, 4, "", "8", 500
     per_class = [None if p.strip() == "full" else int(p) for p in setfit_per_class.split(",") if p.strip()]
-    opts = {"n_trials": n_trials, "ft_trials": ft_trials, "seed": seed, "predict_docs": predict_docs, "skip_setfit": skip_setfit,
+    opts = {"n_trials": n_trials, "ft_trials": ft_trials, "ft_budget_s": ft_budget_s, "seed": seed,
+            "predict_docs": predict_docs, "skip_setfit": skip_setfit,
             "mpnet_datasets": {d.strip() for d in mpnet_datasets.split(",") if d.strip()}, "setfit_per_class": per_class,
             "setfit_set": list(setfit_set)}
     output = bench.results_path(output, "embeddings", quick)

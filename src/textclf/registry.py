@@ -256,7 +256,7 @@ def load_code(path: str | Path) -> list[str]:
     if resolved in _LOADED_CODE and _LOADED_CODE[resolved][0] == signature:
         return list(_LOADED_CODE[resolved][1])
     before = dict(families.get_all())
-    module_name = f"textclf_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+    module_name = f"textclf_plugin_{path.stem}_{abs(hash(resolved)) % 10**8}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"--code {path}: not a Python file")

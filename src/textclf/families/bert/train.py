@@ -276,7 +276,7 @@ def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, va
     seed = cfg["seed"] + (0 if stage == "stage1" else 1000)
     pin = device.type == "cuda"
     loaders = {"train": make_loader(train_ds, t["batch_size"], pad_id, shuffle=True, seed=seed, num_workers=t["num_workers"],
-                                    pin_memory=pin, pool_batches=int(t.get("bucket_pool", 50))),
+                                    pin_memory=pin, pool_batches=int(t["bucket_pool"])),
                "valid": make_loader(valid_ds, t["eval_batch_size"], pad_id, shuffle=False, num_workers=t["num_workers"],
                                     pin_memory=pin)}
     samplers = {key: loader.batch_sampler for key, loader in loaders.items()}

@@ -96,7 +96,7 @@ bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -
 .PHONY: train_bert_classification predict_bert bench_bert
 BERT_CONFIG ?= config/bert.json
 
-train_bert_classification: install ## Fine-tune BERT in Catalyst (focal loss, two stages; MiniLM offline) -> models/bert
+train_bert_classification: install ## Fine-tune BERT in Catalyst (focal loss, two stages on imbalanced labels; MiniLM offline) -> models/bert
 	$(BIN)/python bert_classification/train.py --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
 		--output_dir $(BERT_DIR) --config $(BERT_CONFIG) $(SET_FLAGS)
 

@@ -10,14 +10,17 @@ before any data loads, so its peak RSS is its own; see ``bench_common``):
                        warm-up/decay schedule, gradient clipping and number of epochs (stage 1 +
                        stage 2); fp32, batch 32, cross-entropy, texts tokenised in the loop and
                        padded to each random batch's longest, no validation, the last epoch kept.
-  ``default``          ``textclf`` with config/bert.json as shipped (two stages, focal loss,
-                       ``train.precision auto``, ``model.gradient_checkpointing auto``).
+  ``default``          ``textclf`` with config/bert.json as shipped (``two_stage auto``: one stage
+                       of stage 1 + stage 2 epochs on balanced labels, two on imbalanced ones; focal
+                       loss, ``train.precision auto``, ``model.gradient_checkpointing auto``).
   ``fp16_ckpt``        the old defaults: ``precision fp16`` + gradient checkpointing on.
   ``bf16``             ``precision bf16`` (autocast; on a CPU too).
   ``batch128``, ``batch512``  ``train.batch_size`` 128 / 512, lr scaled by the sqrt rule.
   ``compile``          ``model.compile true`` (torch.compile of the encoder).
   ``random_batches``   ``train.bucket_pool 1``: random batches, padded to their longest (no length pools).
-  ``one_stage_ce``, ``one_stage_focal``, ``two_stage_ce``  the loss/stage variants.
+  ``two_stage_focal``  ``two_stage true``: two stages on any labels (the default before ``auto``).
+  ``one_stage_ce``, ``one_stage_focal``, ``two_stage_ce``  the loss/stage variants (one stage: stage 2's
+                       epochs only; two stages forced).
 
 Reported per variant: training rows/s (rows trained / seconds inside the training batches, all
 stages and epochs; tokenising, validation and saving excluded) and its ratio to the plain loop;
@@ -52,7 +55,8 @@ DEFAULT_DATASETS = ("tweets_sentiment", "movie_review_sentences")
 #: key -> (title, overrides); "plain" is the plain PyTorch loop, everything else textclf with overrides
 VARIANTS = {
     "plain": ("plain PyTorch loop (fp32, batch 32, CE)", None),
-    "default": ("textclf default (two stages, focal, auto precision/checkpointing)", []),
+    "default": ("textclf default (two_stage auto, focal, auto precision/checkpointing)", []),
+    "two_stage_focal": ("textclf, two stages forced, focal (default before two_stage auto)", ["two_stage=true"]),
     "fp16_ckpt": ("textclf, old defaults: fp16 + gradient checkpointing", ["train.precision=fp16",
                                                                           "model.gradient_checkpointing=true"]),
     "bf16": ("textclf, bf16 autocast", ["train.precision=bf16"]),
@@ -60,11 +64,11 @@ VARIANTS = {
     "batch512": ("textclf, batch 512 (sqrt lr rule)", ["train.batch_size=512"]),
     "compile": ("textclf, torch.compile encoder", ["model.compile=true"]),
     "random_batches": ("textclf, random batches (train.bucket_pool 1)", ["train.bucket_pool=1"]),
-    "one_stage_ce": ("textclf, one stage, cross-entropy", ["two_stage=false", "loss.gamma=0"]),
-    "one_stage_focal": ("textclf, one stage, focal", ["two_stage=false"]),
-    "two_stage_ce": ("textclf, two stages, cross-entropy", ["loss.gamma=0"]),
+    "one_stage_ce": ("textclf, one stage (stage 2 epochs), cross-entropy", ["two_stage=false", "loss.gamma=0"]),
+    "one_stage_focal": ("textclf, one stage (stage 2 epochs), focal", ["two_stage=false"]),
+    "two_stage_ce": ("textclf, two stages, cross-entropy", ["two_stage=true", "loss.gamma=0"]),
 }
-#: the plain baseline, the default (= two stages + focal) and the other three loss/stage combinations
+#: the plain baseline, the default and the loss/stage combinations
 DEFAULT_VARIANTS = ("plain", "default", "one_stage_ce", "one_stage_focal", "two_stage_ce")
 PUBLISHED = {"movie_review_sentences": {"NBSVM (Wang & Manning 2012)": 0.794, "CNN (Kim 2014)": 0.815}}
 PLAIN_BATCH = 32
@@ -115,6 +119,7 @@ def run_plain(paths: dict, overrides: list[str], device_spec: str, min_predict_d
 
     from textclf.families.bert.data import load_tokenizer
     from textclf.families.bert.model import BertClassifier, load_encoder, resolve_model_name
+    from textclf.families.bert.stages import plan_stages
     from textclf.torch_common import resolve_device, seed_everything
 
     cfg, splits = bench.load_job_splits(paths, "bert", overrides)
@@ -127,7 +132,8 @@ def run_plain(paths: dict, overrides: list[str], device_spec: str, min_predict_d
     model = BertClassifier(encoder, len(splits.labels), cfg["model"]["dropout"], cfg["model"]["pooling"]).to(device)
     index = {label: i for i, label in enumerate(splits.labels)}
     texts, targets = splits.train.texts, [index[y] for y in splits.train.labels]
-    epochs = (cfg["stage1"]["epochs"] if cfg["two_stage"] else 0) + cfg["stage2"]["epochs"]
+    plan = plan_stages(cfg, splits.train.labels)  # the epochs textclf trains in all: stage 1 + stage 2, or one stage's
+    epochs = (cfg["stage1"]["epochs"] if plan.two_stage else 0) + plan.stage2_epochs
     t = cfg["train"]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n]

@@ -1,4 +1,4 @@
-"""Fine-tune a BERT-like encoder in Catalyst (focal loss, two-stage). Thin entry point: the logic lives in textclf.
+"""Fine-tune a BERT-like encoder in Catalyst (focal loss, one or two stages). Thin entry point: the logic lives in textclf.
 
     python bert_classification/train.py --train_path data/tweets_sentiment/train.csv \
         --valid_path data/tweets_sentiment/valid.csv --output_dir models/bert [--config config/bert.json] \

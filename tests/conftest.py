@@ -40,6 +40,12 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: the shared labelled datasets (CI clones the repository beside ``shared``)."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
 def tweets() -> dict[str, Path]:
     """The embedded default dataset's splits."""
     return {name: DATA / f"{name}.csv" for name in ("train", "valid", "test")}

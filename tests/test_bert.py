@@ -136,6 +136,30 @@ def test_stage1_downsample_is_class_balanced(tweets):
     assert sample == {"positive": counts["negative"], "negative": counts["negative"]}
 
 
+def test_two_stage_auto_follows_the_label_balance(tweets, shared_data):
+    from textclf.config import load_config
+    from textclf.families.bert.stages import plan_stages, staged_config
+
+    cfg = load_config("bert")  # two_stage auto, stage1 1 epoch + stage2 2 epochs, auto_min_dropped 0.25
+    tweets_labels = read_labelled(tweets["train"]).labels  # 38 % of train left out by the downsample
+    movie_labels = read_labelled(shared_data / "movie_review_sentences" / "train.csv").labels  # 0.8 % left out
+    plan = plan_stages(cfg, tweets_labels)
+    assert plan.two_stage and plan.stage2_epochs == 2 and plan.balanced_rows == 2 * Counter(tweets_labels)["negative"]
+    assert plan.reason.startswith("auto: two stages, the balanced downsample keeps 2078 of 3356 rows (38.1% left out)")
+    plan = plan_stages(cfg, movie_labels)
+    assert not plan.two_stage and plan.stage2_epochs == 3 and plan.as_dict()["dropped_share"] == 0.008
+    assert plan.reason.startswith("auto: one stage of 3 epochs (stage1 + stage2)")
+    staged = staged_config(cfg, plan)
+    assert staged["two_stage"] is False and staged["stage2"]["epochs"] == 3 and cfg["stage2"]["epochs"] == 2
+    for setting, two in (("true", True), ("on", True), ("false", False), ("off", False)):  # asked for: obeyed
+        asked = plan_stages(load_config("bert", overrides=[f"two_stage={setting}"]), movie_labels)
+        assert asked.two_stage is two and asked.stage2_epochs == 2, setting
+    with pytest.raises(ConfigError, match="two_stage 'sometimes': choose auto, true or false"):
+        plan_stages({**cfg, "two_stage": "sometimes"}, movie_labels)
+    with pytest.raises(ConfigError, match="stage1.auto_min_dropped must be between 0 and 1, got 1.5"):
+        plan_stages(load_config("bert", overrides=["stage1.auto_min_dropped=1.5"]), movie_labels)
+
+
 def test_tokenizer_with_toy_vocab_is_rejected(tmp_path):
     from transformers import BertTokenizerFast
 
@@ -167,6 +191,7 @@ def test_two_stage_run_writes_a_complete_model_dir(two_stage_run):
     assert stages[0]["train_rows"] == 2 * min(train_counts.values())  # balanced downsample
     assert stages[1]["train_rows"] == sum(train_counts.values())
     assert [len(s["history"]) for s in stages] == [2, 2]
+    assert meta["training"]["stage_plan"]["reason"].startswith("asked for; the balanced downsample keeps")
     for stage in stages:  # each stage logs to its own TensorBoard directory
         events = list((out / "logs" / stage["name"] / "tensorboard" / "valid").glob("events.out.tfevents.*"))
         assert events and events[0].stat().st_size > 0
@@ -214,6 +239,18 @@ def test_predictor_round_trip_identical(two_stage_run, tweet_slice, tmp_path):
     assert [r["label"] for r in rows] == [p1.labels[i] for i in expected.argmax(axis=1)]
 
 
+def test_auto_on_balanced_labels_trains_one_stage(tweet_slice, tiny_bert, tmp_path):
+    train = read_labelled(tweet_slice["train"])
+    balanced = {"train": tmp_path / "train.csv", "valid": tweet_slice["valid"]}
+    write_labelled(balanced["train"], train.subset(balanced_downsample(train.labels, seed=1)))
+    meta = train_cli(balanced, tmp_path / "model", tiny_bert, *TINY_SETTINGS, "--set", "stage1.epochs=1",
+                     "--set", "stage2.epochs=1")
+    plan, stages = meta["training"]["stage_plan"], meta["training"]["stages"]
+    assert plan["setting"] == "auto" and plan["two_stage"] is False and plan["dropped_share"] == 0.0
+    assert [s["name"] for s in stages] == ["stage2_full"] and len(stages[0]["history"]) == 2  # 1 + 1 epochs
+    assert meta["config"]["two_stage"] == "auto" and meta["config"]["stage2"]["epochs"] == 1  # recorded as given
+
+
 def test_resume_continues_from_last_epoch(tweet_slice, tiny_bert, tmp_path):
     out = tmp_path / "model"
     first = train_cli(tweet_slice, out, tiny_bert, *TINY_SETTINGS, "--one_stage", "--set", "stage2.epochs=1")
@@ -248,7 +285,7 @@ def test_bert_configs_load_with_strict_keys(repo):
     from textclf.config import load_config
 
     cfg = load_config("bert")
-    assert cfg["two_stage"] is True and cfg["loss"]["gamma"] == 2.0 and cfg["model"]["model_name"] == "auto"
+    assert cfg["two_stage"] == "auto" and cfg["loss"]["gamma"] == 2.0 and cfg["model"]["model_name"] == "auto"
     smoke = load_config("bert", repo / "config" / "bert_smoke.json")
     assert smoke["stage2"]["epochs"] == 1 and smoke["model"]["max_length"] == 48
     with pytest.raises(ConfigError, match="unknown key 'train.lr'"):

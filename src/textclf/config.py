@@ -115,6 +115,25 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
+AUTO_BOOL_ALIASES = {"1": "true", "on": "true", "yes": "true", "0": "false", "off": "false", "no": "false",
+                     "none": "false"}
+
+
+def auto_bool(key: str, value: Any) -> str:
+    """A three-way ``auto | true | false`` setting normalised (``None`` is ``auto``; booleans and on/off/yes/no/1/0 allowed).
+
+    Settings whose default is ``"auto"`` arrive as strings after ``--set key=true`` (see :func:`merge`), so
+    every such key is read through this one rule.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value if value is not None else "auto").strip().lower()
+    text = AUTO_BOOL_ALIASES.get(text, text)
+    if text not in ("auto", "true", "false"):
+        raise ConfigError(f"{key} {value!r}: choose auto, true or false")
+    return text
+
+
 def apply_override(cfg: dict, assignment: str) -> dict:
     """Apply one ``key.sub=value`` override (value parsed as JSON, else string)."""
     if "=" not in assignment:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from textclf.config import auto_bool
 from textclf.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -252,17 +253,6 @@ class Checkpointing:
         return asdict(self)
 
 
-def _checkpointing_setting(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = str(value if value is not None else "auto").strip().lower()
-    aliases = {"1": "true", "on": "true", "yes": "true", "0": "false", "off": "false", "no": "false", "none": "false"}
-    text = aliases.get(text, text)
-    if text not in ("auto", "true", "false"):
-        raise ConfigError(f"model.gradient_checkpointing {value!r}: choose auto, true or false")
-    return text
-
-
 def resolve_checkpointing(setting, device: DeviceInfo, estimate: MemoryEstimate | None = None,
                           headroom: float = MEMORY_HEADROOM) -> Checkpointing:
     """Gradient checkpointing on or off for ``setting`` (``auto | true | false``) on ``device``.
@@ -271,7 +261,7 @@ def resolve_checkpointing(setting, device: DeviceInfo, estimate: MemoryEstimate 
     that is worth a third more compute) and, on a GPU, on only when ``estimate.training_bytes()``
     exceeds ``headroom`` x the free memory (:attr:`DeviceInfo.free_memory`).
     """
-    setting = _checkpointing_setting(setting)
+    setting = auto_bool("model.gradient_checkpointing", setting)
     if setting == "true":
         return Checkpointing(True, setting, "asked for")
     if setting == "false":

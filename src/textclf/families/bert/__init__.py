@@ -4,7 +4,7 @@ from textclf.registry import Family, Option, register_family
 
 FAMILY = register_family(Family(
     name="bert",
-    description="Hugging Face encoder (default: shipped all-MiniLM-L6-v2) fine-tuned in Catalyst, focal loss, two stages",
+    description="Hugging Face encoder (default: shipped all-MiniLM-L6-v2) fine-tuned in Catalyst, focal loss, one or two stages",
     kind="neural",
     train="textclf.families.bert.train:train",
     predictor="textclf.families.bert.model:BertPredictor",
@@ -17,8 +17,10 @@ FAMILY = register_family(Family(
                "Hugging Face id or local path of the encoder (e.g. DeepPavlov/rubert-base-cased); "
                "'auto' (default): the shipped all-MiniLM-L6-v2."),
         Option("--two_stage", "two_stage", bool,
-               "Stage 1 on a class-balanced downsample, stage 2 on the full train set from stage 1's best weights "
-               "(default: config two_stage, true).", is_flag=True, secondary="--one_stage"),
+               "Stage 1 on a class-balanced downsample, stage 2 on the full train set from stage 1's best weights; "
+               "--one_stage: one stage on all of train. Default (config two_stage auto): two stages only when the "
+               "downsample leaves out >= stage1.auto_min_dropped (0.25) of train, else one stage of "
+               "stage1 + stage2 epochs.", is_flag=True, secondary="--one_stage"),
         Option("--device", "device", str, "auto | cpu | cuda | cuda:N (default: config device, or $TEXTCLF_DEVICE)."),
         Option("--devices", "devices", int,
                "Processes for DistributedDataParallel training (one GPU each on CUDA, gloo on the CPU). Default 1."),

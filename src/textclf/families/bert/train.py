@@ -35,7 +35,6 @@ from catalyst.loggers.tensorboard import TensorboardLogger
 from torch import nn
 
 from textclf.class_weights import class_alpha
-from textclf.data import balanced_downsample
 from textclf.errors import ConfigError
 from textclf.families.bert.callbacks import (
     AccumulatedBackwardCallback,
@@ -66,6 +65,7 @@ from textclf.families.bert.model import (
     save_model_dir,
     state_digest,
 )
+from textclf.families.bert.stages import StagePlan, plan_stages, stage1_indices, staged_config
 from textclf.metrics import is_minimized
 from textclf.precision import (
     Checkpointing,
@@ -429,13 +429,16 @@ def encode_splits(cfg: dict, splits: Splits, tokenizer, max_length: int, output_
 
 
 def run_stages(cfg: dict, splits: Splits, factory: ModelFactory, data: dict, common: dict) -> list[StageResult]:
-    """Stage 1 on a class-balanced downsample (when ``two_stage``), then stage 2 on everything from stage 1's best weights."""
+    """Stage 1 on a class-balanced downsample (when ``two_stage``), then stage 2 on everything from stage 1's best weights.
+
+    ``cfg`` is the staged config (:func:`.stages.staged_config`): ``two_stage`` already resolved to a boolean.
+    """
     full_train = data["train"]
     common = {**common, "valid_ds": data["valid"]}
     stages: list[StageResult] = []
     init_state, init_from = None, None
     if cfg["two_stage"]:
-        idx = balanced_downsample(splits.train.labels, cfg["seed"], cfg["stage1"]["per_class"])
+        idx = stage1_indices(cfg, splits.train.labels)
         stages.append(run_stage("stage1", factory(), full_train.subset(idx), **common))
         init_from = stages[0].best_path
         init_state = torch.load(init_from, map_location="cpu", weights_only=True)
@@ -460,7 +463,10 @@ def predict_config(cfg: dict) -> dict:
 def save_best(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFactory, tokenizer, max_length: int,
               stages: list[StageResult], device: torch.device, world: WorldInfo, train_seconds: float,
               speed: dict | None = None) -> dict:
-    """Load the best stage's best weights, save the model directory and score it; returns meta."""
+    """Load the best stage's best weights, save the model directory and score it; returns meta.
+
+    ``cfg`` is recorded in meta.json as the user gave it (``two_stage`` unresolved; the choice is in ``speed``).
+    """
     m, t = cfg["model"], cfg["train"]
     speed = speed or {}
     best = (min if is_minimized(t["metric"]) else max)(stages, key=lambda r: r.best_score)
@@ -510,6 +516,14 @@ def resolve_speed(cfg: dict, factory: ModelFactory, device: torch.device, max_le
     return precision, ckpt
 
 
+def announce_stages(plan: StagePlan, world: WorldInfo) -> None:
+    """Log the one-or-two-stage choice (and print it on the main process)."""
+    line = f"{'two stages' if plan.two_stage else 'one stage'} ({plan.reason})"
+    log.info(line)
+    if world.is_main:
+        print(f"== {line}", flush=True)
+
+
 def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
     """Fine-tune, select the best checkpoint, save the model directory; returns it.
 
@@ -528,6 +542,8 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     device = training_device(cfg["device"], world)
     cfg = device_batch(cfg, device)
     seed_everything(cfg["seed"])
+    plan = plan_stages(cfg, splits.train.labels)
+    user_cfg, cfg = cfg, staged_config(cfg, plan)
     check_config(cfg)
     factory = ModelFactory(cfg, len(splits.labels), device)
     tokenizer = load_tokenizer(factory.model_name, factory.config.vocab_size)
@@ -536,6 +552,7 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     alpha = class_alpha(cfg["loss"]["alpha"], splits.labels, splits.train.labels)
     output_dir.mkdir(parents=True, exist_ok=True)
     precision, ckpt = resolve_speed(cfg, factory, device, max_length, world)
+    announce_stages(plan, world)
     data, token_cache = encode_splits(cfg, splits, tokenizer, max_length, output_dir)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -550,8 +567,8 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
              "compile": {"asked": factory.compile, "stages": [st.compile_state for st in stages]},
              "lr_scaling": {"rule": cfg["train"]["lr_scaling"], "base_batch_size": cfg["train"]["base_batch_size"],
                             "batch_size": effective_batch(cfg, world)},
-             "token_cache": token_cache}
-    save_best(cfg, splits, output_dir, factory, tokenizer, max_length, stages, device, world,
+             "token_cache": token_cache, "stage_plan": plan.as_dict()}
+    save_best(user_cfg, splits, output_dir, factory, tokenizer, max_length, stages, device, world,
               round(time.perf_counter() - started, 2), speed)
     if not cfg["output"]["keep_checkpoints"]:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)

@@ -206,10 +206,11 @@ def holdout_paths(paths: dict, work: Path, frac: float) -> tuple[dict, dict]:
     return {**paths, "valid": str(tune_path)}, {**paths, "valid": str(held_path)}
 
 
-def reusable_member(out: Path, paths: dict) -> dict | None:
-    """The training record of a member already trained into ``out`` on the same data, or None.
+def reusable_member(out: Path, paths: dict, overrides: list[str]) -> dict | None:
+    """The training record of a member already trained into ``out`` on the same data and settings, or None.
 
     Same data: its meta.json's ``data_sha256`` is the hash of these train, valid and test files' bytes.
+    Same settings: its record's ``overrides`` (search trials and budget) equal ``overrides``.
     """
     from textclf.data import sha256_files
     from textclf.meta import read_meta
@@ -219,7 +220,8 @@ def reusable_member(out: Path, paths: dict) -> dict | None:
         return None
     if read_meta(out).get("data_sha256") != sha256_files([paths["train"], paths["valid"], paths["test"]]):
         return None
-    return {**json.loads(record.read_text()), "reused": True}
+    r = json.loads(record.read_text())
+    return {**r, "reused": True} if r.get("overrides") == overrides else None
 
 
 def train_member(member: str, family: str, overrides: list[str], code: str | None, paths: dict, work: Path,
@@ -228,7 +230,7 @@ def train_member(member: str, family: str, overrides: list[str], code: str | Non
     from textclf.atomic import atomic_write_json
 
     out = work / member
-    r = reusable_member(out, paths) if reuse else None
+    r = reusable_member(out, paths, overrides) if reuse else None
     if r is None:
         if out.exists():
             shutil.rmtree(out)
@@ -381,9 +383,9 @@ def summary(datasets: dict) -> dict:
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/ensemble.json, --quick: benchmarks/results/ensemble_quick.json].")
 @click.option("--ft_trials", type=int, default=None, help="fastText Optuna trials [default: 30, --quick: 3].")
-@click.option("--ft_budget_s", type=float, default=None, help="fastText search time budget [default: 60, --quick: 10].")
+@click.option("--ft_budget_s", type=float, default=None, help="fastText search time budget [default: 400, --quick: 10].")
 @click.option("--emb_trials", type=int, default=None, help="embeddings (MiniLM) Optuna trials [default: 12, --quick: 2].")
-@click.option("--tfidf_trials", type=int, default=None, help="TF-IDF + logreg Optuna trials [default: 10, --quick: 2].")
+@click.option("--tfidf_trials", type=int, default=None, help="TF-IDF + logreg Optuna trials [default: 30, --quick: 2].")
 @click.option("--tfidf/--no-tfidf", default=True, show_default=True, help="Include the TF-IDF plug-in family as a member.")
 @click.option("--threshold_beta", type=float, default=0.5, show_default=True, help="F-beta the thresholds are tuned for.")
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
@@ -392,7 +394,8 @@ def summary(datasets: dict) -> dict:
               help="Split valid (stratified): the members tune on 1-HOLDOUT of it, the ensembles and thresholds learn on "
               "the HOLDOUT part they never saw. 0: everything uses the whole valid split.")
 @click.option("--reuse", is_flag=True,
-              help="With --keep: reuse the members already trained under KEEP/<dataset>/ on the same data (data_sha256).")
+              help="With --keep: reuse the members already trained under KEEP/<dataset>/ on the same data (data_sha256) "
+                   "with the same search settings.")
 @click.option("--bags", type=int, default=None, help="Bootstrap resamples of the bagged weight search [default: the CLI's].")
 @click.option("--quick", is_flag=True, help="Smoke check: tiny searches.")
 def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_trials, tfidf, threshold_beta, keep, holdout,
@@ -404,8 +407,8 @@ def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_
         raise click.UsageError("--reuse needs --keep DIR (where the members of an earlier run lie)")
     start_fork_server()  # before anything large is loaded: see bench_common
     args = {"reuse": reuse, "bags": DEFAULT_BAGS if bags is None else bags,
-            "ft_trials": ft_trials or (3 if quick else 30), "ft_budget_s": ft_budget_s or (10.0 if quick else 60.0),
-            "emb_trials": emb_trials or (2 if quick else 12), "tfidf_trials": tfidf_trials or (2 if quick else 10),
+            "ft_trials": ft_trials or (3 if quick else 30), "ft_budget_s": ft_budget_s or (10.0 if quick else 400.0),
+            "emb_trials": emb_trials or (2 if quick else 12), "tfidf_trials": tfidf_trials or (2 if quick else 30),
             "tfidf": tfidf, "threshold_beta": threshold_beta, "holdout": holdout, "quick": quick}
     if not 0 <= holdout < 1:
         raise click.BadParameter("must be in [0, 1)", param_hint="--holdout")

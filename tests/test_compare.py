@@ -474,3 +474,17 @@ def test_ensemble_kind_is_known_but_not_a_trainable_family():
 
     assert "ensemble" in all_kinds() and "ensemble" not in all_families()
     assert kind_predictor("ensemble").kind == "ensemble" and kind_predictor("nope") is None
+
+
+def test_bench_reuses_a_member_only_with_the_same_data_and_search_settings(models, tweets, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from bench_ensemble import reusable_member
+
+    member = copy_model(models["ft_search"], tmp_path / "fasttext")
+    paths = {k: str(v) for k, v in tweets.items()}
+    overrides = ["search.n_trials=30", "search.timeout=400.0"]
+    (tmp_path / "fasttext.job.json").write_text(json.dumps({"family": "fasttext", "overrides": overrides}))
+    assert reusable_member(member, paths, overrides) == {"family": "fasttext", "overrides": overrides, "reused": True}
+    # a shorter search budget than the one asked for: trained again, not reused
+    assert reusable_member(member, paths, ["search.n_trials=30", "search.timeout=60.0"]) is None
+    assert reusable_member(member, {**paths, "test": paths["valid"]}, overrides) is None  # other data

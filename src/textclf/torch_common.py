@@ -88,6 +88,10 @@ class _EpochView(Sampler[int]):
         return len(self.owner.lengths)
 
 
+#: batches per length-sorted pool of :class:`BucketBatchSampler` (BERT's config/bert.json sets it as train.bucket_pool)
+POOL_BATCHES = 50
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of indices whose items have similar lengths, so little compute goes to padding.
 
@@ -99,7 +103,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 pool_batches: int = 50, drop_last: bool = False):
+                 pool_batches: int = POOL_BATCHES, drop_last: bool = False):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths = np.asarray(lengths)
@@ -150,7 +154,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 def bucket_loader(dataset, lengths: Sequence[int], batch_size: int, collate: Callable, shuffle: bool, seed: int = 0,
-                  num_workers: int = 0, pin_memory: bool = False, pool_batches: int = 50) -> DataLoader:
+                  num_workers: int = 0, pin_memory: bool = False, pool_batches: int = POOL_BATCHES) -> DataLoader:
     """A DataLoader over length buckets (:class:`BucketBatchSampler`; seeded, ``set_epoch`` reshuffles)."""
     sampler = BucketBatchSampler(lengths, batch_size, shuffle=shuffle, seed=seed, pool_batches=pool_batches)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory)

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from textclf.errors import ModelError
-from textclf.torch_common import bucket_loader, pad_flat, pad_ids
+from textclf.torch_common import POOL_BATCHES, bucket_loader, pad_flat, pad_ids
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class PadCollate:
 
 
 def make_loader(dataset: EncodedDataset, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, pin_memory: bool = False, pool_batches: int = 50) -> DataLoader:
+                num_workers: int = 0, pin_memory: bool = False, pool_batches: int = POOL_BATCHES) -> DataLoader:
     """A loader of padded batches: length-grouped and shuffled for training, length-sorted for evaluation.
 
     Training batches are cut from length-sorted pools of ``pool_batches`` batches (1: random batches).

@@ -65,7 +65,7 @@ from textclf.families.bert.model import (
     save_model_dir,
     state_digest,
 )
-from textclf.families.bert.stages import StagePlan, plan_stages, stage1_indices, staged_config
+from textclf.families.bert.stages import plan_stages, stage1_indices, staged_config
 from textclf.metrics import is_minimized
 from textclf.precision import (
     Checkpointing,
@@ -264,6 +264,13 @@ def stage_lr(cfg: dict, stage: str, world: WorldInfo) -> float:
     return scaled_lr(cfg[stage]["lr"], effective_batch(cfg, world), t["base_batch_size"], t["lr_scaling"])
 
 
+def announce(line: str, world: WorldInfo) -> None:
+    """Log a run decision and print it as ``== line`` on the main process (the console's one place for them)."""
+    log.info(line)
+    if world.is_main:
+        print(f"== {line}", flush=True)
+
+
 def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, valid_ds: EncodedDataset, cfg: dict,
               labels: list[str], loss_fn: nn.Module, pad_id: int, device: torch.device, output_dir: Path, world: WorldInfo,
               resume: bool, precision: Precision, init_from: str | None = None) -> StageResult:
@@ -303,11 +310,8 @@ def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, va
     engine = make_engine(device, precision)
     batch = effective_batch(cfg, world)
     lr_note = f"lr {lr:g}" + (f" ({s['lr']:g} at batch {t['base_batch_size']}, {t['lr_scaling']} rule)" if lr != s["lr"] else "")
-    log.info("%s: %d train rows, %d epochs, batch %d, %s, %d optimizer steps", name, len(train_ds), s["epochs"], batch,
-             lr_note, steps)
-    if world.is_main:
-        print(f"== {name}: {len(train_ds)} train rows, {s['epochs']} epoch(s), batch {batch}, {lr_note}, "
-              f"{steps} optimizer steps", flush=True)
+    announce(f"{name}: {len(train_ds)} train rows, {s['epochs']} epoch(s), batch {batch}, {lr_note}, "
+             f"{steps} optimizer steps", world)
     start = time.perf_counter()
     runner.train(model=model, engine=engine, loaders=loaders, optimizer=optimizer, scheduler=scheduler,
                  callbacks=callbacks, num_epochs=s["epochs"], seed=seed, valid_loader="valid",
@@ -510,18 +514,8 @@ def resolve_speed(cfg: dict, factory: ModelFactory, device: torch.device, max_le
     factory.compile = bool(m["compile"])
     line = (f"precision {precision.name} ({precision.reason}); gradient checkpointing "
             f"{'on' if ckpt.enabled else 'off'} ({ckpt.reason})" + ("; torch.compile on" if factory.compile else ""))
-    log.info(line)
-    if world.is_main:
-        print(f"== {line}", flush=True)
+    announce(line, world)
     return precision, ckpt
-
-
-def announce_stages(plan: StagePlan, world: WorldInfo) -> None:
-    """Log the one-or-two-stage choice (and print it on the main process)."""
-    line = f"{'two stages' if plan.two_stage else 'one stage'} ({plan.reason})"
-    log.info(line)
-    if world.is_main:
-        print(f"== {line}", flush=True)
 
 
 def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
@@ -552,7 +546,7 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     alpha = class_alpha(cfg["loss"]["alpha"], splits.labels, splits.train.labels)
     output_dir.mkdir(parents=True, exist_ok=True)
     precision, ckpt = resolve_speed(cfg, factory, device, max_length, world)
-    announce_stages(plan, world)
+    announce(f"{'two stages' if plan.two_stage else 'one stage'} ({plan.reason})", world)
     data, token_cache = encode_splits(cfg, splits, tokenizer, max_length, output_dir)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

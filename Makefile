@@ -24,7 +24,7 @@ BERT_DIR ?= $(MODELS)/bert
 INPUT ?= $(TEST_PATH)
 OUTPUT ?=
 
-.PHONY: help install encoders test test-quick test-full lint clean \
+.PHONY: help install encoders test test-quick test-full test-encoders lint clean \
 	train_fasttext predict_fasttext bench_fasttext
 
 help: ## Show this list of targets
@@ -376,16 +376,20 @@ test_infra: install ## Container, SLURM and PostgreSQL tests (builds images, sta
 	TEXTCLF_INFRA_TESTS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "containers or slurm or postgres" $(PYTEST_ARGS)
 
 ## ---- checks ----
-test: install encoders ## Run every test, the slow ones too, offline (what CI runs)
+test: install ## Run every test, the slow ones too, offline (what CI runs; the mpnet ones skip unless fetched: test-encoders)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-quick: install encoders ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1)
+test-quick: install ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-full: test ## Same as test (kept for old habits)
 
-lint: install ## ruff on all Python code, hadolint on the Dockerfiles
+test-encoders: install encoders ## Fetch all-mpnet-base-v2 (~400 MB, once) and run the tests that need it
+	TEXTCLF_REQUIRE_ENCODERS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m encoders $(PYTEST_ARGS)
+
+lint: install ## ruff on all Python code, the import-linter layer contracts (lint-imports), hadolint on the Dockerfiles
 	$(BIN)/ruff check src tests benchmarks examples fasttext allennlp bert_classification
+	$(BIN)/lint-imports
 	$(BIN)/hadolint docker/Dockerfile
 
 clean: ## Remove models, caches and the venv

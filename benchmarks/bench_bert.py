@@ -102,7 +102,7 @@ def _gpu_peak_mb(device) -> float | None:
 
 
 def _test_scores(labels: list[str], gold: list[str], pred: list[str]) -> dict:
-    from textclf.metrics import classification_metrics
+    from textclf.core.metrics import classification_metrics
 
     m = classification_metrics(gold, pred, labels)
     return {k: m[k] for k in ("accuracy", "macro_f1", "macro_f0.5", "weighted_f1")} | {"n": len(gold)}
@@ -117,10 +117,10 @@ def run_plain(paths: dict, overrides: list[str], device_spec: str, min_predict_d
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
+    from textclf.core.torch_common import resolve_device, seed_everything
     from textclf.families.bert.data import load_tokenizer
     from textclf.families.bert.model import BertClassifier, load_encoder, resolve_model_name
     from textclf.families.bert.stages import plan_stages
-    from textclf.torch_common import resolve_device, seed_everything
 
     cfg, splits = bench.load_job_splits(paths, "bert", overrides)
     device = resolve_device(device_spec)
@@ -188,10 +188,10 @@ def run_plain(paths: dict, overrides: list[str], device_spec: str, min_predict_d
 def run_variant(paths: dict, overrides: list[str], output_dir: str, device_spec: str, min_predict_docs: int) -> dict:
     """Train one textclf variant, read its meta, time prediction on the test split (runs in a fresh process)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from textclf.core.meta import read_meta
+    from textclf.core.torch_common import resolve_device
     from textclf.families.bert.model import BertPredictor
     from textclf.families.bert.train import train
-    from textclf.meta import read_meta
-    from textclf.torch_common import resolve_device
 
     cfg, splits = bench.load_job_splits(paths, "bert", [*overrides, f"device={json.dumps(device_spec)}",
                                                         "output.keep_checkpoints=false", "train.progress=false"])
@@ -240,7 +240,7 @@ def slice_dataset(d: Path, work: Path, train_rows: int | None, eval_rows: int | 
     paths = {s: str(d / f"{s}.csv") for s in bench.SPLITS}
     if train_rows is None and eval_rows is None:
         return paths
-    from textclf.data import read_labelled, write_labelled
+    from textclf.core.data import read_labelled, write_labelled
 
     out = {}
     for split in bench.SPLITS:
@@ -350,7 +350,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
          seeds, min_predict_docs, threads, overrides, quick, output):
     """Fine-tune BERT variants and a plain PyTorch loop on the shared datasets; write a comparison table and JSON."""
     bench.start_fork_server()  # before anything large is loaded: see bench_common
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     names = list(ALL_DATASETS) if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
     wanted = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
@@ -386,7 +386,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                               "CPU other load barely changes it, so cpu_ratio_to_plain is the steadier comparison there",
             "predict": "Predictor.predict_proba over the test texts after a warm-up (textclf: its per-device batch size "
                        "and precision; plain: batches of 64 in input order), repeated up to min_predict_docs",
-            "metrics": "test split, textclf.metrics; with --seeds, test_mean / test_sd are the mean and sample sd "
+            "metrics": "test split, textclf.core.metrics; with --seeds, test_mean / test_sd are the mean and sample sd "
                        "over the seeds (seed_runs), f1_delta_to_plain compares means, and the speed fields are the "
                        "fastest run's",
             "peak_gpu_mb": "torch.cuda.max_memory_allocated over training (textclf: from meta.json) on CUDA",

@@ -126,8 +126,8 @@ def load_job_splits(paths: dict, family: str, overrides: list[str]) -> tuple[dic
     For a job process (the imports happen here, not in the benchmark process). ``paths`` maps
     ``train``/``valid``/``test`` to CSV files, as :func:`dataset_paths` returns them.
     """
-    from textclf.config import load_config
-    from textclf.training import load_splits
+    from textclf.core.config import load_config
+    from textclf.core.training import load_splits
 
     cfg = load_config(family, overrides=overrides)
     return cfg, load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
@@ -151,7 +151,7 @@ def results_doc(benchmark: str, settings: dict, packages, **rest) -> dict:
 
 def finish_doc(output: str | Path, doc: dict, table_markdown: str) -> None:
     """Stamp ``doc`` as finished, set its ``table_markdown`` and write it to ``output`` atomically."""
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     doc["finished"] = utc_now()
     doc["table_markdown"] = table_markdown

@@ -54,7 +54,7 @@ def _quiet() -> None:
 
 
 def _metrics(true, pred, labels) -> dict:
-    from textclf.metrics import classification_metrics
+    from textclf.core.metrics import classification_metrics
 
     m = classification_metrics(true, pred, labels)
     return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
@@ -68,9 +68,9 @@ def job_tune(paths: dict, cache_dir: str, out: str, n_trials: int, encoders: lis
     os.environ["TEXTCLF_CACHE"] = cache_dir
     import json
 
+    from textclf.core.meta import read_meta
+    from textclf.core.registry import get_family
     from textclf.families.embeddings.train import Features
-    from textclf.meta import read_meta
-    from textclf.registry import get_family
 
     cfg, splits = bench.load_job_splits(paths, "embeddings", [f"search.n_trials={n_trials}", f"seed={seed}", "device=\"cpu\"",
                                                              f"search.space.encoder.choices={json.dumps(encoders)}",
@@ -102,7 +102,7 @@ def job_grid(paths: dict, cache_dir: str, encoder: str, seed: int) -> dict:
     """Every classifier with its defaults on ``encoder``'s vectors (from the cache when it is a sentence encoder)."""
     _quiet()
     os.environ["TEXTCLF_CACHE"] = cache_dir
-    from textclf.families.embeddings.classifiers import proba_in_label_order
+    from textclf.families.common.sklearn_proba import proba_in_label_order
     from textclf.families.embeddings.train import Features, fit_classifier, label_indices
 
     cfg, splits = bench.load_job_splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
@@ -131,7 +131,7 @@ def job_grid(paths: dict, cache_dir: str, encoder: str, seed: int) -> dict:
 def job_encode_speed(texts: list[str], encoder: str) -> dict:
     """docs/s of a sentence encoder on ``texts`` after the model is loaded (no cache)."""
     _quiet()
-    from textclf.families.embeddings.encoders import SentenceEncoder
+    from textclf.families.common.encoders import SentenceEncoder
 
     enc = SentenceEncoder(encoder, device="cpu", batch_size=64)
     enc.encode(texts[:8], progress=False)  # load + warm up
@@ -144,7 +144,7 @@ def job_encode_speed(texts: list[str], encoder: str) -> dict:
 def job_predict(model_dir: str, texts: list[str]) -> dict:
     """End-to-end docs/s of a model directory's Predictor on raw text (load excluded)."""
     _quiet()
-    from textclf.predictor import load_predictor
+    from textclf.core.loading import load_predictor
 
     predictor = load_predictor(model_dir)
     start = time.perf_counter()
@@ -156,8 +156,8 @@ def job_predict(model_dir: str, texts: list[str]) -> dict:
 def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, overrides: list[str]) -> dict:
     """The SetFit-style family (``per_class`` examples per class, None = all), and frozen MiniLM + logreg on the same rows."""
     _quiet()
-    from textclf.meta import read_meta
-    from textclf.registry import get_family
+    from textclf.core.meta import read_meta
+    from textclf.core.registry import get_family
 
     per = "null" if per_class is None else str(per_class)
     cfg, splits = bench.load_job_splits(paths, "setfit", [f"data.per_class={per}", f"seed={seed}", "device=\"cpu\"", *overrides])
@@ -188,8 +188,8 @@ def _frozen_on_rows(paths: dict, per_class: int | None, seed: int) -> dict:
 def job_fasttext(paths: dict, out: str, n_trials: int, budget_s: float | None = None) -> dict:
     """The fastText family's Optuna search (``n_trials``, within ``budget_s`` seconds when given) and refit."""
     _quiet()
-    from textclf.meta import read_meta
-    from textclf.registry import get_family
+    from textclf.core.meta import read_meta
+    from textclf.core.registry import get_family
 
     overrides = [f"search.n_trials={n_trials}", *([f"search.timeout={budget_s}"] if budget_s else [])]
     cfg, splits = bench.load_job_splits(paths, "fasttext", overrides)
@@ -222,7 +222,7 @@ def job_tfidf_logreg(paths: dict) -> dict:
 
 def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
     """Every job on one dataset; returns its results block."""
-    from textclf.data import read_labelled
+    from textclf.core.data import read_labelled
 
     test = read_labelled(paths["test"], min_classes=0)
     encoders = ["minilm", "tfidf_svd"] + (["mpnet"] if name in opts["mpnet_datasets"] else [])
@@ -384,7 +384,7 @@ def main(datasets, data_root, n_trials, ft_trials, ft_budget_s, mpnet_datasets, 
     opts["only"] = [g.strip() for g in only.split(",") if g.strip()]
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     echo = bench.make_echo(show_elapsed=True)
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     settings = {**{k: v for k, v in opts.items() if k != "previous"}, "mpnet_datasets": sorted(opts["mpnet_datasets"]),
                 "datasets": names, "quick": quick}

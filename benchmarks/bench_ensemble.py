@@ -98,11 +98,11 @@ def _pick(metrics: dict | None) -> dict | None:
 def job_train(family: str, paths: dict, out: str, overrides: list[str], code: str | None) -> dict:
     """Train (search, refit) one family into ``out``; return its valid/test metrics and search summary."""
     _quiet()
-    from textclf.cli.family_cmd import train_family
-    from textclf.config import load_config
-    from textclf.meta import read_meta
-    from textclf.registry import get_family, load_code
-    from textclf.training import load_splits
+    from textclf.core.config import load_config
+    from textclf.core.meta import read_meta
+    from textclf.core.registry import get_family, load_code
+    from textclf.core.training import load_splits
+    from textclf.services.runs import fit_family as train_family
 
     if code:
         load_code(code)
@@ -122,7 +122,7 @@ def job_train(family: str, paths: dict, out: str, overrides: list[str], code: st
 def job_ensemble(members: list[str], paths: dict, out: str, method: str, beta: float, objective: str, bags: int) -> dict:
     """``textclf ensemble`` of ``members`` on valid, scored on test (a bagged weighted one: its plain grid weights too)."""
     _quiet()
-    from textclf.ensemble import build_ensemble
+    from textclf.services.compare.ensemble import build_ensemble
 
     start = time.perf_counter()
     meta = build_ensemble(members, paths["valid"], out, method=method, beta=beta, test_path=paths["test"], objective=objective,
@@ -143,10 +143,10 @@ def score_weights(ensemble_dir: str, paths: dict, weights: list[float]) -> dict:
     """Valid and test metrics of the ensemble's members averaged with other ``weights`` (the plain grid search's)."""
     import numpy as np
 
-    from textclf.data import read_labelled
-    from textclf.ensemble import weighted_average
-    from textclf.metrics import classification_metrics
-    from textclf.predictor import load_predictor
+    from textclf.core.data import read_labelled
+    from textclf.core.loading import load_predictor
+    from textclf.core.metrics import classification_metrics
+    from textclf.services.compare.ensemble import weighted_average
 
     ensemble = load_predictor(ensemble_dir, thresholds=False)
     ensemble.weights = np.ones(len(ensemble.members))  # every member's probabilities are needed
@@ -164,10 +164,10 @@ def job_thresholds(model_dir: str, paths: dict, beta: float) -> dict:
     _quiet()
     import numpy as np
 
-    from textclf.data import read_labelled
-    from textclf.metrics import classification_metrics
-    from textclf.predictor import load_predictor
-    from textclf.thresholds import tune_thresholds
+    from textclf.core.data import read_labelled
+    from textclf.core.loading import load_predictor
+    from textclf.core.metrics import classification_metrics
+    from textclf.services.compare.thresholds import tune_thresholds
 
     block = tune_thresholds(model_dir, paths["valid"], beta)
     predictor = load_predictor(model_dir, thresholds=False)
@@ -176,7 +176,7 @@ def job_thresholds(model_dir: str, paths: dict, beta: float) -> dict:
     out = {"offsets": block["offsets"], "metric": block["metric"], "valid_before": round(block["valid_before"], 4),
            "valid_after": round(block["valid_after"], 4), "moves": block["moves"], "cv": block.get("cv")}
     offsets = np.array([block["offsets"][label] for label in predictor.labels])
-    from textclf.thresholds import decide
+    from textclf.services.compare.thresholds import decide
 
     for name, idx in (("test_before", decide(proba)), ("test_after", decide(proba, offsets))):
         m = classification_metrics(test.labels, [predictor.labels[i] for i in idx], predictor.labels, (1.0, 0.5))
@@ -197,7 +197,7 @@ def member_specs(args: dict) -> list[tuple[str, str, list[str], str | None]]:
 
 def holdout_paths(paths: dict, work: Path, frac: float) -> tuple[dict, dict]:
     """Split valid (stratified, seed 13) into the part the members tune on and the part the ensembles learn on."""
-    from textclf.data import read_labelled, stratified_split, write_labelled
+    from textclf.core.data import read_labelled, stratified_split, write_labelled
 
     tune, held, _ = stratified_split(read_labelled(paths["valid"]), valid_frac=frac, test_frac=0.0, seed=13)
     tune_path, held_path = work / "valid_tune.csv", work / "valid_ensemble.csv"
@@ -212,8 +212,8 @@ def reusable_member(out: Path, paths: dict, overrides: list[str]) -> dict | None
     Same data: its meta.json's ``data_sha256`` is the hash of these train, valid and test files' bytes.
     Same settings: its record's ``overrides`` (search trials and budget) equal ``overrides``.
     """
-    from textclf.data import sha256_files
-    from textclf.meta import read_meta
+    from textclf.core.data import sha256_files
+    from textclf.core.meta import read_meta
 
     record = out.parent / f"{out.name}.job.json"
     if not (out / "meta.json").is_file() or not record.is_file():
@@ -227,7 +227,7 @@ def reusable_member(out: Path, paths: dict, overrides: list[str]) -> dict | None
 def train_member(member: str, family: str, overrides: list[str], code: str | None, paths: dict, work: Path,
                  reuse: bool, echo) -> dict:
     """Train one member into ``work/member`` (or, with ``reuse``, read back the one already there)."""
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     out = work / member
     r = reusable_member(out, paths, overrides) if reuse else None
@@ -401,7 +401,7 @@ def summary(datasets: dict) -> dict:
 def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_trials, tfidf, threshold_beta, keep, holdout,
          reuse, bags, quick):
     """Members vs weighted and stacked ensembles, and threshold tuning, per shared dataset; a table and a JSON."""
-    from textclf.ensemble import DEFAULT_BAGS
+    from textclf.services.compare.ensemble import DEFAULT_BAGS
 
     if reuse and not keep:
         raise click.UsageError("--reuse needs --keep DIR (where the members of an earlier run lie)")
@@ -416,7 +416,7 @@ def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_
     output = Path(output or REPO / "benchmarks" / "results" / default)
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     echo = make_echo(show_elapsed=True)
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     doc = {
         "benchmark": "ensemble",
@@ -425,18 +425,19 @@ def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_
         "settings": {**args, "datasets": names, "data_root": str(data_root)},
         "machine": machine_info(PACKAGES),
         "notes": {
-            "members": "each family trained through the registry (textclf.cli.family_cmd.train_family) on train with its Optuna "
+            "members": "each family trained through the registry (textclf.services.runs.fit_family) on train with its Optuna "
                        "search on valid, refitted on train; fastText: config/fasttext.json with search.n_trials/timeout; "
                        "embeddings: config/embeddings.json with the encoder fixed to minilm (the search picks classifier "
                        "among logreg, linear_svm, knn, mlp, its params and balance); tfidf_logreg: examples/plugins/tfidf_logreg.py",
-            "ensembles": "textclf.ensemble.build_ensemble on valid (beta 1: macro-F1); auto: 5-fold stratified CV on valid "
+            "ensembles": "textclf.services.compare.ensemble.build_ensemble on valid (beta 1: macro-F1); auto: 5-fold stratified CV "
+                         "on valid "
                          "of the best single member, the bagged weighted average and stacking, the best pooled out-of-fold "
                          "macro-F1 wins (ties: the simpler) and is refitted on all of valid; weighted: simplex grid step 0.05 "
                          "maximising valid macro-F1 (ties: lower valid log-loss), bagged: the mean of the weights found on "
                          "'bags' stratified bootstrap resamples; weighted_grid: the plain grid's weights (no bagging), scored "
                          "in the weighted job; weighted_logloss: the same, minimising the valid log-loss; stacking: "
                          "LogisticRegression on the members' probabilities, C x class_weight by 5-fold stratified CV",
-            "thresholds": "textclf.thresholds.tune_thresholds on valid (coordinate search of per-class offsets on "
+            "thresholds": "textclf.services.compare.thresholds.tune_thresholds on valid (coordinate search of per-class offsets on "
                           "log-probabilities, kept only when the same search beats the plain argmax out of fold in 5-fold "
                           "CV); test metrics from one predict_proba, decided without and with the offsets",
             "reuse": "with --reuse, members already trained in the --keep folder are reused (their record says "

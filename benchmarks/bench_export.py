@@ -39,7 +39,7 @@ def run_cli(*args: str) -> None:
 
 def prepare_minilm(work: Path, train_rows: int = 600, echo=print) -> Path:
     """A MiniLM BERT-family model fine-tuned on ``train_rows`` tweets with bert_smoke.json, exported to ONNX (int8 too)."""
-    from textclf.data import read_labelled, write_labelled
+    from textclf.core.data import read_labelled, write_labelled
 
     model = work / "minilm"
     if not (model / "meta.json").exists():
@@ -60,9 +60,9 @@ def measure(model: Path, repeats: int, echo, threads: int) -> dict:
     import numpy as np
     import torch
 
-    from textclf.data import read_labelled
-    from textclf.onnx_backend import THREADS_ENV
-    from textclf.predictor import load_predictor
+    from textclf.core.data import read_labelled
+    from textclf.core.loading import load_predictor
+    from textclf.core.onnx_runtime import THREADS_ENV
 
     os.environ[THREADS_ENV] = str(threads)
     torch.set_num_threads(threads)
@@ -114,7 +114,7 @@ def table(results: list[dict]) -> str:
 @click.option("--output", type=click.Path(dir_okay=False), default=str(RESULTS), show_default=True)
 def main(model_path, keep, train_rows, repeats, threads, output):
     """Torch vs ONNX fp32 vs ONNX int8 CPU prediction speed and accuracy."""
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     echo = make_echo(show_elapsed=True)
     work = Path(keep or tempfile.mkdtemp(prefix="bench_export-"))

@@ -8,8 +8,8 @@ before any data loads, so its peak RSS is its own; see ``bench_common``):
   (b) fastText's built-in autotune on the valid split for ``--budget_s`` seconds,
   (c) textclf's Optuna search (``search.timeout = --budget_s``) plus the refit,
 
-and scores each on the test split with ``textclf.metrics.classification_metrics``. On the (c)
-model it then times ``textclf.predictor.predict_file`` (what ``textclf predict`` runs) against raw
+and scores each on the test split with ``textclf.core.metrics.classification_metrics``. On the (c)
+model it then times ``textclf.core.predictor.predict_file`` (what ``textclf predict`` runs) against raw
 ``model.predict`` over the same file. Prints a markdown table and writes the results JSON
 atomically (``benchmarks/results/fasttext.json``)::
 
@@ -67,9 +67,9 @@ def _quiet_child() -> None:
 
 def _score(model, labels: list[str], test_path: str) -> dict:
     """Test metrics of a raw fastText model whose labels are ``__label__<index>`` into ``labels``."""
-    from textclf.data import read_labelled
+    from textclf.core.data import read_labelled
+    from textclf.core.metrics import classification_metrics
     from textclf.families.fasttext.model import one_line
-    from textclf.metrics import classification_metrics
 
     test = read_labelled(test_path, min_classes=0)
     ft_labels, _ = model.predict([one_line(t) for t in test.texts], k=1)
@@ -104,11 +104,11 @@ def phase_optuna(paths: dict, budget_s: float, output_dir: str, n_trials: int) -
     """(c) textclf's search with ``search.timeout = budget_s`` plus the refit, timed end to end."""
     import csv
 
-    from textclf.config import load_config
-    from textclf.meta import read_meta
-    from textclf.predictor import load_predictor
-    from textclf.registry import get_family
-    from textclf.training import load_splits
+    from textclf.core.config import load_config
+    from textclf.core.loading import load_predictor
+    from textclf.core.meta import read_meta
+    from textclf.core.registry import get_family
+    from textclf.core.training import load_splits
 
     _quiet_child()
     cfg = load_config("fasttext", overrides=[f"search.timeout={budget_s}", f"search.n_trials={n_trials}"])
@@ -129,7 +129,8 @@ def phase_optuna(paths: dict, budget_s: float, output_dir: str, n_trials: int) -
 
 def phase_predict_textclf(model_dir: str, input_file: str, output_file: str) -> dict:
     """Time ``predict_file`` (what ``textclf predict`` runs: read, predict, write atomically)."""
-    from textclf.predictor import load_predictor, predict_file
+    from textclf.core.loading import load_predictor
+    from textclf.core.predictor import predict_file
 
     predictor = load_predictor(model_dir)
     start, cpu = time.perf_counter(), time.process_time()
@@ -201,7 +202,7 @@ def throughput(model_dir: Path, labels: list[str], input_file: Path, work: Path,
 def bench_dataset(name: str, data_dir: Path, budget_s: float, n_trials: int, min_docs: int, min_mb: float, repeats: int,
                   echo) -> dict:
     """All phases on one dataset."""
-    from textclf.data import read_labelled
+    from textclf.core.data import read_labelled
     from textclf.families.fasttext.model import write_training_file
 
     paths = {s: str(data_dir / f"{s}.csv") for s in ("train", "valid", "test")}
@@ -301,7 +302,7 @@ def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb,
     names = [d.strip() for d in datasets.split(",") if d.strip()]
 
     echo = make_echo()
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     doc = {
         "benchmark": "fasttext",
@@ -317,9 +318,9 @@ def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb,
                                     f"{AUTOTUNE_NOTE}",
                         "optuna": "textclf.families.fasttext.model.train with config/fasttext.json, search.timeout = budget_s, "
                                   "search.n_trials = cap; train_wall_s includes the refit, evaluation and saving the model directory"},
-            "metrics": "test split, textclf.metrics.classification_metrics; macro_f1 is the target metric",
+            "metrics": "test split, textclf.core.metrics.classification_metrics; macro_f1 is the target metric",
             "peak_rss": RSS_NOTE,
-            "throughput": ("on the (c) model: textclf = textclf.predictor.predict_file(predictor, input, output, 'txt') "
+            "throughput": ("on the (c) model: textclf = textclf.core.predictor.predict_file(predictor, input, output, 'txt') "
                            "(read + predict + atomic write, model load excluded); raw = read lines, model.predict(lines, k=1), "
                            "write labels; input = test texts repeated to >= predict_docs_min lines and >= predict_mb_min MiB; "
                            "best of repeats; "

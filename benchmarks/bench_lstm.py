@@ -9,7 +9,7 @@ data loads, so its peak RSS is the job's own; see ``bench_common``):
   (c) ``fasttext``: fastText with config/fasttext.json's params, no search (the baseline users know).
 
 Both LSTM jobs run the same fixed number of epochs (``--epochs``, early stopping off) and keep their
-best epoch by valid macro F0.5; every model is scored on the test split with ``textclf.metrics``.
+best epoch by valid macro F0.5; every model is scored on the test split with ``textclf.core.metrics``.
 Reported: test accuracy / macro-F1 / macro-F0.5, seconds per epoch (train + validation, and train
 only), training tokens/s, prediction docs/s (``Predictor.predict_proba`` over the test texts), peak
 RSS, and the overhead ratio lightning/bare of the seconds per epoch (target <= 1.2). Prints a markdown
@@ -41,7 +41,7 @@ QUICK_SET = ("model.embedding_dim=32", "model.hidden_size=32")
 
 
 def _splits(data_dir: str, data_cfg: dict, max_train: int | None):
-    from textclf.training import load_splits
+    from textclf.core.training import load_splits
 
     d = Path(data_dir)
     splits = load_splits(d / "train.csv", d / "valid.csv", d / "test.csv", data_cfg)
@@ -60,7 +60,7 @@ def _predict_speed(predictor, texts: list[str], min_docs: int = 2000) -> float:
 
 
 def _test_metrics(predictor, splits) -> dict:
-    from textclf.predictor import evaluate_predictor
+    from textclf.core.predictor import evaluate_predictor
 
     m = evaluate_predictor(predictor, splits.test.texts, splits.test.labels)
     return {k: m[k] for k in ("accuracy", "macro_f1", "macro_f0.5")}
@@ -69,7 +69,7 @@ def _test_metrics(predictor, splits) -> dict:
 def _lstm_job(job: str, data_dir: str, overrides: list[str], max_train: int | None) -> dict:
     import torch
 
-    from textclf.config import load_config
+    from textclf.core.config import load_config
     from textclf.families.lstm import model as lstm
 
     cfg = load_config("lstm", None, [*overrides, "device=cpu"])
@@ -115,9 +115,9 @@ def bare_fit(cfg: dict, splits) -> tuple:
     import torch
     from torch import nn
 
+    from textclf.core.metrics import classification_metrics
+    from textclf.core.torch_common import seed_everything
     from textclf.families.lstm import model as lstm
-    from textclf.metrics import classification_metrics
-    from textclf.torch_common import seed_everything
 
     t = cfg["train"]
     seed_everything(cfg["seed"])
@@ -169,9 +169,9 @@ def bare_fit(cfg: dict, splits) -> tuple:
 
 
 def _fasttext_job(data_dir: str, max_train: int | None) -> dict:
-    from textclf.config import load_config
+    from textclf.core.config import load_config
+    from textclf.core.registry import get_family
     from textclf.families.fasttext import model as fasttext_model
-    from textclf.registry import get_family
 
     cfg = load_config("fasttext", None, ["search.n_trials=0"])
     splits = _splits(data_dir, cfg["data"], max_train)
@@ -232,7 +232,7 @@ def table(results: dict) -> str:
 def main(datasets, data_root, epochs, overrides, max_train, jobs, repeats, quick, output):
     """Run the benchmark and write the results JSON plus a markdown table."""
     start_fork_server()  # before anything large is loaded: see bench_common
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     overrides = list(overrides)
     if quick:

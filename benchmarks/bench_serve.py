@@ -223,9 +223,9 @@ async def load(url: str, texts: list[str], expected: list[str], concurrency: int
 def in_process(model: Path, backend: str | None, texts: list[str], seconds: float,
                threads: int | None) -> tuple[dict, list[str]]:
     """``Predictor.predict`` in this process: one text per call and 64 per call; also the expected labels."""
-    from textclf.onnx_backend import THREADS_ENV
-    from textclf.predictor import load_predictor
-    from textclf.serving.app import apply_thread_limit
+    from textclf.core.loading import load_predictor
+    from textclf.core.onnx_runtime import THREADS_ENV
+    from textclf.services.serving.app import apply_thread_limit
 
     if threads:
         os.environ[THREADS_ENV] = str(threads)
@@ -291,8 +291,8 @@ def check_targets(results: dict) -> dict:
 @click.option("--output", type=click.Path(dir_okay=False), default=str(RESULTS), show_default=True)
 def main(models, concurrency, seconds, max_requests, warmup, clients, keep, workers, threads, output):
     """Load-test textclf serve on loopback."""
-    from textclf.atomic import atomic_write_json
-    from textclf.data import read_labelled
+    from textclf.core.atomic import atomic_write_json
+    from textclf.core.data import read_labelled
 
     echo = make_echo(show_elapsed=True)
     names = [m for m in models.split(",") if m]

@@ -43,7 +43,7 @@ for mod in ("torch", "transformers", "accelerate", "catalyst", "lightning", "tok
     except Exception as exc:  # noqa: BLE001
         info[mod] = f"MISSING: {exc}"
 import torch
-from textclf.precision import DeviceInfo, MemoryEstimate, predict_batch_size, resolve_checkpointing, resolve_precision
+from textclf.core.precision import DeviceInfo, MemoryEstimate, predict_batch_size, resolve_checkpointing, resolve_precision
 dev = DeviceInfo.of("cuda")
 info["device"] = {"name": dev.name, "capability": dev.capability, "free_gib": round(dev.free_memory / 2**30, 1),
                   "total_gib": round(dev.total_memory / 2**30, 1), "bf16": torch.cuda.is_bf16_supported()}
@@ -71,10 +71,10 @@ step "LSTM on CUDA: precision auto, per-device prediction batch (budget 60 s)"
 timeout -k 5 60 $PY - "$DATA" "$OUT/lstm_gpu.json" <<'PY' || echo "lstm check ended with exit $?"
 import json, sys, tempfile, time
 from pathlib import Path
-from textclf.config import load_config
+from textclf.core.config import load_config
 from textclf.families.lstm import train as lstm_train
 from textclf.families.lstm.model import LSTMPredictor
-from textclf.training import load_splits
+from textclf.core.training import load_splits
 d = Path(sys.argv[1]) / "movie_review_sentences"
 cfg = load_config("lstm", None, ["device=cuda", "train.epochs=3", "train.patience=0"])
 splits = load_splits(d / "train.csv", d / "valid.csv", d / "test.csv", cfg["data"])

@@ -12,7 +12,7 @@
 #   <image> tune [FLAGS...]    the same through `textclf tune <family>` (an Optuna search, then the refit)
 #   <image> serve [FLAGS...]   `textclf serve` of MODEL_DIR (default /models/<family>) on 0.0.0.0:PORT (default 8000):
 #                              publish it with -p 127.0.0.1:8000:8000; TEXTCLF_API_KEY requires a key; CODE as above.
-#                              The image's HEALTHCHECK asks its /health (python -m textclf.serving.healthcheck)
+#                              The image's HEALTHCHECK asks its /health (python -m textclf.services.serving.healthcheck)
 #   <image> COMMAND [ARGS...]  any other command, e.g. python fasttext/predict.py --model_path /models/fasttext ...
 #
 #   CUDA_DEVICES -> CUDA_VISIBLE_DEVICES, e.g. "0,1" (the original repository's name for it)

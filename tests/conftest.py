@@ -56,7 +56,7 @@ def save_tiny_random_bert(path: Path, hidden_size: int = 32, layers: int = 2, se
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from textclf.families.bert.model import default_model_path
+    from textclf.families.common.packaged import default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     torch.manual_seed(seed)

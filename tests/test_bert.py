@@ -19,16 +19,16 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import textclf
-from textclf.class_weights import class_alpha
 from textclf.cli import cli
-from textclf.data import balanced_downsample, read_labelled, write_labelled
-from textclf.errors import ConfigError, ModelError
+from textclf.core.class_weights import class_alpha
+from textclf.core.data import balanced_downsample, read_labelled, write_labelled
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.metrics import classification_metrics
+from textclf.core.predictor import evaluate_predictor
 from textclf.families.bert.callbacks import FBetaCallback
 from textclf.families.bert.data import load_tokenizer
 from textclf.families.bert.losses import FocalLoss
 from textclf.families.bert.model import state_digest
-from textclf.metrics import classification_metrics
-from textclf.predictor import evaluate_predictor
 
 # Real run of test_minilm_short_finetune_beats_floor (MiniLM, first 400 train rows of tweets_sentiment,
 # max_length 48, batch 16, 1 epoch per stage, two stages, focal gamma=2): valid macro-F1 0.842,
@@ -137,7 +137,7 @@ def test_stage1_downsample_is_class_balanced(tweets):
 
 
 def test_two_stage_auto_follows_the_label_balance(tweets, shared_data):
-    from textclf.config import load_config
+    from textclf.core.config import load_config
     from textclf.families.bert.stages import plan_stages, staged_config
 
     cfg = load_config("bert")  # two_stage auto, stage1 1 epoch + stage2 2 epochs, auto_min_dropped 0.25
@@ -282,7 +282,7 @@ def test_minilm_short_finetune_beats_floor(tweets, tmp_path):
 
 
 def test_bert_configs_load_with_strict_keys(repo):
-    from textclf.config import load_config
+    from textclf.core.config import load_config
 
     cfg = load_config("bert")
     assert cfg["two_stage"] == "auto" and cfg["loss"]["gamma"] == 2.0 and cfg["model"]["model_name"] == "auto"

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from textclf.cli import cli
-from textclf.data import read_labelled, write_labelled
+from textclf.core.data import read_labelled, write_labelled
 
 pytestmark = pytest.mark.slow  # two gloo workers train a tiny BERT: about a minute on 2 cores
 

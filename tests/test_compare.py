@@ -18,14 +18,14 @@ import pytest
 from click.testing import CliRunner
 
 from textclf.cli import cli
-from textclf.cli.family_cmd import train_family
-from textclf.config import load_config
-from textclf.data import Dataset, read_labelled, write_labelled
-from textclf.metrics import classification_metrics
-from textclf.predictor import load_predictor
-from textclf.registry import get_family, load_code
-from textclf.thresholds import decide, log_proba, macro_fbeta, tune_offsets
-from textclf.training import load_splits
+from textclf.core.config import load_config
+from textclf.core.data import Dataset, read_labelled, write_labelled
+from textclf.core.loading import load_predictor
+from textclf.core.metrics import classification_metrics
+from textclf.core.registry import get_family, load_code
+from textclf.core.training import load_splits
+from textclf.services.compare.thresholds import decide, log_proba, macro_fbeta, tune_offsets
+from textclf.services.runs import fit_family as train_family
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "examples" / "plugins" / "tfidf_logreg.py"
@@ -167,7 +167,7 @@ def test_report_skips_missing_history_and_search_with_a_note(models, tweets, tmp
 
 
 def test_bert_stage_history_is_read_from_meta(tmp_path):
-    from textclf.report import history_rows
+    from textclf.services.compare.report import history_rows
 
     meta = {"training": {"stages": [
         {"name": "balanced", "history": [{"epoch": 1, "train": {"loss": 0.6}, "valid": {"loss": 0.5, "macro_f1": 0.7}}]},
@@ -262,7 +262,7 @@ def test_ensemble_refuses_members_with_other_labels(models, tweets, tmp_path):
 
 
 def test_weight_search_never_loses_to_a_single_member():
-    from textclf.ensemble import search_weights, simplex_grid
+    from textclf.services.compare.ensemble import search_weights, simplex_grid
 
     assert len(simplex_grid(3, 20)) == 231 and all(w.sum() == pytest.approx(1) for w in simplex_grid(3, 4))
     rng = np.random.default_rng(0)
@@ -312,7 +312,7 @@ def test_auto_keeps_the_single_member_that_combining_cannot_beat(models, tweets,
 
 
 def test_auto_combines_members_whose_errors_are_independent():
-    from textclf.ensemble import CANDIDATES, fit_method, select_method
+    from textclf.services.compare.ensemble import CANDIDATES, fit_method, select_method
 
     rng = np.random.default_rng(3)
     n = 400
@@ -339,7 +339,7 @@ def test_auto_combines_members_whose_errors_are_independent():
 
 
 def test_bagged_weight_search_averages_bootstrap_searches():
-    from textclf.ensemble import bagged_search_weights, search_weights
+    from textclf.services.compare.ensemble import bagged_search_weights, search_weights
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 240)
@@ -374,7 +374,7 @@ def test_offsets_never_lower_the_score_on_synthetic_data():
 
 
 def test_cross_validated_offsets_reject_noise_and_keep_a_real_shift():
-    from textclf.thresholds import stratified_folds
+    from textclf.services.compare.thresholds import stratified_folds
 
     labels = np.array([0] * 10 + [1] * 7)
     folds = stratified_folds(labels, 3, seed=1)
@@ -470,7 +470,7 @@ def test_tune_thresholds_on_imbalanced_data(models, tweets, tmp_path):
 
 
 def test_ensemble_kind_is_known_but_not_a_trainable_family():
-    from textclf.registry import all_families, all_kinds, kind_predictor
+    from textclf.core.registry import all_families, all_kinds, kind_predictor
 
     assert "ensemble" in all_kinds() and "ensemble" not in all_families()
     assert kind_predictor("ensemble").kind == "ensemble" and kind_predictor("nope") is None

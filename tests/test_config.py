@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from textclf.config import apply_override, config_dir, default_config, load_config, merge
-from textclf.errors import ConfigError
+from textclf.core.config import apply_override, config_dir, default_config, load_config, merge
+from textclf.core.errors import ConfigError
 
 
 def test_every_config_file_parses():

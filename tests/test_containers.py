@@ -144,7 +144,7 @@ def write_plugin(folder: Path) -> Path:
     path.write_text(textwrap.dedent('''\
         """A test plug-in: fastText registered from a file (textclf train --code ft_wrapped.py ft_wrapped ...)."""
         from textclf.families.fasttext import FAMILY as FASTTEXT
-        from textclf.registry import Family, register_family
+        from textclf.core.registry import Family, register_family
 
         register_family(Family(name="ft_wrapped", description="fastText registered from a plug-in file",
                                train=FASTTEXT.train, predictor=FASTTEXT.predictor, config=str(FASTTEXT.config_path()),
@@ -205,7 +205,7 @@ def test_fasttext_image_trains_and_predicts_on_host_data(engine, tweets, tmp_pat
     labels = [p.split("\t")[0] for p in preds]
     assert set(labels) <= set(meta["labels"])
     # the model written by the container loads on the host and agrees with the container's predictions
-    from textclf.predictor import load_predictor
+    from textclf.core.loading import load_predictor
 
     host = load_predictor(out).predict([r["text"] for r in rows])
     assert host == labels
@@ -217,7 +217,7 @@ def test_fasttext_image_trains_a_plugin_family_from_code(engine, tmp_path):
     """CODE=file.py: the image imports a mounted plug-in file and trains a family it does not ship."""
     import optuna
 
-    from textclf.tuning import make_storage
+    from textclf.core.tuning import make_storage
 
     image = f"textclf-fasttext:{TAG}"
     if run(["podman", "image", "exists", image], engine, check=False).returncode != 0:

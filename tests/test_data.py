@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from textclf.cli import cli
-from textclf.data import (
+from textclf.core.data import (
     Dataset,
     balanced_downsample,
     check_labels_known,
@@ -19,7 +19,7 @@ from textclf.data import (
     stratified_split,
     write_labelled,
 )
-from textclf.errors import DataError
+from textclf.core.errors import DataError
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -165,7 +165,7 @@ def test_make_dataset_cli(tmp_path, tweets):
 def test_atomic_write_keeps_normal_permissions_and_leaves_no_temp(tmp_path):
     import os
 
-    from textclf.atomic import atomic_open, atomic_write_text
+    from textclf.core.atomic import atomic_open, atomic_write_text
 
     atomic_write_text(tmp_path / "a.txt", "x")
     mask = os.umask(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +23,11 @@ pytest.importorskip("sklearn")
 import textclf  # noqa: E402
 import textclf.families.embeddings  # noqa: E402,F401  (registers the family until families/__init__ imports it)
 from textclf.cli.family_cmd import train_command  # noqa: E402
-from textclf.data import read_labelled  # noqa: E402
-from textclf.families.embeddings.cache import EmbeddingCache, cache_key  # noqa: E402
+from textclf.core.data import read_labelled  # noqa: E402
+from textclf.families.common.cache import EmbeddingCache, cache_key  # noqa: E402
+from textclf.families.common.encoders import SentenceEncoder  # noqa: E402
 from textclf.families.embeddings.classifiers import CosineKNN  # noqa: E402
 from textclf.families.embeddings.cli import embed  # noqa: E402
-from textclf.families.embeddings.encoders import SentenceEncoder  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import head_csv, train_family_cli  # noqa: E402
@@ -106,7 +107,7 @@ def test_no_stale_reuse_when_texts_or_max_length_change(encoder, cache_dir):
 WRITER = """
 import sys
 import numpy as np
-from textclf.families.embeddings.cache import EmbeddingCache
+from textclf.families.common.cache import EmbeddingCache
 cache = EmbeddingCache(sys.argv[1])
 vectors = np.random.default_rng(0).standard_normal((3000, 384)).astype(np.float32)
 for _ in range(int(sys.argv[3])):
@@ -176,7 +177,7 @@ def test_train_embeddings_cli_above_floor(model_dir):
 def test_damaged_classifier_file_is_caught_before_unpickling(model_dir, tmp_path):
     import shutil
 
-    from textclf.errors import ModelError
+    from textclf.core.errors import ModelError
 
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["files"]["classifier.joblib"]["bytes"] == (model_dir / "classifier.joblib").stat().st_size
@@ -314,12 +315,15 @@ def test_search_picks_training_files_and_drops_a_noisy_one(tmp_path, small, twee
 
 # --------------------------------------------------------------------------- the second packaged encoder
 
+@pytest.mark.encoders
 def test_packaged_mpnet_encodes_offline(tmp_path, cache_dir):
     """all-mpnet-base-v2 (fetched by `make encoders`): 768-d unit vectors that put paraphrases together."""
-    from textclf.families.embeddings.packaged import installed_dir
+    from textclf.families.common.packaged import installed_dir
 
     if installed_dir("mpnet") is None:
-        pytest.fail("mpnet is not fetched: run `make encoders` (make test does it first)")
+        if os.environ.get("TEXTCLF_REQUIRE_ENCODERS") == "1":
+            pytest.fail("mpnet is not fetched: run `make encoders` (make test-encoders does it first)")
+        pytest.skip("all-mpnet-base-v2 is not fetched (a ~400 MB download): `make test-encoders` fetches it and runs this test")
     enc = SentenceEncoder("mpnet", device="cpu", batch_size=8)
     texts = ["I love this phone, it is great", "This phone is wonderful and I like it a lot",
              "The train to Boston leaves at noon", "Worst customer service I have ever had"]

@@ -1,9 +1,9 @@
-"""Grids of runs and the notebook API: ``textclf queue grid``, ``textclf worker``, :mod:`textclf.experiments`.
+"""Grids of runs and the notebook API: ``textclf queue grid``, ``textclf worker``, :mod:`textclf.services.experiments`.
 
 A grid file expands to one task per family x data x point; a bad one is a one-line error naming
 the file. The notebook workflow runs for real: ``Queue.grid`` of 4 small fastText tasks,
 ``Queue.start_workers(2)`` (background ``textclf worker`` processes), every task done once, and
-:func:`textclf.experiments.runs` shows the 4 runs. Two ``textclf train --track`` processes on a
+:func:`textclf.services.experiments.runs` shows the 4 runs. Two ``textclf train --track`` processes on a
 fresh store both land. The same grid through a SLURM worker array runs in the infra tests
 (TEXTCLF_INFRA_TESTS=1, root: ``make test_infra``), like tests/test_slurm.py.
 """
@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from textclf.cli import cli
-from textclf.errors import ConfigError, TextclfError
-from textclf.experiments import Queue, runs
-from textclf.run_queue import Task, open_queue
-from textclf.tracking import open_store
+from textclf.core.errors import ConfigError, TextclfError
+from textclf.services.experiments import Queue, runs
+from textclf.services.queue import Task, open_queue
+from textclf.services.tracking import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import job_states, make, wait  # noqa: E402

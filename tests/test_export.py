@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from textclf.cli import cli
-from textclf.data import read_labelled, write_labelled
-from textclf.errors import ModelError
-from textclf.predictor import load_predictor
+from textclf.core.data import read_labelled, write_labelled
+from textclf.core.errors import ModelError
+from textclf.core.loading import load_predictor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import save_tiny_random_bert  # noqa: E402
@@ -38,7 +38,7 @@ def bert_dir(tmp_path_factory) -> Path:
     """A BERT-family model directory with random weights (tiny encoder, MiniLM tokenizer, random head), no training."""
     import torch
 
-    from textclf.meta import write_meta
+    from textclf.core.meta import write_meta
 
     out = tmp_path_factory.mktemp("export_bert") / "model"
     save_tiny_random_bert(out / "encoder", hidden_size=64, seed=3)
@@ -135,7 +135,7 @@ def test_predict_and_evaluate_take_a_backend(bert_dir, tweets, tmp_path):
 def test_serving_an_exported_model_uses_onnx_and_batches(bert_dir):
     from starlette.testclient import TestClient
 
-    from textclf.serving.app import ServeSettings, create_app
+    from textclf.services.serving.app import ServeSettings, create_app
 
     if not (bert_dir / "onnx.json").exists():
         assert invoke("export", "--model_path", bert_dir).exit_code == 0
@@ -154,9 +154,9 @@ def make_lstm_dir(path: Path, pooling: str, bidirectional: bool, layers: int, se
     """A BiLSTM model directory with random weights (what LSTMPredictor.load reads), no training."""
     import torch
 
+    from textclf.core.meta import write_meta
     from textclf.families.lstm.model import LSTMClassifier, save_model
     from textclf.families.lstm.text import DEFAULT_PATTERN, VOCAB_FILE, Tokenizer, Vocab
-    from textclf.meta import write_meta
 
     path.mkdir(parents=True)
     vocab = Vocab.build((Tokenizer()(t) for t in TEXTS + ["good bad fine terrible great"]), min_count=1)

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 import textclf
 from textclf.cli import cli
-from textclf.data import read_labelled
-from textclf.tuning import make_storage
+from textclf.core.data import read_labelled
+from textclf.core.tuning import make_storage
 
 # From real runs with 4 trials on data/tweets_sentiment: test macro-F1 0.74-0.77 (majority class: 0.41).
 MACRO_F1_FLOOR = 0.70

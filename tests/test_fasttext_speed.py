@@ -11,12 +11,12 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-import textclf.data as data_mod
+import textclf.core.data as data_mod
 from textclf.cli import cli
-from textclf.data import iter_texts
-from textclf.errors import DataError
+from textclf.core.data import iter_texts
+from textclf.core.errors import DataError
+from textclf.core.training import load_splits
 from textclf.families.fasttext import model as ftm
-from textclf.training import load_splits
 
 
 def test_split_only_whitespace_is_what_python_splits_on_and_fasttext_does_not():

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 import textclf
 from textclf.cli import cli
-from textclf.data import Dataset, iter_texts, read_labelled, write_labelled
-from textclf.errors import DataError, ModelError
-from textclf.predictor import predict_file
-from textclf.tuning import TrialSeededTPESampler, make_storage, open_study, run_search
+from textclf.core.data import Dataset, iter_texts, read_labelled, write_labelled
+from textclf.core.errors import DataError, ModelError
+from textclf.core.predictor import predict_file
+from textclf.core.tuning import TrialSeededTPESampler, make_storage, open_study, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTCLF = Path(sys.executable).parent / "textclf"
@@ -260,10 +260,10 @@ def test_search_log_says_what_ran(tmp_path, caplog):
     def objective(trial):
         return trial.suggest_float("lr", 0.01, 1.0)
 
-    with caplog.at_level(logging.INFO, logger="textclf.tuning"):
+    with caplog.at_level(logging.INFO, logger="textclf.core.tuning"):
         assert run_search(study, objective, 2) == 2
     assert "already held" not in caplog.text
-    with caplog.at_level(logging.INFO, logger="textclf.tuning"):
+    with caplog.at_level(logging.INFO, logger="textclf.core.tuning"):
         assert run_search(study, objective, 2) == 0
     assert "already held 2 finished trials before this run (target 2): no new trial" in caplog.text
 
@@ -357,8 +357,8 @@ def test_one_megabyte_lines_are_read(tmp_path, ft_model):
 SLOW_PLUGIN = '''
 import time
 import numpy as np
-from textclf.predictor import Predictor
-from textclf.registry import kinds
+from textclf.core.predictor import Predictor
+from textclf.core.registry import kinds
 
 
 class SlowPredictor(Predictor):
@@ -504,7 +504,7 @@ def test_full_disk_is_a_clear_error_with_no_partial_output(ft_model, tmp_path):
 
 def test_csv_output_of_labels_with_commas_quotes_and_spaces(tmp_path):
     """A model whose labels hold commas, quotes and spaces writes CSV/JSONL that read back exactly."""
-    from textclf.predictor import Predictor
+    from textclf.core.predictor import Predictor
 
     labels = ['a, b', 'say "x"', "  spaced label ", "ünï"]
 

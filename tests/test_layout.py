@@ -14,7 +14,7 @@ def test_fasttext_library_is_the_installed_one(repo):
 
 
 def test_subproject_folders_are_thin_entry_points(repo):
-    from textclf.registry import all_families
+    from textclf.core.registry import all_families
 
     subprojects = {fam.subproject for fam in all_families().values() if fam.subproject}
     assert subprojects == {"fasttext", "allennlp", "bert_classification"}

@@ -13,17 +13,17 @@ from click.testing import CliRunner
 
 from textclf.cli import cli
 from textclf.cli.family_cmd import train_command
-from textclf.config import load_config
-from textclf.data import read_labelled, write_labelled
-from textclf.errors import ConfigError
+from textclf.core.config import load_config
+from textclf.core.data import read_labelled, write_labelled
+from textclf.core.errors import ConfigError
+from textclf.core.loading import load_predictor
+from textclf.core.torch_common import BucketBatchSampler, resolve_device
+from textclf.core.training import load_splits
+from textclf.core.tuning import make_storage
 from textclf.families.lstm import model as lstm
 from textclf.families.lstm import search as lstm_search
 from textclf.families.lstm import train as lstm_train
 from textclf.families.lstm.text import UNK_ID, Tokenizer, Vocab
-from textclf.predictor import load_predictor
-from textclf.torch_common import BucketBatchSampler, resolve_device
-from textclf.training import load_splits
-from textclf.tuning import make_storage
 
 train_lstm = train_command("lstm")
 tune_lstm = train_command("lstm", tune=True)

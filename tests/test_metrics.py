@@ -1,4 +1,4 @@
-"""textclf.metrics against scikit-learn on random and real predictions."""
+"""textclf.core.metrics against scikit-learn on random and real predictions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from textclf.metrics import classification_metrics, fbeta_score, format_report
+from textclf.core.metrics import classification_metrics, fbeta_score, format_report
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from textclf.errors import ConfigError
-from textclf.predictor import Predictor
-from textclf.registry import Family
+from textclf.core.errors import ConfigError
+from textclf.core.predictor import Predictor
+from textclf.core.registry import Family
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "examples" / "plugins"
@@ -34,8 +34,8 @@ TINY_DATA = '{"seed": 1, "data": {"format": None, "text_column": "text", "label_
 
 MISSING_DEP = f'''
 import numpy as np
-from textclf.predictor import Predictor
-from textclf.registry import Family, register_family
+from textclf.core.predictor import Predictor
+from textclf.core.registry import Family, register_family
 
 
 class NeverPredictor(Predictor):
@@ -58,7 +58,7 @@ register_family(Family(name="needs_missing", train=train, predictor=NeverPredict
 '''
 
 BROKEN = '''
-from textclf.registry import Family, register_family
+from textclf.core.registry import Family, register_family
 
 register_family(Family(name="broken", train=lambda cfg, splits, output_dir, resume=False: output_dir, predictor=object))
 '''
@@ -67,7 +67,7 @@ JSON_ARRAY_READER = '''
 """A reader for files holding one JSON array of {"text": ..., "label": ...} objects."""
 import json
 
-from textclf.registry import register_reader
+from textclf.core.registry import register_reader
 
 
 @register_reader("json_array")
@@ -241,14 +241,14 @@ class _AnyPredictor(Predictor):
 def test_a_family_that_breaks_the_contract_is_refused_at_registration(tweets, tmp_path):
     with pytest.raises(ConfigError, match="family 'x' does not implement the contract: train must be"):
         Family(name="x", train=None, predictor=_AnyPredictor)
-    with pytest.raises(ConfigError, match="family 'x' does not implement the contract: object is not a textclf.predictor.Predictor"):
+    with pytest.raises(ConfigError, match="family 'x' does not implement the contract: object is not a textclf.core.predictor.Predictor"):
         Family(name="x", train=lambda cfg, splits, output_dir, resume=False: output_dir, predictor=object)
     assert Family(name="x", train="some.module:train", predictor="some.module:P").name == "x"  # strings resolve lazily
 
     plugin = tmp_path / "broken.py"
     plugin.write_text(BROKEN)
     line = one_error_line(textclf("train", "--code", plugin, "broken", *paths(tweets), "--output_dir", tmp_path / "m"))
-    assert line.startswith("Error: family 'broken' does not implement the contract: object is not a textclf.predictor.Predictor")
+    assert line.startswith("Error: family 'broken' does not implement the contract: object is not a textclf.core.predictor.Predictor")
 
 
 # --------------------------------------------------------------------------- readers
@@ -312,7 +312,7 @@ def test_an_unknown_reader_is_one_line_listing_the_known_ones(tweets, tmp_path):
 
 # --------------------------------------------------------------------------- known core bug
 def test_loading_the_same_plugin_twice_keeps_its_code_file():
-    script = ("from textclf.registry import load_code, get_family\n"
+    script = ("from textclf.core.registry import load_code, get_family\n"
               f"load_code({str(TFIDF)!r}); load_code({str(TFIDF)!r})\n"
               "print(get_family('tfidf_logreg').code_file)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -324,7 +324,7 @@ def test_a_plugin_file_is_imported_once_until_it_changes(tmp_path):
     """The container entry point loads CODE, then calls the CLI with --code CODE: the file must run once."""
     plugin, counter = tmp_path / "counting.py", tmp_path / "imports.txt"
     plugin.write_text(f"open({str(counter)!r}, 'a').write('x')\n")
-    script = ("import os\nfrom textclf.registry import load_code\n"
+    script = ("import os\nfrom textclf.core.registry import load_code\n"
               f"load_code({str(plugin)!r}); load_code({str(plugin)!r})\n"
               f"with open({str(plugin)!r}, 'a') as f: f.write('# changed\\n')\n"
               f"load_code({str(plugin)!r})\n")

@@ -23,8 +23,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from textclf.cli import cli
-from textclf.run_queue import Task, add_tasks, open_queue, status_rows
-from textclf.tracking import TAG, open_store
+from textclf.services.queue import Task, add_tasks, open_queue, status_rows
+from textclf.services.tracking import TAG, open_store
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.predictor import Predictor
-from textclf.registry import Family, register_family
+from textclf.core.predictor import Predictor
+from textclf.core.registry import Family, register_family
 
 CONFIG = {"seed": 1, "data": {"format": None, "text_column": "text", "label_column": "label", "reader": None},
           "model": {"sleep_s": 0.0, "marker": ""}}
@@ -55,7 +55,7 @@ class MajorityPredictor(Predictor):
 
     @classmethod
     def load(cls, model_dir, meta=None, model_file=None):
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
 
         return cls(model_dir, meta or read_meta(model_dir))
 
@@ -66,7 +66,7 @@ class MajorityPredictor(Predictor):
 
 
 def train(cfg, splits, output_dir, resume=False):
-    from textclf.training import finish_run
+    from textclf.core.training import finish_run
 
     marker = Path(cfg["model"]["marker"])
     if not marker.exists():

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from textclf.cli import cli
-from textclf.data import read_labelled, write_labelled
-from textclf.registry import all_families, get_family
+from textclf.core.data import read_labelled, write_labelled
+from textclf.core.registry import all_families, get_family
 
 TEXTCLF = [sys.executable, "-c", "from textclf.cli import main; main()"]
 
@@ -58,7 +58,7 @@ def test_families_command_lists_kind_description_status_and_config(repo):
 
 
 def test_tune_refuses_a_family_without_a_search_space_and_an_unknown_name():
-    from textclf.registry import all_families
+    from textclf.core.registry import all_families
 
     registered = all_families()  # the built-ins, plus plug-ins other tests of this process loaded
     searchable = ", ".join(name for name, fam in registered.items() if fam.searchable)
@@ -81,9 +81,9 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.predictor import Predictor
-from textclf.registry import Family
-from textclf.training import finish_run
+from textclf.core.predictor import Predictor
+from textclf.core.registry import Family
+from textclf.core.training import finish_run
 
 
 class PriorPredictor(Predictor):
@@ -91,7 +91,7 @@ class PriorPredictor(Predictor):
 
     @classmethod
     def load(cls, model_dir, meta=None, model_file=None):
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
         meta = meta or read_meta(model_dir)
         return cls(model_dir, meta, json.loads((Path(model_dir) / "prior.json").read_text()))
 

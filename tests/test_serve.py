@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 import textclf
 from textclf.cli import cli
-from textclf.data import read_labelled
-from textclf.predictor import Predictor
-from textclf.serving.app import ServeSettings, create_app
-from textclf.serving.limits import Limits
+from textclf.core.data import read_labelled
+from textclf.core.predictor import Predictor
+from textclf.services.serving.app import ServeSettings, create_app
+from textclf.services.serving.limits import Limits
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTCLF = Path(sys.executable).parent / "textclf"  # the console script of this environment
@@ -411,7 +411,7 @@ def test_two_workers(ft_model):
 
 def test_container_healthcheck(tmp_path, monkeypatch):
     from textclf.cli.serve_cmd import bind
-    from textclf.serving import healthcheck
+    from textclf.services.serving import healthcheck
 
     health = tmp_path / "health.json"
     monkeypatch.setenv("TEXTCLF_HEALTH_FILE", str(health))

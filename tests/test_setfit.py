@@ -21,15 +21,15 @@ pytest.importorskip("sklearn")
 
 import textclf  # noqa: E402
 from textclf.cli import cli  # noqa: E402
-from textclf.config import load_config  # noqa: E402
-from textclf.data import read_labelled  # noqa: E402
-from textclf.errors import ConfigError  # noqa: E402
-from textclf.families.embeddings.encoders import resolve_model_dir  # noqa: E402
+from textclf.core.config import load_config  # noqa: E402
+from textclf.core.data import read_labelled  # noqa: E402
+from textclf.core.errors import ConfigError  # noqa: E402
+from textclf.core.training import load_splits  # noqa: E402
+from textclf.families.common.encoders import resolve_model_dir  # noqa: E402
 from textclf.families.setfit.contrastive import LOSSES, loss_name, tune_encoder  # noqa: E402
 from textclf.families.setfit.head import TorchHead, load_head, macro_f1, make_head  # noqa: E402
 from textclf.families.setfit.model import SetFitPredictor, embed, load_sentence_model  # noqa: E402
 from textclf.families.setfit.sampling import few_shot_indices, sample_pairs, sample_texts, sample_triplets  # noqa: E402
-from textclf.training import load_splits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import head_csv, train_family_cli  # noqa: E402

@@ -76,7 +76,7 @@ def check_study_and_model(study, out: Path, tweets: dict) -> None:
 
     from optuna.trial import TrialState
 
-    from textclf.predictor import load_predictor
+    from textclf.core.loading import load_predictor
 
     trials = study.get_trials(deepcopy=False)
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # contiguous: nothing lost
@@ -100,7 +100,7 @@ def check_study_and_model(study, out: Path, tweets: dict) -> None:
 def test_fasttext_worker_array_on_journal_file(cluster, tweets, tmp_path):
     import optuna
 
-    from textclf.tuning import make_storage
+    from textclf.core.tuning import make_storage
 
     out, logs = tmp_path / "ft", tmp_path / "logs"
     array, refit = tune(cluster, out, logs)
@@ -133,8 +133,8 @@ def test_plugin_family_worker_array_gets_the_code_file(cluster, tweets, tmp_path
 
     import optuna
 
-    from textclf.predictor import load_predictor
-    from textclf.tuning import make_storage
+    from textclf.core.loading import load_predictor
+    from textclf.core.tuning import make_storage
 
     if not PLUGIN.is_file():
         pytest.skip(f"{PLUGIN.relative_to(REPO)} is not there")

@@ -2,7 +2,7 @@
 the pre-tokenised bucketed data path, the token cache, the LR scaling rule, the one-line-per-epoch console,
 and a --quick BERT benchmark with its plain-loop baseline.
 
-GPUs are simulated by passing the device's properties (:class:`textclf.precision.DeviceInfo`) to the
+GPUs are simulated by passing the device's properties (:class:`textclf.core.precision.DeviceInfo`) to the
 resolvers; nothing else is mocked. Training runs use the tiny random BERT from conftest.
 """
 
@@ -20,17 +20,17 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from textclf import precision as P
 from textclf.cli import cli
-from textclf.config import load_config
-from textclf.data import read_labelled, write_labelled
-from textclf.errors import ConfigError
+from textclf.core import precision as P
+from textclf.core.config import load_config
+from textclf.core.data import read_labelled, write_labelled
+from textclf.core.errors import ConfigError
+from textclf.core.torch_common import scaled_lr
 from textclf.families.bert.callbacks import EpochLineLogger
 from textclf.families.bert.data import EncodedDataset, cached_encode, load_tokenizer, make_loader
 from textclf.families.bert.distributed import WorldInfo
 from textclf.families.bert.model import BertClassifier, BertPredictor, load_encoder
 from textclf.families.bert.train import device_batch, stage_lr
-from textclf.torch_common import scaled_lr
 
 CPU = P.DeviceInfo("cpu")
 H200 = P.DeviceInfo("cuda", "NVIDIA H200", (9, 0), free_memory=139 * 2**30, total_memory=141 * 2**30)
@@ -332,9 +332,9 @@ def test_gpu_code_paths_run_on_cpu(small_data, tiny_bert, tmp_path):
 
 
 def test_lstm_precision_and_prediction_batch(small_data, tmp_path):
+    from textclf.core.training import load_splits
     from textclf.families.lstm import model as lstm
     from textclf.families.lstm import train as lstm_train
-    from textclf.training import load_splits
 
     cfg = load_config("lstm", None, ["train.epochs=1", "model.embedding_dim=16", "model.hidden_size=16", "device=cpu",
                                      "train.num_threads=1", "train.precision=bf16"])

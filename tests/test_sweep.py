@@ -22,7 +22,7 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("sklearn")
 
 from textclf.cli import cli  # noqa: E402
-from textclf.config import load_config  # noqa: E402
+from textclf.core.config import load_config  # noqa: E402
 from textclf.families.embeddings import sweep as sw  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -76,7 +76,7 @@ def swept(tmp_path_factory, small, cache_dir):
 
 def test_two_by_two_sweep_writes_a_ranked_table(swept, small, cache_dir):
     import textclf
-    from textclf.data import read_labelled
+    from textclf.core.data import read_labelled
 
     out, output = swept
     columns, rows = table(out)

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from textclf.cli import cli
 from textclf.cli.runs_cmd import fmt
-from textclf.tracking import (
+from textclf.services.tracking import (
     TAG,
     TrackSettings,
     curve_metrics,
@@ -155,16 +155,36 @@ def test_unreachable_store_warns_and_keeps_the_model(data, tmp_path):
     assert time.monotonic() - start < 60
 
 
-def test_duplicate_is_skipped_unless_forced(first, data, uri, tmp_path):
+def test_identical_run_trains_again_unless_reuse_copies_it(first, data, uri, tmp_path):
+    """A run asked to write OUTPUT_DIR always leaves a model there: reusing an identical run is opt-in and copies it."""
     run, out, _ = first
-    result = train(data, tmp_path / "again", uri, "--seed", "13")
-    assert result.output.startswith(f"skipped: fasttext with this config and data already ran: run {run.info.run_id} "
-                                    f"(model {out.resolve()}")
-    assert not (tmp_path / "again").exists()
-    forced = train(data, tmp_path / "again", uri, "--seed", "13", "--force")
-    new = open_store(uri).client.get_run(run_id_of(forced.output))
+    again = train(data, tmp_path / "again", uri, "--seed", "13")
+    new = open_store(uri).client.get_run(run_id_of(again.output))
     assert new.info.status == "FINISHED" and new.data.tags[f"{TAG}config_hash"] == run.data.tags[f"{TAG}config_hash"]
     assert (tmp_path / "again" / "meta.json").is_file()
+
+    before = len(runs_of(uri))
+    reused = train(data, tmp_path / "copy", uri, "--seed", "13", "--reuse")
+    assert reused.output.startswith(f"reused: fasttext with this config and data already ran: run ")
+    assert f"reused: copied " in reused.output and str(tmp_path / "copy") in reused.output
+    copied = json.loads((tmp_path / "copy" / "meta.json").read_text())
+    assert copied["metrics"] == json.loads((Path(out) / "meta.json").read_text())["metrics"] or \
+        copied["metrics"] == json.loads((tmp_path / "again" / "meta.json").read_text())["metrics"]
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(p.name for p in Path(out).iterdir())
+    assert len(runs_of(uri)) == before  # nothing trained, nothing recorded
+
+    skip = train(data, tmp_path / "skip", uri, "--seed", "13", "--skip-existing")
+    assert "reused: copied " in skip.output and (tmp_path / "skip" / "meta.json").is_file()
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "other.txt").write_text("x")
+    refused = train(data, tmp_path / "busy", uri, "--seed", "13", "--reuse", ok=False)
+    assert refused.exit_code == 2
+    assert f"--reuse: {tmp_path / 'busy'} exists and is not empty" in refused.output
+
+    forced = train(data, tmp_path / "forced", uri, "--seed", "13", "--reuse", "--force")
+    assert run_id_of(forced.output) and (tmp_path / "forced" / "meta.json").is_file()
+    assert len(runs_of(uri)) == before + 1
 
 
 def test_failing_train_is_recorded_failed(data, uri, tmp_path):
@@ -176,8 +196,8 @@ def test_failing_train_is_recorded_failed(data, uri, tmp_path):
 
 
 def test_keyboard_interrupt_is_recorded_killed(data, uri, tmp_path):
-    from textclf.registry import get_family
-    from textclf.training import load_splits
+    from textclf.core.registry import get_family
+    from textclf.core.training import load_splits
 
     family = get_family("fasttext")
     cfg = family.default_config()

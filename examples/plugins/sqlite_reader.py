@@ -24,8 +24,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from textclf.errors import DataError
-from textclf.registry import register_reader
+from textclf.core.errors import DataError
+from textclf.core.registry import register_reader
 
 SEPARATOR = "::"
 QUERY_KEYWORDS = ("select", "with")

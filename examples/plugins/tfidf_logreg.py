@@ -25,11 +25,11 @@ Run it on the embedded dataset::
     textclf predict --model_path models/tfidf_logreg --input_path texts.txt --output_path labels.txt
     textclf evaluate --model_path models/tfidf_logreg --data_path data/tweets_sentiment/test.csv
 
-What a family provides (see :mod:`textclf.registry`): a ``train(cfg, splits, output_dir, resume)``
-function that writes the model directory and ends with :func:`textclf.training.finish_run`
-(metrics.txt and meta.json), a :class:`textclf.predictor.Predictor` subclass whose ``kind`` is the
+What a family provides (see :mod:`textclf.core.registry`): a ``train(cfg, splits, output_dir, resume)``
+function that writes the model directory and ends with :func:`textclf.core.training.finish_run`
+(metrics.txt and meta.json), a :class:`textclf.core.predictor.Predictor` subclass whose ``kind`` is the
 family's name, and the default config (here the ``CONFIG`` dict; every key a user may set must
-exist in it). The search uses textclf's Optuna helpers (:mod:`textclf.tuning`), so it resumes,
+exist in it). The search uses textclf's Optuna helpers (:mod:`textclf.core.tuning`), so it resumes,
 shares a ``--storage`` between workers and writes ``trials.csv`` like the built-in families.
 
 The saved pipeline holds only scikit-learn objects (no function from this file), so the
@@ -45,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.atomic import atomic_replace_file
-from textclf.errors import ConfigError, ModelError
-from textclf.predictor import Predictor
-from textclf.registry import Family, Option, register_family
+from textclf.core.atomic import atomic_replace_file
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.predictor import Predictor
+from textclf.core.registry import Family, Option, register_family
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ CONFIG: dict = {
         "n_jobs": 1,
         "storage": None,  # None: a journal file OUTPUT_DIR/study.journal
         "study_name": NAME,
-        "metric": "macro_f1",  # any metric of textclf.metrics.classification_metrics, on valid
+        "metric": "macro_f1",  # any metric of textclf.core.metrics.classification_metrics, on valid
         "refit": True,  # False: search only (workers sharing a storage), no model written
     },
 }
 
-#: The Optuna search space (the ``suggest`` format of :func:`textclf.tuning.suggest`); becomes ``search.space``.
+#: The Optuna search space (the ``suggest`` format of :func:`textclf.core.tuning.suggest`); becomes ``search.space``.
 SEARCH_SPACE: dict = {
     "C": {"type": "float", "low": 0.1, "high": 1000.0, "log": True},
     "ngram_max": {"type": "int", "low": 1, "high": 2},
@@ -141,7 +141,7 @@ class TfidfLogRegPredictor(Predictor):
         """Load ``model.joblib`` (or ``model_file``) from a model directory."""
         import joblib
 
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", MODEL_FILE)
@@ -164,7 +164,7 @@ class TfidfLogRegPredictor(Predictor):
 # --------------------------------------------------------------------------- search
 def valid_score(pipeline, splits, metric: str) -> tuple[float, dict]:
     """``metric`` (and all metrics) of ``pipeline`` on the validation split."""
-    from textclf.metrics import classification_metrics, metric_value
+    from textclf.core.metrics import classification_metrics, metric_value
 
     predictions = [str(p) for p in pipeline.predict(splits.valid.texts)]
     metrics = classification_metrics(splits.valid.labels, predictions, splits.labels)
@@ -173,7 +173,7 @@ def valid_score(pipeline, splits, metric: str) -> tuple[float, dict]:
 
 def check_metric(metric: str, labels: list[str]) -> None:
     """A one-line error for a metric name textclf does not compute (before any trial runs)."""
-    from textclf.metrics import classification_metrics, metric_value
+    from textclf.core.metrics import classification_metrics, metric_value
 
     try:
         metric_value(classification_metrics(labels, labels, labels), metric)
@@ -189,8 +189,8 @@ def search(cfg: dict, splits, output_dir: Path):
     """
     import optuna
 
-    from textclf.metrics import direction
-    from textclf.tuning import best_trial, make_storage, open_study, record_worker, run_search, suggest
+    from textclf.core.metrics import direction
+    from textclf.core.tuning import best_trial, make_storage, open_study, record_worker, run_search, suggest
 
     s = cfg["search"]
     check_metric(s["metric"], splits.labels)
@@ -218,8 +218,8 @@ def train(cfg: dict, splits, output_dir: str | Path, resume: bool = False) -> Pa
     """
     import joblib
 
-    from textclf.training import finish_run
-    from textclf.tuning import finish_search, search_summary
+    from textclf.core.training import finish_run
+    from textclf.core.tuning import finish_search, search_summary
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The ``textclf`` command: a click group whose subcommands are imported only when used.
 
 ``textclf train <family>`` and ``textclf tune <family>`` are built from the family registry
-(:mod:`textclf.registry`), so a family from a package or a ``--code`` file needs no change here.
+(:mod:`textclf.core.registry`), so a family from a package or a ``--code`` file needs no change here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import click
 
 from textclf.cli.options import code_option
 
-#: top-level command -> "module:attribute", imported on first use so `textclf --help` never imports torch
+#: top-level command -> "module:attribute", imported on first use so `textclf --help` never imports torch.
+#: A family adds its own commands (``textclf embed``, ``textclf sweep``) through ``Family.commands``.
 COMMANDS: dict[str, str] = {
     "predict": "textclf.cli.predict_cmd:predict",
     "evaluate": "textclf.cli.predict_cmd:evaluate",
@@ -22,8 +23,6 @@ COMMANDS: dict[str, str] = {
     "runs": "textclf.cli.runs_cmd:runs",
     "queue": "textclf.cli.queue_cmd:queue",
     "worker": "textclf.cli.queue_cmd:worker",
-    "embed": "textclf.families.embeddings.cli:embed",
-    "sweep": "textclf.families.embeddings.sweep_cli:sweep",
     "leaderboard": "textclf.cli.compare_cmd:leaderboard",
     "report": "textclf.cli.compare_cmd:report",
     "ensemble": "textclf.cli.compare_cmd:ensemble",
@@ -58,12 +57,19 @@ class LazyGroup(click.Group):
         super().__init__(*args, **kwargs)
         self.lazy = lazy or {}
 
+    def all_lazy(self) -> dict[str, str]:
+        """The group's own lazy commands plus every registered family's (``Family.commands``)."""
+        from textclf.core.registry import family_commands
+
+        return {**family_commands(), **self.lazy}
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+        return sorted(set(super().list_commands(ctx)) | set(self.all_lazy()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy:
-            module, attr = self.lazy[name].split(":")
+        lazy = self.lazy if name in self.lazy else self.all_lazy()
+        if name in lazy:
+            module, attr = lazy[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
@@ -79,13 +85,13 @@ class LazyGroup(click.Group):
         """Run the subcommand; usage errors and file-system errors become one line (exit 2), SIGTERM cleans up.
 
         SIGTERM raises SystemExit(143) while a command runs, so temp files and folders are removed
-        (:mod:`textclf.tempfiles`); an OSError (no permission, disk full, a parent that is a file)
+        (:mod:`textclf.core.tempfiles`); an OSError (no permission, disk full, a parent that is a file)
         is reported as ``Error: PATH: reason`` instead of a traceback.
         """
         import errno
 
-        from textclf.errors import TextclfError
-        from textclf.tempfiles import sigterm_as_exit
+        from textclf.core.errors import TextclfError
+        from textclf.core.tempfiles import sigterm_as_exit
 
         try:
             with sigterm_as_exit():
@@ -108,14 +114,14 @@ class FamilyGroup(click.Group):
         self.tune = tune
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from textclf.registry import all_families
+        from textclf.core.registry import all_families
 
         return [name for name, fam in all_families().items() if fam.searchable or not self.tune]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         from textclf.cli.family_cmd import train_command
-        from textclf.errors import ConfigError
-        from textclf.registry import get_family
+        from textclf.core.errors import ConfigError
+        from textclf.core.registry import get_family
 
         family = get_family(name)
         if self.tune and not family.searchable:
@@ -130,7 +136,7 @@ class FamilyGroup(click.Group):
 @click.version_option(package_name="textclf")
 def cli(verbose: int) -> None:
     """Train, tune, evaluate and serve text classifiers (fastText, BiLSTM, BERT and your own families)."""
-    from textclf.progress import setup_logging
+    from textclf.core.progress import setup_logging
 
     setup_logging(verbose)
 

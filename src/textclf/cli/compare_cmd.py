@@ -8,8 +8,8 @@ from collections.abc import Callable
 import click
 
 from textclf.cli.options import code_option
-from textclf.ensemble import DEFAULT_BAGS
-from textclf.thresholds import DEFAULT_BETA, DEFAULT_CV
+from textclf.services.compare.ensemble import DEFAULT_BAGS
+from textclf.services.compare.thresholds import DEFAULT_BETA, DEFAULT_CV
 
 DATA_FORMATS = ["csv", "tsv", "jsonl", "fasttext"]
 
@@ -42,7 +42,7 @@ def data_format_options(fn: Callable) -> Callable:
 def leaderboard(model_dirs, data_path, text_column, label_column, data_format, html_path, as_json, n_boot, seed, batch_size,
                 thresholds, isolate):
     """Compare MODEL_DIRS of any family on one test split: accuracy, macro-F1 (95 % CI), F0.5, speed, size, memory."""
-    from textclf.leaderboard import format_markdown, leaderboard, write_html
+    from textclf.services.compare.leaderboard import format_markdown, leaderboard, write_html
 
     board = leaderboard(model_dirs, data_path, data_format, text_column, label_column, n_boot, seed, batch_size, thresholds,
                         isolate, progress=lambda msg: click.echo(msg, err=True))
@@ -64,7 +64,7 @@ def leaderboard(model_dirs, data_path, text_column, label_column, data_format, h
 @click.option("--batch_size", type=int, default=1024, show_default=True)
 def report(model_path, data_path, out_dir, text_column, label_column, data_format, beta, top_errors, thresholds, batch_size):
     """Write an HTML report with figures: confusion matrix, per-class bars, PR curves, learning curves, search, errors."""
-    from textclf.report import write_report
+    from textclf.services.compare.report import write_report
 
     out = write_report(model_path, data_path, out_dir, beta, data_format, text_column, label_column, thresholds,
                        top_errors, batch_size)
@@ -98,7 +98,7 @@ def report(model_path, data_path, out_dir, text_column, label_column, data_forma
 def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy, test_path, step, bags, cv, seed, text_column,
              label_column, data_format, batch_size):
     """Combine model directories of any families into one ensemble model directory (kind ``ensemble``)."""
-    from textclf.ensemble import build_ensemble, weights_table
+    from textclf.services.compare.ensemble import build_ensemble, weights_table
 
     meta = build_ensemble(model_paths, valid_path, output_dir, method, beta, copy, test_path, step, cv, seed, data_format,
                           text_column, label_column, batch_size, echo=True, objective=objective, bags=bags)
@@ -123,8 +123,8 @@ def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy,
 @click.option("--json", "as_json", is_flag=True, help="Print the stored thresholds block as JSON.")
 def tune_thresholds(model_path, valid_path, beta, text_column, label_column, data_format, max_rounds, cv, seed, reset, as_json):
     """Tune per-class offsets on log-probabilities for macro F-beta on valid; store them in meta.json."""
-    from textclf.predictor import _resolve
-    from textclf.thresholds import save_thresholds, tune_thresholds
+    from textclf.core.loading import _resolve
+    from textclf.services.compare.thresholds import save_thresholds, tune_thresholds
 
     if reset:
         save_thresholds(_resolve(model_path)[0], None)

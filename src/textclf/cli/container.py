@@ -28,8 +28,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from textclf.errors import ConfigError, TextclfError
-from textclf.registry import Family, all_families, get_family, load_code
+from textclf.core.errors import ConfigError, TextclfError
+from textclf.core.registry import Family, all_families, get_family, load_code
 
 USAGE = __doc__.split("\n\n")[0]
 

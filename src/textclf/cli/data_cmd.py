@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from textclf.atomic import atomic_write_json
-from textclf.data import balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
+from textclf.core.atomic import atomic_write_json
+from textclf.core.data import balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
 
 
 @click.command("make-dataset")

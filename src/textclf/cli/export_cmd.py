@@ -1,4 +1,4 @@
-"""``textclf export``: write a neural model as ONNX for fast CPU inference (:mod:`textclf.onnx_export`)."""
+"""``textclf export``: write a neural model as ONNX for fast CPU inference (:mod:`textclf.services.export`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from textclf.cli.options import code_option
               help="Also write model.int8.onnx (dynamic int8 weights; the ONNX backend then loads it by default).")
 def export(model_path, fmt, quantize):
     """Export a model to ONNX beside its weights; `predict`/`serve` then use ONNX Runtime (--backend torch: not)."""
-    from textclf.onnx_export import export_onnx
+    from textclf.services.export import export_onnx
 
     info = export_onnx(model_path, quantize=quantize)
     for name, check in info["check"].items():

@@ -11,7 +11,7 @@ from textclf.cli.options import code_option
 
 def family_rows() -> list[dict]:
     """One row per registered family: name, kind, description, installed, missing deps, config, origin."""
-    from textclf.registry import all_families
+    from textclf.core.registry import all_families
 
     rows = []
     for name, fam in all_families().items():

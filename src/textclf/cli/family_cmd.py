@@ -2,7 +2,7 @@
 
 The flags every family shares (data paths, ``--config``/``--set``, ``--resume``, ``--seed`` and,
 for families with a search space, the Optuna flags) come from here; a family adds its own
-through :attr:`textclf.registry.Family.options`, each of which sets one config key.
+through :attr:`textclf.core.registry.Family.options`, each of which sets one config key.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import click
 
-from textclf.cli.options import config_options, data_options, prepare_run
-from textclf.registry import Family, Option, get_family
-from textclf.tracking import TrackSettings, run_tracked
+from textclf.core.options import config_options, data_options
+from textclf.core.registry import Family, Option, get_family
+from textclf.services import runs
+from textclf.services.runs import RunSpec
 
 SEARCH_OPTIONS = (
     Option("--n_trials", "search.n_trials", int,
@@ -44,28 +45,13 @@ def family_options(family: Family, tune: bool) -> list[Option]:
     return opts + [o for o in shared if o.flag not in names]
 
 
-def train_family(family: Family, cfg: dict, splits, output_dir: str, resume: bool):
-    """Train ``family`` with the plug-in file (if any) recorded in the model directory; returns the model dir."""
-    from textclf.training import plugin_context
-
-    with plugin_context(family, output_dir):
-        return family.train_fn()(cfg, splits, output_dir, resume=resume)
-
-
-def run_family(family: Family, cfg: dict, splits, output_dir: str, resume: bool, track: TrackSettings | None = None):
-    """:func:`train_family` recorded in the experiment store (:mod:`textclf.tracking`) unless tracking is off.
-
-    Returns the model directory (a duplicate of a finished run: that run's directory, nothing trained).
-    """
-    tracked = run_tracked(lambda: train_family(family, cfg, splits, output_dir, resume), family, cfg, splits,
-                          output_dir, track)
-    return tracked.model_dir
-
-
 def tracking_options(fn: Callable) -> Callable:
     """``--tracking_uri``, ``--track/--no-track`` and ``--force`` (train, tune)."""
     fn = click.option("--force", is_flag=True,
-                      help="Run even when a finished run in the store has the same config and data.")(fn)
+                      help="Never reuse an earlier run (overrides --reuse).")(fn)
+    fn = click.option("--reuse", "--skip-existing", "reuse", is_flag=True,
+                      help="When a finished run in the store has the same family, config and data, copy its model to "
+                      "OUTPUT_DIR instead of training.")(fn)
     return store_options(fn)
 
 
@@ -85,19 +71,12 @@ def train_command(name: str, tune: bool = False) -> click.Command:
     options = family_options(family, tune)
 
     def callback(train_path, valid_path, test_path, output_dir, config_path, overrides, resume, tracking_uri, track,
-                 force, **kw):
-        family.check_installed()
-        flags = {o.key: kw.get(o.dest) for o in options if o.key}
-        if family.flag_hook:
-            flags = family.flag_hook(flags)
-        cfg, splits = prepare_run(family.name, config_path, overrides, flags, train_path, valid_path, test_path)
-        if tune:
-            s = cfg.get("search", {})
-            if not (s.get("n_trials") or s.get("timeout")):
-                raise click.UsageError(f"textclf tune {family.name}: set --n_trials N or --timeout S "
-                                       f"(search.n_trials is {s.get('n_trials')!r})")
-        settings = TrackSettings(enabled=track, uri=tracking_uri, force=force, command="tune" if tune else "train")
-        run_family(family, cfg, splits, output_dir, resume, settings)
+                 force, reuse, **kw):
+        spec = RunSpec(family=family.name, train_path=train_path, valid_path=valid_path, test_path=test_path,
+                       output_dir=output_dir, config=config_path, overrides=tuple(overrides),
+                       flags={o.key: kw.get(o.dest) for o in options if o.key}, resume=resume, track=track,
+                       tracking_uri=tracking_uri, reuse=reuse, force=force, command="tune" if tune else "train")
+        (runs.tune if tune else runs.train)(spec)
 
     what = "Search hyper-parameters with Optuna, then refit the best" if tune else "Train"
     doc = f"{what}: {family.description}.\n\nConfig: {family.config_path() or '(given by the plug-in)'}; " \

@@ -7,9 +7,10 @@ import json
 import click
 
 from textclf.cli.options import code_option
-from textclf.data import read_labelled
-from textclf.metrics import format_report
-from textclf.predictor import OUTPUT_FORMATS, evaluate_predictor, load_predictor, predict_file
+from textclf.core.data import read_labelled
+from textclf.core.loading import load_predictor
+from textclf.core.metrics import format_report
+from textclf.core.predictor import OUTPUT_FORMATS, evaluate_predictor, predict_file
 
 #: ``--backend torch|onnx`` (default: onnx when the model directory holds an export from ``textclf export``)
 backend_option = click.option(

@@ -1,6 +1,6 @@
 """``textclf queue``: a run queue on the shared Optuna storage (add, grid, worker, status, requeue, cancel).
 
-See :mod:`textclf.run_queue`: a queue is an Optuna study whose WAITING trials are tasks; workers
+See :mod:`textclf.services.queue`: a queue is an Optuna study whose WAITING trials are tasks; workers
 on any machine that reaches the storage pop and run them, recording MLflow runs. ``textclf worker``
 is ``textclf queue worker`` (the same command object, registered at the top level too).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from textclf.cli.family_cmd import store_options
-from textclf.run_queue import DEFAULT_OUTPUT_ROOT, DEFAULT_STORAGE, HEARTBEAT_S, MAX_RETRY
+from textclf.services.queue import DEFAULT_OUTPUT_ROOT, DEFAULT_STORAGE, HEARTBEAT_S, MAX_RETRY
 
 
 def storage_option(fn):
@@ -55,7 +55,7 @@ def queue() -> None:
 def add(name, storage, families, train_path, valid_path, test_path, config_path, overrides, grid, code, metric,
         force) -> None:
     """Enqueue one task per family x grid point (config keys checked now, data read by the workers)."""
-    from textclf.run_queue import add_tasks, expand_grid, make_tasks, open_queue, parse_grid
+    from textclf.services.queue import add_tasks, expand_grid, make_tasks, open_queue, parse_grid
 
     points = expand_grid(list(overrides), parse_grid(grid))
     tasks = make_tasks(families, train_path, valid_path, test_path, points, config_path, code, metric, force)
@@ -83,7 +83,7 @@ def grid_cmd(grid_file, name, storage, list_only) -> None:
     has is an error). "config" is a file or {"family": file}; "code" a plug-in file or a list;
     "metric" and "force" as in `queue add`. Relative paths start at the working directory.
     """
-    from textclf.run_queue import add_tasks, load_grid, open_queue
+    from textclf.services.queue import add_tasks, load_grid, open_queue
 
     tasks = load_grid(grid_file)
     if list_only:
@@ -115,8 +115,8 @@ def worker(name, storage, output_root, max_tasks, idle_exit, poll, heartbeat, gr
 
     `textclf worker` and `textclf queue worker` are the same command.
     """
-    from textclf.progress import setup_logging
-    from textclf.run_queue import Tracking, open_queue, work
+    from textclf.core.progress import setup_logging
+    from textclf.services.queue import Tracking, open_queue, work
 
     setup_logging()
     _stop_on_sigterm()
@@ -141,7 +141,7 @@ def _stop_on_sigterm() -> None:
 def status(name, storage, as_json) -> None:
     """Counts per state and one line per task: number, state, dataset, family and overrides (running ones with host,
     pid and age)."""
-    from textclf.run_queue import open_queue, state_counts, status_rows
+    from textclf.services.queue import open_queue, state_counts, status_rows
 
     rows = status_rows(open_queue(name, storage))
     counts = state_counts(rows)
@@ -172,7 +172,7 @@ def status(name, storage, as_json) -> None:
 @click.option("--failed", is_flag=True, help="Also requeue FAILED tasks not retried yet.")
 def requeue_cmd(name, storage, older_than, failed) -> None:
     """Journal-file queues (no heartbeat): fail and re-enqueue tasks whose worker died."""
-    from textclf.run_queue import open_queue, requeue
+    from textclf.services.queue import open_queue, requeue
 
     numbers = requeue(open_queue(name, storage), older_than, failed)
     click.echo(f"requeued {len(numbers)} task(s)" + (f": {', '.join(map(str, numbers))}" if numbers else ""))
@@ -183,7 +183,7 @@ def requeue_cmd(name, storage, older_than, failed) -> None:
 @click.option("--task", "numbers", type=int, multiple=True, help="Task number to cancel (repeatable; default: all waiting).")
 def cancel_cmd(name, storage, numbers) -> None:
     """Cancel waiting tasks (running ones finish)."""
-    from textclf.run_queue import cancel, open_queue
+    from textclf.services.queue import cancel, open_queue
 
     done = cancel(open_queue(name, storage), list(numbers) or None)
     click.echo(f"cancelled {len(done)} task(s)" + (f": {', '.join(map(str, done))}" if done else ""))

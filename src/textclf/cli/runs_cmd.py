@@ -1,20 +1,18 @@
 """``textclf runs``: the experiment store as a leaderboard; show, diff and re-run past runs.
 
-Every ``train``/``tune`` run is an MLflow run (:mod:`textclf.tracking`); these commands read the
+Every ``train``/``tune`` run is an MLflow run (:mod:`textclf.services.tracking`); these commands read the
 same store (``--tracking_uri``, ``$MLFLOW_TRACKING_URI`` or ``sqlite:///runs/mlflow.db``). A run
 id may be shortened to any unique prefix of 4 characters or more.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import json
-import os
 
 import click
 
-from textclf.tracking import BEST_PARAM, TAG, open_store
+from textclf.services.runs import run_summary, started
+from textclf.services.tracking import BEST_PARAM, TAG, open_store
 
 #: columns of ``runs list``: header -> metric key
 LIST_METRICS = {"valid_f1": "valid.macro_f1", "test_f1": "test.macro_f1", "test_acc": "test.accuracy",
@@ -36,23 +34,9 @@ def fmt(value) -> str:
     return str(value)
 
 
-def started(run) -> str:
-    """The run's start time, local, to the minute."""
-    return _dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
-
-
 def config_params(run) -> dict[str, str]:
     """The run's effective config as flat params (best params of a search included)."""
     return dict(sorted(run.data.params.items()))
-
-
-def run_summary(run) -> dict:
-    """A JSON-ready row: id, status, family, dataset, command, start, model dir, parent, metrics."""
-    tags = run.data.tags
-    return {"run_id": run.info.run_id, "status": run.info.status, "family": tags.get(f"{TAG}family"),
-            "dataset": tags.get(f"{TAG}dataset"), "command": tags.get(f"{TAG}command"), "started": started(run),
-            "data_sha256": tags.get(f"{TAG}data_sha256"), "model_dir": tags.get(f"{TAG}model_dir"),
-            "parent_run": tags.get(f"{TAG}parent_run"), "metrics": dict(sorted(run.data.metrics.items()))}
 
 
 def table(rows: list[list[str]]) -> str:
@@ -173,66 +157,12 @@ def diff(run_a, run_b, tracking_uri) -> None:
               help="Change a config value of the past run, e.g. --set model.lr=0.3. Repeatable.")
 @click.option("--output_dir", default=None, type=click.Path(file_okay=False),
               help="Model directory (default: the parent's, suffixed with -rerun-<hash of the change>).")
-@click.option("--force", is_flag=True, help="Run even when a finished run has the same config and data.")
+@click.option("--reuse", "--skip-existing", "reuse", is_flag=True,
+              help="When a finished run has the same config and data, copy its model to OUTPUT_DIR instead of training.")
+@click.option("--force", is_flag=True, help="Never reuse an earlier run (overrides --reuse).")
 @uri_option
-def rerun(run_id, overrides, output_dir, force, tracking_uri) -> None:
+def rerun(run_id, overrides, output_dir, reuse, force, tracking_uri) -> None:
     """Re-run a past run on the same data paths with changed settings (tagged with its parent run)."""
-    rerun_run(run_id, overrides, output_dir, force, tracking_uri)
+    from textclf.services.runs import rerun as rerun_run
 
-
-@contextlib.contextmanager
-def _no_progress_bar():
-    """MLflow draws a download progress bar on stderr for one small file; not here."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def rerun_run(run_id: str, overrides: tuple[str, ...], output_dir: str | None = None, force: bool = False,
-              tracking_uri: str | None = None):
-    """Train the family of run ``run_id`` again: its config (``config.json``) with ``overrides``, its data paths.
-
-    The new run is tagged ``textclf.parent_run`` and ``textclf.overrides``; returns its model directory.
-    """
-    import hashlib
-    import tempfile
-    from pathlib import Path
-
-    from textclf.cli.family_cmd import run_family
-    from textclf.config import apply_override
-    from textclf.progress import setup_logging
-    from textclf.registry import get_family, load_code
-    from textclf.tracking import CONFIG_ARTIFACT, TrackSettings, warn
-    from textclf.training import load_splits
-
-    setup_logging()
-    store = open_store(tracking_uri, create=False)
-    parent = store.get_run(run_id)
-    tags = parent.data.tags
-    parent_dir = tags.get(f"{TAG}model_dir", "models/rerun")
-    code = tags.get(f"{TAG}code")
-    if code:  # the plug-in file, else the copy its model directory carries
-        load_code(code if Path(code).is_file() else Path(parent_dir) / "plugin" / Path(code).name)
-    family = get_family(tags[f"{TAG}family"])
-    family.check_installed()
-    with tempfile.TemporaryDirectory(prefix="textclf-rerun-") as tmp, _no_progress_bar():
-        cfg = json.loads(Path(store.client.download_artifacts(parent.info.run_id, CONFIG_ARTIFACT, tmp)).read_text())
-    for assignment in overrides:
-        cfg = apply_override(cfg, assignment)
-    paths = json.loads(tags[f"{TAG}paths"])
-    splits = load_splits(paths["train"], paths["valid"], paths.get("test"), cfg["data"])
-    if splits.data_sha256 != tags.get(f"{TAG}data_sha256"):
-        warn(f"the data at the paths of run {parent.info.run_id[:8]} changed since it ran (sha256 differs)")
-    if output_dir is None:
-        change = hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()[:8]
-        output_dir = f"{parent_dir}-rerun-{change}"
-    settings = TrackSettings(enabled=True, uri=store.uri, force=force, command="rerun",
-                             parent_run_id=parent.info.run_id, overrides=tuple(overrides))
-    return run_family(family, cfg, splits, output_dir, False, settings)
+    rerun_run(run_id, overrides, output_dir, force, tracking_uri, reuse=reuse)

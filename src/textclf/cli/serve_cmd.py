@@ -1,4 +1,4 @@
-"""``textclf serve``: the HTTP JSON API (:mod:`textclf.serving.app`) on uvicorn."""
+"""``textclf serve``: the HTTP JSON API (:mod:`textclf.services.serving.app`) on uvicorn."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from textclf.errors import ConfigError
+from textclf.core.errors import ConfigError
 
 #: where a container's HEALTHCHECK finds the port (docker/Dockerfile sets it; unset: nothing is written)
 HEALTH_FILE_ENV = "TEXTCLF_HEALTH_FILE"
 
 
 def _load_code(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    from textclf.registry import load_code
+    from textclf.core.registry import load_code
 
     for path in value or ():
         load_code(path)
@@ -58,7 +58,7 @@ def bind(host: str, port: int) -> socket.socket:
 def _write_health_file(host: str, port: int) -> None:
     path = os.environ.get(HEALTH_FILE_ENV)
     if path:
-        from textclf.atomic import atomic_write_json
+        from textclf.core.atomic import atomic_write_json
 
         atomic_write_json(path, {"host": host, "port": port, "pid": os.getpid()})
 
@@ -95,14 +95,14 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
     """Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, docs at /docs."""
     import uvicorn
 
-    from textclf.integrity import check_meta
-    from textclf.meta import read_meta
-    from textclf.predictor import load_predictor
-    from textclf.serving.app import API_KEY_ENV, SETTINGS_ENV, ServeSettings, create_app
-    from textclf.serving.limits import Limits
+    from textclf.core.integrity import check_meta
+    from textclf.core.loading import load_predictor
+    from textclf.core.meta import read_meta
+    from textclf.services.serving.app import API_KEY_ENV, SETTINGS_ENV, ServeSettings, create_app
+    from textclf.services.serving.limits import Limits
 
     if threads:
-        from textclf.onnx_backend import THREADS_ENV
+        from textclf.core.onnx_runtime import THREADS_ENV
 
         os.environ[THREADS_ENV] = str(threads)  # read by ONNX Runtime sessions and, for torch, when the model is attached
     settings = ServeSettings(model_path=str(model_path), backend=backend, thresholds=thresholds, batching=batching,
@@ -121,7 +121,7 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
         meta = read_meta(model_dir)
         check_meta(model_dir, meta)
         os.environ[SETTINGS_ENV] = settings.to_json()
-        app = "textclf.serving.app:app_from_env"
+        app = "textclf.services.serving.app:app_from_env"
         what = f"{meta['kind']} model, {workers} workers"
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]

@@ -1,6 +1,6 @@
 """BERT: any Hugging Face encoder fine-tuned in Catalyst with focal loss and two-stage training."""
 
-from textclf.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, register_family
 
 FAMILY = register_family(Family(
     name="bert",
@@ -8,6 +8,7 @@ FAMILY = register_family(Family(
     kind="neural",
     train="textclf.families.bert.train:train",
     predictor="textclf.families.bert.model:BertPredictor",
+    onnx="textclf.families.bert.onnx",
     requires=("torch", "transformers", "catalyst"),
     extra="bert",
     subproject="bert_classification",

@@ -1,7 +1,7 @@
 """Catalyst 22.4 callbacks for textclf's torch runs.
 
 * :class:`FBetaCallback` - accuracy and macro/micro/weighted F-beta (F1 and F0.5 by default)
-  from :func:`textclf.metrics.classification_metrics`, computed on predictions gathered from
+  from :func:`textclf.core.metrics.classification_metrics`, computed on predictions gathered from
   every process (repeats that DDP padding adds are dropped) and logged per loader.
 * :class:`AccumulatedBackwardCallback` / :class:`OptimizerStepCallback` - loss scaled by the
   accumulation steps, backward through the engine (fp16 aware), then at every accumulation
@@ -37,8 +37,8 @@ from catalyst.core.callback import (
 )
 from catalyst.core.logger import ILogger
 
-from textclf.atomic import atomic_replace_file
-from textclf.metrics import DEFAULT_BETAS, beta_name, classification_metrics, is_minimized
+from textclf.core.atomic import atomic_replace_file
+from textclf.core.metrics import DEFAULT_BETAS, beta_name, classification_metrics, is_minimized
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class FBetaCallback(IMetricCallback):
     are gathered (``torch.distributed.all_gather_object``) and de-duplicated by dataset index
     (DDP samplers pad the last batches with repeats), then ``accuracy`` and
     ``{macro,micro,weighted}_f{beta}`` for each beta are set: exactly the values of
-    :func:`textclf.metrics.classification_metrics` on the same predictions.
+    :func:`textclf.core.metrics.classification_metrics` on the same predictions.
     """
 
     def __init__(self, labels: Sequence[str], betas: Sequence[float] = DEFAULT_BETAS,

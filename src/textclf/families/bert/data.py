@@ -6,8 +6,8 @@ Every split is tokenised once, up front, by the model's fast tokenizer in one ba
 work area (``work/tokens_<split>_<key>.npz``, the key a SHA-256 of the tokenizer's full
 definition, ``max_length`` and the texts), so a rerun or ``--resume`` on the same data skips
 tokenising. A batch is padded only to its longest member, by a vectorised gather
-(:func:`textclf.torch_common.pad_flat`) in the dataset's ``__getitems__``: no per-row Python.
-Training batches group texts of similar length (:class:`textclf.torch_common.BucketBatchSampler`,
+(:func:`textclf.core.torch_common.pad_flat`) in the dataset's ``__getitems__``: no per-row Python.
+Training batches group texts of similar length (:class:`textclf.core.torch_common.BucketBatchSampler`,
 shared with the LSTM); evaluation and prediction batches are sorted by length and put back in
 input order afterwards. On CUDA the loaders pin memory and the engine copies with ``non_blocking``.
 """
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from textclf.errors import ModelError
-from textclf.torch_common import POOL_BATCHES, bucket_loader, pad_flat, pad_ids
+from textclf.core.errors import ModelError
+from textclf.core.torch_common import POOL_BATCHES, bucket_loader, pad_flat, pad_ids
 
 log = logging.getLogger(__name__)
 

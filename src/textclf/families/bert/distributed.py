@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from textclf.errors import ConfigError
+from textclf.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,14 @@ def launch(nproc: int, module: str, args: Sequence[str], env: dict | None = None
 
 
 #: the module each DDP worker runs (``python -m``): the BERT train command
-WORKER_MODULE = "textclf.families.bert.worker"
+WORKER_MODULE = "textclf.cli.bert_worker"
 
 
 def launch_workers(cfg: dict, splits, output_dir: str | os.PathLike, resume: bool) -> None:
     """Write the effective config next to the model and start ``cfg["devices"]`` workers on it under torch.distributed.run."""
     import json
 
-    from textclf.atomic import atomic_write_json
+    from textclf.core.atomic import atomic_write_json
 
     n = cfg["devices"]
     os.makedirs(output_dir, exist_ok=True)

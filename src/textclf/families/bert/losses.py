@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textclf.errors import ConfigError
+from textclf.core.errors import ConfigError
 
 
 class FocalLoss(nn.Module):

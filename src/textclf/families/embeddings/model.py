@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.errors import ModelError
-from textclf.families.embeddings.classifiers import proba_in_label_order
-from textclf.families.embeddings.encoders import load_encoder
-from textclf.predictor import Predictor
+from textclf.core.errors import ModelError
+from textclf.core.predictor import Predictor
+from textclf.families.common.encoders import load_encoder
+from textclf.families.common.sklearn_proba import proba_in_label_order
 
 KIND = "embeddings"
 CLASSIFIER_FILE = "classifier.joblib"
@@ -26,7 +26,7 @@ def save_classifier(clf, model_dir: str | Path) -> Path:
     """Write ``clf`` to ``model_dir/classifier.joblib`` atomically (temp file + rename)."""
     import joblib
 
-    from textclf.atomic import atomic_replace_file
+    from textclf.core.atomic import atomic_replace_file
 
     path = Path(model_dir) / CLASSIFIER_FILE
     atomic_replace_file(lambda tmp: joblib.dump(clf, tmp), path)
@@ -53,7 +53,7 @@ class EmbeddingsPredictor(Predictor):
         """
         import joblib
 
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", CLASSIFIER_FILE)

@@ -70,12 +70,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from textclf.atomic import atomic_open, atomic_write_json, atomic_write_text
-from textclf.errors import ConfigError, ModelError
+from textclf.core.atomic import atomic_open, atomic_write_json, atomic_write_text
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.tempfiles import pid_alive
+from textclf.core.tuning import JOURNAL_FILE
+from textclf.families.common.encoders import TFIDF_SVD
 from textclf.families.embeddings.classifiers import CLASSIFIERS
-from textclf.families.embeddings.encoders import TFIDF_SVD
-from textclf.tempfiles import pid_alive
-from textclf.tuning import JOURNAL_FILE
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def check_classifiers(names: Sequence[str], cfg: dict) -> None:
 
 def check_encoders(names: Sequence[str]) -> None:
     """Every name must be ``tfidf_svd`` or resolve to a local sentence encoder (nothing is loaded or downloaded)."""
-    from textclf.families.embeddings.encoders import resolve_model_dir
+    from textclf.families.common.encoders import resolve_model_dir
 
     for name in names:
         if name == TFIDF_SVD:
@@ -219,7 +219,7 @@ class Sweep:
 
     def load_splits(self):
         """Read and check train/valid/test with the config's data settings."""
-        from textclf.training import load_splits
+        from textclf.core.training import load_splits
 
         return load_splits(self.train_paths, self.valid_path, self.test_path, self.cfg["data"])
 
@@ -454,7 +454,7 @@ def claim_combo(sweep: Sweep, combo: Combo, worker: dict, ident: str | None) -> 
                     log.warning("%s: removed the journal lock the killed worker held", combo.name)
         else:
             return None
-    from textclf.progress import append_line
+    from textclf.core.progress import append_line
 
     append_line(cdir / ATTEMPTS_FILE, f"claimed by {worker['worker_id']} (worker {worker.get('worker_index', 0)}"
                 f"{', slurm job ' + worker['slurm_job_id'] if worker.get('slurm_job_id') else ''})")
@@ -511,9 +511,9 @@ def bench_predict(predictor, texts: Sequence[str]) -> float | None:
 
 def run_combo(sweep: Sweep, splits, features, combo: Combo, worker: dict, ident: str) -> dict:
     """Search, refit, save and time one combination; writes and returns its ``result.json``."""
-    from textclf.families.embeddings.classifiers import proba_in_label_order
+    from textclf.core.tuning import export_trials, search_summary
+    from textclf.families.common.sklearn_proba import proba_in_label_order
     from textclf.families.embeddings.train import fit_and_save, search
-    from textclf.tuning import export_trials, search_summary
 
     cdir = sweep.combo_dir(combo)
     ccfg = combo_config(sweep.cfg, combo, sweep.n_trials, sweep.study_name)
@@ -605,7 +605,7 @@ def run_worker(sweep: Sweep, splits=None, worker_index: int = 0, n_workers: int 
 
 def worker_main(spec: str, worker_index: int, n_workers: int, parent_pid: int) -> int:
     """Entry point of one ``--workers`` process; exit status 1 when a combination failed."""
-    from textclf.progress import setup_logging
+    from textclf.core.progress import setup_logging
 
     setup_logging()
     states = run_worker(Sweep.from_json(spec), None, worker_index, n_workers, parent_pid=parent_pid)
@@ -676,7 +676,7 @@ def states(sweep: Sweep, ident: str | None) -> list[tuple[Combo, str]]:
 
 def rank(results: list[dict], metric: str) -> list[dict]:
     """Results best first: by the valid metric (its direction), then the faster fit."""
-    from textclf.metrics import is_minimized
+    from textclf.core.metrics import is_minimized
 
     sign = 1.0 if is_minimized(metric) else -1.0
     return sorted(results, key=lambda r: (sign * float(r["valid_metric"] if r.get("valid_metric") is not None else -sign * 1e300),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from textclf.cli.options import config_options, data_options, flag_overrides
+from textclf.core.options import config_options, data_options, flag_overrides
 
 DEFAULT_CLASSIFIERS = "logreg,linear_svm,knn,mlp,hgb"
 
@@ -46,9 +46,9 @@ def sweep(ctx: click.Context, encoders: str, classifiers: str, train_path: tuple
     (valid/test macro-F1, fit seconds, predict docs/s) is printed and written to OUTPUT_DIR/sweep.csv;
     OUTPUT_DIR/best points at the best model directory. Exit status 1 when a combination failed or is missing.
     """
-    from textclf.config import load_config
+    from textclf.core.config import load_config
+    from textclf.core.progress import setup_logging
     from textclf.families.embeddings import sweep as sw
-    from textclf.progress import setup_logging
 
     setup_logging()
     modes = [name for name, on in (("--workers", workers > 1), ("--task_index", task_index is not None),

@@ -5,7 +5,7 @@ disk cache, so a rerun or another trial loads the vectors); ``tfidf_svd`` is fit
 texts. Without ``search.n_trials``/``timeout`` the configured encoder + classifier is fitted; with
 them an Optuna study picks encoder x classifier x its hyper-parameters x balance-by-downsampling on
 valid. The best is refitted on train, saved (``classifier.joblib``, ``tfidf_svd.joblib``) and
-evaluated by :func:`textclf.training.finish_run`.
+evaluated by :func:`textclf.core.training.finish_run`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from textclf.data import balanced_downsample
-from textclf.errors import ConfigError
-from textclf.families.embeddings.cache import EmbeddingCache
-from textclf.families.embeddings.classifiers import make_classifier, proba_in_label_order
-from textclf.families.embeddings.encoders import TFIDF_FILE, TFIDF_SVD, make_encoder
-from textclf.families.embeddings.model import CLASSIFIER_FILE, KIND, EmbeddingsPredictor, save_classifier
-from textclf.families.embeddings.trial_memo import TrialMemo, trial_key
-from textclf.integrity import FILES_KEY, files_block
-from textclf.metrics import classification_metrics, direction, metric_value
-from textclf.training import Splits, finish_run
-from textclf.tuning import (
+from textclf.core.data import balanced_downsample
+from textclf.core.errors import ConfigError
+from textclf.core.integrity import FILES_KEY, files_block
+from textclf.core.metrics import classification_metrics, direction, metric_value
+from textclf.core.training import Splits, finish_run
+from textclf.core.tuning import (
     best_trial,
     finish_search,
     make_storage,
@@ -37,7 +32,14 @@ from textclf.tuning import (
     search_summary,
     start_points,
     suggest,
+    wants_search,
 )
+from textclf.families.common.cache import EmbeddingCache
+from textclf.families.common.encoders import TFIDF_FILE, TFIDF_SVD, make_encoder
+from textclf.families.common.sklearn_proba import proba_in_label_order
+from textclf.families.embeddings.classifiers import make_classifier
+from textclf.families.embeddings.model import CLASSIFIER_FILE, KIND, EmbeddingsPredictor, save_classifier
+from textclf.families.embeddings.trial_memo import TrialMemo, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,7 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     features = Features(cfg, splits)
     extra: dict = {}
     choice = choice_from(cfg, {})
-    if s.get("n_trials") or s.get("timeout"):
+    if wants_search(s):
         study, choice = search(cfg, splits, features, output_dir)
         finish_search(study, output_dir)
         if not s["refit"]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.atomic import atomic_replace_file
+from textclf.core.atomic import atomic_replace_file
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """fastText + Optuna: a linear bag-of-n-grams classifier with a resumable hyper-parameter search."""
 
-from textclf.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, register_family
 
 FAMILY = register_family(Family(
     name="fasttext",

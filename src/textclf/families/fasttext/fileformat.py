@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from textclf.errors import ModelError
+from textclf.core.errors import ModelError
 
 MAGIC = 793712314
 VERSIONS = (11, 12)

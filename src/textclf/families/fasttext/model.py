@@ -18,16 +18,15 @@ import optuna
 from optuna.trial import TrialState
 
 import fasttext
-from textclf.atomic import atomic_replace_file
-from textclf.data import Dataset
-from textclf.errors import ConfigError, ModelError
-from textclf.families.fasttext.fileformat import check_model_file
-from textclf.integrity import FILES_KEY, files_block
-from textclf.metrics import classification_metrics, metric_value
-from textclf.predictor import Predictor
-from textclf.tempfiles import owned_temp_dir
-from textclf.training import Splits, finish_run
-from textclf.tuning import (
+from textclf.core.atomic import atomic_replace_file
+from textclf.core.data import Dataset
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.integrity import FILES_KEY, files_block
+from textclf.core.metrics import classification_metrics, metric_value
+from textclf.core.predictor import Predictor
+from textclf.core.tempfiles import owned_temp_dir
+from textclf.core.training import Splits, finish_run
+from textclf.core.tuning import (
     best_trial,
     finish_search,
     make_storage,
@@ -37,7 +36,9 @@ from textclf.tuning import (
     search_summary,
     start_points,
     suggest,
+    wants_search,
 )
+from textclf.families.fasttext.fileformat import check_model_file
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class FastTextPredictor(Predictor):
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> FastTextPredictor:
         """Load ``model.bin`` (or the given ``.bin``/``.ftz`` file) from a model directory."""
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", MODEL_FILE)
@@ -190,7 +191,7 @@ def check_settings(cfg: dict) -> None:
     for name, value in cfg["model"].items():
         check_param(f"model.{name}", name, value)
     s = cfg["search"]
-    if s["n_trials"] or s["timeout"]:
+    if wants_search(s):
         for name, spec in s["space"].items():
             values = spec.get("choices", []) if spec.get("type") == "categorical" else [spec.get("low"), spec.get("high")]
             for value in values:
@@ -316,7 +317,7 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
         write_training_file(splits.train, splits.labels, train_file)
         extra: dict = {}
         params = dict(cfg["model"])
-        if s["n_trials"] or s["timeout"]:
+        if wants_search(s):
             study, params = search(cfg, splits, train_file, output_dir)
             finish_search(study, output_dir)
             if not s["refit"]:

@@ -1,13 +1,13 @@
 """BiLSTM (the ``allennlp/`` subproject): packed sequences, selection on macro F0.5, Optuna with pruning."""
 
-from textclf.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, register_family
 
 
 def beta_selects_metric(flags: dict) -> dict:
     """``--beta 0.3`` alone also selects on macro F0.3 (``train.metric``)."""
     beta = flags.get("train.beta")
     if beta is not None and flags.get("train.metric") is None:
-        from textclf.metrics import beta_name
+        from textclf.core.metrics import beta_name
 
         flags["train.metric"] = f"macro_{beta_name(beta)}"
     return flags
@@ -17,8 +17,9 @@ FAMILY = register_family(Family(
     name="lstm",
     description="BiLSTM over packed sequences (Lightning), best epoch by macro F0.5, Optuna with pruning",
     kind="neural",
-    train="textclf.families.lstm.train:train",
+    train="textclf.families.lstm.search:train",
     predictor="textclf.families.lstm.model:LSTMPredictor",
+    onnx="textclf.families.lstm.onnx",
     requires=("torch", "lightning"),
     extra="lstm",
     subproject="allennlp",

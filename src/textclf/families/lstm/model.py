@@ -17,13 +17,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.data import DataLoader
 
-from textclf.atomic import atomic_replace_file
-from textclf.errors import ConfigError, ModelError
+from textclf.core.atomic import atomic_replace_file
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.integrity import load_torch_weights
+from textclf.core.precision import DeviceInfo, predict_batch_size
+from textclf.core.predictor import Predictor
+from textclf.core.torch_common import bucket_loader, pad_ids, predict_by_length, resolve_device
 from textclf.families.lstm.text import PAD_ID, VOCAB_FILE, TextEncoder, Tokenizer, Vocab
-from textclf.integrity import load_torch_weights
-from textclf.precision import DeviceInfo, predict_batch_size
-from textclf.predictor import Predictor
-from textclf.torch_common import bucket_loader, pad_ids, predict_by_length, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class LSTMPredictor(Predictor):
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None,
              device: str | None = None) -> LSTMPredictor:
         """Load ``model.pt`` and ``vocab.json`` from a model directory (device: ``$TEXTCLF_DEVICE`` or auto)."""
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file and Path(model_file).suffix == ".pt" else Path(model_dir) / MODEL_FILE

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L  # noqa: N812
 import optuna
 
-from textclf.config import merge
-from textclf.errors import ConfigError
+from textclf.core.config import merge
+from textclf.core.errors import ConfigError
+from textclf.core.metrics import direction
+from textclf.core.training import Splits
+from textclf.core.tuning import (
+    best_trial,
+    finish_search,
+    make_storage,
+    open_study,
+    record_worker,
+    run_search,
+    search_summary,
+    suggest,
+    wants_search,
+)
 from textclf.families.lstm.train import fit, train_once
-from textclf.metrics import direction
-from textclf.training import Splits
-from textclf.tuning import best_trial, finish_search, make_storage, open_study, record_worker, run_search, search_summary, suggest
+
+log = logging.getLogger(__name__)
 
 SEARCH_SECTIONS = ("model", "train", "text")
 
@@ -104,3 +117,15 @@ def tune(cfg: dict, splits: Splits, output_dir: str | Path, refit: bool = True) 
     s = cfg["search"]
     summary = search_summary(study, s["storage"], output_dir, s["metric"] or cfg["train"]["metric"])
     return train_once(apply_params(cfg, best_trial(study).params), splits, output_dir, extra={"search": summary})
+
+
+def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
+    """The family's entry: an Optuna search + refit when ``search.n_trials``/``timeout`` ask for one, else one run."""
+    s = cfg["search"]
+    if wants_search(s):
+        if resume:
+            log.info("a study always resumes from its storage; --resume is not needed for a search")
+        tune(cfg, splits, output_dir, refit=s["refit"])
+    else:
+        train_once(cfg, splits, output_dir, resume)
+    return Path(output_dir)

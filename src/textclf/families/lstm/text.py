@@ -7,9 +7,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from textclf.atomic import atomic_write_json
-from textclf.config import read_json
-from textclf.errors import ConfigError, ModelError
+from textclf.core.atomic import atomic_write_json
+from textclf.core.config import read_json
+from textclf.core.errors import ConfigError, ModelError
 
 PAD = "<pad>"
 UNK = "<unk>"

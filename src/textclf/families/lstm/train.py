@@ -22,9 +22,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from textclf.atomic import atomic_write_json
-from textclf.class_weights import class_alpha
-from textclf.errors import ConfigError, ModelError
+from textclf.core.atomic import atomic_write_json
+from textclf.core.class_weights import class_alpha
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.metrics import beta_name, classification_metrics, is_minimized
+from textclf.core.precision import DeviceInfo, Precision, precision_setting, resolve_precision
+from textclf.core.progress import PROGRESS_FILE, append_line
+from textclf.core.torch_common import lightning_device_args, resolve_device, seed_everything
+from textclf.core.training import Splits, finish_run
 from textclf.families.lstm.model import (
     KIND,
     MODEL_FILE,
@@ -40,11 +45,6 @@ from textclf.families.lstm.model import (
     save_model,
 )
 from textclf.families.lstm.text import VOCAB_FILE, Vocab
-from textclf.metrics import beta_name, classification_metrics, is_minimized
-from textclf.precision import DeviceInfo, Precision, precision_setting, resolve_precision
-from textclf.progress import PROGRESS_FILE, append_line
-from textclf.torch_common import lightning_device_args, resolve_device, seed_everything
-from textclf.training import Splits, finish_run
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def selection_metric(cfg: dict) -> str:
 
 
 class LSTMModule(L.LightningModule):
-    """Trains an :class:`LSTMClassifier`; validation metrics come from :mod:`textclf.metrics`."""
+    """Trains an :class:`LSTMClassifier`; validation metrics come from :mod:`textclf.core.metrics`."""
 
     def __init__(self, model: LSTMClassifier, cfg: dict, labels: list[str], weights: torch.Tensor | None):
         super().__init__()
@@ -386,17 +386,3 @@ def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool =
             "predict_batch_size": predictor.batch_size, **result.embedding_info}
     return finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=MODEL_FILE,
                       preprocess=preprocess_config(cfg), params=result.model.arch, training=info, **(extra or {}))
-
-
-def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
-    """The family's entry: an Optuna search + refit when ``search.n_trials``/``timeout`` ask for one, else one run."""
-    s = cfg["search"]
-    if s["n_trials"] or s["timeout"]:
-        from textclf.families.lstm.search import tune
-
-        if resume:
-            log.info("a study always resumes from its storage; --resume is not needed for a search")
-        tune(cfg, splits, output_dir, refit=s["refit"])
-    else:
-        train_once(cfg, splits, output_dir, resume)
-    return Path(output_dir)

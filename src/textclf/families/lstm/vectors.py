@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.errors import DataError
+from textclf.core.errors import DataError
 from textclf.families.lstm.text import PAD_ID, Vocab
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """SetFit-style: a sentence encoder fine-tuned contrastively on label pairs, then a small head on its embeddings."""
 
-from textclf.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, register_family
 
 FAMILY = register_family(Family(
     name="setfit",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textclf.errors import ConfigError
+from textclf.core.errors import ConfigError
 from textclf.families.setfit.sampling import sample_pairs, sample_texts, sample_triplets
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,12 @@ def row_batches(rows: Rows, chars: np.ndarray, batch_size: int, bucket: bool, se
     """The epoch's batches of row positions, in a seeded random order.
 
     With ``bucket`` rows of similar length (the longest text of the row, in characters) share a
-    batch (:class:`textclf.torch_common.BucketBatchSampler`), so little compute goes to padding;
+    batch (:class:`textclf.core.torch_common.BucketBatchSampler`), so little compute goes to padding;
     otherwise consecutive rows of the (already shuffled) sample form the batches.
     """
     if not bucket:
         return [np.arange(b, min(b + batch_size, len(rows))) for b in range(0, len(rows), batch_size)]
-    from textclf.torch_common import BucketBatchSampler
+    from textclf.core.torch_common import BucketBatchSampler
 
     lengths = np.max(np.stack([chars[col] for col in rows.columns]), axis=0)
     return [np.asarray(b, dtype=np.int64) for b in BucketBatchSampler(lengths, batch_size, shuffle=True, seed=seed)]
@@ -127,7 +127,7 @@ def tune_encoder(model: Any, texts: Sequence[str], codes: np.ndarray, cfg: dict,
     ``pairs.per_text`` and the ``train`` block: ``epochs``, ``batch_size``, ``lr``, ``warmup``,
     ``weight_decay``, ``max_grad_norm``, ``margin``, ``bucket``). Rows are redrawn each epoch (seed + epoch).
     """
-    from textclf.progress import Progress
+    from textclf.core.progress import Progress
 
     t = cfg["train"]
     name = loss_name(cfg["loss"])

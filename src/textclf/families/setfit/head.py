@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textclf.errors import ConfigError, ModelError
+from textclf.core.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class TorchHead:
 
     def save(self, model_dir: str | Path) -> Path:
         """Write the state dict to ``model_dir/head.pt`` atomically."""
-        from textclf.atomic import atomic_replace_file
+        from textclf.core.atomic import atomic_replace_file
 
         path = Path(model_dir) / self.file
         atomic_replace_file(lambda tmp: torch.save(self.module.state_dict(), tmp), path)
@@ -187,7 +187,7 @@ class LogregHead:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (float64), one column per class index (a class absent from train gets 0)."""
-        from textclf.families.embeddings.classifiers import proba_in_label_order
+        from textclf.families.common.sklearn_proba import proba_in_label_order
 
         return np.asarray(proba_in_label_order(self.clf, np.asarray(x), self.params["n_classes"]), dtype=np.float64)
 
@@ -195,7 +195,7 @@ class LogregHead:
         """Write the fitted classifier to ``model_dir/head.joblib`` atomically."""
         import joblib
 
-        from textclf.atomic import atomic_replace_file
+        from textclf.core.atomic import atomic_replace_file
 
         path = Path(model_dir) / self.file
         atomic_replace_file(lambda tmp: joblib.dump(self.clf, tmp), path)

@@ -7,7 +7,7 @@ Layout::
     MODEL_DIR/meta.json     kind "setfit", labels, the encoder and head blocks, metrics
 
 ``encoder/`` is written to a temp directory beside it and renamed into place, so a reader never
-sees a half-written encoder; meta.json, written last by :func:`textclf.training.finish_run`,
+sees a half-written encoder; meta.json, written last by :func:`textclf.core.training.finish_run`,
 marks the directory complete.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from textclf.errors import ModelError
+from textclf.core.errors import ModelError
+from textclf.core.predictor import Predictor
 from textclf.families.setfit.head import LogregHead, TorchHead, load_head
-from textclf.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def load_sentence_model(path: str | Path, device: str | None = None, max_length:
     """A SentenceTransformer from a local directory on ``device`` (auto: ``$TEXTCLF_DEVICE`` or the best there is)."""
     from sentence_transformers import SentenceTransformer
 
-    from textclf.torch_common import resolve_device
+    from textclf.core.torch_common import resolve_device
 
     device = resolve_device(device)
     try:
@@ -135,7 +135,7 @@ class SetFitPredictor(Predictor):
 
         The device is ``device``, else ``$TEXTCLF_DEVICE``, else auto.
         """
-        from textclf.meta import read_meta
+        from textclf.core.meta import read_meta
 
         meta = meta or read_meta(model_dir)
         if "encoder" not in meta or "head" not in meta:

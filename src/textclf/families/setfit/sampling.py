@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from textclf.data import balanced_downsample
-from textclf.errors import ConfigError, DataError
+from textclf.core.data import balanced_downsample
+from textclf.core.errors import ConfigError, DataError
 
 
 def few_shot_indices(labels: Sequence[str], per_class: int | None, seed: int = 13) -> list[int]:
     """Indices of ``per_class`` rows of every class (all rows of a smaller class), in the original order.
 
     ``None`` keeps every row. Deterministic for a seed (the same draw as
-    :func:`textclf.data.balanced_downsample` with ``per_class``).
+    :func:`textclf.core.data.balanced_downsample` with ``per_class``).
     """
     if per_class is None:
         return list(range(len(labels)))

@@ -5,7 +5,7 @@
    configured contrastive loss on pairs/triplets drawn from the labels (:mod:`.contrastive`).
 3. Train/valid/test are embedded once with the tuned encoder (L2-normalised); the head is fitted on
    train, its best epoch chosen on valid macro-F1 (:mod:`.head`).
-4. ``encoder/``, the head file and (through :func:`textclf.training.finish_run`) metrics.txt and
+4. ``encoder/``, the head file and (through :func:`textclf.core.training.finish_run`) metrics.txt and
    meta.json are written; valid/test are scored with the vectors already computed.
 """
 
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.families.embeddings.cache import weight_hash
-from textclf.families.embeddings.encoders import resolve_model_dir
+from textclf.core.integrity import FILES_KEY, files_block
+from textclf.core.torch_common import resolve_device, seed_everything
+from textclf.core.training import Splits, finish_run
+from textclf.families.common.cache import weight_hash
+from textclf.families.common.encoders import resolve_model_dir
 from textclf.families.setfit.contrastive import loss_name, tune_encoder
 from textclf.families.setfit.head import make_head
 from textclf.families.setfit.model import ENCODER_DIR, KIND, SetFitPredictor, embed, load_sentence_model, save_encoder
 from textclf.families.setfit.sampling import few_shot_indices
-from textclf.integrity import FILES_KEY, files_block
-from textclf.torch_common import resolve_device, seed_everything
-from textclf.training import Splits, finish_run
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Core: config, formats and data, metrics, registry, the Predictor contract, meta, integrity, atomic files."""

@@ -1,0 +1,183 @@
+"""JSON configs under ``config/`` with ``--config PATH`` and dotted ``--set key.sub=value`` overrides.
+
+A family's default file (``config/<family>.json``) is the schema: every key a user
+sets must exist there (an unknown key is an error listing the valid keys) and keep
+its type. A dict whose default is empty (``{}``) is free-form.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from textclf.core.errors import ConfigError
+from textclf.core.jsonfiles import PACKAGE_DIR, REPO_ROOT, config_dir, read_json  # noqa: F401  (re-exported)
+
+
+def default_config(family: str) -> dict:
+    """The default config of a registered model family (``config/<family>.json`` for the built-in ones)."""
+    from textclf.core.registry import get_family
+
+    return get_family(family).default_config()
+
+
+def leaf_keys(cfg: dict, prefix: str = "") -> list[str]:
+    """All dotted keys of a nested dict (free-form empty dicts count as one key)."""
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            keys += leaf_keys(v, full + ".")
+        else:
+            keys.append(full)
+    return keys
+
+
+def _check_type(key: str, default: Any, value: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        return value if isinstance(value, str) else json.dumps(value)
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            return value
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{key}: expected {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def merge(base: dict, update: dict, source: str = "config", prefix: str = "") -> dict:
+    """Deep-merge ``update`` into a copy of ``base``; unknown keys and wrong types raise ConfigError."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        full = f"{prefix}{k}"
+        if k not in out:
+            if base == {} and prefix:
+                out[k] = v
+                continue
+            valid = leaf_keys(base, prefix)
+            raise ConfigError(f"{source}: unknown key {full!r}; valid keys: {', '.join(valid)}")
+        if isinstance(out[k], dict) and out[k] and isinstance(v, dict):
+            out[k] = merge(out[k], v, source, full + ".")
+        else:
+            out[k] = _check_type(full, out[k], v)
+    return out
+
+
+def parse_value(raw: str) -> Any:
+    """Parse an override value as JSON, falling back to the plain string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+AUTO_BOOL_ALIASES = {"1": "true", "on": "true", "yes": "true", "0": "false", "off": "false", "no": "false",
+                     "none": "false"}
+
+
+def auto_bool(key: str, value: Any) -> str:
+    """A three-way ``auto | true | false`` setting normalised (``None`` is ``auto``; booleans and on/off/yes/no/1/0 allowed).
+
+    Settings whose default is ``"auto"`` arrive as strings after ``--set key=true`` (see :func:`merge`), so
+    every such key is read through this one rule.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value if value is not None else "auto").strip().lower()
+    text = AUTO_BOOL_ALIASES.get(text, text)
+    if text not in ("auto", "true", "false"):
+        raise ConfigError(f"{key} {value!r}: choose auto, true or false")
+    return text
+
+
+def apply_override(cfg: dict, assignment: str) -> dict:
+    """Apply one ``key.sub=value`` override (value parsed as JSON, else string)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.sub=value")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    update: Any = parse_value(raw)
+    for part in reversed(parts):
+        update = {part: update}
+    return merge(cfg, update, source=f"--set {key}")
+
+
+def load_config(family: str, config_path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+    """The effective config: family defaults, then ``config_path`` (partial or full), then ``--set`` overrides."""
+    cfg = default_config(family)
+    if config_path:
+        cfg = merge(cfg, read_json(config_path), source=str(config_path))
+    for assignment in overrides:
+        cfg = apply_override(cfg, assignment)
+    check_search_settings(cfg)
+    return cfg
+
+
+#: names of the validation metrics the families compute (any F-beta; the family may still narrow them down)
+METRIC_RE = r"accuracy|loss|(macro|micro|weighted)_f\d+(\.\d+)?|(macro|weighted)_(precision|recall)"
+
+
+def check_metric_name(key: str, name: Any) -> None:
+    """A ConfigError unless ``name`` is a metric name: accuracy, loss, macro_f1, weighted_f0.5, macro_recall, ..."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(METRIC_RE, name):
+        raise ConfigError(f"{key} {name!r}: unknown metric; use accuracy, loss, macro_f1, macro_f0.5, micro_f1, "
+                          "weighted_f1 (any F-beta), macro_precision, macro_recall, ...")
+
+
+def check_space(space: Any, key: str = "search.space") -> None:
+    """A ConfigError for a search-space entry that no trial could sample (bad type, low > high, empty choices, ...)."""
+    if not isinstance(space, dict):
+        raise ConfigError(f"{key}: expected an object of parameter specs")
+    for name, spec in space.items():
+        where = f"{key}.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected an object such as {{\"type\": \"float\", \"low\": 0.1, \"high\": 1}}")
+        kind = spec.get("type")
+        if kind == "categorical":
+            if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+                raise ConfigError(f"{where}: a categorical parameter needs a non-empty 'choices' list")
+            continue
+        if kind not in ("float", "int"):
+            raise ConfigError(f"{where}: type must be float, int or categorical, got {kind!r}")
+        low, high = spec.get("low"), spec.get("high")
+        number = (int,) if kind == "int" else (int, float)
+        for bound, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, number):
+                raise ConfigError(f"{where}.{bound}: expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+        if low > high:
+            raise ConfigError(f"{where}: low {low} is above high {high}")
+        if spec.get("log") and low <= 0:
+            raise ConfigError(f"{where}: a log-scale range needs low > 0, got {low}")
+        step = spec.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, number) or step <= 0):
+            raise ConfigError(f"{where}.step: expected a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+        if step is not None and spec.get("log"):
+            raise ConfigError(f"{where}: step and log cannot be combined")
+
+
+def check_search_settings(cfg: dict) -> None:
+    """Check the metric names and the search space of a config before any training or trial starts."""
+    for section in ("search", "train"):
+        block = cfg.get(section)
+        if isinstance(block, dict) and "metric" in block and block["metric"] is not None:
+            check_metric_name(f"{section}.metric", block["metric"])
+    search = cfg.get("search")
+    if isinstance(search, dict) and "space" in search:
+        check_space(search["space"])

@@ -1,0 +1,575 @@
+"""Reading, checking, splitting and downsampling labelled text data.
+
+Labelled formats: CSV/TSV with a header (column names configurable), JSONL
+(``{"text": ..., "label": ...}``) and fastText (``__label__x text``).
+Unlabelled input for prediction: plain text (one document a line), CSV/TSV or JSONL
+with a text column. The format comes from the file extension unless given.
+
+Every problem raises :class:`textclf.core.errors.DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textclf.core.atomic import atomic_open
+from textclf.core.errors import DataError
+from textclf.core.registry import register_reader
+
+LABELLED_FORMATS = ("csv", "tsv", "jsonl", "fasttext")
+UNLABELLED_FORMATS = ("txt", "csv", "tsv", "jsonl")
+FASTTEXT_PREFIX = "__label__"
+
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".ft": "fasttext",
+    ".fasttext": "fasttext",
+}
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class Dataset:
+    """Texts with their labels, as read from ``path``."""
+
+    texts: list[str]
+    labels: list[str]
+    path: str = ""
+    line_numbers: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def label_set(self) -> list[str]:
+        """Sorted distinct labels."""
+        return sorted(set(self.labels))
+
+    def subset(self, indices: Sequence[int]) -> Dataset:
+        """A new dataset holding the rows at ``indices`` (in that order)."""
+        lines = [self.line_numbers[i] for i in indices] if self.line_numbers else []
+        return Dataset([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.path, lines)
+
+
+def detect_format(path: str | Path, fmt: str | None = None, labelled: bool = True) -> str:
+    """The format of ``path``: ``fmt`` when given, else from the extension.
+
+    ``.txt`` means fastText format for labelled data and plain text for prediction input.
+    """
+    if fmt:
+        allowed = LABELLED_FORMATS if labelled else UNLABELLED_FORMATS + ("fasttext",)
+        if fmt not in allowed:
+            raise DataError(path, f"unknown format {fmt!r}; choose one of {', '.join(allowed)}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix == ".txt":
+        return "fasttext" if labelled else "txt"
+    if suffix in _EXTENSIONS:
+        return _EXTENSIONS[suffix]
+    return "fasttext" if labelled else "txt"
+
+
+_UTF16_HINT = "re-encode it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 IN > OUT"
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def _decode_line(path: Path, number: int, raw: bytes) -> str:
+    """One raw line as text; UTF-16/32, a NUL byte or invalid UTF-8 raise DataError naming the line."""
+    if number == 1:
+        for bom, name in _BOMS:
+            if raw.startswith(bom):
+                hint = _UTF16_HINT.replace("UTF-16", name)
+                raise DataError(path, f"the file is {name} (it starts with a {name} byte-order mark); {hint}", number)
+    if b"\x00" in raw:
+        if raw.count(b"\x00") * 3 >= len(raw.rstrip(b"\r\n")) > 1:
+            raise DataError(path, f"NUL bytes between the characters: the file looks like UTF-16 without a byte-order "
+                            f"mark; {_UTF16_HINT}", number)
+        column = raw.index(b"\x00") + 1
+        raise DataError(path, f"NUL byte at column {column}; the file looks binary", number)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"invalid UTF-8 at byte {exc.start + 1} of the line; re-encode the file as UTF-8", number) from None
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected a file")
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` with the newline kept; invalid UTF-8 and NUL bytes raise DataError."""
+    _check_readable(path)
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            yield number, _decode_line(path, number, raw).replace("\r\n", "\n")
+
+
+_BLOCK_BYTES = 1 << 22
+
+
+def _plain_lines(path: Path) -> Iterator[str]:
+    """The lines of a plain-text file without line ends (trailing ``\\r`` removed too), read in large blocks.
+
+    Same lines and errors as ``_decoded_lines`` followed by stripping the line ends, but
+    each block of whole lines is checked, decoded and split at once (prediction input can
+    be millions of short lines). A block with a NUL byte or invalid UTF-8 is re-checked
+    line by line, so the error names the first bad line.
+    """
+    _check_readable(path)
+    number = 0
+    rest = b""
+    with path.open("rb") as fh:
+        while True:
+            chunk = fh.read(_BLOCK_BYTES)
+            if chunk:
+                data = rest + chunk if rest else chunk
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    rest = data
+                    continue
+                block, rest = data[:cut], data[cut:]
+            elif rest:
+                block, rest = rest, b""
+            else:
+                break
+            if number == 0 and block.startswith(b"\xef\xbb\xbf"):
+                block = block[3:]
+            try:
+                if b"\x00" in block:
+                    raise ValueError("NUL byte")
+                text = block.decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                for i, raw in enumerate(block.split(b"\n"), start=number + 1):
+                    _decode_line(path, i, raw)
+                raise
+            lines = text.split("\n")
+            if text.endswith("\n"):
+                lines.pop()
+            if "\r" in text:
+                lines = [line.rstrip("\r") for line in lines]
+            number += len(lines)
+            yield from lines
+
+
+def _check_not_empty(path: Path) -> None:
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(path, "file is empty")
+
+
+class _LineCounter:
+    """Wraps a line iterator for ``csv.reader``; remembers the physical line last read and the lines of the current row."""
+
+    def __init__(self, lines: Iterator[tuple[int, str]]):
+        self._lines = lines
+        self.line = 0
+        self.row_lines: list[str] = []
+
+    def __iter__(self) -> _LineCounter:
+        return self
+
+    def __next__(self) -> str:
+        self.line, text = next(self._lines)
+        self.row_lines.append(text)
+        return text
+
+
+def _unterminated_quote(lines: list[str], delimiter: str) -> bool:
+    """Whether these physical lines of one CSV row end inside a quoted field (a quote never closed)."""
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, str], list[str]]]:
+    """Yield ``(start_line, row, header)`` for every data row of a CSV/TSV file."""
+    counter = _LineCounter(_decoded_lines(path))
+    reader = csv.reader(counter, delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(path, "file is empty") from None
+    except csv.Error as exc:
+        raise DataError(path, f"malformed CSV: {exc}", counter.line) from None
+    header = [h.strip() for h in header]
+    start = counter.line + 1
+    while True:
+        counter.row_lines = []
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(path, f"malformed CSV: {exc}", start) from None
+        spans = counter.line > start
+        if spans and _unterminated_quote(counter.row_lines, delimiter):
+            raise DataError(path, f"unterminated quote: the quoted field that starts on this line is never closed "
+                            f"(it runs to the end of the file, line {counter.line}); close it, or double a quote "
+                            f"inside a field (\"\")", start)
+        if not row:
+            yield start, {}, header
+        elif len(row) != len(header):
+            where = f" (the row runs to line {counter.line}: check for an unbalanced quote)" if spans else ""
+            raise DataError(path, f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}{where}", start)
+        else:
+            yield start, dict(zip(header, row, strict=True)), header
+        start = counter.line + 1
+
+
+def _require_column(path: Path, header: list[str], column: str, what: str, hint: str | None = None) -> None:
+    if column not in header:
+        hint = hint or f"set data.{what}_column"
+        raise DataError(path, f"missing {what} column {column!r} (columns: {', '.join(header)}); {hint}", 1)
+
+
+def _csv_reader(delimiter: str):
+    def read(path: str | Path, text_column: str, label_column: str) -> Iterator[tuple[int, object, object]]:
+        path = Path(path)
+        for number, row, header in _csv_rows(path, delimiter):
+            _require_column(path, header, text_column, "text")
+            _require_column(path, header, label_column, "label")
+            if row:
+                yield number, row[text_column], row[label_column]
+
+    return read
+
+
+register_reader("csv")(_csv_reader(","))
+register_reader("tsv")(_csv_reader("\t"))
+
+
+@register_reader("jsonl")
+def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterator[tuple[int, object, object]]:
+    """``{"text": ..., "label": ...}`` per line (blank lines skipped)."""
+    path = Path(path)
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        obj = _parse_json_line(path, number, line)
+        for column, what in ((text_column, "text"), (label_column, "label")):
+            if column not in obj:
+                raise DataError(path, f"missing {what} key {column!r} (keys: {', '.join(obj)})", number)
+        for value in (obj[text_column], obj[label_column]):
+            _check_unicode(path, number, value)
+        yield number, obj[text_column], obj[label_column]
+
+
+def _check_unicode(path: Path, number: int, value: object) -> None:
+    """A JSON string escape can make a lone surrogate (``"\\ud800"``), which is not text: DataError."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(path, f"invalid text: a lone surrogate \\u{ord(value[exc.start]):04x} "
+                            "(a JSON escape that is not a Unicode character)", number) from None
+
+
+def _json_type(value: object) -> str:
+    return {type(None): "null", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__)
+
+
+@register_reader("fasttext")
+def read_fasttext(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, str]]:
+    """``__label__x text`` per line (blank lines skipped); the column names do not apply."""
+    path = Path(path)
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        label, text = parse_fasttext_line(path, number, line)
+        yield number, text, label
+
+
+@register_reader("txt")
+def read_plain(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, None]]:
+    """Plain text, one document a line, no labels (prediction input)."""
+    for number, line in enumerate(_plain_lines(Path(path)), start=1):
+        yield number, line, None
+
+
+def read_labelled(
+    path: str | Path,
+    fmt: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    min_classes: int = 2,
+    reader: str | None = None,
+) -> Dataset:
+    """Read a labelled file into a :class:`Dataset`; every defect raises DataError with the line.
+
+    ``reader`` names a registered reader (``data.reader``: a plug-in's reader may read a
+    database or an API, and ``path`` is whatever it understands); by default the reader
+    of the file's format (``fmt`` or the extension) reads it.
+    """
+    from textclf.core.registry import get_reader
+
+    if reader:
+        rows = get_reader(reader)(str(path), text_column, label_column)
+    else:
+        path = Path(path)
+        _check_not_empty(path)
+        rows = get_reader(detect_format(path, fmt, labelled=True))(path, text_column, label_column)
+    texts: list[str] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    for number, text, label in rows:
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise DataError(path, "empty label", number)
+        if text is None or (isinstance(text, str) and not text.strip()):
+            raise DataError(path, "empty text", number)
+        if not isinstance(text, str):
+            raise DataError(path, f"text must be a string, found {type(text).__name__}", number)
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise DataError(path, f"label must be a string or integer, found {type(label).__name__}", number)
+        texts.append(text)
+        labels.append(str(label).strip())
+        lines.append(number)
+    if not texts:
+        raise DataError(path, "no data rows")
+    ds = Dataset(texts, labels, str(path), lines)
+    if min_classes and len(set(labels)) < min_classes:
+        raise DataError(path, f"found {len(set(labels))} class(es) ({', '.join(ds.label_set)}); need at least {min_classes}")
+    return ds
+
+
+def _parse_json_line(path: Path, number: int, line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"invalid JSON: {exc.msg} at column {exc.colno}", number) from None
+    except RecursionError:
+        raise DataError(path, "invalid JSON: nested too deeply", number) from None
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected a JSON object, found {type(obj).__name__}", number)
+    return obj
+
+
+def parse_fasttext_line(path: str | Path, number: int, line: str) -> tuple[str, str]:
+    """Split a fastText line ``__label__x [__label__y] text`` into (label, text); the first label wins."""
+    tokens = line.split()
+    if not tokens or not tokens[0].startswith(FASTTEXT_PREFIX):
+        raise DataError(path, f"no label: a fastText line must start with {FASTTEXT_PREFIX}<label>", number)
+    label = tokens[0][len(FASTTEXT_PREFIX):]
+    rest = [t for t in tokens[1:] if not t.startswith(FASTTEXT_PREFIX)]
+    if not label:
+        raise DataError(path, "empty label after __label__", number)
+    return label, " ".join(rest)
+
+
+def iter_texts(
+    path: str | Path,
+    fmt: str | None = None,
+    text_column: str = "text",
+) -> Iterator[str]:
+    """Stream the texts of an unlabelled (or labelled) file, one per input record.
+
+    Plain text yields one document per line, including empty lines (as ``""``), so
+    predictions stay aligned line-for-line. Labels in fastText or CSV input are ignored.
+    A JSONL ``text`` that is not a string (a number, null, a list) or not valid Unicode is
+    rejected as training rejects it; a file without records yields nothing
+    (:func:`textclf.core.predictor.predict_file` refuses that, see :func:`check_has_records`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    fmt = detect_format(path, fmt, labelled=False)
+    if fmt == "txt":
+        yield from _plain_lines(path)
+    elif fmt == "fasttext":
+        for number, line in _decoded_lines(path):
+            if line.strip().startswith(FASTTEXT_PREFIX):
+                yield parse_fasttext_line(path, number, line)[1]
+            else:
+                yield line.strip()
+    elif fmt in ("csv", "tsv"):
+        _check_not_empty(path)
+        for _number, row, header in _csv_rows(path, "," if fmt == "csv" else "\t"):
+            _require_column(path, header, text_column, "text", hint="pass --text_column NAME")
+            yield row.get(text_column, "") if row else ""
+    else:
+        for number, line in _decoded_lines(path):
+            if not line.strip():
+                yield ""
+                continue
+            obj = _parse_json_line(path, number, line)
+            if text_column not in obj:
+                raise DataError(path, f"missing text key {text_column!r} (keys: {', '.join(obj)}); pass --text_column NAME",
+                                number)
+            text = obj[text_column]
+            if not isinstance(text, str):
+                raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
+            _check_unicode(path, number, text)
+            yield text
+
+
+def check_has_records(path: str | Path, records: int) -> None:
+    """DataError when an input file gave no record: an empty file, or a CSV with only its header (as training says)."""
+    if records == 0:
+        path = Path(path)
+        empty = path.is_file() and path.stat().st_size <= 3  # nothing, or a byte-order mark
+        raise DataError(path, "file is empty" if empty else "no data rows")
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Group an iterable into lists of at most ``size`` items (at least one)."""
+    it = iter(items)
+    size = max(1, size)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def check_labels_known(train: Dataset, other: Dataset) -> None:
+    """Raise DataError at the first row of ``other`` whose label never occurs in ``train``."""
+    known = set(train.labels)
+    for i, label in enumerate(other.labels):
+        if label not in known:
+            line = other.line_numbers[i] if other.line_numbers else None
+            raise DataError(
+                other.path,
+                f"label {label!r} does not occur in the training data {train.path} (train labels: {', '.join(train.label_set)})",
+                line,
+            )
+
+
+def sha256_files(paths: Iterable[str | Path | None]) -> str:
+    """One SHA-256 over the bytes of all given files (None entries are skipped)."""
+    digest = hashlib.sha256()
+    for p in paths:
+        if p is None:
+            continue
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_datasets(datasets: Iterable[Dataset | None]) -> str:
+    """One SHA-256 over the texts and labels of datasets (for data a reader did not take from files)."""
+    digest = hashlib.sha256()
+    for ds in datasets:
+        if ds is None:
+            continue
+        for text, label in zip(ds.texts, ds.labels, strict=True):
+            digest.update(f"{label}\t{text}\n".encode())
+    return digest.hexdigest()
+
+
+def stratified_split(
+    ds: Dataset, valid_frac: float = 0.1, test_frac: float = 0.1, seed: int = 13
+) -> tuple[Dataset, Dataset, Dataset]:
+    """Deterministic stratified train/valid/test split.
+
+    Per class (sorted label order): shuffle with ``random.Random(seed)``, the first
+    ``round(n*test_frac)`` go to test, the next ``round(n*valid_frac)`` to valid, the
+    rest to train; each split is then shuffled. Same input and seed, same output.
+    """
+    if not 0 <= valid_frac < 1 or not 0 <= test_frac < 1 or valid_frac + test_frac >= 1:
+        raise DataError(ds.path, f"bad split fractions valid={valid_frac} test={test_frac}: each in [0,1), sum below 1")
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(ds.labels):
+        by_class.setdefault(label, []).append(i)
+    train_idx: list[int] = []
+    valid_idx: list[int] = []
+    test_idx: list[int] = []
+    for label in sorted(by_class):
+        idx = by_class[label][:]
+        rng.shuffle(idx)
+        n_test = round(len(idx) * test_frac)
+        n_valid = round(len(idx) * valid_frac)
+        test_idx += idx[:n_test]
+        valid_idx += idx[n_test : n_test + n_valid]
+        train_idx += idx[n_test + n_valid :]
+    for part in (train_idx, valid_idx, test_idx):
+        rng.shuffle(part)
+    return ds.subset(train_idx), ds.subset(valid_idx), ds.subset(test_idx)
+
+
+def balanced_downsample(labels: Sequence[str], seed: int = 13, per_class: int | None = None) -> list[int]:
+    """Indices of a class-balanced sample: every class cut to the smallest class size (or ``per_class``).
+
+    Deterministic for a seed; the returned indices keep the original order.
+    """
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    if not by_class:
+        return []
+    n = min(len(v) for v in by_class.values()) if per_class is None else per_class
+    chosen: list[int] = []
+    for label in sorted(by_class):
+        idx = by_class[label]
+        chosen += rng.sample(idx, min(n, len(idx)))
+    return sorted(chosen)
+
+
+def label_stats(ds: Dataset) -> dict:
+    """Counts and shares per label, plus text-length summary."""
+    counts = Counter(ds.labels)
+    n = len(ds)
+    lengths = sorted(len(t) for t in ds.texts)
+    return {
+        "path": ds.path,
+        "rows": n,
+        "classes": len(counts),
+        "labels": {k: {"count": counts[k], "share": round(counts[k] / n, 4)} for k in sorted(counts)},
+        "imbalance_ratio": round(max(counts.values()) / min(counts.values()), 3) if counts else None,
+        "mean_chars": round(sum(lengths) / n, 1) if n else 0,
+        "median_chars": lengths[n // 2] if n else 0,
+    }
+
+
+def format_label_stats(stats: dict) -> str:
+    """A human-readable table of :func:`label_stats`."""
+    out = [f"{stats['path']}: {stats['rows']} rows, {stats['classes']} classes, "
+           f"mean {stats['mean_chars']} chars, imbalance {stats['imbalance_ratio']}"]
+    width = max(len(k) for k in stats["labels"]) if stats["labels"] else 5
+    for label, v in stats["labels"].items():
+        out.append(f"  {label:<{width}}  {v['count']:>8}  {v['share']:7.2%}")
+    return "\n".join(out)
+
+
+def write_labelled(path: str | Path, ds: Dataset, fmt: str | None = None) -> None:
+    """Write a dataset atomically as CSV/TSV (header ``text,label``), JSONL or fastText."""
+    path = Path(path)
+    fmt = detect_format(path, fmt, labelled=True)
+    with atomic_open(path, "w") as fh:
+        if fmt in ("csv", "tsv"):
+            delimiter = "," if fmt == "csv" else "\t"
+            writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+            # QUOTE_MINIMAL leaves a field with a lone "\r" unquoted, which no CSV reader takes back: quote those rows
+            quoted = csv.writer(fh, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            writer.writerow(["text", "label"])
+            for row in zip(ds.texts, ds.labels, strict=True):
+                (quoted if "\r" in row[0] or "\r" in row[1] else writer).writerow(row)
+        elif fmt == "jsonl":
+            for text, label in zip(ds.texts, ds.labels, strict=True):
+                fh.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+        else:
+            for text, label in zip(ds.texts, ds.labels, strict=True):
+                fh.write(f"{FASTTEXT_PREFIX}{label.replace(' ', '_')} {' '.join(text.split())}\n")

@@ -1,0 +1,195 @@
+"""One prediction interface for every model family, and streaming file prediction.
+
+The contract (:class:`Predictor`), streaming file prediction and evaluation. Loading a model
+directory is :func:`textclf.core.loading.load_predictor`.
+
+Decision thresholds (:mod:`textclf.services.compare.thresholds`): when ``meta.json`` holds per-class offsets
+(``textclf tune-thresholds``), ``predict`` of every Predictor returns ``argmax(log p + offsets)``;
+``predict_proba`` is unchanged, and ``load_predictor(..., thresholds=False)`` (``--no-thresholds``)
+ignores them.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from textclf.core.data import batched, check_has_records, iter_texts
+from textclf.core.tempfiles import atomic_output
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("txt", "csv", "jsonl")
+
+
+class Predictor(ABC):
+    """A trained classifier loaded from a model directory.
+
+    ``predict`` applies the decision offsets of ``meta.json`` (``"thresholds"``) when there are
+    any and ``use_thresholds`` is true. A subclass that overrides ``predict`` (a faster path for the
+    plain argmax, like fastText's) keeps it for models without offsets: :meth:`__init_subclass__`
+    wraps the override so that a model with offsets goes through :meth:`decide` instead.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, model_dir: str | Path, meta: dict):
+        from textclf.core.decision import offsets_from_meta
+
+        self.model_dir = Path(model_dir)
+        self.meta = meta
+        self.labels: list[str] = list(meta["labels"])
+        #: per-class offsets on log-probabilities (``labels`` order) from meta.json, or None
+        self.offsets: np.ndarray | None = offsets_from_meta(meta, self.labels)
+        #: False: ``predict`` ignores ``offsets`` (``--no-thresholds``)
+        self.use_thresholds: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("predict")
+        if own is None or getattr(own, "applies_thresholds", False):
+            return
+
+        @functools.wraps(own)
+        def predict(self, texts: Sequence[str]) -> list[str]:
+            if self.active_offsets() is not None:
+                return Predictor.predict(self, texts)
+            return own(self, texts)
+
+        predict.applies_thresholds = True  # type: ignore[attr-defined]
+        cls.predict = predict  # type: ignore[method-assign]
+
+    @classmethod
+    @abstractmethod
+    def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> Predictor:
+        """Load the model stored in ``model_dir``."""
+
+    @abstractmethod
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, shape ``(len(texts), len(self.labels))``, columns in ``self.labels`` order."""
+
+    def active_offsets(self) -> np.ndarray | None:
+        """The offsets ``predict`` applies now (None: plain argmax)."""
+        return getattr(self, "offsets", None) if getattr(self, "use_thresholds", True) else None
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Predicted class index of every row of ``proba``: ``argmax(log p + offsets)``, or ``argmax(p)`` without offsets."""
+        from textclf.core.decision import decide
+
+        return decide(proba, self.active_offsets())
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The predicted label of every text (the most probable one, shifted by the tuned offsets if any)."""
+        if len(texts) == 0:
+            return []
+        proba = self.predict_proba(texts)
+        return [self.labels[i] for i in self.decide(proba)]
+
+
+def _count_lines(path: Path) -> int | None:
+    try:
+        with path.open("rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
+def predict_file(
+    predictor: Predictor,
+    input_path: str | Path,
+    output_path: str | Path,
+    output_format: str | None = None,
+    batch_size: int = 1024,
+    input_format: str | None = None,
+    text_column: str = "text",
+    progress: bool | None = None,
+) -> int:
+    """Predict every record of ``input_path`` into ``output_path``; returns the number of records.
+
+    Streams in batches (memory stays flat), keeps output record i for input record i
+    (an empty input line gets a prediction too), writes to a temp file and renames it.
+    ``txt`` writes one label a line; ``csv``/``jsonl`` add one probability per class.
+    The temp file names this process (:mod:`textclf.core.tempfiles`): a run killed with ``kill -9``
+    leaves it, and the next run for the same target removes it; an error or SIGTERM removes it at
+    once, and ``output_path`` keeps its old content. A write that fails (no permission, a full
+    disk, a parent that is a file) is a one-line error naming ``output_path``.
+    """
+    try:
+        return _predict_file(predictor, input_path, output_path, output_format, batch_size, input_format, text_column,
+                             progress)
+    except OSError as exc:
+        import errno
+
+        from textclf.core.errors import TextclfError
+
+        if exc.errno == errno.EPIPE or (exc.filename and Path(exc.filename) == Path(input_path)):
+            raise
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            reason = f"a parent of it is a file, not a folder ({exc.filename})"
+        elif exc.filename and Path(exc.filename) != Path(output_path):
+            reason += f" ({exc.filename})"
+        raise TextclfError(f"{output_path}: cannot write the predictions: {reason}; nothing was written there") from None
+
+
+def _predict_file(predictor: Predictor, input_path: str | Path, output_path: str | Path, output_format: str | None,
+                  batch_size: int, input_format: str | None, text_column: str, progress: bool | None) -> int:
+    """The body of :func:`predict_file`."""
+    output_path = Path(output_path)
+    fmt = output_format or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(output_path.suffix.lower(), "txt")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    texts = iter_texts(input_path, input_format, text_column)
+    bar = None
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if progress:
+        from tqdm import tqdm
+
+        total = _count_lines(Path(input_path)) if (input_format or Path(input_path).suffix) in ("txt", ".txt", "") else None
+        bar = tqdm(total=total, unit="doc", desc="predict", file=sys.stderr)
+    n = 0
+    with atomic_output(output_path, "w") as fh:
+        writer = csv.writer(fh, lineterminator="\n") if fmt == "csv" else None
+        if writer:
+            writer.writerow(["label", *[f"p_{label}" for label in predictor.labels]])
+        for batch in batched(texts, batch_size):
+            if fmt == "txt":  # one write per batch: this path must keep up with the model on short texts
+                fh.write("".join([label + "\n" for label in predictor.predict(batch)]))
+            else:
+                proba = predictor.predict_proba(batch)
+                for probs, index in zip(proba, predictor.decide(proba), strict=True):
+                    label = predictor.labels[int(index)]
+                    if writer:
+                        writer.writerow([label, *[f"{p:.6f}" for p in probs]])
+                    else:
+                        probabilities = dict(zip(predictor.labels, map(float, probs), strict=True))
+                        fh.write(json.dumps({"label": label, "probabilities": probabilities}) + "\n")
+            n += len(batch)
+            if bar:
+                bar.update(len(batch))
+        check_has_records(input_path, n)  # an empty input is refused (as by train), and nothing is written
+    if bar:
+        bar.close()
+    return n
+
+
+def evaluate_predictor(predictor: Predictor, texts: Sequence[str], labels: Sequence[str], batch_size: int = 1024,
+                       betas: Sequence[float] = (1.0, 0.5)) -> dict:
+    """Metrics of ``predictor`` on labelled texts (see :func:`textclf.core.metrics.classification_metrics`)."""
+    from textclf.core.metrics import classification_metrics
+
+    preds: list[str] = []
+    for batch in batched(texts, batch_size):
+        preds += predictor.predict(batch)
+    label_order = list(predictor.labels) + sorted(set(labels) - set(predictor.labels))
+    return classification_metrics(list(labels), preds, label_order, betas)

@@ -1,0 +1,301 @@
+"""The one place families and readers are found: ``catalogue`` registries plus entry points.
+
+A *family* is a :class:`Family` object registered under its name. The built-in ones
+(``fasttext``, ``lstm``, ``bert``, ``embeddings``, ``setfit``) register when :mod:`textclf.families` is imported; an
+installed package registers more through the ``textclf_families`` entry-point group, and a
+user's file registers them with :func:`register_family` (``textclf train --code my.py ...``).
+Readers work the same way (``textclf_readers`` group, :func:`register_reader`). Model *kinds*
+that are built by a command instead of trained (``ensemble``, :mod:`textclf.services.compare.ensemble`) only
+name their Predictor (``kinds``, :func:`kind_predictor`), so ``load_predictor`` knows them while
+``textclf train`` and ``textclf families`` do not list them.
+
+Why catalogue: it is what spaCy and thinc use for exactly this (named functions from code,
+files and installed packages); entry points come with it, so a pip-installed plug-in needs
+no import by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import catalogue
+
+from textclf.core.errors import ConfigError, TextclfError
+from textclf.core.jsonfiles import config_dir, read_json
+
+families = catalogue.create("textclf", "families", entry_points=True)
+readers = catalogue.create("textclf", "readers", entry_points=True)
+#: model kinds that load like a family's models but are built by a command, not by ``textclf train``
+#: (kind -> Predictor class or ``"module:Class"``; more through the ``textclf_kinds`` entry-point group)
+kinds = catalogue.create("textclf", "kinds", entry_points=True)
+kinds.register("ensemble", func="textclf.services.compare.ensemble:EnsemblePredictor")
+
+#: ``meta.json`` key naming the plug-in file a model directory carries (relative to the directory)
+PLUGIN_META_KEY = "plugin_code"
+
+
+def _resolve(ref: Any) -> Any:
+    """A ``"module:attr"`` string imported on first use, or the object itself."""
+    if isinstance(ref, str):
+        module, _, attr = ref.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    return ref
+
+
+@dataclass
+class Option:
+    """A family-specific command-line flag that sets one config key (``None`` means not given)."""
+
+    flag: str
+    key: str | None
+    type: Any = None
+    help: str = ""
+    is_flag: bool = False
+    secondary: str | None = None  # ``--no-x`` name for boolean on/off flags
+
+    @property
+    def dest(self) -> str:
+        """The click parameter name of the flag."""
+        return self.flag.lstrip("-").split("/")[0].replace("-", "_")
+
+
+@dataclass
+class Family:
+    """Everything textclf needs to know about one model family.
+
+    ``train`` and ``predictor`` may be the objects themselves or ``"module:attr"`` strings,
+    imported only when used (so listing families never imports torch). ``train`` has the
+    signature ``train(cfg, splits, output_dir, resume=False) -> Path`` and returns the model
+    directory; ``predictor`` is a :class:`textclf.core.predictor.Predictor` subclass whose ``kind``
+    is the family's name. ``config`` is the default config: a path (default
+    ``config/<name>.json``) or a dict. ``search_space`` (optional) replaces
+    ``config["search"]["space"]``. ``options`` are the family's own flags (each sets a config
+    key), ``env`` maps the original repository's environment variables (``EPOCHS``, ...) to config
+    keys for the containers, ``subproject`` is the thin entry-point folder (``fasttext/``, ...).
+    ``onnx`` names the family's ONNX module (``export(predictor, path, opset)`` and
+    ``load(model_dir, meta, session, path) -> Predictor``); ``commands`` maps the names of the
+    family's own top-level commands (``textclf embed``, ``textclf sweep``) to their click commands
+    as ``"module:attr"``; the CLI adds them.
+    """
+
+    name: str
+    train: Callable | str
+    predictor: type | str
+    description: str = ""
+    kind: str = "model"
+    config: dict | str | Path | None = None
+    search_space: dict | None = None
+    requires: Sequence[str] = ()
+    extra: str | None = None
+    subproject: str | None = None
+    options: Sequence[Option] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    flag_hook: Callable[[dict], dict] | None = None
+    onnx: str | None = None
+    commands: dict[str, str] = field(default_factory=dict)
+    code_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"family {self!r}: a family needs a name")
+        if not (callable(self.train) or isinstance(self.train, str)):
+            raise ConfigError(f"family {self.name!r} does not implement the contract: train must be "
+                              "train(cfg, splits, output_dir, resume) -> model directory")
+        if not (isinstance(self.predictor, type | str)):
+            raise ConfigError(f"family {self.name!r} does not implement the contract: predictor must be a Predictor class")
+        if isinstance(self.predictor, type):
+            if not is_predictor_class(self.predictor):
+                raise ConfigError(f"family {self.name!r} does not implement the contract: "
+                                  f"{self.predictor.__name__} is not a textclf.core.predictor.Predictor subclass")
+
+    # ------------------------------------------------------------------ dependencies
+    def missing(self) -> list[str]:
+        """The required modules that are not importable."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    @property
+    def installed(self) -> bool:
+        """Whether every required module is importable."""
+        return not self.missing()
+
+    def install_hint(self) -> str:
+        """The ``pip install`` command that brings the missing dependencies."""
+        if self.extra:
+            return f"pip install 'textclf[{self.extra}]'"
+        return "pip install " + " ".join(self.missing())
+
+    def check_installed(self) -> None:
+        """Raise a one-line error naming the fix when a dependency is missing."""
+        missing = self.missing()
+        if missing:
+            raise TextclfError(f"family {self.name!r} needs {', '.join(missing)}, which is not installed; "
+                               f"run: {self.install_hint()}")
+
+    # ------------------------------------------------------------------ parts
+    def train_fn(self) -> Callable:
+        """The family's ``train`` function (imported on first use)."""
+        self.check_installed()
+        return _resolve(self.train)
+
+    def predictor_class(self) -> type:
+        """The family's Predictor class (imported on first use)."""
+        self.check_installed()
+        return _resolve(self.predictor)
+
+    def onnx_hook(self, name: str) -> Callable:
+        """``export`` or ``load`` of the family's ONNX module (``onnx``: a module name, imported on first use)."""
+        if not self.onnx:
+            raise ConfigError(f"family {self.name!r} has no ONNX export")
+        return _resolve(f"{self.onnx}:{name}")
+
+    def config_path(self) -> Path | None:
+        """Where the default config lives (None when the family gives it as a dict)."""
+        if isinstance(self.config, dict):
+            return None
+        if self.config is not None:
+            return Path(self.config)
+        return config_dir() / f"{self.name}.json"
+
+    def default_config(self) -> dict:
+        """The family's default config, with ``search_space`` (when given) as ``search.space``."""
+        cfg = copy.deepcopy(self.config) if isinstance(self.config, dict) else read_json(self.config_path())
+        if self.search_space is not None:
+            cfg.setdefault("search", {})["space"] = copy.deepcopy(self.search_space)
+        return cfg
+
+    @property
+    def searchable(self) -> bool:
+        """Whether the family has a search space (``textclf tune`` applies)."""
+        if self.search_space is not None:
+            return True
+        try:
+            return bool(self.default_config().get("search", {}).get("space"))
+        except TextclfError:
+            return False
+
+
+def register_family(family: Family) -> Family:
+    """Register ``family`` under its name (a plug-in file calls this); returns it."""
+    if not isinstance(family, Family):
+        raise ConfigError(f"register_family expects a textclf.core.registry.Family, got {type(family).__name__}")
+    families.register(family.name, func=family)
+    return family
+
+
+def register_reader(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: register a reader ``fn(path, text_column, label_column) -> iterable of (line, text, label)``."""
+    return readers.register(name)
+
+
+#: modules whose import registers the built-in readers and families (imported by name on first lookup,
+#: so importing the registry imports no family: the spaCy ``registrations`` pattern)
+REGISTRATIONS = ("textclf.core.data", "textclf.families")
+
+
+def _load_builtins() -> None:
+    for module in REGISTRATIONS:
+        importlib.import_module(module)
+
+
+def is_predictor_class(cls: type) -> bool:
+    """Whether ``cls`` subclasses :class:`textclf.core.predictor.Predictor` (checked by name: the registry imports no model code)."""
+    return any(c.__name__ == "Predictor" and c.__module__ == "textclf.core.predictor" for c in cls.__mro__)
+
+
+def all_families() -> dict[str, Family]:
+    """Every registered family by name: built-ins, entry points and loaded plug-in files."""
+    _load_builtins()
+    out = {}
+    for name, fam in sorted(families.get_all().items()):
+        if not isinstance(fam, Family):
+            raise ConfigError(f"entry point textclf_families:{name} is not a textclf.core.registry.Family")
+        out[name] = fam
+    return out
+
+
+def family_commands() -> dict[str, str]:
+    """Every registered family's own commands: name -> ``"module:attr"`` of a click command."""
+    out: dict[str, str] = {}
+    for fam in all_families().values():
+        out.update(fam.commands)
+    return out
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; an unknown name is a one-line error listing the known ones."""
+    known = all_families()
+    if name not in known:
+        raise ConfigError(f"unknown model family {name!r}; known: {', '.join(known)} "
+                          "(a family from your own file needs --code FILE)")
+    return known[name]
+
+
+def all_kinds() -> dict[str, Any]:
+    """Every predictor-only model kind (``ensemble``, ...) by name, as registered (class or ``"module:Class"``)."""
+    return dict(sorted(kinds.get_all().items()))
+
+
+def kind_predictor(kind: str) -> type | None:
+    """The Predictor class of a predictor-only model kind (imported on first use), or None when unknown."""
+    ref = all_kinds().get(kind)
+    return None if ref is None else _resolve(ref)
+
+
+def get_reader(name: str) -> Callable:
+    """The reader called ``name``; an unknown name is a one-line error listing the known ones."""
+    _load_builtins()
+    known = readers.get_all()
+    if name not in known:
+        raise ConfigError(f"data.reader: unknown reader {name!r}; known: {', '.join(sorted(known))} "
+                          "(a reader from your own file needs --code FILE)")
+    return known[name]
+
+
+#: resolved path -> ((mtime_ns, size), family names it registered): a file is imported once per process
+_LOADED_CODE: dict[str, tuple[tuple[int, int], list[str]]] = {}
+
+
+def load_code(path: str | Path) -> list[str]:
+    """Import a user's Python file so the families and readers it registers exist; returns its family names.
+
+    Loading the same unchanged file again (the container entry point and the CLI it calls both see
+    ``--code``) does not run it a second time; a file changed since is imported again.
+    """
+    import sys
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--code {path}: file not found")
+    st = path.stat()
+    signature, resolved = (st.st_mtime_ns, st.st_size), str(path.resolve())
+    if resolved in _LOADED_CODE and _LOADED_CODE[resolved][0] == signature:
+        return list(_LOADED_CODE[resolved][1])
+    before = dict(families.get_all())
+    module_name = f"textclf_plugin_{path.stem}_{abs(hash(resolved)) % 10**8}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--code {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except TextclfError:
+        raise
+    except Exception as exc:  # a user's file: report where it broke in one line
+        raise ConfigError(f"--code {path}: importing it failed: {type(exc).__name__}: {exc}") from None
+    new = [name for name, fam in families.get_all().items() if before.get(name) is not fam]  # a reload re-registers
+    for name in new:
+        fam = families.get(name)
+        if isinstance(fam, Family) and fam.code_file is None:
+            fam.code_file = resolved
+    _LOADED_CODE[resolved] = (signature, new)
+    return new

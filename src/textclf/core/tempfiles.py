@@ -1,0 +1,148 @@
+"""Temporaries a killed run could leave behind: tagged with their owner, removed on SIGTERM, swept by the next run.
+
+A temp file written beside a target (``.out.txt.tc<pid>@<host>.<random>.tmp``) or a temp
+directory (``textclf-ft-<pid>@<host>-<random>`` in the temp folder) names the process that
+made it. ``kill -9`` gives that process no chance to clean up, so the next run that writes the
+same target (or makes the same kind of temp directory) removes the ones whose process is gone
+on this host. :func:`sigterm_as_exit` turns SIGTERM into ``SystemExit(143)``, so the
+``finally``/``except`` blocks that remove temporaries run when a job is stopped politely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from textclf.core.atomic import atomic_open
+
+log = logging.getLogger(__name__)
+
+_FILE_RE = re.compile(r"\.tc(?P<pid>\d+)@(?P<host>[^/]*)\.[A-Za-z0-9_]+\.tmp")
+_DIR_RE = re.compile(r"(?P<pid>\d+)@(?P<host>[^/]*)-[A-Za-z0-9_]+")
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_")
+
+
+def _owner_tag() -> str:
+    return f"{os.getpid()}@{_host()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(pid: str, host: str) -> bool:
+    return host == _host() and int(pid) != os.getpid() and not pid_alive(int(pid))
+
+
+def sweep_stale_temps(target: str | Path) -> list[Path]:
+    """Remove the temp files of ``target`` (beside it) whose process on this host is gone; returns them."""
+    target = Path(target)
+    removed = []
+    prefix = f".{target.name}.tc"
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return []
+    for path in candidates:
+        m = _FILE_RE.fullmatch(path.name[len(target.name) + 1:])
+        if m and _stale(m["pid"], m["host"]):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    if removed:
+        log.warning("removed %d temp file(s) of %s left by a killed run", len(removed), target)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Write ``path`` through an owner-tagged temp file beside it, fsync and rename it over ``path``.
+
+    Stale temp files of the same target are swept first. On any exception (SIGTERM included, see
+    :func:`sigterm_as_exit`) the temp file is removed and ``path`` keeps its old content, if any.
+    The temp+rename itself is :func:`textclf.core.atomic.atomic_open`'s; this adds the owner tag and the sweep.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(path)
+    with atomic_open(path, mode, encoding, tag=f"tc{_owner_tag()}") as fh:
+        yield fh
+
+
+def sweep_stale_dirs(prefix: str, parent: str | Path | None = None) -> list[Path]:
+    """Remove ``prefix<pid>@<host>-*`` directories in ``parent`` (the temp folder) whose process is gone."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    except OSError:
+        return []
+    for path in candidates:
+        m = _DIR_RE.fullmatch(path.name[len(prefix):])
+        if m and _stale(m["pid"], m["host"]):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.warning("removed %d temp folder(s) %s* left by a killed run", len(removed), parent / prefix)
+    return removed
+
+
+@contextlib.contextmanager
+def owned_temp_dir(prefix: str) -> Iterator[Path]:
+    """A temp directory named for this process, removed on exit; stale ones of the same prefix are swept first."""
+    sweep_stale_dirs(prefix)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner_tag()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While inside: SIGTERM raises ``SystemExit(143)`` in the main thread, so cleanup code runs.
+
+    Does nothing outside the main thread or where a handler other than the default one is installed
+    (a server's own handler is left alone). The previous handler comes back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        yield
+        return
+    if previous not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,1 @@
+"""Compare and combine models: leaderboard, report, ensembles, decision thresholds."""

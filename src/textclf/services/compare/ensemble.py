@@ -1,0 +1,620 @@
+"""Ensembles across model families: a weighted average of the members' probabilities, or stacking.
+
+``textclf ensemble --model_path A --model_path B ... --valid_path V --output_dir E`` builds one
+with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`` that
+``load_predictor``, ``textclf predict``/``evaluate``/``leaderboard``/``report`` and
+``tune-thresholds`` use like any other (the kind is registered in :mod:`textclf.core.registry`).
+
+* ``auto`` (default): which of the three below generalises best is estimated, not assumed. A
+  stratified, seeded k-fold split of valid (``--cv``, default 5) gives every candidate the same
+  folds: the best single member (picked on the training folds), the weighted average (weights
+  searched on the training folds) and stacking (the stacker fitted on the training folds, its own
+  CV nested inside). Each predicts its held-out fold; the best pooled out-of-fold macro F-beta
+  wins, ties going to the simpler (single < weighted < stacking), and the winner is fitted on all
+  of valid. A winning single member is saved as one-hot weights (method ``weighted``): the
+  ensemble predicts exactly like it. meta.json keeps every candidate's CV score
+  (``ensemble_search.auto``).
+* ``weighted``: ``P = sum_m w_m P_m`` with ``w`` on the simplex (``w_m >= 0``, sum 1),
+  chosen on the validation split to maximise macro F-beta (``--beta``, default 1). With up to
+  :data:`GRID_MAX_MEMBERS` members every point of the simplex grid with step ``--step`` (default
+  0.05: 21 points for 2 members, 231 for 3, 1771 for 4) is scored; with more, coordinate ascent
+  from the best of the uniform weights and each single member moves one weight at a time along
+  that grid (the others rescaled) while the score rises. Ties of the (discrete) macro F-beta go
+  to the lower valid log-loss, then to the more uniform weights. The single members are grid
+  points, so the plain search's weights score >= the best member on valid. ``--objective logloss``
+  minimises the valid log-loss of the average instead (a smooth, proper score: less swayed by
+  the few valid documents that flip macro F-beta; ties go to the higher macro F-beta).
+  The search is bagged (``--bags``, default :data:`DEFAULT_BAGS`; 0 is the plain search): the
+  weights are the mean of those found on stratified bootstrap resamples of valid (Caruana's bagged
+  ensemble selection), which follows valid's noise less than one search does.
+* ``stacking``: a scikit-learn ``LogisticRegression`` on the members' concatenated valid
+  probabilities, its ``C`` and ``class_weight`` picked by stratified k-fold cross-validation
+  (``--cv``, macro F-beta), then refitted on all of valid (``stacker.joblib``).
+
+Members are referenced by their path relative to the ensemble directory, or copied into
+``E/members/`` (``--copy``) so the directory moves as one. They must share one label set (a
+different column order is realigned); their own decision thresholds are not used (the ensemble
+combines probabilities), but the ensemble can get its own with ``textclf tune-thresholds``.
+
+Caveat: the members were usually tuned on the same validation split, so their valid scores are
+optimistic; weights, stacker and ``auto``'s folds learn from them all the same (cross-validation
+guards against the ensemble's own over-fitting, not against the members'). Where data allows,
+tune the members on one part of valid and build the ensemble on another, and score the result on
+a test split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from textclf.core.errors import ModelError, TextclfError
+from textclf.core.meta import META_FILE
+from textclf.core.predictor import Predictor
+
+KIND = "ensemble"
+#: how a saved ensemble combines its members (meta.json ``method``)
+SAVED_METHODS = ("weighted", "stacking")
+#: what ``--method`` accepts: ``auto`` cross-validates the candidates and saves the winner as one of SAVED_METHODS
+METHODS = ("auto", "weighted", "stacking")
+#: the candidates ``auto`` compares, simplest first (ties go to the earlier one)
+CANDIDATES = ("single", "weighted", "stacking")
+#: what the weighted search optimises on valid: macro F-beta (default) or the log-loss
+OBJECTIVES = ("fbeta", "logloss")
+STACKER_FILE = "stacker.joblib"
+MEMBERS_DIR = "members"
+#: up to this many members the weight search scores the whole simplex grid
+GRID_MAX_MEMBERS = 4
+#: ``textclf ensemble --bags`` default: stratified bootstrap resamples the weight search is bagged over
+DEFAULT_BAGS = 25
+PACKAGES = ("scikit-learn", "joblib")
+
+
+class EnsembleError(TextclfError):
+    """Members that cannot be combined (different label sets, no members, ...)."""
+
+
+# --------------------------------------------------------------------------- labels and probabilities
+def check_label_sets(members: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """The shared label list (the first member's order); members with another label set are a one-line error."""
+    if not members:
+        raise EnsembleError("an ensemble needs at least one member (--model_path)")
+    first_name, first = members[0]
+    for name, labels in members[1:]:
+        if set(labels) != set(first) or len(labels) != len(first):
+            raise EnsembleError(f"ensemble members must share one label set: {first_name} has "
+                                f"[{', '.join(first)}], {name} has [{', '.join(labels)}]")
+    return list(first)
+
+
+def align_columns(proba: np.ndarray, from_labels: Sequence[str], to_labels: Sequence[str]) -> np.ndarray:
+    """``proba`` with its columns (``from_labels`` order) reordered to ``to_labels``."""
+    if list(from_labels) == list(to_labels):
+        return proba
+    index = {label: i for i, label in enumerate(from_labels)}
+    return proba[:, [index[label] for label in to_labels]]
+
+
+def weighted_average(probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``sum_m weights[m] * probas[m]`` (the weights sum to 1)."""
+    out = np.zeros_like(np.asarray(probas[0], dtype=np.float64))
+    for w, p in zip(weights, probas, strict=True):
+        if w:
+            out += float(w) * np.asarray(p, dtype=np.float64)
+    return out
+
+
+def stack_features(probas: Sequence[np.ndarray]) -> np.ndarray:
+    """The stacker's input: the members' probabilities side by side, ``(n, members * classes)``."""
+    return np.hstack([np.asarray(p, dtype=np.float64) for p in probas])
+
+
+def stacker_proba(stacker, probas: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """The stacker's probabilities in class-index order (a class it never saw gets 0)."""
+    features = stack_features(probas)
+    out = np.zeros((features.shape[0], n_classes), dtype=np.float64)
+    if features.shape[0]:
+        out[:, np.asarray(stacker.classes_, dtype=np.int64)] = stacker.predict_proba(features)
+    return out
+
+
+# --------------------------------------------------------------------------- the Predictor
+class EnsemblePredictor(Predictor):
+    """Several model directories behind one Predictor: weighted probabilities or a stacked logistic regression."""
+
+    kind = KIND
+
+    def __init__(self, model_dir: str | Path, meta: dict, members: Sequence[Predictor], weights: Sequence[float] | None = None,
+                 stacker=None):
+        super().__init__(model_dir, meta)
+        self.members = list(members)
+        self.method = meta.get("method", "weighted")
+        self.weights = np.asarray(weights if weights is not None else meta.get("weights") or [], dtype=np.float64)
+        self.stacker = stacker
+        if self.method == "weighted" and len(self.weights) != len(self.members):
+            raise ModelError(f"{self.model_dir / META_FILE}: {len(self.weights)} weight(s) for {len(self.members)} member(s)")
+        if self.method == "stacking" and stacker is None:
+            raise ModelError(f"{self.model_dir}: a stacking ensemble needs its {STACKER_FILE}")
+
+    @classmethod
+    def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> EnsemblePredictor:
+        """Load every member (paths in meta.json are relative to ``model_dir``) and the stacker, if any."""
+        from textclf.core.loading import load_predictor
+        from textclf.core.meta import read_meta
+
+        model_dir = Path(model_dir)
+        meta = meta or read_meta(model_dir)
+        if meta.get("method", "weighted") not in SAVED_METHODS:
+            raise ModelError(f"{model_dir / META_FILE}: unknown ensemble method {meta.get('method')!r}; "
+                             f"known: {', '.join(SAVED_METHODS)}")
+        records = meta.get("members") or []
+        if not records:
+            raise ModelError(f"{model_dir / META_FILE}: an ensemble without members")
+        members = []
+        for record in records:
+            path = (model_dir / record["path"]).resolve()
+            if not path.exists():
+                raise ModelError(f"{model_dir / META_FILE}: member {record['path']!r} not found at {path}")
+            members.append(load_predictor(path, thresholds=False))
+        check_label_sets([(str(m.model_dir), m.labels) for m in members])
+        if set(meta["labels"]) != set(members[0].labels):
+            raise ModelError(f"{model_dir / META_FILE}: labels differ from the members' labels")
+        stacker = None
+        if meta.get("method") == "stacking":
+            import joblib
+
+            path = Path(model_file) if model_file else model_dir / meta.get("stacker_file", STACKER_FILE)
+            if not path.is_file():
+                raise ModelError(f"{path}: stacking ensemble file not found")
+            stacker = joblib.load(path)
+        return cls(model_dir, meta, members, meta.get("weights"), stacker)
+
+    def member_probas(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Every member's probabilities on ``texts``, columns in this ensemble's label order."""
+        out = []
+        for weight, member in itertools.zip_longest(self.weights, self.members, fillvalue=None):
+            if self.method == "weighted" and weight == 0:  # a zero weight needs no inference
+                out.append(np.zeros((len(texts), len(self.labels))))
+                continue
+            out.append(align_columns(member.predict_proba(texts), member.labels, self.labels))
+        return out
+
+    def combine(self, probas: Sequence[np.ndarray]) -> np.ndarray:
+        """The ensemble's probabilities from its members' (label-aligned) probabilities."""
+        if self.method == "stacking":
+            return stacker_proba(self.stacker, probas, len(self.labels))
+        return weighted_average(probas, self.weights)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Weighted average of the members' probabilities (``weighted``), or the stacker's (``stacking``)."""
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float64)
+        return self.combine(self.member_probas(texts))
+
+
+# --------------------------------------------------------------------------- weight search
+def _objective(probas: Sequence[np.ndarray], y: np.ndarray, weights: np.ndarray, beta: float) -> tuple[float, float]:
+    from textclf.services.compare.thresholds import macro_fbeta
+
+    p = weighted_average(probas, weights)
+    score = macro_fbeta(y, p.argmax(axis=1), p.shape[1], beta)
+    logloss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))) if len(y) else 0.0
+    return score, logloss
+
+
+def _better(a: tuple[float, float, float], b: tuple[float, float, float] | None) -> bool:
+    """Lexicographic: higher score, then lower log-loss, then more uniform weights (each with a tolerance)."""
+    if b is None:
+        return True
+    if abs(a[0] - b[0]) > 1e-12:
+        return a[0] > b[0]
+    if abs(a[1] - b[1]) > 1e-9:
+        return a[1] < b[1]
+    return a[2] < b[2] - 1e-12
+
+
+def simplex_grid(n_members: int, resolution: int) -> list[np.ndarray]:
+    """Every weight vector with entries in ``{0, 1/resolution, ..., 1}`` summing to 1."""
+    points = []
+    for bars in itertools.combinations(range(resolution + n_members - 1), n_members - 1):
+        parts, last = [], -1
+        for b in bars:
+            parts.append(b - last - 1)
+            last = b
+        parts.append(resolution + n_members - 2 - last)
+        points.append(np.asarray(parts, dtype=np.float64) / resolution)
+    return points
+
+
+def search_weights(probas: Sequence[np.ndarray], y: np.ndarray, beta: float = 1.0, step: float = 0.05,
+                   max_rounds: int = 50, objective: str = "fbeta") -> dict:
+    """Simplex weights maximising valid macro F-beta of the weighted average (see the module docstring).
+
+    ``objective="logloss"`` minimises the valid log-loss instead (ties: higher macro F-beta).
+    Returns ``{"weights", "score", "logloss", "strategy", "evaluated", "single": [score of each member]}``.
+    """
+    if objective not in OBJECTIVES:
+        raise EnsembleError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    n = len(probas)
+    resolution = max(1, int(round(1 / step)))
+    uniform = np.full(n, 1.0 / n)
+    evaluated = 0
+    best: tuple[float, float, float] | None = None
+    best_w = uniform
+
+    def consider(w: np.ndarray) -> None:
+        nonlocal best, best_w, evaluated
+        score, logloss = _objective(probas, y, w, beta)
+        evaluated += 1
+        spread = float(np.abs(w - uniform).sum())
+        key = (score, logloss, spread) if objective == "fbeta" else (-logloss, -score, spread)
+        if _better(key, best):
+            best, best_w = key, w
+
+    singles = [_objective(probas, y, np.eye(n)[m], beta)[0] for m in range(n)]
+    if n == 1:
+        consider(np.ones(1))
+        strategy = "single member"
+    elif n <= GRID_MAX_MEMBERS and math.comb(resolution + n - 1, n - 1) <= 20000:
+        for w in simplex_grid(n, resolution):
+            consider(w)
+        strategy = f"simplex grid, step 1/{resolution}"
+    else:
+        for w in [uniform, *np.eye(n)]:
+            consider(w)
+        values = np.arange(resolution + 1) / resolution
+        for _ in range(max_rounds):
+            start = best
+            for m in range(n):
+                for v in values:
+                    w = best_w.copy()
+                    rest = 1.0 - w[m]
+                    if rest > 1e-12:
+                        w = w * (1.0 - v) / rest
+                    else:  # moving off a vertex: spread the remainder evenly
+                        w = np.full(n, (1.0 - v) / (n - 1))
+                    w[m] = v
+                    consider(np.clip(w, 0.0, 1.0) / np.clip(w, 0.0, 1.0).sum())
+            if best == start:
+                break
+        strategy = f"coordinate ascent, step 1/{resolution}"
+    assert best is not None
+    score, logloss = _objective(probas, y, best_w, beta)
+    return {"weights": [float(w) for w in best_w], "score": score, "logloss": logloss, "objective": objective,
+            "strategy": strategy, "evaluated": evaluated, "single": singles}
+
+
+def bootstrap_indices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A stratified bootstrap resample of ``range(len(y))``: every class keeps its count."""
+    parts = [rng.choice(idx, len(idx)) for idx in (np.flatnonzero(y == c) for c in np.unique(y))]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def bagged_search_weights(probas: Sequence[np.ndarray], y: np.ndarray, beta: float = 1.0, step: float = 0.05,
+                          bags: int = 0, seed: int = 13, objective: str = "fbeta") -> dict:
+    """:func:`search_weights`, bagged: the mean of the weights it finds on ``bags`` stratified bootstrap resamples.
+
+    Caruana et al.'s bagged ensemble selection: one search follows the few valid documents that
+    flip macro F-beta; the average over resamples keeps what most resamples agree on and is
+    closer to equal weights where valid cannot tell the members apart. ``bags=0`` is the plain
+    search. The result's ``score``/``logloss`` are the averaged weights' on all of ``y``;
+    ``bag_weights`` lists every resample's weights.
+    """
+    plain = search_weights(probas, y, beta, step, objective=objective)
+    if bags <= 0 or len(probas) == 1:
+        return {**plain, "bags": 0}
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(bags):
+        idx = bootstrap_indices(y, rng)
+        found.append(search_weights([p[idx] for p in probas], y[idx], beta, step, objective=objective)["weights"])
+    weights = np.mean(found, axis=0)
+    weights = weights / weights.sum()
+    score, logloss = _objective(probas, y, weights, beta)
+    return {**plain, "weights": [float(w) for w in weights], "score": score, "logloss": logloss, "bags": bags,
+            "strategy": f"bagged: mean of {bags} stratified bootstrap searches ({plain['strategy']})",
+            "evaluated": plain["evaluated"] * (bags + 1), "unbagged_weights": plain["weights"],
+            "bag_weights": [[round(float(w), 4) for w in ws] for ws in found]}
+
+
+def best_member(probas: Sequence[np.ndarray], y: np.ndarray, beta: float = 1.0) -> int:
+    """Index of the member with the highest macro F-beta on ``y`` (ties: lower log-loss, then the first)."""
+    keys = []
+    for m in range(len(probas)):
+        score, logloss = _objective(probas, y, np.eye(len(probas))[m], beta)
+        keys.append((-round(score, 12), round(logloss, 9), m))
+    return min(keys)[2]
+
+
+def fit_stacker(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0, cv: int = 5, seed: int = 13):
+    """A logistic regression on the members' probabilities, C and class_weight chosen by stratified k-fold CV.
+
+    Returns ``(fitted stacker, info dict)``; the info holds the chosen params and the CV macro F-beta.
+    """
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import fbeta_score, make_scorer
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    except ImportError:
+        raise EnsembleError("--method stacking needs scikit-learn, which is not installed; "
+                            "run: pip install 'textclf[sklearn]'") from None
+    counts = np.bincount(y, minlength=n_classes)
+    present = counts[counts > 0]
+    folds = int(min(cv, present.min())) if len(present) else 0
+    if len(present) < 2 or folds < 2:
+        raise EnsembleError(f"--method stacking needs at least 2 classes with 2+ validation examples each for "
+                            f"{cv}-fold cross-validation (class counts: {counts.tolist()})")
+    features = stack_features(probas)
+    grid = {"C": [0.01, 0.1, 1.0, 10.0, 100.0], "class_weight": [None, "balanced"]}
+    scorer = make_scorer(fbeta_score, beta=beta, average="macro", labels=list(range(n_classes)), zero_division=0)
+    search = GridSearchCV(LogisticRegression(max_iter=2000, random_state=seed), grid, scoring=scorer,
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), refit=True)
+    search.fit(features, y)
+    info = {"params": {k: v for k, v in search.best_params_.items()}, "cv_folds": folds,
+            "cv_score": float(search.best_score_), "features": int(features.shape[1])}
+    return search.best_estimator_, info
+
+
+# --------------------------------------------------------------------------- auto: choose by cross-validation
+def _fit_candidate(name: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, opts: dict):
+    """Fit candidate ``name`` on ``(probas, y)``: a member index (single), a weight vector, or a stacker."""
+    if name == "single":
+        return best_member(probas, y, opts["beta"])
+    if name == "weighted":
+        return np.asarray(bagged_search_weights(probas, y, opts["beta"], opts["step"], opts["bags"], opts["seed"],
+                                                opts["objective"])["weights"])
+    return fit_stacker(probas, y, n_classes, opts["beta"], opts["cv"], opts["seed"])[0]
+
+
+def _predict_candidate(name: str, fitted, probas: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Class indices a fitted candidate predicts from the members' probabilities."""
+    if name == "single":
+        return np.asarray(probas[fitted]).argmax(axis=1)
+    if name == "weighted":
+        return weighted_average(probas, fitted).argmax(axis=1)
+    return stacker_proba(fitted, probas, n_classes).argmax(axis=1)
+
+
+def _cv_candidate(name: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int,
+                  folds: Sequence[tuple[np.ndarray, np.ndarray]], opts: dict) -> dict:
+    """Pooled out-of-fold macro F-beta of one candidate (fitted on each training part, predicting its held-out part)."""
+    from textclf.services.compare.thresholds import macro_fbeta
+
+    pred = np.empty(len(y), dtype=np.int64)
+    fitted_per_fold = []
+    for train, held in folds:
+        try:
+            fitted = _fit_candidate(name, [p[train] for p in probas], y[train], n_classes, opts)
+        except EnsembleError as e:  # stacking on a fold whose classes are too small for its inner CV
+            return {"cv_score": None, "skipped": str(e)}
+        pred[held] = _predict_candidate(name, fitted, [p[held] for p in probas], n_classes)
+        fitted_per_fold.append(fitted)
+    out: dict = {"cv_score": macro_fbeta(y, pred, n_classes, opts["beta"])}
+    if name == "single":
+        out["fold_members"] = [int(m) for m in fitted_per_fold]
+    elif name == "weighted":
+        out["fold_weights"] = [[round(float(w), 4) for w in ws] for ws in fitted_per_fold]
+    return out
+
+
+def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0, cv: int = 5,
+                  seed: int = 13, step: float = 0.05, bags: int = 0, objective: str = "fbeta") -> dict:
+    """``--method auto``: estimate each candidate's out-of-sample macro F-beta by stratified k-fold CV on valid.
+
+    Candidates (:data:`CANDIDATES`): the best single member (chosen on the training folds), the
+    weighted average (weights searched on the training folds) and stacking (the stacker fitted on
+    the training folds, its own CV nested inside them). Every candidate sees the same folds; the
+    one with the best pooled out-of-fold score wins, ties going to the simpler (the earlier in
+    :data:`CANDIDATES`). Returns ``{"folds", "seed", "metric", "candidates": {name: {"cv_score",
+    ...}}, "chosen"}``.
+    """
+    from textclf.core.metrics import beta_name
+    from textclf.services.compare.thresholds import n_folds, stratified_folds
+
+    y = np.asarray(y, dtype=np.int64)
+    k = n_folds(y, cv)
+    if k < 2 or len(np.unique(y)) < 2:
+        raise EnsembleError(f"--method auto needs at least 2 classes with 2+ validation examples each for its "
+                            f"cross-validation (class counts: {np.bincount(y, minlength=n_classes).tolist()})")
+    folds = stratified_folds(y, k, seed)
+    opts = {"beta": beta, "step": step, "bags": bags, "seed": seed, "objective": objective, "cv": cv}
+    names = CANDIDATES if len(probas) > 1 else ("single",)
+    candidates = {name: _cv_candidate(name, probas, y, n_classes, folds, opts) for name in names}
+    chosen = None
+    for name in names:  # simplest first: a later candidate must score strictly higher
+        score = candidates[name]["cv_score"]
+        if score is not None and (chosen is None or score > candidates[chosen]["cv_score"] + 1e-12):
+            chosen = name
+    return {"folds": k, "seed": seed, "metric": f"macro_{beta_name(beta)}", "candidates": candidates, "chosen": chosen}
+
+
+def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0,
+               step: float = 0.05, cv: int = 5, seed: int = 13, bags: int = 0, objective: str = "fbeta") -> tuple:
+    """Fit ``method`` (auto, weighted, stacking; ``single`` too) on all of valid.
+
+    Returns ``(saved method, weights or None, stacker or None, search info)``. ``auto`` runs
+    :func:`select_method` first (its report lands in ``search["auto"]``); a single member is
+    saved as one-hot weights (method ``weighted``), so the ensemble predicts exactly like it.
+    """
+    n = len(probas)
+    singles = [_objective(probas, y, np.eye(n)[m], beta)[0] for m in range(n)]
+    selection = None
+    if method == "auto":
+        selection = select_method(probas, y, n_classes, beta, cv, seed, step, bags, objective)
+        method = selection["chosen"]
+    weights, stacker = None, None
+    if method == "single":
+        m = best_member(probas, y, beta)
+        weights = [float(w) for w in np.eye(n)[m]]
+        score, logloss = _objective(probas, y, np.asarray(weights), beta)
+        search = {"score": score, "logloss": logloss, "strategy": "single member (best on valid)", "member": m}
+    elif method == "weighted":
+        search = bagged_search_weights(probas, y, beta, step, bags, seed, objective)
+        weights = search["weights"]
+    else:
+        stacker, search = fit_stacker(probas, y, n_classes, beta, cv, seed)
+    search = {**search, "single": singles, "chosen": method}
+    if selection is not None:
+        search["auto"] = selection
+    return ("stacking" if stacker is not None else "weighted"), weights, stacker, search
+
+
+def describe_auto(search: dict, member_names: Sequence[str]) -> str:
+    """One line on what ``--method auto`` compared and chose (empty when it did not run)."""
+    auto = search.get("auto")
+    if not auto:
+        return ""
+    parts = []
+    for name, c in auto["candidates"].items():
+        if c["cv_score"] is None:
+            parts.append(f"{name} skipped ({c.get('skipped')})")
+            continue
+        detail = ""
+        if name == "single":
+            picks = [member_names[m] for m in c["fold_members"]]
+            detail = " (" + ", ".join(f"{p} in {picks.count(p)}/{len(picks)} folds" for p in dict.fromkeys(picks)) + ")"
+        parts.append(f"{name} {c['cv_score']:.4f}{detail}")
+    return (f"auto: out-of-fold {auto['metric']} ({auto['folds']}-fold stratified CV on valid, seed {auto['seed']}): "
+            f"{'; '.join(parts)} -> {auto['chosen']}")
+
+
+# --------------------------------------------------------------------------- building
+def _member_name(path: Path, meta: dict) -> str:
+    return f"{path.name} ({meta.get('kind')})"
+
+
+def _common(values: Sequence) -> object | None:
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, output_dir: str | Path,
+                   method: str = "auto", beta: float = 1.0, copy: bool = False, test_path: str | Path | None = None,
+                   step: float = 0.05, cv: int = 5, seed: int = 13, data_format: str | None = None,
+                   text_column: str = "text", label_column: str = "label", batch_size: int = 1024,
+                   echo: bool = False, objective: str = "fbeta", bags: int = DEFAULT_BAGS) -> dict:
+    """Build an ensemble of ``model_paths`` on ``valid_path`` into ``output_dir``; return its meta.json content.
+
+    ``method`` is one of :data:`METHODS` (``auto``: see :func:`select_method`); ``bags`` bootstrap
+    resamples bag the weight search (0: the plain grid search).
+    """
+    import datetime as _dt
+
+    from textclf.core.atomic import atomic_replace_file, atomic_write_text
+    from textclf.core.data import batched, read_labelled
+    from textclf.core.loading import _resolve, load_predictor
+    from textclf.core.meta import build_meta, read_meta, write_meta
+    from textclf.core.metrics import beta_name, classification_metrics, format_report
+    from textclf.core.predictor import evaluate_predictor
+    from textclf.services.compare.thresholds import label_indices
+
+    if method not in METHODS:
+        raise EnsembleError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if beta <= 0:
+        raise EnsembleError(f"--beta must be > 0, got {beta:g}")
+    if objective not in OBJECTIVES:
+        raise EnsembleError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if not 0 < step <= 0.5:
+        raise EnsembleError(f"--step must be in (0, 0.5], got {step:g}")
+    if bags < 0:
+        raise EnsembleError(f"--bags must be >= 0, got {bags}")
+    output_dir = Path(output_dir)
+    dirs = [_resolve(p)[0] for p in model_paths]
+    if not dirs:
+        raise EnsembleError("an ensemble needs at least one member (--model_path)")
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise EnsembleError("the same model directory is given twice as --model_path")
+    for d in dirs:
+        if output_dir.resolve() == d.resolve() or d.resolve() in output_dir.resolve().parents:
+            raise EnsembleError(f"--output_dir {output_dir} must not be a member ({d}) or lie inside one")
+    if (output_dir / META_FILE).exists() and read_meta(output_dir).get("kind") != KIND:
+        raise EnsembleError(f"--output_dir {output_dir} holds a {read_meta(output_dir).get('kind')} model; "
+                            "choose a new directory")
+    metas = [read_meta(d) for d in dirs]
+    members = [load_predictor(d, thresholds=False) for d in dirs]
+    labels = check_label_sets([(_member_name(d, m), p.labels) for d, m, p in zip(dirs, metas, members, strict=True)])
+    valid = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0)
+    y = label_indices(valid.labels, labels, valid_path)
+
+    def probas_of(texts: Sequence[str]) -> list[np.ndarray]:
+        out = []
+        for p in members:
+            chunks = [p.predict_proba(b) for b in batched(texts, batch_size)]
+            proba = np.vstack(chunks) if chunks else np.zeros((0, len(labels)))
+            out.append(align_columns(proba, p.labels, labels))
+        return out
+
+    valid_probas = probas_of(valid.texts)
+    saved, weights, stacker, search = fit_method(method, valid_probas, y, len(labels), beta, step, cv, seed, bags, objective)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, (d, meta) in enumerate(zip(dirs, metas, strict=True)):
+        if copy:
+            target = output_dir / MEMBERS_DIR / f"{i}_{d.resolve().name}"
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(d, target)
+            rel = target.relative_to(output_dir).as_posix()
+        else:
+            rel = Path(os.path.relpath(d.resolve(), output_dir.resolve())).as_posix()
+        records.append({"path": rel, "kind": meta.get("kind"), "name": d.resolve().name,
+                        "data_sha256": meta.get("data_sha256"), "weight": None if weights is None else weights[i],
+                        "valid_score_alone": search["single"][i]})
+    if stacker is not None:
+        import joblib
+
+        atomic_replace_file(lambda tmp: joblib.dump(stacker, tmp), output_dir / STACKER_FILE)
+    elif (output_dir / STACKER_FILE).exists():
+        (output_dir / STACKER_FILE).unlink()
+
+    tmp_meta = {"kind": KIND, "labels": labels, "method": saved, "weights": weights, "members": records}
+    predictor = EnsemblePredictor(output_dir, tmp_meta, members, weights, stacker)
+    label_order = list(labels)
+    ens_valid = predictor.combine(valid_probas)
+    metrics = {"valid": classification_metrics(valid.labels, [labels[i] for i in ens_valid.argmax(axis=1)], label_order)}
+    data_paths = [m.get("data") or {} for m in metas]
+    test = test_path or _common([p.get("test") for p in data_paths])
+    if test_path is not None:
+        ds = read_labelled(test_path, data_format, text_column, label_column, min_classes=0)
+        metrics["test"] = evaluate_predictor(predictor, ds.texts, ds.labels, batch_size)
+    report = "\n\n".join(format_report(m, title=f"== {name} ({valid_path if name == 'valid' else test_path})")
+                         for name, m in metrics.items())
+    atomic_write_text(output_dir / "metrics.txt", report + "\n")
+
+    config = {"members": [str(p) for p in model_paths], "method": method, "beta": beta, "objective": objective, "copy": copy,
+              "step": step, "bags": bags, "cv": cv, "seed": seed, "valid_path": str(valid_path),
+              "test_path": None if test_path is None else str(test_path)}
+    search_block = {"metric": f"macro_{beta_name(beta)}", "valid_score": search.get("score", search.get("cv_score")),
+                    **{k: v for k, v in search.items() if k not in ("weights",)},
+                    "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    meta = build_meta(KIND, labels, config, metrics, _common([m.get("data_sha256") for m in metas]),
+                      PACKAGES if saved == "stacking" else (),
+                      method=saved, weights=weights, members=records, ensemble_search=search_block,
+                      data={"train": _common([p.get("train") for p in data_paths]), "valid": str(valid_path), "test": test},
+                      **({"stacker_file": STACKER_FILE} if saved == "stacking" else {}))
+    write_meta(output_dir, meta)
+    if echo:
+        import click
+
+        click.echo(report)
+        line = describe_auto(search, [r["name"] for r in records])
+        click.echo(f"\n{line}" if line else "")
+        chosen = f"{method}: {search['chosen']}" if method == "auto" else method
+        click.echo(f"ensemble ({chosen}) written to {output_dir}")
+    return meta
+
+
+def weights_table(meta: dict) -> str:
+    """A markdown table of an ensemble's members: path, kind, weight, valid score alone."""
+    rows = ["| member | kind | weight | valid score alone |", "|---|---|---:|---:|"]
+    for r in meta.get("members") or []:
+        weight = "-" if r.get("weight") is None else f"{r['weight']:.2f}"
+        alone = r.get("valid_score_alone")
+        rows.append(f"| {r['path']} | {r.get('kind')} | {weight} | {'-' if alone is None else f'{alone:.4f}'} |")
+    return "\n".join(rows)

@@ -1,0 +1,493 @@
+"""``textclf report``: one model on one labelled file as a self-contained HTML page with PNG figures.
+
+:func:`write_report` writes into ``out_dir``:
+
+* ``confusion_matrix.png``: counts and row-normalised (recall per true class) side by side;
+* ``per_class_metrics.png``: precision, recall and F-beta per class (support under each name);
+* ``pr_curves.png``: one-vs-rest precision-recall curve of every class from ``predict_proba``, its
+  average precision, and the point where the model's ``predict`` operates;
+* ``learning_curves.png``: the run's per-epoch history when the model directory has one (lstm:
+  ``history.json``; bert: ``meta.json`` ``training.stages[].history``; setfit: ``head.history``);
+* ``optuna_history.png``: every trial's valid score and the best so far, when the run searched
+  (``trials.csv``, else ``study.journal``);
+* ``report.html`` referencing them (relative paths, inline CSS, no scripts or network), with the
+  metrics, the per-class table and the worst misclassified examples (lowest probability of the
+  true label first; texts HTML-escaped and shortened), and ``report.json`` with the numbers.
+
+A figure that does not apply (no history, no search) is skipped with a note on the page.
+Figures are drawn with matplotlib's object API (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;"
+       "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+       "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}"
+       "td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto;display:block;"
+       "margin:0.5em 0}.note{color:#666;font-style:italic}code{background:#f5f5f5;padding:0 3px}"
+       ".text{max-width:560px;white-space:pre-wrap;word-break:break-word}")
+FIGURES = ("confusion_matrix", "per_class_metrics", "pr_curves", "learning_curves", "optuna_history")
+TOP_ERRORS = 25
+TEXT_CHARS = 500
+DPI = 100
+
+
+# --------------------------------------------------------------------------- matplotlib helpers
+def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 5), width_ratios=None):
+    """A matplotlib Figure (no pyplot) with a constrained layout, and its axes (one, or an array)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    kw = {"width_ratios": list(width_ratios)} if width_ratios else {}
+    axes = fig.subplots(nrows, ncols, gridspec_kw=kw or None, squeeze=True)
+    return fig, axes
+
+
+def save_figure(fig, path: str | Path, dpi: int = DPI) -> Path:
+    """Save ``fig`` as PNG atomically (nothing clipped: tight bounding box); returns the path."""
+    from textclf.core.atomic import atomic_open
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb", encoding=None) as fh:
+        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15)
+    return path
+
+
+def short_label(label: str, width: int = 24) -> str:
+    """A label shortened to ``width`` characters with an ellipsis (tick labels stay readable)."""
+    label = str(label)
+    return label if len(label) <= width else label[: width - 1] + "\u2026"
+
+
+def _tick_labels(labels: Sequence[str]) -> tuple[list[str], int]:
+    names = [short_label(label) for label in labels]
+    rotation = 0 if sum(len(n) for n in names) <= 80 and max(map(len, names), default=0) <= 14 else 40
+    return names, rotation
+
+
+# --------------------------------------------------------------------------- figures
+def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Confusion matrix as counts and row-normalised, side by side."""
+    k = len(labels)
+    names, rotation = _tick_labels(labels)
+    side = max(3.6, 0.62 * k + 1.8)
+    fig, axes = figure(1, 2, figsize=(2 * side + 1.6, side + 0.9))
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    font = 11 if k <= 6 else 9 if k <= 12 else 7
+    for ax, values, sub, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall per true class)", ".2f")):
+        vmax = values.max() if values.size and values.max() > 0 else 1
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax if fmt == "d" else 1.0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        for i in range(k):
+            for j in range(k):
+                v = values[i, j]
+                ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=font,
+                        color="white" if v > 0.55 * (vmax if fmt == "d" else 1.0) else "black")
+        ax.set_xticks(range(k), names, rotation=rotation, ha="right" if rotation else "center")
+        ax.set_yticks(range(k), names)
+        ax.set_xlabel("predicted label")
+        if ax is axes[0]:
+            ax.set_ylabel("true label")
+        ax.set_title(sub)
+    fig.suptitle(title or "Confusion matrix", fontsize=13)
+    return save_figure(fig, path)
+
+
+def plot_per_class(metrics: dict, beta: float, path: str | Path, title: str = "") -> Path:
+    """Grouped bars: precision, recall and F-beta of every class."""
+    from textclf.core.metrics import beta_name
+
+    labels = metrics["labels"]
+    names, rotation = _tick_labels(labels)
+    fname = beta_name(beta)
+    per = metrics["per_class"]
+    names = [f"{n}\n(n={per[label]['support']})" for n, label in zip(names, labels, strict=True)]
+    k = len(labels)
+    fig, ax = figure(figsize=(max(6.0, 1.3 * k + 2.5), 4.8))
+    x = np.arange(k)
+    width = 0.26
+    series = (("precision", "precision", "#4C72B0"), ("recall", "recall", "#DD8452"), (fname, f"F{beta:g}", "#55A868"))
+    for i, (key, name, color) in enumerate(series):
+        values = [per[label][key] for label in labels]
+        bars = ax.bar(x + (i - 1) * width, values, width, label=name, color=color)
+        if k <= 8:
+            ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    ax.set_xticks(x, names, rotation=rotation, ha="right" if rotation else "center")
+    ax.set_ylim(0, 1.22)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("score")
+    ax.set_xlabel("class (support)")
+    ax.legend(loc="upper center", ncols=3, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or f"Per-class precision, recall and F{beta:g}")
+    return save_figure(fig, path)
+
+
+def pr_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Precision, recall (thresholds from high to low score) and average precision, as scikit-learn computes them."""
+    y_true = np.asarray(y_true, dtype=bool)
+    positives = int(y_true.sum())
+    if positives == 0:
+        return np.array([1.0]), np.array([0.0]), float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, t = scores[order], y_true[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(t)[distinct]
+    fp = (distinct + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / positives
+    precision = np.r_[1.0, precision]
+    recall = np.r_[0.0, recall]
+    ap = float(np.sum(np.diff(recall) * precision[1:]))
+    return precision, recall, ap
+
+
+def plot_pr_curves(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, labels: Sequence[str], path: str | Path,
+                   title: str = "") -> tuple[Path, dict]:
+    """One-vs-rest precision-recall curve per class with its average precision and the model's operating point."""
+    k = len(labels)
+    fig, ax = figure(figsize=(7.5, 5.6) if k <= 4 else (11.0, 5.6))
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if k <= 10 else "tab20"]
+    aps = {}
+    for c in range(k):
+        precision, recall, ap = pr_curve(y == c, proba[:, c])
+        aps[labels[c]] = ap
+        color = cmap(c % cmap.N)
+        ax.step(recall, precision, where="post", color=color, lw=1.6,
+                label=f"{short_label(labels[c])} (AP {ap:.3f})" if np.isfinite(ap) else f"{short_label(labels[c])} (no positives)")
+        tp = np.sum((pred == c) & (y == c))
+        if (y == c).any() and (pred == c).any():
+            ax.plot([tp / (y == c).sum()], [tp / (pred == c).sum()], "o", color=color, markersize=7, markeredgecolor="black")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.03)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    legend = {"loc": "lower left"} if k <= 4 else {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)}
+    ax.legend(fontsize=9, title="class (dot: the model's predict)", title_fontsize=9, **legend)
+    ax.set_title(title or "Precision-recall curves (one vs rest)")
+    return save_figure(fig, path), aps
+
+
+def _flatten(row: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}_"))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def history_rows(model_dir: Path, meta: dict) -> tuple[list[dict[str, float]], list[tuple[int, str]], str]:
+    """The run's per-epoch rows (flattened), stage boundaries ``(first row index, name)`` and where they came from."""
+    history = model_dir / "history.json"
+    if history.is_file():
+        try:
+            rows = json.loads(history.read_text(encoding="utf-8"))
+            rows = [_flatten(r) for r in rows if isinstance(r, dict)]
+            if rows:
+                return rows, [], "history.json"
+        except ValueError:
+            pass
+    rows, stages = [], []
+    for stage in (meta.get("training") or {}).get("stages") or []:
+        part = [_flatten(r) for r in stage.get("history") or [] if isinstance(r, dict)]
+        if part:
+            stages.append((len(rows), str(stage.get("name", f"stage {len(stages) + 1}"))))
+            rows += part
+    if rows:
+        return rows, stages, "meta.json training.stages[].history"
+    head = meta.get("head") or {}
+    rows = [_flatten(r) for r in head.get("history") or [] if isinstance(r, dict)]
+    if rows:
+        return rows, [], "meta.json head.history"
+    return [], [], ""
+
+
+_METRIC_WORDS = ("f1", "f0", "f2", "acc", "precision", "recall", "auc", "score")
+
+
+def plot_learning_curves(rows: list[dict[str, float]], stages: list[tuple[int, str]], path: str | Path,
+                         title: str = "") -> Path | None:
+    """Losses (left) and [0, 1] metrics (right) per epoch; None when the rows hold neither."""
+    keys = sorted({k for r in rows for k in r})
+    losses = [k for k in keys if "loss" in k.lower()]
+    metrics = [k for k in keys if k not in losses and any(w in k.lower() for w in _METRIC_WORDS)
+               and not any(w in k.lower() for w in ("micro", "weighted"))  # accuracy and macro averages only
+               and all(0.0 <= r[k] <= 1.0 for r in rows if k in r)]
+    if not losses and not metrics:
+        return None
+    x = np.arange(1, len(rows) + 1)
+    fig, axes = figure(1, 2, figsize=(12, 4.6))
+    for ax, names, ylabel in ((axes[0], losses, "loss"), (axes[1], metrics, "score")):
+        for name in names:
+            xs = [xi for xi, r in zip(x, rows, strict=True) if name in r]
+            ax.plot(xs, [r[name] for r in rows if name in r], marker="o", markersize=3, label=name.replace("_", " "))
+        for start, stage in stages:
+            ax.axvline(start + 0.5, color="grey", ls="--", lw=1)
+            ax.text(start + 0.6, 1.0, stage, transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+        ax.set_xlabel("epoch" + (" (all stages in order)" if stages else ""))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if names:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {ylabel} recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
+        if len(x) <= 20:
+            ax.set_xticks(x)
+    axes[0].set_title("Loss")
+    axes[1].set_title("Validation metrics")
+    fig.suptitle(title or "Learning curves", fontsize=13)
+    return save_figure(fig, path)
+
+
+def search_trials(model_dir: Path, meta: dict) -> tuple[list[dict], str]:
+    """``[{"number", "state", "value"}]`` of the run's Optuna search (trials.csv, else study.journal) and the source."""
+    path = model_dir / "trials.csv"
+    if path.is_file():
+        with path.open(encoding="utf-8", newline="") as fh:
+            trials = []
+            for row in csv.DictReader(fh):
+                try:
+                    value = float(row["value"]) if row.get("value") not in (None, "") else None
+                    trials.append({"number": int(row["number"]), "state": row.get("state", ""), "value": value})
+                except (KeyError, ValueError):
+                    continue
+        return trials, "trials.csv"
+    journal = model_dir / "study.journal"
+    if journal.is_file():
+        try:
+            import optuna
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            storage = JournalStorage(JournalFileBackend(str(journal)))
+            name = (meta.get("search") or {}).get("study_name") or optuna.get_all_study_names(storage)[0]
+            study = optuna.load_study(study_name=name, storage=storage)
+            return [{"number": t.number, "state": t.state.name, "value": t.value} for t in study.trials], "study.journal"
+        except Exception:  # noqa: BLE001 - a journal that cannot be read only loses this figure
+            return [], ""
+    return [], ""
+
+
+def plot_optuna_history(trials: list[dict], metric: str, path: str | Path, title: str = "") -> Path | None:
+    """Every complete trial's valid score and the best so far; None without complete trials."""
+    from textclf.core.metrics import is_minimized
+
+    done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    if not done:
+        return None
+    numbers = np.array([t["number"] for t in done])
+    values = np.array([t["value"] for t in done])
+    best = np.minimum.accumulate(values) if is_minimized(metric) else np.maximum.accumulate(values)
+    fig, ax = figure(figsize=(8, 4.6))
+    ax.scatter(numbers, values, s=22, color="#4C72B0", label="trial", zorder=3)
+    ax.step(numbers, best, where="post", color="#C44E52", lw=1.8, label="best so far")
+    i = int(np.argmin(values) if is_minimized(metric) else np.argmax(values))
+    ax.scatter([numbers[i]], [values[i]], s=140, marker="*", color="#C44E52", zorder=4,
+               label=f"best: trial {numbers[i]} ({values[i]:.4f})")
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"valid {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right" if not is_minimized(metric) else "upper right")
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    ax.set_title(title or f"Optuna search: {len(trials)} trials ({counts})")
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- the page
+def _num(v: float, spec: str = ".4f") -> str:
+    return f'<td class="num">{format(v, spec)}</td>'
+
+
+def worst_errors(texts: Sequence[str], y: np.ndarray, pred: np.ndarray, proba: np.ndarray, labels: Sequence[str],
+                 line_numbers: Sequence[int], top: int = TOP_ERRORS) -> list[dict]:
+    """The misclassified rows with the lowest probability of their true label first (at most ``top``)."""
+    wrong = np.flatnonzero(pred != y)
+    p_true = proba[wrong, y[wrong]] if len(wrong) else np.array([])
+    order = wrong[np.argsort(p_true, kind="stable")][:top]
+    out = []
+    for i in order:
+        top_classes = np.argsort(-proba[i])[:3]
+        out.append({"row": int(i), "line": int(line_numbers[i]) if len(line_numbers) > i else None, "text": texts[i],
+                    "true": labels[y[i]], "predicted": labels[pred[i]], "p_true": float(proba[i, y[i]]),
+                    "p_predicted": float(proba[i, pred[i]]),
+                    "probabilities": {labels[c]: float(proba[i, c]) for c in top_classes}})
+    return out
+
+
+def _shorten(text: str, n: int = TEXT_CHARS) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | Path, beta: float = 0.5,
+                 data_format: str | None = None, text_column: str = "text", label_column: str = "label",
+                 thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024) -> dict:
+    """Score ``model_path`` on ``data_path`` and write figures, ``report.html`` and ``report.json`` into ``out_dir``.
+
+    Returns ``{"html": path, "figures": {name: file}, "skipped": {name: why}, "metrics": ...}``.
+    """
+    from textclf.core.atomic import atomic_write_json, atomic_write_text
+    from textclf.core.data import batched, read_labelled
+    from textclf.core.loading import _resolve, load_predictor
+    from textclf.core.metrics import beta_name, classification_metrics
+    from textclf.services.compare.thresholds import label_indices
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir, _ = _resolve(model_path)
+    predictor = load_predictor(model_path, thresholds=thresholds)
+    meta = predictor.meta
+    labels = list(predictor.labels)
+    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
+    y = label_indices(ds.labels, labels, data_path)
+    chunks = [predictor.predict_proba(b) for b in batched(ds.texts, batch_size)]
+    proba = np.vstack(chunks) if chunks else np.zeros((0, len(labels)))
+    pred = predictor.decide(proba) if len(proba) else np.zeros(0, dtype=np.int64)
+    betas = tuple(dict.fromkeys((1.0, float(beta))))
+    metrics = classification_metrics(ds.labels, [labels[i] for i in pred], labels, betas=betas)
+    name = f"{model_dir.resolve().name} ({predictor.kind})"
+    figures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    figures["confusion_matrix"] = plot_confusion(cm, labels, out_dir / "confusion_matrix.png",
+                                                 f"Confusion matrix: {name}, {len(ds)} docs").name
+    figures["per_class_metrics"] = plot_per_class(metrics, beta, out_dir / "per_class_metrics.png",
+                                                  f"Per-class precision, recall, F{beta:g}: {name}").name
+    png, aps = plot_pr_curves(y, proba, pred, labels, out_dir / "pr_curves.png", f"Precision-recall (one vs rest): {name}")
+    figures["pr_curves"] = png.name
+    rows, stages, source = history_rows(model_dir, meta)
+    if rows:
+        png = plot_learning_curves(rows, stages, out_dir / "learning_curves.png", f"Learning curves: {name} ({source})")
+        if png:
+            figures["learning_curves"] = png.name
+        else:
+            skipped["learning_curves"] = f"the run's history ({source}) holds no loss or metric per epoch"
+    else:
+        skipped["learning_curves"] = (f"no per-epoch history in this model directory ({predictor.kind} models record none; "
+                                      "lstm writes history.json, bert and setfit keep it in meta.json)")
+    trials, trial_source = search_trials(model_dir, meta)
+    metric = (meta.get("search") or {}).get("metric") or ((meta.get("config") or {}).get("search") or {}).get("metric") \
+        or "macro_f1"
+    if trials:
+        png = plot_optuna_history(trials, metric, out_dir / "optuna_history.png")
+        if png:
+            figures["optuna_history"] = png.name
+        else:
+            skipped["optuna_history"] = f"the search ({trial_source}) has no complete trial"
+    else:
+        skipped["optuna_history"] = "the run had no Optuna search (no trials.csv or study.journal)"
+    for stale in FIGURES:  # a figure left by an earlier report that no longer applies
+        if stale not in figures and (out_dir / f"{stale}.png").exists():
+            (out_dir / f"{stale}.png").unlink()
+
+    errors = worst_errors(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
+    fname = beta_name(beta)
+    offsets = predictor.active_offsets()
+    summary = {"model_dir": str(model_dir), "kind": predictor.kind, "data_path": str(data_path), "n": len(ds),
+               "thresholds": None if offsets is None else dict(zip(labels, map(float, offsets), strict=True)),
+               "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], f"macro_{fname}": metrics[f"macro_{fname}"],
+               "average_precision": aps, "errors": int((pred != y).sum())}
+    page = _html(summary, metrics, beta, figures, skipped, errors, meta, top_errors)
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, page)
+    atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
+                                                "worst_errors": errors})
+    return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}
+
+
+def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict, errors: list[dict], meta: dict,
+          top: int) -> str:
+    from textclf.core.metrics import beta_name
+
+    esc = html.escape
+    fname = beta_name(beta)
+    f_other = [b for b in (1.0, beta) if b != beta]
+    heads = ["class", "precision", "recall", *[f"F{b:g}" for b in [*f_other, beta]], "support", "average precision"]
+    rows = []
+    for label in metrics["labels"]:
+        c = metrics["per_class"][label]
+        ap = summary["average_precision"].get(label, float("nan"))
+        rows.append("<tr>" + f"<td>{esc(str(label))}</td>" + _num(c["precision"]) + _num(c["recall"])
+                    + "".join(_num(c[beta_name(b)]) for b in [*f_other, beta]) + f'<td class="num">{c["support"]}</td>'
+                    + (_num(ap) if np.isfinite(ap) else "<td>-</td>") + "</tr>")
+    per_class = "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>" + "".join(rows) + "</table>"
+    thr = summary["thresholds"]
+    thr_text = ("none (plain argmax)" if thr is None else
+                "argmax(log p + offset): " + ", ".join(f"{esc(str(k))} {v:+.3f}" for k, v in thr.items()))
+    captions = {
+        "confusion_matrix": "Confusion matrix: counts (left) and row-normalised, i.e. recall per true class (right).",
+        "per_class_metrics": f"Precision, recall and F{beta:g} of every class; the test support is under each name.",
+        "pr_curves": "One-vs-rest precision-recall curves from predict_proba; the dot is where the model's predict operates.",
+        "learning_curves": "Loss and validation metrics per epoch of the training run.",
+        "optuna_history": "Valid score of every complete Optuna trial and the best so far.",
+    }
+    titles = {"confusion_matrix": "Confusion matrix", "per_class_metrics": "Per-class metrics",
+              "pr_curves": "Precision-recall curves", "learning_curves": "Learning curves", "optuna_history": "Optuna search"}
+    sections = []
+    for key in FIGURES:
+        sections.append(f"<h2>{titles[key]}</h2>")
+        if key in figures:
+            sections.append(f'<img src="{esc(figures[key])}" alt="{esc(titles[key])}"><p>{esc(captions[key])}</p>')
+        else:
+            sections.append(f'<p class="note">Skipped: {esc(skipped.get(key, "not applicable"))}.</p>')
+    err_rows = []
+    for i, e in enumerate(errors, 1):
+        probs = ", ".join(f"{esc(str(k))}: {v:.3f}" for k, v in e["probabilities"].items())
+        err_rows.append(f'<tr><td class="num">{i}</td><td class="num">{"" if e["line"] is None else e["line"]}</td>'
+                        f"<td>{esc(e['true'])}</td><td>{esc(e['predicted'])}</td>{_num(e['p_true'], '.3f')}"
+                        f"{_num(e['p_predicted'], '.3f')}<td>{probs}</td><td class=\"text\">{esc(_shorten(e['text']))}</td></tr>")
+    errors_html = ("<table><tr><th>#</th><th>line</th><th>true</th><th>predicted</th><th>p(true)</th><th>p(predicted)</th>"
+                   "<th>top probabilities</th><th>text</th></tr>" + "".join(err_rows) + "</table>") if err_rows \
+        else '<p class="note">No misclassified examples.</p>'
+    members = ""
+    if meta.get("kind") == "ensemble":
+        cells = []
+        for r in meta.get("members") or []:
+            weight = "-" if r.get("weight") is None else f"{r['weight']:.2f}"
+            alone = r.get("valid_score_alone")
+            cells.append(f"<tr><td><code>{esc(str(r.get('path')))}</code></td><td>{esc(str(r.get('kind')))}</td>"
+                         f'<td class="num">{weight}</td><td class="num">{"-" if alone is None else f"{alone:.4f}"}</td></tr>')
+        members = (f"<h2>Ensemble members ({esc(str(meta.get('method')))})</h2><table><tr><th>member</th><th>kind</th>"
+                   f"<th>weight</th><th>valid score alone</th></tr>{''.join(cells)}</table>")
+    search = meta.get("search") or {}
+    search_line = (f"<li>Search: {search.get('n_trials')} trials, best valid {esc(str(search.get('metric')))} "
+                   f"{search.get('best_value', float('nan')):.4f} (trial {search.get('best_trial')})</li>") if search else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>textclf report: {esc(summary['model_dir'])}</title><style>{CSS}</style></head>
+<body>
+<h1>Model report</h1>
+<ul>
+<li>Model: <code>{esc(summary['model_dir'])}</code> (kind {esc(summary['kind'])}, created {esc(str(meta.get('created', '?')))})</li>
+<li>Data: <code>{esc(summary['data_path'])}</code>, {summary['n']} documents, {summary['errors']} misclassified</li>
+<li>Decision thresholds: {thr_text}</li>
+{search_line}
+</ul>
+<table><tr><th>accuracy</th><th>macro-F1</th><th>macro-F{beta:g}</th><th>macro precision</th><th>macro recall</th></tr>
+<tr>{_num(metrics['accuracy'])}{_num(metrics['macro_f1'])}{_num(metrics[f'macro_{fname}'])}{_num(metrics['macro_precision'])}{_num(metrics['macro_recall'])}</tr></table>
+{per_class}
+{members}
+{''.join(sections)}
+<h2>Worst misclassified examples</h2>
+<p>Lowest probability of the true label first (at most {top} shown); texts shortened to {TEXT_CHARS} characters.</p>
+{errors_html}
+</body></html>
+"""

@@ -165,8 +165,8 @@ def test_identical_run_trains_again_unless_reuse_copies_it(first, data, uri, tmp
 
     before = len(runs_of(uri))
     reused = train(data, tmp_path / "copy", uri, "--seed", "13", "--reuse")
-    assert reused.output.startswith(f"reused: fasttext with this config and data already ran: run ")
-    assert f"reused: copied " in reused.output and str(tmp_path / "copy") in reused.output
+    assert reused.output.startswith("reused: fasttext with this config and data already ran: run ")
+    assert "reused: copied " in reused.output and str(tmp_path / "copy") in reused.output
     copied = json.loads((tmp_path / "copy" / "meta.json").read_text())
     assert copied["metrics"] == json.loads((Path(out) / "meta.json").read_text())["metrics"] or \
         copied["metrics"] == json.loads((tmp_path / "again" / "meta.json").read_text())["metrics"]

@@ -57,6 +57,7 @@ def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str
     meta = read_meta(model_dir)
     check_meta(model_dir, meta)
     kind = meta.get("kind")
+    verify_recorded_files(model_dir, meta)  # before any plug-in code from the directory runs
     load_plugin_code(model_dir, meta)
     if use_onnx(model_dir, meta, model_file, backend):
         predictor = load_onnx_predictor(model_dir, meta, model_file)
@@ -70,7 +71,6 @@ def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str
         if cls is None:
             names = sorted({*known, *all_kinds()})
             raise ModelError(f"{model_dir}/{META_FILE}: unknown model kind {kind!r}; known: {', '.join(names)}")
-    verify_recorded_files(model_dir, meta)
     announce_pickles(model_dir)
     predictor = guarded_load(cls, model_dir, meta, model_file)
     predictor.use_thresholds = thresholds

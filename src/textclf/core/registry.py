@@ -36,6 +36,29 @@ readers = catalogue.create("textclf", "readers", entry_points=True)
 kinds = catalogue.create("textclf", "kinds", entry_points=True)
 kinds.register("ensemble", func="textclf.services.compare.ensemble:EnsemblePredictor")
 
+#: the core's search -> refit -> evaluate -> meta.json flow over a v2 family's ``fit`` (resolved on first use)
+FIT_FLOW = "textclf.core.fit_flow:train_family"
+#: the config blocks the core reads for every v2 family; the family's own ``config`` is merged over them
+CORE_DEFAULTS: dict = {
+    "seed": 13,
+    "data": {"format": None, "text_column": "text", "label_column": "label", "reader": None},
+    "search": {"n_trials": 0, "timeout": None, "n_jobs": 1, "storage": None, "study_name": None, "metric": "macro_f1",
+               "refit": True, "start_params": []},
+}
+
+
+def defaults_for(name: str, family_config: dict) -> dict:
+    """A v2 family's full default config: :data:`CORE_DEFAULTS` with the family's own blocks merged over them."""
+    cfg = copy.deepcopy(CORE_DEFAULTS)
+    cfg["search"]["study_name"] = name
+    for key, value in family_config.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **copy.deepcopy(value)}
+        else:
+            cfg[key] = copy.deepcopy(value)
+    return cfg
+
+
 #: ``meta.json`` key naming the plug-in file a model directory carries (relative to the directory)
 PLUGIN_META_KEY = "plugin_code"
 
@@ -72,7 +95,16 @@ class Option:
 class Family:
     """Everything textclf needs to know about one model family.
 
-    ``train`` and ``predictor`` may be the objects themselves or ``"module:attr"`` strings,
+    **Contract v2** (what a new family implements): ``fit(cfg, splits, context) -> Predictor`` and,
+    when searchable, ``space(cfg, trial) -> {dotted config key: value}`` (or a JSON ``search_space``);
+    the core (:mod:`textclf.core.fit_flow`) owns search, refit, evaluation and meta.json, and fills
+    the ``seed``/``data``/``search`` config blocks (:data:`CORE_DEFAULTS`) under the family's own
+    ``config``. ``packages`` are the distributions whose versions meta.json records.
+
+    **Contract v1** (the built-in families that run their own flow): ``train(cfg, splits,
+    output_dir, resume) -> model directory``, ending with :func:`textclf.core.training.finish_run`.
+
+    ``train``, ``fit``, ``space`` and ``predictor`` may be the objects themselves or ``"module:attr"`` strings,
     imported only when used (so listing families never imports torch). ``train`` has the
     signature ``train(cfg, splits, output_dir, resume=False) -> Path`` and returns the model
     directory; ``predictor`` is a :class:`textclf.core.predictor.Predictor` subclass whose ``kind``
@@ -88,8 +120,8 @@ class Family:
     """
 
     name: str
-    train: Callable | str
-    predictor: type | str
+    train: Callable | str | None = None
+    predictor: type | str | None = None
     description: str = ""
     kind: str = "model"
     config: dict | str | Path | None = None
@@ -102,14 +134,17 @@ class Family:
     flag_hook: Callable[[dict], dict] | None = None
     onnx: str | None = None
     commands: dict[str, str] = field(default_factory=dict)
+    fit: Callable | str | None = None
+    space: Callable | str | None = None
+    packages: Sequence[str] = ()
     code_file: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ConfigError(f"family {self!r}: a family needs a name")
-        if not (callable(self.train) or isinstance(self.train, str)):
-            raise ConfigError(f"family {self.name!r} does not implement the contract: train must be "
-                              "train(cfg, splits, output_dir, resume) -> model directory")
+        if not any(callable(f) or isinstance(f, str) for f in (self.train, self.fit)):
+            raise ConfigError(f"family {self.name!r} does not implement the contract: give fit(cfg, splits, context) -> "
+                              "Predictor (or a v1 train(cfg, splits, output_dir, resume) -> model directory)")
         if not (isinstance(self.predictor, type | str)):
             raise ConfigError(f"family {self.name!r} does not implement the contract: predictor must be a Predictor class")
         if isinstance(self.predictor, type):
@@ -142,9 +177,22 @@ class Family:
 
     # ------------------------------------------------------------------ parts
     def train_fn(self) -> Callable:
-        """The family's ``train`` function (imported on first use)."""
+        """``train(cfg, splits, output_dir, resume=False) -> model dir``: the family's own (v1) or the core's flow over ``fit`` (v2)."""
         self.check_installed()
+        if self.fit is not None:
+            import functools
+
+            return functools.partial(_resolve(FIT_FLOW), self)
         return _resolve(self.train)
+
+    def fit_fn(self) -> Callable:
+        """The family's ``fit(cfg, splits, context) -> Predictor`` (contract v2; imported on first use)."""
+        self.check_installed()
+        return _resolve(self.fit)
+
+    def space_fn(self) -> Callable | None:
+        """The family's ``space(cfg, trial) -> params``, or None (the config's ``search.space`` is the space)."""
+        return None if self.space is None else _resolve(self.space)
 
     def predictor_class(self) -> type:
         """The family's Predictor class (imported on first use)."""
@@ -168,6 +216,8 @@ class Family:
     def default_config(self) -> dict:
         """The family's default config, with ``search_space`` (when given) as ``search.space``."""
         cfg = copy.deepcopy(self.config) if isinstance(self.config, dict) else read_json(self.config_path())
+        if self.fit is not None:
+            cfg = defaults_for(self.name, cfg)
         if self.search_space is not None:
             cfg.setdefault("search", {})["space"] = copy.deepcopy(self.search_space)
         return cfg
@@ -175,7 +225,7 @@ class Family:
     @property
     def searchable(self) -> bool:
         """Whether the family has a search space (``textclf tune`` applies)."""
-        if self.search_space is not None:
+        if self.search_space is not None or self.space is not None:
             return True
         try:
             return bool(self.default_config().get("search", {}).get("space"))

@@ -1,0 +1,185 @@
+"""Family contract v2: a family gives ``fit`` (+ a search space); the core owns search -> refit -> evaluate -> meta.json.
+
+A family written against this contract (``Family(fit=..., space=...)``) provides only the model:
+
+* ``fit(cfg, splits, context) -> Predictor``: train on ``splits.train`` with the effective config
+  ``cfg``, write whatever the Predictor's ``load`` needs into ``context.output_dir``, and return the
+  fitted Predictor. A neural family may call ``context.report(value, step)`` after each epoch, which
+  prunes a search trial the pruner gives up on.
+* optionally ``space(cfg, trial) -> {dotted config key: value}``: one point of the search space
+  (``trial.suggest_*``). Without it, ``search.space`` in the config (the JSON form of
+  :func:`textclf.core.tuning.suggest`) is the space; its keys name ``model.<key>`` unless they
+  hold a dot.
+
+Everything else happens here, once for every family:
+
+* the budget rules: a search runs when ``search.n_trials`` or ``search.timeout`` ask for one
+  (:func:`textclf.core.tuning.wants_search`); the study resumes from ``search.storage`` (default
+  ``OUTPUT_DIR/study.journal``) and is shared by workers; each worker draws its own points
+  (:class:`textclf.core.tuning.TrialSeededTPESampler`); ``search.start_params`` are tried first;
+  ``search.refit: false`` runs only this worker's share (SLURM arrays);
+* every trial fits into a temporary directory (swept if the process is killed) and is scored on
+  valid with ``search.metric``; the point is kept on the trial, so the refit uses exactly it;
+* the refit fits the best point into the model directory, then the core evaluates it on valid and
+  test, records every file ``fit`` wrote in meta.json's ``files`` block (checked before each load)
+  and writes ``metrics.txt`` and ``meta.json`` (:func:`textclf.core.training.finish_run`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textclf.core.errors import ConfigError
+from textclf.core.integrity import FILES_KEY, files_block
+from textclf.core.meta import META_FILE
+from textclf.core.metrics import direction, metric_value
+from textclf.core.predictor import Predictor, evaluate_predictor
+from textclf.core.tempfiles import owned_temp_dir
+from textclf.core.training import Splits, finish_run
+from textclf.core.tuning import (
+    JOURNAL_FILE,
+    best_trial,
+    finish_search,
+    make_storage,
+    open_study,
+    record_worker,
+    run_search,
+    search_summary,
+    start_points,
+    suggest,
+    wants_search,
+)
+
+log = logging.getLogger(__name__)
+
+#: files the core writes into a model directory (never part of the family's recorded files)
+CORE_FILES = {META_FILE, "metrics.txt", JOURNAL_FILE, "trials.csv"}
+TRIAL_PREFIX = "textclf-trial-"
+
+
+@dataclass
+class FitContext:
+    """What ``fit`` gets besides the config and the data.
+
+    ``output_dir``: the directory to write the model into (a temporary one during a search trial);
+    ``trial``: the Optuna trial being scored (None for the final fit); ``resume``: ``--resume``.
+    """
+
+    output_dir: Path
+    seed: int
+    trial: Any = None
+    resume: bool = False
+
+    @property
+    def final(self) -> bool:
+        """True for the fit whose model is kept (the refit, or a run without search)."""
+        return self.trial is None
+
+    def report(self, value: float, step: int) -> None:
+        """Report an intermediate valid score (after epoch ``step``); raises ``optuna.TrialPruned`` when the pruner says so."""
+        if self.trial is None:
+            return
+        import optuna
+
+        self.trial.report(float(value), step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}")
+
+
+def config_space(cfg: dict, trial) -> dict:
+    """The default search space: ``search.space`` sampled with :func:`textclf.core.tuning.suggest`, keys as config keys."""
+    space = (cfg.get("search") or {}).get("space") or {}
+    return {(name if "." in name else f"model.{name}"): value for name, value in suggest(trial, space).items()}
+
+
+def apply_params(cfg: dict, params: dict) -> dict:
+    """``cfg`` with every ``dotted.key: value`` of a search point set (a key the config lacks is a ConfigError)."""
+    out = copy.deepcopy(cfg)
+    for key, value in params.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"search point {key!r}: the config has no section {part!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"search point {key!r}: not a key of the config ({', '.join(sorted(node)) or 'empty section'})")
+        node[parts[-1]] = value
+    return out
+
+
+def check_metric(metric: str, labels: list[str]) -> None:
+    """A one-line ConfigError for a ``search.metric`` that textclf does not compute (before any trial runs)."""
+    from textclf.core.metrics import classification_metrics
+
+    try:
+        metric_value(classification_metrics(labels[:2], labels[:2], labels), metric)
+    except KeyError as exc:
+        raise ConfigError(f"search.metric: {exc.args[0]}") from None
+
+
+def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, space: Callable):
+    """Run (or resume) the family's Optuna study on valid; returns it."""
+    import optuna
+
+    s = cfg["search"]
+    check_metric(s["metric"], splits.labels)
+    study = open_study(s["study_name"] or family.name, make_storage(s["storage"], output_dir), seed=cfg["seed"],
+                       direction=direction(s["metric"]))
+    if not study.get_trials(deepcopy=False) and s.get("start_params"):
+        points = start_points(s.get("space") or {}, s["start_params"])
+        for point in points[: s["n_trials"] or None]:
+            study.enqueue_trial(point, skip_if_exists=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        record_worker(trial)
+        params = space(cfg, trial)
+        trial.set_user_attr("params", params)
+        trial_cfg = apply_params(cfg, params)
+        with owned_temp_dir(TRIAL_PREFIX) as tmp:
+            predictor = fit(trial_cfg, splits, FitContext(Path(tmp), cfg["seed"], trial=trial))
+            metrics = evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels)
+        trial.set_user_attr("valid_accuracy", metrics["accuracy"])
+        return metric_value(metrics, s["metric"])
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_search(study, objective, s["n_trials"] or None, s["timeout"], s.get("n_jobs") or 1, output_dir)
+    return study
+
+
+def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
+    """Search (when asked), refit the best point, evaluate and write meta.json for a v2 ``family``; returns the model dir."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fit = family.fit_fn()
+    s = cfg.get("search") or {}
+    final_cfg, extra, point = cfg, {}, {}
+    searched: set[str] = set()
+    if wants_search(s):
+        space = family.space_fn() or config_space
+        study = search(family, cfg, splits, output_dir, fit, space)
+        finish_search(study, output_dir)
+        if s.get("refit") is False:
+            return output_dir
+        best = best_trial(study)
+        point = best.user_attrs.get("params") or {}
+        final_cfg = apply_params(cfg, point)
+        searched = {p.name for p in output_dir.iterdir() if p.is_file()}  # trials.csv, the plots
+        extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
+        log.info("best point on valid: %s", point)
+    predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume))
+    if not isinstance(predictor, Predictor):
+        raise ConfigError(f"family {family.name!r} does not implement the contract: fit must return a Predictor, "
+                          f"got {type(predictor).__name__}")
+    written = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*")
+                     if p.is_file() and p.name not in CORE_FILES and p.name not in searched)
+    extra[FILES_KEY] = files_block(output_dir, written)
+    info = dict(getattr(predictor, "fit_info", None) or {})
+    finish_run(output_dir, predictor, splits, cfg, tuple(family.packages), params=final_cfg.get("model"),
+               best_point=point or None, **info, **extra)
+    return output_dir

@@ -40,8 +40,8 @@ def test_a_v1_plugin_file_imports_the_old_module_paths(v1):
     code = (v1 / "tfidf_logreg" / "plugin" / "tfidf_logreg.py").read_text()
     assert "from textclf.training import" in code or "textclf.training" in code
     cli = [sys.executable, "-c", "from textclf.cli import main; main()"]
-    done = subprocess.run([*cli, "predict", "--model_path", str(v1 / "tfidf_logreg"), "--input_path", str(v1 / "texts.txt"), "--output_path", str(v1 / "out.txt")],
-                          capture_output=True, text=True)
+    args = ["predict", "--model_path", v1 / "tfidf_logreg", "--input_path", v1 / "texts.txt", "--output_path", v1 / "out.txt"]
+    done = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     want = [json.loads(line)["label"] for line in (v1 / "tfidf_logreg.expected.jsonl").read_text().splitlines()]
     assert (v1 / "out.txt").read_text().splitlines() == want

@@ -69,25 +69,34 @@ def test_plain_text_block_reader_matches_the_line_reader(tmp_path, monkeypatch, 
         assert str(got.value) == str(expected.value)  # same message, same line number
 
 
-def test_score_before_deadline_kills_a_trial_that_runs_past_it(tweets, tmp_path):
+def test_a_call_past_its_deadline_is_killed_and_pruned(tweets, tmp_path):
+    """The core's budget rule for fork_trials families: a fastText fit still running at the deadline is killed."""
+    from textclf.core.deadline import call_before_deadline
+
     splits = load_splits(tweets["train"], tweets["valid"], tweets["test"], {})
     train_file = tmp_path / "train.txt"
     ftm.write_training_file(splits.train, splits.labels, train_file)
-    start = time.monotonic()
-    with pytest.raises(optuna.TrialPruned):
-        ftm.score_before_deadline(train_file, {"epoch": 100000, "dim": 10}, 1, splits, "macro_f1", time.monotonic() + 1.0)
-    assert time.monotonic() - start < 10  # killed at the deadline, not after 100k epochs
-    score, accuracy = ftm.score_before_deadline(train_file, {"epoch": 5, "lr": 0.5, "dim": 20}, 1, splits, "macro_f1",
-                                                time.monotonic() + 300)
-    assert 0.6 < score <= 1.0 and 0.6 < accuracy <= 1.0
+
+    def fit_and_score(params):
+        def call():
+            model = ftm.train_model(train_file, params)
+            return ftm.FastTextPredictor("", {"labels": splits.labels}, model).predict(splits.valid.texts)
+        return call
+
+    with pytest.raises(optuna.TrialPruned, match="search timeout reached: trial killed"):
+        call_before_deadline(fit_and_score({"epoch": 100000, "dim": 10}), time.monotonic() + 1.0)
+    predicted = call_before_deadline(fit_and_score({"epoch": 5, "lr": 0.5, "dim": 20}), time.monotonic() + 300)
+    assert len(predicted) == len(splits.valid) and sum(p == y for p, y in zip(predicted, splits.valid.labels, strict=True)) > 0.6 * len(predicted)
     with pytest.raises(RuntimeError, match="Unrecognized loss"):
-        ftm.score_before_deadline(train_file, {"epoch": 1, "loss": "bogus"}, 1, splits, "macro_f1", time.monotonic() + 300)
+        call_before_deadline(fit_and_score({"epoch": 1, "loss": "bogus"}), time.monotonic() + 300)
 
 
 def test_start_points_keep_only_what_fits_the_space():
     space = {"lr": {"type": "float", "low": 0.05, "high": 1.0}, "dim": {"type": "categorical", "choices": [25, 50]}}
     starts = [{"lr": 0.5, "dim": 50, "epoch": 25}, {"lr": 2.0, "dim": 30}, {"lr": 0.1, "dim": 100}]
-    assert ftm.start_points(space, starts) == [{"lr": 0.5, "dim": 50}, {"lr": 0.1}]
+    from textclf.core.tuning import start_points
+
+    assert start_points(space, starts) == [{"lr": 0.5, "dim": 50}, {"lr": 0.1}]
 
 
 def test_timed_search_kills_the_trial_at_the_deadline(tweets, tmp_path):

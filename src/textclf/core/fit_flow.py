@@ -18,8 +18,11 @@ Everything else happens here, once for every family:
   ``OUTPUT_DIR/study.journal``) and is shared by workers; each worker draws its own points
   (:class:`textclf.core.tuning.TrialSeededTPESampler`); ``search.start_params`` are tried first;
   ``search.refit: false`` runs only this worker's share (SLURM arrays);
-* every trial fits into a temporary directory (swept if the process is killed) and is scored on
-  valid with ``search.metric``; the point is kept on the trial, so the refit uses exactly it;
+* every trial fits into a temporary directory (swept if the process is killed) with the seed
+  ``seed + trial number`` and is scored on valid with ``search.metric``; the point is kept on the
+  trial, so the refit uses exactly it. With ``search.timeout``, a family whose training cannot be
+  interrupted from Python (``Family.fork_trials``: fastText) runs each trial after the first
+  complete one in a forked child killed at the deadline (:mod:`textclf.core.deadline`): PRUNED;
 * the refit fits the best point into the model directory, then the core evaluates it on valid and
   test, records every file ``fit`` wrote in meta.json's ``files`` block (checked before each load)
   and writes ``metrics.txt`` and ``meta.json`` (:func:`textclf.core.training.finish_run`).
@@ -29,18 +32,20 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textclf.core.deadline import call_before_deadline
 from textclf.core.errors import ConfigError
 from textclf.core.integrity import FILES_KEY, files_block
 from textclf.core.meta import META_FILE
 from textclf.core.metrics import direction, metric_value
 from textclf.core.predictor import Predictor, evaluate_predictor
 from textclf.core.tempfiles import owned_temp_dir
-from textclf.core.training import Splits, finish_run
+from textclf.core.training import PLUGIN_DIR, Splits, finish_run
 from textclf.core.tuning import (
     JOURNAL_FILE,
     best_trial,
@@ -67,6 +72,7 @@ class FitContext:
     """What ``fit`` gets besides the config and the data.
 
     ``output_dir``: the directory to write the model into (a temporary one during a search trial);
+    ``seed``: the run's seed (``seed + trial number`` during a search);
     ``trial``: the Optuna trial being scored (None for the final fit); ``resume``: ``--resume``.
     """
 
@@ -126,6 +132,7 @@ def check_metric(metric: str, labels: list[str]) -> None:
 def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, space: Callable):
     """Run (or resume) the family's Optuna study on valid; returns it."""
     import optuna
+    from optuna.trial import TrialState
 
     s = cfg["search"]
     check_metric(s["metric"], splits.labels)
@@ -136,14 +143,27 @@ def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, s
         for point in points[: s["n_trials"] or None]:
             study.enqueue_trial(point, skip_if_exists=True)
 
+    deadline = time.monotonic() + s["timeout"] if s.get("timeout") else None
+
     def objective(trial: optuna.Trial) -> float:
         record_worker(trial)
         params = space(cfg, trial)
         trial.set_user_attr("params", params)
         trial_cfg = apply_params(cfg, params)
-        with owned_temp_dir(TRIAL_PREFIX) as tmp:
-            predictor = fit(trial_cfg, splits, FitContext(Path(tmp), cfg["seed"], trial=trial))
-            metrics = evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels)
+
+        def fit_and_score() -> dict:
+            with owned_temp_dir(TRIAL_PREFIX) as tmp:
+                predictor = fit(trial_cfg, splits, FitContext(Path(tmp), cfg["seed"] + trial.number, trial=trial))
+                return evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels)
+
+        try:
+            if family.fork_trials and deadline is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                metrics = call_before_deadline(fit_and_score, deadline)
+            else:
+                metrics = fit_and_score()
+        except (RuntimeError, ValueError) as exc:
+            log.warning("trial %d failed: %s (params %s)", trial.number, exc, params)
+            raise
         trial.set_user_attr("valid_accuracy", metrics["accuracy"])
         return metric_value(metrics, s["metric"])
 
@@ -157,6 +177,8 @@ def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resu
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     fit = family.fit_fn()
+    if family.check_fn():
+        family.check_fn()(cfg)
     s = cfg.get("search") or {}
     final_cfg, extra, point = cfg, {}, {}
     searched: set[str] = set()
@@ -172,14 +194,16 @@ def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resu
         searched = {p.name for p in output_dir.iterdir() if p.is_file()}  # trials.csv, the plots
         extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
         log.info("best point on valid: %s", point)
+    before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
     predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume))
     if not isinstance(predictor, Predictor):
         raise ConfigError(f"family {family.name!r} does not implement the contract: fit must return a Predictor, "
                           f"got {type(predictor).__name__}")
+    # what fit wrote (new or rewritten files), and the plug-in code the directory carries
     written = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*")
-                     if p.is_file() and p.name not in CORE_FILES and p.name not in searched)
+                     if p.is_file() and p.name not in CORE_FILES and p.name not in searched
+                     and (before.get(p) != p.stat().st_mtime_ns or p.parent.name == PLUGIN_DIR))
     extra[FILES_KEY] = files_block(output_dir, written)
-    info = dict(getattr(predictor, "fit_info", None) or {})
-    finish_run(output_dir, predictor, splits, cfg, tuple(family.packages), params=final_cfg.get("model"),
-               best_point=point or None, **info, **extra)
+    info = {"params": final_cfg.get("model"), **(getattr(predictor, "fit_info", None) or {})}
+    finish_run(output_dir, predictor, splits, cfg, tuple(family.packages), best_point=point or None, **info, **extra)
     return output_dir

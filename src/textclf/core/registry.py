@@ -99,7 +99,10 @@ class Family:
     when searchable, ``space(cfg, trial) -> {dotted config key: value}`` (or a JSON ``search_space``);
     the core (:mod:`textclf.core.fit_flow`) owns search, refit, evaluation and meta.json, and fills
     the ``seed``/``data``/``search`` config blocks (:data:`CORE_DEFAULTS`) under the family's own
-    ``config``. ``packages`` are the distributions whose versions meta.json records.
+    ``config``. ``packages`` are the distributions whose versions meta.json records. ``fork_trials``: training
+    cannot be interrupted from Python, so under ``search.timeout`` trials run in a forked child killed
+    at the deadline (:mod:`textclf.core.deadline`). ``check(cfg)`` (optional) rejects a bad config with
+    a one-line ConfigError before anything trains.
 
     **Contract v1** (the built-in families that run their own flow): ``train(cfg, splits,
     output_dir, resume) -> model directory``, ending with :func:`textclf.core.training.finish_run`.
@@ -137,6 +140,8 @@ class Family:
     fit: Callable | str | None = None
     space: Callable | str | None = None
     packages: Sequence[str] = ()
+    fork_trials: bool = False
+    check: Callable | str | None = None
     code_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -189,6 +194,10 @@ class Family:
         """The family's ``fit(cfg, splits, context) -> Predictor`` (contract v2; imported on first use)."""
         self.check_installed()
         return _resolve(self.fit)
+
+    def check_fn(self) -> Callable | None:
+        """The family's ``check(cfg)`` run before any fit (contract v2), or None."""
+        return None if self.check is None else _resolve(self.check)
 
     def space_fn(self) -> Callable | None:
         """The family's ``space(cfg, trial) -> params``, or None (the config's ``search.space`` is the space)."""

@@ -7,35 +7,21 @@ unicode) round-trips; ``meta.json`` maps indices back to names.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import optuna
-from optuna.trial import TrialState
 
 import fasttext
 from textclf.core.atomic import atomic_replace_file
 from textclf.core.data import Dataset
 from textclf.core.errors import ConfigError, ModelError
-from textclf.core.integrity import FILES_KEY, files_block
 from textclf.core.metrics import classification_metrics, metric_value
 from textclf.core.predictor import Predictor
 from textclf.core.tempfiles import owned_temp_dir
-from textclf.core.training import Splits, finish_run
+from textclf.core.training import Splits
 from textclf.core.tuning import (
-    best_trial,
-    finish_search,
-    make_storage,
-    open_study,
-    record_worker,
-    run_search,
-    search_summary,
-    start_points,
-    suggest,
     wants_search,
 )
 from textclf.families.fasttext.fileformat import check_model_file
@@ -202,94 +188,6 @@ def check_settings(cfg: dict) -> None:
             raise ConfigError(f"search.metric: {exc.args[0]}") from None
 
 
-def _valid_score(model: fasttext.FastText._FastText, splits: Splits, metric: str) -> tuple[float, dict]:
-    tmp = FastTextPredictor("", {"labels": splits.labels}, model)
-    metrics = classification_metrics(splits.valid.labels, tmp.predict(splits.valid.texts), splits.labels)
-    return metric_value(metrics, metric), metrics
-
-
-def _trial_in_child(conn, train_file: Path, params: dict, n_jobs: int, splits: Splits, metric: str) -> None:
-    """Body of a forked trial process: train, score on valid, send ``(ok, score or error, accuracy)``."""
-    try:
-        score, metrics = _valid_score(train_model(train_file, params, n_jobs), splits, metric)
-        conn.send((True, score, metrics["accuracy"]))
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as the trial's error
-        conn.send((False, f"{type(exc).__name__}: {exc}", None))
-    finally:
-        conn.close()
-
-
-def score_before_deadline(train_file: Path, params: dict, n_jobs: int, splits: Splits, metric: str,
-                          deadline: float) -> tuple[float, float]:
-    """Train and score one trial in a forked process that is killed at ``deadline`` (``time.monotonic``).
-
-    fastText's C++ training cannot be interrupted from Python, so this is how a search
-    keeps a wall-clock budget: a trial still running at the deadline is killed and
-    raises ``optuna.TrialPruned``. Returns ``(valid score, valid accuracy)``.
-    """
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_trial_in_child, args=(send, train_file, params, n_jobs, splits, metric), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        if not recv.poll(max(0.0, deadline - time.monotonic())):
-            raise optuna.TrialPruned("search timeout reached: trial killed")
-        ok, value, accuracy = recv.recv()
-    except EOFError:
-        proc.join()
-        raise RuntimeError(f"trial process died (exit code {proc.exitcode})") from None
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-        recv.close()
-    if not ok:
-        raise RuntimeError(value)
-    return value, accuracy
-
-
-def search(cfg: dict, splits: Splits, train_file: Path, output_dir: Path) -> tuple[optuna.Study, dict]:
-    """Run (or resume) the Optuna study; return it and the best params merged over the fixed ones.
-
-    A new study first tries ``search.start_params`` (cheap, usually strong points), then TPE.
-    With ``search.timeout`` every trial runs in a forked process and one still running at the
-    deadline is killed (state PRUNED), so the search keeps its wall-clock budget like fastText's
-    autotune; a study without any complete trial lets its first trial finish.
-    """
-    s = cfg["search"]
-    storage = make_storage(s["storage"], output_dir)
-    study = open_study(s["study_name"], storage, seed=cfg["seed"])
-    n_jobs = s["n_jobs"]
-    deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
-    if not study.get_trials(deepcopy=False):
-        points = start_points(s["space"], s.get("start_params") or [])
-        if s["n_trials"] is not None:  # queue no more than the study will run
-            points = points[: max(0, s["n_trials"])]
-        for point in points:
-            study.enqueue_trial(point, skip_if_exists=True)
-
-    def objective(trial: optuna.Trial) -> float:
-        record_worker(trial)
-        params = {**cfg["model"], **suggest(trial, s["space"]), "seed": cfg["seed"] + trial.number}
-        try:
-            if deadline is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                score, accuracy = score_before_deadline(train_file, params, n_jobs, splits, s["metric"], deadline)
-            else:
-                score, metrics = _valid_score(train_model(train_file, params, n_jobs), splits, s["metric"])
-                accuracy = metrics["accuracy"]
-        except (RuntimeError, ValueError) as exc:
-            log.warning("trial %d failed: %s (params %s)", trial.number, exc, trial.params)
-            raise
-        trial.set_user_attr("valid_accuracy", accuracy)
-        return score
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_search(study, objective, s["n_trials"], s["timeout"], n_jobs, output_dir)
-    best = best_trial(study)
-    return study, {**cfg["model"], **best.params}
-
-
 def refit(train_file: Path, params: dict, seed: int, retries: int) -> tuple[fasttext.FastText._FastText, int]:
     """Train the final model; a run that dies (e.g. "Encountered NaN") retries with the next seed."""
     last: Exception | None = None
@@ -302,38 +200,31 @@ def refit(train_file: Path, params: dict, seed: int, retries: int) -> tuple[fast
     raise RuntimeError(f"final fastText fit failed {retries} times: {last}")
 
 
-def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
-    """Search (when ``search.n_trials``/``timeout`` ask for one), refit the best, save the model directory; return it.
+def fit(cfg: dict, splits: Splits, context) -> FastTextPredictor:
+    """Train fastText with ``cfg["model"]`` on train and return its Predictor (family contract v2).
 
-    With ``search.refit`` false only this worker's share of the search runs (SLURM array
-    tasks); a later run with refit refits. A study always resumes, so ``resume`` changes nothing.
+    The core searches (trials run in a forked child killed at the ``search.timeout`` deadline:
+    ``Family.fork_trials``), refits and evaluates. The final fit retries a run that dies
+    (e.g. "Encountered NaN") with the next seed, up to ``search.refit_retries`` times, saves
+    ``model.bin`` and, with ``output.quantize``, a compressed ``model.ftz`` that the model then uses.
     """
-    output_dir = Path(output_dir)
-    check_settings(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    s = cfg["search"]
+    out = Path(context.output_dir)
+    n_jobs = cfg["search"]["n_jobs"]
     with owned_temp_dir(TEMP_PREFIX) as tmp:  # swept by the next run if this one is killed with -9
         train_file = Path(tmp) / "train.txt"
         write_training_file(splits.train, splits.labels, train_file)
-        extra: dict = {}
-        params = dict(cfg["model"])
-        if wants_search(s):
-            study, params = search(cfg, splits, train_file, output_dir)
-            finish_search(study, output_dir)
-            if not s["refit"]:
-                return output_dir
-            extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
-        model, seed = refit(train_file, params, cfg["seed"], s["refit_retries"])
-        atomic_replace_file(model.save_model, output_dir / MODEL_FILE)
+        if not context.final:
+            model = train_model(train_file, {**cfg["model"], "seed": context.seed}, n_jobs)
+            return FastTextPredictor(out, {"labels": splits.labels, "kind": KIND}, model)
+        model, seed = refit(train_file, cfg["model"], context.seed, cfg["search"]["refit_retries"])
+        atomic_replace_file(model.save_model, out / MODEL_FILE)
         model_file = MODEL_FILE
         if cfg["output"]["quantize"]:
             # cutoff keeps the most important rows of the input matrix: product-quantizing all 2M buckets takes ages
             model.quantize(input=str(train_file), retrain=True, qnorm=True, cutoff=cfg["output"]["quantize_cutoff"],
                            thread=default_threads())
-            atomic_replace_file(model.save_model, output_dir / QUANTIZED_FILE)
+            atomic_replace_file(model.save_model, out / QUANTIZED_FILE)
             model_file = QUANTIZED_FILE
-    final_params = fit_params({**params, "seed": seed})
-    predictor = FastTextPredictor(output_dir, {"labels": splits.labels, "kind": KIND}, model)
-    extra[FILES_KEY] = files_block(output_dir, [MODEL_FILE, model_file])  # checked before every load
-    finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=model_file, params=final_params, **extra)
-    return output_dir
+    predictor = FastTextPredictor(out, {"labels": splits.labels, "kind": KIND}, model)
+    predictor.fit_info = {"model_file": model_file, "params": fit_params({**cfg["model"], "seed": seed})}
+    return predictor

@@ -111,6 +111,18 @@ def serve_in_thread(app):
         sock.close()
 
 
+def sample(name: str, **labels: str) -> tuple[str, frozenset]:
+    """The key of one sample in :func:`scrape`'s answer."""
+    return name, frozenset(labels.items())
+
+
+def scrape(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a Prometheus exposition, parsed by prometheus_client's parser: {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {sample(s.name, **s.labels): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 # --------------------------------------------------------------------------- predictions
 
 
@@ -186,14 +198,159 @@ def test_health_ready_metadata_metrics_docs(server, ft_model):
         text = client.get("/metrics").text
         assert client.get("/docs").status_code == 200
         schema = client.get("/openapi.json").json()
-    assert re.search(r'^textclf_requests_total\{route="/predict",method="POST",status="200"\} \d+$', text, re.M)
-    assert 'textclf_request_duration_seconds_bucket{route="/predict",le="+Inf"}' in text
-    assert re.search(r"^textclf_request_texts_count \d+$", text, re.M)
-    assert re.search(r'^textclf_batch_size_bucket\{le="4.0"\} \d+$', text, re.M)
-    assert 'textclf_model_info{backend="torch",kind="fasttext"} 1' in text
+    values = scrape(text)
+    assert values[sample("textclf_requests_total", route="/predict", method="POST", status="200")] >= 1
+    assert values[sample("textclf_request_duration_seconds_bucket", route="/predict", le="+Inf")] >= 1
+    assert values[sample("textclf_request_texts_count")] >= 1
+    assert sample("textclf_batch_size_bucket", le="4.0") in values
+    assert 'textclf_model_info{backend="torch",kind="fasttext"} 1.0' in text
     assert "textclf_model_ready 1.0" in text
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "texts" in body["properties"] and {"413", "422", "400"} <= set(schema["paths"]["/predict"]["post"]["responses"])
+
+
+#: every metric family of /metrics: (type, label names of its samples besides a bucket's ``le``)
+METRIC_FAMILIES = {
+    "textclf_requests": ("counter", {"route", "method", "status"}),
+    "textclf_request_duration_seconds": ("histogram", {"route"}),
+    "textclf_request_texts": ("histogram", set()),
+    "textclf_batch_size": ("histogram", set()),
+    "textclf_model_ready": ("gauge", set()),
+    "textclf_queue_depth": ("gauge", set()),
+    "textclf_model_info": ("gauge", {"backend", "kind"}),
+    "textclf_process_start_time_seconds": ("gauge", set()),
+}
+
+
+def test_metrics_count_every_request_exactly(ft_model):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from textclf.services.serving.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
+
+    sizes = [1 + i % 3 for i in range(25)]
+    with serve_in_thread(create_app(ServeSettings(), predictor=textclf.load_predictor(ft_model))) as url:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i, n in enumerate(sizes):
+                r = client.post("/predict", json={"texts": [f"text {i}"] * n})
+                assert r.status_code == 200 and "x-textclf-worker" not in r.headers  # one process: no worker header
+            assert client.post("/predict", json={"texts": ["x"] * 300}).status_code == 413
+            assert client.get("/nope").status_code == 404
+            r = client.get("/metrics")
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert {name: f.type for name, f in families.items()} == {name: kind for name, (kind, _) in METRIC_FAMILIES.items()}
+    for name, (_, labels) in METRIC_FAMILIES.items():
+        assert families[name].samples and all(set(s.labels) - {"le"} == labels for s in families[name].samples), name
+    values = scrape(r.text)
+    assert values[sample("textclf_requests_total", route="/predict", method="POST", status="200")] == 25
+    assert values[sample("textclf_requests_total", route="/predict", method="POST", status="413")] == 1
+    assert values[sample("textclf_requests_total", route="other", method="GET", status="404")] == 1
+    assert values[sample("textclf_request_duration_seconds_count", route="/predict")] == 26
+    assert [le for (name, labels) in values if name == "textclf_request_duration_seconds_bucket"
+            and ("route", "/predict") in labels for key, le in labels if key == "le"] == [*map(str, LATENCY_BUCKETS), "+Inf"]
+    assert values[sample("textclf_request_texts_count")] == 25 and values[sample("textclf_request_texts_sum")] == sum(sizes)
+    assert values[sample("textclf_request_texts_bucket", le="2.0")] == sum(n <= 2 for n in sizes)
+    assert values[sample("textclf_batch_size_count")] == 25 and values[sample("textclf_batch_size_sum")] == sum(sizes)
+    assert [le for (name, labels) in values if name == "textclf_batch_size_bucket" for _, le in labels] == [
+        *(str(float(b)) for b in SIZE_BUCKETS), "+Inf"]
+    assert values[sample("textclf_model_ready")] == 1 and values[sample("textclf_queue_depth")] == 0
+    assert values[sample("textclf_model_info", backend="torch", kind="fasttext")] == 1
+    assert not [name for name, _ in values if name.endswith("_created")]
+
+
+def _predict_round(url: str, sizes: list[int]) -> list[httpx.Response]:
+    """One concurrent ``POST /predict`` per size (that many texts), each on a new connection (so any worker accepts it)."""
+    async def go():
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            return await asyncio.gather(*[client.post("/predict", json={"texts": ["I love it"] * n}) for n in sizes])
+
+    return asyncio.run(go())
+
+
+def _scrape_each_worker(url: str, pids: set[int]) -> dict[int, str]:
+    """``/metrics`` from each of ``pids`` (concurrent rounds of new connections, at most 50)."""
+    async def go():
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            return await asyncio.gather(*[client.get("/metrics") for _ in range(4)])
+
+    texts: dict[int, str] = {}
+    for _ in range(50):
+        for r in asyncio.run(go()):
+            assert r.status_code == 200
+            texts.setdefault(int(r.headers["x-textclf-worker"]), r.text)
+        if set(texts) >= pids:
+            return {pid: texts[pid] for pid in pids}
+    raise AssertionError(f"only workers {sorted(texts)} answered /metrics")
+
+
+def _multiproc_dir(pid: int) -> Path:
+    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    return Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a worker's environment in /proc")
+def test_two_workers_answer_alike_and_metrics_sum_over_all_workers(ft_model):
+    """``--workers 2``: both answer as the model does; any worker's /metrics counts both; a killed worker's counts stay."""
+    expected = textclf.load_predictor(ft_model).predict(["I love it"])[0]
+    proc, url = start_server(ft_model, "--workers", "2", timeout=180)
+    statuses: dict[int, int] = {}  # status -> /predict answers
+    texts = [0]  # texts of the answered (200) requests
+    pids: set[int] = set()
+
+    def send(round_no: int) -> set[int]:
+        sizes = [1 + (round_no + i) % 3 for i in range(8)]
+        answered = set()
+        for n, r in zip(sizes, _predict_round(url, sizes), strict=True):
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code == 200:
+                assert [p["label"] for p in r.json()["predictions"]] == [expected] * n
+                texts[0] += n
+                answered.add(int(r.headers["x-textclf-worker"]))
+        return answered
+
+    def check(text: str) -> None:
+        values = scrape(text)
+        predict = {dict(labels)["status"]: v for (name, labels), v in values.items()
+                   if name == "textclf_requests_total" and ("route", "/predict") in labels}
+        assert predict == {str(status): float(n) for status, n in statuses.items()}
+        assert values[sample("textclf_request_duration_seconds_count", route="/predict")] == sum(statuses.values())
+        assert values[sample("textclf_request_texts_count")] == statuses[200]
+        assert values[sample("textclf_request_texts_sum")] == texts[0] == values[sample("textclf_batch_size_sum")]
+        assert values[sample("textclf_model_ready")] == 1 and values[sample("textclf_queue_depth")] == 0
+        assert values[sample("textclf_model_info", backend="torch", kind="fasttext")] == 1
+        assert not [labels for _, labels in values if any(key == "pid" for key, _ in labels)]
+
+    directory = None
+    try:
+        for round_no in range(50):  # 8 concurrent requests a round until both workers answered some (at most 400)
+            pids |= send(round_no)
+            if len(pids) == 2 and round_no >= 4:
+                break
+        assert len(pids) == 2, "one worker answered every request"
+        for text in _scrape_each_worker(url, pids).values():  # any worker's /metrics: the sum over both
+            check(text)
+
+        directory = _multiproc_dir(min(pids))
+        victim = min(pids)
+        assert directory.is_dir() and str(directory) != os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        live = {f"gauge_{mode}_{victim}.db" for mode in ("livemin", "livesum", "livemax")}
+        assert live | {f"counter_{victim}.db"} <= set(os.listdir(directory))
+        os.kill(victim, 9)  # a worker dies: uvicorn starts another, its gauges go, its counts stay
+        deadline, replacement = time.monotonic() + 150, set()
+        for round_no in range(1000):
+            replacement |= send(round_no) - pids
+            if replacement and not live & set(os.listdir(directory)):
+                break
+            assert time.monotonic() < deadline, "no replacement worker answered"
+            time.sleep(0.5)
+        assert f"counter_{victim}.db" in os.listdir(directory)
+        survivors = (pids - {victim}) | replacement
+        for text in _scrape_each_worker(url, survivors).values():
+            check(text)
+    finally:
+        stop(proc)
+    assert directory is not None and not directory.exists()  # the private directory is removed at exit
 
 
 def test_api_key_is_required_when_set(ft_model):
@@ -269,8 +426,7 @@ def test_micro_batching_merges_concurrent_requests():
     assert labels == ["a" if t.startswith("a") else "b" for t in texts]  # each request got its own rows back
     assert max(fake.calls) > 1 and sum(fake.calls) == 48 and max(fake.calls) <= 16
     assert len(fake.calls) <= 12  # 48 one-text requests in a few model calls, not 48
-    count = int(re.search(r"^textclf_batch_size_count (\d+)$", text, re.M).group(1))
-    assert count == len(fake.calls)
+    assert scrape(text)[sample("textclf_batch_size_count")] == len(fake.calls)
 
     unbatched = SlowPredictor()
     with serve_in_thread(create_app(ServeSettings(batching="off"), predictor=unbatched)) as url:
@@ -395,18 +551,6 @@ def test_model_that_fails_to_load_is_not_ready(tmp_path):
         assert r.status_code == 503 and "model.bin" in r.json()["detail"]
         assert c.post("/predict", json={"texts": ["a"]}).status_code == 503
         assert c.get("/health").status_code == 200
-
-
-@pytest.mark.slow
-def test_two_workers(ft_model):
-    proc, url = start_server(ft_model, "--workers", "2", timeout=180)
-    try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            labels = {client.post("/predict", json={"texts": ["I love it"]}).json()["predictions"][0]["label"]
-                      for _ in range(20)}
-        assert labels == {textclf.load_predictor(ft_model).predict(["I love it"])[0]}
-    finally:
-        stop(proc)
 
 
 def test_container_healthcheck(tmp_path, monkeypatch):

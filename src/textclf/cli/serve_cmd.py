@@ -1,4 +1,9 @@
-"""``textclf serve``: the HTTP JSON API (:mod:`textclf.services.serving.app`) on uvicorn."""
+"""``textclf serve``: the HTTP JSON API (:mod:`textclf.services.serving.app`) on uvicorn.
+
+With ``--workers N`` (N > 1) uvicorn's supervisor starts N worker processes; before it does,
+``$PROMETHEUS_MULTIPROC_DIR`` is set to a fresh private directory (removed at exit), so that
+``/metrics`` on any worker reports the sum over all of them (:mod:`textclf.services.serving.metrics`).
+"""
 
 from __future__ import annotations
 
@@ -71,7 +76,7 @@ def _write_health_file(host: str, port: int) -> None:
               help="Address to bind (loopback by default; another address serves the network: set TEXTCLF_API_KEY).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: any free one).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes (each loads the model and batches on its own).")
+              help="Worker processes (each loads the model and batches on its own; /metrics sums them all).")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]), default=None,
               help="Model backend (default: onnx when the directory holds an export from `textclf export`, else torch).")
 @click.option("--thresholds/--no-thresholds", default=True, help="Apply tuned decision thresholds (default) or plain argmax.")
@@ -132,14 +137,47 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
                             timeout_graceful_shutdown=10, timeout_keep_alive=30, server_header=False)
     try:
         if workers > 1:
-            from uvicorn.supervisors import Multiprocess
+            from textclf.services.serving.metrics import multiprocess_directory
 
-            Multiprocess(config, sockets=[sock]).run()
+            with multiprocess_directory() as directory:  # set before the workers start: they read it at import
+                supervisor(config, sock, directory).run()
         else:
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
         _remove_health_file()
+
+
+def supervisor(config, sock: socket.socket, metrics_dir: str):
+    """uvicorn's ``Multiprocess`` supervisor that also drops the metric gauges of every worker that goes.
+
+    A worker leaves the supervisor's list when it dies (then it is replaced), on ``SIGHUP``
+    (restart) and ``SIGTTOU`` (one fewer); its counters stay in the totals, its gauges go
+    (``prometheus_client``'s ``mark_process_dead``).
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    from textclf.services.serving.metrics import mark_worker_dead
+
+    class Supervisor(Multiprocess):
+        def _pids(self) -> set[int]:
+            return {p.pid for p in self.processes if p.pid is not None}
+
+        def _reap(self, before: set[int]) -> None:
+            for pid in before - self._pids():
+                mark_worker_dead(pid, metrics_dir)
+
+        def keep_subprocess_alive(self) -> None:
+            before = self._pids()
+            super().keep_subprocess_alive()
+            self._reap(before)
+
+        def handle_signals(self) -> None:
+            before = self._pids()
+            super().handle_signals()
+            self._reap(before)
+
+    return Supervisor(config, sockets=[sock])
 
 
 def _remove_health_file() -> None:

@@ -10,7 +10,8 @@ route                  answer
 ``GET /health``        200 while the process runs (liveness)
 ``GET /ready``         200 once the model is loaded, else 503 (readiness)
 ``GET /metadata``      kind, backend, labels, metrics, config and versions from meta.json
-``GET /metrics``       Prometheus text format (:mod:`textclf.services.serving.metrics`)
+``GET /metrics``       Prometheus text format (:mod:`textclf.services.serving.metrics`;
+                       with ``--workers`` the sum over every worker)
 ``GET /docs``          OpenAPI documentation (``/openapi.json``)
 =====================  ===================================================================
 
@@ -200,9 +201,10 @@ class ModelState:
         self.inline = not wants_batching(predictor, "auto")
         if wants_batching(predictor, self.settings.batching):
             self.batcher = MicroBatcher(self.fn, self.settings.max_batch_size, self.settings.max_wait_ms,
-                                        on_batch=self.metrics.observe_batch)
+                                        on_batch=self.metrics.observe_batch, on_depth=self.metrics.set_queue_depth)
             self.batcher.start()
         self.predictor = predictor
+        self.metrics.set_model(predictor.kind, getattr(predictor, "backend", "torch"))
         log.info("serving %s model %s (backend %s, micro-batching %s)", predictor.kind, self.settings.model_path,
                  getattr(predictor, "backend", "torch"), "on" if self.batcher else "off")
 
@@ -352,15 +354,12 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE: {}}}, 401: {"model": ErrorAnswer}})
     async def prometheus(request: Request) -> Response:
-        """Request counts, latency and batch-size histograms in the Prometheus text format."""
+        """Request counts, latency and batch-size histograms in the Prometheus text format (summed over ``--workers``)."""
         if not authorized(request):
             return _error(401, "missing or wrong API key", unauthorized)
-        gauges = {"textclf_model_ready": 1.0 if state.ready else 0.0,
-                  "textclf_queue_depth": float(state.batcher.depth if state.batcher else 0)}
-        info = None
-        if state.ready:
-            info = {"kind": state.predictor.kind, "backend": getattr(state.predictor, "backend", "torch")}
-        return Response(metrics.render(gauges, info), media_type=CONTENT_TYPE)
+        if state.batcher is not None:
+            metrics.set_queue_depth(state.batcher.depth)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: [r.path for r in app.routes])
     return app

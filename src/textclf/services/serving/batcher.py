@@ -34,11 +34,13 @@ class MicroBatcher:
     """Queue requests' texts, call ``fn`` once per micro-batch in a worker thread, split the results back."""
 
     def __init__(self, fn: PredictFn, max_batch_size: int = 64, max_wait_ms: float = 2.0,
-                 on_batch: Callable[[int], Any] | None = None):
+                 on_batch: Callable[[int], Any] | None = None, on_depth: Callable[[int], Any] | None = None):
         self.fn = fn
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.on_batch = on_batch
+        #: told :attr:`depth` whenever requests join or leave the queue (the ``textclf_queue_depth`` gauge)
+        self.on_depth = on_depth
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -67,6 +69,11 @@ class MicroBatcher:
                 item.future.set_exception(RuntimeError("server shutting down"))
         if self._executor:
             self._executor.shutdown(wait=False)
+        self._depth_changed()
+
+    def _depth_changed(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(self.depth)
 
     async def submit(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray | None]:
         """The labels and probabilities of ``texts``, computed in a micro-batch with other requests' texts."""
@@ -74,6 +81,7 @@ class MicroBatcher:
             raise RuntimeError("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(list(texts), future))
+        self._depth_changed()
         return await future
 
     async def _next_batch(self) -> list[_Item]:
@@ -105,6 +113,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             items = await self._next_batch()
+            self._depth_changed()
             items = [it for it in items if not it.future.done()]  # the client went away
             if not items:
                 continue

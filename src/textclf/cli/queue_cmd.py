@@ -51,14 +51,16 @@ def queue() -> None:
 @click.option("--code", "code", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Plug-in file the workers import (repeatable).")
 @click.option("--metric", default="macro_f1", show_default=True, help="Valid metric reported as the task's value.")
-@click.option("--force", is_flag=True, help="Workers run the tasks even when a finished run has the same config and data.")
+@click.option("--reuse", "--skip-existing", "reuse", is_flag=True,
+              help="A task whose family, config and data equal a finished run in the store copies its model instead of training.")
+@click.option("--force", is_flag=True, help="Never reuse an earlier run (overrides --reuse).")
 def add(name, storage, families, train_path, valid_path, test_path, config_path, overrides, grid, code, metric,
-        force) -> None:
+        reuse, force) -> None:
     """Enqueue one task per family x grid point (config keys checked now, data read by the workers)."""
     from textclf.services.queue import add_tasks, expand_grid, make_tasks, open_queue, parse_grid
 
     points = expand_grid(list(overrides), parse_grid(grid))
-    tasks = make_tasks(families, train_path, valid_path, test_path, points, config_path, code, metric, force)
+    tasks = make_tasks(families, train_path, valid_path, test_path, points, config_path, code, metric, force, reuse)
     numbers = add_tasks(open_queue(name, storage, create=True), tasks)
     click.echo(f"queued {len(tasks)} task(s) on {name!r} ({storage}): {', '.join(map(str, numbers))}")
 
@@ -81,7 +83,7 @@ def grid_cmd(grid_file, name, storage, list_only) -> None:
     "data" folders hold train/valid(/test).csv (or .tsv/.jsonl/.txt); a list in "set" is an axis,
     any other value is fixed; a "set" key applies to the families whose config has it (a key none
     has is an error). "config" is a file or {"family": file}; "code" a plug-in file or a list;
-    "metric" and "force" as in `queue add`. Relative paths start at the working directory.
+    "metric", "force" and "reuse" as in `queue add`. Relative paths start at the working directory.
     """
     from textclf.services.queue import add_tasks, load_grid, open_queue
 

@@ -82,7 +82,7 @@ class Queue:
     def add(self, family: str | list[str], train_path: str | list[str], valid_path: str, test_path: str | None = None,
             set: dict[str, Any] | None = None, grid: dict[str, list] | None = None,  # noqa: A002 - `--set`
             config: str | None = None, code: str | list[str] | None = None, metric: str = "macro_f1",
-            force: bool = False) -> list[int]:
+            force: bool = False, reuse: bool = False) -> list[int]:
         """Queue one task per family (x point of ``grid``, ``{key: [values]}``) as ``textclf queue add`` does.
 
         ``set`` holds fixed config values (``{"model.lr": 0.3}``); returns the task numbers.
@@ -90,7 +90,7 @@ class Queue:
         overrides = [f"{k}={raw_value(v)}" for k, v in (set or {}).items()]
         points = expand_grid(overrides, {k: [raw_value(v) for v in values] for k, values in (grid or {}).items()})
         tasks = make_tasks(_names(family), [str(p) for p in _names(train_path)], str(valid_path),
-                           str(test_path) if test_path else None, points, config, _names(code or []), metric, force)
+                           str(test_path) if test_path else None, points, config, _names(code or []), metric, force, reuse)
         return add_tasks(self.study, tasks)
 
     def grid(self, spec: dict | str | Path) -> list[int]:

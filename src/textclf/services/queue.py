@@ -66,6 +66,8 @@ class Task:
     code: list[str] = field(default_factory=list)
     metric: str = "macro_f1"
     force: bool = False
+    #: copy an identical finished run's model instead of training (``queue add --reuse``; ``force`` wins)
+    reuse: bool = False
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial | optuna.Trial) -> Task:
@@ -187,7 +189,8 @@ def _code_files(family: str, code: list[str] | tuple[str, ...]) -> list[str]:
     return files
 
 
-def _family_tasks(family: str, train_path, valid_path, test_path, points, config, files, metric, force) -> list[Task]:
+def _family_tasks(family: str, train_path, valid_path, test_path, points, config, files, metric, force,
+                  reuse: bool = False) -> list[Task]:
     """One task per override list; each point's config is built now, so unknown keys and bad types fail here."""
     from textclf.core.config import load_config
 
@@ -195,13 +198,14 @@ def _family_tasks(family: str, train_path, valid_path, test_path, points, config
     for point in points:
         load_config(family, config, point)
         tasks.append(Task(family, [_absolute(p) for p in train_path], _absolute(valid_path), _absolute(test_path),
-                          list(point), _absolute(config), list(files), metric, force))
+                          list(point), _absolute(config), list(files), metric, force, reuse))
     return tasks
 
 
 def make_tasks(families: list[str] | tuple[str, ...], train_path: list[str] | tuple[str, ...], valid_path: str,
                test_path: str | None = None, points: list[list[str]] | None = None, config: str | None = None,
-               code: list[str] | tuple[str, ...] = (), metric: str = "macro_f1", force: bool = False) -> list[Task]:
+               code: list[str] | tuple[str, ...] = (), metric: str = "macro_f1", force: bool = False,
+               reuse: bool = False) -> list[Task]:
     """One :class:`Task` per family x override list in ``points`` (default: one without overrides), paths absolute.
 
     The plug-in ``code`` files are imported here (a plug-in family's own file travels with its tasks).
@@ -215,11 +219,11 @@ def make_tasks(families: list[str] | tuple[str, ...], train_path: list[str] | tu
         load_code(path)
     return [task for family in families
             for task in _family_tasks(family, train_path, valid_path, test_path, points if points is not None else [[]],
-                                      config, _code_files(family, code), metric, force)]
+                                      config, _code_files(family, code), metric, force, reuse)]
 
 
 # --------------------------------------------------------------------------- grid files
-GRID_KEYS = ("family", "data", "set", "config", "code", "metric", "force")
+GRID_KEYS = ("family", "data", "set", "config", "code", "metric", "force", "reuse")
 #: the data files a ``"data"`` folder holds: ``train.csv`` (or another labelled format), ``valid.*``, ``test.*``
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt", ".ft", ".fasttext", ".tab", ".ndjson", ".json")
 
@@ -325,9 +329,9 @@ def grid_tasks(spec, source: str = "grid") -> list[Task]:
     if not (configs is None or isinstance(configs, str)
             or isinstance(configs, dict) and all(isinstance(v, str) for v in configs.values())):
         raise bad(f'"config" must be a file or {{"family": file}}, got {json.dumps(configs)}')
-    metric, force = spec.get("metric", "macro_f1"), spec.get("force", False)
-    if not isinstance(metric, str) or not isinstance(force, bool):
-        raise bad('"metric" must be a string and "force" true or false')
+    metric, force, reuse = spec.get("metric", "macro_f1"), spec.get("force", False), spec.get("reuse", False)
+    if not isinstance(metric, str) or not isinstance(force, bool) or not isinstance(reuse, bool):
+        raise bad('"metric" must be a string and "force" and "reuse" true or false')
     try:
         for path in code:
             load_code(path)
@@ -341,7 +345,7 @@ def grid_tasks(spec, source: str = "grid") -> list[Task]:
             axes = {k: [raw_value(v) for v in sets[k]] for k in keys if isinstance(sets[k], list)}
             files = _code_files(family, code)
             for train, valid, test in data:
-                tasks += _family_tasks(family, train, valid, test, expand_grid(fixed, axes), config, files, metric, force)
+                tasks += _family_tasks(family, train, valid, test, expand_grid(fixed, axes), config, files, metric, force, reuse)
         missing = [k for k in sets if k not in used]
         if missing:
             raise bad(f"set {missing[0]!r}: no family of the grid ({', '.join(families)}) has this config key")
@@ -489,7 +493,7 @@ def train_task(task: Task, trial: optuna.Trial, output_dir: Path, tracking: Trac
     spec = runs.RunSpec(family=task.family, train_path=task.train_path, valid_path=task.valid_path,
                         test_path=task.test_path, output_dir=output_dir, config=task.config,
                         overrides=tuple(task.overrides), code=tuple(task.code), track=tracking.enabled,
-                        tracking_uri=tracking.uri, force=task.force, command="queue",
+                        tracking_uri=tracking.uri, force=task.force, reuse=task.reuse, command="queue",
                         tags={"textclf.queue": queue, "textclf.queue_task": str(trial.number)},
                         on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
     return runs.train(spec)

@@ -104,6 +104,21 @@ def test_class_alpha_forms_and_errors():
         FocalLoss(gamma=-1)
 
 
+def test_balanced_class_alpha_is_sklearns_compute_class_weight(tweets):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    train = read_labelled(tweets["train"]).labels
+    labels = ["positive", "negative"]  # the model's order, not sorted
+    expected = compute_class_weight("balanced", classes=np.array(labels), y=np.array(train))
+    assert class_alpha("balanced", labels, train) == expected.tolist() == [3356 / (2 * 2317), 3356 / (2 * 1039)]
+    # a label with no training example gets 1; the others are balanced among the classes present
+    assert class_alpha("balanced", ["a", "b", "c"], ["a", "a", "a", "b"]) == [4 / 6, 2.0, 1.0]
+    assert class_alpha("balanced", labels, []) == [1.0, 1.0]
+    with pytest.raises(ConfigError) as e:
+        class_alpha("balanced", labels, ["positive", "neutral"])
+    assert str(e.value) == "loss.alpha: \"balanced\": training label(s) 'neutral' not among the labels (positive, negative)"
+
+
 # --------------------------------------------------------------------------- F-beta callback, data
 
 def test_fbeta_callback_equals_textclf_metrics():

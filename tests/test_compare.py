@@ -107,6 +107,33 @@ def test_leaderboard_same_data_markdown_and_html_chart(models, tmp_path):
     assert page.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_bootstrap_ci_is_scipys_percentile_bootstrap_of_sklearns_macro_f1(tweets):
+    from scipy.stats import bootstrap
+    from sklearn.metrics import f1_score
+
+    from textclf.services.compare.leaderboard import bootstrap_ci
+
+    y_true = read_labelled(tweets["test"]).labels
+    labels = sorted(set(y_true))
+    rng = np.random.default_rng(0)
+    y_pred = [t if rng.random() < 0.8 else str(rng.choice([*labels, "unknown"])) for t in y_true]
+    t = np.array([labels.index(v) for v in y_true])
+    p = np.array([labels.index(v) if v in labels else -1 for v in y_pred])  # an unknown prediction: a miss of its row
+
+    def macro_f1(a, b):
+        return f1_score(a, b, average="macro", labels=[0, 1], zero_division=0)
+
+    expected = bootstrap((t, p), macro_f1, n_resamples=300, paired=True, vectorized=False, confidence_level=0.9,
+                         method="percentile", rng=np.random.default_rng(5)).confidence_interval
+    low, high = bootstrap_ci(y_true, y_pred, labels, n_boot=300, seed=5, level=0.9)
+    assert (low, high) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert low < macro_f1(t, p) < high
+    assert bootstrap_ci(y_true, y_pred, labels, n_boot=300, seed=5, level=0.9) == (low, high)
+    assert bootstrap_ci(y_true, y_pred, labels, n_boot=300, seed=6, level=0.9) != (low, high)
+    assert bootstrap_ci(y_true[:1], y_true[:1], labels) == (0.5, 0.5)  # one row: every resample is that row
+    assert all(np.isnan(bootstrap_ci(y_true, y_pred, labels, n_boot=0)))
+
+
 # --------------------------------------------------------------------------- report
 class _Images(HTMLParser):
     def __init__(self):
@@ -122,6 +149,25 @@ def _images(page: Path) -> list[str]:
     parser = _Images()
     parser.feed(page.read_text(encoding="utf-8"))
     return parser.src
+
+
+def test_pr_curve_is_sklearns_from_the_top_score_down(tweets):
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    from textclf.services.compare.report import pr_curve
+
+    y = np.array(read_labelled(tweets["test"]).labels) == "negative"
+    rng = np.random.default_rng(3)
+    scores = np.round(np.clip(0.3 * y + rng.random(len(y)), 0, 1), 2)  # ties: several documents per threshold
+    precision, recall, ap = pr_curve(y, scores)
+    sk_precision, sk_recall, _ = precision_recall_curve(y, scores)
+    np.testing.assert_array_equal(precision, sk_precision[::-1])
+    np.testing.assert_array_equal(recall, sk_recall[::-1])
+    assert (precision[0], recall[0], recall[-1], precision[-1]) == (1.0, 0.0, 1.0, y.mean())
+    assert ap == average_precision_score(y, scores) == pytest.approx(float(np.sum(np.diff(recall) * precision[1:])))
+    assert 0.4 < ap < 0.9
+    empty_p, empty_r, empty_ap = pr_curve(np.zeros(5, dtype=bool), np.linspace(0, 1, 5))
+    assert empty_p.tolist() == [1.0] and empty_r.tolist() == [0.0] and np.isnan(empty_ap)
 
 
 def test_report_writes_every_figure_and_references_it(models, tweets, tmp_path):

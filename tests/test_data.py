@@ -138,6 +138,41 @@ def test_stratified_split_is_deterministic_and_stratified(tweets):
     assert c[2].texts != test.texts
 
 
+def test_stratified_split_is_sklearns_train_test_split(tweets):
+    from sklearn.model_selection import train_test_split
+
+    ds = read_labelled(tweets["train"])
+    train, valid, test = stratified_split(ds, 0.1, 0.2, seed=7)
+    rest, held = train_test_split(list(range(len(ds))), test_size=0.2, random_state=7, stratify=ds.labels)
+    assert test.texts == [ds.texts[i] for i in held]
+    assert len(test) == 672 and len(valid) == 336 and len(train) == 3356 - 672 - 336  # sizes rounded up: ceil(frac * n)
+    assert Counter(test.labels) == {"negative": 208, "positive": 464}  # in proportion to 1039 : 2317
+    assert sorted(train.texts + valid.texts) == sorted(ds.texts[i] for i in rest)
+    no_test = stratified_split(ds, 0.2, 0.0, seed=7)
+    assert len(no_test[2]) == 0 and len(no_test[1]) == 672 and len(no_test[0]) == 3356 - 672
+
+
+def test_stratified_split_refuses_too_small_classes_in_one_line(tmp_path):
+    def ds(labels: str) -> Dataset:
+        return Dataset([f"t{i}" for i in range(len(labels))], list(labels), "all.csv", list(range(2, 2 + len(labels))))
+
+    with pytest.raises(DataError) as e:
+        stratified_split(ds("aaaaaaaaab"), 0.2, 0.2)
+    assert str(e.value) == ("all.csv: class 'b' has 1 row left for the stratified test split; every class needs at least 2 "
+                            "there (more rows of it, or --test_frac 0)")
+    assert [len(p) for p in stratified_split(ds("aaaaaaaaab"), 0.0, 0.0)] == [10, 0, 0]
+    with pytest.raises(DataError) as e:
+        stratified_split(ds("aabbcc"), 0.1, 0.1)
+    assert str(e.value) == ("all.csv: cannot split a stratified test part of 0.1 off 6 rows of 3 classes: "
+                            "The test_size = 1 should be greater or equal to the number of classes = 3")
+    big = tmp_path / "all.csv"
+    write_labelled(big, ds("aaaaaaaaab"))
+    result = CliRunner().invoke(cli, ["make-dataset", "--input_path", str(big), "--output_dir", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].endswith("class 'b' has 1 row left for the stratified test split; "
+                                                            "every class needs at least 2 there (more rows of it, or --test_frac 0)")
+
+
 def test_balanced_downsample(tweets):
     ds = read_labelled(tweets["train"])
     idx = balanced_downsample(ds.labels, seed=1)

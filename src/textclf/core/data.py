@@ -481,32 +481,41 @@ def sha256_datasets(datasets: Iterable[Dataset | None]) -> str:
 def stratified_split(
     ds: Dataset, valid_frac: float = 0.1, test_frac: float = 0.1, seed: int = 13
 ) -> tuple[Dataset, Dataset, Dataset]:
-    """Deterministic stratified train/valid/test split.
+    """Deterministic stratified train/valid/test split by ``sklearn.model_selection.train_test_split``.
 
-    Per class (sorted label order): shuffle with ``random.Random(seed)``, the first
-    ``round(n*test_frac)`` go to test, the next ``round(n*valid_frac)`` to valid, the
-    rest to train; each split is then shuffled. Same input and seed, same output.
+    Test is split off first (``test_frac`` of the rows), then valid from the rest (``valid_frac``
+    of all rows), each with ``stratify`` on the labels and ``random_state=seed``; scikit-learn
+    rounds the part sizes up and shares them over the classes in proportion, and each part comes
+    out shuffled. Same input and seed, same output. A fraction of 0 leaves that part empty. A class
+    with fewer than 2 rows left for a split, or a part too small to hold every class, is a one-line
+    :class:`DataError`. Earlier versions rounded ``n * frac`` per class and shuffled with
+    :mod:`random`, so a seed gives another (as stratified) split than theirs.
     """
     if not 0 <= valid_frac < 1 or not 0 <= test_frac < 1 or valid_frac + test_frac >= 1:
         raise DataError(ds.path, f"bad split fractions valid={valid_frac} test={test_frac}: each in [0,1), sum below 1")
-    rng = random.Random(seed)
-    by_class: dict[str, list[int]] = {}
-    for i, label in enumerate(ds.labels):
-        by_class.setdefault(label, []).append(i)
-    train_idx: list[int] = []
-    valid_idx: list[int] = []
-    test_idx: list[int] = []
-    for label in sorted(by_class):
-        idx = by_class[label][:]
-        rng.shuffle(idx)
-        n_test = round(len(idx) * test_frac)
-        n_valid = round(len(idx) * valid_frac)
-        test_idx += idx[:n_test]
-        valid_idx += idx[n_test : n_test + n_valid]
-        train_idx += idx[n_test + n_valid :]
-    for part in (train_idx, valid_idx, test_idx):
-        rng.shuffle(part)
+    rest, test_idx = _split_off(ds, list(range(len(ds))), test_frac, seed, "test")
+    train_idx, valid_idx = _split_off(ds, rest, valid_frac / (1 - test_frac), seed, "valid")
     return ds.subset(train_idx), ds.subset(valid_idx), ds.subset(test_idx)
+
+
+def _split_off(ds: Dataset, indices: list[int], frac: float, seed: int, part: str) -> tuple[list[int], list[int]]:
+    """``indices`` cut into (rest, ``part``) with ``frac`` of them in ``part``, stratified; refusals as one-line errors."""
+    if frac == 0 or not indices:
+        return indices, []
+    from sklearn.model_selection import train_test_split  # imported on use: reading data does not need it
+
+    labels = [ds.labels[i] for i in indices]
+    counts = Counter(labels)
+    label, fewest = min(counts.items(), key=lambda item: (item[1], item[0]))
+    if fewest < 2:
+        raise DataError(ds.path, f"class {label!r} has {fewest} row left for the stratified {part} split; every class needs "
+                                 f"at least 2 there (more rows of it, or --{part}_frac 0)")
+    try:
+        rest, held = train_test_split(indices, test_size=frac, random_state=seed, shuffle=True, stratify=labels)
+    except ValueError as e:
+        raise DataError(ds.path, f"cannot split a stratified {part} part of {frac:.4g} off {len(indices)} rows "
+                                 f"of {len(counts)} classes: {' '.join(str(e).split())}") from None
+    return [int(i) for i in rest], [int(i) for i in held]
 
 
 def balanced_downsample(labels: Sequence[str], seed: int = 13, per_class: int | None = None) -> list[int]:

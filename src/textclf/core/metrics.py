@@ -1,11 +1,14 @@
 """Classification metrics: accuracy, per-class precision/recall/F-beta, macro/micro/weighted
 F-beta for any beta, confusion matrix, a text report and a JSON-ready dict.
 
-Matches scikit-learn's definitions with ``zero_division=0``.
+Computed by ``sklearn.metrics`` with ``zero_division=0`` (the maintained reference rather than a
+copy of its formulas); :func:`fbeta_from_counts` is the one vectorised count formula kept for
+searches that score thousands of count vectors at once.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +16,8 @@ import numpy as np
 DEFAULT_BETAS = (1.0, 0.5)
 #: metrics where lower is better; every other metric is maximised
 MINIMIZED_METRICS = ("loss",)
+#: the averages of F-beta every metrics dict holds
+AVERAGES = ("macro", "micro", "weighted")
 
 
 def is_minimized(metric: str) -> bool:
@@ -31,94 +36,137 @@ def beta_name(beta: float) -> str:
 
 
 def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-    """Counts ``cm[i, j]`` of true label ``labels[i]`` predicted as ``labels[j]``."""
-    index = {label: i for i, label in enumerate(labels)}
-    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for t, p in zip(y_true, y_pred, strict=True):
-        if t in index and p in index:
-            cm[index[t], index[p]] += 1
-    return cm
+    """Counts ``cm[i, j]`` of true label ``labels[i]`` predicted as ``labels[j]`` (``sklearn.metrics.confusion_matrix``).
+
+    Pairs whose true or predicted label is not in ``labels`` are left out (as scikit-learn does);
+    no pair left: all zeros (scikit-learn refuses that input).
+    """
+    from sklearn import metrics as skm  # imported on use: it costs a second, and the CLI and serving import this module
+
+    labels = list(labels)
+    t, p = _known_pairs(y_true, y_pred, labels)
+    if not t:
+        return np.zeros((len(labels), len(labels)), dtype=np.int64)
+    with warnings.catch_warnings():  # one label: scikit-learn warns of a 1x1 matrix, which is the right shape here
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        return skm.confusion_matrix(t, p, labels=labels).astype(np.int64)
 
 
-def _fbeta(precision: np.ndarray, recall: np.ndarray, beta: float) -> np.ndarray:
+def _known_pairs(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The (true, predicted) pairs with both labels in ``labels``: the rows every metric here is counted on.
+
+    scikit-learn would count a prediction outside ``labels`` as a miss of its true class (and a true
+    label outside them as a false positive); textclf has always scored only the pairs its confusion
+    matrix holds, so the per-class and averaged numbers stay those of earlier runs.
+    """
+    known = set(labels)
+    pairs = [(t, p) for t, p in zip(y_true, y_pred, strict=True) if t in known and p in known]
+    return [t for t, _ in pairs], [p for _, p in pairs]
+
+
+def fbeta_from_counts(tp: np.ndarray, pred: np.ndarray, true: np.ndarray, beta: float) -> np.ndarray:
+    """Macro F-beta from per-class counts; the last axis is the class (leading axes broadcast).
+
+    scikit-learn's formula and zero division (``(1 + b2) tp / (b2 true + pred)``, 0 where nothing is
+    true or predicted), so it equals ``sklearn.metrics.fbeta_score(average="macro", zero_division=0)``.
+    It stays hand-written for the places that score thousands of count vectors at once, which
+    scikit-learn (labels in, one score out, ~2 ms of input checks a call) cannot: the threshold
+    break-point search (cumulative counts, :mod:`textclf.services.compare.thresholds`), the
+    bootstrap resamples of the leaderboard and the ensemble's weight grid. Everything else calls
+    scikit-learn.
+    """
+    tp, pred, true = (np.asarray(a, dtype=np.float64) for a in (tp, pred, true))
     b2 = beta * beta
-    denom = b2 * precision + recall
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.where(denom > 0, (1 + b2) * precision * recall / np.where(denom > 0, denom, 1), 0.0)
-    return f
+    denom = b2 * true + pred
+    f = (1 + b2) * tp / np.where(denom > 0, denom, 1.0)
+    return np.where(denom > 0, f, 0.0).mean(axis=-1)
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+def class_counts(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class ``(true positives, predicted, true)`` counts of integer labels, for :func:`fbeta_from_counts`.
+
+    The last axis of ``y``/``pred`` is the sample, leading axes (bootstrap resamples) are kept; a
+    prediction ``< 0`` (a label the scorer does not know) counts only towards its row's support.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    lead = y.shape[:-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    offset = (np.arange(rows, dtype=np.int64) * n_classes)[:, None]
+    y2, p2 = y.reshape(rows, -1), pred.reshape(rows, -1)
+    size = rows * n_classes
+
+    def count(cells: np.ndarray) -> np.ndarray:
+        return np.bincount(cells, minlength=size).reshape(*lead, n_classes)
+
+    return count((y2 + offset)[y2 == p2]), count((p2 + offset)[p2 >= 0]), count((y2 + offset).ravel())
 
 
 def fbeta_score(
     y_true: Sequence[str], y_pred: Sequence[str], beta: float = 1.0, average: str = "macro",
     labels: Sequence[str] | None = None,
 ) -> float:
-    """F-beta averaged ``macro``, ``micro`` or ``weighted`` over ``labels`` (default: labels seen in either)."""
+    """F-beta averaged ``macro``, ``micro`` or ``weighted`` over ``labels`` (default: labels seen in either).
+
+    ``sklearn.metrics.fbeta_score`` with ``zero_division=0`` on the pairs both of whose labels are
+    in ``labels`` (see :func:`_known_pairs`); no such pair: 0.
+    """
+    from sklearn import metrics as skm
+
+    if average not in AVERAGES:
+        raise ValueError(f"unknown average {average!r}; use macro, micro or weighted")
     labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred))
-    cm = confusion_matrix(y_true, y_pred, labels)
-    tp = np.diag(cm).astype(float)
-    pred = cm.sum(axis=0).astype(float)
-    true = cm.sum(axis=1).astype(float)
-    if average == "micro":
-        p = _safe_div(tp.sum(), pred.sum())
-        r = _safe_div(tp.sum(), true.sum())
-        return float(_fbeta(np.asarray(p), np.asarray(r), beta))
-    f = _fbeta(_safe_div(tp, pred), _safe_div(tp, true), beta)
-    if average == "macro":
-        return float(f.mean()) if len(f) else 0.0
-    if average == "weighted":
-        return float((f * true).sum() / true.sum()) if true.sum() else 0.0
-    raise ValueError(f"unknown average {average!r}; use macro, micro or weighted")
+    t, p = _known_pairs(y_true, y_pred, labels)
+    if not t:
+        return 0.0
+    return float(skm.fbeta_score(t, p, beta=beta, average=average, labels=labels, zero_division=0))
 
 
 def classification_metrics(
     y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] | None = None,
     betas: Sequence[float] = DEFAULT_BETAS,
 ) -> dict:
-    """All metrics as a JSON-ready dict.
+    """All metrics as a JSON-ready dict, computed by ``sklearn.metrics`` (``zero_division=0``).
 
     Keys: ``n``, ``accuracy``, ``{macro,micro,weighted}_f{beta}`` for every beta,
     ``{macro,weighted}_precision``/``_recall``, ``per_class`` (precision, recall, f-betas,
-    support), ``labels`` and ``confusion_matrix`` (rows: true, columns: predicted).
+    support), ``labels`` and ``confusion_matrix`` (rows: true, columns: predicted). Accuracy is
+    over all ``n`` pairs; the rest over the pairs both of whose labels are in ``labels``
+    (see :func:`_known_pairs`), every metric 0 when there is none.
     """
+    from sklearn import metrics as skm
+
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} items, y_pred {len(y_pred)}")
     labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred))
-    cm = confusion_matrix(y_true, y_pred, labels)
-    tp = np.diag(cm).astype(float)
-    pred = cm.sum(axis=0).astype(float)
-    true = cm.sum(axis=1).astype(float)
-    precision = _safe_div(tp, pred)
-    recall = _safe_div(tp, true)
     n = len(y_true)
-    correct = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == p)
-    out: dict = {"n": n, "accuracy": correct / n if n else 0.0}
-    weights = true / true.sum() if true.sum() else np.zeros_like(true)
-    micro_p = float(_safe_div(tp.sum(), pred.sum()))
-    micro_r = float(_safe_div(tp.sum(), true.sum()))
+    out: dict = {"n": n, "accuracy": float(skm.accuracy_score(list(y_true), list(y_pred))) if n else 0.0}
+    t, p = _known_pairs(y_true, y_pred, labels)
+    k = len(labels)
+
+    def prfs(beta: float, average: str | None):
+        if not t:
+            return (np.zeros(k),) * 4 if average is None else (0.0,) * 4
+        return skm.precision_recall_fscore_support(t, p, beta=beta, labels=labels, average=average, zero_division=0)
+
     for beta in betas:
         name = beta_name(beta)
-        f = _fbeta(precision, recall, beta)
-        out[f"macro_{name}"] = float(f.mean()) if len(f) else 0.0
-        out[f"micro_{name}"] = float(_fbeta(np.asarray(micro_p), np.asarray(micro_r), beta))
-        out[f"weighted_{name}"] = float((f * weights).sum())
-    out["macro_precision"] = float(precision.mean()) if len(labels) else 0.0
-    out["macro_recall"] = float(recall.mean()) if len(labels) else 0.0
-    out["weighted_precision"] = float((precision * weights).sum())
-    out["weighted_recall"] = float((recall * weights).sum())
+        for average in AVERAGES:
+            out[f"{average}_{name}"] = float(prfs(beta, average)[2])
+    for average in ("macro", "weighted"):
+        precision, recall, _, _ = prfs(1.0, average)
+        out[f"{average}_precision"], out[f"{average}_recall"] = float(precision), float(recall)
+    per_beta = {beta_name(beta): prfs(beta, None)[2] for beta in betas}
+    precision, recall, _, support = prfs(1.0, None)
     per_class = {}
     for i, label in enumerate(labels):
         entry = {"precision": float(precision[i]), "recall": float(recall[i])}
-        for beta in betas:
-            entry[beta_name(beta)] = float(_fbeta(precision[i : i + 1], recall[i : i + 1], beta)[0])
-        entry["support"] = int(true[i])
+        entry.update({name: float(f[i]) for name, f in per_beta.items()})
+        entry["support"] = int(support[i])
         per_class[label] = entry
     out["per_class"] = per_class
     out["labels"] = labels
-    out["confusion_matrix"] = cm.tolist()
+    out["confusion_matrix"] = confusion_matrix(t, p, labels).tolist()
     return out
 
 

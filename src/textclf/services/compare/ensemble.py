@@ -200,10 +200,15 @@ class EnsemblePredictor(Predictor):
 
 # --------------------------------------------------------------------------- weight search
 def _objective(probas: Sequence[np.ndarray], y: np.ndarray, weights: np.ndarray, beta: float) -> tuple[float, float]:
-    from textclf.services.compare.thresholds import macro_fbeta
+    """Macro F-beta and log-loss of one weight vector; from counts, as the grid scores thousands of them.
+
+    :func:`textclf.core.metrics.fbeta_from_counts` gives scikit-learn's macro F-beta without its
+    per-call input checks (which would dominate a bagged grid search).
+    """
+    from textclf.core.metrics import class_counts, fbeta_from_counts
 
     p = weighted_average(probas, weights)
-    score = macro_fbeta(y, p.argmax(axis=1), p.shape[1], beta)
+    score = float(fbeta_from_counts(*class_counts(y, p.argmax(axis=1), p.shape[1]), beta)) if len(y) else 0.0
     logloss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))) if len(y) else 0.0
     return score, logloss
 

@@ -134,22 +134,19 @@ def plot_per_class(metrics: dict, beta: float, path: str | Path, title: str = ""
 
 
 def pr_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Precision, recall (thresholds from high to low score) and average precision, as scikit-learn computes them."""
+    """Precision, recall (thresholds from high to low score) and average precision, by ``sklearn.metrics``.
+
+    ``precision_recall_curve``'s arrays reversed, so they start at (recall 0, precision 1), and
+    ``average_precision_score``. No positive example: ``([1.], [0.], nan)`` (scikit-learn has no
+    curve to draw then).
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
     y_true = np.asarray(y_true, dtype=bool)
-    positives = int(y_true.sum())
-    if positives == 0:
+    if not y_true.any():
         return np.array([1.0]), np.array([0.0]), float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, t = scores[order], y_true[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(t)[distinct]
-    fp = (distinct + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / positives
-    precision = np.r_[1.0, precision]
-    recall = np.r_[0.0, recall]
-    ap = float(np.sum(np.diff(recall) * precision[1:]))
-    return precision, recall, ap
+    precision, recall, _ = precision_recall_curve(y_true, scores)
+    return precision[::-1], recall[::-1], float(average_precision_score(y_true, scores))
 
 
 def plot_pr_curves(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, labels: Sequence[str], path: str | Path,

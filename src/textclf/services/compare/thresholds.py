@@ -37,6 +37,7 @@ import numpy as np
 
 from textclf.core.decision import EPS, META_KEY, decide, log_proba, offsets_from_meta  # noqa: F401  (re-exported)
 from textclf.core.errors import DataError
+from textclf.core.metrics import fbeta_from_counts
 
 #: offsets stay within +-MAX_OFFSET nats (beyond that a class is simply always / never predicted)
 MAX_OFFSET = 30.0
@@ -56,39 +57,34 @@ def label_indices(labels: Sequence[str], label_order: Sequence[str], path: str |
     return np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
 
 
-def fbeta_from_counts(tp: np.ndarray, pred: np.ndarray, true: np.ndarray, beta: float) -> np.ndarray:
-    """Macro F-beta from per-class counts; the last axis is the class (leading axes broadcast)."""
-    tp, pred, true = (np.asarray(a, dtype=np.float64) for a in (tp, pred, true))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(pred > 0, tp / np.where(pred > 0, pred, 1), 0.0)
-        recall = np.where(true > 0, tp / np.where(true > 0, true, 1), 0.0)
-        b2 = beta * beta
-        denom = b2 * precision + recall
-        f = np.where(denom > 0, (1 + b2) * precision * recall / np.where(denom > 0, denom, 1), 0.0)
-    return f.mean(axis=-1)
-
-
 def macro_fbeta(y: np.ndarray, pred: np.ndarray, n_classes: int, beta: float = 1.0) -> float:
-    """Macro F-beta of integer labels over ``n_classes`` classes (as :mod:`textclf.core.metrics`, zero_division=0)."""
-    cm = np.bincount(np.asarray(y) * n_classes + np.asarray(pred), minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    return float(fbeta_from_counts(np.diag(cm), cm.sum(axis=0), cm.sum(axis=1), beta))
+    """Macro F-beta of integer labels over ``n_classes`` classes: ``sklearn.metrics.fbeta_score``, zero_division=0.
+
+    No samples: 0 (scikit-learn refuses empty input). The break-point search scores its many
+    candidate offsets with :func:`fbeta_from_counts` (the same numbers, vectorised); every score
+    it reports comes from here.
+    """
+    from sklearn.metrics import fbeta_score
+
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    if len(y) == 0:
+        return 0.0
+    return float(fbeta_score(y, pred, beta=beta, average="macro", labels=np.arange(n_classes), zero_division=0))
 
 
 def stratified_folds(y: np.ndarray, k: int, seed: int = 13) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``k`` stratified ``(train, held-out)`` index pairs: each class's shuffled (seeded) indices dealt round-robin.
+    """``k`` stratified ``(train, held-out)`` index pairs: ``sklearn.model_selection.StratifiedKFold``, shuffled with ``seed``.
 
-    The deal continues across classes, so fold sizes differ by at most one.
+    Every class is spread over the folds as evenly as it divides and fold sizes differ by at most
+    one; which document lands in which fold is scikit-learn's (seeded) choice. Earlier versions
+    dealt each class round-robin by hand, so their folds, and out-of-fold scores, were other ones
+    (as valid a split).
     """
+    from sklearn.model_selection import StratifiedKFold
+
     y = np.asarray(y)
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(y), dtype=np.int64)
-    start = 0
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        fold_of[idx] = (start + np.arange(len(idx))) % k
-        start += len(idx)
-    everything = np.arange(len(y))
-    return [(everything[fold_of != f], everything[fold_of == f]) for f in range(k)]
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(train, held) for train, held in splitter.split(np.zeros((len(y), 1)), y)]
 
 
 def n_folds(y: np.ndarray, cv: int) -> int:

@@ -110,11 +110,15 @@ def apply_override(cfg: dict, assignment: str) -> dict:
         raise ConfigError(f"--set {assignment!r}: expected key.sub=value")
     key, raw = assignment.split("=", 1)
     key = key.strip()
-    parts = key.split(".")
-    update: Any = parse_value(raw)
-    for part in reversed(parts):
+    return set_key(cfg, key, parse_value(raw), source=f"--set {key}")
+
+
+def set_key(cfg: dict, key: str, value: Any, source: str | None = None) -> dict:
+    """A copy of ``cfg`` with the dotted ``key`` set to ``value``, checked like every override (known key, same type)."""
+    update: Any = value
+    for part in reversed(key.split(".")):
         update = {part: update}
-    return merge(cfg, update, source=f"--set {key}")
+    return merge(cfg, update, source=source or key)
 
 
 def load_config(family: str, config_path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:

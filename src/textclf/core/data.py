@@ -333,6 +333,25 @@ def read_labelled(
         path = Path(path)
         _check_not_empty(path)
         rows = get_reader(detect_format(path, fmt, labelled=True))(path, text_column, label_column)
+    return labelled_dataset(rows, path, min_classes)
+
+
+def check_text(path: str | Path, number: int | None, text: object) -> str:
+    """``text`` when it is a string, else DataError naming the row (the rule for every text a model reads)."""
+    if not isinstance(text, str):
+        raise DataError(path, f"text must be a string, found {type(text).__name__}", number)
+    return text
+
+
+def labelled_dataset(rows: Iterable[tuple[int, object, object]], path: str | Path, min_classes: int = 2) -> Dataset:
+    """Check ``(number, text, label)`` rows and gather them into a :class:`Dataset`: the rules every labelled input meets.
+
+    A row needs a non-blank label (a string or an integer, kept as its stripped string) and a
+    non-blank string text; the data needs a row and ``min_classes`` distinct labels. Each problem
+    raises DataError naming ``path`` and the row's ``number``. :func:`read_labelled` applies this to
+    every file's rows and ``TextClassifier.fit`` (:mod:`textclf.services.estimator`) to in-memory
+    texts and labels, so the same defect reads the same either way.
+    """
     texts: list[str] = []
     labels: list[str] = []
     lines: list[int] = []
@@ -341,8 +360,7 @@ def read_labelled(
             raise DataError(path, "empty label", number)
         if text is None or (isinstance(text, str) and not text.strip()):
             raise DataError(path, "empty text", number)
-        if not isinstance(text, str):
-            raise DataError(path, f"text must be a string, found {type(text).__name__}", number)
+        check_text(path, number, text)
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise DataError(path, f"label must be a string or integer, found {type(label).__name__}", number)
         texts.append(text)

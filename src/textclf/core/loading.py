@@ -38,7 +38,8 @@ def load_plugin_code(model_dir: Path, meta: dict) -> None:
     load_code(path)
 
 
-def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str | None = None) -> Predictor:
+def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str | None = None,
+                   announce: bool = True) -> Predictor:
     """Load any textclf model directory (or a model file inside one) by the ``kind`` in its meta.json.
 
     The kind is a family's name, or a kind built by a command rather than trained (``ensemble``;
@@ -47,7 +48,8 @@ def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str
     :mod:`textclf.core.onnx_runtime`) or None: ONNX when the directory holds an export (or
     ``model_path`` names a ``.onnx`` file), else the family's own. Files recorded in meta.json
     (``files``) are checked first (:mod:`textclf.core.integrity`); a library failure while loading is
-    a one-line ModelError.
+    a one-line ModelError. ``announce=False`` skips the note that loading unpickles files (for a caller that
+    wrote the directory itself or already unpickled more than it, like an unpickled ``TextClassifier``).
     """
     from textclf.core.integrity import announce_pickles, check_meta, guarded_load, verify_recorded_files
     from textclf.core.onnx_runtime import load_onnx_predictor, use_onnx
@@ -71,7 +73,8 @@ def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str
         if cls is None:
             names = sorted({*known, *all_kinds()})
             raise ModelError(f"{model_dir}/{META_FILE}: unknown model kind {kind!r}; known: {', '.join(names)}")
-    announce_pickles(model_dir)
+    if announce:
+        announce_pickles(model_dir)
     predictor = guarded_load(cls, model_dir, meta, model_file)
     predictor.use_thresholds = thresholds
     return predictor

@@ -107,11 +107,16 @@ def sweep_stale_dirs(prefix: str, parent: str | Path | None = None) -> list[Path
     return removed
 
 
+def make_owned_temp_dir(prefix: str) -> Path:
+    """A new temp directory named for this process (the caller removes it); stale ones of the same prefix are swept first."""
+    sweep_stale_dirs(prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner_tag()}-"))
+
+
 @contextlib.contextmanager
 def owned_temp_dir(prefix: str) -> Iterator[Path]:
     """A temp directory named for this process, removed on exit; stale ones of the same prefix are swept first."""
-    sweep_stale_dirs(prefix)
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner_tag()}-"))
+    path = make_owned_temp_dir(prefix)
     try:
         yield path
     finally:

@@ -278,6 +278,39 @@ def test_journal_queue_requeues_with_the_command(data, uri, sleepy, tmp_path):
     assert retry.state == TrialState.COMPLETE and RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
 
 
+def test_requeue_judges_each_running_task_by_its_owner_record(tmp_path, monkeypatch):
+    """The one liveness rule (textclf.core.claims) on the tasks' owner records: a reused pid is gone, another host is not."""
+    from textclf.core.claims import owner_record
+    from textclf.services.queue import _record_worker, pop_task, requeue
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    dead = {**owner_record(killed.pid), "slurm_job_id": "7"}  # a worker of SLURM job 7, on this host
+    killed.kill()
+    killed.wait()
+    try:
+        study = open_queue("owners", str(tmp_path / "q.journal"), create=True)
+        add_tasks(study, [Task("fasttext", ["/t.csv"], "/v.csv")] * 4)
+        remote = {**dead, "host": "elsewhere", "slurm_job_id": None}  # another host outside SLURM: nobody here can tell
+        holders = [owner_record(live.pid), {**owner_record(live.pid), "pid_start": 1.0}, remote, dead]
+        for record in holders:
+            trial = pop_task(study)
+            for key, value in record.items():
+                trial.set_user_attr(key, value)
+        assert requeue(study) == [1, 3]  # the reused pid's and the killed worker's, not the live or the remote one
+        # a retried task carries its dead attempt's attributes: a worker outside SLURM clears the SLURM ids it lacks
+        for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
+            monkeypatch.delenv(var, raising=False)
+        pop_task(study)
+        retry_of_3 = pop_task(study)
+        assert retry_of_3.user_attrs["slurm_job_id"] == "7" and retry_of_3.user_attrs["pid"] == killed.pid
+        _record_worker(retry_of_3)
+        assert retry_of_3.user_attrs["slurm_job_id"] is None and retry_of_3.user_attrs["pid"] == os.getpid()
+    finally:
+        live.kill()
+        live.wait()
+
+
 # --------------------------------------------------------------------------- PostgreSQL (infra tests)
 # the `cluster` and `postgres_url` fixtures live in conftest.py
 

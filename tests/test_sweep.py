@@ -258,12 +258,13 @@ def test_claims_are_exclusive_and_stale_ones_are_taken_over(plan, monkeypatch):
 
     write_claim(plan, host=sw.HOST, pid=dead_pid(), worker_id="gone")  # killed worker on this host: stale
     assert sw.claim_combo(plan, combo, me, None) is not None
-    write_claim(plan, host=sw.HOST, pid=os.getppid(), start="1", worker_id="reused")  # pid reused by another process
+    write_claim(plan, host=sw.HOST, pid=os.getppid(), pid_start=1.0, worker_id="reused")  # pid reused by another process
     assert sw.claim_combo(plan, combo, me, None) is not None
     write_claim(plan, host="elsewhere", pid=1, worker_id="remote")  # another host, no SLURM: presumed alive
     assert sw.claim_combo(plan, combo, me, None) is None
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    write_claim(plan, host="elsewhere", pid=1, worker_id="requeued", slurm_job_id="4242")  # this very job, requeued
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    write_claim(plan, host="elsewhere", pid=1, worker_id="requeued", slurm_job_id="4242")  # this very job's run before its requeue
     assert sw.claim_combo(plan, combo, me, None) is not None
     # a finished combination is never claimed again
     sw.atomic_write_json(plan.combo_dir(combo) / "result.json", {"identity": "x", "n_trials": 10})

@@ -4,8 +4,9 @@ A temp file written beside a target (``.out.txt.tc<pid>@<host>.<random>.tmp``) o
 directory (``textclf-ft-<pid>@<host>-<random>`` in the temp folder) names the process that
 made it. ``kill -9`` gives that process no chance to clean up, so the next run that writes the
 same target (or makes the same kind of temp directory) removes the ones whose process is gone
-on this host. :func:`sigterm_as_exit` turns SIGTERM into ``SystemExit(143)``, so the
-``finally``/``except`` blocks that remove temporaries run when a job is stopped politely.
+on this host (the one liveness rule, :func:`textclf.core.claims.owner_alive`). :func:`sigterm_as_exit`
+turns SIGTERM into ``SystemExit(143)``, so the ``finally``/``except`` blocks that remove temporaries
+run when a job is stopped politely.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from textclf.core.atomic import atomic_open
+from textclf.core.claims import HOST, owner_gone
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +33,16 @@ _DIR_RE = re.compile(r"(?P<pid>\d+)@(?P<host>[^/]*)-[A-Za-z0-9_]+")
 
 
 def _host() -> str:
-    return socket.gethostname().replace("/", "_")
+    return HOST.replace("/", "_")
 
 
 def _owner_tag() -> str:
     return f"{os.getpid()}@{_host()}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stale(pid: str, host: str) -> bool:
-    return host == _host() and int(pid) != os.getpid() and not pid_alive(int(pid))
+    """Whether the temp of ``pid@host`` is left by a gone process (:func:`textclf.core.claims.owner_gone`)."""
+    return owner_gone({"host": host, "pid": int(pid)})
 
 
 def sweep_stale_temps(target: str | Path) -> list[Path]:

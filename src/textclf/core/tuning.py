@@ -22,8 +22,8 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from textclf.core.atomic import atomic_open
+from textclf.core.claims import owner_gone, owner_record
 from textclf.core.errors import ConfigError, TextclfError
-from textclf.core.tempfiles import pid_alive
 
 log = logging.getLogger(__name__)
 # multivariate TPE and the matplotlib plots are flagged experimental; they are stable enough for us
@@ -131,16 +131,16 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
 
 
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Mark RUNNING trials left by a killed process on this host as FAIL; returns how many.
+    """Mark RUNNING trials left by a killed process as FAIL; returns how many.
 
-    Only trials whose recorded host is this machine and whose pid is gone are touched,
-    so live workers elsewhere sharing the study are never disturbed.
+    A trial's user attributes are its worker's owner record (:func:`record_worker`); it is failed
+    when :func:`textclf.core.claims.owner_gone` says so from what this host knows (its pid is gone or
+    reused here, or it ran in an earlier run of this requeued SLURM job). Live workers elsewhere
+    sharing the study are never disturbed (``squeue`` is not asked: every study opening would ask it).
     """
-    host = os.uname().nodename
     stale = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
+        if isinstance(t.user_attrs.get("pid"), int) and owner_gone(t.user_attrs):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             stale += 1
     if stale:
@@ -195,12 +195,9 @@ def start_points(space: dict, starts: list[dict]) -> list[dict]:
 
 
 def record_worker(trial: optuna.Trial) -> None:
-    """Store which worker ran a trial (SLURM job/array ids, host, pid) as user attributes."""
-    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
-        if key in os.environ:
-            trial.set_user_attr(key.lower(), os.environ[key])
-    trial.set_user_attr("host", os.uname().nodename)
-    trial.set_user_attr("pid", os.getpid())
+    """Store which worker runs a trial, its owner record (host, pid, pid start, SLURM ids), as user attributes."""
+    for key, value in owner_record().items():
+        trial.set_user_attr(key, value)
 
 
 def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int | None,

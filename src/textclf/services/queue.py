@@ -13,8 +13,10 @@ has Optuna's heartbeat; a worker runs ``optuna.storages.fail_stale_trials`` befo
 a task whose worker stopped beating (kill -9, lost node) is failed and
 ``RetryHeartbeatStaleTrialCallback`` enqueues it again (``retried_trial_number`` names the
 original). A journal file has no heartbeat: :func:`requeue` (``textclf queue requeue``) fails
-and re-enqueues RUNNING tasks whose worker is gone (same host, pid dead) or that started too
-long ago, through the same callback.
+and re-enqueues RUNNING tasks whose worker is gone (the liveness rule of :mod:`textclf.core.claims`,
+on the owner record each task carries: this host's pid dead or reused, or its SLURM job ended) or
+that started too long ago, through the same callback. Why the embeddings sweep is not run as tasks
+of this queue is in :mod:`textclf.core.claims` too.
 
 SQLite note: SQLAlchemy's pysqlite driver reads the trial before it opens the write transaction,
 so two workers can both move one WAITING trial to RUNNING; :func:`queue_storage` makes every
@@ -27,7 +29,6 @@ import datetime as _dt
 import itertools
 import json
 import logging
-import os
 import threading
 import time
 import warnings
@@ -38,6 +39,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from textclf.core.claims import SLURM_VARS, SlurmJobs, owner_gone, owner_record
 from textclf.core.config import parse_value
 from textclf.core.errors import ConfigError, TextclfError
 
@@ -448,14 +450,19 @@ def original_number(trial: FrozenTrial | optuna.Trial) -> int:
 
 
 def _record_worker(trial: optuna.Trial) -> None:
-    trial.set_user_attr("host", os.uname().nodename)
-    trial.set_user_attr("pid", os.getpid())
+    """Record this worker's owner record (:func:`textclf.core.claims.owner_record`) and start time on the task.
+
+    A retried task carries its failed attempt's attributes: SLURM ids this worker lacks are cleared.
+    """
+    record = owner_record()
+    for key, value in record.items():
+        trial.set_user_attr(key, value)
+    for key in (v.lower() for v in SLURM_VARS):
+        if key not in record and trial.user_attrs.get(key) is not None:
+            trial.set_user_attr(key, None)
     trial.set_user_attr("started", _dt.datetime.now().isoformat(timespec="seconds"))
     if trial.user_attrs.get("error"):  # copied from a failed attempt
         trial.set_user_attr("error", None)
-    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID"):
-        if key in os.environ:
-            trial.set_user_attr(key.lower(), os.environ[key])
 
 
 def _end_previous_attempt(trial: optuna.Trial, tracking) -> None:
@@ -577,13 +584,6 @@ def work(study: optuna.Study, output_root: str | Path = DEFAULT_OUTPUT_ROOT, max
 
 
 # --------------------------------------------------------------------------- managing
-def _pid_gone(trial: FrozenTrial) -> bool:
-    from textclf.core.tempfiles import pid_alive
-
-    pid = trial.user_attrs.get("pid")
-    return trial.user_attrs.get("host") == os.uname().nodename and isinstance(pid, int) and not pid_alive(pid)
-
-
 @_quiet
 def _retried(study: optuna.Study) -> set[int]:
     """Trial numbers that already have a retry in the queue."""
@@ -593,16 +593,20 @@ def _retried(study: optuna.Study) -> set[int]:
 
 @_quiet
 def requeue(study: optuna.Study, older_than: float | None = None, failed: bool = False) -> list[int]:
-    """Fail RUNNING tasks whose worker is gone (this host, pid dead) or that started ``older_than`` seconds ago,
-    and enqueue each again (``failed``: FAIL tasks not retried yet too); returns the requeued task numbers.
+    """Fail RUNNING tasks whose worker is gone or that started ``older_than`` seconds ago, and enqueue each
+    again (``failed``: FAIL tasks not retried yet too); returns the requeued task numbers.
 
-    For journal-file queues, which have no heartbeat; on RDB queues workers do this themselves.
+    Gone is :func:`textclf.core.claims.owner_gone` of the task's owner record, ``squeue`` asked: its
+    process on this host is dead (or the pid reused), or its SLURM job ended. For journal-file queues,
+    which have no heartbeat; on RDB queues workers do this themselves.
     """
     now = _dt.datetime.now()
     requeued = []
+    slurm = SlurmJobs()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
-        if _pid_gone(t) or (older_than is not None and age > older_than):
+        gone = isinstance(t.user_attrs.get("pid"), int) and owner_gone(t.user_attrs, slurm)
+        if gone or (older_than is not None and age > older_than):
             try:  # a trial that finished meanwhile raises: its worker was alive after all
                 study._storage.set_trial_user_attr(t._trial_id, "error", f"requeued: worker gone after {age:.0f}s")
                 if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):

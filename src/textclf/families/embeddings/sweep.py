@@ -8,7 +8,7 @@ its best trial is refitted and saved as a normal model directory. The output dir
     D/sweep.csv                           the ranked table (written atomically by every report)
     D/best -> combos/<best>/model         the best combination's model directory (`textclf predict --model_path D/best`)
     D/combos/<encoder>__<classifier>/
-        claim                             who runs it now (pid, host, process start time, SLURM job); gone when done
+        claim                             who runs it now (host, pid, pid start, SLURM job); gone when done
         attempts.log                      one line per claim: which worker started it, when
         study.journal, progress.log       its Optuna study (unless --storage names a shared journal/PostgreSQL)
         trials.csv                        the study's trials
@@ -21,27 +21,21 @@ its best trial is refitted and saved as a normal model directory. The output dir
 combination's study resumes (its finished trials are kept), so ``kill -9`` loses at most the trial in
 flight. Raising ``--n_trials`` later reruns every combination, each resuming its study.
 
-**Claims (why files and not an Optuna queue).** The tempting alternative is one "sweep" study whose
-enqueued trials are the combinations (``study.ask()`` pops a WAITING trial atomically). It was not
-chosen because done-ness would then live twice, in the storage and in result.json, and the two can
-disagree (a trial marked COMPLETE whose result write was killed); a killed worker's RUNNING trial can
-only be failed, not handed on, so a restart would have to re-enqueue by hand; and ``--report_only``
-and the SLURM array would need the storage just to know what is finished. Instead:
+**Claims (why files and not the run queue).** A combination is claimed with a ``claim`` file
+holding its worker's owner record; the mechanism (hard-link creation, takeover by rename under
+``flock`` on ``D/.claims.lock``) and the one liveness rule shared with the run queue, the searches'
+stale trials and temp files are :mod:`textclf.core.claims`, whose docstring says (and measures) why
+the combinations are not run queue tasks. Here:
 
-* a worker claims a combination by writing its identity to a temp file and hard-linking it to
-  ``claim`` (``os.link`` fails with EEXIST when a claim exists; it is atomic on local filesystems and
-  NFS, and a claim is never seen half-written; without hard links, ``O_CREAT | O_EXCL``);
-* a claim is **stale** when its holder ran on this host and that pid is gone (or was reused: the
-  process start time differs), or when it ran in a SLURM job that ``squeue`` no longer lists (or is
-  this very job, requeued). A claim from another host without SLURM is presumed alive (remove the
-  file by hand if that host is gone);
-* a stale claim is taken over by renaming it aside (only one racing process gets that inode),
-  checking that the moved file is the claim judged stale, and linking a new one. Claims and
-  takeovers on one host are serialised by ``flock`` on ``D/.claims.lock``, which the kernel releases
-  when a worker dies, so two restarted workers never both take the same claim over. With the default
-  per-combination journal only the claim holder writes it, so the takeover also removes the journal
-  lock a ``kill -9`` mid-write left behind (Optuna would otherwise wait out its 30 s grace period);
-* ``result.json`` is written before the claim is removed: done-ness never depends on a claim.
+* a claim is **stale** when its holder ran on this host and that process is gone (a zombie, or the
+  pid reused: its start differs), or when it ran in a SLURM job that ``squeue`` no longer lists (or
+  in an earlier run of this very job, requeued). A claim from another host without SLURM is presumed
+  alive (remove the file by hand if that host is gone);
+* a stale claim is taken over; with the default per-combination journal only the claim holder
+  writes it, so the takeover also removes the journal lock a ``kill -9`` mid-write left behind
+  (Optuna would otherwise wait out its 30 s grace period);
+* ``result.json`` is written before the claim is removed: done-ness never depends on a claim, and
+  ``--report_only``/``--list`` need no storage.
 
 **Parallelism.** ``--workers N`` starts N local processes (fresh interpreters; each takes a share of
 the CPU threads) that claim combinations until none is left, each preferring the encoder whose vectors
@@ -66,13 +60,13 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from textclf.core import claims
 from textclf.core.atomic import atomic_open, atomic_write_json, atomic_write_text
 from textclf.core.errors import ConfigError, ModelError
-from textclf.core.tempfiles import pid_alive
 from textclf.core.tuning import JOURNAL_FILE
 from textclf.families.common.encoders import TFIDF_SVD
 from textclf.families.embeddings.classifiers import CLASSIFIERS
@@ -96,9 +90,7 @@ VOLATILE_KEYS = ("device", "encoder.batch_size", "search.storage", "search.n_job
 TABLE_COLUMNS = ("rank", "encoder", "classifier", "valid_macro_f1", "test_macro_f1", "valid_accuracy", "test_accuracy",
                  "fit_seconds", "predict_docs_per_s", "classify_docs_per_s", "search_seconds", "n_trials", "balance",
                  "params", "worker", "model_dir")
-HOST = os.uname().nodename
-_FINISHED_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
-                          "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+HOST = claims.HOST
 
 
 # --------------------------------------------------------------------------- combinations
@@ -299,190 +291,46 @@ def is_done(result: dict | None, ident: str | None, n_trials: int) -> bool:
 
 # --------------------------------------------------------------------------- claims
 
-def _proc_start(pid: int) -> str | None:
-    """The start time (clock ticks since boot) of ``pid`` from /proc, or None where there is no /proc."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    if not pid_alive(pid):
-        return False
-    try:  # a zombie (killed, not yet reaped) is gone too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _slurm_job_alive(job_id: str) -> bool | None:
-    """Whether SLURM still runs/queues ``job_id``; None when squeue cannot say."""
-    try:
-        proc = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return False if "invalid job id" in proc.stderr.lower() else None
-    states = set(proc.stdout.split())
-    return bool(states - _FINISHED_SLURM_STATES)
-
-
-def holder_alive(holder: dict) -> bool:
-    """Whether the worker that wrote claim ``holder`` may still be running its combination (see the module docstring)."""
-    pid = holder.get("pid")
-    if holder.get("host") == HOST:
-        if not isinstance(pid, int) or not _pid_alive(pid):
-            return False
-        start = holder.get("start")
-        now = _proc_start(pid)
-        return start is None or now is None or start == now
-    job = holder.get("slurm_job_id")
-    if job:
-        if job == os.environ.get("SLURM_JOB_ID"):
-            return False  # this very job wrote it: an earlier run of this (requeued) task
-        alive = _slurm_job_alive(job)
-        if alive is not None:
-            return alive
-    return True
-
-
 def worker_info(worker_index: int = 0) -> dict:
-    """Who this worker is: host, pid, process start time, worker index, SLURM ids."""
-    pid = os.getpid()
-    info = {"worker_id": f"{HOST}:{pid}", "host": HOST, "pid": pid, "start": _proc_start(pid), "worker_index": worker_index}
-    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
-        if os.environ.get(key):
-            info[key.lower()] = os.environ[key]
-    return info
-
-
-@contextlib.contextmanager
-def _host_lock(out: Path) -> Iterator[None]:
-    """Serialise claims of the processes on this host (``flock``; released by the kernel if the holder dies)."""
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        except OSError as exc:  # a filesystem without locks: claims stay atomic, only takeovers lose this guard
-            log.debug("no flock on %s (%s)", out / LOCK_FILE, exc)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-
-
-def _link_claim(claim: Path, text: str) -> bool:
-    """Create ``claim`` holding ``text`` unless it exists (temp file + ``os.link``: atomic, never half-written).
-
-    Where hard links are not supported, ``O_CREAT | O_EXCL`` creates it instead.
-    """
-    tmp = claim.with_name(f".{CLAIM_FILE}.{HOST}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        os.link(tmp, claim)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Who this worker is: its owner record (host, pid, pid start, SLURM ids) plus ``worker_id`` and the worker index."""
+    record = claims.owner_record()
+    return {"worker_id": f"{record['host']}:{record['pid']}", **record, "worker_index": worker_index}
 
 
 def claim_combo(sweep: Sweep, combo: Combo, worker: dict, ident: str | None) -> dict | None:
     """Claim ``combo`` for ``worker``; returns the claim, or None when it is done or a live worker holds it."""
     cdir = sweep.combo_dir(combo)
     cdir.mkdir(parents=True, exist_ok=True)
-    claim = cdir / CLAIM_FILE
-    mine = {**worker, "combination": combo.name, "claimed": _now()}
-    text = json.dumps(mine)
-    with _host_lock(sweep.out):
-        if is_done(read_result(sweep, combo), ident, sweep.n_trials):
-            return None
-        for _ in range(3):
-            if _link_claim(claim, text):
-                break
-            seen = _read_text(claim)
-            if seen is None:
-                continue  # released meanwhile: try again
-            try:
-                holder = json.loads(seen)
-            except ValueError:
-                holder = {}
-            if holder and holder_alive(holder):
-                log.info("%s: claimed by %s (pid %s on %s), skipping", combo.name, holder.get("worker_id"),
-                         holder.get("pid"), holder.get("host"))
-                return None
-            aside = cdir / f".{CLAIM_FILE}.stale.{HOST}.{os.getpid()}"
-            try:
-                os.rename(claim, aside)
-            except FileNotFoundError:
-                continue
-            moved = _read_text(aside)
-            if moved != seen:  # someone else's fresh claim: put it back and leave the combination to it
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, claim)
-                aside.unlink(missing_ok=True)
-                return None
-            aside.unlink(missing_ok=True)
-            log.warning("%s: taking over the stale claim of %s (pid %s on %s, no longer running)", combo.name,
-                        holder.get("worker_id"), holder.get("pid"), holder.get("host"))
-            if not sweep.cfg["search"].get("storage"):
-                # the combination's own journal: only a claim holder writes it, so a lock left by the dead one is stale
-                # (Optuna would wait its 30 s grace period first)
-                lock = cdir / f"{JOURNAL_FILE}.lock"
-                if lock.is_symlink() or lock.exists():
-                    lock.unlink(missing_ok=True)
-                    log.warning("%s: removed the journal lock the killed worker held", combo.name)
-        else:
-            return None
-    from textclf.core.progress import append_line
 
-    append_line(cdir / ATTEMPTS_FILE, f"claimed by {worker['worker_id']} (worker {worker.get('worker_index', 0)}"
-                f"{', slurm job ' + worker['slurm_job_id'] if worker.get('slurm_job_id') else ''})")
+    def forget_journal_lock(_old: dict) -> None:
+        if not sweep.cfg["search"].get("storage"):
+            # the combination's own journal: only a claim holder writes it, so a lock left by the dead one is stale
+            # (Optuna would wait its 30 s grace period first)
+            lock = cdir / f"{JOURNAL_FILE}.lock"
+            if lock.is_symlink() or lock.exists():
+                lock.unlink(missing_ok=True)
+                log.warning("%s: removed the journal lock the killed worker held", combo.name)
+
+    mine = claims.acquire(cdir / CLAIM_FILE, {**worker, "combination": combo.name, "claimed": _now()}, sweep.out / LOCK_FILE,
+                          wanted=lambda: not is_done(read_result(sweep, combo), ident, sweep.n_trials),
+                          on_takeover=forget_journal_lock, label=combo.name)
+    if mine is not None:
+        from textclf.core.progress import append_line
+
+        append_line(cdir / ATTEMPTS_FILE, f"claimed by {worker['worker_id']} (worker {worker.get('worker_index', 0)}"
+                    f"{', slurm job ' + worker['slurm_job_id'] if worker.get('slurm_job_id') else ''})")
     return mine
 
 
 def release(sweep: Sweep, combo: Combo, mine: dict) -> None:
     """Remove the claim if it is still ours."""
-    claim = sweep.combo_dir(combo) / CLAIM_FILE
-    with _host_lock(sweep.out):
-        if _read_text(claim) == json.dumps(mine):
-            claim.unlink(missing_ok=True)
+    claims.release(sweep.combo_dir(combo) / CLAIM_FILE, mine, sweep.out / LOCK_FILE)
 
 
 def drop_stale_claim(sweep: Sweep, combo: Combo) -> None:
     """Remove a finished combination's claim left by a worker that died after writing its result."""
-    claim = sweep.combo_dir(combo) / CLAIM_FILE
-    with _host_lock(sweep.out):
-        seen = _read_text(claim)
-        if seen is None:
-            return
-        try:
-            holder = json.loads(seen)
-        except ValueError:
-            holder = {}
-        if not (holder and holder_alive(holder)):
-            claim.unlink(missing_ok=True)
-            log.info("%s: removed the claim its finished worker left behind", combo.name)
+    if claims.drop_if_stale(sweep.combo_dir(combo) / CLAIM_FILE, sweep.out / LOCK_FILE):
+        log.info("%s: removed the claim its finished worker left behind", combo.name)
 
 
 # --------------------------------------------------------------------------- running one combination
@@ -651,15 +499,14 @@ def run_local_workers(sweep: Sweep, n_workers: int) -> None:
 # --------------------------------------------------------------------------- the table
 
 def _holder_text(sweep: Sweep, combo: Combo) -> str:
-    text = _read_text(sweep.combo_dir(combo) / CLAIM_FILE)
+    text = claims.read_text(sweep.combo_dir(combo) / CLAIM_FILE)
     if text is None:
-        err = _read_text(sweep.combo_dir(combo) / ERROR_FILE)
+        err = claims.read_text(sweep.combo_dir(combo) / ERROR_FILE)
         return f"failed: {err.strip().split(': ', 1)[-1][:120]}" if err else "not run"
-    try:
-        holder = json.loads(text)
-    except ValueError:
+    holder = claims.holder(text)
+    if not holder:
         return "claimed"
-    alive = "running" if holder_alive(holder) else "stale claim"
+    alive = "stale claim" if claims.owner_gone(holder, claims.SlurmJobs()) else "running"
     return f"{alive}: pid {holder.get('pid')} on {holder.get('host')}"
 
 

@@ -199,11 +199,13 @@ def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resu
     if not isinstance(predictor, Predictor):
         raise ConfigError(f"family {family.name!r} does not implement the contract: fit must return a Predictor, "
                           f"got {type(predictor).__name__}")
-    # what fit wrote (new or rewritten files), and the plug-in code the directory carries
+    info = {"params": final_cfg.get("model"), **(getattr(predictor, "fit_info", None) or {})}
+    # the files loading needs: what fit names in fit_info["files"] (a family that also writes logs or
+    # checkpoints), else every file it wrote (new or rewritten); and the plug-in code the directory carries
+    named = info.pop(FILES_KEY, None)
     written = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*")
                      if p.is_file() and p.name not in CORE_FILES and p.name not in searched
-                     and (before.get(p) != p.stat().st_mtime_ns or p.parent.name == PLUGIN_DIR))
-    extra[FILES_KEY] = files_block(output_dir, written)
-    info = {"params": final_cfg.get("model"), **(getattr(predictor, "fit_info", None) or {})}
+                     and ((named is None and before.get(p) != p.stat().st_mtime_ns) or p.parent.name == PLUGIN_DIR))
+    extra[FILES_KEY] = files_block(output_dir, sorted({*written, *(named or ())}))
     finish_run(output_dir, predictor, splits, cfg, tuple(family.packages), best_point=point or None, **info, **extra)
     return output_dir

@@ -19,7 +19,8 @@ from textclf.core.data import (
     stratified_split,
     write_labelled,
 )
-from textclf.core.errors import DataError
+from textclf.core.errors import ConfigError, DataError
+from textclf.core.registry import Format, format_for_path, format_names, get_format, register_format
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -211,3 +212,80 @@ def test_atomic_write_keeps_normal_permissions_and_leaves_no_temp(tmp_path):
         raise RuntimeError("interrupted")
     assert (tmp_path / "a.txt").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+# --------------------------------------------------------------------------- the format registry
+def test_the_format_registry_lists_the_builtin_formats_by_what_they_can_do():
+    assert format_names() == ["txt", "csv", "tsv", "jsonl", "fasttext"]
+    assert format_names("read") == ["csv", "tsv", "jsonl", "fasttext"]
+    assert format_names("texts") == ["txt", "csv", "tsv", "jsonl", "fasttext"]
+    assert format_names("predictions") == ["txt", "csv", "jsonl"]
+    assert format_names("write") == ["csv", "tsv", "jsonl", "fasttext"]
+    assert get_format("fasttext").extensions == (".txt", ".ft", ".fasttext") and get_format("fasttext").suffix == ".txt"
+    assert get_format("csv").files and not get_format("txt").probabilities
+
+
+@pytest.mark.parametrize("name,read,texts,predictions", [
+    ("a.csv", "csv", "csv", "csv"),
+    ("a.TSV", "tsv", "tsv", "txt"),
+    ("a.tab", "tsv", "tsv", "txt"),
+    ("a.jsonl", "jsonl", "jsonl", "jsonl"),
+    ("a.ndjson", "jsonl", "jsonl", "jsonl"),
+    ("a.json", "jsonl", "jsonl", "jsonl"),
+    ("a.txt", "fasttext", "txt", "txt"),
+    ("a.ft", "fasttext", "fasttext", "txt"),
+    ("a.fasttext", "fasttext", "fasttext", "txt"),
+    ("a.xml", "fasttext", "txt", "txt"),
+    ("noextension", "fasttext", "txt", "txt"),
+])
+def test_the_extension_picks_the_format_for_each_job(name, read, texts, predictions):
+    assert [format_for_path(name, job).name for job in ("read", "texts", "predictions")] == [read, texts, predictions]
+
+
+def test_an_unknown_format_is_one_line_listing_the_known_ones(tmp_path):
+    path = write(tmp_path, "d.csv", "text,label\nhi,a\nyo,b\n")
+    hint = "(a format from your own file needs --code FILE)"
+    with pytest.raises(ConfigError) as err:
+        read_labelled(path, "xml")
+    assert str(err.value) == f"unknown format 'xml' for labelled data; known: csv, tsv, jsonl, fasttext {hint}"
+    with pytest.raises(ConfigError) as err:
+        list(iter_texts(path, "xml"))
+    assert str(err.value) == f"unknown format 'xml' for prediction input; known: txt, csv, tsv, jsonl, fasttext {hint}"
+    with pytest.raises(ConfigError) as err:  # txt is a format, but it holds no labels
+        write_labelled(tmp_path / "out.txt", read_labelled(path), "txt")
+    assert str(err.value) == f"unknown format 'txt' for labelled output; known: csv, tsv, jsonl, fasttext {hint}"
+    assert not (tmp_path / "out.txt").exists()
+    with pytest.raises(ConfigError) as err:
+        get_format("xml")
+    assert str(err.value) == f"unknown format 'xml'; known: txt, csv, tsv, jsonl, fasttext {hint}"
+
+
+def test_a_format_that_breaks_the_contract_is_refused():
+    with pytest.raises(ConfigError) as err:
+        Format(name="x", extensions=(".x",))
+    assert str(err.value) == "format 'x' can do nothing: give it read, texts, predictions or write"
+    with pytest.raises(ConfigError) as err:
+        Format(name="x", read=5)
+    assert str(err.value) == "format 'x': read must be a function or a \"module:attr\" string"
+    with pytest.raises(ConfigError) as err:
+        register_format(object())
+    assert str(err.value) == "register_format expects a textclf.core.registry.Format, got object"
+    assert Format(name="x", extensions=("X", ".Y"), texts="some.module:texts").extensions == (".x", ".y")
+    assert format_names() == ["txt", "csv", "tsv", "jsonl", "fasttext"]  # nothing was registered
+
+
+def test_make_dataset_writes_each_format_with_its_extension(tmp_path, tweets):
+    for fmt, name in (("fasttext", "train.txt"), ("tsv", "train.tsv"), ("jsonl", "train.jsonl")):
+        out = tmp_path / fmt
+        result = CliRunner().invoke(cli, ["make-dataset", "--input_path", str(tweets["test"]), "--output_dir", str(out),
+                                          "--output_format", fmt])
+        assert result.exit_code == 0, result.output
+        ext = name.split(".")[1]
+        assert sum(len(read_labelled(out / f"{part}.{ext}", fmt, min_classes=0)) for part in ("train", "valid", "test")) == 420
+        assert read_labelled(out / name).labels == read_labelled(out / name, fmt).labels  # the extension says the format
+    result = CliRunner().invoke(cli, ["make-dataset", "--input_path", str(tweets["test"]), "--output_dir", str(tmp_path / "x"),
+                                      "--output_format", "txt"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: Invalid value for '--output_format': unknown format 'txt' for labelled output; "
+                                     "known: csv, tsv, jsonl, fasttext (a format from your own file needs --code FILE) "
+                                     "(see 'cli make-dataset --help')")

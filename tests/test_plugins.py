@@ -252,10 +252,10 @@ def test_a_family_that_breaks_the_contract_is_refused_at_registration(tweets, tm
 
 
 # --------------------------------------------------------------------------- readers
-@pytest.fixture()
-def tweets_db(tweets, tmp_path) -> Path:
-    """The three splits as tables of a SQLite database (columns body, sentiment)."""
-    db = tmp_path / "tweets.sqlite"
+@pytest.fixture(scope="module")
+def tweets_db(tweets, tmp_path_factory) -> Path:
+    """The three splits as tables of a SQLite database (columns id, body, sentiment; the CSV files' rows in order)."""
+    db = tmp_path_factory.mktemp("sqlite") / "tweets.sqlite"
     with sqlite3.connect(db) as con:
         for split in ("train", "valid", "test"):
             con.execute(f"CREATE TABLE {split} (id INTEGER PRIMARY KEY, body TEXT, sentiment TEXT)")
@@ -308,6 +308,167 @@ def test_an_unknown_reader_is_one_line_listing_the_known_ones(tweets, tmp_path):
     known = line.split("known: ", 1)[1].split(" (", 1)[0].split(", ")
     assert {"csv", "tsv", "jsonl", "fasttext", "sqlite"} <= set(known)
     assert line.endswith("(a reader from your own file needs --code FILE)")
+
+
+# --------------------------------------------------------------------------- a format plug-in in every command
+#: the sqlite format's columns for the tweets database
+SQL_COLUMNS = ["--text_column", "body", "--label_column", "sentiment"]
+#: the one line an unknown format gives (``-c``: the name ``python -c ...`` gives the command, ``textclf`` when installed)
+SQL_FORMAT_ERROR = ("Error: Invalid value for '--{flag}': unknown format {name!r} for {job}; known: {known} "
+                    "(a format from your own file needs --code FILE) (see '-c {command} --help')")
+
+JSON_ARRAY_FORMAT = '''
+"""A format for files holding one JSON array of {"text": ..., "label": ...} objects, claiming the extension .array."""
+import json
+
+from textclf.core.registry import Format, register_format
+
+
+def rows(path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read(path, text_column, label_column):
+    for number, row in enumerate(rows(path), start=1):
+        yield number, row[text_column], row[label_column]
+
+
+def texts(path, text_column):
+    return (row[text_column] for row in rows(path))
+
+
+register_format(Format(name="json_array", extensions=(".array",), read=read, texts=texts))
+'''
+
+
+@pytest.fixture(scope="module")
+def sqlite_model(tweets_db, tmp_path_factory) -> Path:
+    """The plug-in family trained on the database (data.format=sqlite) with C=1: a second model to compare and combine."""
+    out = tmp_path_factory.mktemp("tfidf_sqlite") / "model"
+    proc = textclf("train", "--code", SQLITE, "--code", TFIDF, "tfidf_logreg", "--set", "data.format=sqlite",
+                   "--set", "data.text_column=body", "--set", "data.label_column=sentiment", "--set", "model.C=1",
+                   "--train_path", f"{tweets_db}::train", "--valid_path", f"{tweets_db}::valid",
+                   "--test_path", f"{tweets_db}::test", "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_predict_reads_a_sqlite_table_row_for_row(tweets_db, tfidf_model, tweets, tmp_path):
+    for fmt in ("csv", "txt"):
+        reference = tmp_path / f"reference.{fmt}"
+        proc = textclf("predict", "--model_path", tfidf_model, "--input_path", tweets["test"], "--output_path", reference)
+        assert proc.returncode == 0, proc.stderr
+        out = tmp_path / f"sqlite.{fmt}"
+        source = f"{tweets_db}::SELECT body FROM test ORDER BY id" if fmt == "csv" else f"{tweets_db}::test"
+        proc = textclf("predict", "--code", SQLITE, "--model_path", tfidf_model, "--input_format", "sqlite",
+                       "--input_path", source, "--text_column", "body", "--output_path", out)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == f"wrote 420 predictions to {out}"
+        assert out.read_text() == reference.read_text()  # row i of the table is line i of the CSV file
+        assert len(out.read_text().splitlines()) == 420 + (fmt == "csv")
+
+    gaps = tmp_path / "gaps.sqlite"
+    with sqlite3.connect(gaps) as con:
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, text TEXT)")
+        con.executemany("INSERT INTO t (text) VALUES (?)", [("fine",), (None,), ("never read",)])
+    con.close()
+    out = tmp_path / "gaps.txt"
+    proc = textclf("predict", "--code", SQLITE, "--model_path", tfidf_model, "--input_format", "sqlite",
+                   "--input_path", f"{gaps}::t", "--output_path", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # after the plug-in model's notes, one error line
+    assert proc.stderr.strip().splitlines()[-1] == f"Error: {gaps}::t:2: text must be a string, found NULL"
+    assert not out.exists()
+
+    base = ["predict", "--model_path", tfidf_model, "--input_path", f"{tweets_db}::test", "--output_path", out]
+    line = one_error_line(textclf(*base, "--code", SQLITE, "--input_format", "sqlit"))
+    assert line == SQL_FORMAT_ERROR.format(flag="input_format", name="sqlit", job="prediction input", command="predict",
+                                           known="txt, csv, tsv, jsonl, fasttext, sqlite")
+    line = one_error_line(textclf(*base, "--input_format", "sqlite"))  # without its --code file
+    assert line == SQL_FORMAT_ERROR.format(flag="input_format", name="sqlite", job="prediction input", command="predict",
+                                           known="txt, csv, tsv, jsonl, fasttext")
+    line = one_error_line(textclf(*base, "--code", SQLITE, "--input_format", "sqlite", "--format", "sqlite"))
+    assert line == SQL_FORMAT_ERROR.format(flag="format", name="sqlite", job="predictions", command="predict",
+                                           known="txt, csv, jsonl")
+    assert not out.exists()
+
+
+def test_evaluate_reads_a_sqlite_table(tweets_db, tfidf_model, tweets):
+    reference = textclf("evaluate", "--model_path", tfidf_model, "--data_path", tweets["test"], "--json")
+    assert reference.returncode == 0, reference.stderr
+    proc = textclf("evaluate", "--code", SQLITE, "--model_path", tfidf_model, "--data_format", "sqlite",
+                   "--data_path", f"{tweets_db}::test", *SQL_COLUMNS, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(reference.stdout)
+    line = one_error_line(textclf("evaluate", "--code", SQLITE, "--model_path", tfidf_model, "--data_format", "txt",
+                                  "--data_path", tweets["test"]))
+    assert line == SQL_FORMAT_ERROR.format(flag="data_format", name="txt", job="labelled data", command="evaluate",
+                                           known="csv, tsv, jsonl, fasttext, sqlite")
+
+
+def test_leaderboard_and_ensemble_read_a_sqlite_table(tweets_db, tfidf_model, sqlite_model, tweets, tmp_path):
+    def board(*args) -> dict:
+        proc = textclf("leaderboard", tfidf_model, sqlite_model, "--json", "--n_boot", "100", *args)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    keys = ("name", "kind", "n", "accuracy", "macro_f1", "macro_f0.5", "macro_f1_ci95")
+    reference = board("--data_path", tweets["test"])
+    # every model is scored in a fresh process: the --code file is imported there too
+    sql = board("--code", SQLITE, "--data_path", f"{tweets_db}::test", "--data_format", "sqlite", *SQL_COLUMNS)
+    assert sql["n"] == reference["n"] == 420 and sql["data_path"] == f"{tweets_db}::test"
+    assert [{k: r[k] for k in keys} for r in sql["rows"]] == [{k: r[k] for k in keys} for r in reference["rows"]]
+
+    def ensemble(out: Path, *args) -> dict:
+        proc = textclf("ensemble", "--model_path", tfidf_model, "--model_path", sqlite_model, "--method", "weighted",
+                       "--bags", "0", "--output_dir", out, *args)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads((out / "meta.json").read_text())
+
+    reference = ensemble(tmp_path / "e_csv", "--valid_path", tweets["valid"], "--test_path", tweets["test"])
+    sql = ensemble(tmp_path / "e_sql", "--code", SQLITE, "--valid_path", f"{tweets_db}::valid",
+                   "--test_path", f"{tweets_db}::test", "--data_format", "sqlite", *SQL_COLUMNS)
+    assert sql["weights"] == reference["weights"] and sql["metrics"] == reference["metrics"]
+    assert sql["config"]["valid_path"] == sql["data"]["valid"] == f"{tweets_db}::valid"
+    assert sql["metrics"]["test"]["n"] == 420
+
+
+def test_tune_thresholds_and_report_read_a_sqlite_table(tweets_db, tfidf_model, tweets, tmp_path):
+    blocks = {}
+    for name, args in (("csv", ["--valid_path", tweets["valid"]]),
+                       ("sqlite", ["--code", SQLITE, "--valid_path", f"{tweets_db}::valid", "--data_format", "sqlite", *SQL_COLUMNS])):
+        model = shutil.copytree(tfidf_model, tmp_path / name)
+        proc = textclf("tune-thresholds", "--model_path", model, "--json", "--cv", "0", *args)
+        assert proc.returncode == 0, proc.stderr
+        blocks[name] = json.loads(proc.stdout)
+    assert blocks["sqlite"]["offsets"] == blocks["csv"]["offsets"]
+    assert blocks["sqlite"]["n_valid"] == blocks["csv"]["n_valid"] == 420
+    assert blocks["sqlite"]["valid_sha256"] != blocks["csv"]["valid_sha256"]  # the rows read, not a file's bytes
+
+    proc = textclf("report", "--code", SQLITE, "--model_path", tfidf_model, "--data_path", f"{tweets_db}::test",
+                   "--data_format", "sqlite", *SQL_COLUMNS, "--out_dir", tmp_path / "report", "--top_errors", "3")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    meta = json.loads((tfidf_model / "meta.json").read_text())
+    assert summary["data_path"] == f"{tweets_db}::test" and summary["n"] == 420
+    assert summary["metrics"]["macro_f1"] == pytest.approx(meta["metrics"]["test"]["macro_f1"], abs=1e-12)
+
+
+def test_a_format_plugin_claims_its_extension(tfidf_model, tweets, tmp_path):
+    plugin = tmp_path / "json_array_format.py"
+    plugin.write_text(JSON_ARRAY_FORMAT)
+    data = tmp_path / "test.array"
+    data.write_text(json.dumps(read_rows(tweets["test"])))
+    reference = tmp_path / "reference.txt"
+    assert textclf("predict", "--model_path", tfidf_model, "--input_path", tweets["test"], "--output_path", reference).returncode == 0
+    out = tmp_path / "out.txt"
+    proc = textclf("--code", plugin, "predict", "--model_path", tfidf_model, "--input_path", data, "--output_path", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == reference.read_text()
+    proc = textclf("evaluate", "--code", plugin, "--model_path", tfidf_model, "--data_path", data, "--json")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tfidf_model / "meta.json").read_text())
+    assert json.loads(proc.stdout)["macro_f1"] == pytest.approx(meta["metrics"]["test"]["macro_f1"], abs=1e-12)
 
 
 # --------------------------------------------------------------------------- known core bug

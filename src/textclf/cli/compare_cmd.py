@@ -7,17 +7,16 @@ from collections.abc import Callable
 
 import click
 
-from textclf.cli.options import code_option
+from textclf.cli.options import FormatChoice, code_option
 from textclf.services.compare.ensemble import DEFAULT_BAGS
 from textclf.services.compare.thresholds import DEFAULT_BETA, DEFAULT_CV
-
-DATA_FORMATS = ["csv", "tsv", "jsonl", "fasttext"]
 
 
 def data_format_options(fn: Callable) -> Callable:
     """``--text_column``, ``--label_column``, ``--data_format`` for labelled input."""
-    fn = click.option("--data_format", type=click.Choice(DATA_FORMATS), default=None,
-                      help="Format of the labelled file(s) (default: from the extension).")(fn)
+    fn = click.option("--data_format", type=FormatChoice("read"), default=None,
+                      help="Format of the labelled file(s) (default: from the extension; a format from --code reads "
+                      "what it understands, e.g. DB::TABLE for sqlite).")(fn)
     fn = click.option("--label_column", default="label", show_default=True, help="Label column/key (CSV/JSONL).")(fn)
     fn = click.option("--text_column", default="text", show_default=True, help="Text column/key (CSV/JSONL).")(fn)
     return fn

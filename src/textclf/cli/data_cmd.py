@@ -7,28 +7,31 @@ from pathlib import Path
 
 import click
 
+from textclf.cli.options import FormatChoice, code_option
 from textclf.core.atomic import atomic_write_json
 from textclf.core.data import balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
+from textclf.core.registry import get_format
 
 
 @click.command("make-dataset")
+@code_option
 @click.option("--input_path", required=True, type=click.Path(dir_okay=False), help="One labelled file (.csv/.tsv/.jsonl/.txt).")
 @click.option("--output_dir", required=True, type=click.Path(file_okay=False), help="Where train/valid/test files go.")
 @click.option("--valid_frac", type=float, default=0.1, show_default=True)
 @click.option("--test_frac", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--downsample", is_flag=True, help="Also write train_balanced: every class cut to the smallest class size.")
-@click.option("--output_format", type=click.Choice(["csv", "tsv", "jsonl", "fasttext"]), default="csv", show_default=True)
+@click.option("--output_format", type=FormatChoice("write"), default="csv", show_default=True)
 @click.option("--text_column", default="text")
 @click.option("--label_column", default="label")
-@click.option("--input_format", type=click.Choice(["csv", "tsv", "jsonl", "fasttext"]), default=None)
+@click.option("--input_format", type=FormatChoice("read"), default=None)
 def make_dataset(input_path, output_dir, valid_frac, test_frac, seed, downsample, output_format, text_column, label_column,
                  input_format):
     """Deterministic stratified train/valid/test split, optional balanced downsample, label statistics."""
     ds = read_labelled(input_path, input_format, text_column, label_column)
     train, valid, test = stratified_split(ds, valid_frac, test_frac, seed)
     out = Path(output_dir)
-    ext = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "fasttext": "txt"}[output_format]
+    ext = get_format(output_format, "write").suffix.lstrip(".")
     parts = {"train": train, "valid": valid, "test": test}
     if downsample:
         parts["train_balanced"] = train.subset(balanced_downsample(train.labels, seed))

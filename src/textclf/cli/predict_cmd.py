@@ -6,11 +6,11 @@ import json
 
 import click
 
-from textclf.cli.options import code_option
+from textclf.cli.options import FormatChoice, code_option
 from textclf.core.data import read_labelled
 from textclf.core.loading import load_predictor
 from textclf.core.metrics import format_report
-from textclf.core.predictor import OUTPUT_FORMATS, evaluate_predictor, predict_file
+from textclf.core.predictor import evaluate_predictor, predict_file
 
 #: ``--backend torch|onnx`` (default: onnx when the model directory holds an export from ``textclf export``)
 backend_option = click.option(
@@ -22,11 +22,12 @@ backend_option = click.option(
 @code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (or a model file inside one).")
 @click.option("--input_path", required=True, type=click.Path(dir_okay=False),
-              help="Texts: plain text (one a line), .csv/.tsv/.jsonl with a text column, or fastText .txt.")
+              help="Texts: plain text (one a line), .csv/.tsv/.jsonl with a text column, fastText, or what a "
+              "format from --code reads (e.g. DB::TABLE with --input_format sqlite).")
 @click.option("--output_path", required=True, type=click.Path(dir_okay=False), help="Where to write predictions (atomically).")
-@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default=None,
+@click.option("--format", "output_format", type=FormatChoice("predictions"), default=None,
               help="txt: one label a line; csv/jsonl: label plus one probability per class. Default: from the extension.")
-@click.option("--input_format", type=click.Choice(["txt", "csv", "tsv", "jsonl", "fasttext"]), default=None,
+@click.option("--input_format", type=FormatChoice("texts"), default=None,
               help="Input format (default: from the extension; .txt is plain text).")
 @click.option("--text_column", default="text", help="Text column/key for CSV/JSONL input.")
 @click.option("--batch_size", type=int, default=1024, help="Documents per batch (memory stays flat).")
@@ -45,11 +46,12 @@ def predict(model_path, input_path, output_path, output_format, input_format, te
 @click.command()
 @code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory.")
-@click.option("--data_path", required=True, type=click.Path(dir_okay=False), help="Labelled file to score.")
+@click.option("--data_path", required=True, type=click.Path(dir_okay=False),
+              help="Labelled file to score (or what --data_format reads, e.g. DB::TABLE for sqlite).")
 @click.option("--beta", type=float, multiple=True, help="F-beta to report (repeatable; default 1 and 0.5).")
 @click.option("--text_column", default="text")
 @click.option("--label_column", default="label")
-@click.option("--data_format", type=click.Choice(["csv", "tsv", "jsonl", "fasttext"]), default=None)
+@click.option("--data_format", type=FormatChoice("read"), default=None, help="Format of the labelled data (default: from the extension).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch_size", type=int, default=1024)
 @click.option("--thresholds/--no-thresholds", default=True,

@@ -70,7 +70,7 @@ def _write_health_file(host: str, port: int) -> None:
 
 @click.command()
 @click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), callback=_load_code, is_eager=True,
-              help="Python file registering your own families/readers (imported first, in every worker). Repeatable.")
+              help="Python file registering your own families, formats or readers (imported first, in every worker). Repeatable.")
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (any family, an ensemble, a plug-in's).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (loopback by default; another address serves the network: set TEXTCLF_API_KEY).")

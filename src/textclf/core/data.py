@@ -1,9 +1,15 @@
-"""Reading, checking, splitting and downsampling labelled text data.
+"""The built-in data formats; reading, checking, splitting and downsampling labelled text data.
 
 Labelled formats: CSV/TSV with a header (column names configurable), JSONL
 (``{"text": ..., "label": ...}``) and fastText (``__label__x text``).
 Unlabelled input for prediction: plain text (one document a line), CSV/TSV or JSONL
-with a text column. The format comes from the file extension unless given.
+with a text column (or fastText, its labels ignored). Predictions are written as plain text
+(one label a line), CSV or JSONL (with the probabilities).
+
+Every format, these built-in ones and a plug-in's (:func:`textclf.core.registry.register_format`),
+is a :class:`textclf.core.registry.Format` in the format registry: :func:`read_labelled`,
+:func:`iter_texts`, :func:`write_labelled` and :func:`textclf.core.predictor.predict_file`
+dispatch through it, and the format comes from the file extension unless given (:func:`resolve_format`).
 
 Every problem raises :class:`textclf.core.errors.DataError` naming the file and line.
 """
@@ -17,28 +23,16 @@ import json
 import random
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
 
 from textclf.core.atomic import atomic_open
 from textclf.core.errors import DataError
-from textclf.core.registry import register_reader
+from textclf.core.registry import Format, format_for_path, get_format, register_format
 
-LABELLED_FORMATS = ("csv", "tsv", "jsonl", "fasttext")
-UNLABELLED_FORMATS = ("txt", "csv", "tsv", "jsonl")
 FASTTEXT_PREFIX = "__label__"
-
-_EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".ft": "fasttext",
-    ".fasttext": "fasttext",
-}
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -66,22 +60,30 @@ class Dataset:
         return Dataset([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.path, lines)
 
 
-def detect_format(path: str | Path, fmt: str | None = None, labelled: bool = True) -> str:
-    """The format of ``path``: ``fmt`` when given, else from the extension.
+def resolve_format(path: str | Path, fmt: str | None, capability: str) -> Format:
+    """The registered format that does ``capability`` (``read``, ``texts``, ``predictions``, ``write``) for ``path``.
 
-    ``.txt`` means fastText format for labelled data and plain text for prediction input.
+    ``fmt`` names it (an unknown name, or one that cannot do ``capability``, is a one-line error
+    listing the formats that can); by default the extension picks it
+    (:func:`textclf.core.registry.format_for_path`): ``.txt`` is fastText for labelled data and
+    plain text for prediction input and output.
     """
-    if fmt:
-        allowed = LABELLED_FORMATS if labelled else UNLABELLED_FORMATS + ("fasttext",)
-        if fmt not in allowed:
-            raise DataError(path, f"unknown format {fmt!r}; choose one of {', '.join(allowed)}")
-        return fmt
-    suffix = Path(path).suffix.lower()
-    if suffix == ".txt":
-        return "fasttext" if labelled else "txt"
-    if suffix in _EXTENSIONS:
-        return _EXTENSIONS[suffix]
-    return "fasttext" if labelled else "txt"
+    return get_format(fmt, capability) if fmt else format_for_path(path, capability)
+
+
+def labelled_format(path: str | Path, fmt: str | None = None, reader: str | None = None) -> Format:
+    """The format that reads labelled ``path``: the one ``reader`` names (``data.reader``), else :func:`resolve_format`."""
+    if reader:
+        from textclf.core.registry import get_reader
+
+        get_reader(reader)  # an unknown reader: the data.reader error
+        return get_format(reader, "read")
+    return resolve_format(path, fmt, "read")
+
+
+def detect_format(path: str | Path, fmt: str | None = None, labelled: bool = True) -> str:
+    """The name of the format of ``path`` for labelled data (or, ``labelled=False``, for prediction input)."""
+    return resolve_format(path, fmt, "read" if labelled else "texts").name
 
 
 _UTF16_HINT = "re-encode it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 IN > OUT"
@@ -258,11 +260,17 @@ def _csv_reader(delimiter: str):
     return read
 
 
-register_reader("csv")(_csv_reader(","))
-register_reader("tsv")(_csv_reader("\t"))
+def _csv_texts(delimiter: str):
+    def texts(path: str | Path, text_column: str = "text") -> Iterator[str]:
+        path = Path(path)
+        _check_not_empty(path)
+        for _number, row, header in _csv_rows(path, delimiter):
+            _require_column(path, header, text_column, "text", hint="pass --text_column NAME")
+            yield row.get(text_column, "") if row else ""
+
+    return texts
 
 
-@register_reader("jsonl")
 def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterator[tuple[int, object, object]]:
     """``{"text": ..., "label": ...}`` per line (blank lines skipped)."""
     path = Path(path)
@@ -293,7 +301,24 @@ def _json_type(value: object) -> str:
         type(value), type(value).__name__)
 
 
-@register_reader("fasttext")
+def texts_jsonl(path: str | Path, text_column: str = "text") -> Iterator[str]:
+    """The ``text_column`` of every JSONL line; a blank line gives ``""``, a text that is not a string is refused."""
+    path = Path(path)
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            yield ""
+            continue
+        obj = _parse_json_line(path, number, line)
+        if text_column not in obj:
+            raise DataError(path, f"missing text key {text_column!r} (keys: {', '.join(obj)}); pass --text_column NAME",
+                            number)
+        text = obj[text_column]
+        if not isinstance(text, str):
+            raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
+        _check_unicode(path, number, text)
+        yield text
+
+
 def read_fasttext(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, str]]:
     """``__label__x text`` per line (blank lines skipped); the column names do not apply."""
     path = Path(path)
@@ -304,11 +329,19 @@ def read_fasttext(path: str | Path, text_column: str = "text", label_column: str
         yield number, text, label
 
 
-@register_reader("txt")
-def read_plain(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, None]]:
-    """Plain text, one document a line, no labels (prediction input)."""
-    for number, line in enumerate(_plain_lines(Path(path)), start=1):
-        yield number, line, None
+def texts_fasttext(path: str | Path, text_column: str = "text") -> Iterator[str]:
+    """The text of every fastText line (its labels dropped; a line without a label is all text)."""
+    path = Path(path)
+    for number, line in _decoded_lines(path):
+        if line.strip().startswith(FASTTEXT_PREFIX):
+            yield parse_fasttext_line(path, number, line)[1]
+        else:
+            yield line.strip()
+
+
+def texts_plain(path: str | Path, text_column: str = "text") -> Iterator[str]:
+    """Plain text: every line is one document, empty lines included (the column name does not apply)."""
+    return _plain_lines(Path(path))
 
 
 def read_labelled(
@@ -321,18 +354,17 @@ def read_labelled(
 ) -> Dataset:
     """Read a labelled file into a :class:`Dataset`; every defect raises DataError with the line.
 
-    ``reader`` names a registered reader (``data.reader``: a plug-in's reader may read a
-    database or an API, and ``path`` is whatever it understands); by default the reader
-    of the file's format (``fmt`` or the extension) reads it.
+    ``reader`` names a registered reader (``data.reader``) and ``fmt`` a registered format
+    (``data.format``, ``--data_format``): a plug-in's may read a database or an API, and
+    ``path`` is whatever it understands; by default the format of the file's extension reads it.
     """
-    from textclf.core.registry import get_reader
-
-    if reader:
-        rows = get_reader(reader)(str(path), text_column, label_column)
-    else:
+    source = labelled_format(path, fmt, reader)
+    if source.files:
         path = Path(path)
         _check_not_empty(path)
-        rows = get_reader(detect_format(path, fmt, labelled=True))(path, text_column, label_column)
+    else:
+        path = str(path)
+    rows = source.part("read")(path, text_column, label_column)
     return labelled_dataset(rows, path, min_classes)
 
 
@@ -405,43 +437,21 @@ def iter_texts(
 ) -> Iterator[str]:
     """Stream the texts of an unlabelled (or labelled) file, one per input record.
 
-    Plain text yields one document per line, including empty lines (as ``""``), so
+    The ``texts`` part of the format (``fmt`` or the extension, see :func:`resolve_format`)
+    yields them. Plain text yields one document per line, including empty lines (as ``""``), so
     predictions stay aligned line-for-line. Labels in fastText or CSV input are ignored.
     A JSONL ``text`` that is not a string (a number, null, a list) or not valid Unicode is
     rejected as training rejects it; a file without records yields nothing
     (:func:`textclf.core.predictor.predict_file` refuses that, see :func:`check_has_records`).
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
-    fmt = detect_format(path, fmt, labelled=False)
-    if fmt == "txt":
-        yield from _plain_lines(path)
-    elif fmt == "fasttext":
-        for number, line in _decoded_lines(path):
-            if line.strip().startswith(FASTTEXT_PREFIX):
-                yield parse_fasttext_line(path, number, line)[1]
-            else:
-                yield line.strip()
-    elif fmt in ("csv", "tsv"):
-        _check_not_empty(path)
-        for _number, row, header in _csv_rows(path, "," if fmt == "csv" else "\t"):
-            _require_column(path, header, text_column, "text", hint="pass --text_column NAME")
-            yield row.get(text_column, "") if row else ""
+    source = resolve_format(path, fmt, "texts")
+    if source.files:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(path, "file not found")
     else:
-        for number, line in _decoded_lines(path):
-            if not line.strip():
-                yield ""
-                continue
-            obj = _parse_json_line(path, number, line)
-            if text_column not in obj:
-                raise DataError(path, f"missing text key {text_column!r} (keys: {', '.join(obj)}); pass --text_column NAME",
-                                number)
-            text = obj[text_column]
-            if not isinstance(text, str):
-                raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
-            _check_unicode(path, number, text)
-            yield text
+        path = str(path)
+    yield from source.part("texts")(path, text_column)
 
 
 def check_has_records(path: str | Path, records: int) -> None:
@@ -582,21 +592,86 @@ def format_label_stats(stats: dict) -> str:
 
 
 def write_labelled(path: str | Path, ds: Dataset, fmt: str | None = None) -> None:
-    """Write a dataset atomically as CSV/TSV (header ``text,label``), JSONL or fastText."""
+    """Write a dataset atomically in the format ``fmt`` (default: from the extension).
+
+    The built-in ones: CSV/TSV (header ``text,label``), JSONL or fastText.
+    """
     path = Path(path)
-    fmt = detect_format(path, fmt, labelled=True)
+    write = resolve_format(path, fmt, "write").part("write")
     with atomic_open(path, "w") as fh:
-        if fmt in ("csv", "tsv"):
-            delimiter = "," if fmt == "csv" else "\t"
-            writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
-            # QUOTE_MINIMAL leaves a field with a lone "\r" unquoted, which no CSV reader takes back: quote those rows
-            quoted = csv.writer(fh, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
-            writer.writerow(["text", "label"])
-            for row in zip(ds.texts, ds.labels, strict=True):
-                (quoted if "\r" in row[0] or "\r" in row[1] else writer).writerow(row)
-        elif fmt == "jsonl":
-            for text, label in zip(ds.texts, ds.labels, strict=True):
-                fh.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
-        else:
-            for text, label in zip(ds.texts, ds.labels, strict=True):
-                fh.write(f"{FASTTEXT_PREFIX}{label.replace(' ', '_')} {' '.join(text.split())}\n")
+        write(fh, ds)
+
+
+def _csv_writer(delimiter: str):
+    def write(fh: TextIO, ds: Dataset) -> None:
+        writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+        # QUOTE_MINIMAL leaves a field with a lone "\r" unquoted, which no CSV reader takes back: quote those rows
+        quoted = csv.writer(fh, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        writer.writerow(["text", "label"])
+        for row in zip(ds.texts, ds.labels, strict=True):
+            (quoted if "\r" in row[0] or "\r" in row[1] else writer).writerow(row)
+
+    return write
+
+
+def write_jsonl(fh: TextIO, ds: Dataset) -> None:
+    """``{"text": ..., "label": ...}`` per line."""
+    for text, label in zip(ds.texts, ds.labels, strict=True):
+        fh.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+
+
+def write_fasttext(fh: TextIO, ds: Dataset) -> None:
+    """``__label__x text`` per line (spaces in a label become ``_``, the text's whitespace one space)."""
+    for text, label in zip(ds.texts, ds.labels, strict=True):
+        fh.write(f"{FASTTEXT_PREFIX}{label.replace(' ', '_')} {' '.join(text.split())}\n")
+
+
+# --------------------------------------------------------------------------- prediction writers
+def predictions_txt(fh: TextIO, labels: Sequence[str]) -> Callable[[list[str], Any], None]:
+    """One predicted label a line (no probabilities: the fast path)."""
+    def write(predicted: list[str], proba: Any = None) -> None:
+        fh.write("".join([label + "\n" for label in predicted]))  # one write per batch: it must keep up with the model
+
+    return write
+
+
+def predictions_csv(fh: TextIO, labels: Sequence[str]) -> Callable[[list[str], Any], None]:
+    """A header ``label,p_<class>...``, then the predicted label and one probability per class a row."""
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(["label", *[f"p_{label}" for label in labels]])
+
+    def write(predicted: list[str], proba: Any) -> None:
+        for label, probs in zip(predicted, proba, strict=True):
+            writer.writerow([label, *[f"{p:.6f}" for p in probs]])
+
+    return write
+
+
+def predictions_jsonl(fh: TextIO, labels: Sequence[str]) -> Callable[[list[str], Any], None]:
+    """``{"label": ..., "probabilities": {class: p, ...}}`` a line."""
+    labels = list(labels)
+
+    def write(predicted: list[str], proba: Any) -> None:
+        for label, probs in zip(predicted, proba, strict=True):
+            probabilities = dict(zip(labels, map(float, probs), strict=True))
+            fh.write(json.dumps({"label": label, "probabilities": probabilities}) + "\n")
+
+    return write
+
+
+# --------------------------------------------------------------------------- the built-in formats
+#: registered in this order (the order of every command's format choices)
+BUILTIN_FORMATS = (
+    Format(name="txt", extensions=(".txt",), texts=texts_plain, predictions=predictions_txt, probabilities=False,
+           description="plain text: one document a line to predict; one label a line as predictions"),
+    Format(name="csv", extensions=(".csv",), read=_csv_reader(","), texts=_csv_texts(","), predictions=predictions_csv,
+           write=_csv_writer(","), description="comma-separated with a header (text and label columns)"),
+    Format(name="tsv", extensions=(".tsv", ".tab"), read=_csv_reader("\t"), texts=_csv_texts("\t"), write=_csv_writer("\t"),
+           description="tab-separated with a header (text and label columns)"),
+    Format(name="jsonl", extensions=(".jsonl", ".ndjson", ".json"), read=read_jsonl, texts=texts_jsonl,
+           predictions=predictions_jsonl, write=write_jsonl, description='one JSON object a line ({"text": ..., "label": ...})'),
+    Format(name="fasttext", extensions=(".txt", ".ft", ".fasttext"), read=read_fasttext, texts=texts_fasttext,
+           write=write_fasttext, description="__label__x text, one document a line"),
+)
+for _builtin in BUILTIN_FORMATS:
+    register_format(_builtin)

@@ -26,7 +26,36 @@ def code_option(fn: Callable) -> Callable:
     """``--code FILE`` (repeatable): import a Python file that registers families or readers."""
     return click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), callback=_load_code,
                         is_eager=True, expose_value=False,
-                        help="Python file registering your own families/readers (imported first). Repeatable.")(fn)
+                        help="Python file registering your own families, formats or readers (imported first). Repeatable.")(fn)
+
+
+class FormatChoice(click.Choice):
+    """The names of the registered formats that can do ``capability``, read from the format registry when used.
+
+    So a format from a ``--code`` file (imported first: the flag is eager) is a valid choice, and
+    ``--help`` lists it; an unknown name is the registry's one-line error listing the known ones.
+    """
+
+    name = "format"
+
+    def __init__(self, capability: str):
+        self.capability = capability
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from textclf.core.registry import format_names
+
+        return tuple(format_names(self.capability))
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the registry is the source
+        pass
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        from textclf.core.registry import unknown_format_message
+
+        return unknown_format_message(str(value), self.capability)
 
 
 def data_options(fn: Callable) -> Callable:

@@ -11,9 +11,7 @@ ignores them.
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import logging
 import sys
 from abc import ABC, abstractmethod
@@ -23,12 +21,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from textclf.core.data import batched, check_has_records, iter_texts
+from textclf.core.data import batched, check_has_records, iter_texts, resolve_format
 from textclf.core.tempfiles import atomic_output
 
 log = logging.getLogger(__name__)
-
-OUTPUT_FORMATS = ("txt", "csv", "jsonl")
 
 
 class Predictor(ABC):
@@ -117,7 +113,10 @@ def predict_file(
 
     Streams in batches (memory stays flat), keeps output record i for input record i
     (an empty input line gets a prediction too), writes to a temp file and renames it.
-    ``txt`` writes one label a line; ``csv``/``jsonl`` add one probability per class.
+    The registered formats read the input (``input_format``, default from the extension: the
+    format's ``texts``) and write the output (``output_format``, default from the extension, else
+    ``txt``: the format's ``predictions``): ``txt`` writes one label a line; ``csv``/``jsonl`` add
+    one probability per class. An unknown format is a one-line error listing the known ones.
     The temp file names this process (:mod:`textclf.core.tempfiles`): a run killed with ``kill -9``
     leaves it, and the next run for the same target removes it; an error or SIGTERM removes it at
     once, and ``output_path`` keeps its old content. A write that fails (no permission, a full
@@ -145,35 +144,26 @@ def _predict_file(predictor: Predictor, input_path: str | Path, output_path: str
                   batch_size: int, input_format: str | None, text_column: str, progress: bool | None) -> int:
     """The body of :func:`predict_file`."""
     output_path = Path(output_path)
-    fmt = output_format or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(output_path.suffix.lower(), "txt")
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    texts = iter_texts(input_path, input_format, text_column)
+    writer = resolve_format(output_path, output_format, "predictions")
+    reader = resolve_format(input_path, input_format, "texts")
+    texts = iter_texts(input_path, reader.name, text_column)
     bar = None
     if progress is None:
         progress = sys.stderr.isatty()
     if progress:
         from tqdm import tqdm
 
-        total = _count_lines(Path(input_path)) if (input_format or Path(input_path).suffix) in ("txt", ".txt", "") else None
+        total = _count_lines(Path(input_path)) if reader.name == "txt" else None
         bar = tqdm(total=total, unit="doc", desc="predict", file=sys.stderr)
     n = 0
     with atomic_output(output_path, "w") as fh:
-        writer = csv.writer(fh, lineterminator="\n") if fmt == "csv" else None
-        if writer:
-            writer.writerow(["label", *[f"p_{label}" for label in predictor.labels]])
+        write = writer.part("predictions")(fh, list(predictor.labels))
         for batch in batched(texts, batch_size):
-            if fmt == "txt":  # one write per batch: this path must keep up with the model on short texts
-                fh.write("".join([label + "\n" for label in predictor.predict(batch)]))
-            else:
+            if writer.probabilities:
                 proba = predictor.predict_proba(batch)
-                for probs, index in zip(proba, predictor.decide(proba), strict=True):
-                    label = predictor.labels[int(index)]
-                    if writer:
-                        writer.writerow([label, *[f"{p:.6f}" for p in probs]])
-                    else:
-                        probabilities = dict(zip(predictor.labels, map(float, probs), strict=True))
-                        fh.write(json.dumps({"label": label, "probabilities": probabilities}) + "\n")
+                write([predictor.labels[int(index)] for index in predictor.decide(proba)], proba)
+            else:  # labels only: the family's own predict (fastText's is faster than predict_proba)
+                write(predictor.predict(batch), None)
             n += len(batch)
             if bar:
                 bar.update(len(batch))

@@ -1,10 +1,15 @@
-"""The one place families and readers are found: ``catalogue`` registries plus entry points.
+"""The one place families, data formats and readers are found: ``catalogue`` registries plus entry points.
 
 A *family* is a :class:`Family` object registered under its name. The built-in ones
 (``fasttext``, ``lstm``, ``bert``, ``embeddings``, ``setfit``) register when :mod:`textclf.families` is imported; an
 installed package registers more through the ``textclf_families`` entry-point group, and a
 user's file registers them with :func:`register_family` (``textclf train --code my.py ...``).
-Readers work the same way (``textclf_readers`` group, :func:`register_reader`). Model *kinds*
+Data *formats* work the same way (``textclf_formats`` group, :func:`register_format`): a
+:class:`Format` names what it can do (read labelled data, give the texts to predict, write
+predictions, write labelled data) and the file extensions it claims; every command's format
+choices, the extension -> format detection and the reading and writing dispatch go through it.
+A *reader* (``data.reader=NAME``, ``textclf_readers`` group, :func:`register_reader`) is a format
+that can only read labelled data. Model *kinds*
 that are built by a command instead of trained (``ensemble``, :mod:`textclf.services.compare.ensemble`) only
 name their Predictor (``kinds``, :func:`kind_predictor`), so ``load_predictor`` knows them while
 ``textclf train`` and ``textclf families`` do not list them.
@@ -17,6 +22,7 @@ no import by hand.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import importlib.util
 from collections.abc import Callable, Sequence
@@ -30,6 +36,9 @@ from textclf.core.errors import ConfigError, TextclfError
 from textclf.core.jsonfiles import config_dir, read_json
 
 families = catalogue.create("textclf", "families", entry_points=True)
+#: data formats by name (:class:`Format`; more through the ``textclf_formats`` entry-point group)
+formats = catalogue.create("textclf", "formats", entry_points=True)
+#: the ``textclf_readers`` entry-point group: a reader function each, read as a :class:`Format` that can only ``read``
 readers = catalogue.create("textclf", "readers", entry_points=True)
 #: model kinds that load like a family's models but are built by a command, not by ``textclf train``
 #: (kind -> Predictor class or ``"module:Class"``; more through the ``textclf_kinds`` entry-point group)
@@ -250,19 +259,124 @@ def register_family(family: Family) -> Family:
     return family
 
 
+#: what a format can do: the :class:`Format` field that does it -> what it is used for (named in errors)
+CAPABILITIES = {
+    "read": "labelled data",
+    "texts": "prediction input",
+    "predictions": "predictions",
+    "write": "labelled output",
+}
+#: the format used when no format claims a file's extension (fastText for labelled data, plain text to predict)
+DEFAULT_FORMATS = {"read": "fasttext", "texts": "txt", "predictions": "txt", "write": "fasttext"}
+
+
+@dataclass
+class Format:
+    """A data format: its name, the file extensions it claims and what it can do.
+
+    Each part is the object itself or a ``"module:attr"`` string (imported on first use); a format
+    has at least one of them:
+
+    * ``read(source, text_column, label_column)`` -> iterable of ``(line_number, text, label)``:
+      labelled data (``train``, ``evaluate``, ``leaderboard``, ``report``, ``ensemble``, ``tune-thresholds``);
+    * ``texts(source, text_column)`` -> iterable of ``str``, one per input record, empty records
+      included (``predict``: output record i belongs to input record i);
+    * ``predictions(fh, labels)`` -> ``write(predicted, proba)``: opens a prediction file on the
+      text stream ``fh`` (a header, say) for the classes ``labels`` and returns the function that
+      writes one batch: the predicted labels and their probabilities (rows of ``proba`` in
+      ``labels`` order; ``None`` when ``probabilities`` is false: the labels are all it needs);
+    * ``write(fh, dataset)``: writes a :class:`textclf.core.data.Dataset` (``make-dataset``).
+
+    ``files``: the source is a file path (checked to exist and not be empty before reading,
+    hashed by its bytes); false for a source such as ``db.sqlite::table``, which is passed as a
+    string and hashed by the rows read. ``extensions`` (lower case, with the dot; the first is the
+    one ``write`` gives its files) pick the format of a path when none is named: among the formats
+    that can do the job and claim the extension, the default of :data:`DEFAULT_FORMATS`, else the
+    one registered last; when none claims it, that default.
+    """
+
+    name: str
+    extensions: Sequence[str] = ()
+    read: Callable | str | None = None
+    texts: Callable | str | None = None
+    predictions: Callable | str | None = None
+    write: Callable | str | None = None
+    probabilities: bool = True
+    files: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"format {self!r}: a format needs a name")
+        self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.extensions)
+        for part in CAPABILITIES:
+            value = getattr(self, part)
+            if value is not None and not (callable(value) or isinstance(value, str)):
+                raise ConfigError(f"format {self.name!r}: {part} must be a function or a \"module:attr\" string")
+        if not any(getattr(self, part) is not None for part in CAPABILITIES):
+            raise ConfigError(f"format {self.name!r} can do nothing: give it read, texts, predictions or write")
+
+    def can(self, capability: str) -> bool:
+        """Whether the format has the part ``capability`` (``read``, ``texts``, ``predictions``, ``write``)."""
+        return getattr(self, capability) is not None
+
+    def part(self, capability: str) -> Callable:
+        """The function doing ``capability`` (imported on first use)."""
+        if not self.can(capability):
+            raise ConfigError(f"format {self.name!r} cannot be used for {CAPABILITIES[capability]}")
+        return _resolve(getattr(self, capability))
+
+    @property
+    def suffix(self) -> str:
+        """The extension of the files ``write`` makes (``.txt`` for fastText)."""
+        return self.extensions[0] if self.extensions else f".{self.name}"
+
+
+def register_format(fmt: Format) -> Format:
+    """Register ``fmt`` under its name (a plug-in file calls this; a later registration replaces it); returns it."""
+    if not isinstance(fmt, Format):
+        raise ConfigError(f"register_format expects a textclf.core.registry.Format, got {type(fmt).__name__}")
+    _load_builtin_formats()  # the built-ins come first (their order is the order of the choices), a plug-in's after
+    formats.register(fmt.name, func=fmt)
+    return fmt
+
+
 def register_reader(name: str) -> Callable[[Callable], Callable]:
-    """Decorator: register a reader ``fn(path, text_column, label_column) -> iterable of (line, text, label)``."""
-    return readers.register(name)
+    """Decorator: register a reader ``fn(source, text_column, label_column) -> iterable of (line, text, label)``.
+
+    The reader becomes the ``read`` part of the format ``name`` (a new format when there is none:
+    it reads ``source`` as the string given, with no file checks: ``data.reader=NAME``).
+    """
+    def register(fn: Callable) -> Callable:
+        _load_builtin_formats()
+        existing = formats.get_all().get(name)
+        if isinstance(existing, Format):
+            register_format(dataclasses.replace(existing, read=fn))
+        else:
+            register_format(Format(name=name, read=fn, files=False))
+        return fn
+
+    return register
 
 
-#: modules whose import registers the built-in readers and families (imported by name on first lookup,
+#: modules whose import registers the built-in formats and families (imported by name on first lookup,
 #: so importing the registry imports no family: the spaCy ``registrations`` pattern)
 REGISTRATIONS = ("textclf.core.data", "textclf.families")
+#: the module registering the built-in formats
+BUILTIN_FORMATS = "textclf.core.data"
 
 
 def _load_builtins() -> None:
     for module in REGISTRATIONS:
         importlib.import_module(module)
+
+
+def _load_builtin_formats() -> None:
+    """Import the module registering the built-in formats (a no-op while it is being imported)."""
+    import sys
+
+    if BUILTIN_FORMATS not in sys.modules:
+        importlib.import_module(BUILTIN_FORMATS)
 
 
 def is_predictor_class(cls: type) -> bool:
@@ -309,22 +423,79 @@ def kind_predictor(kind: str) -> type | None:
     return None if ref is None else _resolve(ref)
 
 
-def get_reader(name: str) -> Callable:
-    """The reader called ``name``; an unknown name is a one-line error listing the known ones."""
+def all_formats(capability: str | None = None) -> dict[str, Format]:
+    """Every registered format by name, in registration order (built-ins first), or those that can do ``capability``.
+
+    Reader functions of the ``textclf_readers`` entry-point group count as formats that only ``read``.
+    """
     _load_builtins()
-    known = readers.get_all()
+    out: dict[str, Format] = {name: Format(name=name, read=fn, files=False) for name, fn in readers.get_all().items()}
+    for name, fmt in formats.get_all().items():
+        if not isinstance(fmt, Format):
+            raise ConfigError(f"entry point textclf_formats:{name} is not a textclf.core.registry.Format")
+        out[name] = fmt
+    if capability is None:
+        return out
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown format capability {capability!r}; one of {', '.join(CAPABILITIES)}")
+    return {name: fmt for name, fmt in out.items() if fmt.can(capability)}
+
+
+def format_names(capability: str | None = None) -> list[str]:
+    """The names of the formats that can do ``capability`` (all formats for None), in registration order."""
+    return list(all_formats(capability))
+
+
+def unknown_format_message(name: str, capability: str) -> str:
+    """The one line that refuses format ``name`` for ``capability``, listing the formats that can do it."""
+    return (f"unknown format {name!r} for {CAPABILITIES[capability]}; known: {', '.join(format_names(capability))} "
+            "(a format from your own file needs --code FILE)")
+
+
+def get_format(name: str, capability: str | None = None) -> Format:
+    """The format called ``name`` (one that can do ``capability``); otherwise a one-line error listing the known ones."""
+    known = all_formats(capability)
+    if name not in known:
+        if capability is None:
+            raise ConfigError(f"unknown format {name!r}; known: {', '.join(known)} (a format from your own file needs --code FILE)")
+        raise ConfigError(unknown_format_message(name, capability))
+    return known[name]
+
+
+def format_for_path(path: str | Path, capability: str) -> Format:
+    """The format of ``path`` for ``capability`` from its extension (see :class:`Format`); the default when none claims it."""
+    suffix = Path(str(path)).suffix.lower()
+    known = all_formats(capability)
+    default = DEFAULT_FORMATS[capability]
+    claimants = [fmt for fmt in known.values() if suffix and suffix in fmt.extensions]
+    if not claimants:
+        return get_format(default, capability)
+    return next((fmt for fmt in claimants if fmt.name == default), claimants[-1])
+
+
+def get_reader(name: str) -> Callable:
+    """The ``read`` part of the format called ``name`` (``data.reader``); an unknown name is a one-line error listing the known ones."""
+    known = all_formats("read")
     if name not in known:
         raise ConfigError(f"data.reader: unknown reader {name!r}; known: {', '.join(sorted(known))} "
                           "(a reader from your own file needs --code FILE)")
-    return known[name]
+    return known[name].part("read")
 
 
 #: resolved path -> ((mtime_ns, size), family names it registered): a file is imported once per process
 _LOADED_CODE: dict[str, tuple[tuple[int, int], list[str]]] = {}
 
 
+def loaded_code() -> list[str]:
+    """The resolved paths of every plug-in file this process imported (:func:`load_code`), sorted.
+
+    A command that works in a fresh process (``leaderboard`` scores each model in one) imports them there too.
+    """
+    return sorted(_LOADED_CODE)
+
+
 def load_code(path: str | Path) -> list[str]:
-    """Import a user's Python file so the families and readers it registers exist; returns its family names.
+    """Import a user's Python file so the families, formats and readers it registers exist; returns its family names.
 
     Loading the same unchanged file again (the container entry point and the CLI it calls both see
     ``--code``) does not run it a second time; a file changed since is imported again.

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from textclf.core.atomic import atomic_write_text
-from textclf.core.data import Dataset, check_labels_known, read_labelled, sha256_datasets, sha256_files
+from textclf.core.data import Dataset, check_labels_known, labelled_format, read_labelled, sha256_datasets, sha256_files
 from textclf.core.errors import ConfigError, DataError
 from textclf.core.meta import build_meta, write_meta
 from textclf.core.metrics import format_report
@@ -114,7 +114,7 @@ def load_splits(train_path: str | Path | Sequence[str | Path], valid_path: str |
         check_labels_known(train, test)
     paths = {"train": files[0] if len(files) == 1 else files, "valid": str(valid_path),
              "test": str(test_path) if test_path else None}
-    if kw["reader"]:  # a registered reader may not read files: hash what it returned
+    if kw["reader"] or not labelled_format(files[0], kw["fmt"]).files:  # a reader/format that may not read files: hash the rows
         digest = sha256_datasets([*sources, valid, test])
     else:
         digest = sha256_files([*files, valid_path, test_path])

@@ -226,8 +226,16 @@ def make_tasks(families: list[str] | tuple[str, ...], train_path: list[str] | tu
 
 # --------------------------------------------------------------------------- grid files
 GRID_KEYS = ("family", "data", "set", "config", "code", "metric", "force", "reuse")
-#: the data files a ``"data"`` folder holds: ``train.csv`` (or another labelled format), ``valid.*``, ``test.*``
-DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt", ".ft", ".fasttext", ".tab", ".ndjson", ".json")
+
+
+def data_suffixes() -> list[str]:
+    """The extensions of the data files a ``"data"`` folder holds: ``train.csv`` (or another labelled format), ``valid.*``, ``test.*``.
+
+    Those the registered file formats that read labelled data claim, in registration order (``.csv`` first).
+    """
+    from textclf.core.registry import all_formats
+
+    return list(dict.fromkeys(ext for fmt in all_formats("read").values() if fmt.files for ext in fmt.extensions))
 
 
 def _names(value, key: str, bad) -> list[str]:
@@ -239,7 +247,7 @@ def _names(value, key: str, bad) -> list[str]:
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
-    for suffix in DATA_SUFFIXES:
+    for suffix in data_suffixes():
         if (folder / f"{split}{suffix}").is_file():
             return folder / f"{split}{suffix}"
     return None

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from textclf.core.options import FormatChoice
 from textclf.families.common.cache import EmbeddingCache, format_size
 from textclf.families.embeddings.trial_memo import TrialMemo
 
@@ -18,7 +19,7 @@ from textclf.families.embeddings.trial_memo import TrialMemo
 @click.option("--batch_size", type=int, default=64, show_default=True, help="Encoding batch size.")
 @click.option("--max_length", type=int, default=None, help="Maximum tokens per text (default: the encoder's).")
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps.")
-@click.option("--format", "fmt", default=None, help="Input format (default: from the file name).")
+@click.option("--format", "fmt", type=FormatChoice("texts"), default=None, help="Input format (default: from the file name).")
 @click.option("--text_column", default="text", show_default=True, help="Text column of CSV/TSV/JSONL input.")
 @click.pass_context
 def embed(ctx: click.Context, model_name: str, data_path: str | None, batch_size: int, max_length: int | None,

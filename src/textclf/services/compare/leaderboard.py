@@ -142,11 +142,11 @@ def _worker(args_file: str) -> None:
 def measure_isolated(model_dir: str, data_path: str, **kw) -> dict:
     """:func:`measure` in a fresh Python process (its peak RSS is the model's own); errors come back as one line.
 
-    The plug-in files this process imported (``--code``) are imported there too.
+    The plug-in files this process imported (``--code``: families, formats) are imported there too.
     """
-    from textclf.core.registry import all_families
+    from textclf.core.registry import loaded_code
 
-    code = sorted({f.code_file for f in all_families().values() if f.code_file})
+    code = loaded_code()
     with tempfile.TemporaryDirectory(prefix="textclf-lb-") as tmp:
         args_file, out = Path(tmp) / "args.json", Path(tmp) / "out.json"
         args_file.write_text(json.dumps({"model_dir": str(model_dir), "data_path": str(data_path), "out": str(out),
@@ -228,7 +228,7 @@ def leaderboard(model_dirs: Sequence[str | Path], data_path: str | Path | None =
 
     Without ``data_path`` the models must share ``data_sha256`` and their recorded test split is used.
     """
-    from textclf.core.data import read_labelled
+    from textclf.core.data import labelled_format, read_labelled
     from textclf.core.loading import _resolve
     from textclf.core.meta import read_meta
     from textclf.core.metrics import classification_metrics
@@ -241,7 +241,7 @@ def leaderboard(model_dirs: Sequence[str | Path], data_path: str | Path | None =
         data_path = check_same_data(dirs, metas)
         rescored = False
     else:
-        if not Path(data_path).is_file():
+        if labelled_format(data_path, data_format).files and not Path(data_path).is_file():
             raise DataError(data_path, "file not found")
         rescored = True
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)

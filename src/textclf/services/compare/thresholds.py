@@ -237,7 +237,7 @@ def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float 
     Returns the ``thresholds`` block (offsets by label, beta, valid score before/after, the
     out-of-fold check under ``"cv"``, ...).
     """
-    from textclf.core.data import batched, read_labelled, sha256_files
+    from textclf.core.data import batched, labelled_format, read_labelled, sha256_datasets, sha256_files
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.metrics import beta_name
 
@@ -257,7 +257,7 @@ def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float 
         "beta": float(beta),
         "metric": f"macro_{beta_name(beta)}",
         "valid_path": str(valid_path),
-        "valid_sha256": sha256_files([valid_path]),
+        "valid_sha256": sha256_files([valid_path]) if labelled_format(valid_path, data_format).files else sha256_datasets([ds]),
         "n_valid": len(ds),
         "valid_before": result.before,
         "valid_after": result.after,

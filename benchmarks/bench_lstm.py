@@ -87,7 +87,7 @@ def _lstm_job(job: str, data_dir: str, overrides: list[str], max_train: int | No
     with tempfile.TemporaryDirectory(prefix="bench-lstm-") as tmp:
         start = time.perf_counter()
         if job == "lightning":
-            result = lstm_train.fit(cfg, splits, tmp, progress=False)
+            result = lstm_train.train_model(cfg, splits, tmp, progress=False)
             model, vocab, history = result.model, result.vocab, result.history
         else:
             model, vocab, history = bare_fit(cfg, splits)

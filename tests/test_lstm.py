@@ -202,7 +202,7 @@ def test_search_prunes_a_bad_trial_and_refits(small_splits, tmp_path):
     meta = read_meta(out)
     assert meta["search"]["states"] == {"COMPLETE": 1, "PRUNED": 1}
     assert meta["search"]["best_params"]["lr"] == 0.01
-    assert meta["config"]["train"]["lr"] == 0.01
+    assert meta["best_point"]["train.lr"] == 0.01 and meta["training"]["best_epoch"] is not None
     assert "PRUNED" in (out / "trials.csv").read_text()
 
 

@@ -5,7 +5,7 @@ A family written against this contract (``Family(fit=..., space=...)``) provides
 * ``fit(cfg, splits, context) -> Predictor``: train on ``splits.train`` with the effective config
   ``cfg``, write whatever the Predictor's ``load`` needs into ``context.output_dir``, and return the
   fitted Predictor. A neural family may call ``context.report(value, step)`` after each epoch, which
-  prunes a search trial the pruner gives up on.
+  prunes a search trial the pruner gives up on (the family's ``Family.pruner(cfg)``, else Optuna's default).
 * optionally ``space(cfg, trial) -> {dotted config key: value}``: one point of the search space
   (``trial.suggest_*``). Without it, ``search.space`` in the config (the JSON form of
   :func:`textclf.core.tuning.suggest`) is the space; its keys name ``model.<key>`` unless they
@@ -136,8 +136,9 @@ def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, s
 
     s = cfg["search"]
     check_metric(s["metric"], splits.labels)
+    make_pruner = family.pruner_fn()
     study = open_study(s["study_name"] or family.name, make_storage(s["storage"], output_dir), seed=cfg["seed"],
-                       direction=direction(s["metric"]))
+                       direction=direction(s["metric"]), pruner=make_pruner(cfg) if make_pruner else None)
     if not study.get_trials(deepcopy=False) and s.get("start_params"):
         points = start_points(s.get("space") or {}, s["start_params"])
         for point in points[: s["n_trials"] or None]:

@@ -111,12 +111,15 @@ class Family:
     ``config``. ``packages`` are the distributions whose versions meta.json records. ``fork_trials``: training
     cannot be interrupted from Python, so under ``search.timeout`` trials run in a forked child killed
     at the deadline (:mod:`textclf.core.deadline`). ``check(cfg)`` (optional) rejects a bad config with
-    a one-line ConfigError before anything trains.
+    a one-line ConfigError before anything trains (it may fill a setting whose default derives from
+    another, such as the BiLSTM's ``search.metric: null`` -> ``train.metric``). ``pruner(cfg) -> optuna
+    pruner`` (optional) prunes the search's trials on what ``fit`` reports per epoch
+    (``context.report``); without it the study gets Optuna's default pruner.
 
     **Contract v1** (the built-in families that run their own flow): ``train(cfg, splits,
     output_dir, resume) -> model directory``, ending with :func:`textclf.core.training.finish_run`.
 
-    ``train``, ``fit``, ``space`` and ``predictor`` may be the objects themselves or ``"module:attr"`` strings,
+    ``train``, ``fit``, ``space``, ``check``, ``pruner`` and ``predictor`` may be the objects themselves or ``"module:attr"`` strings,
     imported only when used (so listing families never imports torch). ``train`` has the
     signature ``train(cfg, splits, output_dir, resume=False) -> Path`` and returns the model
     directory; ``predictor`` is a :class:`textclf.core.predictor.Predictor` subclass whose ``kind``
@@ -151,6 +154,7 @@ class Family:
     packages: Sequence[str] = ()
     fork_trials: bool = False
     check: Callable | str | None = None
+    pruner: Callable | str | None = None
     code_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -207,6 +211,10 @@ class Family:
     def check_fn(self) -> Callable | None:
         """The family's ``check(cfg)`` run before any fit (contract v2), or None."""
         return None if self.check is None else _resolve(self.check)
+
+    def pruner_fn(self) -> Callable | None:
+        """The family's ``pruner(cfg) -> optuna pruner`` for its search (contract v2), or None (Optuna's default)."""
+        return None if self.pruner is None else _resolve(self.pruner)
 
     def space_fn(self) -> Callable | None:
         """The family's ``space(cfg, trial) -> params``, or None (the config's ``search.space`` is the space)."""

@@ -1,8 +1,8 @@
 """Training the BiLSTM with Lightning: the best epoch by ``train.metric`` (macro F0.5 by default) is kept.
 
-:func:`train` is the family's entry (the registry's contract): one run, or an Optuna search
-and a refit when ``search.n_trials``/``search.timeout`` ask for one (:mod:`.search`).
-:func:`fit` trains one model in named steps: data, module, trainer, run, restore best.
+:func:`fit` is the family's entry (contract v2: the core's :mod:`textclf.core.fit_flow` searches with
+the hooks of :mod:`.search`, refits, evaluates and writes meta.json); :func:`train_model` trains
+one model in named steps: data, module, trainer, run, restore best.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from torch import nn
 from textclf.core.atomic import atomic_write_json
 from textclf.core.class_weights import class_alpha
 from textclf.core.errors import ConfigError, ModelError
+from textclf.core.integrity import FILES_KEY
 from textclf.core.metrics import beta_name, classification_metrics, is_minimized
 from textclf.core.precision import DeviceInfo, Precision, precision_setting, resolve_precision
 from textclf.core.progress import PROGRESS_FILE, append_line
 from textclf.core.torch_common import lightning_device_args, resolve_device, seed_everything
-from textclf.core.training import Splits, finish_run
+from textclf.core.training import Splits
 from textclf.families.lstm.model import (
     KIND,
     MODEL_FILE,
@@ -53,7 +54,6 @@ CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 TB_DIR = "tensorboard"
-PACKAGES = ("torch", "lightning", "tensorboard")
 VAL_PREFIX = "val/"
 AVERAGES = ("macro", "micro", "weighted")
 
@@ -209,6 +209,31 @@ class History(L.Callback):
         self.history = list(state_dict.get("history", []))
 
 
+class Pruning(L.Callback):
+    """Report the selection metric to the search every epoch (``context.report``); stop training when the pruner says so.
+
+    The pruned trial stops cleanly at the end of the epoch (``trainer.should_stop``); the caller raises
+    :attr:`pruned` (``optuna.TrialPruned``) after ``trainer.fit`` returns.
+    """
+
+    def __init__(self, context, metric: str):
+        self.context = context
+        self.metric = metric
+        self.pruned_at: int | None = None
+        self.pruned: Exception | None = None  # the optuna.TrialPruned that context.report raised
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.pruned is not None:
+            return
+        import optuna  # only a search trial has a Pruning callback
+
+        try:
+            self.context.report(pl_module.val_metrics[self.metric], trainer.current_epoch)
+        except optuna.TrialPruned as exc:
+            self.pruned_at, self.pruned = trainer.current_epoch, exc
+            trainer.should_stop = True
+
+
 # --------------------------------------------------------------------------- one run
 
 RESUME_KEYS = ("seed", "text", "model")
@@ -335,8 +360,8 @@ def _restore_best(model: LSTMClassifier, output_dir: Path, epoch: int, checkpoin
     model.cpu().eval()
 
 
-def fit(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, checkpoints: bool = True,
-        callbacks: Sequence = (), progress: bool | None = None) -> FitResult:
+def train_model(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, checkpoints: bool = True,
+                callbacks: Sequence = (), progress: bool | None = None) -> FitResult:
     """Train one model on ``cfg["device"]``; the best epoch by ``train.metric`` is kept, ``patience`` epochs without gain stop it.
 
     Writes TensorBoard logs to ``output_dir/tensorboard``, ``history.json``, ``progress.log`` and
@@ -364,19 +389,42 @@ def fit(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False,
     return FitResult(model, vocab, history.history, epoch, score, resumed_from, emb_info, precision.as_dict())
 
 
-def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, callbacks: Sequence = (),
-               extra: dict | None = None) -> dict:
-    """Train, keep the best epoch, write the model directory (``model.pt``, vocab, history, meta.json); return meta."""
-    output_dir = Path(output_dir)
+def fit(cfg: dict, splits: Splits, context, callbacks: Sequence = ()) -> LSTMPredictor:
+    """Train once and return the fitted :class:`LSTMPredictor` (family contract v2; the core searches, refits, evaluates).
+
+    During a search trial (``context.trial``) the epochs are reported to the pruner through
+    ``context.report`` (:class:`Pruning`): a pruned trial stops at the end
+    of its epoch and ``optuna.TrialPruned`` is raised after training; trials keep no checkpoints and
+    select epochs on the search metric. The final fit resumes from ``checkpoints/last.ckpt`` with
+    ``context.resume`` and saves ``model.pt``; ``fit_info["files"]`` names what loading needs
+    (``model.pt``, ``vocab.json``), not the checkpoints, TensorBoard logs, ``history.json`` or ``progress.log``.
+    """
+    output_dir = Path(context.output_dir)
+    cfg = {**cfg, "seed": context.seed}
+    pruning = None
+    if context.trial is not None:
+        cfg = {**cfg, "train": {**cfg["train"], "metric": cfg["search"].get("metric") or cfg["train"]["metric"]}}
+        pruning = Pruning(context, selection_metric(cfg))
+        callbacks = [*callbacks, pruning]
     start = time.perf_counter()
-    result = fit(cfg, splits, output_dir, resume, callbacks=callbacks)
+    result = train_model(cfg, splits, output_dir, context.resume and context.final, checkpoints=context.final,
+                         callbacks=callbacks, progress=None if context.final else False)
     wall = time.perf_counter() - start
-    save_model(output_dir, result.model)
+    epochs = len(result.history)
+    train_times = [h["train_time_s"] for h in result.history]
+    if context.trial is not None:
+        trial = context.trial
+        trial.set_user_attr("epochs", epochs)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("valid_accuracy", result.history[-1]["valid_accuracy"])
+        trial.set_user_attr("train_time_per_epoch_s", sum(train_times) / max(1, epochs))
+        if pruning is not None and pruning.pruned is not None:
+            raise pruning.pruned
+    else:
+        save_model(output_dir, result.model)
     meta_stub = {"labels": splits.labels, "kind": KIND, "preprocess": preprocess_config(cfg), "config": cfg}
     predictor = LSTMPredictor(output_dir, meta_stub, result.model, make_encoder(cfg, result.vocab), cfg["device"],
                               predict_batch(cfg, resolve_device(cfg["device"])))
-    epochs = len(result.history)
-    train_times = [h["train_time_s"] for h in result.history]
     tokens = sum(h["train_tokens"] for h in result.history)
     info = {"best_epoch": result.best_epoch, "best_valid_score": result.best_score, "selection_metric": selection_metric(cfg),
             "epochs_trained": epochs, "resumed_from_epoch": result.resumed_from_epoch,
@@ -384,5 +432,20 @@ def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool =
             "train_tokens_per_s": round(tokens / max(1e-9, sum(train_times)), 1), "wall_time_s": round(wall, 2),
             "device": str(predictor.device), "vocab_size": len(result.vocab), "precision": result.precision,
             "predict_batch_size": predictor.batch_size, **result.embedding_info}
-    return finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=MODEL_FILE,
-                      preprocess=preprocess_config(cfg), params=result.model.arch, training=info, **(extra or {}))
+    predictor.fit_info = {"model_file": MODEL_FILE, "preprocess": preprocess_config(cfg), "params": result.model.arch,
+                          "training": info, FILES_KEY: [MODEL_FILE, VOCAB_FILE]}
+    return predictor
+
+
+def train_once(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, callbacks: Sequence = ()) -> dict:
+    """One run without search through the core's flow (fit, evaluate, meta.json) with extra Lightning ``callbacks``; returns meta."""
+    import dataclasses
+    import functools
+
+    from textclf.core.fit_flow import train_family
+    from textclf.core.meta import read_meta
+    from textclf.families.lstm import FAMILY
+
+    family = dataclasses.replace(FAMILY, fit=functools.partial(fit, callbacks=tuple(callbacks)))
+    cfg = {**cfg, "search": {**cfg["search"], "n_trials": 0, "timeout": None}}
+    return read_meta(train_family(family, cfg, splits, output_dir, resume))

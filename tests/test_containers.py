@@ -147,7 +147,8 @@ def write_plugin(folder: Path) -> Path:
         from textclf.core.registry import Family, register_family
 
         register_family(Family(name="ft_wrapped", description="fastText registered from a plug-in file",
-                               train=FASTTEXT.train, predictor=FASTTEXT.predictor, config=str(FASTTEXT.config_path()),
+                               fit=FASTTEXT.fit, check=FASTTEXT.check, fork_trials=FASTTEXT.fork_trials,
+                               packages=FASTTEXT.packages, predictor=FASTTEXT.predictor, config=str(FASTTEXT.config_path()),
                                requires=FASTTEXT.requires, options=FASTTEXT.options, env={"N_TRIALS": "search.n_trials"}))
         '''), encoding="utf-8")
     return path

@@ -119,12 +119,20 @@ def apply_params(cfg: dict, params: dict) -> dict:
     return out
 
 
+def metric_betas(metric: str) -> tuple[float, ...]:
+    """The F-betas to compute so that ``metric`` (``macro_f0.3``, ``weighted_f2``, ...) is among the valid metrics."""
+    import re
+
+    found = re.fullmatch(r"(?:macro|micro|weighted)_f(\d+(?:\.\d+)?)", metric)
+    return (1.0, 0.5) if not found or float(found.group(1)) in (1.0, 0.5) else (1.0, 0.5, float(found.group(1)))
+
+
 def check_metric(metric: str, labels: list[str]) -> None:
     """A one-line ConfigError for a ``search.metric`` that textclf does not compute (before any trial runs)."""
     from textclf.core.metrics import classification_metrics
 
     try:
-        metric_value(classification_metrics(labels[:2], labels[:2], labels), metric)
+        metric_value(classification_metrics(labels[:2], labels[:2], labels, betas=metric_betas(metric)), metric)
     except KeyError as exc:
         raise ConfigError(f"search.metric: {exc.args[0]}") from None
 
@@ -155,7 +163,7 @@ def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, s
         def fit_and_score() -> dict:
             with owned_temp_dir(TRIAL_PREFIX) as tmp:
                 predictor = fit(trial_cfg, splits, FitContext(Path(tmp), cfg["seed"] + trial.number, trial=trial))
-                return evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels)
+                return evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels, betas=metric_betas(s["metric"]))
 
         try:
             if family.fork_trials and deadline is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -27,10 +27,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # many tests train twice into the same place, which tracking would skip as a duplicate.
 os.environ["TEXTCLF_TRACK"] = "0"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# One OpenMP/BLAS thread per process (torch, numpy; subprocesses inherit it), set before anything imports torch: on
+# a busy 2-core machine two spinning threads per process made the MiniLM/SetFit tests 2-5x slower than one.
+# OMP_NUM_THREADS in the environment wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "tweets_sentiment"
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: the shared labelled datasets: ``../shared/data`` beside the repository, or ``$TEXTCLF_SHARED_DATA``
+SHARED_DATA = Path(os.environ.get("TEXTCLF_SHARED_DATA") or REPO.parent / "shared" / "data")
 INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
 
 
@@ -39,10 +44,31 @@ def repo() -> Path:
     return REPO
 
 
+def require_shared(*parts: str) -> Path:
+    """``SHARED_DATA / parts`` (a dataset folder or file); skips the calling test when it is not there.
+
+    Every test that reads the shared datasets goes through this (or the fixtures below), so a checkout
+    without ``../shared`` skips them with the reason instead of failing.
+    """
+    path = SHARED_DATA.joinpath(*parts)
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data is not beside the repository: {SHARED_DATA} is missing "
+                    "(clone the shared folder beside it or set TEXTCLF_SHARED_DATA)")
+    if not path.exists():
+        pytest.skip(f"{path} is missing from the shared data folder {SHARED_DATA}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``: the shared labelled datasets (CI clones the repository beside ``shared``)."""
-    return SHARED_DATA
+    """``../shared/data``: the shared labelled datasets (CI clones the repository beside ``shared``); skips without it."""
+    return require_shared()
+
+
+@pytest.fixture(scope="session")
+def shared_dataset():
+    """``shared_dataset(name, *parts)``: a path inside the shared data folder; skips when it is missing."""
+    return require_shared
 
 
 @pytest.fixture(scope="session")

@@ -151,13 +151,13 @@ def test_stage1_downsample_is_class_balanced(tweets):
     assert sample == {"positive": counts["negative"], "negative": counts["negative"]}
 
 
-def test_two_stage_auto_follows_the_label_balance(tweets, shared_data):
+def test_two_stage_auto_follows_the_label_balance(tweets, shared_dataset):
     from textclf.core.config import load_config
     from textclf.families.bert.stages import plan_stages, staged_config
 
     cfg = load_config("bert")  # two_stage auto, stage1 1 epoch + stage2 2 epochs, auto_min_dropped 0.25
     tweets_labels = read_labelled(tweets["train"]).labels  # 38 % of train left out by the downsample
-    movie_labels = read_labelled(shared_data / "movie_review_sentences" / "train.csv").labels  # 0.8 % left out
+    movie_labels = read_labelled(shared_dataset("movie_review_sentences", "train.csv")).labels  # 0.8 % left out
     plan = plan_stages(cfg, tweets_labels)
     assert plan.two_stage and plan.stage2_epochs == 2 and plan.balanced_rows == 2 * Counter(tweets_labels)["negative"]
     assert plan.reason.startswith("auto: two stages, the balanced downsample keeps 2078 of 3356 rows (38.1% left out)")

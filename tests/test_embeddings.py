@@ -189,23 +189,31 @@ def test_damaged_classifier_file_is_caught_before_unpickling(model_dir, tmp_path
         textclf.load_predictor(damaged)
 
 
+N_ROUND_TRIP = 60  # test rows the quick round trip encodes (the slow test below scores the whole split)
+
+
 def test_round_trip_identical_probabilities(model_dir, cache_dir):
     import joblib
 
     meta = json.loads((model_dir / "meta.json").read_text())
-    test_path = meta["data"]["test"]
-    ds = read_labelled(test_path)
+    texts = read_labelled(meta["data"]["test"]).texts[:N_ROUND_TRIP]
     p1 = textclf.load_predictor(model_dir)
     p2 = textclf.load_predictor(model_dir / "classifier.joblib")
-    proba = p1.predict_proba(ds.texts)
-    assert proba.shape == (len(ds), 2)
+    proba = p1.predict_proba(texts)
+    assert proba.shape == (len(texts), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
-    np.testing.assert_array_equal(proba, p2.predict_proba(ds.texts))
+    np.testing.assert_array_equal(proba, p2.predict_proba(texts))
     # the same as the saved classifier on the cached training-time test vectors
-    cached = EmbeddingCache().load(meta["cache_keys"]["test"])
+    cached = EmbeddingCache().load(meta["cache_keys"]["test"])[:N_ROUND_TRIP]
     clf = joblib.load(model_dir / "classifier.joblib")
     np.testing.assert_allclose(proba, clf.predict_proba(cached), atol=1e-5)
-    preds = p1.predict(ds.texts)
+
+
+@pytest.mark.slow  # MiniLM encodes the whole 420-row test split again
+def test_predictions_on_the_test_split_match_the_training_time_accuracy(model_dir, cache_dir):
+    meta = json.loads((model_dir / "meta.json").read_text())
+    ds = read_labelled(meta["data"]["test"])
+    preds = textclf.load_predictor(model_dir).predict(ds.texts)
     acc = np.mean([p == t for p, t in zip(preds, ds.labels, strict=True)])
     assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1 / len(ds))
 
@@ -287,6 +295,7 @@ def test_train_file_choices():
     assert train_file_choices(6) == ["0+1+2+3+4+5", "0+1+2+3+4", "0+1+2+3", "0+1+2", "0+1", "0"]
 
 
+@pytest.mark.slow  # MiniLM encodes 1200 train rows, then 10 trials: about a minute on 2 cores
 def test_search_picks_training_files_and_drops_a_noisy_one(tmp_path, small, tweets, cache_dir):
     """Three training files, the third with flipped labels: the search over make-ups leaves it out."""
     rows = list(csv.reader(open(tweets["train"], encoding="utf-8", newline="")))

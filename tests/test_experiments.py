@@ -215,6 +215,7 @@ def test_notebook_workflow_grid_workers_runs(data_dir, uri, tmp_path, monkeypatc
     assert runs(uri, family="lstm").empty
 
 
+@pytest.mark.slow  # two `textclf train --track` processes, each importing the stack and migrating a store
 def test_two_processes_training_at_once_both_land(data_dir, tmp_path):
     """Two `textclf train --track` processes on a fresh store (its first use races): two FINISHED runs."""
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"

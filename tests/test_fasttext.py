@@ -19,6 +19,9 @@ from textclf.core.tuning import make_storage
 
 # From real runs with 4 trials on data/tweets_sentiment: test macro-F1 0.74-0.77 (majority class: 0.41).
 MACRO_F1_FLOOR = 0.70
+# Searches that test resuming and failures, not the hashing size: 100k buckets instead of up to 2M (an 800 MB matrix
+# written and saved per trial and refit with dim 100).
+SMALL_BUCKETS = ("--set", "search.space.bucket.choices=[100000]")
 
 
 def train_cli(tweets, out, *extra):
@@ -121,7 +124,8 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, tweets):
 
 def test_resume_adds_trials_to_the_same_study(tmp_path, tweets):
     out = tmp_path / "resume"
-    small = ["--set", "search.space.epoch.high=10", "--set", 'search.space.dim={"type": "categorical", "choices": [20]}']
+    small = ["--set", "search.space.epoch.high=10", "--set", 'search.space.dim={"type": "categorical", "choices": [20]}',
+             *SMALL_BUCKETS]
     train_cli(tweets, out, "--n_trials", "2", *small)
     study = optuna.load_study(study_name="fasttext", storage=make_storage(None, out))
     assert len(study.trials) == 2
@@ -143,7 +147,7 @@ def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, tweets):
     starts = json.dumps([{"loss": "bogus"}] + [{"loss": "softmax", "lr": lr} for lr in (0.1, 0.2, 0.3)])
     train_cli(tweets, out, "--n_trials", "3", "--set", 'search.space.loss={"type": "categorical", "choices": ["softmax", "bogus"]}',
               "--set", f"search.start_params={starts}",
-              "--set", "search.space.epoch.high=10")
+              "--set", "search.space.epoch.high=10", *SMALL_BUCKETS)
     rows = list(csv.DictReader((out / "trials.csv").open()))
     states = [r["state"] for r in rows]
     assert "FAIL" in states and states.count("COMPLETE") == 3
@@ -176,7 +180,8 @@ def test_killed_search_resumes_losing_at_most_the_running_trial(tmp_path, tweets
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "fasttext/train.py", "--train_path", str(tweets["train"]), "--valid_path", str(tweets["valid"]),
-           "--output_dir", str(out), "--n_trials", "50", "--set", "search.space.epoch.low=40", "--set", "search.space.epoch.high=60"]
+           "--output_dir", str(out), "--n_trials", "50", "--set", "search.space.epoch.low=40", "--set", "search.space.epoch.high=60",
+           *SMALL_BUCKETS]
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = None
     deadline = time.monotonic() + 120
@@ -196,7 +201,8 @@ def test_killed_search_resumes_losing_at_most_the_running_trial(tmp_path, tweets
     before = optuna.load_study(study_name="fasttext", storage=storage).trials
     kept = [(t.number, t.params) for t in before if t.state.name == "COMPLETE"]
     assert not (out / "meta.json").exists()
-    train_cli(tweets, out, "--n_trials", str(len(kept) + 1), "--set", "search.space.epoch.low=5", "--set", "search.space.epoch.high=10")
+    train_cli(tweets, out, "--n_trials", str(len(kept) + 1), "--set", "search.space.epoch.low=5", "--set", "search.space.epoch.high=10",
+              *SMALL_BUCKETS)
     after = optuna.load_study(study_name="fasttext", storage=make_storage(None, out)).trials
     assert [(t.number, t.params) for t in after if t.number in dict(kept)] == kept
     assert sum(t.state.name == "COMPLETE" for t in after) == len(kept) + 1

@@ -293,7 +293,8 @@ def test_a_reader_from_a_tmp_file_feeds_fasttext(tweets, tmp_path):
         files[split].write_text(json.dumps(read_rows(tweets[split])))
     out = tmp_path / "ft"
     proc = textclf("train", "--code", reader, "fasttext", "--set", "data.reader=json_array", "--n_trials", "0",
-                   "--set", "model.epoch=5", "--train_path", files["train"], "--valid_path", files["valid"], "--output_dir", out)
+                   "--set", "model.epoch=5", "--set", "model.bucket=100000", "--set", "model.dim=20",
+                   "--train_path", files["train"], "--valid_path", files["valid"], "--output_dir", out)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "fasttext" and meta["config"]["data"]["reader"] == "json_array"

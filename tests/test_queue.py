@@ -189,6 +189,7 @@ def test_add_checks_config_keys_and_queue_names(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- workers
+@pytest.mark.slow  # two worker processes, 4 tracked runs, 3 s idle exit (quick: test_experiments' notebook grid)
 def test_two_workers_run_every_task_exactly_once(data, uri, tmp_path):
     storage = f"sqlite:///{tmp_path / 'q.db'}"
     invoke("queue", "add", "--queue", "grid4", "--storage", storage, "--family", "fasttext",
@@ -213,6 +214,7 @@ def test_two_workers_run_every_task_exactly_once(data, uri, tmp_path):
     assert status[0] == "queue grid4: 0 waiting, 0 running, 4 done, 0 failed, 0 cancelled"
 
 
+@pytest.mark.slow  # waits out the heartbeat grace period between two worker processes
 def test_killed_worker_task_is_retried_through_the_heartbeat(data, uri, sleepy, tmp_path):
     storage = f"sqlite:///{tmp_path / 'q.db'}"
     marker = tmp_path / "started"

@@ -147,7 +147,8 @@ def test_a_search_reports_progress_per_trial(small, tmp_path):
     out = tmp_path / "ft"
     result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(small["train"]), "--valid_path",
                                       str(small["valid"]), "--output_dir", str(out), "--n_trials", "3",
-                                      "--set", "search.space.epoch.high=10", "--set", "search.start_params=[]"])
+                                      "--set", "search.space.epoch.high=10", "--set", "search.start_params=[]",
+                                      "--set", "search.space.bucket.choices=[100000]"])
     assert result.exit_code == 0, result.output
     lines = (out / "progress.log").read_text().splitlines()
     assert len(lines) == 3
@@ -156,6 +157,7 @@ def test_a_search_reports_progress_per_trial(small, tmp_path):
                          line), line
 
 
+@pytest.mark.slow  # two LSTM trainings, each in a fresh Python process that imports torch and Lightning
 def test_the_script_and_the_command_log_the_same_epoch_lines(repo, small, tmp_path):
     """Logging is configured in one place: `python allennlp/train.py` and `textclf train lstm` print the same lines."""
     common = ["--train_path", small["train"], "--valid_path", small["valid"], "--epochs", "2", "--device", "cpu",

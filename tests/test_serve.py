@@ -406,14 +406,12 @@ class SlowPredictor(Predictor):
         return np.array([[0.9, 0.1] if t.startswith("a") else [0.2, 0.8] for t in texts])
 
 
-async def _fire(url: str, texts: list[str], concurrency: int) -> tuple[list[str], float]:
+async def _fire(url: str, texts: list[str], concurrency: int) -> list[str]:
     async with httpx.AsyncClient(base_url=url, timeout=60,
                                  limits=httpx.Limits(max_connections=concurrency)) as client:
-        start = time.perf_counter()
         answers = await asyncio.gather(*[client.post("/predict", json={"texts": [t]}) for t in texts])
-        elapsed = time.perf_counter() - start
     assert all(a.status_code == 200 for a in answers)
-    return [a.json()["predictions"][0]["label"] for a in answers], elapsed
+    return [a.json()["predictions"][0]["label"] for a in answers]
 
 
 def test_micro_batching_merges_concurrent_requests():
@@ -421,7 +419,7 @@ def test_micro_batching_merges_concurrent_requests():
     fake = SlowPredictor()
     app = create_app(ServeSettings(max_batch_size=16, max_wait_ms=5), predictor=fake)
     with serve_in_thread(app) as url:
-        labels, batched = asyncio.run(_fire(url, texts, 48))
+        labels = asyncio.run(_fire(url, texts, 48))
         text = httpx.get(f"{url}/metrics").text
     assert labels == ["a" if t.startswith("a") else "b" for t in texts]  # each request got its own rows back
     assert max(fake.calls) > 1 and sum(fake.calls) == 48 and max(fake.calls) <= 16
@@ -430,9 +428,8 @@ def test_micro_batching_merges_concurrent_requests():
 
     unbatched = SlowPredictor()
     with serve_in_thread(create_app(ServeSettings(batching="off"), predictor=unbatched)) as url:
-        _, one_by_one = asyncio.run(_fire(url, texts[:16], 16))
-    assert max(unbatched.calls) == 1
-    assert batched < 2 * one_by_one  # 48 texts batched faster than 16 one at a time
+        asyncio.run(_fire(url, texts[:16], 16))
+    assert unbatched.calls == [1] * 16  # batching off: one model call per request (throughput: make bench_serve)
 
 
 def test_a_failing_request_does_not_fail_its_batch_neighbours():
@@ -519,8 +516,9 @@ def test_serves_a_plugin_family_and_an_ensemble(tmp_path, tweets, ft_model):
                                  "--valid_path", str(tweets["valid"]), "--output_dir", str(out)])
     assert result.exit_code == 0, result.output
     ens = tmp_path / "ens"
+    # a stacking ensemble (what auto picks for these two; auto's 5-fold comparison is test_compare's business)
     result = runner.invoke(cli, ["ensemble", "--model_path", str(ft_model), "--model_path", str(out), "--valid_path",
-                                 str(tweets["valid"]), "--output_dir", str(ens)])
+                                 str(tweets["valid"]), "--output_dir", str(ens), "--method", "stacking"])
     assert result.exit_code == 0, result.output
     texts = read_labelled(tweets["test"]).texts[:40]
     for model in (out, ens):

@@ -235,27 +235,36 @@ def test_train_setfit_cli_writes_model_dir(model_dir):
     assert meta["files"]["head.pt"]["bytes"] == (model_dir / "head.pt").stat().st_size
 
 
+N_ROUND_TRIP = 30  # test rows the quick round trip encodes (the slow test below scores all N_EVAL)
+
+
 def test_round_trip_identical_probabilities(model_dir, small):
     meta = json.loads((model_dir / "meta.json").read_text())
-    ds = read_labelled(small["test"])
+    texts = read_labelled(small["test"]).texts[:N_ROUND_TRIP]
     p1 = textclf.load_predictor(model_dir)
     assert isinstance(p1, SetFitPredictor) and p1.labels == meta["labels"]
-    proba = p1.predict_proba(ds.texts)
-    assert proba.shape == (len(ds), 2)
+    proba = p1.predict_proba(texts)
+    assert proba.shape == (len(texts), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     p2 = textclf.load_predictor(model_dir / "head.pt")
-    np.testing.assert_array_equal(proba, p2.predict_proba(ds.texts))
-    # the training-time predictor scored test with the same vectors: the same accuracy
-    acc = np.mean([p == t for p, t in zip(p1.predict(ds.texts), ds.labels, strict=True)])
-    assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-12)
+    np.testing.assert_array_equal(proba, p2.predict_proba(texts))
     # rebuilt by hand: the saved encoder + the saved head weights
     import torch
 
     encoder = load_sentence_model(model_dir / "encoder", "cpu", 64)
     head = TorchHead(384, 2, hidden=25, dropout=0.5)
     head.module.load_state_dict(torch.load(model_dir / "head.pt", weights_only=True))
-    np.testing.assert_allclose(head.predict_proba(embed(encoder, ds.texts)), proba, atol=1e-6)
+    np.testing.assert_allclose(head.predict_proba(embed(encoder, texts)), proba, atol=1e-6)
     assert p1.predict_proba([]).shape == (0, 2)
+
+
+@pytest.mark.slow  # MiniLM encodes the whole test slice again
+def test_predictions_on_the_test_slice_match_the_training_time_accuracy(model_dir, small):
+    """The training-time predictor scored test with the same vectors: the same accuracy."""
+    meta = json.loads((model_dir / "meta.json").read_text())
+    ds = read_labelled(small["test"])
+    acc = np.mean([p == t for p, t in zip(textclf.load_predictor(model_dir).predict(ds.texts), ds.labels, strict=True)])
+    assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-12)
 
 
 def test_predict_cli(model_dir, tmp_path):
@@ -271,6 +280,7 @@ def test_predict_cli(model_dir, tmp_path):
     assert [r["label"] for r in rows] == textclf.load_predictor(model_dir).predict(lines)
 
 
+@pytest.mark.slow  # two SetFit trainings (contrastive MiniLM tuning + head)
 def test_train_function_is_deterministic_with_a_seed(tmp_path, small):
     """``train(cfg, splits, out)`` twice, same seed, on the CPU: identical weights (hidden-less head, one pair per text)."""
     import torch

@@ -351,6 +351,7 @@ def test_lstm_precision_and_prediction_batch(small_data, tmp_path):
 # --------------------------------------------------------------------------- benchmark
 
 
+@pytest.mark.slow  # the benchmark trains the tiny BERT four times (2 variants x 2 seeds) in a subprocess
 def test_bench_bert_quick_with_plain_loop(repo, tiny_bert, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(repo / "benchmarks" / "bench_bert.py"), "--quick", "--datasets", "tweets_sentiment",

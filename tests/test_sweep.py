@@ -157,6 +157,7 @@ def test_killed_sweep_resumes_and_skips_finished_combinations(tmp_path, small, c
     assert not list(out.glob("combos/*/claim"))
 
 
+@pytest.mark.slow  # two worker processes, each loading MiniLM (claims: test_claims_are_exclusive_...)
 def test_two_workers_run_every_combination_exactly_once(tmp_path, small, cache_dir, swept):
     out = tmp_path / "out"
     res = sweep(*args(small, out, "minilm,tfidf_svd", "logreg,knn"), "--workers", "2")

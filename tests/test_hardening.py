@@ -433,7 +433,7 @@ def _trials(out: Path):
     return optuna.load_study(study_name="fasttext", storage=make_storage(None, out)).trials
 
 
-@pytest.mark.slow  # 30-50 epoch fastText trials, a kill, a resumed search and a refit: about 40 s on 2 cores
+@pytest.mark.slow  # 30-50 epoch fastText trials in a subprocess, a kill, a resumed search and a refit
 def test_killed_search_resumes_and_its_temp_folder_is_swept(tweets, tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()

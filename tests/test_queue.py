@@ -261,6 +261,7 @@ def test_sigterm_stops_a_worker_and_requeues_its_task(data, uri, sleepy, tmp_pat
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.slow  # two worker processes one after the other (quick: the SIGTERM requeue above)
 def test_journal_queue_requeues_with_the_command(data, uri, sleepy, tmp_path):
     storage = str(tmp_path / "q.journal")
     marker = tmp_path / "started"

@@ -123,6 +123,7 @@ def test_rerun_skips_everything_finished(swept, small):
     assert len(table(out)[1]) == 4
 
 
+@pytest.mark.slow  # a sweep process killed mid-way, then rerun (quick: test_rerun_skips_everything_finished)
 def test_killed_sweep_resumes_and_skips_finished_combinations(tmp_path, small, cache_dir):
     out = tmp_path / "out"
     argv = [str(TEXTCLF), "sweep", *args(small, out, "tfidf_svd", "logreg,knn,linear_svm", n_trials=6)]

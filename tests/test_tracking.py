@@ -279,7 +279,6 @@ def test_unknown_run_is_a_one_line_error(uri):
     assert result.output.strip() == f"Error: run 'nosuchrun' not found in {uri} (experiment 'textclf')"
 
 
-@pytest.mark.slow  # trains an LSTM (curve extraction alone: test_learning_curves_from_history_and_stages)
 def test_lstm_run_has_learning_curves(data, uri, tmp_path):
     """A family with a per-epoch history: each epoch is a metric step."""
     args = ["train", "lstm", "--train_path", str(data["train"]), "--valid_path", str(data["valid"]), "--output_dir",

@@ -48,7 +48,7 @@ start_munge() {
 
 write_conf() {
   local cpus mem
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # OpenMP settings (the tests set OMP_NUM_THREADS=1) must not shrink the node
   # RealMemory above what slurmd detects makes the node "inval": take slurmd -C minus 1 GiB
   mem=$(( $(slurmd -C | grep -oP 'RealMemory=\K[0-9]+') - 1024 ))
   mkdir -p "$DIR/state" "$DIR/spool"

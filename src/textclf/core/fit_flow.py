@@ -186,8 +186,9 @@ def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resu
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     fit = family.fit_fn()
-    if family.check_fn():
-        family.check_fn()(cfg)
+    check = family.check_fn()
+    if check:
+        check(cfg)
     s = cfg.get("search") or {}
     final_cfg, extra, point = cfg, {}, {}
     searched: set[str] = set()

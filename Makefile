@@ -61,7 +61,7 @@ bench_fasttext: install ## Benchmark: defaults vs autotune vs Optuna, throughput
 
 ## ---- LSTM (allennlp/) ----
 .PHONY: train_allennlp predict_allennlp tune_allennlp tensorboard bench_lstm
-# LSTM_CONFIG: a JSON merged over config/lstm.json. The original repository's BATCH_SIZE, EPOCHS and CUDA_DEVICES work here too;
+# LSTM_CONFIG: a JSON merged over the LSTM's default config (and your config/lstm.json). The original repository's BATCH_SIZE, EPOCHS and CUDA_DEVICES work here too;
 # DEVICE=auto|cpu|cuda:N, RESUME=1 continues an interrupted run. Fewer trials than fastText by default (each trains a net).
 LSTM_CONFIG ?=
 LSTM_N_TRIALS ?= $(if $(filter command line environment,$(origin N_TRIALS)),$(N_TRIALS),20)
@@ -94,11 +94,12 @@ bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -
 
 ## ---- BERT (bert_classification/) ----
 .PHONY: train_bert_classification predict_bert bench_bert
-BERT_CONFIG ?= config/bert.json
+# BERT_CONFIG: a JSON merged over BERT's default config (and your config/bert.json), e.g. config/bert_smoke.json.
+BERT_CONFIG ?=
 
 train_bert_classification: install ## Fine-tune BERT in Catalyst (focal loss, two stages on imbalanced labels; MiniLM offline) -> models/bert
 	$(BIN)/python bert_classification/train.py --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
-		--output_dir $(BERT_DIR) --config $(BERT_CONFIG) $(SET_FLAGS)
+		--output_dir $(BERT_DIR) $(if $(BERT_CONFIG),--config $(BERT_CONFIG)) $(SET_FLAGS)
 
 predict_bert: install ## Label INPUT with models/bert -> OUTPUT (CSV: label + per-class probabilities)
 	$(BIN)/python bert_classification/predict.py --model_path $(BERT_DIR) --input_path $(INPUT) \
@@ -280,7 +281,7 @@ train_bert_classification_slurm: ## Submit BERT training to SLURM (GPUS PARTITIO
 		$(if $(filter 0,$(GPUS)),--gres=none,--gres=gpu:$(GPUS)) --cpus-per-task=$(CPUS) --mem=$(MEM) \
 		--output=$(SLURM_LOGS)/%x-%j.out slurm/train_bert.sbatch \
 		--train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) --output_dir $(BERT_DIR) \
-		$(if $(wildcard $(BERT_CONFIG)),--config $(BERT_CONFIG)) $(SET_FLAGS)) && id=$${id%%;*} && \
+		$(if $(BERT_CONFIG),--config $(BERT_CONFIG)) $(SET_FLAGS)) && id=$${id%%;*} && \
 	echo "submitted BERT training: job $$id ($(GPUS) GPU(s)); log: $(SLURM_LOGS)/textclf-bert-$$id.out" && \
 	echo "follow: tail -f $(SLURM_LOGS)/textclf-bert-$$id.out   wait: slurm/wait.sh $$id   cancel: scancel $$id"
 

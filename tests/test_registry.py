@@ -41,7 +41,7 @@ def test_the_shipped_families_are_registered_with_their_parts():
         cls = fam.predictor_class()
         assert cls.kind == name
         assert callable(fam.train_fn())
-        assert fam.config_path().name == f"{name}.json"
+        assert fam.config_path().name == "config.json" and fam.config_path().parent.name == name
     assert get_family("fasttext").searchable and get_family("lstm").searchable
     assert not get_family("bert").searchable
 
@@ -51,7 +51,8 @@ def test_families_command_lists_kind_description_status_and_config(repo):
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["lstm"]["kind"] == "neural" and rows["lstm"]["installed"] is True
-    assert rows["fasttext"]["config"] == str(repo / "config" / "fasttext.json")
+    assert rows["fasttext"]["config"] == str(repo / "src" / "textclf" / "families" / "fasttext" / "config.json")
+    assert rows["fasttext"]["override"] is None  # the repository's config/ holds no family's override
     text = CliRunner().invoke(cli, ["families"]).output
     assert re.search(r"^bert\s+neural\s+Hugging Face encoder", text, re.M)
     assert "installed; config: " in text

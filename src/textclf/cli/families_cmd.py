@@ -1,4 +1,4 @@
-"""``textclf families``: every registered family, whether it can run here, and where its config lives."""
+"""``textclf families``: every registered family, whether it can run here, and where its config (and the user's override) lives."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from textclf.cli.options import code_option
 
 
 def family_rows() -> list[dict]:
-    """One row per registered family: name, kind, description, installed, missing deps, config, origin."""
+    """One row per registered family: name, kind, description, installed, missing deps, config, override, origin."""
     from textclf.core.registry import all_families
 
     rows = []
     for name, fam in all_families().items():
-        path = fam.config_path()
+        path, override = fam.config_path(), fam.override_path()
         rows.append({"name": name, "kind": fam.kind, "description": fam.description, "installed": fam.installed,
                      "missing": fam.missing(), "install": None if fam.installed else fam.install_hint(),
-                     "config": str(path) if path else "(in the plug-in)", "searchable": fam.searchable,
+                     "config": str(path) if path else "(in the plug-in)",
+                     "override": str(override) if override else None, "searchable": fam.searchable,
                      "plugin": fam.code_file, "subproject": fam.subproject})
     return rows
 
@@ -27,7 +28,10 @@ def family_rows() -> list[dict]:
 @code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def families(as_json: bool) -> None:
-    """List every model family: kind, description, whether its dependencies are installed, its config."""
+    """List every model family: kind, description, whether its dependencies are installed, its config.
+
+    The config is the family's default; a config/<family>.json override merged over it is named after it.
+    """
     rows = family_rows()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -37,5 +41,6 @@ def families(as_json: bool) -> None:
     for r in rows:
         status = "installed" if r["installed"] else f"missing {', '.join(r['missing'])} ({r['install']})"
         origin = f"  plug-in: {r['plugin']}" if r["plugin"] else ""
+        override = f" + {r['override']}" if r["override"] else ""
         click.echo(f"{r['name']:<{width}}  {r['kind']:<{kind_w}}  {r['description']}")
-        click.echo(f"{'':<{width}}  {'':<{kind_w}}  {status}; config: {r['config']}{origin}")
+        click.echo(f"{'':<{width}}  {'':<{kind_w}}  {status}; config: {r['config']}{override}{origin}")

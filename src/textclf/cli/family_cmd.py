@@ -79,8 +79,8 @@ def train_command(name: str, tune: bool = False) -> click.Command:
         (runs.tune if tune else runs.train)(spec)
 
     what = "Search hyper-parameters with Optuna, then refit the best" if tune else "Train"
-    doc = f"{what}: {family.description}.\n\nConfig: {family.config_path() or '(given by the plug-in)'}; " \
-          "--set key=value overrides any key."
+    doc = f"{what}: {family.description}.\n\nConfig: {family.config_path() or '(given by the plug-in)'}, " \
+          f"then your config/{family.name}.json when there is one; --set key=value overrides any key."
     if family.searchable and not tune:
         doc += " With --n_trials N (or search.n_trials in the config) an Optuna search runs first."
     cmd: Callable = callback

@@ -1,8 +1,10 @@
-"""JSON configs under ``config/`` with ``--config PATH`` and dotted ``--set key.sub=value`` overrides.
+"""JSON configs: a family's default, the user's ``config/<family>.json``, ``--config PATH`` and ``--set key.sub=value``.
 
-A family's default file (``config/<family>.json``) is the schema: every key a user
-sets must exist there (an unknown key is an error listing the valid keys) and keep
-its type. A dict whose default is empty (``{}``) is free-form.
+A family's default config (``families/<family>/config.json`` for the built-in ones) is the schema:
+every key a user sets must exist there (an unknown key is an error listing the valid keys) and keep
+its type. A dict whose default is empty (``{}``) is free-form. The layers, each merged over the one
+before with that same rule: the default, the user's ``config/<family>.json`` (found by
+:func:`textclf.core.jsonfiles.user_config`), the ``--config`` file, the ``--set`` overrides.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from textclf.core.errors import ConfigError
-from textclf.core.jsonfiles import PACKAGE_DIR, REPO_ROOT, config_dir, read_json  # noqa: F401  (re-exported)
+from textclf.core.jsonfiles import PACKAGE_DIR, REPO_ROOT, config_dirs, read_json, user_config  # noqa: F401  (re-exported)
 
 
 def default_config(family: str) -> dict:
-    """The default config of a registered model family (``config/<family>.json`` for the built-in ones)."""
+    """The config a run of ``family`` starts from: its default with the user's ``config/<family>.json`` merged over it."""
     from textclf.core.registry import get_family
 
-    return get_family(family).default_config()
+    fam = get_family(family)
+    cfg = fam.default_config()
+    override = fam.override_path()
+    if override is not None:
+        cfg = merge(cfg, read_json(override), source=str(override))
+    return cfg
 
 
 def leaf_keys(cfg: dict, prefix: str = "") -> list[str]:
@@ -60,7 +67,7 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
 
 
 def merge(base: dict, update: dict, source: str = "config", prefix: str = "") -> dict:
-    """Deep-merge ``update`` into a copy of ``base``; unknown keys and wrong types raise ConfigError."""
+    """Deep-merge ``update`` into a copy of ``base``; unknown keys and wrong types raise a ConfigError naming ``source``."""
     out = copy.deepcopy(base)
     for k, v in update.items():
         full = f"{prefix}{k}"
@@ -73,7 +80,12 @@ def merge(base: dict, update: dict, source: str = "config", prefix: str = "") ->
         if isinstance(out[k], dict) and out[k] and isinstance(v, dict):
             out[k] = merge(out[k], v, source, full + ".")
         else:
-            out[k] = _check_type(full, out[k], v)
+            try:
+                out[k] = _check_type(full, out[k], v)
+            except ConfigError as exc:  # name the file (or dict) the value came from; --set already names the key
+                if source in (full, f"--set {full}"):
+                    raise
+                raise ConfigError(f"{source}: {exc}") from None
     return out
 
 
@@ -122,7 +134,7 @@ def set_key(cfg: dict, key: str, value: Any, source: str | None = None) -> dict:
 
 
 def load_config(family: str, config_path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
-    """The effective config: family defaults, then ``config_path`` (partial or full), then ``--set`` overrides."""
+    """The effective config: the family default, the user's ``config/<family>.json``, ``config_path`` (partial or full), ``--set``."""
     cfg = default_config(family)
     if config_path:
         cfg = merge(cfg, read_json(config_path), source=str(config_path))

@@ -1,6 +1,8 @@
-"""Where textclf's files are (the package, the repository's ``config/``) and reading a JSON config file.
+"""Where textclf's files are (the package, the user's ``config/`` folders) and reading a JSON config file.
 
-Kept apart from :mod:`textclf.core.config` so the registry can find a family's default config
+Each family's default config ships inside its package (``families/<family>/config.json``); a
+``config/<family>.json`` in a *config folder* (:func:`config_dirs`) is the user's override, merged
+over that default. Kept apart from :mod:`textclf.core.config` so the registry can find both
 without importing the config machinery (which looks families up in the registry).
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from textclf.core.errors import ConfigError
@@ -15,22 +18,43 @@ from textclf.core.errors import ConfigError
 #: the ``textclf`` package folder (``src/textclf`` in a checkout)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = PACKAGE_DIR.parents[1]
+#: the environment variable naming the one folder searched for ``<family>.json`` overrides
+CONFIG_DIR_ENV = "TEXTCLF_CONFIG_DIR"
 
 
-def config_dir() -> Path:
-    """Where the default configs live: ``$TEXTCLF_CONFIG_DIR``, the repository's ``config/``, or the copy in the wheel."""
-    env = os.environ.get("TEXTCLF_CONFIG_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO_ROOT / "config", PACKAGE_DIR / "_config"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise ConfigError(f"no config directory found (looked in {', '.join(map(str, candidates))})")
+def is_checkout() -> bool:
+    """Whether textclf runs from a source checkout (``src/textclf`` under a folder holding ``pyproject.toml``)."""
+    return PACKAGE_DIR.parent.name == "src" and (REPO_ROOT / "pyproject.toml").is_file()
 
 
-def read_json(path: str | Path) -> dict:
-    """Read a JSON object from ``path`` with errors that name the file and position."""
-    path = Path(path)
+def config_dirs() -> list[Path]:
+    """The folders searched for a user's ``<family>.json`` override, first match wins.
+
+    ``$TEXTCLF_CONFIG_DIR`` alone when it is set (pointing it at an empty folder turns the overrides
+    off); otherwise ``./config/`` of the working directory (a wheel install, a container's
+    ``/app/config``), then the repository's ``config/`` in a source checkout.
+    """
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        return [Path(env)]
+    dirs = [Path.cwd() / "config"]
+    if is_checkout() and (REPO_ROOT / "config").resolve() != dirs[0].resolve():
+        dirs.append(REPO_ROOT / "config")
+    return dirs
+
+
+def user_config(name: str) -> Path | None:
+    """The user's override ``<name>.json`` from the first config folder holding one (:func:`config_dirs`), or None."""
+    for folder in config_dirs():
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return path
+    return None
+
+
+def read_json(path: str | Path | Traversable) -> dict:
+    """Read a JSON object from ``path`` (a file, or a package resource) with errors that name the file and position."""
+    path = path if isinstance(path, Traversable) else Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -76,7 +76,7 @@ def config_options(fn: Callable) -> Callable:
     fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                       help="Override a config value, e.g. --set model.lr=0.1 (JSON value, else string). Repeatable.")(fn)
     fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                      help="JSON config (full or partial) merged over the family's config/<family>.json.")(fn)
+                      help="JSON config (full or partial) merged over the family default (and your config/<family>.json).")(fn)
     return fn
 
 

@@ -24,16 +24,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import importlib.resources
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import catalogue
 
 from textclf.core.errors import ConfigError, TextclfError
-from textclf.core.jsonfiles import config_dir, read_json
+from textclf.core.jsonfiles import read_json, user_config
 
 families = catalogue.create("textclf", "families", entry_points=True)
 #: data formats by name (:class:`Format`; more through the ``textclf_formats`` entry-point group)
@@ -66,6 +68,14 @@ def defaults_for(name: str, family_config: dict) -> dict:
         else:
             cfg[key] = copy.deepcopy(value)
     return cfg
+
+
+def package_config(package: str, filename: str = "config.json") -> Traversable:
+    """A family's default config shipped in its own package: ``Family(config=package_config(__name__))``.
+
+    Found through :mod:`importlib.resources`, so it is the same file in a checkout, a wheel or a zip.
+    """
+    return importlib.resources.files(package) / filename
 
 
 #: ``meta.json`` key naming the plug-in file a model directory carries (relative to the directory)
@@ -123,8 +133,11 @@ class Family:
     imported only when used (so listing families never imports torch). ``train`` has the
     signature ``train(cfg, splits, output_dir, resume=False) -> Path`` and returns the model
     directory; ``predictor`` is a :class:`textclf.core.predictor.Predictor` subclass whose ``kind``
-    is the family's name. ``config`` is the default config: a path (default
-    ``config/<name>.json``) or a dict. ``search_space`` (optional) replaces
+    is the family's name. ``config`` is the default config and the schema of every override: a dict,
+    a path, or a package resource (the built-in families: ``package_config(__name__)``, their own
+    ``config.json``); ``None`` makes the user's ``config/<name>.json`` the whole default. A user's
+    ``config/<name>.json`` (:func:`textclf.core.jsonfiles.user_config`) is merged over it, partial or
+    full, with the same strict keys as ``--config`` (:func:`textclf.core.config.default_config`). ``search_space`` (optional) replaces
     ``config["search"]["space"]``. ``options`` are the family's own flags (each sets a config
     key), ``env`` maps the original repository's environment variables (``EPOCHS``, ...) to config
     keys for the containers, ``subproject`` is the thin entry-point folder (``fasttext/``, ...).
@@ -139,7 +152,7 @@ class Family:
     predictor: type | str | None = None
     description: str = ""
     kind: str = "model"
-    config: dict | str | Path | None = None
+    config: dict | str | Path | Traversable | None = None
     search_space: dict | None = None
     requires: Sequence[str] = ()
     extra: str | None = None
@@ -232,16 +245,38 @@ class Family:
         return _resolve(f"{self.onnx}:{name}")
 
     def config_path(self) -> Path | None:
-        """Where the default config lives (None when the family gives it as a dict)."""
+        """Where the family's default config lives (None when the family gives it as a dict).
+
+        A family without a ``config`` has the user's ``config/<name>.json`` as its default (None when there is none).
+        """
         if isinstance(self.config, dict):
             return None
-        if self.config is not None:
-            return Path(self.config)
-        return config_dir() / f"{self.name}.json"
+        if self.config is None:
+            return user_config(self.name)
+        return self.config if isinstance(self.config, Path) else Path(str(self.config))
+
+    def override_path(self) -> Path | None:
+        """The user's ``config/<name>.json`` merged over the default (None when there is none, or it is the default)."""
+        if self.config is None:
+            return None
+        return user_config(self.name)
 
     def default_config(self) -> dict:
-        """The family's default config, with ``search_space`` (when given) as ``search.space``."""
-        cfg = copy.deepcopy(self.config) if isinstance(self.config, dict) else read_json(self.config_path())
+        """The family's own default config, with ``search_space`` (when given) as ``search.space``.
+
+        The user's ``config/<name>.json`` (:meth:`override_path`) is merged over it by
+        :func:`textclf.core.config.default_config`, where every run's config starts.
+        """
+        if isinstance(self.config, dict):
+            cfg = copy.deepcopy(self.config)
+        elif self.config is None:
+            path = user_config(self.name)
+            if path is None:
+                raise ConfigError(f"family {self.name!r} has no default config: give Family(config=...) "
+                                  f"or write config/{self.name}.json")
+            cfg = read_json(path)
+        else:
+            cfg = read_json(self.config if isinstance(self.config, Traversable) else Path(self.config))
         if self.fit is not None:
             cfg = defaults_for(self.name, cfg)
         if self.search_space is not None:

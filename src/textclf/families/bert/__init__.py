@@ -1,9 +1,10 @@
 """BERT: any Hugging Face encoder fine-tuned in Catalyst with focal loss and two-stage training."""
 
-from textclf.core.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, package_config, register_family
 
 FAMILY = register_family(Family(
     name="bert",
+    config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="Hugging Face encoder (default: shipped all-MiniLM-L6-v2) fine-tuned in Catalyst, focal loss, one or two stages",
     kind="neural",
     train="textclf.families.bert.train:train",

@@ -1,9 +1,10 @@
 """Sentence embeddings + scikit-learn: a frozen encoder (cached vectors) and a classifier, Optuna-tunable."""
 
-from textclf.core.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, package_config, register_family
 
 FAMILY = register_family(Family(
     name="embeddings",
+    config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="frozen sentence embeddings (MiniLM, any sentence-transformers model, TF-IDF+SVD) + scikit-learn classifier",
     kind="embeddings",
     train="textclf.families.embeddings.train:train",

@@ -1,9 +1,10 @@
 """fastText + Optuna: a linear bag-of-n-grams classifier with a resumable hyper-parameter search."""
 
-from textclf.core.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, package_config, register_family
 
 FAMILY = register_family(Family(
     name="fasttext",
+    config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="fastText bag of word/char n-grams, Optuna-tuned (seconds on a CPU)",
     kind="linear",
     fit="textclf.families.fasttext.model:fit",

@@ -1,6 +1,6 @@
 """BiLSTM (the ``allennlp/`` subproject): packed sequences, selection on macro F0.5, Optuna with pruning."""
 
-from textclf.core.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, package_config, register_family
 
 
 def beta_selects_metric(flags: dict) -> dict:
@@ -15,6 +15,7 @@ def beta_selects_metric(flags: dict) -> dict:
 
 FAMILY = register_family(Family(
     name="lstm",
+    config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="BiLSTM over packed sequences (Lightning), best epoch by macro F0.5, Optuna with pruning",
     kind="neural",
     fit="textclf.families.lstm.train:fit",

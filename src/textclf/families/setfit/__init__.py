@@ -1,9 +1,10 @@
 """SetFit-style: a sentence encoder fine-tuned contrastively on label pairs, then a small head on its embeddings."""
 
-from textclf.core.registry import Family, Option, register_family
+from textclf.core.registry import Family, Option, package_config, register_family
 
 FAMILY = register_family(Family(
     name="setfit",
+    config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="SetFit-style: sentence encoder (default: shipped all-MiniLM-L6-v2) tuned contrastively on label pairs "
                 "+ small head, few-shot ready",
     kind="setfit",

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import zipfile
+
+import pytest
 
 
 def test_fasttext_library_is_the_installed_one(repo):
@@ -37,3 +42,32 @@ def test_family_code_lives_in_its_own_package(repo):
     assert not (repo / "src" / "textclf" / "models").exists()
     for name in ("fasttext", "lstm", "bert"):
         assert (repo / "src" / "textclf" / "families" / name / "__init__.py").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_each_family_config_and_reads_the_users_override(repo, tmp_path):
+    """A wheel install has no repository: each family's config.json travels in its package, ./config/ overrides it."""
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "-q", "-w", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode and any(w in result.stderr for w in ("No matching distribution", "NewConnectionError", "Could not find")):
+        pytest.skip("pip cannot fetch the build backend (hatchling) here")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("textclf-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for family in ("bert", "embeddings", "fasttext", "lstm", "setfit"):
+        assert f"textclf/families/{family}/config.json" in names, family
+    assert not [n for n in names if n.startswith("textclf/_config/")]
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    work = tmp_path / "work"
+    (work / "config").mkdir(parents=True)
+    (work / "config" / "fasttext.json").write_text('{"model": {"epoch": 7}}')
+    code = ("import json; from textclf.core.config import load_config; from textclf.core.registry import get_family; "
+            "f = get_family('fasttext'); print(json.dumps([str(f.config_path()), str(f.override_path()), "
+            "load_config('fasttext')['model']['epoch'], load_config('lstm')['train']['epochs']]))")
+    env = {k: v for k, v in os.environ.items() if k != "TEXTCLF_CONFIG_DIR"} | {"PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    default, override, epoch, lstm_epochs = json.loads(out.stdout)
+    assert default == str(tmp_path / "site" / "textclf" / "families" / "fasttext" / "config.json")
+    assert override == str(work / "config" / "fasttext.json") and epoch == 7
+    assert lstm_epochs == json.loads((repo / "src/textclf/families/lstm/config.json").read_text())["train"]["epochs"]

@@ -10,7 +10,7 @@ before any data loads, so its peak RSS is its own; see ``bench_common``):
                        warm-up/decay schedule, gradient clipping and number of epochs (stage 1 +
                        stage 2); fp32, batch 32, cross-entropy, texts tokenised in the loop and
                        padded to each random batch's longest, no validation, the last epoch kept.
-  ``default``          ``textclf`` with config/bert.json as shipped (``two_stage auto``: one stage
+  ``default``          ``textclf`` with families/bert/config.json as shipped (``two_stage auto``: one stage
                        of stage 1 + stage 2 epochs on balanced labels, two on imbalanced ones; focal
                        loss, ``train.precision auto``, ``model.gradient_checkpointing auto``).
   ``fp16_ckpt``        the old defaults: ``precision fp16`` + gradient checkpointing on.
@@ -374,7 +374,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
          "max_minutes": max_minutes, "max_train_rows": max_train_rows, "max_eval_rows": max_eval_rows,
          "repeats": repeats, "seeds": [x for x in seed_list if x is not None], "min_predict_docs": min_predict_docs, "threads": threads,
          "overrides": list(overrides), "quick": quick,
-         "config": "config/bert.json"},
+         "config": "families/bert/config.json"},
         ("textclf", "torch", "transformers", "catalyst", "accelerate"),
         notes={
             "plain": "a plain PyTorch loop: same encoder, head, AdamW groups, lr (stage2.lr), linear warm-up/decay, "

@@ -426,8 +426,8 @@ def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_
         "machine": machine_info(PACKAGES),
         "notes": {
             "members": "each family trained through the registry (textclf.services.runs.fit_family) on train with its Optuna "
-                       "search on valid, refitted on train; fastText: config/fasttext.json with search.n_trials/timeout; "
-                       "embeddings: config/embeddings.json with the encoder fixed to minilm (the search picks classifier "
+                       "search on valid, refitted on train; fastText: families/fasttext/config.json with search.n_trials/timeout; "
+                       "embeddings: families/embeddings/config.json with the encoder fixed to minilm (the search picks classifier "
                        "among logreg, linear_svm, knn, mlp, its params and balance); tfidf_logreg: examples/plugins/tfidf_logreg.py",
             "ensembles": "textclf.services.compare.ensemble.build_ensemble on valid (beta 1: macro-F1); auto: 5-fold stratified CV "
                          "on valid "

@@ -317,7 +317,7 @@ def main(datasets, budget_s, data_root, output, quick, predict_docs, predict_mb,
                         "autotune": f"train_supervised(autotuneValidationFile=valid, autotuneDuration=budget_s, thread = usable cores); "
                                     f"{AUTOTUNE_NOTE}",
                         "optuna": "the fastText family (the core search over textclf.families.fasttext.model.fit) with "
-                                  "config/fasttext.json, search.timeout = budget_s, "
+                                  "families/fasttext/config.json, search.timeout = budget_s, "
                                   "search.n_trials = cap; train_wall_s includes the refit, evaluation and saving the model directory"},
             "metrics": "test split, textclf.core.metrics.classification_metrics; macro_f1 is the target metric",
             "peak_rss": RSS_NOTE,

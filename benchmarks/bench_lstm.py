@@ -6,7 +6,7 @@ data loads, so its peak RSS is the job's own; see ``bench_common``):
 
   (a) ``lightning``: ``textclf.families.lstm.train.fit`` (Lightning, TensorBoard logging, checkpoints, history),
   (b) ``bare``: a plain PyTorch loop over the same model, batches, optimiser, scheduler and validation,
-  (c) ``fasttext``: fastText with config/fasttext.json's params, no search (the baseline users know).
+  (c) ``fasttext``: fastText with families/fasttext/config.json's params, no search (the baseline users know).
 
 Both LSTM jobs run the same fixed number of epochs (``--epochs``, early stopping off) and keep their
 best epoch by valid macro F0.5; every model is scored on the test split with ``textclf.core.metrics``.
@@ -15,7 +15,7 @@ only), training tokens/s, prediction docs/s (``Predictor.predict_proba`` over th
 RSS, and the overhead ratio lightning/bare of the seconds per epoch (target <= 1.2). Prints a markdown
 table and writes ``benchmarks/results/lstm.json`` atomically::
 
-    python benchmarks/bench_lstm.py                              # all four datasets, 5 epochs, config/lstm.json
+    python benchmarks/bench_lstm.py                              # all four datasets, 5 epochs, families/lstm/config.json
     python benchmarks/bench_lstm.py --quick --datasets tweets_sentiment
 """
 
@@ -222,7 +222,7 @@ def table(results: dict) -> str:
 @click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated shared dataset names.")
 @click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True)
 @click.option("--epochs", type=int, default=5, show_default=True, help="Epochs for both LSTM jobs (early stopping off).")
-@click.option("--set", "overrides", multiple=True, help="config/lstm.json overrides for both LSTM jobs, e.g. model.hidden_size=64.")
+@click.option("--set", "overrides", multiple=True, help="LSTM config overrides for both LSTM jobs, e.g. model.hidden_size=64.")
 @click.option("--max_train", type=int, default=None, help="Use only the first N training documents.")
 @click.option("--jobs", default=",".join(JOBS), show_default=True, help="Which of lightning,bare,fasttext to run.")
 @click.option("--repeats", type=int, default=1, show_default=True,
@@ -278,7 +278,7 @@ def main(datasets, data_root, epochs, overrides, max_train, jobs, repeats, quick
                   "train_epoch_s: the training batches only; overhead_ratio = lightning epoch_s / bare epoch_s; with --repeats "
                   "each job keeps its fastest run (epoch_s_runs lists all); epoch_cpu_s / overhead_ratio_cpu: the same in process "
                   "CPU seconds (all threads), which other load on the machine barely changes",
-                  "fasttext: config/fasttext.json params without search; its epoch_s is fit time / its epochs"],
+                  "fasttext: families/fasttext/config.json params without search; its epoch_s is fit time / its epochs"],
         "results": results,
     }
     atomic_write_json(output, report)

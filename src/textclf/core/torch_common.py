@@ -88,7 +88,7 @@ class _EpochView(Sampler[int]):
         return len(self.owner.lengths)
 
 
-#: batches per length-sorted pool of :class:`BucketBatchSampler` (BERT's config/bert.json sets it as train.bucket_pool)
+#: batches per length-sorted pool of :class:`BucketBatchSampler` (BERT's families/bert/config.json sets it as train.bucket_pool)
 POOL_BATCHES = 50
 
 

@@ -1,6 +1,6 @@
 """scikit-learn classifiers over embeddings: ``logreg``, ``linear_svm``, ``knn``, ``mlp``, ``hgb``.
 
-Each is built from a params dict (``classifiers.<name>`` in config/embeddings.json; the search
+Each is built from a params dict (``classifiers.<name>`` in families/embeddings/config.json; the search
 space holds ``<name>.<param>`` entries). ``knn`` is :class:`CosineKNN`: cosine similarity on
 L2-normalised vectors and distance-weighted votes, computed exactly by brute force.
 """

@@ -126,7 +126,7 @@ serve: install ## Serve MODEL (default models/fasttext) over HTTP on HOST:PORT: 
 export_onnx: install ## Export MODEL (BERT or BiLSTM family) to ONNX + int8 for fast CPU inference
 	$(BIN)/textclf export --model_path $(or $(MODEL),$(BERT_DIR)) --format onnx --quantize int8
 
-bench_serve: install ## Load test of textclf serve on loopback (fastText, MiniLM torch/ONNX int8, ensemble) -> benchmarks/results/serve.json
+bench_serve: install ## Load test of textclf serve on loopback (fastText, MiniLM torch/ONNX int8, ensemble; fastText with 200 idle slow clients) -> benchmarks/results/serve.json
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_serve.py --workers 2 --threads 1 $(BENCH_ARGS)
 
 bench_export: install ## MiniLM CPU predict docs/s: torch vs ONNX float32 vs int8 -> benchmarks/results/export.json

@@ -1,7 +1,7 @@
 """Shared fixtures: real data paths, offline hub, small slices of the embedded dataset, a private
 embedding cache, and a local SLURM cluster.
 
-Plain helpers here (:func:`head_csv`, :func:`train_family_cli`, the SLURM ones) are imported by test
+Plain helpers here (:func:`head_csv`, :func:`train_family_cli`, :class:`ServeProcess`, the SLURM ones) are imported by test
 modules as ``from conftest import ...`` after putting this folder on ``sys.path`` (pytest runs with
 ``--import-mode=importlib``, which does not).
 """
@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,61 @@ def train_family_cli(family: str, data: dict, out, *extra: str):
     result = CliRunner().invoke(train_command(family), args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result
+
+
+# --------------------------------------------------------------------------- textclf serve in a subprocess
+
+
+class ServeProcess:
+    """``textclf serve --port 0 ARGS`` in a subprocess: ``url``/``port`` once ``/ready`` answers 200, its log in ``log()``."""
+
+    def __init__(self, model: Path, *args: str, env: dict | None = None, timeout: float = 90.0, ready_runs: int = 1):
+        import httpx
+
+        textclf = Path(sys.executable).parent / "textclf"  # the console script of this environment
+        self.proc = subprocess.Popen([str(textclf), "serve", "--model_path", str(model), "--port", "0", *args],
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        self.url = None
+        while self.url is None:
+            line = self.proc.stderr.readline()
+            self.lines.append(line)
+            if not line and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log()}")
+            m = re.search(r"on (http://127\.0\.0\.1:(\d+))", line)
+            if m:
+                self.url, self.port = m.group(1), int(m.group(2))
+            assert time.monotonic() < deadline, "server did not start"
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self._reader.start()  # keep draining the log
+        ready = 0
+        while time.monotonic() < deadline:
+            try:  # with --workers N each worker loads on its own: wait for a run of ready answers
+                ready = ready + 1 if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200 else 0
+            except httpx.HTTPError:
+                ready = 0
+            if ready >= ready_runs:
+                return
+            time.sleep(0.05 if ready else 0.2)
+        self.proc.kill()
+        raise AssertionError("server never became ready")
+
+    def log(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (SIGKILL after 30 s)."""
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._reader.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- a local SLURM cluster

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -32,8 +31,8 @@ from textclf.core.predictor import Predictor
 from textclf.services.serving.app import ServeSettings, create_app
 from textclf.services.serving.limits import Limits
 
-REPO = Path(__file__).resolve().parents[1]
-TEXTCLF = Path(sys.executable).parent / "textclf"  # the console script of this environment
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import REPO, ServeProcess  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +48,8 @@ def ft_model(tmp_path_factory, tweets) -> Path:
 
 def start_server(model: Path, *args: str, env: dict | None = None, timeout: float = 90.0):
     """``textclf serve --port 0`` in a subprocess; returns (process, base URL) once /ready answers 200."""
-    proc = subprocess.Popen([str(TEXTCLF), "serve", "--model_path", str(model), "--port", "0", *args],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + timeout
-    url = None
-    while url is None:
-        line = proc.stderr.readline()
-        if not line and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            url = m.group(1)
-        assert time.monotonic() < deadline, "server did not start"
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining the log
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return proc, url
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server never became ready")
+    server = ServeProcess(model, *args, env=env, timeout=timeout)
+    return server.proc, server.url
 
 
 def stop(proc: subprocess.Popen) -> int:
@@ -489,7 +469,7 @@ def test_any_text_list_is_answered_or_refused_cleanly(client, texts):
                                                                  max_size=3), max_leaves=12).map(
     lambda v: json.dumps(v).encode())))
 def test_arbitrary_bodies_never_crash_the_server(client, body):
-    r = client.post("/predict", content=body)
+    r = client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert r.status_code in (200, 400, 413, 422), r.text
     assert "\n" not in r.json().get("detail", "")
     assert client.get("/health").status_code == 200

@@ -3,13 +3,19 @@
 With ``--workers N`` (N > 1) uvicorn's supervisor starts N worker processes; before it does,
 ``$PROMETHEUS_MULTIPROC_DIR`` is set to a fresh private directory (removed at exit), so that
 ``/metrics`` on any worker reports the sum over all of them (:mod:`textclf.services.serving.metrics`).
+
+Connections run on uvicorn's h11 protocol with header and body timeouts
+(:mod:`textclf.services.serving.protocol`), at most ``--max_connections`` per process, and SIGTERM
+drains before the process exits 0 (:mod:`textclf.services.serving.drain`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -93,10 +99,22 @@ def _write_health_file(host: str, port: int) -> None:
               help="Most bytes per request body (413 above).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Intra-op threads of the model (torch and ONNX Runtime; default: all usable cores).")
+@click.option("--header_timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Seconds a client has to send its request headers (from connecting, or a kept-alive request's "
+              "first byte); then the connection is closed.")
+@click.option("--body_timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Seconds a client has to send a request body after its headers (400 after that).")
+@click.option("--keep_alive_timeout", type=click.IntRange(1, 3600), default=5, show_default=True,
+              help="Seconds an idle kept-alive connection stays open.")
+@click.option("--max_connections", type=click.IntRange(1), default=1000, show_default=True,
+              help="Open connections per worker process beyond which requests get 503 (uvicorn's limit_concurrency).")
+@click.option("--graceful_timeout", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="On SIGTERM, seconds the requests in flight get to finish (/ready answers 503 meanwhile); then exit 0.")
 @click.option("--log_level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="uvicorn's log level (info: one line per request).")
 def serve(code, model_path, host, port, workers, backend, thresholds, batching, max_batch_size, max_wait_ms, max_texts,
-          max_text_bytes, max_body_bytes, threads, log_level):
+          max_text_bytes, max_body_bytes, threads, header_timeout, body_timeout, keep_alive_timeout, max_connections,
+          graceful_timeout, log_level):
     """Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, docs at /docs."""
     import uvicorn
 
@@ -105,14 +123,16 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
     from textclf.core.meta import read_meta
     from textclf.services.serving.app import API_KEY_ENV, SETTINGS_ENV, ServeSettings, create_app
     from textclf.services.serving.limits import Limits
+    from textclf.services.serving.protocol import ConnectionLimits, protocol_factory
 
     if threads:
         from textclf.core.onnx_runtime import THREADS_ENV
 
         os.environ[THREADS_ENV] = str(threads)  # read by ONNX Runtime sessions and, for torch, when the model is attached
+    connection = ConnectionLimits(header_timeout, body_timeout, keep_alive_timeout, max_connections, graceful_timeout)
     settings = ServeSettings(model_path=str(model_path), backend=backend, thresholds=thresholds, batching=batching,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                             limits=Limits(max_texts, max_text_bytes, max_body_bytes),
+                             limits=Limits(max_texts, max_text_bytes, max_body_bytes), connection=connection,
                              code=[str(Path(c).resolve()) for c in code])
     if not is_loopback(host) and not os.environ.get(API_KEY_ENV):
         click.echo(f"warning: serving on {host} (not loopback) without an API key; set {API_KEY_ENV} to require one",
@@ -134,7 +154,9 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
     click.echo(f"textclf serve: {model_path} ({what}) on http://{shown}:{bound_port} (docs: /docs)", err=True)
     _write_health_file(host, bound_port)
     config = uvicorn.Config(app, factory=workers > 1, workers=workers, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=10, timeout_keep_alive=30, server_header=False)
+                            http=protocol_factory(connection), limit_concurrency=max_connections,
+                            timeout_keep_alive=keep_alive_timeout, timeout_graceful_shutdown=max(graceful_timeout, 0.1),
+                            server_header=False)
     try:
         if workers > 1:
             from textclf.services.serving.metrics import multiprocess_directory
@@ -142,10 +164,29 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
             with multiprocess_directory() as directory:  # set before the workers start: they read it at import
                 supervisor(config, sock, directory).run()
         else:
-            uvicorn.Server(config).run(sockets=[sock])
+            with _drained_sigterm_exits_0():
+                uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
         _remove_health_file()
+
+
+@contextlib.contextmanager
+def _drained_sigterm_exits_0():
+    """While uvicorn serves, the SIGTERM handler it replaces (and calls again once it has drained) does nothing.
+
+    uvicorn re-raises the signals it handled after its shutdown, with the handler it found; the CLI's
+    own one (SIGTERM -> exit 143, for temporaries) would turn a completed drain into a failure.
+    """
+    previous = signal.signal(signal.SIGTERM, _ignore)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore(signum, frame) -> None:
+    """A SIGTERM after the drain: already handled."""
 
 
 def supervisor(config, sock: socket.socket, metrics_dir: str):

@@ -8,7 +8,7 @@ route                  answer
                        order (labels as ``Predictor.predict`` gives them, tuned thresholds
                        included; ``"probabilities": false`` leaves the probabilities out)
 ``GET /health``        200 while the process runs (liveness)
-``GET /ready``         200 once the model is loaded, else 503 (readiness)
+``GET /ready``         200 once the model is loaded, else 503 (readiness; 503 too while draining)
 ``GET /metadata``      kind, backend, labels, metrics, config and versions from meta.json
 ``GET /metrics``       Prometheus text format (:mod:`textclf.services.serving.metrics`;
                        with ``--workers`` the sum over every worker)
@@ -16,7 +16,8 @@ route                  answer
 =====================  ===================================================================
 
 Bad requests are refused with a 4xx and a one-line ``{"detail": ...}`` (:mod:`.limits`); a
-model failure is a 500 with the same shape; the server keeps running either way. With
+model failure is a 500 with the same shape; the server keeps running either way. Slow and idle
+clients are cut off by the timeouts of :mod:`.protocol`; SIGTERM drains (:mod:`.drain`). With
 ``TEXTCLF_API_KEY`` set, ``/predict``, ``/metadata`` and ``/metrics`` need the key
 (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), else 401; ``/health``, ``/ready``
 and the docs stay open for probes.
@@ -42,10 +43,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from textclf.services.serving.batcher import MicroBatcher
-from textclf.services.serving.limits import Limits, RequestError, parse_predict_body
+from textclf.services.serving.drain import Drain, DrainMiddleware
+from textclf.services.serving.limits import Limits, RequestError, check_content_type, parse_predict_body
 from textclf.services.serving.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from textclf.services.serving.protocol import ConnectionLimits
 
 log = logging.getLogger("textclf.serve")
 
@@ -66,6 +70,7 @@ class ServeSettings:
     max_batch_size: int = 64
     max_wait_ms: float = 2.0
     limits: Limits = field(default_factory=Limits)
+    connection: ConnectionLimits = field(default_factory=ConnectionLimits)
     code: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -77,6 +82,7 @@ class ServeSettings:
         """Settings written by :meth:`to_json`."""
         raw = json.loads(text)
         raw["limits"] = Limits(**raw.get("limits", {}))
+        raw["connection"] = ConnectionLimits(**raw.get("connection", {}))
         return cls(**raw)
 
 
@@ -109,12 +115,14 @@ class ErrorAnswer(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorAnswer, "description": "body is not UTF-8 or not JSON"},
+    400: {"model": ErrorAnswer, "description": "body is not UTF-8 or not JSON, repeats a key, holds a huge number, "
+                                               "or did not arrive within --body_timeout"},
     401: {"model": ErrorAnswer, "description": "missing or wrong API key (TEXTCLF_API_KEY is set)"},
     413: {"model": ErrorAnswer, "description": "too many texts, a text too long, or the body too large"},
+    415: {"model": ErrorAnswer, "description": "Content-Type is not application/json"},
     422: {"model": ErrorAnswer, "description": "wrong JSON shape or types"},
     500: {"model": ErrorAnswer, "description": "the model failed on these texts"},
-    503: {"model": ErrorAnswer, "description": "the model is not loaded yet"},
+    503: {"model": ErrorAnswer, "description": "the model is not loaded yet, or too many connections (--max_connections)"},
 }
 
 
@@ -248,18 +256,43 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+class BodyUnread(RequestError):
+    """A refusal sent before the whole body was read: the answer closes the connection (the rest is not read)."""
+
+
+class ClientGone(Exception):
+    """The client closed its connection before sending the whole body (nobody to answer)."""
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes, with 400 when not complete within ``timeout`` s.
+
+    A client that disconnects first raises :class:`ClientGone` (one log line, no traceback).
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"request body is over {limit} bytes (--max_body_bytes)")
+        raise BodyUnread(413, f"request body is over {limit} bytes (--max_body_bytes)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body is over {limit} bytes (--max_body_bytes)")
-        chunks.append(chunk)
+    expected = f" of {declared}" if declared and declared.isdigit() else ""
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyUnread(413, f"request body is over {limit} bytes (--max_body_bytes)")
+                chunks.append(chunk)
+    except TimeoutError:
+        message = f"request body incomplete after {timeout:g}s (--body_timeout): {size}{expected} bytes"
+        log.warning("%s: %s", _peer(request), message)
+        raise BodyUnread(400, message) from None
+    except ClientDisconnect:
+        log.warning("%s: client disconnected after %d%s bytes of the request body", _peer(request), size, expected)
+        raise ClientGone from None
     return b"".join(chunks)
+
+
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
 
 
 def create_app(settings: ServeSettings | None = None, predictor=None, api_key: str | None = None) -> FastAPI:
@@ -271,9 +304,11 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
     key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).encode()
     metrics = Metrics()
     state = ModelState(settings, metrics)
+    drain = Drain(settings.connection.graceful_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        drain.install()
         loading = None
         if predictor is not None:
             state.attach(predictor)
@@ -291,6 +326,7 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
                   description="Text classification with a textclf model. Errors answer `{\"detail\": \"one line\"}`.")
     app.state.model = state
     app.state.metrics = metrics
+    app.state.drain = drain
 
     def authorized(request: Request) -> bool:
         if not key:
@@ -310,9 +346,18 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
         """Labels (and per-class probabilities) of every text, in input order."""
         if not authorized(request):
             return _error(401, f"missing or wrong API key (send 'Authorization: Bearer KEY'; {API_KEY_ENV} is set)",
-                          unauthorized)
+                          {**unauthorized, "Connection": "close"})
         try:
-            body = parse_predict_body(await read_body(request, settings.limits.max_body_bytes), settings.limits)
+            check_content_type(request.headers.get("content-type"))
+        except RequestError as exc:
+            return _error(exc.status, exc.message, {"Connection": "close"})
+        try:
+            raw = await read_body(request, settings.limits.max_body_bytes, settings.connection.body_timeout)
+            body = parse_predict_body(raw, settings.limits)
+        except ClientGone:
+            return Response(status_code=400)  # nobody reads it; the metrics count a 400
+        except BodyUnread as exc:
+            return _error(exc.status, exc.message, {"Connection": "close"})
         except RequestError as exc:
             return _error(exc.status, exc.message)
         if not state.ready:
@@ -331,7 +376,9 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
 
     @app.get("/ready", summary="Readiness", responses={503: {"model": ErrorAnswer}})
     async def ready() -> Response:
-        """200 once the model is loaded, 503 before (or when loading failed)."""
+        """200 once the model is loaded, 503 before (or when loading failed) and while draining for shutdown."""
+        if drain.draining:
+            return _error(503, "shutting down: finishing the requests in flight")
         if state.ready:
             return JSONResponse({"ready": True, "kind": state.predictor.kind})
         return _error(503, "model not loaded yet" if state.error is None else f"model failed to load: {state.error}")
@@ -348,7 +395,7 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
         meta.update(kind=p.kind, labels=list(p.labels), backend=getattr(p, "backend", "torch"),
                     serving={"micro_batching": state.batcher is not None, "max_batch_size": settings.max_batch_size,
                              "max_wait_ms": settings.max_wait_ms, "thresholds": settings.thresholds,
-                             "limits": asdict(settings.limits)})
+                             "limits": asdict(settings.limits), "connection": asdict(settings.connection)})
         return Response(json.dumps(meta, ensure_ascii=False, default=str), media_type="application/json")
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
@@ -362,6 +409,7 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: [r.path for r in app.routes])
+    app.add_middleware(DrainMiddleware, drain=drain)  # outermost: counts every request until its answer is sent
     return app
 
 

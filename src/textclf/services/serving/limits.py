@@ -5,6 +5,10 @@ problem                      status  example message
 ===========================  ======  ===============================================
 body is not UTF-8            400     request body is not valid UTF-8 (byte 7)
 body is not JSON             400     request body is not valid JSON: Expecting value ...
+a key twice in an object     400     request body repeats the key 'texts' in one object
+a number over 100 characters 400     request body holds a number of 100000 characters; at most 100
+body arrives too slowly      400     request body incomplete after 30s (--body_timeout): 5 of 10 bytes
+Content-Type not JSON        415     Content-Type must be application/json, got text/plain
 body too large               413     request body is over 8388608 bytes (--max_body_bytes)
 too many texts               413     300 texts; at most 256 per request (--max_texts)
 a text too long              413     texts[2] is 1048576 bytes of UTF-8; at most 65536 (--max_text_bytes)
@@ -13,7 +17,11 @@ unknown field                422     unknown field 'text'; fields: texts, probab
 ===========================  ======  ===============================================
 
 Request fields are data only: texts go to the model, nothing in a request names a file, a
-model or a setting of the server.
+model or a setting of the server. The parser is strict where JSON parsers usually are lenient:
+a repeated key is refused (Python's ``json`` would keep the last one silently, another parser the
+first: the same body must not mean two things), and so is a number longer than
+:data:`MAX_NUMBER_CHARS` (no field takes a number; ``int()`` of 100,000 digits is quadratic and,
+over ``sys.get_int_max_str_digits()``, a ValueError).
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ import json
 from dataclasses import dataclass
 
 FIELDS = ("texts", "probabilities")
+#: longest number a request may hold (no field is a number: this only bounds the parser's work)
+MAX_NUMBER_CHARS = 100
+JSON_TYPE = "application/json"
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,41 @@ def check_texts(texts: object, limits: Limits) -> list[str]:
     return texts
 
 
+def check_content_type(value: str | None) -> None:
+    """Refuse (415) a body that does not say it is JSON: ``application/json``, UTF-8 when a charset is given."""
+    media, _, params = (value or "").partition(";")
+    if media.strip().lower() != JSON_TYPE:
+        got = f"got {media.strip()[:80]}" if media.strip() else "none given"
+        raise RequestError(415, f"Content-Type must be {JSON_TYPE}, {got}")
+    for param in params.split(";"):
+        name, _, charset = param.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise RequestError(415, f"Content-Type charset must be utf-8, got {charset.strip()[:40]}")
+
+
+def _number(kind):
+    def parse(text: str):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise RequestError(400, f"request body holds a number of {len(text)} characters; at most {MAX_NUMBER_CHARS}")
+        return kind(text)
+
+    return parse
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise RequestError(400, f"request body repeats the key {key[:80]!r} in one object")
+    return obj
+
+
+def loads_strict(text: str) -> object:
+    """``json.loads`` that refuses (400) repeated keys and numbers over :data:`MAX_NUMBER_CHARS` characters."""
+    return json.loads(text, object_pairs_hook=_unique_keys, parse_int=_number(int), parse_float=_number(float))
+
+
 def parse_predict_body(body: bytes, limits: Limits) -> PredictRequest:
     """Decode and check a ``POST /predict`` body; a bad one raises RequestError (400, 413 or 422)."""
     if len(body) > limits.max_body_bytes:
@@ -86,7 +132,7 @@ def parse_predict_body(body: bytes, limits: Limits) -> PredictRequest:
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"request body is not valid UTF-8 (byte {exc.start + 1})") from None
     try:
-        obj = json.loads(text)
+        obj = loads_strict(text)
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:

@@ -292,7 +292,7 @@ def test_train_setfit_cli_writes_model_dir(model_dir):
     assert meta["metrics"]["test"]["macro_f1"] > QUICK_MACRO_F1_FLOOR, meta["metrics"]["test"]
     assert "contrastive step" in (model_dir / "progress.log").read_text()
     assert set(meta["files"]) == {"head.pt", "encoder/model.safetensors"}  # checked before every load
-    assert "search" not in meta and "best_point" not in meta and not (model_dir / "study.journal").exists()
+    assert "search" not in meta and meta["best_point"] is None and not (model_dir / "study.journal").exists()
     assert meta["files"]["head.pt"]["bytes"] == (model_dir / "head.pt").stat().st_size
 
 

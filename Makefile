@@ -145,7 +145,7 @@ serve_%_docker:
 		$(if $(THREADS),-e TEXTCLF_THREADS=$(THREADS)) $(code_mount) $(family_image) serve $(SERVE_FLAGS)
 
 ## ---- SetFit (contrastive fine-tuning + head) ----
-.PHONY: train_setfit predict_setfit
+.PHONY: train_setfit tune_setfit predict_setfit
 SETFIT_DIR ?= $(MODELS)/setfit
 PER_CLASS ?=
 
@@ -153,6 +153,11 @@ train_setfit: install ## SetFit-style: tune MiniLM contrastively on label pairs,
 	$(BIN)/textclf train setfit --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
 		--output_dir $(SETFIT_DIR) $(if $(PER_CLASS),--per_class $(PER_CLASS)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(DEVICE),--device $(DEVICE)) $(SET_FLAGS)
+
+tune_setfit: install ## Optuna over the SetFit head, pairs and encoder lr (N_TRIALS, default 10), refit the best -> models/setfit
+	$(BIN)/textclf tune setfit --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
+		--output_dir $(SETFIT_DIR) --n_trials $(or $(N_TRIALS),10) $(if $(PER_CLASS),--per_class $(PER_CLASS)) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DEVICE),--device $(DEVICE)) $(SET_FLAGS)
 
 predict_setfit: install ## Label INPUT with models/setfit -> OUTPUT
 	$(BIN)/textclf predict --model_path $(SETFIT_DIR) --input_path $(INPUT) \

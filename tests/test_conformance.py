@@ -15,7 +15,7 @@ FAST = {
 NEURAL = {
     "lstm": ["train.epochs=1", "model.hidden_size=16", "model.embedding_dim=16", "device=cpu"],
     "bert": ["stage1.epochs=0", "stage2.epochs=1", "two_stage=false", "model.max_length=32", "device=cpu"],
-    "setfit": ["train.epochs=1", "head.epochs=5", "data.per_class=8", "device=cpu", "encoder.max_length=32"],
+    "setfit": ["train.epochs=1", "head.epochs=3", "data.per_class=8", "pairs.per_text=1", "device=cpu", "encoder.max_length=16"],
 }
 
 

@@ -30,9 +30,12 @@ from textclf.families.setfit.contrastive import LOSSES, loss_name, tune_encoder 
 from textclf.families.setfit.head import TorchHead, load_head, macro_f1, make_head  # noqa: E402
 from textclf.families.setfit.model import SetFitPredictor, embed, load_sentence_model  # noqa: E402
 from textclf.families.setfit.sampling import few_shot_indices, sample_pairs, sample_texts, sample_triplets  # noqa: E402
+from textclf.families.setfit.search import check, space, space_key  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import head_csv, train_family_cli  # noqa: E402
+
+from textclf.cli.family_cmd import train_command  # noqa: E402
 
 N_EVAL = 100  # valid/test rows of the quick runs
 # Quick run (8 per class, R=2: 64 pairs, 1 epoch, default head) on the first 100 test rows: macro-F1 0.601
@@ -145,6 +148,7 @@ def test_config_and_loss_names():
     cfg = load_config("setfit", None, ["data.per_class=8"])
     assert cfg["data"]["per_class"] == 8 and cfg["encoder"]["name"] == "minilm" and cfg["loss"] == "cosine"
     assert cfg["train"]["epochs"] == 1 and cfg["train"]["lr"] == 2e-5 and cfg["pairs"]["per_text"] == 2
+    assert cfg["search"]["n_trials"] == 0 and cfg["search"]["timeout"] is None  # `textclf train setfit` searches nothing
     assert loss_name("CosineSimilarityLoss") == "cosine" and loss_name("MultipleNegativesRankingLoss") == "mnr"
     with pytest.raises(ConfigError, match="known: cosine, mnr, batch_all_triplet"):
         loss_name("contrastive")
@@ -213,6 +217,62 @@ def test_head_rejects_bad_settings():
         TorchHead(8, 2, hidden=4, dropout=1.0)
 
 
+def test_search_space_names_are_setfit_settings():
+    """``head_hidden`` -> ``head.hidden`` (sections share key names: ``train.lr`` and ``head.lr``); dotted keys work too."""
+    import optuna
+
+    cfg = load_config("setfit", None, [])
+    assert [space_key(cfg, n) for n in ("head_hidden", "head_label_smoothing", "pairs_per_text", "train_lr", "loss",
+                                         "head.lr")] == ["head.hidden", "head.label_smoothing", "pairs.per_text",
+                                                         "train.lr", "loss", "head.lr"]
+    with pytest.raises(ConfigError, match=r"^search.space 'data_per_class' is not a setfit setting; valid names: loss, "
+                                          r"encoder_name, encoder_max_length, "):
+        space_key(cfg, "data_per_class")
+    with pytest.raises(ConfigError, match="'head_size' is not a setfit setting"):
+        space_key(cfg, "head_size")
+    fixed = {"head_type": "logreg", "head_hidden": 0, "head_dropout": 0.1, "head_label_smoothing": 0.0,
+             "pairs_per_text": 3, "train_lr": 3e-5}
+    assert space(cfg, optuna.trial.FixedTrial(fixed)) == {"head.type": "logreg", "head.hidden": 0, "head.dropout": 0.1,
+                                                          "head.label_smoothing": 0.0, "pairs.per_text": 3, "train.lr": 3e-5}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss=contrastive", "loss: unknown loss 'contrastive'; known: cosine, mnr, batch_all_triplet"),
+    ("head.type=svm", "head.type: unknown head 'svm'; known: torch, logreg"),
+    ("pairs.per_text=0", "pairs.per_text: expected at least 1, got 0"),
+    ("data.per_class=0", "data.per_class: expected a positive number of examples per class or null, got 0"),
+    ("head.epochs=0", "head.epochs: expected an integer of at least 1, got 0"),
+    ("head.label_smoothing=1.5", "head.label_smoothing: expected a value in [0, 1), got 1.5"),
+    ("train.batch_size=0", "train.batch_size: expected an integer of at least 1, got 0"),
+    ("search.space.head_type.choices=[\"torch\",\"svm\"]",
+     "search.space 'head_type' value 'svm': head.type: unknown head 'svm'; known: torch, logreg"),
+    ("search.space.head_dropout.high=1.0",
+     "search.space 'head_dropout' value 1.0: head: hidden must be >= 0 and dropout in [0, 1); got hidden=25, dropout=1.0"),
+])
+def test_check_refuses_a_bad_setting_in_one_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        check(load_config("setfit", None, [override]))
+    assert str(info.value) == message
+
+
+def test_bad_setting_stops_the_cli_before_any_encoder_loads(small, tmp_path, monkeypatch):
+    """``textclf train setfit --set loss=...``: exit 2, the one line, no traceback, nothing written, no model loaded."""
+    import textclf.families.setfit.train as setfit_train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder was loaded before the config was checked")
+
+    monkeypatch.setattr(setfit_train, "load_sentence_model", refuse)
+    out = tmp_path / "bad"
+    args = ["--train_path", small["train"], "--valid_path", small["valid"], "--output_dir", out, "--device", "cpu",
+            "--no-track", "--set", "loss=contrastive"]
+    result = CliRunner().invoke(train_command("setfit"), [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == \
+        "Error: loss: unknown loss 'contrastive'; known: cosine, mnr, batch_all_triplet"
+    assert "Traceback" not in result.output and not (out / "meta.json").exists() and not (out / "encoder").exists()
+
+
 # --------------------------------------------------------------------------- the family end to end
 
 def test_train_setfit_cli_writes_model_dir(model_dir):
@@ -232,6 +292,7 @@ def test_train_setfit_cli_writes_model_dir(model_dir):
     assert meta["metrics"]["test"]["macro_f1"] > QUICK_MACRO_F1_FLOOR, meta["metrics"]["test"]
     assert "contrastive step" in (model_dir / "progress.log").read_text()
     assert set(meta["files"]) == {"head.pt", "encoder/model.safetensors"}  # checked before every load
+    assert "search" not in meta and meta["best_point"] is None and not (model_dir / "study.journal").exists()
     assert meta["files"]["head.pt"]["bytes"] == (model_dir / "head.pt").stat().st_size
 
 
@@ -282,12 +343,14 @@ def test_predict_cli(model_dir, tmp_path):
 
 @pytest.mark.slow  # two SetFit trainings (contrastive MiniLM tuning + head)
 def test_train_function_is_deterministic_with_a_seed(tmp_path, small):
-    """``train(cfg, splits, out)`` twice, same seed, on the CPU: identical weights (hidden-less head, one pair per text)."""
+    """The family's train flow (core fit -> evaluate -> meta.json) twice, same seed, on the CPU: identical weights
+    (hidden-less head, one pair per text)."""
     import torch
     from safetensors.torch import load_file
 
-    from textclf.families.setfit.train import train
+    from textclf.core.registry import get_family
 
+    train = get_family("setfit").train_fn()
     cfg = load_config("setfit", None, ["data.per_class=4", "pairs.per_text=1", "head.hidden=0", "head.epochs=10",
                                        "device=cpu", "seed=3"])
     splits = load_splits(small["train"], small["valid"], None, cfg["data"])
@@ -301,6 +364,42 @@ def test_train_function_is_deterministic_with_a_seed(tmp_path, small):
     assert any(not torch.equal(enc_a[k], base[k]) for k in base if k in enc_a)  # and the encoder was tuned
     meta = json.loads((runs[0] / "meta.json").read_text())
     assert meta["head"]["hidden"] == 0 and meta["contrastive"]["rows_per_epoch"] == 2 * 1 * 8 and "test" not in meta["metrics"]
+
+
+@pytest.mark.slow  # three SetFit fits: two trials and the refit
+def test_tune_setfit_searches_then_refits_the_best_point(tmp_path, small):
+    """``textclf tune setfit --n_trials 2`` on 4 rows per class and 20 valid rows: the core's study, then the refit."""
+    import optuna
+
+    from textclf.core.tuning import make_storage
+
+    data = {"train": small["train"], "valid": head_csv(small["valid"], tmp_path / "valid.csv", 20),
+            "test": head_csv(small["test"], tmp_path / "test.csv", 20)}
+    out = tmp_path / "tuned"
+    args = ["--train_path", data["train"], "--valid_path", data["valid"], "--test_path", data["test"], "--output_dir", out,
+            "--device", "cpu", "--no-track", "--per_class", "4", "--n_trials", "2", "--set", "head.epochs=5",
+            "--set", "encoder.max_length=32", "--set", "search.space.pairs_per_text.high=2"]
+    result = CliRunner().invoke(train_command("setfit", tune=True), [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    s = meta["search"]
+    assert s["states"] == {"COMPLETE": 2} and s["metric"] == "macro_f1" and set(s["best_params"]) == set(
+        load_config("setfit", None, [])["search"]["space"])
+    study = optuna.load_study(study_name="setfit", storage=make_storage(str(out / "study.journal"), out))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert s["best_value"] == max(t.value for t in study.trials)
+    # the refit trained the best point: the head, the pairs and the encoder's learning rate in meta.json are its values
+    point = meta["best_point"]
+    assert set(point) == {"head.type", "head.hidden", "head.dropout", "head.label_smoothing", "pairs.per_text", "train.lr"}
+    assert meta["head"]["type"] == point["head.type"] and meta["contrastive"]["per_text"] == point["pairs.per_text"]
+    assert meta["contrastive"]["lr"] == point["train.lr"] and meta["contrastive"]["rows_per_epoch"] == 2 * point["pairs.per_text"] * 8
+    if point["head.type"] == "torch":
+        assert (meta["head"]["hidden"], meta["head"]["dropout"]) == (point["head.hidden"], point["head.dropout"])
+    assert meta["few_shot"] == {"per_class": 4, "n_train": 8, "n_train_full": 3356}
+    assert set(meta["files"]) == {meta["model_file"], "encoder/model.safetensors"}  # not the study, plots or progress.log
+    assert (out / "trials.csv").read_text().count("COMPLETE") == 2
+    p = textclf.load_predictor(out)
+    assert p.predict(["what a wonderful day", ""]) and len(p.predict(["a", "b", "c"])) == 3
 
 
 @pytest.mark.slow

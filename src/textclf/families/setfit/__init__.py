@@ -1,4 +1,8 @@
-"""SetFit-style: a sentence encoder fine-tuned contrastively on label pairs, then a small head on its embeddings."""
+"""SetFit-style: a sentence encoder fine-tuned contrastively on label pairs, then a small head on its embeddings.
+
+Family contract v2: ``fit`` (:mod:`.train`) trains once; ``space`` and ``check`` (:mod:`.search`) are the
+search hooks; the core searches (``search.n_trials``, 0 by default), refits, evaluates and writes meta.json.
+"""
 
 from textclf.core.registry import Family, Option, package_config, register_family
 
@@ -8,7 +12,10 @@ FAMILY = register_family(Family(
     description="SetFit-style: sentence encoder (default: shipped all-MiniLM-L6-v2) tuned contrastively on label pairs "
                 "+ small head, few-shot ready",
     kind="setfit",
-    train="textclf.families.setfit.train:train",
+    fit="textclf.families.setfit.train:fit",
+    space="textclf.families.setfit.search:space",
+    check="textclf.families.setfit.search:check",
+    packages=("sentence-transformers", "scikit-learn", "torch", "transformers"),
     predictor="textclf.families.setfit.model:SetFitPredictor",
     requires=("torch", "sentence_transformers", "sklearn"),
     extra="embeddings",

@@ -1,12 +1,15 @@
-"""Training the setfit family: (few-shot subset,) contrastive encoder tuning, head on the tuned embeddings, save.
+"""Fitting the setfit family (contract v2): few-shot subset, contrastive encoder tuning, head on the tuned embeddings.
 
-1. ``data.per_class`` N keeps N seeded rows per class of train (the few-shot setting; null: all).
+1. ``data.per_class`` N keeps N rows per class of train (the few-shot setting; null: all), drawn
+   with the run's ``seed``, so every search trial and the refit see the same examples.
 2. The encoder (``encoder.name``, resolved like the embeddings family's) is fine-tuned with the
-   configured contrastive loss on pairs/triplets drawn from the labels (:mod:`.contrastive`).
-3. Train/valid/test are embedded once with the tuned encoder (L2-normalised); the head is fitted on
-   train, its best epoch chosen on valid macro-F1 (:mod:`.head`).
-4. ``encoder/``, the head file and (through :func:`textclf.core.training.finish_run`) metrics.txt and
-   meta.json are written; valid/test are scored with the vectors already computed.
+   configured contrastive loss on pairs/triplets drawn from the labels (:mod:`.contrastive`),
+   seeded with ``context.seed`` (``seed + trial number`` in a search trial).
+3. Train and valid (and test, for the kept model) are embedded once with the tuned encoder
+   (L2-normalised); the head is fitted on train, its best epoch chosen on valid macro-F1 (:mod:`.head`).
+4. The kept model's ``encoder/`` and head file are written; a search trial writes nothing. The
+   returned predictor remembers the valid/test vectors, so the core's evaluation encodes nothing again,
+   and its ``fit_info`` carries the encoder, head, contrastive, few-shot and timing blocks of meta.json.
 """
 
 from __future__ import annotations
@@ -17,19 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.core.integrity import FILES_KEY, files_block
+from textclf.core.integrity import FILES_KEY
 from textclf.core.torch_common import resolve_device, seed_everything
-from textclf.core.training import Splits, finish_run
+from textclf.core.training import Splits
 from textclf.families.common.cache import weight_hash
 from textclf.families.common.encoders import resolve_model_dir
-from textclf.families.setfit.contrastive import loss_name, tune_encoder
+from textclf.families.setfit.contrastive import tune_encoder
 from textclf.families.setfit.head import make_head
 from textclf.families.setfit.model import ENCODER_DIR, KIND, SetFitPredictor, embed, load_sentence_model, save_encoder
 from textclf.families.setfit.sampling import few_shot_indices
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("sentence-transformers", "scikit-learn", "torch", "transformers")
+PROGRESS_FILE = "progress.log"
 
 
 def label_codes(labels: list[str], label_set: list[str]) -> np.ndarray:
@@ -38,23 +41,24 @@ def label_codes(labels: list[str], label_set: list[str]) -> np.ndarray:
     return np.asarray([index[label] for label in labels], dtype=np.int64)
 
 
-def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
-    """Tune the encoder contrastively, fit the head, save the model directory and evaluate it; return the directory.
+def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
+    """Tune the encoder contrastively and fit the head; return the :class:`SetFitPredictor` (family contract v2).
 
-    There are no checkpoints: ``resume`` starts the (seeded, so identical) run again.
+    The kept model (``context.final``) is saved into ``context.output_dir`` (``encoder/``, the head,
+    ``progress.log``); ``fit_info["files"]`` names the head and the encoder weights, which loading
+    checks. There are no checkpoints: ``context.resume`` starts the (seeded, so identical) fit again.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
+    output_dir = Path(context.output_dir)
+    final = context.final
+    if context.resume and final:
         log.info("setfit keeps no checkpoints; --resume trains from the start")
     started = time.monotonic()
-    seed = int(cfg["seed"])
+    seed = int(context.seed)
     seed_everything(seed)
     device = resolve_device(cfg.get("device"))
-    loss_name(cfg["loss"])  # a bad name fails before the model loads
 
     per_class = cfg["data"].get("per_class")
-    keep = few_shot_indices(splits.train.labels, per_class, seed)
+    keep = few_shot_indices(splits.train.labels, per_class, int(cfg["seed"]))
     train_ds = splits.train if per_class is None else splits.train.subset(keep)
     y_train = label_codes(train_ds.labels, splits.labels)
     log.info("setfit: %d training texts (%s per class; %d in train), %d classes, device %s", len(train_ds),
@@ -63,13 +67,14 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     e = cfg["encoder"]
     source = resolve_model_dir(e["name"])
     model = load_sentence_model(source, str(device), e.get("max_length"))
-    contrastive = tune_encoder(model, train_ds.texts, y_train, cfg, device, seed, log_path=output_dir / "progress.log")
+    contrastive = tune_encoder(model, train_ds.texts, y_train, cfg, device, seed,
+                               log_path=output_dir / PROGRESS_FILE if final else None)
 
     start = time.monotonic()
     batch = int(e.get("batch_size", 64))
     x_train = embed(model, train_ds.texts, batch)
     x_valid = embed(model, splits.valid.texts, batch)
-    x_test = embed(model, splits.test.texts, batch) if splits.test is not None else None
+    x_test = embed(model, splits.test.texts, batch) if final and splits.test is not None else None
     embed_seconds = round(time.monotonic() - start, 2)
     log.info("embedded train/valid/test (%d/%d/%d texts) with the tuned encoder in %.1fs", len(x_train), len(x_valid),
              0 if x_test is None else len(x_test), embed_seconds)
@@ -79,8 +84,9 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
     head.fit(x_train, y_train, x_valid, label_codes(splits.valid.labels, splits.labels))
     head_seconds = round(time.monotonic() - start, 2)
 
-    save_encoder(model, output_dir)
-    head.save(output_dir)
+    if final:
+        save_encoder(model, output_dir)
+        head.save(output_dir)
     record = {"name": e["name"], "source": str(source), "base_weights": weight_hash(source), "dir": ENCODER_DIR,
               "max_length": int(model.max_seq_length), "batch_size": batch, "normalize": True, "dim": int(x_train.shape[1])}
     head_record = head.describe()
@@ -93,10 +99,11 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
                        lr=float(cfg["train"]["lr"]))
     seconds = {"contrastive": contrastive["seconds"], "embed": embed_seconds, "head": head_seconds,
                "total": round(time.monotonic() - started, 2)}
-    weights = sorted(str(p.relative_to(output_dir)) for p in (Path(output_dir) / ENCODER_DIR).rglob("*.safetensors"))
-    finish_run(output_dir, predictor, splits, cfg, PACKAGES, model_file=head.file, encoder=record, head=head_record,
-               **{FILES_KEY: files_block(output_dir, [head.file, *weights])}, contrastive=contrastive,
-               few_shot={"per_class": per_class, "n_train": len(train_ds), "n_train_full": len(splits.train)},
-               seconds=seconds)
-    log.info("setfit: done in %.1fs", time.monotonic() - started)
-    return output_dir
+    weights = sorted(str(p.relative_to(output_dir)) for p in (output_dir / ENCODER_DIR).rglob("*.safetensors")) if final else []
+    predictor.fit_info = {"model_file": head.file, "encoder": record, "head": head_record, "contrastive": contrastive,
+                          "few_shot": {"per_class": per_class, "n_train": len(train_ds), "n_train_full": len(splits.train)},
+                          "seconds": seconds, FILES_KEY: [head.file, *weights]}
+    if context.trial is not None:
+        context.trial.set_user_attr("head_best_epoch", getattr(head, "best_epoch", None))
+    log.info("setfit: fitted in %.1fs", time.monotonic() - started)
+    return predictor

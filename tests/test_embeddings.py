@@ -362,16 +362,19 @@ def test_packaged_mpnet_encodes_offline(tmp_path, cache_dir):
 
 def test_search_encodes_once_per_run_and_refits_the_best_trial(tmp_path, small, cache_dir, monkeypatch):
     """Every trial and the refit share the run's Features (context.shared): one encoder fit for five fits."""
+    from textclf.families.common.encoders import TfidfSvdEncoder
     from textclf.families.embeddings import train as emb_train
 
-    made = []
-    real = emb_train.make_encoder
+    made, encoded = [], []
+    real, real_encode = emb_train.make_encoder, TfidfSvdEncoder.encode
     monkeypatch.setattr(emb_train, "make_encoder", lambda name, cfg: made.append(name) or real(name, cfg))
+    monkeypatch.setattr(TfidfSvdEncoder, "encode", lambda self, texts, **kw: encoded.append(len(texts)) or real_encode(self, texts, **kw))
     out = tmp_path / "once"
     train_cli(small, out, "--n_trials", "4", "--seed", "3", "--set", "encoder.cache=false", "--set", "tfidf_svd.n_components=16",
               "--set", 'search.space.encoder.choices=["tfidf_svd"]', "--set", 'search.space.classifier.choices=["logreg","knn"]',
               "--model_name", "tfidf_svd")
     assert made == ["tfidf_svd"]  # without the shared Features every trial would fit TF-IDF + SVD again
+    assert encoded == [200, 60, 100]  # train, valid, test once: trials and the evaluation reuse the vectors
     meta = json.loads((out / "meta.json").read_text())
     assert meta["search"]["states"] == {"COMPLETE": 4}
     best = meta["search"]["best_params"]

@@ -79,7 +79,7 @@ def configured_point(cfg: dict, files: list[str]) -> dict:
     """The configured choice as search-space names (the first trial of a new study)."""
     clf = cfg["classifier"]
     return {"encoder": cfg["encoder"]["name"], "classifier": clf, "balance": cfg["balance"],
-            **({"train_files": cfg.get("train_files") or files[0]} if files else {}),
+            **({"train_files": files[0] if cfg.get("train_files") is None else str(cfg["train_files"])} if files else {}),
             **{f"{clf}.{name}": value for name, value in cfg["classifiers"].get(clf, {}).items()}}
 
 

@@ -356,3 +356,55 @@ def test_packaged_mpnet_encodes_offline(tmp_path, cache_dir):
     assert sims[0, 1] > sims[0, 2] + 0.3 and sims[0, 1] > sims[0, 3]
     assert enc.describe()["pooling"] == "mean" and enc.describe()["max_length"] == 384
     assert SentenceEncoder("sentence-transformers/all-mpnet-base-v2", device="cpu").model_dir == installed_dir("mpnet")
+
+
+# --------------------------------------------------------------------------- contract v2: the core's flow around fit
+
+def test_search_encodes_once_per_run_and_refits_the_best_trial(tmp_path, small, cache_dir, monkeypatch):
+    """Every trial and the refit share the run's Features (context.shared): one encoder fit for five fits."""
+    from textclf.families.common.encoders import TfidfSvdEncoder
+    from textclf.families.embeddings import train as emb_train
+
+    made, encoded = [], []
+    real, real_encode = emb_train.make_encoder, TfidfSvdEncoder.encode
+    monkeypatch.setattr(emb_train, "make_encoder", lambda name, cfg: made.append(name) or real(name, cfg))
+    monkeypatch.setattr(TfidfSvdEncoder, "encode", lambda self, texts, **kw: encoded.append(len(texts)) or real_encode(self, texts, **kw))
+    out = tmp_path / "once"
+    train_cli(small, out, "--n_trials", "4", "--seed", "3", "--set", "encoder.cache=false", "--set", "tfidf_svd.n_components=16",
+              "--set", 'search.space.encoder.choices=["tfidf_svd"]', "--set", 'search.space.classifier.choices=["logreg","knn"]',
+              "--model_name", "tfidf_svd")
+    assert made == ["tfidf_svd"]  # without the shared Features every trial would fit TF-IDF + SVD again
+    assert encoded == [200, 60, 100]  # train, valid, test once: trials and the evaluation reuse the vectors
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["search"]["states"] == {"COMPLETE": 4}
+    best = meta["search"]["best_params"]
+    assert meta["classifier"] == best["classifier"] and meta["best_point"]["classifier"] == best["classifier"]
+    assert meta["params"] == {**json.loads((Path(textclf.__file__).parent.parent.parent / "config" / "embeddings.json")
+                                           .read_text())["classifiers"][best["classifier"]],
+                              **{k.split(".", 1)[1]: v for k, v in best.items() if k.startswith(best["classifier"] + ".")}}
+    assert set(meta["files"]) == {"classifier.joblib", "tfidf_svd.joblib"} and meta["model_file"] == "classifier.joblib"
+    # the refit is the best trial: its valid score is the study's best value
+    assert meta["metrics"]["valid"]["macro_f1"] == pytest.approx(meta["search"]["best_value"], abs=1e-12)
+
+
+def test_train_files_setting_and_bad_settings_are_one_line_errors(tmp_path, small, cache_dir):
+    rows = list(csv.reader(open(small["train"], encoding="utf-8", newline="")))
+    paths = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    for path, part in zip(paths, (rows[1:101], rows[101:]), strict=True):
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            csv.writer(fh).writerows([rows[0], *part])
+    base = ["--train_path", str(paths[0]), "--train_path", str(paths[1]), "--valid_path", str(small["valid"]),
+            "--test_path", str(small["test"]), "--device", "cpu", "--model_name", "tfidf_svd", "--set", "tfidf_svd.n_components=16"]
+    out = tmp_path / "second"
+    result = CliRunner().invoke(train_command("embeddings"), [*base, "--output_dir", str(out), "--set", "train_files=1"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train_files"] == [str(paths[1])] and meta["data"]["train"] == [str(p) for p in paths]
+    bad = CliRunner().invoke(train_command("embeddings"), [*base, "--output_dir", str(tmp_path / "bad"), "--set", "train_files=0+2"])
+    assert bad.exit_code == 2 and "train_files '0+2': expected training-file indices" in bad.output
+    assert "Traceback" not in bad.output
+    bad = CliRunner().invoke(train_command("embeddings"), [*base, "--output_dir", str(tmp_path / "bad2"), "--n_trials", "2",
+                                                           "--set", 'search.space.classifier.choices=["logreg","svm"]'])
+    assert bad.exit_code == 2 and "search.space classifier choice 'svm': no classifiers.svm block in the config" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "bad2" / "meta.json").exists()

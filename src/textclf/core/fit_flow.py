@@ -10,6 +10,9 @@ A family written against this contract (``Family(fit=..., space=...)``) provides
   (``trial.suggest_*``). Without it, ``search.space`` in the config (the JSON form of
   :func:`textclf.core.tuning.suggest`) is the space; its keys name ``model.<key>`` unless they
   hold a dot.
+* optionally ``prepare(cfg, splits) -> cfg``: the config completed from the data before anything
+  fits (a search-space entry or a start point that depends on the training files); meta.json
+  records the prepared config.
 
 Everything else happens here, once for every family:
 
@@ -25,7 +28,12 @@ Everything else happens here, once for every family:
   complete one in a forked child killed at the deadline (:mod:`textclf.core.deadline`): PRUNED;
 * the refit fits the best point into the model directory, then the core evaluates it on valid and
   test, records every file ``fit`` wrote in meta.json's ``files`` block (checked before each load)
-  and writes ``metrics.txt`` and ``meta.json`` (:func:`textclf.core.training.finish_run`).
+  and writes ``metrics.txt`` and ``meta.json`` (:func:`textclf.core.training.finish_run`);
+* every fit of one run (the trials and the refit) gets the same ``context.shared`` dict, where a
+  family keeps what is costly to rebuild and the same for every trial (the embeddings family's
+  encoded vectors). :func:`fit_family` is the whole flow for callers that run several studies in
+  one process (``textclf sweep``): they pass their own ``shared`` dict, put the study beside the
+  model directory (``search_dir``) and get the predictor and meta back.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +57,12 @@ from textclf.core.training import PLUGIN_DIR, Splits, finish_run
 from textclf.core.tuning import (
     JOURNAL_FILE,
     best_trial,
-    finish_search,
+    export_trials,
     make_storage,
     open_study,
     record_worker,
     run_search,
+    save_plots,
     search_summary,
     start_points,
     suggest,
@@ -73,13 +82,16 @@ class FitContext:
 
     ``output_dir``: the directory to write the model into (a temporary one during a search trial);
     ``seed``: the run's seed (``seed + trial number`` during a search);
-    ``trial``: the Optuna trial being scored (None for the final fit); ``resume``: ``--resume``.
+    ``trial``: the Optuna trial being scored (None for the final fit); ``resume``: ``--resume``;
+    ``shared``: one dict for every fit of the run (all trials and the refit, in this process), for
+    per-run state a family rebuilds nowhere else (keys of the family's own, e.g. ``"embeddings.features"``).
     """
 
     output_dir: Path
     seed: int
     trial: Any = None
     resume: bool = False
+    shared: dict = field(default_factory=dict)
 
     @property
     def final(self) -> bool:
@@ -137,8 +149,8 @@ def check_metric(metric: str, labels: list[str]) -> None:
         raise ConfigError(f"search.metric: {exc.args[0]}") from None
 
 
-def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, space: Callable):
-    """Run (or resume) the family's Optuna study on valid; returns it."""
+def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, space: Callable, shared: dict | None = None):
+    """Run (or resume) the family's Optuna study on valid (journal, progress.log in ``output_dir``); returns it."""
     import optuna
     from optuna.trial import TrialState
 
@@ -162,7 +174,8 @@ def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, s
 
         def fit_and_score() -> dict:
             with owned_temp_dir(TRIAL_PREFIX) as tmp:
-                predictor = fit(trial_cfg, splits, FitContext(Path(tmp), cfg["seed"] + trial.number, trial=trial))
+                context = FitContext(Path(tmp), cfg["seed"] + trial.number, trial=trial, shared=shared if shared is not None else {})
+                predictor = fit(trial_cfg, splits, context)
                 return evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels, betas=metric_betas(s["metric"]))
 
         try:
@@ -181,31 +194,66 @@ def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, s
     return study
 
 
+@dataclass
+class FitResult:
+    """What :func:`fit_family` did: the model directory, the evaluated predictor and its meta (both None
+    when ``search.refit`` is false), and the seconds spent searching (0 without a search)."""
+
+    output_dir: Path
+    predictor: Predictor | None = None
+    meta: dict | None = None
+    search_seconds: float = 0.0
+
+
 def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
     """Search (when asked), refit the best point, evaluate and write meta.json for a v2 ``family``; returns the model dir."""
+    return fit_family(family, cfg, splits, output_dir, resume).output_dir
+
+
+def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, *,
+               search_dir: str | Path | None = None, shared: dict | None = None, echo: bool = True, plots: bool = True,
+               meta_extra: dict | None = None) -> FitResult:
+    """The core's flow for a v2 ``family``: check, prepare, search (when asked), refit the best point, evaluate, meta.json.
+
+    ``search_dir`` holds the study's journal, ``progress.log``, ``trials.csv`` (and the plots unless
+    ``plots`` is false); default ``output_dir``. ``shared`` is the ``context.shared`` of every fit
+    (a caller running several studies passes one dict to all of them). ``echo`` prints the metrics;
+    ``meta_extra`` goes into meta.json.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    search_dir = output_dir if search_dir is None else Path(search_dir)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    shared = {} if shared is None else shared
     fit = family.fit_fn()
     check = family.check_fn()
     if check:
         check(cfg)
+    prepare = family.prepare_fn()
+    if prepare:
+        cfg = prepare(cfg, splits)
     s = cfg.get("search") or {}
-    final_cfg, extra, point = cfg, {}, {}
+    final_cfg, extra, point = cfg, dict(meta_extra or {}), {}
     searched: set[str] = set()
+    search_seconds = 0.0
     if wants_search(s):
+        start = time.monotonic()
         space = family.space_fn() or config_space
-        study = search(family, cfg, splits, output_dir, fit, space)
-        finish_search(study, output_dir)
+        study = search(family, cfg, splits, search_dir, fit, space, shared)
+        export_trials(study, search_dir)
+        if plots:
+            save_plots(study, search_dir)
+        search_seconds = time.monotonic() - start
         if s.get("refit") is False:
-            return output_dir
+            return FitResult(output_dir, search_seconds=search_seconds)
         best = best_trial(study)
         point = best.user_attrs.get("params") or {}
         final_cfg = apply_params(cfg, point)
         searched = {p.name for p in output_dir.iterdir() if p.is_file()}  # trials.csv, the plots
-        extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
+        extra["search"] = search_summary(study, s["storage"], search_dir, s["metric"])
         log.info("best point on valid: %s", point)
     before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
-    predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume))
+    predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume, shared=shared))
     if not isinstance(predictor, Predictor):
         raise ConfigError(f"family {family.name!r} does not implement the contract: fit must return a Predictor, "
                           f"got {type(predictor).__name__}")
@@ -217,5 +265,6 @@ def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resu
                      if p.is_file() and p.name not in CORE_FILES and p.name not in searched
                      and ((named is None and before.get(p) != p.stat().st_mtime_ns) or p.parent.name == PLUGIN_DIR))
     extra[FILES_KEY] = files_block(output_dir, sorted({*written, *(named or ())}))
-    finish_run(output_dir, predictor, splits, cfg, tuple(family.packages), best_point=point or None, **info, **extra)
-    return output_dir
+    meta = finish_run(output_dir, predictor, splits, cfg, tuple(family.packages), echo=echo, best_point=point or None,
+                      **info, **extra)
+    return FitResult(output_dir, predictor, meta, search_seconds)

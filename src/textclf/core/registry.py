@@ -124,13 +124,16 @@ class Family:
     a one-line ConfigError before anything trains (it may fill a setting whose default derives from
     another, such as the BiLSTM's ``search.metric: null`` -> ``train.metric``). ``pruner(cfg) -> optuna
     pruner`` (optional) prunes the search's trials on what ``fit`` reports per epoch
-    (``context.report``); without it the study gets Optuna's default pruner.
+    (``context.report``); without it the study gets Optuna's default pruner. ``prepare(cfg, splits)
+    -> cfg`` (optional) completes the config from the data before anything fits (the embeddings
+    family adds the choice of training files to its space and its configured point to
+    ``search.start_params``).
 
     **Contract v1** (the built-in families that run their own flow): ``train(cfg, splits,
     output_dir, resume) -> model directory``, ending with :func:`textclf.core.training.finish_run`.
 
-    ``train``, ``fit``, ``space``, ``check``, ``pruner`` and ``predictor`` may be the objects themselves or ``"module:attr"`` strings,
-    imported only when used (so listing families never imports torch). ``train`` has the
+    ``train``, ``fit``, ``space``, ``check``, ``prepare``, ``pruner`` and ``predictor`` may be the
+    objects themselves or ``"module:attr"`` strings, imported only when used (so listing families never imports torch). ``train`` has the
     signature ``train(cfg, splits, output_dir, resume=False) -> Path`` and returns the model
     directory; ``predictor`` is a :class:`textclf.core.predictor.Predictor` subclass whose ``kind``
     is the family's name. ``config`` is the default config and the schema of every override: a dict,
@@ -167,6 +170,7 @@ class Family:
     packages: Sequence[str] = ()
     fork_trials: bool = False
     check: Callable | str | None = None
+    prepare: Callable | str | None = None
     pruner: Callable | str | None = None
     code_file: str | None = None
 
@@ -224,6 +228,10 @@ class Family:
     def check_fn(self) -> Callable | None:
         """The family's ``check(cfg)`` run before any fit (contract v2), or None."""
         return None if self.check is None else _resolve(self.check)
+
+    def prepare_fn(self) -> Callable | None:
+        """The family's ``prepare(cfg, splits) -> cfg`` run after ``check`` (contract v2), or None."""
+        return None if self.prepare is None else _resolve(self.prepare)
 
     def pruner_fn(self) -> Callable | None:
         """The family's ``pruner(cfg) -> optuna pruner`` for its search (contract v2), or None (Optuna's default)."""

@@ -2,7 +2,9 @@
 
 Every combination gets its own small Optuna study over that classifier's entries of ``search.space``
 (``<classifier>.<param>``) plus ``balance`` (and ``train_files`` with several ``--train_path``), then
-its best trial is refitted and saved as a normal model directory. The output directory ``D`` holds::
+its best trial is refitted and saved as a normal model directory: each combination is one run of the
+core's fit flow (:func:`textclf.core.fit_flow.fit_family`, as ``textclf train embeddings``), with the
+study beside the model directory and the worker's ``context.shared`` passed to every run. The output directory ``D`` holds::
 
     D/sweep.json                          the plan: every combination (index = --task_index), the settings' identity
     D/sweep.csv                           the ranked table (written atomically by every report)
@@ -12,7 +14,7 @@ its best trial is refitted and saved as a normal model directory. The output dir
         attempts.log                      one line per claim: which worker started it, when
         study.journal, progress.log       its Optuna study (unless --storage names a shared journal/PostgreSQL)
         trials.csv                        the study's trials
-        model/                            the best trial refitted by the family's save path (meta.json, classifier.joblib)
+        model/                            the best trial refitted by the core's fit flow (meta.json, classifier.joblib)
         result.json                       written last, atomically: metrics, timings, best params, worker
         error.txt                         the last failure (the combination is retried by the next run)
 
@@ -41,9 +43,9 @@ the combinations are not run queue tasks. Here:
 the CPU threads) that claim combinations until none is left, each preferring the encoder whose vectors
 it already holds, starting from a different encoder per worker. As a SLURM array, task ``i`` runs
 only combination ``i`` (``--task_index``), and an ``afterany`` job writes the table
-(``--report_only``). Features come from :class:`~textclf.families.embeddings.train.Features`, i.e.
-through the embedding cache (``$TEXTCLF_CACHE``) as in ``textclf train embeddings``, so workers and
-tasks share vectors.
+(``--report_only``). Features come from :class:`~textclf.families.embeddings.train.Features` (one per
+worker, in the ``context.shared`` of its runs), i.e. through the embedding cache (``$TEXTCLF_CACHE``)
+as in ``textclf train embeddings``, so workers and tasks share vectors.
 """
 
 from __future__ import annotations
@@ -357,11 +359,16 @@ def bench_predict(predictor, texts: Sequence[str]) -> float | None:
     return len(texts) / max(time.perf_counter() - start, 1e-9)
 
 
-def run_combo(sweep: Sweep, splits, features, combo: Combo, worker: dict, ident: str) -> dict:
-    """Search, refit, save and time one combination; writes and returns its ``result.json``."""
-    from textclf.core.tuning import export_trials, search_summary
+def run_combo(sweep: Sweep, splits, shared: dict, combo: Combo, worker: dict, ident: str) -> dict:
+    """Search, refit, save and time one combination through the core's fit flow; writes and returns its ``result.json``.
+
+    The study (journal, progress.log, trials.csv) lives in the combination's folder, the refitted model
+    in ``model/``; ``shared`` is the worker's ``context.shared``, so the vectors are encoded once per worker.
+    """
+    from textclf.core.fit_flow import fit_family
+    from textclf.core.registry import get_family
     from textclf.families.common.sklearn_proba import proba_in_label_order
-    from textclf.families.embeddings.train import fit_and_save, search
+    from textclf.families.embeddings.train import run_features
 
     cdir = sweep.combo_dir(combo)
     ccfg = combo_config(sweep.cfg, combo, sweep.n_trials, sweep.study_name)
@@ -369,16 +376,13 @@ def run_combo(sweep: Sweep, splits, features, combo: Combo, worker: dict, ident:
     log.info("sweep %d/%d %s: %d trials over %s", combo.index + 1, len(sweep.combos), combo.name, sweep.n_trials,
              ", ".join(ccfg["search"]["space"]) or "(nothing: the configured point)")
     start = time.monotonic()
-    x = features.get(combo.encoder)
+    x = run_features(ccfg, splits, shared).get(combo.encoder)
     encode_seconds = time.monotonic() - start
-    start = time.monotonic()
-    study, choice = search(ccfg, splits, features, cdir)
-    search_seconds = time.monotonic() - start
-    export_trials(study, cdir)
-    summary = search_summary(study, ccfg["search"]["storage"], cdir, sweep.metric)
-    meta, predictor, fit_seconds = fit_and_save(ccfg, splits, features, choice, cdir / MODEL_DIR, echo=False, search=summary,
-                                                sweep={"output_dir": str(sweep.out), "combination": combo.name,
-                                                       "index": combo.index})
+    run = fit_family(get_family("embeddings"), ccfg, splits, cdir / MODEL_DIR, search_dir=cdir, shared=shared, echo=False,
+                     plots=False, meta_extra={"sweep": {"output_dir": str(sweep.out), "combination": combo.name,
+                                                        "index": combo.index}})
+    meta, predictor, search_seconds = run.meta, run.predictor, run.search_seconds
+    summary, fit_seconds = meta["search"], meta["fit_seconds"]
     predict_docs_per_s = bench_predict(predictor, splits.valid.texts[:sweep.bench_docs]) if sweep.bench_docs else None
     start = time.perf_counter()
     proba_in_label_order(predictor.classifier, x["valid"], len(splits.labels))
@@ -391,7 +395,7 @@ def run_combo(sweep: Sweep, splits, features, combo: Combo, worker: dict, ident:
         "valid_macro_f1": valid.get("macro_f1"), "test_macro_f1": test.get("macro_f1") if test else None,
         "valid_accuracy": valid.get("accuracy"), "test_accuracy": test.get("accuracy") if test else None,
         "valid": valid, "test": test,
-        "balance": choice["balance"], "params": choice["params"], "train_files": choice.get("train_files"),
+        "balance": meta["balance"], "params": meta["params"], "train_files": (meta.get("best_point") or {}).get("train_files"),
         "best_trial": summary["best_trial"], "trial_states": summary["states"], "study_name": summary["study_name"],
         "storage": summary["storage"],
         "fit_seconds": fit_seconds, "search_seconds": search_seconds, "encode_seconds": encode_seconds,
@@ -414,12 +418,13 @@ def run_worker(sweep: Sweep, splits=None, worker_index: int = 0, n_workers: int 
     live worker holds it). ``only`` restricts the worker to combination ``only`` (``--task_index``). A
     worker started by ``--workers`` (``parent_pid``) claims nothing more once its parent is gone.
     """
-    from textclf.families.embeddings.train import Features
+    from textclf.families.embeddings.train import run_features
 
     splits = splits if splits is not None else sweep.load_splits()
     ident = identity(sweep.cfg, splits.data_sha256)
     worker = worker_info(worker_index)
-    features = Features(sweep.cfg, splits)
+    shared: dict = {}  # the context.shared of every combination this worker runs: one encoding per encoder
+    features = run_features(sweep.cfg, splits, shared)
     combos = sweep.combos if only is None else [sweep.combos[only]]
     order = {e: i for i, e in enumerate(sweep.encoders)}
     states: dict[str, str] = {}
@@ -436,7 +441,7 @@ def run_worker(sweep: Sweep, splits=None, worker_index: int = 0, n_workers: int 
                 states[combo.name] = "busy"
                 continue
             try:
-                run_combo(sweep, splits, features, combo, worker, ident)
+                run_combo(sweep, splits, shared, combo, worker, ident)
                 states[combo.name] = "done"
             except Exception as exc:  # noqa: BLE001 - one failing combination must not stop the sweep
                 log.exception("sweep %s failed", combo.name)

@@ -1,39 +1,35 @@
-"""Training the embeddings family: encode once (through the cache), fit classifiers, optionally search, save.
+"""Training the embeddings family (contract v2): encode once per run (through the cache), fit a classifier.
 
-Train/valid/test are encoded by each encoder at most once per run (sentence encoders through the
-disk cache, so a rerun or another trial loads the vectors); ``tfidf_svd`` is fitted on the train
-texts. Without ``search.n_trials``/``timeout`` the configured encoder + classifier is fitted; with
-them an Optuna study picks encoder x classifier x its hyper-parameters x balance-by-downsampling on
-valid. The best is refitted on train, saved (``classifier.joblib``, ``tfidf_svd.joblib``) and
-evaluated by :func:`textclf.core.training.finish_run`.
+:func:`fit` is the family's entry: the core's :mod:`textclf.core.fit_flow` runs the Optuna search
+with the hooks of :mod:`.search` (encoder x classifier x its hyper-parameters x balance x training
+files), refits the best point, evaluates it and writes meta.json. Train/valid/test are encoded by
+each encoder at most once per run: the :class:`Features` of a run live in ``context.shared``, so
+every trial and the refit reuse them (sentence encoders through the disk cache, so a rerun or
+another process loads the vectors); ``tfidf_svd`` is fitted on the train texts (cached too).
+
+A search trial fits the classifier and returns a :class:`TrialPredictor` holding its valid
+probabilities, which the search-trial memo (:mod:`.trial_memo`, ``search.memo``) stores; a trial
+evaluated before (same vectors, labels, rows, classifier, params, balance, seed) is not refitted.
+The final fit saves ``classifier.joblib`` (+ ``tfidf_svd.joblib``) and returns an
+:class:`~textclf.families.embeddings.model.EmbeddingsPredictor` that remembers the valid/test
+vectors, so the core's evaluation re-encodes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import optuna
 
 from textclf.core.data import balanced_downsample
-from textclf.core.errors import ConfigError
-from textclf.core.integrity import FILES_KEY, files_block
-from textclf.core.metrics import classification_metrics, direction, metric_value
-from textclf.core.training import Splits, finish_run
-from textclf.core.tuning import (
-    best_trial,
-    finish_search,
-    make_storage,
-    open_study,
-    record_worker,
-    run_search,
-    search_summary,
-    start_points,
-    suggest,
-    wants_search,
-)
+from textclf.core.errors import ConfigError, ModelError
+from textclf.core.integrity import FILES_KEY
+from textclf.core.predictor import Predictor
+from textclf.core.training import Splits
 from textclf.families.common.cache import EmbeddingCache
 from textclf.families.common.encoders import TFIDF_FILE, TFIDF_SVD, make_encoder
 from textclf.families.common.sklearn_proba import proba_in_label_order
@@ -43,7 +39,10 @@ from textclf.families.embeddings.trial_memo import TrialMemo, trial_key
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("sentence-transformers", "scikit-learn", "torch", "transformers")
+#: the ``context.shared`` key of the run's :class:`Features` (one per encoding setting)
+SHARED_KEY = "embeddings.features"
+#: the config blocks that change the vectors an encoder gives (not the encoder's name: Features holds every encoder)
+ENCODING_KEYS = ("encoder", "tfidf_svd", "device", "seed")
 
 
 class Features:
@@ -88,6 +87,22 @@ class Features:
         return out
 
 
+def run_features(cfg: dict, splits: Splits, shared: dict) -> Features:
+    """The run's :class:`Features` for ``cfg``'s encoding settings, kept in ``shared`` (``context.shared``).
+
+    Every trial and the refit of a run (and every combination of a sweep worker) get the same
+    object, so each encoder encodes the splits once; another encoding setting (``encoder.max_length``,
+    ``tfidf_svd.*``) or other splits get their own.
+    """
+    settings = {k: cfg.get(k) for k in ENCODING_KEYS}
+    settings["encoder"] = {k: v for k, v in (settings["encoder"] or {}).items() if k != "name"}
+    key = (id(splits), json.dumps(settings, sort_keys=True, default=str))
+    runs = shared.setdefault(SHARED_KEY, {})
+    if key not in runs:
+        runs[key] = Features(cfg, splits)
+    return runs[key]
+
+
 def label_indices(splits: Splits, labels: list[str]) -> np.ndarray:
     """Labels as indices into ``splits.labels``."""
     index = {label: i for i, label in enumerate(splits.labels)}
@@ -110,35 +125,6 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, para
     return clf
 
 
-def valid_metrics(clf, x: np.ndarray, splits: Splits) -> dict:
-    """Classification metrics of ``clf`` on the valid matrix."""
-    return proba_metrics(proba_in_label_order(clf, x, len(splits.labels)), splits)
-
-
-def proba_metrics(proba: np.ndarray, splits: Splits) -> dict:
-    """Classification metrics of valid probabilities (one column per label, in ``splits.labels`` order)."""
-    preds = [splits.labels[i] for i in proba.argmax(axis=1)]
-    return classification_metrics(splits.valid.labels, preds, splits.labels)
-
-
-def trial_valid_proba(features: Features, splits: Splits, y_train: np.ndarray, choice: dict, seed: int,
-                      rows: np.ndarray | None, memo: TrialMemo | None) -> tuple[np.ndarray, bool]:
-    """Valid probabilities of one search trial, from the trial memo when it was evaluated before; ``(proba, hit)``."""
-    x = features.get(choice["encoder"])
-    keys = features.cache_keys.get(choice["encoder"], {})
-    key = None
-    if memo is not None and "train" in keys and "valid" in keys:
-        key = trial_key(keys, splits.labels, y_train, rows, choice["classifier"], choice["params"], choice["balance"], seed)
-        proba = memo.load(key, (len(splits.valid.labels), len(splits.labels)))
-        if proba is not None:
-            return proba, True
-    clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"], seed, rows)
-    proba = proba_in_label_order(clf, x["valid"], len(splits.labels))
-    if key is not None:
-        memo.save(key, proba)
-    return proba, False
-
-
 def train_file_choices(n_files: int) -> list[str]:
     """The training-set make-ups a search picks from when several ``--train_path`` files are given.
 
@@ -155,130 +141,137 @@ def train_file_choices(n_files: int) -> list[str]:
     return ["+".join(map(str, sub)) for sub in subsets]
 
 
+def file_indices(splits: Splits, files: str | None) -> list[int] | None:
+    """The training-file indices ``files`` names (``"0+2"``: the first and third ``--train_path``); None means all."""
+    if files is None or files == "":
+        return None
+    n = max(1, len(splits.train_sources))
+    try:
+        chosen = sorted({int(i) for i in str(files).split("+")})
+    except ValueError:
+        chosen = [-1]
+    if chosen[0] < 0 or chosen[-1] >= n:
+        raise ConfigError(f"train_files {files!r}: expected training-file indices joined by '+' (0..{n - 1}, one per "
+                          "--train_path in order)")
+    return chosen
+
+
 def train_rows(splits: Splits, files: str | None) -> np.ndarray | None:
     """Indices of the train rows from the files ``files`` names (``"0+2"``); None means every row."""
-    if not files:
+    chosen = file_indices(splits, files)
+    if chosen is None:
         return None
-    chosen = {int(i) for i in str(files).split("+")}
-    ids = np.asarray(splits.train_source_ids)
-    return np.flatnonzero(np.isin(ids, sorted(chosen)))
+    return np.flatnonzero(np.isin(np.asarray(splits.train_source_ids), chosen))
 
 
-def choice_from(cfg: dict, params: dict) -> dict:
-    """Encoder, classifier, its params, balance and training files from (flat) search params over the config's defaults."""
-    clf = params.get("classifier", cfg["classifier"])
+def choice(cfg: dict) -> dict:
+    """The encoder, classifier, its params, balance and training files ``cfg`` asks for."""
+    clf = cfg["classifier"]
     if clf not in cfg["classifiers"]:
         raise ConfigError(f"classifier {clf!r}: no classifiers.{clf} block in the config; known: {', '.join(cfg['classifiers'])}")
-    own = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(clf + ".")}
-    return {"encoder": params.get("encoder", cfg["encoder"]["name"]), "classifier": clf,
-            "params": {**cfg["classifiers"][clf], **own}, "balance": bool(params.get("balance", cfg["balance"])),
-            "train_files": params.get("train_files")}
+    return {"encoder": cfg["encoder"]["name"], "classifier": clf, "params": dict(cfg["classifiers"][clf]),
+            "balance": bool(cfg["balance"]), "train_files": cfg.get("train_files")}
 
 
-def search(cfg: dict, splits: Splits, features: Features, output_dir: Path) -> tuple[optuna.Study, dict]:
-    """Run (or resume) the Optuna study over encoder x classifier x hyper-parameters x balance; return it and the best choice.
+class TrialPredictor(Predictor):
+    """A search trial's result: its valid probabilities (fitted now or from the trial memo).
 
-    ``search.space`` entries without a dot (``encoder``, ``classifier``, ``balance``) are sampled every
-    trial; ``<classifier>.<param>`` entries only when that classifier is chosen (a conditional space).
-    With several training files (and ``search.train_files`` true) ``train_files`` picks which of them
-    to fit on (:func:`train_file_choices`); a pick with fewer than two classes is pruned.
-    The configured choice is queued as the first trial of a new study.
+    The core scores a trial on valid only; any other text goes to the fitted predictor (``fallback``),
+    which a trial loaded from the memo does not have.
     """
-    s = cfg["search"]
-    space = s["space"]
-    top = {k: v for k, v in space.items() if "." not in k}
-    files = train_file_choices(len(splits.train_sources)) if s.get("train_files", True) else []
-    if files:
-        top["train_files"] = {"type": "categorical", "choices": files}
-    storage = make_storage(s["storage"], output_dir)
-    study = open_study(s["study_name"], storage, seed=cfg["seed"], direction=direction(s["metric"]))
-    if not study.get_trials(deepcopy=False):
-        clf = cfg["classifier"]
-        configured = {"encoder": cfg["encoder"]["name"], "classifier": clf, "balance": cfg["balance"],
-                      **({"train_files": files[0]} if files else {}),
-                      **{f"{clf}.{name}": value for name, value in cfg["classifiers"].get(clf, {}).items()}}
-        for point in start_points({**space, **top}, [configured]):  # the configured choice, as far as it fits the space
-            study.enqueue_trial(point, skip_if_exists=True)
+
+    kind = KIND
+
+    def __init__(self, labels: list[str], texts: Sequence[str], proba: np.ndarray, fallback: Predictor | None = None):
+        super().__init__(".", {"labels": labels, "kind": KIND})
+        self.known = dict(zip(texts, proba, strict=True))
+        self.fallback = fallback
+
+    @classmethod
+    def load(cls, model_dir, meta=None, model_file=None) -> Predictor:
+        """Never: a search trial is not saved."""
+        raise ModelError(f"{model_dir}: a search trial's predictor is not saved")
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """The remembered valid probabilities (others from the fitted predictor), columns in ``labels`` order."""
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float64)
+        if all(t in self.known for t in texts):
+            return np.stack([self.known[t] for t in texts])
+        if self.fallback is None:
+            raise ModelError("a search trial loaded from the trial memo knows only its valid probabilities")
+        return self.fallback.predict_proba(texts)
+
+
+def trial_memo(cfg: dict) -> TrialMemo | None:
+    """The search-trial memo beside the embedding cache, or None (``search.memo`` or ``encoder.cache`` false)."""
+    if cfg["search"].get("memo", True) and cfg.get("encoder", {}).get("cache", True):
+        return TrialMemo(EmbeddingCache().root)
+    return None
+
+
+def fit_trial(features: Features, splits: Splits, pick: dict, y_train: np.ndarray, rows: np.ndarray | None,
+              context) -> TrialPredictor:
+    """One search trial: its valid probabilities from the trial memo when it was evaluated before, else a fit."""
+    import optuna
+
+    if rows is not None and len(np.unique(y_train[rows])) < 2:
+        raise optuna.TrialPruned(f"training files {pick['train_files']} hold fewer than 2 classes")
+    x = features.get(pick["encoder"])
+    keys = features.cache_keys.get(pick["encoder"], {})
+    memo = trial_memo(features.cfg) if "train" in keys and "valid" in keys else None
+    key, shape = None, (len(splits.valid.labels), len(splits.labels))
+    if memo is not None:
+        key = trial_key(keys, splits.labels, y_train, rows, pick["classifier"], pick["params"], pick["balance"], context.seed)
+        proba = memo.load(key, shape)
+        if proba is not None:
+            context.trial.set_user_attr("memo_hit", True)
+            log.info("trial %d: valid probabilities from the search-trial memo (search.memo)", context.trial.number)
+            return TrialPredictor(splits.labels, splits.valid.texts, proba)
+    clf = fit_classifier(x["train"], y_train, splits, pick["classifier"], pick["params"], pick["balance"], context.seed, rows)
+    proba = proba_in_label_order(clf, x["valid"], len(splits.labels))
+    if key is not None:
+        memo.save(key, proba)
+    encoder = features.encoders[pick["encoder"]]
+    fitted = EmbeddingsPredictor(context.output_dir, {"labels": splits.labels, "kind": KIND, "encoder": encoder.describe()},
+                                 encoder, clf)
+    return TrialPredictor(splits.labels, splits.valid.texts, proba, fallback=fitted)
+
+
+def fit(cfg: dict, splits: Splits, context) -> Predictor:
+    """Fit the configured encoder + classifier on train (family contract v2); a search trial is scored on valid only.
+
+    The final fit (``context.final``) writes ``classifier.joblib`` (+ ``tfidf_svd.joblib``) and returns
+    an :class:`EmbeddingsPredictor` remembering the valid/test vectors; its ``fit_info`` gives meta.json
+    the encoder record, classifier, params, balance, cache keys, training files and fit seconds.
+    """
+    pick = choice(cfg)
+    features = run_features(cfg, splits, context.shared)
     y_train = label_indices(splits, splits.train.labels)
-    use_cache = s.get("memo", True) and cfg.get("encoder", {}).get("cache", True)
-    memo = TrialMemo(EmbeddingCache().root) if use_cache else None
-
-    def objective(trial: optuna.Trial) -> float:
-        record_worker(trial)
-        params = suggest(trial, top)
-        clf_name = params.get("classifier", cfg["classifier"])
-        params.update(suggest(trial, {k: v for k, v in space.items() if k.startswith(clf_name + ".")}))
-        choice = choice_from(cfg, params)
-        rows = train_rows(splits, choice["train_files"])
-        if rows is not None and len({y_train[i] for i in rows}) < 2:
-            raise optuna.TrialPruned(f"training files {choice['train_files']} hold fewer than 2 classes")
-        proba, hit = trial_valid_proba(features, splits, y_train, choice, cfg["seed"] + trial.number, rows, memo)
-        metrics = proba_metrics(proba, splits)
-        trial.set_user_attr("valid_accuracy", metrics["accuracy"])
-        if hit:
-            trial.set_user_attr("memo_hit", True)
-        return metric_value(metrics, s["metric"])
-
-    run_search(study, objective, s["n_trials"], s["timeout"], s["n_jobs"], output_dir)
-    hits = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("memo_hit"))
-    if hits:
-        log.info("%d trial(s) came from the search-trial memo (search.memo) instead of a fit", hits)
-    return study, choice_from(cfg, best_trial(study).params)
-
-
-def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
-    """Encode, (search,) refit the best classifier on train, save the model directory; return it.
-
-    With ``search.refit`` false only the search runs (SLURM workers). The study always resumes and
-    the embeddings come from the cache, so ``resume`` changes nothing.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    s = cfg["search"]
-    features = Features(cfg, splits)
-    extra: dict = {}
-    choice = choice_from(cfg, {})
-    if wants_search(s):
-        study, choice = search(cfg, splits, features, output_dir)
-        finish_search(study, output_dir)
-        if not s["refit"]:
-            return output_dir
-        extra["search"] = search_summary(study, s["storage"], output_dir, s["metric"])
-    fit_and_save(cfg, splits, features, choice, output_dir, **extra)
-    return output_dir
-
-
-def fit_and_save(cfg: dict, splits: Splits, features: Features, choice: dict, output_dir: str | Path, echo: bool = True,
-                 **extra) -> tuple[dict, EmbeddingsPredictor, float]:
-    """Refit ``choice`` (see :func:`choice_from`) on train, save the model directory and evaluate it.
-
-    Writes ``classifier.joblib`` (+ ``tfidf_svd.joblib``), ``metrics.txt`` and ``meta.json`` (``extra``
-    goes into meta.json) into ``output_dir``; returns ``(meta, predictor, fit seconds)``. The predictor
-    remembers the valid/test vectors, so evaluating it re-encodes nothing. ``textclf sweep`` calls this
-    once per encoder x classifier combination.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    x = features.get(choice["encoder"])
-    y_train = label_indices(splits, splits.train.labels)
+    rows = train_rows(splits, pick["train_files"])
+    if not context.final:
+        return fit_trial(features, splits, pick, y_train, rows, context)
+    x = features.get(pick["encoder"])
+    out = Path(context.output_dir)
     start = time.monotonic()
-    clf = fit_classifier(x["train"], y_train, splits, choice["classifier"], choice["params"], choice["balance"], cfg["seed"],
-                         train_rows(splits, choice.get("train_files")))
+    clf = fit_classifier(x["train"], y_train, splits, pick["classifier"], pick["params"], pick["balance"], context.seed, rows)
     fit_seconds = time.monotonic() - start
-    log.info("fitted %s on %s features in %.1fs", choice["classifier"], choice["encoder"], fit_seconds)
-    save_classifier(clf, output_dir)
-    encoder = features.encoders[choice["encoder"]]
-    if choice["encoder"] == TFIDF_SVD:
-        encoder.save(output_dir)
+    log.info("fitted %s on %s features in %.1fs", pick["classifier"], pick["encoder"], fit_seconds)
+    save_classifier(clf, out)
+    encoder = features.encoders[pick["encoder"]]
+    files = [CLASSIFIER_FILE]
+    if pick["encoder"] == TFIDF_SVD:
+        encoder.save(out)
+        files.append(TFIDF_FILE)
     record = encoder.describe()
-    predictor = EmbeddingsPredictor(output_dir, {"labels": splits.labels, "kind": KIND, "encoder": record}, encoder, clf)
+    predictor = EmbeddingsPredictor(out, {"labels": splits.labels, "kind": KIND, "encoder": record}, encoder, clf)
     predictor.remember(splits.valid.texts, x["valid"])
     if splits.test is not None:
         predictor.remember(splits.test.texts, x["test"])
-    meta = finish_run(output_dir, predictor, splits, cfg, PACKAGES, echo=echo, model_file=CLASSIFIER_FILE, encoder=record,
-                      classifier=choice["classifier"], params=choice["params"], balance=choice["balance"],
-                      cache_keys=features.cache_keys.get(choice["encoder"], {}),
-                      **{FILES_KEY: files_block(output_dir, [CLASSIFIER_FILE, TFIDF_FILE])},
-                      train_files=[splits.train_sources[int(i)].path for i in choice["train_files"].split("+")]
-                      if choice.get("train_files") else None, **extra)
-    return meta, predictor, fit_seconds
+    indices = file_indices(splits, pick["train_files"])
+    chosen = None if indices is None else [splits.train_sources[i].path for i in indices]
+    predictor.fit_info = {"model_file": CLASSIFIER_FILE, "encoder": record, "classifier": pick["classifier"],
+                          "params": pick["params"], "balance": pick["balance"],
+                          "cache_keys": features.cache_keys.get(pick["encoder"], {}), "train_files": chosen,
+                          "fit_seconds": fit_seconds, FILES_KEY: files}
+    return predictor

@@ -379,7 +379,7 @@ def test_search_encodes_once_per_run_and_refits_the_best_trial(tmp_path, small, 
     assert meta["search"]["states"] == {"COMPLETE": 4}
     best = meta["search"]["best_params"]
     assert meta["classifier"] == best["classifier"] and meta["best_point"]["classifier"] == best["classifier"]
-    assert meta["params"] == {**json.loads((Path(textclf.__file__).parent.parent.parent / "config" / "embeddings.json")
+    assert meta["params"] == {**json.loads((Path(textclf.__file__).parent / "families" / "embeddings" / "config.json")
                                            .read_text())["classifiers"][best["classifier"]],
                               **{k.split(".", 1)[1]: v for k, v in best.items() if k.startswith(best["classifier"] + ".")}}
     assert set(meta["files"]) == {"classifier.joblib", "tfidf_svd.joblib"} and meta["model_file"] == "classifier.joblib"

@@ -1,8 +1,8 @@
 """The one run service: every way of training a model builds a :class:`RunSpec` and calls :func:`train` or :func:`tune`.
 
 ``textclf train|tune <family>``, the run-queue workers, ``textclf runs rerun``, the notebook API
-(:mod:`textclf.services.experiments`), the container entry point (through the CLI) and the BERT
-DDP workers (through the CLI) all end here, so the flow is written once:
+(:mod:`textclf.services.experiments`) and the container entry point (through the CLI) all end
+here, so the flow is written once (the BERT DDP workers only train, inside the launching run's ``fit``):
 
 1. import the plug-in files (``code``), look the family up, check its dependencies;
 2. build the effective config (defaults < ``--config`` < ``--set`` < explicit flags) and read

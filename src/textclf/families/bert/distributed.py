@@ -1,6 +1,6 @@
 """Multi-process (DistributedDataParallel) training: who am I, and how to start N of us.
 
-A run with ``--devices N`` (N > 1) relaunches itself under ``torch.distributed.run``
+A run with ``--devices N`` (N > 1) trains in N processes under ``torch.distributed.run``
 (what ``torchrun --standalone --nproc_per_node N`` does), so the same command works on a
 laptop, in a container and in a SLURM job. Inside each worker the usual torchrun
 environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) is

@@ -42,8 +42,8 @@ def test_the_shipped_families_are_registered_with_their_parts():
         assert cls.kind == name
         assert callable(fam.train_fn())
         assert fam.config_path().name == f"{name}.json"
-    assert get_family("fasttext").searchable and get_family("lstm").searchable
-    assert not get_family("bert").searchable
+    assert get_family("fasttext").searchable and get_family("lstm").searchable and get_family("bert").searchable
+    assert not get_family("setfit").searchable
 
 
 def test_families_command_lists_kind_description_status_and_config(repo):
@@ -62,11 +62,11 @@ def test_tune_refuses_a_family_without_a_search_space_and_an_unknown_name():
 
     registered = all_families()  # the built-ins, plus plug-ins other tests of this process loaded
     searchable = ", ".join(name for name, fam in registered.items() if fam.searchable)
-    assert searchable.startswith("embeddings, fasttext, lstm")
-    result = CliRunner().invoke(cli, ["tune", "bert", "--help"])
+    assert searchable.startswith("bert, embeddings, fasttext, lstm")
+    result = CliRunner().invoke(cli, ["tune", "setfit", "--help"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == \
-        f"Error: family 'bert' has no search space to tune; families with one: {searchable}"
+        f"Error: family 'setfit' has no search space to tune; families with one: {searchable}"
     result = CliRunner().invoke(cli, ["train", "fasttxt", "--help"])
     assert result.exit_code == 2
     assert f"Error: unknown model family 'fasttxt'; known: {', '.join(registered)}" in result.output

@@ -162,9 +162,9 @@ def test_plugin_family_worker_array_gets_the_code_file(cluster, tweets, tmp_path
 def test_tune_sh_takes_searchable_families_from_the_registry(tmp_path):
     """Names are checked against the registry before anything is submitted (no cluster needed)."""
     args = ["--train_path", "x.csv", "--valid_path", "x.csv", "--output_dir", str(tmp_path), "--n_trials", "2"]
-    proc = run(["bash", "slurm/tune.sh", "bert_classification", "2", *args], check=False)
-    assert proc.returncode == 2 and "family 'bert' has no search space to tune; families with one: embeddings, fasttext, lstm (allennlp)" \
-        in proc.stderr
+    proc = run(["bash", "slurm/tune.sh", "setfit", "2", *args], check=False)
+    assert proc.returncode == 2 and ("family 'setfit' has no search space to tune; families with one: "
+                                     "bert (bert_classification), embeddings, fasttext, lstm (allennlp)") in proc.stderr
     proc = run(["bash", "slurm/tune.sh", "tfidf_logreg", "2", *args], check=False)
     assert proc.returncode == 2 and "unknown model family 'tfidf_logreg'" in proc.stderr  # needs its CODE file
     proc = run(["bash", "slurm/tune.sh", "fasttext", "2", *args], dict(os.environ, CODE=str(tmp_path / "nope.py")), check=False)

@@ -189,15 +189,15 @@ def run_variant(paths: dict, overrides: list[str], output_dir: str, device_spec:
     """Train one textclf variant, read its meta, time prediction on the test split (runs in a fresh process)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from textclf.core.meta import read_meta
+    from textclf.core.registry import get_family
     from textclf.core.torch_common import resolve_device
     from textclf.families.bert.model import BertPredictor
-    from textclf.families.bert.train import train
 
     cfg, splits = bench.load_job_splits(paths, "bert", [*overrides, f"device={json.dumps(device_spec)}",
                                                         "output.keep_checkpoints=false", "train.progress=false"])
     device = resolve_device(device_spec)
     start = time.perf_counter()
-    meta = read_meta(train(cfg, splits, output_dir))
+    meta = read_meta(get_family("bert").train_fn()(cfg, splits, output_dir))  # the core's flow over the family's fit
     wall = time.perf_counter() - start
     tr = meta["training"]
     predictor = BertPredictor.load(output_dir, device=device_spec)

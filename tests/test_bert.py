@@ -212,6 +212,16 @@ def test_two_stage_run_writes_a_complete_model_dir(two_stage_run):
         assert events and events[0].stat().st_size > 0
 
 
+def test_meta_records_the_files_loading_needs(two_stage_run):
+    out, meta = two_stage_run
+    files = set(meta["files"])
+    assert "head.pt" in files and {"encoder/config.json", "encoder/model.safetensors", "encoder/tokenizer.json"} <= files
+    assert files == {"head.pt", *(f"encoder/{p.name}" for p in (out / "encoder").iterdir())}  # no checkpoints, logs, cache
+    assert (out / "checkpoints").is_dir() and (out / "work").is_dir()
+    assert meta["files"]["head.pt"]["bytes"] == (out / "head.pt").stat().st_size
+    assert meta["versions"].keys() >= {"torch", "transformers", "catalyst"}
+
+
 def test_stage2_starts_from_stage1_best_weights(two_stage_run):
     out, meta = two_stage_run
     stage1, stage2 = meta["training"]["stages"]
@@ -275,6 +285,55 @@ def test_resume_continues_from_last_epoch(tweet_slice, tiny_bert, tmp_path):
     assert stage["resumed_from_epoch"] == 1 and stage["epochs_run"] == 2
     assert [h["epoch"] for h in stage["history"]] == [1, 2]
     assert stage["history"][0] == first["training"]["stages"][0]["history"][0]
+
+
+# --------------------------------------------------------------------------- search (contract v2: the core's study)
+
+@pytest.mark.slow  # three short trainings of the tiny BERT: about 16 s on 2 busy cores
+def test_tune_two_trials_refits_the_best_point(tweet_slice, tiny_bert, tmp_path):
+    """``textclf tune bert --n_trials 2``: two trials, each epoch reported to the pruner, the best point refit."""
+    import optuna
+
+    out = tmp_path / "model"
+    args = ["tune", "bert", "--train_path", str(tweet_slice["train"]), "--valid_path", str(tweet_slice["valid"]),
+            "--output_dir", str(out), "--model_name", str(tiny_bert), "--device", "cpu", "--n_trials", "2", "--one_stage",
+            *TINY_SETTINGS, "--set", "stage2.epochs=2"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["search"]["n_trials"] == 2 and meta["search"]["states"] == {"COMPLETE": 2}
+    point = meta["best_point"]
+    assert set(point) == {"stage2.lr", "model.dropout", "train.weight_decay", "loss.gamma"}
+    assert meta["bert"]["dropout"] == point["model.dropout"]  # the refit trained the best point
+    assert meta["training"]["stages"][0]["base_lr"] == point["stage2.lr"]
+    study = optuna.load_study(study_name="bert", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    for trial in study.trials:  # context.report after every epoch: the valid macro-F1 the trial saw
+        assert sorted(trial.intermediate_values) == [1, 2]
+        # the trial's score is its best epoch's (the checkpoint kept): the best value it reported
+        assert max(trial.intermediate_values.values()) == pytest.approx(trial.value, abs=1e-9)
+    assert (out / "trials.csv").is_file() and not [p for p in meta["files"] if p.startswith(("checkpoints", "logs"))]
+
+
+def test_bad_settings_are_refused_before_training(tweet_slice, tmp_path):
+    base = ["train", "bert", "--train_path", str(tweet_slice["train"]), "--valid_path", str(tweet_slice["valid"]),
+            "--output_dir", str(tmp_path / "m"), "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*base, "--set", "model.dropout=1.5"])
+    assert result.exit_code == 2 and "model.dropout must be in [0, 1) and loss.gamma >= 0 (got 1.5, 2.0)" in result.output
+    result = CliRunner().invoke(cli, [*base, "--set", "search.space.stage2.lr.type=uniform", "--n_trials", "1"])
+    assert result.exit_code == 2 and result.output == ("Error: search.space.stage2.lr: type must be float, int or categorical, "
+                                                 "got 'uniform'\n")
+    assert not (tmp_path / "m" / "meta.json").exists()
+
+
+def test_search_under_a_hand_started_torchrun_is_refused(monkeypatch):
+    from textclf.core.config import load_config
+    from textclf.families.bert.fit import check
+
+    cfg = load_config("bert", overrides=["search.n_trials=2"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^search under a torchrun started by hand: .* use --devices N instead"):
+        check(cfg)
 
 
 # --------------------------------------------------------------------------- real fine-tune (MiniLM)

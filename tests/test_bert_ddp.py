@@ -51,6 +51,9 @@ def test_ddp_run_writes_the_usual_model_directory(ddp_run):
             assert len(events) == 1, (stage, loader, events)
         assert {p.name for p in (out / "checkpoints" / stage).iterdir()} == {"best.pth", "last.pth"}
     assert not [f for f in files if f.endswith(".tmp")]
+    # the launching process wrote meta.json (the core's flow); the workers' job folder is gone
+    assert not (out / ".ddp-launch").exists()
+    assert set(meta["files"]) == {f for f in files if f == "head.pt" or f.startswith("encoder/")}
 
 
 def test_ddp_gathered_metrics_equal_single_process_evaluation(ddp_run):

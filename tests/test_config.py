@@ -135,6 +135,15 @@ def test_unknown_key_lists_valid_keys():
     assert "unknown key 'model.learning_rate'" in msg and "model.lr" in msg and "model.epoch" in msg
 
 
+def test_set_reaches_keys_that_hold_dots():
+    """A search-space entry named by a dotted config key (``stage2.lr``) is reachable with --set."""
+    space = {"search": {"space": {"stage2.lr": {"low": 1e-5, "high": 1e-3}}}, "stage2": {"lr": 5e-5}}
+    cfg = apply_override(apply_override(space, "search.space.stage2.lr.low=2e-5"), "stage2.lr=1e-4")
+    assert cfg == {"search": {"space": {"stage2.lr": {"low": 2e-5, "high": 1e-3}}}, "stage2": {"lr": 1e-4}}
+    with pytest.raises(ConfigError, match=r"unknown key 'search.space.stage2.lr.lo'"):
+        apply_override(space, "search.space.stage2.lr.lo=1")
+
+
 def test_wrong_type_is_an_error():
     with pytest.raises(ConfigError, match="^model.epoch: expected int"):
         load_config("fasttext", overrides=["model.epoch=fast"])

@@ -159,12 +159,21 @@ def test_plugin_family_worker_array_gets_the_code_file(cluster, tweets, tmp_path
     assert sum(p == r["label"] for p, r in zip(preds, rows, strict=True)) / len(rows) > 0.6
 
 
+NO_SEARCH_PLUGIN = """from textclf.core.registry import Family, register_family
+
+register_family(Family(name="nosearch", fit="textclf.families.fasttext.model:fit",
+                       predictor="textclf.families.fasttext.model:FastTextPredictor", config={"model": {}}))
+"""
+
+
 def test_tune_sh_takes_searchable_families_from_the_registry(tmp_path):
     """Names are checked against the registry before anything is submitted (no cluster needed)."""
     args = ["--train_path", "x.csv", "--valid_path", "x.csv", "--output_dir", str(tmp_path), "--n_trials", "2"]
-    proc = run(["bash", "slurm/tune.sh", "bert_classification", "2", *args], check=False)
-    assert proc.returncode == 2 and "family 'bert' has no search space to tune; families with one: embeddings, fasttext, lstm (allennlp)" \
-        in proc.stderr
+    plugin = tmp_path / "nosearch.py"  # a family with no search space (every built-in one has one)
+    plugin.write_text(NO_SEARCH_PLUGIN, encoding="utf-8")
+    proc = run(["bash", "slurm/tune.sh", "nosearch", "2", *args], dict(os.environ, CODE=str(plugin)), check=False)
+    assert proc.returncode == 2 and ("family 'nosearch' has no search space to tune; families with one: "
+                                     "bert (bert_classification), embeddings, fasttext, lstm (allennlp), setfit") in proc.stderr
     proc = run(["bash", "slurm/tune.sh", "tfidf_logreg", "2", *args], check=False)
     assert proc.returncode == 2 and "unknown model family 'tfidf_logreg'" in proc.stderr  # needs its CODE file
     proc = run(["bash", "slurm/tune.sh", "fasttext", "2", *args], dict(os.environ, CODE=str(tmp_path / "nope.py")), check=False)

@@ -125,10 +125,27 @@ def apply_override(cfg: dict, assignment: str) -> dict:
     return set_key(cfg, key, parse_value(raw), source=f"--set {key}")
 
 
+def key_path(cfg: dict, key: str) -> list[str]:
+    """The names along the dotted ``key`` in ``cfg``: at each level the longest run of parts that is a key there.
+
+    So a key that itself holds dots, such as the search-space entry ``stage2.lr`` of
+    ``search.space``, is reachable: ``search.space.stage2.lr.low`` -> ``search``, ``space``, ``stage2.lr``, ``low``.
+    """
+    parts, path, node = key.split("."), [], cfg
+    i = 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i + 1, -1) if isinstance(node, dict) and ".".join(parts[i:j]) in node), i + 1)
+        name = ".".join(parts[i:j])
+        path.append(name)
+        node = node.get(name) if isinstance(node, dict) else None
+        i = j
+    return path
+
+
 def set_key(cfg: dict, key: str, value: Any, source: str | None = None) -> dict:
     """A copy of ``cfg`` with the dotted ``key`` set to ``value``, checked like every override (known key, same type)."""
     update: Any = value
-    for part in reversed(key.split(".")):
+    for part in reversed(key_path(cfg, key)):
         update = {part: update}
     return merge(cfg, update, source=source or key)
 

@@ -28,7 +28,9 @@ Everything else happens here, once for every family:
   complete one in a forked child killed at the deadline (:mod:`textclf.core.deadline`): PRUNED;
 * the refit fits the best point into the model directory, then the core evaluates it on valid and
   test, records every file ``fit`` wrote in meta.json's ``files`` block (checked before each load)
-  and writes ``metrics.txt`` and ``meta.json`` (:func:`textclf.core.training.finish_run`);
+  and writes ``metrics.txt`` and ``meta.json`` (:func:`textclf.core.training.finish_run`). In a
+  torchrun-style job whose every process runs this flow, ``fit`` returns None on ranks > 0 and only
+  rank 0 finishes the run;
 * every fit of one run (the trials and the refit) gets the same ``context.shared`` dict, where a
   family keeps what is costly to rebuild and the same for every trial (the embeddings family's
   encoded vectors). :func:`fit_family` is the whole flow for callers that run several studies in
@@ -53,7 +55,7 @@ from textclf.core.meta import META_FILE
 from textclf.core.metrics import direction, metric_value
 from textclf.core.predictor import Predictor, evaluate_predictor
 from textclf.core.tempfiles import owned_temp_dir
-from textclf.core.training import PLUGIN_DIR, Splits, finish_run
+from textclf.core.training import PLUGIN_DIR, Splits, ddp_rank, finish_run
 from textclf.core.tuning import (
     JOURNAL_FILE,
     best_trial,
@@ -254,6 +256,8 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
         log.info("best point on valid: %s", point)
     before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
     predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume, shared=shared))
+    if predictor is None and ddp_rank() > 0:
+        return output_dir  # a DDP process other than rank 0 (torchrun started by hand): rank 0 finishes the run
     if not isinstance(predictor, Predictor):
         raise ConfigError(f"family {family.name!r} does not implement the contract: fit must return a Predictor, "
                           f"got {type(predictor).__name__}")

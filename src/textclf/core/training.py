@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 PLUGIN_DIR = "plugin"
 #: the plug-in file (relative to the model directory) that the run in progress must record in meta.json
 _plugin_code: ContextVar[str | None] = ContextVar("textclf_plugin_code", default=None)
+
+
+def ddp_rank() -> int:
+    """This process's rank in a torchrun-style job (``RANK``; 0 outside one): only rank 0 finishes a run."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 @contextlib.contextmanager

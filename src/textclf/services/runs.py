@@ -1,8 +1,8 @@
 """The one run service: every way of training a model builds a :class:`RunSpec` and calls :func:`train` or :func:`tune`.
 
 ``textclf train|tune <family>``, the run-queue workers, ``textclf runs rerun``, the notebook API
-(:mod:`textclf.services.experiments`), the container entry point (through the CLI) and the BERT
-DDP workers (through the CLI) all end here, so the flow is written once:
+(:mod:`textclf.services.experiments`) and the container entry point (through the CLI) all end
+here, so the flow is written once (the BERT DDP workers only train, inside the launching run's ``fit``):
 
 1. import the plug-in files (``code``), look the family up, check its dependencies;
 2. build the effective config (defaults < ``--config`` < ``--set`` < explicit flags) and read
@@ -39,7 +39,7 @@ from textclf.core.errors import ConfigError, TextclfError
 from textclf.core.meta import META_FILE
 from textclf.core.options import flag_overrides
 from textclf.core.registry import Family, get_family, load_code
-from textclf.core.training import Splits, load_splits, plugin_context
+from textclf.core.training import Splits, ddp_rank, load_splits, plugin_context
 from textclf.core.tuning import wants_search
 from textclf.services.tracking import (
     CONFIG_ARTIFACT,
@@ -155,7 +155,7 @@ def execute(family: Family, cfg: dict, splits: Splits, spec: RunSpec) -> RunResu
         click.echo(f"reused: copied {tracked.model_dir} to {output_dir}")
         return RunResult(output_dir, tracked.run_id, True, tracked.metrics)
     # a DDP worker other than rank 0 writes no files: the launching process checks the directory
-    worker = int(os.environ.get("RANK", "0") or 0) > 0
+    worker = ddp_rank() > 0
     if not search_share(cfg) and not worker and not (output_dir / META_FILE).is_file():
         raise TextclfError(f"{output_dir}: the {family.name} run finished but wrote no {META_FILE}; "
                            "the family broke the contract (train must leave a model directory)")

@@ -1,4 +1,8 @@
-"""BERT: any Hugging Face encoder fine-tuned in Catalyst with focal loss and two-stage training."""
+"""BERT: any Hugging Face encoder fine-tuned in Catalyst with focal loss and two-stage training.
+
+Contract v2: :func:`.fit.fit` trains and returns the Predictor, :func:`.fit.check` refuses bad settings;
+the core searches ``search.space`` (config/bert.json; ``search.n_trials`` 0 by default), refits and writes meta.json.
+"""
 
 from textclf.core.registry import Family, Option, package_config, register_family
 
@@ -7,13 +11,15 @@ FAMILY = register_family(Family(
     config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="Hugging Face encoder (default: shipped all-MiniLM-L6-v2) fine-tuned in Catalyst, focal loss, one or two stages",
     kind="neural",
-    train="textclf.families.bert.train:train",
+    fit="textclf.families.bert.fit:fit",
+    check="textclf.families.bert.fit:check",
+    packages=("torch", "transformers", "catalyst", "accelerate", "tokenizers"),
     predictor="textclf.families.bert.model:BertPredictor",
     onnx="textclf.families.bert.onnx",
     requires=("torch", "transformers", "catalyst"),
     extra="bert",
     subproject="bert_classification",
-    env={"BATCH_SIZE": "train.batch_size", "EPOCHS": "stage2.epochs"},
+    env={"BATCH_SIZE": "train.batch_size", "EPOCHS": "stage2.epochs", "N_TRIALS": "search.n_trials"},
     options=(
         Option("--model_name", "model.model_name", str,
                "Hugging Face id or local path of the encoder (e.g. DeepPavlov/rubert-base-cased); "

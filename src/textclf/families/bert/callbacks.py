@@ -10,6 +10,8 @@
 * :class:`BestCheckpointCallback` - the selected metric decides the best checkpoint; a last
   checkpoint (model, optimizer, scheduler, epoch, best score, history) lets a run resume.
   Only the main process writes files.
+* :class:`ReportCallback` - after every epoch, the valid score goes to a search's pruner
+  (``context.report`` of :mod:`textclf.core.fit_flow`), which may stop the trial.
 * :class:`EpochLineLogger` - the console logger: one line per epoch with the main metrics of
   every loader rounded to 4 digits (everything else goes to TensorBoard and CSV only).
 
@@ -248,6 +250,27 @@ class BestCheckpointCallback(ICheckpointCallback):
             self._save(runner, state, self.last_path)
         runner.engine.wait_for_everyone()
         log.info("epoch %d: valid %s=%.4f%s", runner.epoch_step, self.metric_key, score, " (best)" if improved else "")
+
+
+class ReportCallback(Callback):
+    """After every epoch (and after the checkpoint), ``report(valid[metric], offset + epoch)``: a search trial's pruning hook.
+
+    ``report`` is :meth:`textclf.core.fit_flow.FitContext.report`; it raises ``optuna.TrialPruned``
+    when the pruner gives up on the trial, which Catalyst re-raises. ``offset`` counts the epochs
+    of earlier stages, so the steps of a two-stage run keep increasing.
+    """
+
+    def __init__(self, report, metric: str, loader_key: str = "valid", offset: int = 0):
+        super().__init__(order=CallbackOrder.External)
+        self.report = report
+        self.metric = metric
+        self.loader_key = loader_key
+        self.offset = offset
+
+    def on_epoch_end(self, runner) -> None:
+        value = runner.epoch_metrics.get(self.loader_key, {}).get(self.metric)
+        if value is not None:
+            self.report(float(value), self.offset + runner.epoch_step)
 
 
 class EpochLineLogger(ILogger):

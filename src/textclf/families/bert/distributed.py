@@ -1,12 +1,14 @@
 """Multi-process (DistributedDataParallel) training: who am I, and how to start N of us.
 
-A run with ``--devices N`` (N > 1) relaunches itself under ``torch.distributed.run``
+A run with ``--devices N`` (N > 1) trains in N processes under ``torch.distributed.run``
 (what ``torchrun --standalone --nproc_per_node N`` does), so the same command works on a
 laptop, in a container and in a SLURM job. Inside each worker the usual torchrun
 environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) is
 set; Catalyst's engine (an ``accelerate.Accelerator``) reads it and joins the process group:
-NCCL on GPUs (one GPU per local rank), gloo on the CPU. Starting the workers yourself with
-``torchrun --nproc_per_node N bert_classification/train.py ...`` works the same way.
+NCCL on GPUs (one GPU per local rank), gloo on the CPU. The workers only train
+(:func:`.workers.run_worker`); the launching process returns the model to the core, which writes meta.json.
+Starting the processes yourself with ``torchrun --nproc_per_node N bert_classification/train.py ...``
+works too: every process then runs the command, and rank 0 alone finishes the run.
 """
 
 from __future__ import annotations
@@ -73,34 +75,3 @@ def launch(nproc: int, module: str, args: Sequence[str], env: dict | None = None
     child_env = {**os.environ, **(env or {})}
     child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(torchrun_command(nproc, module, args), env=child_env)
-
-
-#: the module each DDP worker runs (``python -m``): the BERT train command
-WORKER_MODULE = "textclf.cli.bert_worker"
-
-
-def launch_workers(cfg: dict, splits, output_dir: str | os.PathLike, resume: bool) -> None:
-    """Write the effective config next to the model and start ``cfg["devices"]`` workers on it under torch.distributed.run."""
-    import json
-
-    from textclf.core.atomic import atomic_write_json
-
-    n = cfg["devices"]
-    os.makedirs(output_dir, exist_ok=True)
-    cfg_path = os.path.join(output_dir, "launch_config.json")
-    atomic_write_json(cfg_path, cfg)
-    paths = splits.paths
-    train = paths["train"] if isinstance(paths["train"], list) else [paths["train"]]
-    args = [a for path in train for a in ("--train_path", str(path))]
-    args += ["--valid_path", str(paths["valid"]), "--output_dir", str(output_dir), "--config", cfg_path]
-    if paths.get("test"):
-        args += ["--test_path", str(paths["test"])]
-    if resume:
-        args.append("--resume")
-    print(f"launching {n} DDP workers: torch.distributed.run --nproc_per_node {n} -m {WORKER_MODULE} "
-          + " ".join(json.dumps(a) if " " in a else a for a in args), file=sys.stderr, flush=True)
-    code = launch(n, WORKER_MODULE, args)
-    if code:
-        import click
-
-        raise click.ClickException(f"distributed training failed (exit code {code}); see the worker output above")

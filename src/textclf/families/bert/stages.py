@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from textclf.core.config import auto_bool
 from textclf.core.data import balanced_downsample
 from textclf.core.errors import ConfigError
+from textclf.core.torch_common import LR_SCALING
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,20 @@ def staged_config(cfg: dict, plan: StagePlan) -> dict:
     out["two_stage"] = plan.two_stage
     out["stage2"]["epochs"] = plan.stage2_epochs
     return out
+
+
+def check_config(cfg: dict) -> None:
+    """Refuse settings that cannot train with a one-line ConfigError (``two_stage`` as given, or resolved to a bool)."""
+    m, t = cfg["model"], cfg["train"]
+    if m["max_length"] < 8:
+        raise ConfigError(f"model.max_length must be at least 8, got {m['max_length']}")
+    stages = ("stage1", "stage2") if auto_bool("two_stage", cfg["two_stage"]) == "true" else ("stage2",)
+    for stage in stages:
+        if cfg[stage]["epochs"] < 1 or cfg[stage]["lr"] <= 0:
+            raise ConfigError(f"{stage}.epochs must be >= 1 and {stage}.lr > 0 (got {cfg[stage]['epochs']}, {cfg[stage]['lr']})")
+    if t["accumulation_steps"] < 1 or t["batch_size"] < 1 or t["base_batch_size"] < 1:
+        raise ConfigError("train.batch_size, train.base_batch_size and train.accumulation_steps must be >= 1")
+    if str(t["lr_scaling"]).lower() not in LR_SCALING:
+        raise ConfigError(f"train.lr_scaling {t['lr_scaling']!r}: choose one of {', '.join(LR_SCALING)}")
+    if not 0.0 <= float(m["dropout"]) < 1.0 or float(cfg["loss"]["gamma"]) < 0:
+        raise ConfigError(f"model.dropout must be in [0, 1) and loss.gamma >= 0 (got {m['dropout']}, {cfg['loss']['gamma']})")

@@ -1,12 +1,14 @@
 """Fine-tuning the BERT family in Catalyst: focal loss, AdamW with warm-up/decay, one or two stages.
 
-Training (:func:`train`) runs one or two Catalyst stages with a focal loss
+Training (:func:`train_model`, called by the family's ``fit``, :mod:`.fit`) runs one or two Catalyst stages with a focal loss
 (:class:`.losses.FocalLoss`), AdamW with linear warm-up/decay, gradient clipping and
 accumulation, and an F-beta callback whose selected metric picks the best checkpoint and
 stops early. With ``two_stage`` the first stage trains on a class-balanced downsample of
 the training set and the second on the full set, starting from the first stage's best
 weights. Every stage logs to its own TensorBoard directory (``logs/<stage>/tensorboard``).
-``devices > 1`` relaunches the run in that many DDP processes (:mod:`.distributed`).
+It saves the model files and returns the Predictor, whose ``fit_info`` the core records in meta.json;
+during a search every epoch's valid score is reported to the pruner (:class:`.callbacks.ReportCallback`).
+``devices > 1`` trains in that many DDP processes (:mod:`.workers`).
 
 Speed: every split is tokenised once, up front, and cached in ``work/`` (:mod:`.data`);
 batches are length-bucketed and padded only to their longest text; precision
@@ -25,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from catalyst.loggers.tensorboard import TensorboardLogger
 from torch import nn
 
 from textclf.core.class_weights import class_alpha
-from textclf.core.errors import ConfigError
+from textclf.core.integrity import FILES_KEY
 from textclf.core.metrics import is_minimized
 from textclf.core.precision import (
     Checkpointing,
@@ -48,14 +51,15 @@ from textclf.core.precision import (
     warn_once,
 )
 from textclf.core.progress import PROGRESS_FILE, append_line
-from textclf.core.torch_common import LR_SCALING, resolve_device, scaled_lr, seed_everything
-from textclf.core.training import Splits, finish_run
+from textclf.core.torch_common import resolve_device, scaled_lr, seed_everything
+from textclf.core.training import Splits
 from textclf.families.bert.callbacks import (
     AccumulatedBackwardCallback,
     BestCheckpointCallback,
     EpochLineLogger,
     FBetaCallback,
     OptimizerStepCallback,
+    ReportCallback,
     optimizer_steps,
 )
 from textclf.families.bert.data import (
@@ -79,11 +83,10 @@ from textclf.families.bert.model import (
     save_model_dir,
     state_digest,
 )
-from textclf.families.bert.stages import plan_stages, stage1_indices, staged_config
+from textclf.families.bert.stages import check_config, plan_stages, stage1_indices, staged_config
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "transformers", "catalyst", "accelerate", "tokenizers")
 STAGE_NAMES = {"stage1": "stage1_balanced", "stage2": "stage2_full"}
 
 # --------------------------------------------------------------------------- Catalyst runner
@@ -273,8 +276,13 @@ def announce(line: str, world: WorldInfo) -> None:
 
 def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, valid_ds: EncodedDataset, cfg: dict,
               labels: list[str], loss_fn: nn.Module, pad_id: int, device: torch.device, output_dir: Path, world: WorldInfo,
-              resume: bool, precision: Precision, init_from: str | None = None) -> StageResult:
-    """Train ``model`` for one stage with Catalyst; returns the stage's summary (best weights in ``best_path``)."""
+              resume: bool, precision: Precision, init_from: str | None = None, report: Callable | None = None,
+              report_metric: str = "macro_f1", step_offset: int = 0) -> StageResult:
+    """Train ``model`` for one stage with Catalyst; returns the stage's summary (best weights in ``best_path``).
+
+    ``report(value, step)`` (a search trial's ``context.report``) gets the valid ``report_metric`` after
+    every epoch, the step counted from ``step_offset`` (the epochs of earlier stages).
+    """
     from transformers import get_linear_schedule_with_warmup
 
     t = cfg["train"]
@@ -302,6 +310,8 @@ def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, va
         "optimizer": OptimizerStepCallback(t["accumulation_steps"], t["max_grad_norm"]),
         "checkpoint": ckpt,
     }
+    if report is not None:
+        callbacks["report"] = ReportCallback(report, report_metric, "valid", step_offset)
     progress = t["progress"] if t["progress"] is not None else sys.stderr.isatty()
     if progress and world.is_main:
         callbacks["progress"] = dl.TqdmCallback()
@@ -347,20 +357,6 @@ def device_batch(cfg: dict, device: torch.device) -> dict:
         return cfg
     log.info("train.batch_size_gpu: batch %s on %s (train.batch_size %s elsewhere)", gpu, device, cfg["train"]["batch_size"])
     return {**cfg, "train": {**cfg["train"], "batch_size": int(gpu)}}
-
-
-def check_config(cfg: dict) -> None:
-    """Refuse settings that cannot train (before any model is loaded)."""
-    m, t = cfg["model"], cfg["train"]
-    if m["max_length"] < 8:
-        raise ConfigError(f"model.max_length must be at least 8, got {m['max_length']}")
-    for stage in ("stage1", "stage2") if cfg["two_stage"] else ("stage2",):
-        if cfg[stage]["epochs"] < 1 or cfg[stage]["lr"] <= 0:
-            raise ConfigError(f"{stage}.epochs must be >= 1 and {stage}.lr > 0 (got {cfg[stage]['epochs']}, {cfg[stage]['lr']})")
-    if t["accumulation_steps"] < 1 or t["batch_size"] < 1 or t["base_batch_size"] < 1:
-        raise ConfigError("train.batch_size, train.base_batch_size and train.accumulation_steps must be >= 1")
-    if str(t["lr_scaling"]).lower() not in LR_SCALING:
-        raise ConfigError(f"train.lr_scaling {t['lr_scaling']!r}: choose one of {', '.join(LR_SCALING)}")
 
 
 def check_memory_choice(ckpt: Checkpointing, encoder: nn.Module) -> Checkpointing:
@@ -446,7 +442,8 @@ def run_stages(cfg: dict, splits: Splits, factory: ModelFactory, data: dict, com
         stages.append(run_stage("stage1", factory(), full_train.subset(idx), **common))
         init_from = stages[0].best_path
         init_state = torch.load(init_from, map_location="cpu", weights_only=True)
-    stage2 = run_stage("stage2", factory(init_state), full_train, init_from=init_from, **common)
+    offset = cfg["stage1"]["epochs"] if cfg["two_stage"] else 0
+    stage2 = run_stage("stage2", factory(init_state), full_train, init_from=init_from, step_offset=offset, **common)
     if init_state is not None:
         stage2.init_sha256 = state_digest(init_state)
     stages.append(stage2)
@@ -464,12 +461,23 @@ def predict_config(cfg: dict) -> dict:
     return p
 
 
-def save_best(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFactory, tokenizer, max_length: int,
-              stages: list[StageResult], device: torch.device, world: WorldInfo, train_seconds: float,
-              speed: dict | None = None) -> dict:
-    """Load the best stage's best weights, save the model directory and score it; returns meta.
+def model_files(output_dir: Path) -> list[str]:
+    """The files loading needs (``encoder/*`` and ``head.pt``), relative to ``output_dir``: meta.json's ``files`` block.
 
-    ``cfg`` is recorded in meta.json as the user gave it (``two_stage`` unresolved; the choice is in ``speed``).
+    Checkpoints, logs and the token cache are not among them (they are not needed to predict).
+    """
+    encoder = sorted(p.name for p in (output_dir / ENCODER_DIR).iterdir() if p.is_file())
+    return [f"{ENCODER_DIR}/{name}" for name in encoder] + [HEAD_FILE]
+
+
+def best_predictor(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFactory, tokenizer, max_length: int,
+                   stages: list[StageResult], device: torch.device, world: WorldInfo, train_seconds: float,
+                   speed: dict | None = None) -> BertPredictor:
+    """Load the best stage's best weights, save the model directory; returns its Predictor.
+
+    ``predictor.fit_info`` holds what the core records in meta.json: the ``bert`` block (what
+    loading, ONNX export and serving read), the ``training`` block (stages, selection, speed
+    choices) and ``files`` (:func:`model_files`).
     """
     m, t = cfg["model"], cfg["train"]
     speed = speed or {}
@@ -495,11 +503,16 @@ def save_best(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFactory
                 "stages": [s.as_dict(output_dir) for s in stages]}
     if device.type == "cuda":
         training["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    meta_stub = {"labels": splits.labels, "kind": KIND, "bert": info}
-    predictor = BertPredictor(output_dir, meta_stub, model, tokenizer, device, max_length)
+    predictor = BertPredictor(output_dir, stub_meta(splits.labels, info), model, tokenizer, device, max_length)
     training["predict_batch_size"] = predictor.batch_size
     training["predict_precision"] = predictor.precision.name
-    return finish_run(output_dir, predictor, splits, cfg, PACKAGES, bert=info, training=training)
+    predictor.fit_info = {"bert": info, "training": training, FILES_KEY: model_files(output_dir)}
+    return predictor
+
+
+def stub_meta(labels: list[str], info: dict) -> dict:
+    """What a BertPredictor needs of meta.json before the core writes it: labels, kind and the ``bert`` block."""
+    return {"labels": list(labels), "kind": KIND, "bert": info}
 
 
 def resolve_speed(cfg: dict, factory: ModelFactory, device: torch.device, max_length: int,
@@ -518,21 +531,16 @@ def resolve_speed(cfg: dict, factory: ModelFactory, device: torch.device, max_le
     return precision, ckpt
 
 
-def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
-    """Fine-tune, select the best checkpoint, save the model directory; returns it.
+def train_model(cfg: dict, splits: Splits, output_dir: str | Path, *, world: WorldInfo, resume: bool = False,
+                report: Callable | None = None, report_metric: str = "macro_f1") -> BertPredictor | None:
+    """Fine-tune in this process (one of the DDP processes under torchrun), save the model files; returns the Predictor.
 
-    With ``devices > 1`` outside a DDP run, the run is relaunched in ``devices`` processes
-    (:func:`.distributed.launch_workers`); ranks > 0 save nothing.
+    ``cfg`` is recorded in meta.json as the user gave it (``two_stage`` unresolved; the choice is in
+    ``training.stage_plan``). Ranks > 0 of a DDP job train with the others and return None: rank 0
+    saves the model. ``report`` (a search trial's ``context.report``) gets the valid ``report_metric``
+    after every epoch.
     """
-    from textclf.families.bert.distributed import check_devices, launch_workers
-
     output_dir = Path(output_dir)
-    world = world_info()
-    if not world.distributed:
-        check_devices(cfg["devices"], resolve_device(cfg["device"]).type)
-        if cfg["devices"] > 1:
-            launch_workers(cfg, splits, output_dir, resume)
-            return output_dir
     device = training_device(cfg["device"], world)
     cfg = device_batch(cfg, device)
     seed_everything(cfg["seed"])
@@ -552,18 +560,18 @@ def train(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = Fals
         torch.cuda.reset_peak_memory_stats(device)
     common = {"cfg": cfg, "labels": splits.labels, "loss_fn": FocalLoss(cfg["loss"]["gamma"], alpha),
               "pad_id": tokenizer.pad_token_id, "device": device, "output_dir": output_dir, "world": world, "resume": resume,
-              "precision": precision}
+              "precision": precision, "report": report, "report_metric": report_metric}
     started = time.perf_counter()
     stages = run_stages(cfg, splits, factory, data, common)
     if not world.is_main:
-        return output_dir
+        return None
     speed = {"precision": precision.as_dict(), "gradient_checkpointing": ckpt.as_dict(),
              "compile": {"asked": factory.compile, "stages": [st.compile_state for st in stages]},
              "lr_scaling": {"rule": cfg["train"]["lr_scaling"], "base_batch_size": cfg["train"]["base_batch_size"],
                             "batch_size": effective_batch(cfg, world)},
              "token_cache": token_cache, "stage_plan": plan.as_dict()}
-    save_best(user_cfg, splits, output_dir, factory, tokenizer, max_length, stages, device, world,
-              round(time.perf_counter() - started, 2), speed)
+    predictor = best_predictor(user_cfg, splits, output_dir, factory, tokenizer, max_length, stages, device, world,
+                               round(time.perf_counter() - started, 2), speed)
     if not cfg["output"]["keep_checkpoints"]:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-    return output_dir
+    return predictor

@@ -58,9 +58,7 @@ def test_families_command_lists_kind_description_status_and_config(repo):
 
 
 def test_tune_refuses_a_family_without_a_search_space_and_an_unknown_name():
-    from textclf.core.registry import all_families
-
-    from textclf.core.registry import Family, register_family
+    from textclf.core.registry import Family, all_families, register_family
 
     register_family(Family(name="nosearch", fit="textclf.families.fasttext.model:fit", config={"model": {}},
                            predictor="textclf.families.fasttext.model:FastTextPredictor"))  # every built-in family has a space

@@ -281,9 +281,21 @@ def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterato
         for column, what in ((text_column, "text"), (label_column, "label")):
             if column not in obj:
                 raise DataError(path, f"missing {what} key {column!r} (keys: {', '.join(obj)})", number)
-        for value in (obj[text_column], obj[label_column]):
-            _check_unicode(path, number, value)
-        yield number, obj[text_column], obj[label_column]
+        text = _jsonl_text(path, number, obj[text_column])
+        _check_unicode(path, number, obj[label_column])
+        yield number, text, obj[label_column]
+
+
+def _jsonl_text(path: Path, number: int, text: object) -> str:
+    """A JSONL line's text, the same rule for train and predict: a string of valid Unicode, else DataError.
+
+    ``null``, a number, a list... read ``text must be a string, found null`` (JSON's names)
+    whichever command reads the file.
+    """
+    if not isinstance(text, str):
+        raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
+    _check_unicode(path, number, text)
+    return text
 
 
 def _check_unicode(path: Path, number: int, value: object) -> None:
@@ -312,11 +324,7 @@ def texts_jsonl(path: str | Path, text_column: str = "text") -> Iterator[str]:
         if text_column not in obj:
             raise DataError(path, f"missing text key {text_column!r} (keys: {', '.join(obj)}); pass --text_column NAME",
                             number)
-        text = obj[text_column]
-        if not isinstance(text, str):
-            raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
-        _check_unicode(path, number, text)
-        yield text
+        yield _jsonl_text(path, number, obj[text_column])
 
 
 def read_fasttext(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, str]]:

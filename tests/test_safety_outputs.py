@@ -122,6 +122,12 @@ def test_a_symlink_stays_and_its_target_is_replaced_atomically(v1, tmp_path, exp
     atomic_write_text(dangling, "made\n")
     assert dangling.is_symlink() and (tmp_path / "new" / "made.txt").read_text() == "made\n"
 
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")  # a loop is refused; neither link is touched
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    only_error(predict_to(v1, tmp_path / "loop1"),
+               f"{tmp_path / 'loop1'}: cannot write the predictions: Too many levels of symbolic links; nothing was written there")
+    assert os.readlink(tmp_path / "loop1") == str(tmp_path / "loop2") and (tmp_path / "loop2").is_symlink()
+
 
 def test_a_symlink_to_a_fifo_is_streamed(v1, tmp_path, expected):
     fifo = tmp_path / "f.fifo"

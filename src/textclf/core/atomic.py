@@ -17,6 +17,7 @@ Where an output goes depends on what its path names (:func:`output_target`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -82,7 +83,9 @@ def output_target(path: str | Path) -> tuple[str, Path]:
         return STREAM, path
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except OSError as exc:  # not there yet, or a parent is a file (the write then says so); a link loop is refused
+        if exc.errno == errno.ELOOP:
+            raise
         mode = None
     if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         return STREAM, path
@@ -93,7 +96,10 @@ def output_target(path: str | Path) -> tuple[str, Path]:
 
 def is_stream(path: str | Path) -> bool:
     """Whether ``path`` is written in place (``-``, a device, FIFO, socket or open descriptor), not atomically."""
-    return output_target(path)[0] != FILE
+    try:
+        return output_target(path)[0] != FILE
+    except OSError:
+        return False
 
 
 def _named(exc: OSError, path: str | Path) -> OSError:

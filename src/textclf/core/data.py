@@ -287,13 +287,11 @@ def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterato
 
 
 def _jsonl_text(path: Path, number: int, text: object) -> str:
-    """A JSONL line's text, the same rule for train and predict: a string of valid Unicode, else DataError.
+    """A JSONL line's text, the same rule for train and predict: a string (:func:`check_text`) of valid Unicode.
 
-    ``null``, a number, a list... read ``text must be a string, found null`` (JSON's names)
-    whichever command reads the file.
+    ``null``, a number, a list... read ``text must be a string, found null`` whichever command reads the file.
     """
-    if not isinstance(text, str):
-        raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
+    check_text(path, number, text)
     _check_unicode(path, number, text)
     return text
 
@@ -377,9 +375,13 @@ def read_labelled(
 
 
 def check_text(path: str | Path, number: int | None, text: object) -> str:
-    """``text`` when it is a string, else DataError naming the row (the rule for every text a model reads)."""
+    """``text`` when it is a string, else DataError naming the row (the rule for every text a model reads).
+
+    The type is named as JSON names it (``null``, ``number``, ``array``...), whether the text came
+    from a JSONL file (train or predict) or from memory, so the same mistake reads the same.
+    """
     if not isinstance(text, str):
-        raise DataError(path, f"text must be a string, found {type(text).__name__}", number)
+        raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
     return text
 
 
@@ -398,9 +400,9 @@ def labelled_dataset(rows: Iterable[tuple[int, object, object]], path: str | Pat
     for number, text, label in rows:
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(path, "empty label", number)
-        if text is None or (isinstance(text, str) and not text.strip()):
-            raise DataError(path, "empty text", number)
         check_text(path, number, text)
+        if not text.strip():
+            raise DataError(path, "empty text", number)
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise DataError(path, f"label must be a string or integer, found {type(label).__name__}", number)
         texts.append(text)

@@ -215,7 +215,7 @@ def test_joblib_round_trip_and_temp_dir_removed(small, train, test, tmp_path):
 CASES = [
     ("empty text", [("good", "a"), ("  ", "b"), ("bad", "b")], 1, "empty text"),
     ("empty label", [("good", "a"), ("fine", None), ("bad", "b")], 1, "empty label"),
-    ("NaN text", [("good", "a"), ("fine", "b"), (float("nan"), "b")], 2, "text must be a string, found float"),
+    ("NaN text", [("good", "a"), ("fine", "b"), (float("nan"), "b")], 2, "text must be a string, found number"),
     ("float label", [("good", "a"), ("fine", 1.5), ("bad", "b")], 1, "label must be a string or integer, found float"),
     ("bool label", [("good", True), ("fine", "a"), ("bad", "b")], 0, "label must be a string or integer, found bool"),
     ("one class", [("good", "a"), ("fine", "a")], None, "found 1 class(es) (a); need at least 2"),
@@ -268,7 +268,7 @@ def test_predict_checks_texts(fitted):
     assert fitted.predict(["", "fine"]).shape == (2,)  # an empty text is predicted, as an empty input line is
     with pytest.raises(DataError) as exc:
         fitted.predict(["fine", None])
-    assert str(exc.value) == "X row 1: text must be a string, found NoneType"
+    assert str(exc.value) == "X row 1: text must be a string, found null"
     with pytest.raises(NotFittedError):
         textclf.TextClassifier().predict(["fine"])
 

@@ -84,13 +84,15 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         """Run the subcommand; usage errors and file-system errors become one line (exit 2), SIGTERM cleans up.
 
+        Ctrl-C during a search (:class:`textclf.core.errors.Interrupted`) prints its one line, exit 130.
+
         SIGTERM raises SystemExit(143) while a command runs, so temp files and folders are removed
         (:mod:`textclf.core.tempfiles`); an OSError (no permission, disk full, a parent that is a file)
         is reported as ``Error: PATH: reason`` instead of a traceback.
         """
         import errno
 
-        from textclf.core.errors import TextclfError
+        from textclf.core.errors import Interrupted, TextclfError
         from textclf.core.tempfiles import sigterm_as_exit
 
         try:
@@ -98,6 +100,9 @@ class LazyGroup(click.Group):
                 return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
             raise
+        except Interrupted as exc:  # Ctrl-C in resumable work: its one line, exit 130
+            click.echo(exc.message, err=True)
+            raise click.exceptions.Exit(exc.exit_code) from None
         except click.UsageError as exc:
             raise OneLineUsageError(exc) from None
         except OSError as exc:

@@ -24,7 +24,9 @@ backend_option = click.option(
 @click.option("--input_path", required=True, type=click.Path(dir_okay=False),
               help="Texts: plain text (one a line), .csv/.tsv/.jsonl with a text column, fastText, or what a "
               "format from --code reads (e.g. DB::TABLE with --input_format sqlite).")
-@click.option("--output_path", required=True, type=click.Path(dir_okay=False), help="Where to write predictions (atomically).")
+@click.option("--output_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write predictions: a file (atomically; a symlink's target), - for stdout, a device or "
+              "FIFO (streamed).")
 @click.option("--format", "output_format", type=FormatChoice("predictions"), default=None,
               help="txt: one label a line; csv/jsonl: label plus one probability per class. Default: from the extension.")
 @click.option("--input_format", type=FormatChoice("texts"), default=None,

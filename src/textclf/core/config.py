@@ -214,3 +214,28 @@ def check_search_settings(cfg: dict) -> None:
     search = cfg.get("search")
     if isinstance(search, dict) and "space" in search:
         check_space(search["space"])
+    if isinstance(search, dict):
+        check_search_budget(search)
+
+
+#: search key -> (the smallest value allowed, whether it may be a float, what it means)
+SEARCH_BUDGET = {"n_trials": (0, False, "finished trials the study should hold; 0: no search"),
+                 "n_jobs": (1, False, "parallel trials in this process"),
+                 "timeout": (0, True, "seconds")}
+
+
+def check_search_budget(search: dict) -> None:
+    """A ConfigError for ``search.n_trials`` < 0, ``search.n_jobs`` < 1 or ``search.timeout`` <= 0 (null: no limit).
+
+    Checked with the rest of the config, so a bad value stops the run before a study, journal or
+    output directory exists.
+    """
+    for key, (low, real, meaning) in SEARCH_BUDGET.items():
+        value = search.get(key)
+        if value is None:
+            continue
+        number = (int, float) if real else (int,)
+        ok = isinstance(value, number) and not isinstance(value, bool) and value == value
+        if not ok or value < low or (real and value <= low):
+            need = "a number above 0" if real else ("an integer >= 0" if low == 0 else "an integer >= 1")
+            raise ConfigError(f"search.{key} must be {need} ({meaning}), got {value!r}")

@@ -281,9 +281,19 @@ def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterato
         for column, what in ((text_column, "text"), (label_column, "label")):
             if column not in obj:
                 raise DataError(path, f"missing {what} key {column!r} (keys: {', '.join(obj)})", number)
-        for value in (obj[text_column], obj[label_column]):
-            _check_unicode(path, number, value)
-        yield number, obj[text_column], obj[label_column]
+        text = _jsonl_text(path, number, obj[text_column])
+        _check_unicode(path, number, obj[label_column])
+        yield number, text, obj[label_column]
+
+
+def _jsonl_text(path: Path, number: int, text: object) -> str:
+    """A JSONL line's text, the same rule for train and predict: a string (:func:`check_text`) of valid Unicode.
+
+    ``null``, a number, a list... read ``text must be a string, found null`` whichever command reads the file.
+    """
+    check_text(path, number, text)
+    _check_unicode(path, number, text)
+    return text
 
 
 def _check_unicode(path: Path, number: int, value: object) -> None:
@@ -312,11 +322,7 @@ def texts_jsonl(path: str | Path, text_column: str = "text") -> Iterator[str]:
         if text_column not in obj:
             raise DataError(path, f"missing text key {text_column!r} (keys: {', '.join(obj)}); pass --text_column NAME",
                             number)
-        text = obj[text_column]
-        if not isinstance(text, str):
-            raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
-        _check_unicode(path, number, text)
-        yield text
+        yield _jsonl_text(path, number, obj[text_column])
 
 
 def read_fasttext(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, str]]:
@@ -369,9 +375,13 @@ def read_labelled(
 
 
 def check_text(path: str | Path, number: int | None, text: object) -> str:
-    """``text`` when it is a string, else DataError naming the row (the rule for every text a model reads)."""
+    """``text`` when it is a string, else DataError naming the row (the rule for every text a model reads).
+
+    The type is named as JSON names it (``null``, ``number``, ``array``...), whether the text came
+    from a JSONL file (train or predict) or from memory, so the same mistake reads the same.
+    """
     if not isinstance(text, str):
-        raise DataError(path, f"text must be a string, found {type(text).__name__}", number)
+        raise DataError(path, f"text must be a string, found {_json_type(text)}", number)
     return text
 
 
@@ -390,9 +400,9 @@ def labelled_dataset(rows: Iterable[tuple[int, object, object]], path: str | Pat
     for number, text, label in rows:
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(path, "empty label", number)
-        if text is None or (isinstance(text, str) and not text.strip()):
-            raise DataError(path, "empty text", number)
         check_text(path, number, text)
+        if not text.strip():
+            raise DataError(path, "empty text", number)
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise DataError(path, f"label must be a string or integer, found {type(label).__name__}", number)
         texts.append(text)

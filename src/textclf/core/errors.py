@@ -33,3 +33,16 @@ class ConfigError(TextclfError):
 
 class ModelError(TextclfError):
     """A model directory that cannot be loaded (missing files, unknown kind)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during work that the same command resumes: the CLI prints the message alone, exit 130.
+
+    A ``KeyboardInterrupt``, so what handles one (the experiment store marks the run KILLED) still does.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

@@ -112,7 +112,8 @@ def predict_file(
     """Predict every record of ``input_path`` into ``output_path``; returns the number of records.
 
     Streams in batches (memory stays flat), keeps output record i for input record i
-    (an empty input line gets a prediction too), writes to a temp file and renames it.
+    (an empty input line gets a prediction too), writes to a temp file and renames it (``-``, a
+    device, FIFO or socket: streamed in place, :func:`textclf.core.atomic.output_target`).
     The registered formats read the input (``input_format``, default from the extension: the
     format's ``texts``) and write the output (``output_format``, default from the extension, else
     ``txt``: the format's ``predictions``): ``txt`` writes one label a line; ``csv``/``jsonl`` add
@@ -137,6 +138,10 @@ def predict_file(
             reason = f"a parent of it is a file, not a folder ({exc.filename})"
         elif exc.filename and Path(exc.filename) != Path(output_path):
             reason += f" ({exc.filename})"
+        from textclf.core.atomic import is_stream
+
+        if is_stream(output_path):  # written in place: what came before the error is there
+            raise TextclfError(f"{output_path}: cannot write the predictions: {reason}") from None
         raise TextclfError(f"{output_path}: cannot write the predictions: {reason}; nothing was written there") from None
 
 

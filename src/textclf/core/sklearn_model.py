@@ -18,6 +18,7 @@ import numpy as np
 
 from textclf.core.atomic import atomic_replace_file
 from textclf.core.errors import ModelError
+from textclf.core.model_checks import check_label_names, check_loaded_object
 from textclf.core.predictor import Predictor
 
 MODEL_FILE = "model.joblib"
@@ -52,7 +53,9 @@ class SklearnPredictor(Predictor):
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", MODEL_FILE)
         if not path.is_file():
             raise ModelError(f"{path}: {cls.kind} model file not found")
-        return cls(model_dir, meta, joblib.load(path))
+        pipeline = check_loaded_object(joblib.load(path), path, what="scikit-learn pipeline", attributes=("classes_",))
+        check_label_names(path, pipeline.classes_, meta["labels"])
+        return cls(model_dir, meta, pipeline)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, columns in ``self.labels`` order."""

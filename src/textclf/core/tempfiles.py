@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from textclf.core.atomic import atomic_open
+from textclf.core.atomic import FILE, atomic_open, output_target
 from textclf.core.claims import HOST, owner_gone
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,12 @@ def atomic_output(path: str | Path, mode: str = "w", encoding: str | None = "utf
     Stale temp files of the same target are swept first. On any exception (SIGTERM included, see
     :func:`sigterm_as_exit`) the temp file is removed and ``path`` keeps its old content, if any.
     The temp+rename itself is :func:`textclf.core.atomic.atomic_open`'s; this adds the owner tag and the sweep.
+    A stream (``-``, a device, FIFO or socket) is written in place, with no temp file to sweep.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(path)
+    kind, target = output_target(path)
+    if kind == FILE:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(target)
     with atomic_open(path, mode, encoding, tag=f"tc{_owner_tag()}") as fh:
         yield fh
 

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from textclf.core.atomic import atomic_open
 from textclf.core.claims import owner_gone, owner_record
-from textclf.core.errors import ConfigError, TextclfError
+from textclf.core.errors import ConfigError, Interrupted, TextclfError
 
 log = logging.getLogger(__name__)
 # multivariate TPE and the matplotlib plots are flagged experimental; they are stable enough for us
@@ -207,15 +207,42 @@ def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     ``n_trials`` is the study's total, shared by all workers (``MaxTrialsCallback``);
     failed trials (e.g. fastText's "Encountered NaN") are recorded and the search goes on.
     Progress (trial i/N, best so far, elapsed, ETA) goes to a bar on a terminal, the log and
-    ``output_dir/progress.log``. Returns the number of trials this call ran.
+    ``output_dir/progress.log``. Returns the number of trials this call ran. Ctrl-C raises
+    :class:`textclf.core.errors.Interrupted` ("interrupted after N trials", N: the study's finished
+    trials); the interrupted trial is recorded as failed, and the same command resumes the study.
     """
     from textclf.core.progress import search_callback
 
     progress = search_callback(n_trials, output_dir)
+    quiet = _NoInterruptTraceback()
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    optuna_log.addFilter(quiet)
     try:
         return _optimize(study, objective, n_trials, timeout, n_jobs, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after {count_done(study)} trials; run the same command to resume") from None
     finally:
+        optuna_log.removeFilter(quiet)
         progress.close()
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Drops Optuna's "Trial N failed ... KeyboardInterrupt()" records (a traceback, then "failed with value None").
+
+    So that Ctrl-C prints one line (:func:`run_search`); other failed trials are logged as before.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.trial: str | None = None  # "Trial N" of the interrupted trial
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        message = record.getMessage()
+        if isinstance(exc, type) and issubclass(exc, KeyboardInterrupt):
+            self.trial = message.split(" failed", 1)[0]
+            return False
+        return not (self.trial and message.startswith(f"{self.trial} failed with value"))
 
 
 def _optimize(study: optuna.Study, objective: Callable, n_trials: int | None, timeout: float | None, n_jobs: int,

@@ -21,6 +21,7 @@ from torch import nn
 
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import load_torch_weights
+from textclf.core.model_checks import check_label_count
 from textclf.core.precision import DeviceInfo, Precision, predict_batch_size, resolve_precision
 from textclf.core.predictor import Predictor
 from textclf.core.torch_common import predict_by_length, resolve_device
@@ -228,8 +229,14 @@ class BertPredictor(Predictor):
         encoder = load_encoder(encoder_dir)
         tokenizer = load_tokenizer(encoder_dir, encoder.config.vocab_size)
         head = load_torch_weights(head_path)
+        weight = head.get("weight") if isinstance(head, dict) else None
+        if weight is not None and getattr(weight, "ndim", 0) == 2:
+            check_label_count(head_path, weight.shape[0], meta["labels"])
         model = BertClassifier(encoder, len(meta["labels"]), info.get("dropout", 0.0), info.get("pooling", "mean"))
-        model.head.load_state_dict(head)
+        try:
+            model.head.load_state_dict(head)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{head_path}: not the head of this model ({str(exc).splitlines()[0]})") from None
         return cls(model_dir, meta, model, tokenizer, resolve_device(device), info.get("max_length", 128))
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:

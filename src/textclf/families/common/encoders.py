@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from textclf.core.errors import ConfigError, ModelError
+from textclf.core.model_checks import check_loaded_object
 from textclf.families.common.cache import EmbeddingCache, cache_key, sha256_texts, weight_hash
 
 log = logging.getLogger(__name__)
@@ -240,10 +241,10 @@ class TfidfSvdEncoder:
         path = cache.artifact(fit_key, ".joblib")
         if path.exists():
             try:
-                self.pipeline = joblib.load(path)
+                self.pipeline = check_loaded_object(joblib.load(path), path, ("transform",), "pipeline")
                 log.info("tfidf_svd: fitted pipeline from the cache (%s)", fit_key[:12])
                 return fit_key
-            except (OSError, ValueError, EOFError) as exc:
+            except (OSError, ValueError, EOFError, ModelError) as exc:
                 log.warning("tfidf_svd cache entry %s unreadable (%s): refitting", fit_key[:12], exc)
         self.fit(texts)
         cache.root.mkdir(parents=True, exist_ok=True)
@@ -284,7 +285,7 @@ class TfidfSvdEncoder:
         if not path.exists():
             raise ModelError(f"{path}: tfidf_svd encoder file not found")
         enc = cls(**params)
-        enc.pipeline = joblib.load(path)
+        enc.pipeline = check_loaded_object(joblib.load(path), path, ("transform",), "pipeline")
         return enc
 
     def describe(self) -> dict:

@@ -54,6 +54,7 @@ class EmbeddingsPredictor(Predictor):
         import joblib
 
         from textclf.core.meta import read_meta
+        from textclf.core.model_checks import check_label_indices, check_loaded_object
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", CLASSIFIER_FILE)
@@ -61,7 +62,9 @@ class EmbeddingsPredictor(Predictor):
             raise ModelError(f"{path}: embeddings classifier file not found")
         if "encoder" not in meta:
             raise ModelError(f"{Path(model_dir) / 'meta.json'}: no encoder block; not an embeddings model directory")
-        return cls(model_dir, meta, load_encoder(model_dir, meta["encoder"], device=device), joblib.load(path))
+        classifier = check_loaded_object(joblib.load(path), path, attributes=("classes_",))
+        check_label_indices(classifier, path, meta["labels"])
+        return cls(model_dir, meta, load_encoder(model_dir, meta["encoder"], device=device), classifier)
 
     def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         """Reuse these already computed vectors for these texts (training evaluates valid/test without re-encoding)."""

@@ -104,6 +104,16 @@ def train_model(train_file: str | Path, params: dict, n_jobs: int = 1) -> fastte
     return fasttext.train_supervised(input=str(train_file), verbose=0, **fit_params(params, n_jobs))
 
 
+def check_model_labels(path: Path, ft_labels: Sequence[str], labels: Sequence[str]) -> None:
+    """A ModelError unless the model's labels are ``__label__0 .. __label__<n-1>`` for the n labels of meta.json."""
+    expected = {f"__label__{i}" for i in range(len(labels))}
+    if set(ft_labels) != expected:
+        shown = ", ".join(sorted(ft_labels)[:5]) + (", ..." if len(ft_labels) > 5 else "")
+        raise ModelError(f"{path}: the model has {len(ft_labels)} label(s) ({shown}) but meta.json lists "
+                         f"{len(labels)} ({', '.join(map(str, labels[:5]))}{', ...' if len(labels) > 5 else ''}); "
+                         "meta.json and the model do not belong together")
+
+
 class FastTextPredictor(Predictor):
     """A trained fastText model behind the shared Predictor interface."""
 
@@ -114,6 +124,8 @@ class FastTextPredictor(Predictor):
         self.model = model
         self._n = len(self.labels)
         self._by_ft_label = {f"__label__{i}": label for i, label in enumerate(self.labels)}
+        #: the file the model came from (named when it fails at predict time)
+        self.model_file = Path(model_dir) / meta.get("model_file", MODEL_FILE)
 
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> FastTextPredictor:
@@ -129,16 +141,27 @@ class FastTextPredictor(Predictor):
             model = fasttext.load_model(str(path))
         except (ValueError, RuntimeError, MemoryError) as exc:
             raise ModelError(f"{path}: fastText cannot load it: {exc}") from None
-        return cls(model_dir, meta, model)
+        check_model_labels(path, model.get_labels(), meta["labels"])
+        predictor = cls(model_dir, meta, model)
+        predictor.model_file = path
+        return predictor
 
     def _index(self, ft_label: str) -> int:
         return int(ft_label[9:])
+
+    def _ft_predict(self, texts: Sequence[str], k: int, threshold: float = 0.0):
+        """fastText's own predict; a failure there ("Encountered NaN": weights damaged in place) is one line."""
+        try:
+            return self.model.predict(fasttext_lines(texts), k=k, threshold=threshold)
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"{self.model_file}: fastText cannot predict with it ({exc}): its weights are damaged; "
+                             "restore or retrain the model") from None
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """Top label per text (one fastText call for the whole batch)."""
         if len(texts) == 0:
             return []
-        ft_labels, _ = self.model.predict(fasttext_lines(texts), k=1)
+        ft_labels, _ = self._ft_predict(texts, k=1)
         by_ft, first = self._by_ft_label, self.labels[0]
         return [by_ft[row[0]] if row else first for row in ft_labels]
 
@@ -147,7 +170,7 @@ class FastTextPredictor(Predictor):
         out = np.zeros((len(texts), self._n), dtype=np.float64)
         if len(texts) == 0:
             return out
-        ft_labels, probs = self.model.predict(fasttext_lines(texts), k=-1, threshold=0.0)
+        ft_labels, probs = self._ft_predict(texts, k=-1)
         for i, (row_labels, row_probs) in enumerate(zip(ft_labels, probs, strict=True)):
             for label, p in zip(row_labels, row_probs, strict=True):
                 out[i, self._index(label)] = p

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from textclf.core.atomic import atomic_replace_file
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import load_torch_weights
+from textclf.core.model_checks import check_label_count
 from textclf.core.precision import DeviceInfo, predict_batch_size
 from textclf.core.predictor import Predictor
 from textclf.core.torch_common import bucket_loader, pad_ids, predict_by_length, resolve_device
@@ -177,6 +178,7 @@ class LSTMPredictor(Predictor):
         if not path.exists():
             raise ModelError(f"{path}: LSTM model file not found")
         saved = load_torch_weights(path)
+        check_label_count(path, saved["arch"]["num_classes"], meta["labels"])
         model = LSTMClassifier(**saved["arch"])
         model.load_state_dict(saved["state_dict"])
         pre = meta["preprocess"]

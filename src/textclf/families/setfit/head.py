@@ -158,7 +158,10 @@ class TorchHead:
         """The head saved at ``path`` with the parameters its meta.json ``record`` gives."""
         keys = ("dim", "n_classes", "hidden", "dropout", "label_smoothing", "epochs", "lr", "batch_size", "weight_decay", "seed")
         head = cls(**{k: record[k] for k in keys if k in record})
-        head.module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            head.module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{path}: the head's weights do not fit its meta.json record ({str(exc).splitlines()[0]})") from None
         head.module.eval()
         head.best_epoch = record.get("best_epoch")
         head.history = list(record.get("history", []))
@@ -210,8 +213,11 @@ class LogregHead:
         """The classifier saved at ``path``."""
         import joblib
 
-        return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13),
-                   clf=joblib.load(path))
+        from textclf.core.model_checks import check_label_indices, check_loaded_object
+
+        clf = check_loaded_object(joblib.load(path), path, attributes=("classes_",))
+        check_label_indices(clf, path, list(range(int(record["n_classes"]))))
+        return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13), clf=clf)
 
 
 def make_head(cfg: dict, dim: int, n_classes: int, seed: int) -> TorchHead | LogregHead:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from textclf.core.errors import ModelError
+from textclf.core.model_checks import check_label_count
 from textclf.core.predictor import Predictor
 from textclf.families.setfit.head import LogregHead, TorchHead, load_head
 
@@ -146,6 +147,8 @@ class SetFitPredictor(Predictor):
             raise ModelError(f"{path}: setfit encoder directory not found")
         encoder = load_sentence_model(path, device, record.get("max_length"))
         head = load_head(model_dir, meta["head"], model_file)
+        check_label_count(Path(model_file or Path(model_dir) / meta["head"].get("file", head.file)), head.params["n_classes"],
+                          meta["labels"])
         return cls(model_dir, meta, encoder, head, record.get("batch_size", 64))
 
     def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:

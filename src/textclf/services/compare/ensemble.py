@@ -169,10 +169,13 @@ class EnsemblePredictor(Predictor):
         if meta.get("method") == "stacking":
             import joblib
 
+            from textclf.core.model_checks import check_label_indices, check_loaded_object
+
             path = Path(model_file) if model_file else model_dir / meta.get("stacker_file", STACKER_FILE)
             if not path.is_file():
                 raise ModelError(f"{path}: stacking ensemble file not found")
-            stacker = joblib.load(path)
+            stacker = check_loaded_object(joblib.load(path), path, what="stacker", attributes=("classes_",))
+            check_label_indices(stacker, path, meta["labels"])
         return cls(model_dir, meta, members, meta.get("weights"), stacker)
 
     def member_probas(self, texts: Sequence[str]) -> list[np.ndarray]:

@@ -261,7 +261,8 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
     if not isinstance(predictor, Predictor):
         raise ConfigError(f"family {family.name!r} does not implement the contract: fit must return a Predictor, "
                           f"got {type(predictor).__name__}")
-    info = {"params": final_cfg.get("model"), **(getattr(predictor, "fit_info", None) or {})}
+    info = {**({"params": final_cfg["model"]} if "model" in final_cfg else {}),  # families without a model block: none
+            **(getattr(predictor, "fit_info", None) or {})}
     # the files loading needs: what fit names in fit_info["files"] (a family that also writes logs or
     # checkpoints), else every file it wrote (new or rewritten); and the plug-in code the directory carries
     named = info.pop(FILES_KEY, None)

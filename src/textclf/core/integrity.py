@@ -179,17 +179,45 @@ def guarded_load(cls, model_dir: str | Path, meta: dict, model_file: str | Path 
 
 
 def load_torch_weights(path: str | Path):
-    """``torch.load(path, weights_only=True)`` on the CPU (no arbitrary unpickling); a damaged file is a ModelError naming it."""
+    """``torch.load(path, weights_only=True)`` on the CPU (no arbitrary unpickling); a damaged file is a ModelError naming it.
+
+    A file holding anything but tensors, containers, numbers and the allow-listed globals (a
+    pickle planted to run code) is refused with one line naming the global it asked for.
+    """
+    import pickle
+    import re
+
     import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"{path}: weights file not found") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelError(f"{path}: refused: it holds objects other than weights{what}, which loading would run as "
+                         "code; the file was not written by textclf or was replaced") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... on bad files
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ModelError(f"{path}: cannot read the weights ({type(exc).__name__}: {first}); the file is truncated or "
                          "damaged") from None
+
+
+def checkpoint_globals() -> list:
+    """The globals a training checkpoint may hold beyond tensors and containers: numpy scalars (logged metrics)."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar
+    return [scalar, np.dtype, *(getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType"))]
+
+
+def load_checkpoint(path: str | Path):
+    """A training checkpoint for ``--resume``: :func:`load_torch_weights` with :func:`checkpoint_globals` allowed."""
+    import torch
+
+    with torch.serialization.safe_globals(checkpoint_globals()):
+        return load_torch_weights(path)
 
 
 _quiet: ContextVar[bool] = ContextVar("textclf_quiet_pickles", default=False)

@@ -73,8 +73,7 @@ def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str
 
 def _load_predictor(model_path: str | Path, thresholds: bool, backend: str | None, announce: bool) -> Predictor:
     """:func:`load_predictor` under the consent already set."""
-    from textclf.core.integrity import (check_links, check_meta, check_meta_paths, guarded_load, quiet_pickles,
-                                        verify_recorded_files)
+    from textclf.core.integrity import check_links, check_meta, check_meta_paths, guarded_load, quiet_pickles, verify_recorded_files
     from textclf.core.onnx_runtime import load_onnx_predictor, use_onnx
     from textclf.core.registry import all_families, all_kinds, kind_predictor
 

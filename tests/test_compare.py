@@ -278,7 +278,7 @@ def test_stacking_ensemble(models, tweets, tmp_path):
                     models["tfidf"], "--valid_path", tweets["valid"], "--output_dir", out, "--method", "stacking", "--cv", "3")
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["method"] == "stacking" and meta["weights"] is None and (out / "stacker.joblib").is_file()
+    assert meta["method"] == "stacking" and meta["weights"] is None and (out / "stacker.skops").is_file()
     s = meta["ensemble_search"]
     assert s["cv_folds"] == 3 and 0.5 < s["cv_score"] <= 1 and s["features"] == 6 and set(s["params"]) == {"C", "class_weight"}
     ens = load_predictor(out)

@@ -182,7 +182,7 @@ def test_train_embeddings_cli_writes_model_dir(model_dir):
     assert meta["encoder"]["pooling"] == "mean" and meta["encoder"]["normalize"] is True
     assert len(meta["encoder"]["weights"]) == 64
     assert set(meta["cache_keys"]) == {"train", "valid", "test"}
-    assert (model_dir / "classifier.joblib").stat().st_size > 0
+    assert (model_dir / "classifier.skops").stat().st_size > 0
     assert meta["versions"].get("sentence-transformers")
 
 
@@ -195,36 +195,36 @@ def test_train_embeddings_cli_above_floor(tmp_path, floor_data, cache_dir):
     assert meta["metrics"]["test"]["macro_f1"] > MACRO_F1_FLOOR, meta["metrics"]["test"]
 
 
-def test_damaged_classifier_file_is_caught_before_unpickling(model_dir, tmp_path):
+def test_damaged_classifier_file_is_caught_before_loading(model_dir, tmp_path):
     import shutil
 
     from textclf.core.errors import ModelError
 
     meta = json.loads((model_dir / "meta.json").read_text())
-    assert meta["files"]["classifier.joblib"]["bytes"] == (model_dir / "classifier.joblib").stat().st_size
+    assert meta["files"]["classifier.skops"]["bytes"] == (model_dir / "classifier.skops").stat().st_size
     damaged = tmp_path / "damaged"
     shutil.copytree(model_dir, damaged)
-    raw = (damaged / "classifier.joblib").read_bytes()
-    (damaged / "classifier.joblib").write_bytes(raw[:-8] + bytes(8))
-    with pytest.raises(ModelError, match="classifier.joblib: SHA-256 differs"):
+    raw = (damaged / "classifier.skops").read_bytes()
+    (damaged / "classifier.skops").write_bytes(raw[:-8] + bytes(8))
+    with pytest.raises(ModelError, match="classifier.skops: SHA-256 differs"):
         textclf.load_predictor(damaged)
 
 
 def test_round_trip_identical_probabilities(model_dir, cache_dir):
-    import joblib
+    from textclf.core.skops_io import load_sklearn
 
     meta = json.loads((model_dir / "meta.json").read_text())
     test_path = meta["data"]["test"]
     ds = read_labelled(test_path)
     p1 = textclf.load_predictor(model_dir)
-    p2 = textclf.load_predictor(model_dir / "classifier.joblib")
+    p2 = textclf.load_predictor(model_dir / "classifier.skops")
     proba = p1.predict_proba(ds.texts)
     assert proba.shape == (len(ds), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     np.testing.assert_array_equal(proba, p2.predict_proba(ds.texts))
     # the same as the saved classifier on the cached training-time test vectors
     cached = EmbeddingCache().load(meta["cache_keys"]["test"])
-    clf = joblib.load(model_dir / "classifier.joblib")
+    clf = load_sklearn(model_dir / "classifier.skops", also=("textclf.families.embeddings.classifiers.CosineKNN",))
     np.testing.assert_allclose(proba, clf.predict_proba(cached), atol=1e-5)
     preds = p1.predict(ds.texts)
     acc = np.mean([p == t for p, t in zip(preds, ds.labels, strict=True)])
@@ -252,7 +252,7 @@ def test_search_over_encoder_and_classifier(tmp_path, small, cache_dir, model_di
     ds = read_labelled(small["valid"])
     assert p.predict_proba(ds.texts[:5]).shape == (5, 2)
     if meta["encoder"]["name"] == "tfidf_svd":
-        assert (out / "tfidf_svd.joblib").exists()
+        assert (out / "tfidf_svd.skops").exists()
 
 
 def test_tfidf_svd_round_trip(tmp_path, small, cache_dir):

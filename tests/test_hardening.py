@@ -408,7 +408,7 @@ def test_killed_predict_leaves_the_old_output_and_no_temp(slow_model, tmp_path, 
     inp.write_text("".join(f"text {i}\n" for i in range(2000)))
     out = tmp_path / "out.txt"
     out.write_text("old output\n")
-    proc = subprocess.Popen([str(TEXTCLF), "predict", "--model_path", str(slow_model), "--input_path", str(inp),
+    proc = subprocess.Popen([str(TEXTCLF), "predict", "--trust-code", "--model_path", str(slow_model), "--input_path", str(inp),
                              "--output_path", str(out), "--batch_size", "10"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     temps = lambda: [p for p in tmp_path.iterdir() if p.name.startswith(".out.txt.")]  # noqa: E731
@@ -424,7 +424,7 @@ def test_killed_predict_leaves_the_old_output_and_no_temp(slow_model, tmp_path, 
     assert code == -9 and len(temps()) == 1  # kill -9 gives no chance to clean up ...
     small = tmp_path / "small.txt"
     small.write_text("one\ntwo\n")
-    result = invoke("predict", "--model_path", slow_model, "--input_path", small, "--output_path", out)
+    result = invoke("predict", "--trust-code", "--model_path", slow_model, "--input_path", small, "--output_path", out)
     assert result.exit_code == 0, result.output
     assert out.read_text() == "b\nb\n" and not temps()  # ... the next run for the target sweeps it
 

@@ -4,6 +4,7 @@ predicts, serves, joins an ensemble and appears in the leaderboard with no other
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_it_trains_and_scores_above_its_floor(svm):
     meta = json.loads((svm / "meta.json").read_text())
     assert meta["kind"] == "svm_char" and meta["plugin_code"] == "plugin/svm_char.py"
     assert meta["metrics"]["test"]["macro_f1"] > MACRO_F1_FLOOR
-    assert set(meta["files"]) == {"model.joblib", "plugin/svm_char.py"}  # what fit wrote, checked before each load
+    assert set(meta["files"]) == {"model.skops", "plugin/svm_char.py"}  # what fit wrote, checked before each load
 
 
 def test_it_tunes_with_the_core_search(tweets, tmp_path):
@@ -90,3 +91,16 @@ def test_it_predicts_serves_ensembles_and_joins_the_leaderboard(svm, tweets, tmp
     rows = rows["rows"] if isinstance(rows, dict) else rows
     kinds = {row.get("kind") or row.get("family") for row in rows}
     assert {"svm_char", "fasttext", "ensemble"} <= kinds, rows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _trust_model_code():
+    """These tests load plug-in models (their code is in the model directory): they consent, as a user would with
+    ``--trust-code`` (tests/test_safety_loading.py checks the refusal without it). Subprocesses inherit it."""
+    old = os.environ.get("TEXTCLF_TRUST_CODE")
+    os.environ["TEXTCLF_TRUST_CODE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("TEXTCLF_TRUST_CODE", None)
+    else:
+        os.environ["TEXTCLF_TRUST_CODE"] = old

@@ -150,8 +150,8 @@ def test_plugin_family_worker_array_gets_the_code_file(cluster, tweets, tmp_path
     study = optuna.load_study(study_name="tfidf_logreg", storage=make_storage(None, out))
     assert {t.user_attrs.get("slurm_array_task_id") for t in study.trials} == {"0", "1"}
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
-    # the refit's model directory carries the plug-in, so it loads without --code
-    predictor = load_predictor(out)
+    # the refit's model directory carries the plug-in, so it loads without --code (with consent to run it)
+    predictor = load_predictor(out, trust_code=True)
     assert predictor.meta["kind"] == "tfidf_logreg" and (out / predictor.meta["plugin_code"]).is_file()
     with open(tweets["test"], newline="") as fh:
         rows = list(csv.DictReader(fh))

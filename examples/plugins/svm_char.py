@@ -46,7 +46,7 @@ FAMILY = register_family(Family(
     space=space,
     predictor=SvmCharPredictor,
     config=CONFIG,
-    packages=("scikit-learn", "joblib"),
+    packages=("scikit-learn", "skops"),
     requires=("sklearn",),
     extra="sklearn",
 ))

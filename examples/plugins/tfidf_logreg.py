@@ -6,11 +6,12 @@ textclf's core does the Optuna search on valid, the refit, the evaluation and me
     textclf train --code examples/plugins/tfidf_logreg.py tfidf_logreg \\
         --train_path data/tweets_sentiment/train.csv --valid_path data/tweets_sentiment/valid.csv \\
         --test_path data/tweets_sentiment/test.csv --output_dir models/tfidf_logreg [--n_trials 10]
-    textclf predict --model_path models/tfidf_logreg --input_path texts.txt --output_path labels.txt
+    textclf predict --trust-code --model_path models/tfidf_logreg --input_path texts.txt --output_path labels.txt
 
 Any key below can be set with ``--set model.C=30``; ``search.*`` (n_trials, timeout, storage,
 metric, refit, ...) are the core's. The model directory carries a copy of this file, so
-``predict`` needs no ``--code`` (it warns that it runs that code).
+``predict`` needs no ``--code``, but runs that copy only with ``--trust-code`` (the pipeline itself is
+saved with skops: no pickle).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ FAMILY = register_family(Family(
     predictor=TfidfLogRegPredictor,
     config=CONFIG,
     search_space=SEARCH_SPACE,
-    packages=("scikit-learn", "joblib"),
+    packages=("scikit-learn", "skops"),
     requires=("sklearn",),
     extra="sklearn",
     options=(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import click
 
-from textclf.cli.options import FormatChoice, code_option
+from textclf.cli.options import FormatChoice, code_option, trust_code_option
 from textclf.services.compare.ensemble import DEFAULT_BAGS
 from textclf.services.compare.thresholds import DEFAULT_BETA, DEFAULT_CV
 
@@ -24,6 +24,7 @@ def data_format_options(fn: Callable) -> Callable:
 
 @click.command()
 @code_option
+@trust_code_option
 @click.argument("model_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--data_path", type=click.Path(dir_okay=False), default=None,
               help="Rescore every model on this labelled file (needed when they were trained on different data). "
@@ -53,6 +54,7 @@ def leaderboard(model_dirs, data_path, text_column, label_column, data_format, h
 
 @click.command()
 @code_option
+@trust_code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory.")
 @click.option("--data_path", required=True, type=click.Path(dir_okay=False), help="Labelled file to report on (e.g. test).")
 @click.option("--out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.html, the PNGs and report.json.")
@@ -74,6 +76,7 @@ def report(model_path, data_path, out_dir, text_column, label_column, data_forma
 
 @click.command()
 @code_option
+@trust_code_option
 @click.option("--model_path", "model_paths", required=True, multiple=True, type=click.Path(),
               help="A member model directory (repeat for every member; any family, same label set).")
 @click.option("--valid_path", required=True, type=click.Path(dir_okay=False), help="Labelled file the weights/stacker learn on.")
@@ -108,6 +111,7 @@ def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy,
 
 @click.command("tune-thresholds")
 @code_option
+@trust_code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (its meta.json gets the offsets).")
 @click.option("--valid_path", type=click.Path(dir_okay=False), default=None, help="Labelled validation file.")
 @click.option("--beta", type=float, default=DEFAULT_BETA, show_default=True,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from textclf.cli.options import code_option
+from textclf.cli.options import code_option, trust_code_option
 
 
 @click.command()
 @code_option
+@trust_code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (BERT or BiLSTM family).")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="Export format.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from textclf.cli.options import FormatChoice, code_option
+from textclf.cli.options import FormatChoice, code_option, trust_code_option
 from textclf.core.data import read_labelled
 from textclf.core.loading import load_predictor
 from textclf.core.metrics import format_report
@@ -20,6 +20,7 @@ backend_option = click.option(
 
 @click.command()
 @code_option
+@trust_code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (or a model file inside one).")
 @click.option("--input_path", required=True, type=click.Path(dir_okay=False),
               help="Texts: plain text (one a line), .csv/.tsv/.jsonl with a text column, fastText, or what a "
@@ -47,6 +48,7 @@ def predict(model_path, input_path, output_path, output_format, input_format, te
 
 @click.command()
 @code_option
+@trust_code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory.")
 @click.option("--data_path", required=True, type=click.Path(dir_okay=False),
               help="Labelled file to score (or what --data_format reads, e.g. DB::TABLE for sqlite).")

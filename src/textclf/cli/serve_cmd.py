@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from textclf.core.errors import ConfigError
+from textclf.core.options import trust_code_option
 
 #: where a container's HEALTHCHECK finds the port (docker/Dockerfile sets it; unset: nothing is written)
 HEALTH_FILE_ENV = "TEXTCLF_HEALTH_FILE"
@@ -77,6 +78,7 @@ def _write_health_file(host: str, port: int) -> None:
 @click.command()
 @click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), callback=_load_code, is_eager=True,
               help="Python file registering your own families, formats or readers (imported first, in every worker). Repeatable.")
+@trust_code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (any family, an ensemble, a plug-in's).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (loopback by default; another address serves the network: set TEXTCLF_API_KEY).")
@@ -121,6 +123,7 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
     from textclf.core.integrity import check_meta
     from textclf.core.loading import load_predictor
     from textclf.core.meta import read_meta
+    from textclf.core.trust import trust_env
     from textclf.services.serving.app import API_KEY_ENV, SETTINGS_ENV, ServeSettings, create_app
     from textclf.services.serving.limits import Limits
     from textclf.services.serving.protocol import ConnectionLimits, protocol_factory
@@ -146,6 +149,7 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
         meta = read_meta(model_dir)
         check_meta(model_dir, meta)
         os.environ[SETTINGS_ENV] = settings.to_json()
+        os.environ.update(trust_env())  # the workers load the model: they inherit --trust-code
         app = "textclf.services.serving.app:app_from_env"
         what = f"{meta['kind']} model, {workers} workers"
     sock = bind(host, port)

@@ -6,13 +6,21 @@ that into a one-line :class:`~textclf.core.errors.ModelError` naming the file. `
 ``"files": {"model.bin": {"bytes": N, "sha256": "..."}}`` (paths relative to the model
 directory). ``TEXTCLF_VERIFY_SHA256=0`` skips the hash (the size is still checked): hashing
 reads the whole file once, about 0.3 s per 100 MB on a slow CPU.
+
+Paths stay inside the model directory: a file name that meta.json (``model_file``,
+``plugin_code``, ``stacker_file``) or onnx.json (``default``) gives must be relative, without
+``..``, not a symlink out of the directory, and listed in the ``files`` block when the model has
+one (:func:`listed_path`); no symlink in the directory may point out of it (:func:`check_links`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from pathlib import Path
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path, PurePosixPath
 
 from textclf.core.errors import ModelError
 from textclf.core.meta import META_FILE
@@ -40,11 +48,16 @@ def files_block(model_dir: str | Path, names: list[str]) -> dict:
     return {name: file_record(model_dir / name) for name in names if (model_dir / name).is_file()}
 
 
+def verify_hashes() -> bool:
+    """Whether SHA-256 checks run (``TEXTCLF_VERIFY_SHA256=0`` turns them off; sizes are always checked)."""
+    return os.environ.get("TEXTCLF_VERIFY_SHA256", "1") not in ("0", "false", "no")
+
+
 def verify_file(path: str | Path, record: dict, hash_it: bool | None = None) -> None:
     """Raise ModelError naming ``path`` when it is missing, or its size or SHA-256 differ from ``record``."""
     path = Path(path)
     if hash_it is None:
-        hash_it = os.environ.get("TEXTCLF_VERIFY_SHA256", "1") not in ("0", "false", "no")
+        hash_it = verify_hashes()
     if not path.is_file():
         raise ModelError(f"{path}: model file missing (meta.json records it)")
     size = path.stat().st_size
@@ -57,6 +70,66 @@ def verify_file(path: str | Path, record: dict, hash_it: bool | None = None) -> 
         raise ModelError(f"{path}: SHA-256 differs from the one meta.json records; the file was changed or damaged")
 
 
+def inside_path(model_dir: str | Path, name, key: str, where: str | Path | None = None) -> Path:
+    """``model_dir/name``, or a one-line ModelError when ``name`` (the value of ``key`` in ``where``) leaves the directory.
+
+    Refused: a non-string or empty name, an absolute path, a ``..`` part, and a path whose resolved
+    target (symlinks followed) is outside ``model_dir``.
+    """
+    model_dir = Path(model_dir)
+    where = where or model_dir / META_FILE
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"{where}: '{key}' must be a file name inside the model directory, got {str(name)[:80]!r}")
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or Path(name).is_absolute() or ".." in pure.parts:
+        raise ModelError(f"{where}: '{key}' {name[:200]!r} points outside the model directory (absolute paths and "
+                         "'..' are refused)")
+    path = model_dir / pure
+    try:
+        escapes = not path.resolve().is_relative_to(model_dir.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        escapes = True
+    if escapes:
+        raise ModelError(f"{where}: '{key}' {name[:200]!r} is a symlink out of the model directory")
+    return path
+
+
+def listed_path(model_dir: str | Path, name, key: str, files: dict | None, where: str | Path | None = None) -> Path:
+    """:func:`inside_path`, and also listed in ``files`` (the ``files`` block, verified before) when there is one."""
+    path = inside_path(model_dir, name, key, where)
+    if isinstance(files, dict) and PurePosixPath(name).as_posix() not in {PurePosixPath(n).as_posix() for n in files}:
+        raise ModelError(f"{where or Path(model_dir) / META_FILE}: '{key}' {name[:200]!r} is not listed (size and "
+                         f"SHA-256) in '{FILES_KEY}'; the model directory was edited")
+    return path
+
+
+#: meta.json keys naming a file of the model directory that loading reads
+PATH_KEYS = ("model_file", "plugin_code", "stacker_file")
+
+
+def check_meta_paths(model_dir: str | Path, meta: dict) -> None:
+    """Every file name meta.json gives (:data:`PATH_KEYS`) stays inside the directory and is listed in ``files``."""
+    for key in PATH_KEYS:
+        if key in meta:
+            listed_path(model_dir, meta[key], key, meta.get(FILES_KEY))
+
+
+def check_links(model_dir: str | Path) -> None:
+    """A one-line ModelError when a symlink in the model directory (any depth) points out of it."""
+    root = Path(model_dir).resolve()
+    for folder, dirs, names in os.walk(root):
+        for name in [*dirs, *names]:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                continue
+            try:
+                outside = not path.resolve().is_relative_to(root)
+            except (OSError, RuntimeError):
+                outside = True
+            if outside:
+                raise ModelError(f"{path}: a symlink out of the model directory ({os.readlink(path)}); refused")
+
+
 def verify_recorded_files(model_dir: str | Path, meta: dict) -> None:
     """Check every file of meta.json's ``files`` block (nothing to do for models trained before it existed)."""
     block = meta.get(FILES_KEY)
@@ -64,12 +137,12 @@ def verify_recorded_files(model_dir: str | Path, meta: dict) -> None:
         return
     if not isinstance(block, dict):
         raise ModelError(f"{Path(model_dir) / META_FILE}: '{FILES_KEY}' must be an object of file records")
-    root = Path(model_dir).resolve()
     for name, record in block.items():
-        path = (root / name).resolve()
-        if not path.is_relative_to(root) or not isinstance(record, dict):
-            raise ModelError(f"{Path(model_dir) / META_FILE}: bad '{FILES_KEY}' entry {name!r}")
-        verify_file(Path(model_dir) / name, record)
+        path = inside_path(model_dir, name, f"{FILES_KEY}: {name}")
+        if not isinstance(record, dict):
+            raise ModelError(f"{Path(model_dir) / META_FILE}: bad '{FILES_KEY}' entry {name!r} (expected an object "
+                             "with bytes and sha256)")
+        verify_file(path, record)
 
 
 def check_meta(model_dir: str | Path, meta: dict) -> None:
@@ -106,33 +179,64 @@ def guarded_load(cls, model_dir: str | Path, meta: dict, model_file: str | Path 
 
 
 def load_torch_weights(path: str | Path):
-    """``torch.load(path, weights_only=True)`` on the CPU (no arbitrary unpickling); a damaged file is a ModelError naming it."""
+    """``torch.load(path, weights_only=True)`` on the CPU (no arbitrary unpickling); a damaged file is a ModelError naming it.
+
+    A file holding anything but tensors, containers, numbers and the allow-listed globals (a
+    pickle planted to run code) is refused with one line naming the global it asked for.
+    """
+    import pickle
+    import re
+
     import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"{path}: weights file not found") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelError(f"{path}: refused: it holds objects other than weights{what}, which loading would run as "
+                         "code; the file was not written by textclf or was replaced") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... on bad files
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ModelError(f"{path}: cannot read the weights ({type(exc).__name__}: {first}); the file is truncated or "
                          "damaged") from None
 
 
-#: files that load by unpickling (arbitrary code when crafted): announced before loading
-PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+def checkpoint_globals() -> list:
+    """The globals a training checkpoint may hold beyond tensors and containers: numpy scalars (logged metrics)."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar
+    return [scalar, np.dtype, *(getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType"))]
 
 
-def announce_pickles(model_dir: str | Path) -> list[str]:
-    """Warn (one line on stderr) when a model directory holds pickled files that loading it will unpickle."""
-    model_dir = Path(model_dir)
+def load_checkpoint(path: str | Path):
+    """A training checkpoint for ``--resume``: :func:`load_torch_weights` with :func:`checkpoint_globals` allowed."""
+    import torch
+
+    with torch.serialization.safe_globals(checkpoint_globals()):
+        return load_torch_weights(path)
+
+
+_quiet: ContextVar[bool] = ContextVar("textclf_quiet_pickles", default=False)
+
+
+@contextlib.contextmanager
+def quiet_pickles(quiet: bool = True) -> Iterator[None]:
+    """Within the block, :func:`announce_pickle` prints nothing (a caller that already unpickled more than the model)."""
+    token = _quiet.set(quiet or _quiet.get())
     try:
-        names = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
-    except OSError:
-        return []
-    if names:
-        import click
+        yield
+    finally:
+        _quiet.reset(token)
 
-        click.echo(f"note: loading {model_dir} unpickles {', '.join(names)} (pickle can run code: load only models "
-                   "you trust)", err=True)
-    return names
+
+def announce_pickle(path: str | Path) -> None:
+    """One line on stderr naming the file about to be unpickled (a legacy model, loaded with ``--trust-code``)."""
+    if _quiet.get():
+        return
+    import click
+
+    click.echo(f"note: unpickling {path} (trusted with --trust-code; pickle can run code)", err=True)

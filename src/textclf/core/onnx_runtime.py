@@ -158,8 +158,10 @@ def onnx_file_of(model_dir: Path, info: dict | None, model_file: str | Path | No
         return Path(model_file)
     if info is None:
         raise ModelError(f"{model_dir}: no ONNX export ({INFO_FILE}); run: textclf export --model_path {model_dir} --format onnx")
+    from textclf.core.integrity import listed_path
+
     name = info.get("default") or (INT8_FILE if INT8_FILE in info["files"] else FP32_FILE)
-    return model_dir / name
+    return listed_path(model_dir, name, "default", info["files"], model_dir / INFO_FILE)
 
 
 def load_onnx_predictor(model_dir: str | Path, meta: dict, model_file: str | Path | None = None) -> OnnxPredictor:
@@ -173,7 +175,13 @@ def load_onnx_predictor(model_dir: str | Path, meta: dict, model_file: str | Pat
         raise ModelError(f"{model_dir}: {kind} models have no ONNX backend (kinds with one: {', '.join(kinds)})")
     info = read_info(model_dir)
     path = onnx_file_of(model_dir, info, model_file)
-    record = (info or {}).get("files", {}).get(path.name) if path.parent.resolve() == model_dir.resolve() else None
+    try:
+        relative = path.resolve().relative_to(model_dir.resolve()).as_posix()
+    except ValueError:
+        relative = None
+    record = (info or {}).get("files", {}).get(relative) if relative else None
+    if record is not None and not isinstance(record, dict):
+        raise ModelError(f"{model_dir / INFO_FILE}: bad 'files' entry {relative!r} (expected an object with bytes and sha256)")
     if record:
         verify_file(path, record)
     elif not path.is_file():

@@ -29,6 +29,26 @@ def code_option(fn: Callable) -> Callable:
                         help="Python file registering your own families, formats or readers (imported first). Repeatable.")(fn)
 
 
+def _trust_code(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """Record the consent for this command (:mod:`textclf.core.trust`); it ends when the command does."""
+    from textclf.core.trust import allow
+
+    if value:
+        ctx.call_on_close(allow())
+    return value
+
+
+def trust_code_option(fn: Callable) -> Callable:
+    """``--trust-code``: allow the code a model directory carries (plug-in file, pickles of older versions).
+
+    Every command that loads a model has it; ``TEXTCLF_TRUST_CODE=1`` does the same.
+    """
+    return click.option("--trust-code", "--trust_code", "trust_code", is_flag=True, default=False, expose_value=False,
+                        callback=_trust_code, is_eager=True,
+                        help="Allow code the model directory carries: its plug-in file (meta.json plugin_code) and "
+                        "pickles written by older versions. Only for models you trust. Also: TEXTCLF_TRUST_CODE=1.")(fn)
+
+
 class FormatChoice(click.Choice):
     """The names of the registered formats that can do ``capability``, read from the format registry when used.
 

@@ -1,12 +1,12 @@
-"""A Predictor over a fitted scikit-learn pipeline (texts in, ``predict_proba`` out), saved as ``model.joblib``.
+"""A Predictor over a fitted scikit-learn pipeline (texts in, ``predict_proba`` out), saved as ``model.skops``.
 
 A family whose model is a scikit-learn pipeline (the example plug-ins ``tfidf_logreg`` and
 ``svm_char``) subclasses :class:`SklearnPredictor`, sets ``kind`` and returns
 ``MyPredictor.from_pipeline(pipeline, context.output_dir, splits.labels)`` from its ``fit``: saving,
 loading and putting the probability columns in the model's label order happen here once.
 
-joblib is scikit-learn's own persistence format (a pickle): ``load_predictor`` announces the
-pickle and checks its SHA-256 against meta.json before loading it (:mod:`textclf.core.integrity`).
+The pipeline is saved with skops, which rebuilds only trusted types (:mod:`textclf.core.skops_io`);
+a ``model.joblib`` written by an older textclf (a pickle) loads only with ``--trust-code``.
 """
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.core.atomic import atomic_replace_file
 from textclf.core.errors import ModelError
-from textclf.core.model_checks import check_label_names, check_loaded_object
+from textclf.core.model_checks import check_label_names
 from textclf.core.predictor import Predictor
+from textclf.core.skops_io import load_sklearn, save_sklearn
 
-MODEL_FILE = "model.joblib"
+MODEL_FILE = "model.skops"
+LEGACY_FILE = "model.joblib"
 
 
 class SklearnPredictor(Predictor):
     """A fitted scikit-learn pipeline with ``predict_proba`` and ``classes_``, behind textclf's Predictor."""
+
+    #: type names (beyond skops' defaults and textclf's own list) a subclass's pipeline holds and trusts
+    trusted_types: tuple[str, ...] = ()
 
     def __init__(self, model_dir: str | Path, meta: dict, pipeline):
         super().__init__(model_dir, meta)
@@ -36,24 +40,20 @@ class SklearnPredictor(Predictor):
 
     @classmethod
     def from_pipeline(cls, pipeline, model_dir: str | Path, labels: Sequence[str]) -> SklearnPredictor:
-        """Save ``pipeline`` as ``model_dir/model.joblib`` (atomically) and return the Predictor over it."""
-        import joblib
-
-        atomic_replace_file(lambda tmp: joblib.dump(pipeline, tmp), Path(model_dir) / MODEL_FILE)
+        """Save ``pipeline`` as ``model_dir/model.skops`` (atomically) and return the Predictor over it."""
+        save_sklearn(pipeline, Path(model_dir) / MODEL_FILE)
         return cls(model_dir, {"labels": list(labels), "kind": cls.kind}, pipeline)
 
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> SklearnPredictor:
-        """Load ``model.joblib`` (or ``model_file``) of a model directory."""
-        import joblib
-
+        """Load ``model.skops`` (or the legacy ``model.joblib``, or ``model_file``) of a model directory."""
         from textclf.core.meta import read_meta
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", MODEL_FILE)
         if not path.is_file():
             raise ModelError(f"{path}: {cls.kind} model file not found")
-        pipeline = check_loaded_object(joblib.load(path), path, what="scikit-learn pipeline", attributes=("classes_",))
+        pipeline = load_sklearn(path, also=cls.trusted_types, what="scikit-learn pipeline", attributes=("classes_",))
         check_label_names(path, pipeline.classes_, meta["labels"])
         return cls(model_dir, meta, pipeline)
 

@@ -291,21 +291,24 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         if archive is not None:
             holder = _ModelDir()
             _untar(archive, holder.root)
-            predictor = load_predictor(holder.path, thresholds=thresholds, announce=False)
+            # the model came inside a pickle the caller chose to unpickle (which could run code already)
+            predictor = load_predictor(holder.path, thresholds=thresholds, announce=False, trust_code=True)
             self._set_fitted(predictor, holder.path, holder, self.label_type_)
 
 
-def load(model_dir: str | os.PathLike, thresholds: bool = True, backend: str | None = None) -> TextClassifier:
+def load(model_dir: str | os.PathLike, thresholds: bool = True, backend: str | None = None,
+         trust_code: bool | None = None) -> TextClassifier:
     """A fitted :class:`TextClassifier` over any textclf model directory (``textclf train`` or ``TextClassifier.save``).
 
     Loads through :func:`textclf.core.loading.load_predictor` (the same checks, notes and
     warnings as ``textclf predict``); the directory is used in place. Its ``get_params()`` are
     those it was fitted with (for a CLI-trained model: its family and effective config), so
-    ``clone(textclf.load(d)).fit(X, y)`` trains the same way again.
+    ``clone(textclf.load(d)).fit(X, y)`` trains the same way again. ``trust_code=True`` allows the code
+    the directory carries (plug-in file, older pickles; :mod:`textclf.core.trust`).
     """
     from textclf.core.loading import load_predictor
 
-    predictor = load_predictor(model_dir, thresholds=thresholds, backend=backend)
+    predictor = load_predictor(model_dir, thresholds=thresholds, backend=backend, trust_code=trust_code)
     meta = predictor.meta
     info = meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict) else {}
     init = info.get("init") or {"family": meta["kind"], "config": meta.get("config")}  # a trained model's kind is its family

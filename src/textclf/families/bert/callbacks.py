@@ -40,6 +40,7 @@ from catalyst.core.callback import (
 from catalyst.core.logger import ILogger
 
 from textclf.core.atomic import atomic_replace_file
+from textclf.core.integrity import load_checkpoint
 from textclf.core.metrics import DEFAULT_BETAS, beta_name, classification_metrics, is_minimized
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class BestCheckpointCallback(ICheckpointCallback):
         self.best_score, self.best_epoch, self.history, self.stopped_early = None, None, [], False
         if not (self.resume and self.last_path.exists()):
             return
-        state = torch.load(self.last_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(self.last_path)  # weights_only: a planted pickle does not run
         runner.engine.unwrap_model(runner.model).load_state_dict(state["model"])
         runner.optimizer.load_state_dict(state["optimizer"])
         if runner.scheduler is not None and state.get("scheduler") is not None:

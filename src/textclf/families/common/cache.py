@@ -94,7 +94,7 @@ class EmbeddingCache:
         return self.root / f"{key}.npy", self.root / f"{key}.json"
 
     def artifact(self, key: str, suffix: str) -> Path:
-        """The path of another file cached under ``key`` (a fitted transformer: ``.joblib``)."""
+        """The path of another file cached under ``key`` (a fitted transformer: ``.skops``)."""
         return self.paths(key)[0].with_suffix(suffix)
 
     def load(self, key: str) -> np.ndarray | None:
@@ -179,8 +179,9 @@ class EmbeddingCache:
         for entry in self.entries():
             n += self.remove(entry["key"])
         if self.root.is_dir():
-            for artifact in self.root.glob("*.joblib"):
-                artifact.unlink(missing_ok=True)
+            for pattern in ("*.skops", "*.joblib"):  # .joblib: pickles cached by older versions
+                for artifact in self.root.glob(pattern):
+                    artifact.unlink(missing_ok=True)
             for tmp in self.root.glob(".*.tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()

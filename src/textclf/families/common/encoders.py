@@ -6,7 +6,9 @@
   Hugging Face model without sentence-transformers files gets a Transformer + mean Pooling, as
   sentence-transformers builds it; ``normalize`` adds L2 normalisation.
 * ``tfidf_svd``: TfidfVectorizer + TruncatedSVD fitted on the train texts, rows L2-normalised (the
-  classical baseline). Being fitted, it is saved in the model directory, not in the global cache.
+  classical baseline). Being fitted, it is saved in the model directory (with skops), not in the global
+  cache; the fit is cached too (``<key>.skops``), and a cache entry holding a type textclf does not
+  write is refused and refitted.
 
 Batches are length-sorted: ``SentenceTransformer.encode`` sorts its inputs by length
 (``length_sorted_idx = np.argsort([-self._input_length(sen) ...])`` in sentence-transformers 6.2) and
@@ -27,14 +29,15 @@ from typing import Any
 import numpy as np
 
 from textclf.core.errors import ConfigError, ModelError
-from textclf.core.model_checks import check_loaded_object
+from textclf.core.integrity import verify_hashes
 from textclf.families.common.cache import EmbeddingCache, cache_key, sha256_texts, weight_hash
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "minilm"
 TFIDF_SVD = "tfidf_svd"
-TFIDF_FILE = "tfidf_svd.joblib"
+TFIDF_FILE = "tfidf_svd.skops"
+TFIDF_STEM = "tfidf_svd"
 CHUNK_BATCHES = 16
 
 
@@ -231,24 +234,24 @@ class TfidfSvdEncoder:
     def fit_cached(self, texts: Sequence[str], cache: EmbeddingCache) -> str:
         """Fit on ``texts``, or load the pipeline fitted before on the same texts and params; returns the fit's key.
 
-        The fitted pipeline is a cache artifact (``<key>.joblib``, written atomically) next to the vectors.
+        The fitted pipeline is a cache artifact (``<key>.skops``, written atomically) next to the vectors.
+        It is loaded with skops' trusted types only: an entry holding anything else (or damaged) is
+        refused with a log line and refitted. (Older versions cached ``<key>.joblib`` pickles: never read.)
         """
-        import joblib
-
-        from textclf.core.atomic import atomic_replace_file
+        from textclf.core.skops_io import SUFFIX, load_sklearn, save_sklearn
 
         fit_key = cache_key(TFIDF_SVD, json.dumps(self.params, sort_keys=True), sha256_texts(texts), None, "tfidf", True)
-        path = cache.artifact(fit_key, ".joblib")
+        path = cache.artifact(fit_key, SUFFIX)
         if path.exists():
             try:
-                self.pipeline = check_loaded_object(joblib.load(path), path, ("transform",), "pipeline")
+                self.pipeline = load_sklearn(path, needs=("transform",), what="pipeline")
                 log.info("tfidf_svd: fitted pipeline from the cache (%s)", fit_key[:12])
                 return fit_key
-            except (OSError, ValueError, EOFError, ModelError) as exc:
-                log.warning("tfidf_svd cache entry %s unreadable (%s): refitting", fit_key[:12], exc)
+            except ModelError as exc:
+                log.warning("tfidf_svd cache entry refused (%s): refitting", exc.format_message())
         self.fit(texts)
         cache.root.mkdir(parents=True, exist_ok=True)
-        atomic_replace_file(lambda tmp: joblib.dump(self.pipeline, tmp), path)
+        save_sklearn(self.pipeline, path)
         return fit_key
 
     def encode_cached(self, texts: Sequence[str], cache: EmbeddingCache, fit_key: str, desc: str = "embed") -> tuple[np.ndarray, str, bool]:
@@ -267,25 +270,21 @@ class TfidfSvdEncoder:
         return out
 
     def save(self, model_dir: str | Path) -> Path:
-        """Write the fitted pipeline to ``model_dir/tfidf_svd.joblib`` atomically."""
-        import joblib
+        """Write the fitted pipeline to ``model_dir/tfidf_svd.skops`` atomically (skops, no pickle)."""
+        from textclf.core.skops_io import save_sklearn
 
-        from textclf.core.atomic import atomic_replace_file
-
-        path = Path(model_dir) / TFIDF_FILE
-        atomic_replace_file(lambda tmp: joblib.dump(self.pipeline, tmp), path)
-        return path
+        return save_sklearn(self.pipeline, Path(model_dir) / TFIDF_FILE)
 
     @classmethod
     def load(cls, model_dir: str | Path, params: dict) -> TfidfSvdEncoder:
-        """The fitted encoder saved in ``model_dir``."""
-        import joblib
+        """The fitted encoder saved in ``model_dir`` (``tfidf_svd.skops``; an older ``tfidf_svd.joblib`` needs consent)."""
+        from textclf.core.skops_io import load_sklearn, saved_file
 
-        path = Path(model_dir) / TFIDF_FILE
+        path = saved_file(model_dir, TFIDF_STEM)
         if not path.exists():
             raise ModelError(f"{path}: tfidf_svd encoder file not found")
         enc = cls(**params)
-        enc.pipeline = check_loaded_object(joblib.load(path), path, ("transform",), "pipeline")
+        enc.pipeline = load_sklearn(path, needs=("transform",), what="pipeline")
         return enc
 
     def describe(self) -> dict:
@@ -311,7 +310,8 @@ def load_encoder(model_dir: str | Path, record: dict, device: str | None = None)
     enc = SentenceEncoder(record["name"], device=device, batch_size=record.get("batch_size", 64),
                           max_length=record.get("max_length"), normalize=record.get("normalize", True))
     want = record.get("weights")
-    if want and weight_hash(enc.model_dir) != want:
-        log.warning("encoder %s at %s has other weights than the model was trained with (%s... vs %s...)",
-                    enc.name, enc.model_dir, weight_hash(enc.model_dir)[:12], want[:12])
+    if want and verify_hashes() and weight_hash(enc.model_dir) != want:
+        raise ModelError(f"encoder {enc.name} at {enc.model_dir}: its weights differ from the ones the model was trained "
+                         f"with (SHA-256 {weight_hash(enc.model_dir)[:12]}..., meta.json records {str(want)[:12]}...); "
+                         "install the same encoder or retrain")
     return enc

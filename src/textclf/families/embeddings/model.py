@@ -1,9 +1,11 @@
 """The embeddings family's Predictor: embed raw text with the recorded encoder, then the saved classifier.
 
-A model directory holds ``classifier.joblib`` (the fitted scikit-learn estimator, written
-atomically), ``tfidf_svd.joblib`` when the encoder is the fitted TF-IDF + SVD baseline, and
+A model directory holds ``classifier.skops`` (the fitted scikit-learn estimator, saved with skops,
+atomically), ``tfidf_svd.skops`` when the encoder is the fitted TF-IDF + SVD baseline, and
 ``meta.json`` whose ``encoder`` block names the sentence encoder (name, weight hash, max length,
-pooling, normalisation) so it is rebuilt the same way at prediction time.
+pooling, normalisation) so it is rebuilt the same way at prediction time. Models written by older
+versions hold ``*.joblib`` pickles instead, which load only with ``--trust-code``
+(:mod:`textclf.core.skops_io`).
 """
 
 from __future__ import annotations
@@ -19,18 +21,16 @@ from textclf.families.common.encoders import load_encoder
 from textclf.families.common.sklearn_proba import proba_in_label_order
 
 KIND = "embeddings"
-CLASSIFIER_FILE = "classifier.joblib"
+CLASSIFIER_FILE = "classifier.skops"
+#: the family's own estimator classes a saved classifier may hold (trusted by skops when loading)
+TRUSTED_TYPES = ("textclf.families.embeddings.classifiers.CosineKNN",)
 
 
 def save_classifier(clf, model_dir: str | Path) -> Path:
-    """Write ``clf`` to ``model_dir/classifier.joblib`` atomically (temp file + rename)."""
-    import joblib
+    """Write ``clf`` to ``model_dir/classifier.skops`` atomically (temp file + rename)."""
+    from textclf.core.skops_io import save_sklearn
 
-    from textclf.core.atomic import atomic_replace_file
-
-    path = Path(model_dir) / CLASSIFIER_FILE
-    atomic_replace_file(lambda tmp: joblib.dump(clf, tmp), path)
-    return path
+    return save_sklearn(clf, Path(model_dir) / CLASSIFIER_FILE)
 
 
 class EmbeddingsPredictor(Predictor):
@@ -47,14 +47,13 @@ class EmbeddingsPredictor(Predictor):
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None,
              device: str | None = None) -> EmbeddingsPredictor:
-        """Load ``classifier.joblib`` (or ``model_file``) and rebuild the encoder ``meta.json`` records.
+        """Load ``classifier.skops`` (or ``model_file``) and rebuild the encoder ``meta.json`` records.
 
         The device is ``device``, else ``$TEXTCLF_DEVICE``, else auto (a model trained on a GPU loads on a CPU).
         """
-        import joblib
-
         from textclf.core.meta import read_meta
-        from textclf.core.model_checks import check_label_indices, check_loaded_object
+        from textclf.core.model_checks import check_label_indices
+        from textclf.core.skops_io import load_sklearn
 
         meta = meta or read_meta(model_dir)
         path = Path(model_file) if model_file else Path(model_dir) / meta.get("model_file", CLASSIFIER_FILE)
@@ -62,7 +61,7 @@ class EmbeddingsPredictor(Predictor):
             raise ModelError(f"{path}: embeddings classifier file not found")
         if "encoder" not in meta:
             raise ModelError(f"{Path(model_dir) / 'meta.json'}: no encoder block; not an embeddings model directory")
-        classifier = check_loaded_object(joblib.load(path), path, attributes=("classes_",))
+        classifier = load_sklearn(path, also=TRUSTED_TYPES, attributes=("classes_",))
         check_label_indices(classifier, path, meta["labels"])
         return cls(model_dir, meta, load_encoder(model_dir, meta["encoder"], device=device), classifier)
 

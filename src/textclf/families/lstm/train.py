@@ -25,7 +25,7 @@ from torch import nn
 from textclf.core.atomic import atomic_write_json
 from textclf.core.class_weights import class_alpha
 from textclf.core.errors import ConfigError, ModelError
-from textclf.core.integrity import FILES_KEY
+from textclf.core.integrity import FILES_KEY, checkpoint_globals, load_checkpoint
 from textclf.core.metrics import beta_name, classification_metrics, is_minimized
 from textclf.core.precision import DeviceInfo, Precision, precision_setting, resolve_precision
 from textclf.core.progress import PROGRESS_FILE, append_line
@@ -335,7 +335,7 @@ def _run(trainer: L.Trainer, module: LSTMModule, loaders, resume_path: Path | No
     """Fit (from ``resume_path`` when given) with ``train.num_threads`` for this run only; returns the resumed epoch."""
     resumed_from = None
     if resume_path is not None:
-        saved = torch.load(resume_path, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(resume_path)  # weights_only: a planted pickle does not run
         check_resumable(saved.get("textclf_config"), cfg, resume_path)
         resumed_from = int(saved["epoch"]) + 1
         log.info("resuming %s at epoch %d", resume_path, resumed_from)
@@ -343,7 +343,8 @@ def _run(trainer: L.Trainer, module: LSTMModule, loaders, resume_path: Path | No
     if cfg["train"]["num_threads"]:
         torch.set_num_threads(cfg["train"]["num_threads"])
     try:
-        trainer.fit(module, *loaders, ckpt_path=str(resume_path) if resume_path else None)
+        with torch.serialization.safe_globals(checkpoint_globals()):
+            trainer.fit(module, *loaders, ckpt_path=str(resume_path) if resume_path else None, weights_only=True)
     finally:
         torch.set_num_threads(threads)  # the cap is for this run only, not for the rest of the process
     return resumed_from
@@ -353,7 +354,7 @@ def _restore_best(model: LSTMClassifier, output_dir: Path, epoch: int, checkpoin
     """Load the best epoch's weights from ``best.ckpt`` (checked against the history) into ``model``."""
     best_path = output_dir / CKPT_DIR / BEST_CKPT
     if checkpoints and best_path.exists():
-        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(best_path)
         if int(state["epoch"]) != epoch:
             raise RuntimeError(f"{best_path} holds epoch {state['epoch']}, history says the best is epoch {epoch}")
         model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")})

@@ -5,7 +5,8 @@
 * ``torch`` (default): optional hidden layer (``head.hidden`` units, ReLU; 0 = none), dropout,
   linear to the classes; cross-entropy with ``head.label_smoothing``, Adam, mini-batches. The epoch
   with the best valid macro-F1 is kept. Saved as a state dict (``head.pt``).
-* ``logreg``: scikit-learn LogisticRegression (SetFit's default head). Saved with joblib (``head.joblib``).
+* ``logreg``: scikit-learn LogisticRegression (SetFit's default head). Saved with skops (``head.skops``;
+  a ``head.joblib`` pickle of an older version loads only with ``--trust-code``).
 
 Both give ``predict_proba(x)`` with columns in class-index order (the model's ``labels`` order).
 """
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 HEAD_TYPES = ("torch", "logreg")
 TORCH_FILE = "head.pt"
-LOGREG_FILE = "head.joblib"
+LOGREG_FILE = "head.skops"
 
 
 @contextlib.contextmanager
@@ -195,14 +196,10 @@ class LogregHead:
         return np.asarray(proba_in_label_order(self.clf, np.asarray(x), self.params["n_classes"]), dtype=np.float64)
 
     def save(self, model_dir: str | Path) -> Path:
-        """Write the fitted classifier to ``model_dir/head.joblib`` atomically."""
-        import joblib
+        """Write the fitted classifier to ``model_dir/head.skops`` atomically."""
+        from textclf.core.skops_io import save_sklearn
 
-        from textclf.core.atomic import atomic_replace_file
-
-        path = Path(model_dir) / self.file
-        atomic_replace_file(lambda tmp: joblib.dump(self.clf, tmp), path)
-        return path
+        return save_sklearn(self.clf, Path(model_dir) / self.file)
 
     def describe(self) -> dict:
         """The meta.json ``head`` block."""
@@ -210,12 +207,11 @@ class LogregHead:
 
     @classmethod
     def load(cls, path: str | Path, record: dict) -> LogregHead:
-        """The classifier saved at ``path``."""
-        import joblib
+        """The classifier saved at ``path`` (skops; a legacy joblib pickle needs ``--trust-code``)."""
+        from textclf.core.model_checks import check_label_indices
+        from textclf.core.skops_io import load_sklearn
 
-        from textclf.core.model_checks import check_label_indices, check_loaded_object
-
-        clf = check_loaded_object(joblib.load(path), path, attributes=("classes_",))
+        clf = load_sklearn(path, attributes=("classes_",))
         check_label_indices(clf, path, list(range(int(record["n_classes"]))))
         return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13), clf=clf)
 
@@ -238,7 +234,9 @@ def load_head(model_dir: str | Path, record: dict, path: str | Path | None = Non
     cls = {"torch": TorchHead, "logreg": LogregHead}.get(record.get("type", ""))
     if cls is None:
         raise ModelError(f"{model_dir}: unknown head type {record.get('type')!r} in meta.json")
-    path = Path(path) if path else Path(model_dir) / record.get("file", cls.file)
+    from textclf.core.integrity import inside_path
+
+    path = Path(path) if path else inside_path(model_dir, record.get("file", cls.file), "head.file")
     if not path.exists():
         raise ModelError(f"{path}: setfit head file not found")
     return cls.load(path, record)

@@ -29,7 +29,8 @@ with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`
   ensemble selection), which follows valid's noise less than one search does.
 * ``stacking``: a scikit-learn ``LogisticRegression`` on the members' concatenated valid
   probabilities, its ``C`` and ``class_weight`` picked by stratified k-fold cross-validation
-  (``--cv``, macro F-beta), then refitted on all of valid (``stacker.joblib``).
+  (``--cv``, macro F-beta), then refitted on all of valid (``stacker.skops``, saved with skops; the
+  ``stacker.joblib`` pickle of an older version loads only with ``--trust-code``).
 
 Members are referenced by their path relative to the ensemble directory, or copied into
 ``E/members/`` (``--copy``) so the directory moves as one. They must share one label set (a
@@ -55,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from textclf.core.errors import ModelError, TextclfError
+from textclf.core.integrity import FILES_KEY, files_block
 from textclf.core.meta import META_FILE
 from textclf.core.predictor import Predictor
 
@@ -67,13 +69,13 @@ METHODS = ("auto", "weighted", "stacking")
 CANDIDATES = ("single", "weighted", "stacking")
 #: what the weighted search optimises on valid: macro F-beta (default) or the log-loss
 OBJECTIVES = ("fbeta", "logloss")
-STACKER_FILE = "stacker.joblib"
+STACKER_FILE = "stacker.skops"
 MEMBERS_DIR = "members"
 #: up to this many members the weight search scores the whole simplex grid
 GRID_MAX_MEMBERS = 4
 #: ``textclf ensemble --bags`` default: stratified bootstrap resamples the weight search is bagged over
 DEFAULT_BAGS = 25
-PACKAGES = ("scikit-learn", "joblib")
+PACKAGES = ("scikit-learn", "skops")
 
 
 class EnsembleError(TextclfError):
@@ -167,14 +169,15 @@ class EnsemblePredictor(Predictor):
             raise ModelError(f"{model_dir / META_FILE}: labels differ from the members' labels")
         stacker = None
         if meta.get("method") == "stacking":
-            import joblib
+            from textclf.core.integrity import inside_path
+            from textclf.core.model_checks import check_label_indices
+            from textclf.core.skops_io import load_sklearn
 
-            from textclf.core.model_checks import check_label_indices, check_loaded_object
-
-            path = Path(model_file) if model_file else model_dir / meta.get("stacker_file", STACKER_FILE)
+            path = Path(model_file) if model_file else inside_path(model_dir, meta.get("stacker_file", STACKER_FILE),
+                                                                   "stacker_file")
             if not path.is_file():
                 raise ModelError(f"{path}: stacking ensemble file not found")
-            stacker = check_loaded_object(joblib.load(path), path, what="stacker", attributes=("classes_",))
+            stacker = load_sklearn(path, what="stacker", attributes=("classes_",))
             check_label_indices(stacker, path, meta["labels"])
         return cls(model_dir, meta, members, meta.get("weights"), stacker)
 
@@ -513,7 +516,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
     """
     import datetime as _dt
 
-    from textclf.core.atomic import atomic_replace_file, atomic_write_text
+    from textclf.core.atomic import atomic_write_text
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.meta import build_meta, read_meta, write_meta
@@ -575,9 +578,9 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
                         "data_sha256": meta.get("data_sha256"), "weight": None if weights is None else weights[i],
                         "valid_score_alone": search["single"][i]})
     if stacker is not None:
-        import joblib
+        from textclf.core.skops_io import save_sklearn
 
-        atomic_replace_file(lambda tmp: joblib.dump(stacker, tmp), output_dir / STACKER_FILE)
+        save_sklearn(stacker, output_dir / STACKER_FILE)
     elif (output_dir / STACKER_FILE).exists():
         (output_dir / STACKER_FILE).unlink()
 
@@ -605,7 +608,8 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
                       PACKAGES if saved == "stacking" else (),
                       method=saved, weights=weights, members=records, ensemble_search=search_block,
                       data={"train": _common([p.get("train") for p in data_paths]), "valid": str(valid_path), "test": test},
-                      **({"stacker_file": STACKER_FILE} if saved == "stacking" else {}))
+                      **({"stacker_file": STACKER_FILE, FILES_KEY: files_block(output_dir, [STACKER_FILE])}
+                         if saved == "stacking" else {}))
     write_meta(output_dir, meta)
     if echo:
         import click

@@ -145,6 +145,7 @@ def measure_isolated(model_dir: str, data_path: str, **kw) -> dict:
     The plug-in files this process imported (``--code``: families, formats) are imported there too.
     """
     from textclf.core.registry import loaded_code
+    from textclf.core.trust import trust_env
 
     code = loaded_code()
     with tempfile.TemporaryDirectory(prefix="textclf-lb-") as tmp:
@@ -152,7 +153,8 @@ def measure_isolated(model_dir: str, data_path: str, **kw) -> dict:
         args_file.write_text(json.dumps({"model_dir": str(model_dir), "data_path": str(data_path), "out": str(out),
                                          "code": code, **kw}), encoding="utf-8")
         code = "import sys; from textclf.services.compare.leaderboard import _worker; _worker(sys.argv[1])"
-        proc = subprocess.run([sys.executable, "-c", code, str(args_file)], capture_output=True, text=True)
+        env = {**os.environ, **trust_env()}  # --trust-code holds in the scoring process too
+        proc = subprocess.run([sys.executable, "-c", code, str(args_file)], capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not out.exists():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise ModelError(f"{model_dir}: scoring process failed (exit {proc.returncode}): {last}")

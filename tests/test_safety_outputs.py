@@ -230,7 +230,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tfidf_model(tmp_path_factory, small) -> Path:
-    """The tfidf_logreg example plug-in (a SklearnPredictor: model.joblib with classes_ names)."""
+    """The tfidf_logreg example plug-in (a SklearnPredictor: model.skops with classes_ names)."""
     out = tmp_path_factory.mktemp("safety_tfidf") / "model"
     result = invoke("train", "--code", REPO / "examples" / "plugins" / "tfidf_logreg.py", "tfidf_logreg", "--train_path",
                     small["train"], "--valid_path", small["valid"], "--output_dir", out, "--no-track")
@@ -253,7 +253,7 @@ def test_scikit_learn_and_embeddings_labels_that_disagree_are_one_line(tfidf_mod
     tfidf = with_labels(shutil.copytree(tfidf_model, tmp_path / "tfidf"), ["only"])
     only_error(invoke("--code", REPO / "examples" / "plugins" / "tfidf_logreg.py", "predict", "--model_path", tfidf,
                       "--input_path", TEXTS, "--output_path", tmp_path / "p.txt"),
-               f"{tfidf / 'model.joblib'}: the model has classes (negative, positive) that meta.json's labels (only) lack: "
+               f"{tfidf / 'model.skops'}: the model has classes (negative, positive) that meta.json's labels (only) lack: "
                "negative, positive; meta.json and the model do not belong together")
     emb = with_labels(shutil.copytree(embeddings_model, tmp_path / "emb"), ["only"])
     classifier = emb / json.loads((emb / "meta.json").read_text()).get("model_file", "classifier.joblib")
@@ -276,12 +276,13 @@ def rewrite_recorded(model_dir: Path, name: str, write) -> Path:
 
 
 def test_a_deserialized_object_of_the_wrong_type_is_refused_when_loading(embeddings_model, tmp_path):
-    import joblib
     from sklearn.preprocessing import StandardScaler
 
+    from textclf.core.skops_io import save_sklearn
+
     emb = shutil.copytree(embeddings_model, tmp_path / "emb")
-    name = json.loads((emb / "meta.json").read_text()).get("model_file", "classifier.joblib")
-    path = rewrite_recorded(emb, name, lambda p: joblib.dump(StandardScaler().fit(np.eye(3)), p))
+    name = json.loads((emb / "meta.json").read_text())["model_file"]
+    path = rewrite_recorded(emb, name, lambda p: save_sklearn(StandardScaler().fit(np.eye(3)), p))
     only_error(invoke("predict", "--model_path", emb, "--input_path", TEXTS, "--output_path", tmp_path / "p.txt"),
                f"{path}: expected a classifier with predict_proba, classes_, found a "
                "sklearn.preprocessing._data.StandardScaler without predict_proba, classes_; the file does not belong to this model")

@@ -149,6 +149,20 @@ def test_plugin_code_is_refused_without_consent_and_runs_with_it(ft, data, tmp_p
     assert marker.exists() and len(out.read_text().splitlines()) == 2
 
 
+def test_a_family_registered_from_one_model_directory_needs_consent_for_the_next(ft, tmp_path):
+    """In one process, trusting model A's plug-in file does not let model B (same kind) load without consent."""
+    marker = tmp_path / "marker"
+    first = make_plugin_model(ft, marker)
+    second = shutil.copytree(first, tmp_path / "second")
+    assert load_predictor(first, trust_code=True).kind == "marker_family" and marker.read_text() == "ran"
+    marker.unlink()
+    with pytest.raises(ModelError, match=r"second/plugin/marker\.py: loading this model would run plug-in code \(its family "
+                                         r"came from a model directory's code, not an installed package\)"):
+        load_predictor(second, trust_code=False)
+    assert load_predictor(second, trust_code=True).kind == "marker_family"
+    assert not marker.exists()  # the family's code was imported once, from the first directory
+
+
 def test_every_model_loading_command_has_trust_code():
     from textclf.cli import cli as root
 

@@ -25,11 +25,16 @@ def _resolve(model_path: str | Path) -> tuple[Path, Path | None]:
     return path, None
 
 
+#: families this process registered from a model directory's plug-in file (not an entry point or ``--code``)
+_FROM_MODEL_DIRS: set[str] = set()
+
+
 def load_plugin_code(model_dir: Path, meta: dict) -> None:
     """Import the plug-in file a model directory carries (named in meta.json), only with the user's consent.
 
     Nothing runs when the model's family is registered already (an installed entry point or
-    ``--code``). Otherwise, without consent this is a one-line ModelError naming the file and how to
+    ``--code``); a family this process registered from another model directory's file still needs
+    consent for each model that uses it (that code may read files, such as pickles, from this one). Otherwise, without consent this is a one-line ModelError naming the file and how to
     allow it; with it, a warning line names the file before it is imported.
     """
     from textclf.core.integrity import inside_path
@@ -39,14 +44,16 @@ def load_plugin_code(model_dir: Path, meta: dict) -> None:
     relative = meta.get(PLUGIN_META_KEY)
     if not relative:
         return
-    if meta.get("kind") in all_families():
-        return  # the family's code is installed or came with --code: the directory's copy is not needed
     path = inside_path(model_dir, relative, PLUGIN_META_KEY, meta)
+    if meta.get("kind") in all_families():
+        if meta.get("kind") in _FROM_MODEL_DIRS:  # registered by another directory's code: this model needs consent too
+            require_trust(path, "run plug-in code (its family came from a model directory's code, not an installed package)")
+        return  # the family's code is installed or came with --code: the directory's copy is not needed
     require_trust(path, "import the plug-in code in this file")
     import click
 
     click.echo(f"warning: model {model_dir} runs plug-in code from its directory: {path}", err=True)
-    load_code(path)
+    _FROM_MODEL_DIRS.update(load_code(path))
 
 
 def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str | None = None,

@@ -34,8 +34,9 @@ def load_plugin_code(model_dir: Path, meta: dict) -> None:
 
     Nothing runs when the model's family is registered already (an installed entry point or
     ``--code``); a family this process registered from another model directory's file still needs
-    consent for each model that uses it (that code may read files, such as pickles, from this one). Otherwise, without consent this is a one-line ModelError naming the file and how to
-    allow it; with it, a warning line names the file before it is imported.
+    consent for each model that uses it (that code may read files, such as pickles, from this one).
+    Otherwise, without consent this is a one-line ModelError naming the file and how to allow it;
+    with it, a warning line names the file before it is imported.
     """
     from textclf.core.integrity import inside_path
     from textclf.core.registry import PLUGIN_META_KEY, all_families, load_code

@@ -68,7 +68,7 @@ def make_n(target: str, **variables: str) -> str:
     ("build_fasttext", "fasttext", "postgres", "python:3.11-slim-bookworm", "textclf-fasttext:latest"),
     ("build_allennlp", "lstm", "lstm,postgres", "pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime", "textclf-allennlp:latest"),
     ("build_lstm", "lstm", "lstm,postgres", "pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime", "textclf-allennlp:latest"),
-    ("build_bert_classification", "bert", "bert", "pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime", "textclf-bert:latest"),
+    ("build_bert_classification", "bert", "bert,postgres", "pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime", "textclf-bert:latest"),
 ])
 def test_build_targets_take_family_extras_and_base_from_the_registry(target, family, extras, base, tag):
     cmd = make_n(target)

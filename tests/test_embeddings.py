@@ -382,7 +382,7 @@ def test_search_encodes_once_per_run_and_refits_the_best_trial(tmp_path, small, 
     assert meta["params"] == {**json.loads((Path(textclf.__file__).parent / "families" / "embeddings" / "config.json")
                                            .read_text())["classifiers"][best["classifier"]],
                               **{k.split(".", 1)[1]: v for k, v in best.items() if k.startswith(best["classifier"] + ".")}}
-    assert set(meta["files"]) == {"classifier.joblib", "tfidf_svd.joblib"} and meta["model_file"] == "classifier.joblib"
+    assert set(meta["files"]) == {"classifier.skops", "tfidf_svd.skops"} and meta["model_file"] == "classifier.skops"
     # the refit is the best trial: its valid score is the study's best value
     assert meta["metrics"]["valid"]["macro_f1"] == pytest.approx(meta["search"]["best_value"], abs=1e-12)
 

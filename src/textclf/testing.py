@@ -14,7 +14,8 @@ family contract as a user meets it:
 4. **bad input**: a training file with one class is a one-line error naming the file; empty input
    to ``predict``/``predict_proba`` gives empty output of the right shape; an empty text gets a label;
 5. **save/load in another process**: a fresh interpreter loads the directory (a plug-in through the
-   copy it carries) and predicts the same labels and probabilities.
+   copy it carries, which it refuses to import without consent and imports with ``trust_code=True``)
+   and predicts the same labels and probabilities.
 
 Use it in a test::
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -136,10 +138,20 @@ def check_family(name: str, overrides: Sequence[str] = (), code: Sequence[str | 
         _fail("bad input", "a one-class training file was accepted")
 
     # 5. save/load in another process
-    script = ("import json, sys; from textclf.core.loading import load_predictor; p = load_predictor(sys.argv[1]); "
+    # (a plug-in's model carries its code file: loading it needs the user's consent, which the fresh
+    # interpreter must ask for; the kit then gives it, as the plug-in's author would)
+    plugin = bool(json.loads((out / "meta.json").read_text(encoding="utf-8")).get("plugin_code"))
+    script = ("import json, sys; from textclf.core.loading import load_predictor; "
+              "p = load_predictor(sys.argv[1], trust_code=sys.argv[2] == '1'); "
               "t = json.loads(sys.stdin.read()); print(json.dumps([p.predict(t), p.predict_proba(t).tolist()]))")
-    done = subprocess.run([sys.executable, "-c", script, str(out)], input=json.dumps(texts), capture_output=True, text=True,
-                          timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != "TEXTCLF_TRUST_CODE"}
+    if plugin:
+        refused = subprocess.run([sys.executable, "-c", script, str(out), "0"], input=json.dumps(texts), capture_output=True,
+                                 text=True, timeout=600, env=env)
+        if refused.returncode == 0 or "--trust-code" not in refused.stderr:
+            _fail("load in another process", "a model carrying plug-in code loaded without the user's consent")
+    done = subprocess.run([sys.executable, "-c", script, str(out), "1" if plugin else "0"], input=json.dumps(texts),
+                          capture_output=True, text=True, timeout=600, env=env)
     if done.returncode != 0:
         _fail("load in another process", done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
     other_labels, other_proba = json.loads(done.stdout.strip().splitlines()[-1])

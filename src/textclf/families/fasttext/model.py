@@ -22,6 +22,7 @@ import fasttext
 from textclf.core.atomic import atomic_replace_file
 from textclf.core.data import Dataset
 from textclf.core.errors import ConfigError, ModelError
+from textclf.core.metrics import classification_metrics, metric_value, multilabel_metrics
 from textclf.core.predictor import Predictor
 from textclf.core.tempfiles import owned_temp_dir
 from textclf.core.training import Splits, fitted_meta
@@ -183,7 +184,11 @@ def check_param(key: str, name: str, value: object) -> None:
 
 
 def check_settings(cfg: dict) -> None:
-    """Check the fixed parameters and the search space's bounds and choices before anything trains (the core checks the metric)."""
+    """Check the fixed parameters, the search space's bounds and choices and the metric before anything trains.
+
+    The metric is one of those computed with F1 and F0.5 (multi-class or multi-label ones); ``null``
+    (the task's default) passes.
+    """
     for name, value in cfg["model"].items():
         check_param(f"model.{name}", name, value)
     s = cfg["search"]
@@ -192,6 +197,13 @@ def check_settings(cfg: dict) -> None:
             values = spec.get("choices", []) if spec.get("type") == "categorical" else [spec.get("low"), spec.get("high")]
             for value in values:
                 check_param(f"search.space.{name}", name, value)
+        if s["metric"]:
+            known = {**multilabel_metrics([("a",)], [("a",)], ["a", "b"]),
+                     **classification_metrics(["a", "b"], ["a", "b"], ["a", "b"])}
+            try:
+                metric_value(known, s["metric"])
+            except KeyError as exc:
+                raise ConfigError(f"search.metric: {exc.args[0]}") from None
 
 
 def refit(train_file: Path, params: dict, seed: int, retries: int) -> tuple[fasttext.FastText._FastText, int]:

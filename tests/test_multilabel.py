@@ -120,6 +120,25 @@ def test_written_label_sets_read_back(tmp_path, ext):
     assert back.texts == ds.texts and back.labels == ds.labels
 
 
+def test_make_dataset_and_stats_keep_label_sets(tmp_path):
+    source = read_labelled(FIXTURE / "train.jsonl", task="multilabel")
+    out = tmp_path / "split"
+    result = run("make-dataset", "--input_path", str(FIXTURE / "train.jsonl"), "--output_dir", str(out),
+                 "--output_format", "jsonl")
+    assert result.exit_code == 0, result.output
+    parts = [read_labelled(out / f"{name}.jsonl", task="multilabel", min_classes=0) for name in ("train", "valid", "test")]
+    assert [len(p) for p in parts] == [320, 40, 40]
+    assert sorted(zip(sum((p.texts for p in parts), []), sum((p.labels for p in parts), []), strict=True)) == \
+        sorted(zip(source.texts, source.labels, strict=True))
+    stats = json.loads(run("stats", "--json", str(FIXTURE / "train.jsonl")).output)[0]
+    assert stats["task"] == "multilabel" and stats["classes"] == 5
+    assert stats["label_cardinality"] == round(sum(map(len, source.labels)) / 400, 3)
+    assert stats["labels"]["health"]["count"] == sum("health" in row for row in source.labels)
+    refused = CliRunner().invoke(cli, ["make-dataset", "--input_path", str(FIXTURE / "train.jsonl"), "--output_dir",
+                                       str(tmp_path / "d"), "--downsample"])
+    assert refused.exit_code == 2 and "multi-label data has none to cut to one size" in refused.output
+
+
 # --------------------------------------------------------------------------- metrics and decisions
 def test_multilabel_metrics_match_hand_computed_values():
     gold = [("a", "b"), ("a",), (), ("b", "c")]

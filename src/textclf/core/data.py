@@ -701,8 +701,9 @@ def label_stats(ds: Dataset) -> dict:
 
 def format_label_stats(stats: dict) -> str:
     """A human-readable table of :func:`label_stats`."""
+    cardinality = f", {stats['label_cardinality']} labels a text (multi-label)" if "label_cardinality" in stats else ""
     out = [f"{stats['path']}: {stats['rows']} rows, {stats['classes']} classes, "
-           f"mean {stats['mean_chars']} chars, imbalance {stats['imbalance_ratio']}"]
+           f"mean {stats['mean_chars']} chars, imbalance {stats['imbalance_ratio']}{cardinality}"]
     width = max(len(k) for k in stats["labels"]) if stats["labels"] else 5
     for label, v in stats["labels"].items():
         out.append(f"  {label:<{width}}  {v['count']:>8}  {v['share']:7.2%}")

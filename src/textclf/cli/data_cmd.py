@@ -9,8 +9,7 @@ import click
 
 from textclf.cli.options import FormatChoice, code_option
 from textclf.core.atomic import atomic_write_json
-from textclf.core.data import TASKS
-from textclf.core.data import balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
+from textclf.core.data import TASKS, balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
 from textclf.core.registry import get_format
 
 

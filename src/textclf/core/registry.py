@@ -341,7 +341,9 @@ class Format:
     * ``predictions(fh, labels)`` -> ``write(predicted, proba)``: opens a prediction file on the
       text stream ``fh`` (a header, say) for the classes ``labels`` and returns the function that
       writes one batch: the predicted labels and their probabilities (rows of ``proba`` in
-      ``labels`` order; ``None`` when ``probabilities`` is false: the labels are all it needs);
+      ``labels`` order; ``None`` when ``probabilities`` is false: the labels are all it needs).
+      For a multi-label model it is opened as ``predictions(fh, labels, separator=...)`` and each
+      predicted item is a tuple of labels (the built-in ones join them with ``separator``);
     * ``write(fh, dataset)``: writes a :class:`textclf.core.data.Dataset` (``make-dataset``).
 
     ``files``: the source is a file path (checked to exist and not be empty before reading,

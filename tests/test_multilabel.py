@@ -245,6 +245,19 @@ def test_predict_writes_label_sets_aligned_in_every_format(ft_model, tmp_path):
     assert set(records[0]["probabilities"]) == {"health", "politics", "sports", "tech", "weather"}
 
 
+def test_at_least_one_label_per_text_when_the_config_asks(tmp_path):
+    out = tmp_path / "model"
+    meta = train_fixture(out, "--set", "model.lr=0.5", "--set", "model.epoch=50", "--set", "decision.at_least_one=true")
+    assert meta["config"]["decision"] == {"threshold": 0.5, "at_least_one": True}
+    inp = write(tmp_path, "in.txt", "the of and\nrain storm flood\n")
+    result = run("predict", "--model_path", str(out), "--input_path", str(inp), "--output_path", str(tmp_path / "o.jsonl"))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert rows[1]["labels"] == ["weather"]
+    top = max(rows[0]["probabilities"], key=rows[0]["probabilities"].get)
+    assert max(rows[0]["probabilities"].values()) < 0.5 and rows[0]["labels"] == [top]  # below every threshold: its best
+
+
 def test_evaluate_reports_the_metrics_training_recorded(ft_model):
     result = run("evaluate", "--model_path", str(ft_model), "--data_path", str(FIXTURE / "test.jsonl"), "--json")
     assert result.exit_code == 0, result.output

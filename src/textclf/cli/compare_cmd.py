@@ -125,7 +125,10 @@ def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy,
 @click.option("--reset", is_flag=True, help="Remove the stored offsets instead (predict goes back to the plain argmax).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored thresholds block as JSON.")
 def tune_thresholds(model_path, valid_path, beta, text_column, label_column, data_format, max_rounds, cv, seed, reset, as_json):
-    """Tune per-class offsets on log-probabilities for macro F-beta on valid; store them in meta.json."""
+    """Tune per-class offsets on log-probabilities for macro F-beta on valid; store them in meta.json.
+
+    A multi-label model gets a global and per-label probability thresholds for micro F-beta instead.
+    """
     from textclf.core.loading import _resolve
     from textclf.services.compare.thresholds import save_thresholds, tune_thresholds
 
@@ -139,6 +142,9 @@ def tune_thresholds(model_path, valid_path, beta, text_column, label_column, dat
     if as_json:
         click.echo(json.dumps(block, indent=2))
         return
+    if block.get("task") == "multilabel":
+        click.echo(label_thresholds_summary(block, _resolve(model_path)[0]))
+        return
     check = block.get("cv")
     if check:
         verdict = "kept" if check["accepted"] else "rejected: the model keeps the plain argmax"
@@ -150,3 +156,19 @@ def tune_thresholds(model_path, valid_path, beta, text_column, label_column, dat
                f"{block['moves']} move(s) in {block['rounds']} round(s))")
     click.echo(f"offsets on log-probabilities: {offsets}; stored in {_resolve(model_path)[0]}/meta.json "
                "(predict applies them; --no-thresholds turns them off)")
+
+
+def label_thresholds_summary(block: dict, model_dir) -> str:
+    """What ``tune-thresholds`` says about a multi-label model's thresholds block."""
+    lines = []
+    check = block.get("cv")
+    if check:
+        lines.append(f"out-of-fold check ({check['folds']}-fold CV on valid): {block['metric']} {check['oof_before']:.4f} "
+                     f"untuned -> {check['oof_global']:.4f} global -> {check['oof_after']:.4f} per label; global "
+                     f"{'kept' if check['global_accepted'] else 'rejected'}, per-label {'kept' if check['accepted'] else 'rejected'}")
+    per_label = ", ".join(f"{k} {v:.3f}" for k, v in block["per_label"].items())
+    lines.append(f"valid {block['metric']}: {block['valid_before']:.4f} -> {block['valid_after']:.4f} "
+                 f"(subset accuracy {block['valid_accuracy_before']:.4f} -> {block['valid_accuracy_after']:.4f})")
+    lines.append(f"global threshold {block['global']:.3f} (untuned {block['untuned_threshold']:g}); per label: {per_label}; "
+                 f"stored in {model_dir}/meta.json (predict applies them; --no-thresholds turns them off)")
+    return "\n".join(lines)

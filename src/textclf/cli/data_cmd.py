@@ -9,8 +9,16 @@ import click
 
 from textclf.cli.options import FormatChoice, code_option
 from textclf.core.atomic import atomic_write_json
-from textclf.core.data import balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
+from textclf.core.data import TASKS, balanced_downsample, format_label_stats, label_stats, read_labelled, stratified_split, write_labelled
 from textclf.core.registry import get_format
+
+
+def task_options(fn):
+    """``--task`` and ``--label_separator``: how labels are read (``data.task``, ``data.label_separator``)."""
+    fn = click.option("--label_separator", default=None,
+                      help="Split a CSV/TSV label cell into a label set at this string (multi-label data).")(fn)
+    return click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True,
+                        help="auto: multi-label when the data holds label sets (docs/multilabel.md).")(fn)
 
 
 @click.command("make-dataset")
@@ -25,10 +33,17 @@ from textclf.core.registry import get_format
 @click.option("--text_column", default="text")
 @click.option("--label_column", default="label")
 @click.option("--input_format", type=FormatChoice("read"), default=None)
+@task_options
 def make_dataset(input_path, output_dir, valid_frac, test_frac, seed, downsample, output_format, text_column, label_column,
-                 input_format):
-    """Deterministic stratified train/valid/test split, optional balanced downsample, label statistics."""
-    ds = read_labelled(input_path, input_format, text_column, label_column)
+                 input_format, task, label_separator):
+    """Deterministic stratified train/valid/test split, optional balanced downsample, label statistics.
+
+    Multi-label data is split by a seeded shuffle (no stratification) and written with its label sets
+    (CSV/TSV: joined by ``|``).
+    """
+    ds = read_labelled(input_path, input_format, text_column, label_column, task=task, label_separator=label_separator)
+    if downsample and ds.multilabel:
+        raise click.UsageError("--downsample balances classes; multi-label data has none to cut to one size")
     train, valid, test = stratified_split(ds, valid_frac, test_frac, seed)
     out = Path(output_dir)
     ext = get_format(output_format, "write").suffix.lstrip(".")
@@ -52,9 +67,11 @@ def make_dataset(input_path, output_dir, valid_frac, test_frac, seed, downsample
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--text_column", default="text")
 @click.option("--label_column", default="label")
-def stats(paths, as_json, text_column, label_column):
-    """Label counts, shares and text lengths of labelled files."""
-    reports = [label_stats(read_labelled(p, None, text_column, label_column, min_classes=0)) for p in paths]
+@task_options
+def stats(paths, as_json, text_column, label_column, task, label_separator):
+    """Label counts, shares and text lengths of labelled files (multi-label: texts per label and labels per text)."""
+    reports = [label_stats(read_labelled(p, None, text_column, label_column, min_classes=0, task=task,
+                                         label_separator=label_separator)) for p in paths]
     if as_json:
         click.echo(json.dumps(reports, indent=2))
     else:

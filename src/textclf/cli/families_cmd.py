@@ -20,7 +20,7 @@ def family_rows() -> list[dict]:
                      "missing": fam.missing(), "install": None if fam.installed else fam.install_hint(),
                      "config": str(path) if path else "(in the plug-in)",
                      "override": str(override) if override else None, "searchable": fam.searchable,
-                     "plugin": fam.code_file, "subproject": fam.subproject})
+                     "plugin": fam.code_file, "subproject": fam.subproject, "multilabel": fam.multilabel})
     return rows
 
 
@@ -28,7 +28,7 @@ def family_rows() -> list[dict]:
 @code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def families(as_json: bool) -> None:
-    """List every model family: kind, description, whether its dependencies are installed, its config.
+    """List every model family: kind, description, whether its dependencies are installed, multi-label support, its config.
 
     The config is the family's default; a config/<family>.json override merged over it is named after it.
     """
@@ -42,5 +42,6 @@ def families(as_json: bool) -> None:
         status = "installed" if r["installed"] else f"missing {', '.join(r['missing'])} ({r['install']})"
         origin = f"  plug-in: {r['plugin']}" if r["plugin"] else ""
         override = f" + {r['override']}" if r["override"] else ""
-        click.echo(f"{r['name']:<{width}}  {r['kind']:<{kind_w}}  {r['description']}")
+        tasks = " [multi-class, multi-label]" if r["multilabel"] else " [multi-class]"
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<{kind_w}}  {r['description']}{tasks}")
         click.echo(f"{'':<{width}}  {'':<{kind_w}}  {status}; config: {r['config']}{override}{origin}")

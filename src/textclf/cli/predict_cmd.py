@@ -62,9 +62,10 @@ def predict(model_path, input_path, output_path, output_format, input_format, te
               help="Apply the decision thresholds tuned by `textclf tune-thresholds` (default) or the plain argmax.")
 @backend_option
 def evaluate(model_path, data_path, beta, text_column, label_column, data_format, as_json, batch_size, thresholds, backend):
-    """Score a model on a labelled file: per-class and averaged metrics, confusion matrix."""
+    """Score a model on a labelled file: per-class and averaged metrics, confusion matrix (multi-label: label-set metrics)."""
     predictor = load_predictor(model_path, thresholds=thresholds, backend=backend)
-    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
+    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
+                       label_separator=predictor.label_separator)
     metrics = evaluate_predictor(predictor, ds.texts, ds.labels, batch_size, betas=beta or (1.0, 0.5))
     if as_json:
         click.echo(json.dumps(metrics, indent=2))

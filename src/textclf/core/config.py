@@ -162,7 +162,8 @@ def load_config(family: str, config_path: str | Path | None = None, overrides: I
 
 
 #: names of the validation metrics the families compute (any F-beta; the family may still narrow them down)
-METRIC_RE = r"accuracy|loss|(macro|micro|weighted)_f\d+(\.\d+)?|(macro|weighted)_(precision|recall)"
+METRIC_RE = (r"accuracy|loss|(macro|micro|weighted|samples)_f\d+(\.\d+)?|(macro|micro|weighted|samples)_(precision|recall)"
+             r"|hamming_loss|subset_accuracy")
 
 
 def check_metric_name(key: str, name: Any) -> None:
@@ -171,7 +172,7 @@ def check_metric_name(key: str, name: Any) -> None:
 
     if not isinstance(name, str) or not re.fullmatch(METRIC_RE, name):
         raise ConfigError(f"{key} {name!r}: unknown metric; use accuracy, loss, macro_f1, macro_f0.5, micro_f1, "
-                          "weighted_f1 (any F-beta), macro_precision, macro_recall, ...")
+                          "weighted_f1 (any F-beta), macro_precision, macro_recall, samples_f1, hamming_loss (multi-label), ...")
 
 
 def check_space(space: Any, key: str = "search.space") -> None:

@@ -2,6 +2,9 @@
 
 Labelled formats: CSV/TSV with a header (column names configurable), JSONL
 (``{"text": ..., "label": ...}``) and fastText (``__label__x text``).
+Multi-label data (``data.task``, :func:`labelled_dataset`): JSONL ``{"text": ..., "labels": ["a", "b"]}``,
+a CSV/TSV label cell ``a|b`` split by ``data.label_separator``, or fastText lines with several
+``__label__`` prefixes; a :class:`Dataset` then holds one sorted tuple of labels per row.
 Unlabelled input for prediction: plain text (one document a line), CSV/TSV or JSONL
 with a text column (or fastText, its labels ignored). Predictions are written as plain text
 (one label a line), CSV or JSONL (with the probabilities).
@@ -37,27 +40,46 @@ FASTTEXT_PREFIX = "__label__"
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
+#: ``data.task``: ``auto`` detects label sets in the data (see :func:`labelled_dataset`)
+TASKS = ("auto", "multiclass", "multilabel")
+MULTICLASS, MULTILABEL = "multiclass", "multilabel"
+#: how label sets are joined where one string must hold them (txt/CSV predictions) unless ``data.label_separator`` says
+DEFAULT_LABEL_SEPARATOR = "|"
+
+
 @dataclass
 class Dataset:
-    """Texts with their labels, as read from ``path``."""
+    """Texts with their labels, as read from ``path``.
+
+    ``task`` is ``multiclass`` (``labels[i]`` is one label, a string) or ``multilabel``
+    (``labels[i]`` is a sorted tuple of distinct labels, empty for a text with none).
+    """
 
     texts: list[str]
-    labels: list[str]
+    labels: list
     path: str = ""
     line_numbers: list[int] = field(default_factory=list)
+    task: str = MULTICLASS
 
     def __len__(self) -> int:
         return len(self.texts)
 
     @property
+    def multilabel(self) -> bool:
+        """Whether every row holds a label set (``task == "multilabel"``)."""
+        return self.task == MULTILABEL
+
+    @property
     def label_set(self) -> list[str]:
-        """Sorted distinct labels."""
+        """Sorted distinct labels (of every set, for multi-label data)."""
+        if self.multilabel:
+            return sorted({label for labels in self.labels for label in labels})
         return sorted(set(self.labels))
 
     def subset(self, indices: Sequence[int]) -> Dataset:
         """A new dataset holding the rows at ``indices`` (in that order)."""
         lines = [self.line_numbers[i] for i in indices] if self.line_numbers else []
-        return Dataset([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.path, lines)
+        return Dataset([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.path, lines, self.task)
 
 
 def resolve_format(path: str | Path, fmt: str | None, capability: str) -> Format:
@@ -272,18 +294,25 @@ def _csv_texts(delimiter: str):
 
 
 def read_jsonl(path: str | Path, text_column: str, label_column: str) -> Iterator[tuple[int, object, object]]:
-    """``{"text": ..., "label": ...}`` per line (blank lines skipped)."""
+    """``{"text": ..., "label": ...}`` per line (blank lines skipped).
+
+    A list of labels is a label set (multi-label data); with the default ``label_column``
+    (``label``), a line without that key but with ``labels`` reads that one.
+    """
     path = Path(path)
     for number, line in _decoded_lines(path):
         if not line.strip():
             continue
         obj = _parse_json_line(path, number, line)
-        for column, what in ((text_column, "text"), (label_column, "label")):
+        label_key = "labels" if label_column == "label" and "label" not in obj and "labels" in obj else label_column
+        for column, what in ((text_column, "text"), (label_key, "label")):
             if column not in obj:
                 raise DataError(path, f"missing {what} key {column!r} (keys: {', '.join(obj)})", number)
         text = _jsonl_text(path, number, obj[text_column])
-        _check_unicode(path, number, obj[label_column])
-        yield number, text, obj[label_column]
+        label = obj[label_key]
+        for value in (label if isinstance(label, list) else [label]):
+            _check_unicode(path, number, value)
+        yield number, text, label
 
 
 def _jsonl_text(path: Path, number: int, text: object) -> str:
@@ -325,14 +354,19 @@ def texts_jsonl(path: str | Path, text_column: str = "text") -> Iterator[str]:
         yield _jsonl_text(path, number, obj[text_column])
 
 
-def read_fasttext(path: str | Path, text_column: str = "text", label_column: str = "label") -> Iterator[tuple[int, str, str]]:
-    """``__label__x text`` per line (blank lines skipped); the column names do not apply."""
+def read_fasttext(path: str | Path, text_column: str = "text",
+                  label_column: str = "label") -> Iterator[tuple[int, str, str | tuple[str, ...]]]:
+    """``__label__x text`` per line (blank lines skipped); the column names do not apply.
+
+    A line's label is a string when it has one ``__label__``, else the tuple of them (several:
+    a label set; none: the empty tuple), which :func:`labelled_dataset` reads by ``data.task``.
+    """
     path = Path(path)
     for number, line in _decoded_lines(path):
         if not line.strip():
             continue
-        label, text = parse_fasttext_line(path, number, line)
-        yield number, text, label
+        labels, text = parse_fasttext_labels(path, number, line)
+        yield number, text, labels[0] if len(labels) == 1 else labels
 
 
 def texts_fasttext(path: str | Path, text_column: str = "text") -> Iterator[str]:
@@ -357,12 +391,16 @@ def read_labelled(
     label_column: str = "label",
     min_classes: int = 2,
     reader: str | None = None,
+    task: str = MULTICLASS,
+    label_separator: str | None = None,
 ) -> Dataset:
     """Read a labelled file into a :class:`Dataset`; every defect raises DataError with the line.
 
     ``reader`` names a registered reader (``data.reader``) and ``fmt`` a registered format
     (``data.format``, ``--data_format``): a plug-in's may read a database or an API, and
     ``path`` is whatever it understands; by default the format of the file's extension reads it.
+    ``task`` and ``label_separator`` (``data.task``, ``data.label_separator``): see
+    :func:`labelled_dataset`; the default reads single labels as always.
     """
     source = labelled_format(path, fmt, reader)
     if source.files:
@@ -371,7 +409,7 @@ def read_labelled(
     else:
         path = str(path)
     rows = source.part("read")(path, text_column, label_column)
-    return labelled_dataset(rows, path, min_classes)
+    return labelled_dataset(rows, path, min_classes, task, label_separator)
 
 
 def check_text(path: str | Path, number: int | None, text: object) -> str:
@@ -385,7 +423,8 @@ def check_text(path: str | Path, number: int | None, text: object) -> str:
     return text
 
 
-def labelled_dataset(rows: Iterable[tuple[int, object, object]], path: str | Path, min_classes: int = 2) -> Dataset:
+def labelled_dataset(rows: Iterable[tuple[int, object, object]], path: str | Path, min_classes: int = 2,
+                     task: str = MULTICLASS, label_separator: str | None = None) -> Dataset:
     """Check ``(number, text, label)`` rows and gather them into a :class:`Dataset`: the rules every labelled input meets.
 
     A row needs a non-blank label (a string or an integer, kept as its stripped string) and a
@@ -393,27 +432,83 @@ def labelled_dataset(rows: Iterable[tuple[int, object, object]], path: str | Pat
     raises DataError naming ``path`` and the row's ``number``. :func:`read_labelled` applies this to
     every file's rows and ``TextClassifier.fit`` (:mod:`textclf.services.estimator`) to in-memory
     texts and labels, so the same defect reads the same either way.
+
+    ``task`` (``data.task``): ``multiclass`` reads one label a row as always (a fastText line's
+    first ``__label__`` wins); ``multilabel`` reads a label set a row: a list (JSONL), a tuple (a
+    reader's several labels, fastText's ``__label__`` prefixes), a string split at
+    ``label_separator`` when one is set, a single label as a set of one, a row without a label as
+    the empty set; ``auto`` is multi-label when any row holds a set. Refused: an empty label in a
+    set, and (``auto``) a single label among JSON lists, where it is unclear which was meant.
     """
+    if task not in TASKS:
+        raise DataError(path, f"unknown data.task {task!r}; use {', '.join(TASKS)}")
     texts: list[str] = []
-    labels: list[str] = []
+    labels: list = []
     lines: list[int] = []
+    first: dict[str, tuple] = {}  # kind (set, list, single, empty) -> (number, label) of its first row
     for number, text, label in rows:
-        if label is None or (isinstance(label, str) and not label.strip()):
-            raise DataError(path, "empty label", number)
+        if task != MULTICLASS and label_separator and isinstance(label, str) and label_separator in label:
+            label = tuple(label.split(label_separator))
+        if isinstance(label, tuple) and not label and task != MULTILABEL:
+            first.setdefault("no label", (number, ()))  # a fastText line without __label__
+            if task == MULTICLASS:
+                break
+        if task == MULTICLASS and isinstance(label, tuple):  # fastText: the first label wins (as before)
+            label = label[0]
+        if isinstance(label, list | tuple):
+            if task == MULTICLASS:
+                raise DataError(path, f"a list of labels in multi-class data (data.task=multiclass): {label!r}; "
+                                "set data.task to multilabel or auto", number)
+            kinds = ("set", "list") if isinstance(label, list) else ("set",) if label else ()
+            label = _label_tuple(path, number, label)
+        elif label is None or (isinstance(label, str) and not label.strip()):
+            if task == MULTICLASS:
+                raise DataError(path, "empty label", number)
+            kinds, label = ("empty",), ()
+        elif isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise DataError(path, f"label must be a string or integer, found {type(label).__name__}", number)
+        else:
+            kinds, label = ("single",), str(label).strip()
+        for kind in kinds:
+            first.setdefault(kind, (number, label))
         check_text(path, number, text)
         if not text.strip():
             raise DataError(path, "empty text", number)
-        if isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise DataError(path, f"label must be a string or integer, found {type(label).__name__}", number)
         texts.append(text)
-        labels.append(str(label).strip())
+        labels.append(label)
         lines.append(number)
+    resolved = task if task != "auto" else (MULTILABEL if "set" in first else MULTICLASS)
+    if resolved == MULTICLASS and "no label" in first:
+        raise DataError(path, f"no label: a fastText line must start with {FASTTEXT_PREFIX}<label> "
+                        "(a line without one is valid only in multi-label data)", first["no label"][0])
     if not texts:
         raise DataError(path, "no data rows")
-    ds = Dataset(texts, labels, str(path), lines)
-    if min_classes and len(set(labels)) < min_classes:
-        raise DataError(path, f"found {len(set(labels))} class(es) ({', '.join(ds.label_set)}); need at least {min_classes}")
+    if resolved == MULTICLASS and "empty" in first:
+        raise DataError(path, "empty label", first["empty"][0])
+    if task == "auto" and "list" in first and "single" in first:
+        (n_list, _), (n_single, single) = first["list"], first["single"]
+        raise DataError(path, f"mixed labels: a single label ({single!r}) on line {n_single}, a list of labels on line "
+                        f"{n_list}; write every label as a list, or set data.task=multilabel (a single label is a set "
+                        "of one)", max(n_single, n_list))
+    if resolved == MULTILABEL:
+        labels = [(label,) if isinstance(label, str) else label for label in labels]
+    ds = Dataset(texts, labels, str(path), lines, resolved)
+    if min_classes and len(ds.label_set) < min_classes:
+        raise DataError(path, f"found {len(ds.label_set)} class(es) ({', '.join(ds.label_set)}); need at least {min_classes}")
     return ds
+
+
+def _label_tuple(path: str | Path, number: int, labels: Sequence[object]) -> tuple[str, ...]:
+    """A label set as a sorted tuple of distinct stripped strings; an empty or non-string label in it is a DataError."""
+    out = set()
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, str | int):
+            raise DataError(path, f"label must be a string or integer, found {type(label).__name__} in the label set", number)
+        label = str(label).strip()
+        if not label:
+            raise DataError(path, f"empty label in the label set {list(labels)!r}", number)
+        out.add(label)
+    return tuple(sorted(out))
 
 
 def _parse_json_line(path: Path, number: int, line: str) -> dict:
@@ -426,6 +521,23 @@ def _parse_json_line(path: Path, number: int, line: str) -> dict:
     if not isinstance(obj, dict):
         raise DataError(path, f"expected a JSON object, found {type(obj).__name__}", number)
     return obj
+
+
+def parse_fasttext_labels(path: str | Path, number: int, line: str) -> tuple[tuple[str, ...], str]:
+    """Split a fastText line into (every ``__label__`` in order, the other tokens joined by one space).
+
+    fastText's own reading: a token with the prefix anywhere in the line is a label. A bare
+    ``__label__`` is a DataError.
+    """
+    labels, words = [], []
+    for token in line.split():
+        if token.startswith(FASTTEXT_PREFIX):
+            if len(token) == len(FASTTEXT_PREFIX):
+                raise DataError(path, "empty label after __label__", number)
+            labels.append(token[len(FASTTEXT_PREFIX):])
+        else:
+            words.append(token)
+    return tuple(labels), " ".join(words)
 
 
 def parse_fasttext_line(path: str | Path, number: int, line: str) -> tuple[str, str]:
@@ -481,10 +593,12 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def check_labels_known(train: Dataset, other: Dataset) -> None:
-    """Raise DataError at the first row of ``other`` whose label never occurs in ``train``."""
-    known = set(train.labels)
-    for i, label in enumerate(other.labels):
-        if label not in known:
+    """Raise DataError at the first row of ``other`` whose label (or, multi-label, a label of whose set) never occurs in ``train``."""
+    known = set(train.label_set)
+    for i, labels in enumerate(other.labels):
+        for label in labels if other.multilabel else (labels,):
+            if label in known:
+                continue
             line = other.line_numbers[i] if other.line_numbers else None
             raise DataError(
                 other.path,
@@ -512,6 +626,7 @@ def sha256_datasets(datasets: Iterable[Dataset | None]) -> str:
         if ds is None:
             continue
         for text, label in zip(ds.texts, ds.labels, strict=True):
+            label = DEFAULT_LABEL_SEPARATOR.join(label) if isinstance(label, tuple) else label
             digest.update(f"{label}\t{text}\n".encode())
     return digest.hexdigest()
 
@@ -542,6 +657,9 @@ def _split_off(ds: Dataset, indices: list[int], frac: float, seed: int, part: st
         return indices, []
     from sklearn.model_selection import train_test_split  # imported on use: reading data does not need it
 
+    if ds.multilabel:  # label sets: no stratification (scikit-learn's needs one class a row), a seeded shuffle split
+        rest, held = train_test_split(indices, test_size=frac, random_state=seed, shuffle=True)
+        return [int(i) for i in rest], [int(i) for i in held]
     labels = [ds.labels[i] for i in indices]
     counts = Counter(labels)
     label, fewest = min(counts.items(), key=lambda item: (item[1], item[0]))
@@ -576,11 +694,12 @@ def balanced_downsample(labels: Sequence[str], seed: int = 13, per_class: int | 
 
 
 def label_stats(ds: Dataset) -> dict:
-    """Counts and shares per label, plus text-length summary."""
-    counts = Counter(ds.labels)
+    """Counts and shares per label, plus text-length summary (multi-label: texts per label, and the mean labels a text)."""
+    counts = Counter(label for labels in ds.labels for label in labels) if ds.multilabel else Counter(ds.labels)
     n = len(ds)
     lengths = sorted(len(t) for t in ds.texts)
-    return {
+    extra = {"task": ds.task, "label_cardinality": round(sum(map(len, ds.labels)) / n, 3) if n else 0} if ds.multilabel else {}
+    return {**extra,
         "path": ds.path,
         "rows": n,
         "classes": len(counts),
@@ -593,8 +712,9 @@ def label_stats(ds: Dataset) -> dict:
 
 def format_label_stats(stats: dict) -> str:
     """A human-readable table of :func:`label_stats`."""
+    cardinality = f", {stats['label_cardinality']} labels a text (multi-label)" if "label_cardinality" in stats else ""
     out = [f"{stats['path']}: {stats['rows']} rows, {stats['classes']} classes, "
-           f"mean {stats['mean_chars']} chars, imbalance {stats['imbalance_ratio']}"]
+           f"mean {stats['mean_chars']} chars, imbalance {stats['imbalance_ratio']}{cardinality}"]
     width = max(len(k) for k in stats["labels"]) if stats["labels"] else 5
     for label, v in stats["labels"].items():
         out.append(f"  {label:<{width}}  {v['count']:>8}  {v['share']:7.2%}")
@@ -618,53 +738,65 @@ def _csv_writer(delimiter: str):
         # QUOTE_MINIMAL leaves a field with a lone "\r" unquoted, which no CSV reader takes back: quote those rows
         quoted = csv.writer(fh, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(["text", "label"])
-        for row in zip(ds.texts, ds.labels, strict=True):
+        for text, label in zip(ds.texts, ds.labels, strict=True):
+            row = (text, DEFAULT_LABEL_SEPARATOR.join(label) if ds.multilabel else label)
             (quoted if "\r" in row[0] or "\r" in row[1] else writer).writerow(row)
 
     return write
 
 
 def write_jsonl(fh: TextIO, ds: Dataset) -> None:
-    """``{"text": ..., "label": ...}`` per line."""
+    """``{"text": ..., "label": ...}`` per line (multi-label: ``{"text": ..., "labels": [...]}``)."""
+    key = "labels" if ds.multilabel else "label"
     for text, label in zip(ds.texts, ds.labels, strict=True):
-        fh.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+        fh.write(json.dumps({"text": text, key: list(label) if ds.multilabel else label}, ensure_ascii=False) + "\n")
 
 
 def write_fasttext(fh: TextIO, ds: Dataset) -> None:
-    """``__label__x text`` per line (spaces in a label become ``_``, the text's whitespace one space)."""
+    """``__label__x text`` per line (spaces in a label become ``_``, the text's whitespace one space; multi-label: every label)."""
     for text, label in zip(ds.texts, ds.labels, strict=True):
-        fh.write(f"{FASTTEXT_PREFIX}{label.replace(' ', '_')} {' '.join(text.split())}\n")
+        prefixes = "".join(f"{FASTTEXT_PREFIX}{one.replace(' ', '_')} " for one in (label if ds.multilabel else (label,)))
+        fh.write(f"{prefixes}{' '.join(text.split())}\n")
 
 
 # --------------------------------------------------------------------------- prediction writers
-def predictions_txt(fh: TextIO, labels: Sequence[str]) -> Callable[[list[str], Any], None]:
-    """One predicted label a line (no probabilities: the fast path)."""
+# A multi-label model predicts a tuple of labels a text; :func:`textclf.core.predictor.predict_file` then opens the
+# writer with ``separator=`` (the model's ``data.label_separator``, default ``|``), which joins a set where one
+# string must hold it.
+def predictions_txt(fh: TextIO, labels: Sequence[str], separator: str | None = None) -> Callable[[list[str], Any], None]:
+    """One predicted label a line (no probabilities: the fast path); multi-label: the set joined by ``separator``."""
     def write(predicted: list[str], proba: Any = None) -> None:
+        if separator is not None:
+            predicted = [separator.join(label) for label in predicted]
         fh.write("".join([label + "\n" for label in predicted]))  # one write per batch: it must keep up with the model
 
     return write
 
 
-def predictions_csv(fh: TextIO, labels: Sequence[str]) -> Callable[[list[str], Any], None]:
-    """A header ``label,p_<class>...``, then the predicted label and one probability per class a row."""
+def predictions_csv(fh: TextIO, labels: Sequence[str], separator: str | None = None) -> Callable[[list[str], Any], None]:
+    """A header ``label,p_<class>...``, then the predicted label and one probability per class a row.
+
+    Multi-label: the header's first column is ``labels`` and holds the set joined by ``separator``.
+    """
     writer = csv.writer(fh, lineterminator="\n")
-    writer.writerow(["label", *[f"p_{label}" for label in labels]])
+    writer.writerow(["label" if separator is None else "labels", *[f"p_{label}" for label in labels]])
 
     def write(predicted: list[str], proba: Any) -> None:
         for label, probs in zip(predicted, proba, strict=True):
-            writer.writerow([label, *[f"{p:.6f}" for p in probs]])
+            writer.writerow([label if separator is None else separator.join(label), *[f"{p:.6f}" for p in probs]])
 
     return write
 
 
-def predictions_jsonl(fh: TextIO, labels: Sequence[str]) -> Callable[[list[str], Any], None]:
-    """``{"label": ..., "probabilities": {class: p, ...}}`` a line."""
+def predictions_jsonl(fh: TextIO, labels: Sequence[str], separator: str | None = None) -> Callable[[list[str], Any], None]:
+    """``{"label": ..., "probabilities": {class: p, ...}}`` a line; multi-label: ``{"labels": [...], "probabilities": ...}``."""
     labels = list(labels)
+    key = "label" if separator is None else "labels"
 
     def write(predicted: list[str], proba: Any) -> None:
         for label, probs in zip(predicted, proba, strict=True):
             probabilities = dict(zip(labels, map(float, probs), strict=True))
-            fh.write(json.dumps({"label": label, "probabilities": probabilities}) + "\n")
+            fh.write(json.dumps({key: label if separator is None else list(label), "probabilities": probabilities}) + "\n")
 
     return write
 

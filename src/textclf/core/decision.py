@@ -1,6 +1,11 @@
 """The decision rule every Predictor applies: ``argmax(log p + offsets)`` with the per-class offsets of meta.json.
 
-The offsets are tuned by ``textclf tune-thresholds`` (:mod:`textclf.services.compare.thresholds`);
+Multi-label models (``meta.json`` ``"task": "multilabel"``) instead predict every label whose
+independent probability reaches its threshold: the per-label ones ``textclf tune-thresholds``
+stored (``thresholds.per_label``), else the config's global ``decision.threshold`` (default 0.5);
+``decision.at_least_one`` (off by default) adds the most probable label to a text that got none.
+
+The offsets and thresholds are tuned by ``textclf tune-thresholds`` (:mod:`textclf.services.compare.thresholds`);
 this module only reads and applies them, so loading a model needs nothing from the services layer.
 """
 
@@ -16,6 +21,8 @@ from textclf.core.errors import ModelError
 META_KEY = "thresholds"
 #: probabilities are clipped to this before the log, so a zero probability stays finite
 EPS = 1e-12
+#: a multi-label model's global threshold when its config names none
+DEFAULT_THRESHOLD = 0.5
 
 def log_proba(proba: np.ndarray) -> np.ndarray:
     """``log(max(p, EPS))`` elementwise."""
@@ -43,3 +50,42 @@ def offsets_from_meta(meta: dict, labels: Sequence[str]) -> np.ndarray | None:
         return np.array([float(offsets[label]) for label in labels], dtype=np.float64)
     except (TypeError, ValueError):
         raise ModelError(f"meta.json: {META_KEY}.offsets holds a value that is not a number") from None
+
+
+def decide_multilabel(proba: np.ndarray, thresholds: np.ndarray | float, at_least_one: bool = False) -> np.ndarray:
+    """Boolean ``(n, L)`` matrix of the labels predicted for every row: ``p >= threshold`` (per label or one for all).
+
+    ``at_least_one``: a row with no label above its threshold gets its most probable label.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    chosen = proba >= np.asarray(thresholds, dtype=np.float64)
+    if at_least_one and len(proba) and proba.shape[1]:
+        empty = ~chosen.any(axis=1)
+        chosen[np.flatnonzero(empty), proba[empty].argmax(axis=1)] = True
+    return chosen
+
+
+def decision_settings(meta: dict) -> tuple[float, bool]:
+    """The config's global ``decision.threshold`` and ``decision.at_least_one`` (0.5 and off when it has none)."""
+    block = (meta.get("config") or {}).get("decision") or {}
+    try:
+        threshold = float(block.get("threshold", DEFAULT_THRESHOLD))
+    except (TypeError, ValueError):
+        raise ModelError("meta.json: config.decision.threshold is not a number") from None
+    return threshold, bool(block.get("at_least_one", False))
+
+
+def thresholds_from_meta(meta: dict, labels: Sequence[str]) -> tuple[np.ndarray, bool] | None:
+    """A multi-label model's tuned ``(per-label thresholds in labels order, at_least_one)``, or None when none are stored."""
+    block = meta.get(META_KEY)
+    if not block:
+        return None
+    per_label = block.get("per_label") if isinstance(block, dict) else None
+    if not isinstance(per_label, dict) or set(per_label) != set(labels):
+        raise ModelError(f"meta.json: {META_KEY}.per_label must map every label ({', '.join(labels)}) to a threshold; "
+                         f"rerun textclf tune-thresholds (or --reset)")
+    try:
+        values = np.array([float(per_label[label]) for label in labels], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ModelError(f"meta.json: {META_KEY}.per_label holds a value that is not a number") from None
+    return values, bool(block.get("at_least_one", decision_settings(meta)[1]))

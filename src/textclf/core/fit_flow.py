@@ -137,18 +137,33 @@ def metric_betas(metric: str) -> tuple[float, ...]:
     """The F-betas to compute so that ``metric`` (``macro_f0.3``, ``weighted_f2``, ...) is among the valid metrics."""
     import re
 
-    found = re.fullmatch(r"(?:macro|micro|weighted)_f(\d+(?:\.\d+)?)", metric)
+    found = re.fullmatch(r"(?:macro|micro|weighted|samples)_f(\d+(?:\.\d+)?)", metric)
     return (1.0, 0.5) if not found or float(found.group(1)) in (1.0, 0.5) else (1.0, 0.5, float(found.group(1)))
 
 
-def check_metric(metric: str, labels: list[str]) -> None:
-    """A one-line ConfigError for a ``search.metric`` that textclf does not compute (before any trial runs)."""
-    from textclf.core.metrics import classification_metrics
+def check_metric(metric: str, labels: list[str], task: str = "multiclass") -> None:
+    """A one-line ConfigError for a ``search.metric`` that textclf does not compute for ``task`` (before any trial runs)."""
+    from textclf.core.metrics import classification_metrics, multilabel_metrics
 
     try:
-        metric_value(classification_metrics(labels[:2], labels[:2], labels, betas=metric_betas(metric)), metric)
+        if task == "multilabel":
+            sets = [(label,) for label in labels[:2]]
+            metrics = multilabel_metrics(sets, sets, labels, betas=metric_betas(metric))
+        else:
+            metrics = classification_metrics(labels[:2], labels[:2], labels, betas=metric_betas(metric))
+        metric_value(metrics, metric)
     except KeyError as exc:
         raise ConfigError(f"search.metric: {exc.args[0]}") from None
+
+
+def with_task_metric(cfg: dict, task: str) -> dict:
+    """``cfg`` with ``search.metric: null`` set to the task's default: macro_f1 (multi-class), micro_f1 (multi-label)."""
+    from textclf.core.registry import DEFAULT_METRICS
+
+    s = cfg.get("search")
+    if not isinstance(s, dict) or s.get("metric"):
+        return cfg
+    return {**cfg, "search": {**s, "metric": DEFAULT_METRICS.get(task, DEFAULT_METRICS["multiclass"])}}
 
 
 def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, space: Callable, shared: dict | None = None):
@@ -157,7 +172,7 @@ def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, s
     from optuna.trial import TrialState
 
     s = cfg["search"]
-    check_metric(s["metric"], splits.labels)
+    check_metric(s["metric"], splits.labels, splits.task)
     make_pruner = family.pruner_fn()
     study = open_study(s["study_name"] or family.name, make_storage(s["storage"], output_dir), seed=cfg["seed"],
                        direction=direction(s["metric"]), pruner=make_pruner(cfg) if make_pruner else None)
@@ -231,6 +246,7 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
     check = family.check_fn()
     if check:
         check(cfg)
+    cfg = with_task_metric(cfg, splits.task)
     prepare = family.prepare_fn()
     if prepare:
         cfg = prepare(cfg, splits)

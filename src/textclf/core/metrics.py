@@ -4,6 +4,10 @@ F-beta for any beta, confusion matrix, a text report and a JSON-ready dict.
 Computed by ``sklearn.metrics`` with ``zero_division=0`` (the maintained reference rather than a
 copy of its formulas); :func:`fbeta_from_counts` is the one vectorised count formula kept for
 searches that score thousands of count vectors at once.
+
+Multi-label data (label sets) is scored by :func:`multilabel_metrics` (micro/macro/weighted/samples
+F-beta, Hamming loss, subset accuracy, per-label scores, label cardinality), the same scikit-learn
+functions on the binary indicator matrix of ``MultiLabelBinarizer``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 DEFAULT_BETAS = (1.0, 0.5)
 #: metrics where lower is better; every other metric is maximised
-MINIMIZED_METRICS = ("loss",)
+MINIMIZED_METRICS = ("loss", "hamming_loss")
 #: the averages of F-beta every metrics dict holds
 AVERAGES = ("macro", "micro", "weighted")
 
@@ -170,8 +174,68 @@ def classification_metrics(
     return out
 
 
+#: the averages of F-beta a multi-label metrics dict holds
+MULTILABEL_AVERAGES = ("micro", "macro", "weighted", "samples")
+
+
+def multilabel_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]],
+                       labels: Sequence[str] | None = None, betas: Sequence[float] = DEFAULT_BETAS) -> dict:
+    """Metrics of label sets as a JSON-ready dict, by ``sklearn.metrics`` on the binary indicator matrices (``zero_division=0``).
+
+    Keys: ``task`` (``multilabel``), ``n``, ``{micro,macro,weighted,samples}_f{beta}`` for every beta and
+    ``_precision``/``_recall``, ``hamming_loss``, ``subset_accuracy`` (the whole set right; also
+    ``accuracy``, so every metrics dict has one), ``label_cardinality_gold``/``_predicted`` (mean
+    labels a text), ``per_class`` (precision, recall, f-betas, support: texts carrying the label) and
+    ``labels``. A label outside ``labels`` (default: every label seen) is left out. The samples
+    average counts a text with neither a gold nor a predicted label as right (``zero_division=1``
+    there: a correct empty prediction is not an error), every other score ``zero_division=0``.
+    """
+    from sklearn import metrics as skm
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} items, y_pred {len(y_pred)}")
+    labels = list(labels) if labels is not None else sorted({x for row in (*y_true, *y_pred) for x in row})
+    known = set(labels)
+    binarizer = MultiLabelBinarizer(classes=labels)
+    t = binarizer.fit_transform([[x for x in row if x in known] for row in y_true])
+    p = binarizer.transform([[x for x in row if x in known] for row in y_pred])
+    n, k = t.shape
+    out: dict = {"task": "multilabel", "n": n}
+    if n == 0:
+        t, p = np.zeros((1, k), dtype=int), np.zeros((1, k), dtype=int)  # scikit-learn refuses no rows: all zeros
+
+    def prfs(beta: float, average: str | None):
+        # samples: a text with no gold and no predicted label is right (F 1, not 0); elsewhere zero_division=0
+        return skm.precision_recall_fscore_support(t, p, beta=beta, average=average,
+                                                   zero_division=1 if average == "samples" else 0)
+
+    for beta in betas:
+        for average in MULTILABEL_AVERAGES:
+            out[f"{average}_{beta_name(beta)}"] = float(prfs(beta, average)[2]) if n else 0.0
+    for average in MULTILABEL_AVERAGES:
+        precision, recall, _, _ = prfs(1.0, average)
+        out[f"{average}_precision"], out[f"{average}_recall"] = (float(precision), float(recall)) if n else (0.0, 0.0)
+    out["hamming_loss"] = float(skm.hamming_loss(t, p)) if n else 0.0
+    out["subset_accuracy"] = out["accuracy"] = float(skm.accuracy_score(t, p)) if n else 0.0
+    out["label_cardinality_gold"] = float(t.sum(axis=1).mean()) if n else 0.0
+    out["label_cardinality_predicted"] = float(p.sum(axis=1).mean()) if n else 0.0
+    per_beta = {beta_name(beta): prfs(beta, None)[2] for beta in betas}
+    precision, recall, _, support = prfs(1.0, None)
+    out["per_class"] = {label: {"precision": float(precision[i]) if n else 0.0, "recall": float(recall[i]) if n else 0.0,
+                                **{name: float(f[i]) if n else 0.0 for name, f in per_beta.items()},
+                                "support": int(support[i]) if n else 0}
+                        for i, label in enumerate(labels)}
+    out["labels"] = labels
+    return out
+
+
 def format_report(metrics: dict, title: str = "") -> str:
-    """A text report of :func:`classification_metrics` output: per-class table, averages, confusion matrix."""
+    """A text report of :func:`classification_metrics` output: per-class table, averages, confusion matrix.
+
+    Multi-label metrics (:func:`multilabel_metrics`): the per-label table, the four averages,
+    Hamming loss, subset accuracy and label cardinality (no confusion matrix).
+    """
     labels = metrics["labels"]
     fnames = [k for k in next(iter(metrics["per_class"].values()), {}) if k.startswith("f")]
     width = max([len(str(label)) for label in labels] + [12])
@@ -185,6 +249,15 @@ def format_report(metrics: dict, title: str = "") -> str:
             + " ".join(f"{c[n]:9.4f}" for n in fnames) + f" {c['support']:9d}"
         )
     lines.append("")
+    if metrics.get("task") == "multilabel":
+        for avg in MULTILABEL_AVERAGES:
+            vals = " ".join(f"{n}={metrics[f'{avg}_{n}']:.4f}" for n in ("precision", "recall", *fnames))
+            lines.append(f"{avg + ' avg':<{width}} {vals}")
+        lines.append(f"{'subset acc.':<{width}} {metrics['subset_accuracy']:9.4f}   (n={metrics['n']}; every label right)")
+        lines.append(f"{'hamming loss':<{width}} {metrics['hamming_loss']:9.4f}")
+        lines.append(f"{'labels/text':<{width}} gold {metrics['label_cardinality_gold']:.3f}, "
+                     f"predicted {metrics['label_cardinality_predicted']:.3f}")
+        return "\n".join(lines)
     lines.append(f"{'accuracy':<{width}} {metrics['accuracy']:9.4f}   (n={metrics['n']})")
     for avg in ("macro", "micro", "weighted"):
         vals = " ".join(f"{n}={metrics[f'{avg}_{n}']:.4f}" for n in fnames)

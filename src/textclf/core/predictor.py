@@ -7,6 +7,10 @@ Decision thresholds (:mod:`textclf.services.compare.thresholds`): when ``meta.js
 (``textclf tune-thresholds``), ``predict`` of every Predictor returns ``argmax(log p + offsets)``;
 ``predict_proba`` is unchanged, and ``load_predictor(..., thresholds=False)`` (``--no-thresholds``)
 ignores them.
+
+Multi-label models (``meta.json`` ``"task": "multilabel"``): ``predict_proba`` gives independent
+per-label probabilities and ``predict`` a sorted tuple of labels a text, those at or above their
+threshold (:mod:`textclf.core.decision`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class Predictor(ABC):
         self.meta = meta
         self.labels: list[str] = list(meta["labels"])
         #: per-class offsets on log-probabilities (``labels`` order) from meta.json, or None
-        self.offsets: np.ndarray | None = offsets_from_meta(meta, self.labels)
+        self.offsets: np.ndarray | None = None if meta.get("task") == "multilabel" else offsets_from_meta(meta, self.labels)
         #: False: ``predict`` ignores ``offsets`` (``--no-thresholds``)
         self.use_thresholds: bool = True
 
@@ -57,7 +61,7 @@ class Predictor(ABC):
 
         @functools.wraps(own)
         def predict(self, texts: Sequence[str]) -> list[str]:
-            if self.active_offsets() is not None:
+            if self.active_offsets() is not None or self.multilabel:
                 return Predictor.predict(self, texts)
             return own(self, texts)
 
@@ -73,22 +77,75 @@ class Predictor(ABC):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), len(self.labels))``, columns in ``self.labels`` order."""
 
+    @property
+    def task(self) -> str:
+        """``multiclass`` or ``multilabel`` (meta.json's ``task``; models from before it are multi-class)."""
+        return (getattr(self, "meta", None) or {}).get("task") or "multiclass"
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the model predicts a set of labels a text (independent per-label probabilities)."""
+        return self.task == "multilabel"
+
+    @property
+    def label_separator(self) -> str:
+        """What joins a predicted label set where one string holds it: the training ``data.label_separator``, else ``|``."""
+        from textclf.core.data import DEFAULT_LABEL_SEPARATOR
+
+        data = ((getattr(self, "meta", None) or {}).get("config") or {}).get("data") or {}
+        return data.get("label_separator") or DEFAULT_LABEL_SEPARATOR
+
     def active_offsets(self) -> np.ndarray | None:
         """The offsets ``predict`` applies now (None: plain argmax)."""
+        if self.multilabel:
+            return None
         return getattr(self, "offsets", None) if getattr(self, "use_thresholds", True) else None
 
-    def decide(self, proba: np.ndarray) -> np.ndarray:
-        """Predicted class index of every row of ``proba``: ``argmax(log p + offsets)``, or ``argmax(p)`` without offsets."""
-        from textclf.core.decision import decide
+    def active_thresholds(self) -> tuple[np.ndarray | float, bool]:
+        """A multi-label model's ``(thresholds, at_least_one)`` now: the tuned per-label ones, else the global threshold."""
+        from textclf.core.decision import decision_settings, thresholds_from_meta
 
+        meta = getattr(self, "meta", None) or {}
+        tuned = thresholds_from_meta(meta, self.labels) if getattr(self, "use_thresholds", True) else None
+        return tuned if tuned is not None else decision_settings(meta)
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Predicted class index of every row of ``proba``: ``argmax(log p + offsets)``, or ``argmax(p)`` without offsets.
+
+        Multi-label: a boolean ``(n, L)`` matrix, True where a label is predicted (:meth:`active_thresholds`).
+        """
+        from textclf.core.decision import decide, decide_multilabel
+
+        if self.multilabel:
+            return decide_multilabel(proba, *self.active_thresholds())
         return decide(proba, self.active_offsets())
 
+    def labels_of(self, decided: np.ndarray) -> list:
+        """The labels of :meth:`decide`'s output: one string a row, or (multi-label) a sorted tuple of labels a row."""
+        labels = self.labels
+        if self.multilabel:
+            order = sorted(range(len(labels)), key=labels.__getitem__)
+            return [tuple(labels[j] for j in order if row[j]) for row in np.asarray(decided, dtype=bool)]
+        return [labels[int(i)] for i in decided]
+
     def predict(self, texts: Sequence[str]) -> list[str]:
-        """The predicted label of every text (the most probable one, shifted by the tuned offsets if any)."""
+        """The predicted label of every text (the most probable one, shifted by the tuned offsets if any).
+
+        Multi-label: the sorted tuple of labels at or above their thresholds.
+        """
         if len(texts) == 0:
             return []
-        proba = self.predict_proba(texts)
-        return [self.labels[i] for i in self.decide(proba)]
+        return self.labels_of(self.decide(self.predict_proba(texts)))
+
+
+def require_multiclass(predictor: Predictor, what: str) -> Predictor:
+    """``predictor``, or a one-line ModelError when it is multi-label and ``what`` (a command) handles multi-class models only."""
+    if predictor.multilabel:
+        from textclf.core.errors import ModelError
+
+        raise ModelError(f"{getattr(predictor, 'model_dir', '')}: a multi-label model; {what} handles multi-class models "
+                         "only so far (train, predict, evaluate, tune-thresholds handle both: docs/multilabel.md)")
+    return predictor
 
 
 def _count_lines(path: Path) -> int | None:
@@ -162,11 +219,13 @@ def _predict_file(predictor: Predictor, input_path: str | Path, output_path: str
         bar = tqdm(total=total, unit="doc", desc="predict", file=sys.stderr)
     n = 0
     with atomic_output(output_path, "w") as fh:
-        write = writer.part("predictions")(fh, list(predictor.labels))
+        factory = writer.part("predictions")
+        multi = {"separator": predictor.label_separator} if predictor.multilabel else {}  # label sets: tuples, joined there
+        write = factory(fh, list(predictor.labels), **multi)
         for batch in batched(texts, batch_size):
             if writer.probabilities:
                 proba = predictor.predict_proba(batch)
-                write([predictor.labels[int(index)] for index in predictor.decide(proba)], proba)
+                write(predictor.labels_of(predictor.decide(proba)), proba)
             else:  # labels only: the family's own predict (fastText's is faster than predict_proba)
                 write(predictor.predict(batch), None)
             n += len(batch)
@@ -180,11 +239,18 @@ def _predict_file(predictor: Predictor, input_path: str | Path, output_path: str
 
 def evaluate_predictor(predictor: Predictor, texts: Sequence[str], labels: Sequence[str], batch_size: int = 1024,
                        betas: Sequence[float] = (1.0, 0.5)) -> dict:
-    """Metrics of ``predictor`` on labelled texts (see :func:`textclf.core.metrics.classification_metrics`)."""
-    from textclf.core.metrics import classification_metrics
+    """Metrics of ``predictor`` on labelled texts (see :func:`textclf.core.metrics.classification_metrics`).
 
-    preds: list[str] = []
+    A multi-label model is scored on label sets (``labels``: a tuple a text) by
+    :func:`textclf.core.metrics.multilabel_metrics`.
+    """
+    from textclf.core.metrics import classification_metrics, multilabel_metrics
+
+    preds: list = []
     for batch in batched(texts, batch_size):
         preds += predictor.predict(batch)
-    label_order = list(predictor.labels) + sorted(set(labels) - set(predictor.labels))
+    gold = {label for row in labels for label in row} if predictor.multilabel else set(labels)
+    label_order = list(predictor.labels) + sorted(gold - set(predictor.labels))
+    if predictor.multilabel:
+        return multilabel_metrics(list(labels), preds, label_order, betas)
     return classification_metrics(list(labels), preds, label_order, betas)

@@ -52,10 +52,14 @@ FIT_FLOW = "textclf.core.fit_flow:train_family"
 #: the config blocks the core reads for every v2 family; the family's own ``config`` is merged over them
 CORE_DEFAULTS: dict = {
     "seed": 13,
-    "data": {"format": None, "text_column": "text", "label_column": "label", "reader": None},
-    "search": {"n_trials": 0, "timeout": None, "n_jobs": 1, "storage": None, "study_name": None, "metric": "macro_f1",
+    "data": {"format": None, "text_column": "text", "label_column": "label", "reader": None, "task": "auto",
+             "label_separator": None},
+    "search": {"n_trials": 0, "timeout": None, "n_jobs": 1, "storage": None, "study_name": None, "metric": None,
                "refit": True, "start_params": []},
+    "decision": {"threshold": 0.5, "at_least_one": False},
 }
+#: ``search.metric: null`` means the task's default (:func:`textclf.core.fit_flow.train_family` fills it in)
+DEFAULT_METRICS = {"multiclass": "macro_f1", "multilabel": "micro_f1"}
 
 
 def defaults_for(name: str, family_config: dict) -> dict:
@@ -147,7 +151,9 @@ class Family:
     ``onnx`` names the family's ONNX module (``export(predictor, path, opset)`` and
     ``load(model_dir, meta, session, path) -> Predictor``); ``commands`` maps the names of the
     family's own top-level commands (``textclf embed``, ``textclf sweep``) to their click commands
-    as ``"module:attr"``; the CLI adds them.
+    as ``"module:attr"``; the CLI adds them. ``multilabel``: the family trains on multi-label data
+    (its Predictor gives independent per-label probabilities); training one that does not on such
+    data is a one-line error (:meth:`check_task`).
     """
 
     name: str
@@ -173,6 +179,7 @@ class Family:
     prepare: Callable | str | None = None
     pruner: Callable | str | None = None
     code_file: str | None = None
+    multilabel: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -209,6 +216,13 @@ class Family:
         if missing:
             raise TextclfError(f"family {self.name!r} needs {', '.join(missing)}, which is not installed; "
                                f"run: {self.install_hint()}")
+
+    def check_task(self, task: str) -> None:
+        """A one-line ConfigError when the data's ``task`` is multi-label and the family cannot train on it."""
+        if task == "multilabel" and not self.multilabel:
+            able = sorted(name for name, fam in all_families().items() if fam.multilabel)
+            raise ConfigError(f"family {self.name!r} cannot train on multi-label data (label sets); "
+                              f"families that can: {', '.join(able) or 'none'}; or set data.task=multiclass")
 
     # ------------------------------------------------------------------ parts
     def train_fn(self) -> Callable:
@@ -335,7 +349,9 @@ class Format:
     * ``predictions(fh, labels)`` -> ``write(predicted, proba)``: opens a prediction file on the
       text stream ``fh`` (a header, say) for the classes ``labels`` and returns the function that
       writes one batch: the predicted labels and their probabilities (rows of ``proba`` in
-      ``labels`` order; ``None`` when ``probabilities`` is false: the labels are all it needs);
+      ``labels`` order; ``None`` when ``probabilities`` is false: the labels are all it needs).
+      For a multi-label model it is opened as ``predictions(fh, labels, separator=...)`` and each
+      predicted item is a tuple of labels (the built-in ones join them with ``separator``);
     * ``write(fh, dataset)``: writes a :class:`textclf.core.data.Dataset` (``make-dataset``).
 
     ``files``: the source is a file path (checked to exist and not be empty before reading,

@@ -14,7 +14,16 @@ from pathlib import Path
 import click
 
 from textclf.core.atomic import atomic_write_text
-from textclf.core.data import Dataset, check_labels_known, labelled_format, read_labelled, sha256_datasets, sha256_files
+from textclf.core.data import (
+    MULTICLASS,
+    MULTILABEL,
+    Dataset,
+    check_labels_known,
+    labelled_format,
+    read_labelled,
+    sha256_datasets,
+    sha256_files,
+)
 from textclf.core.errors import ConfigError, DataError
 from textclf.core.meta import build_meta, write_meta
 from textclf.core.metrics import format_report
@@ -61,7 +70,8 @@ def plugin_context(family, output_dir: str | Path) -> Iterator[None]:
 class Splits:
     """Train/valid(/test) data with the label set taken from train.
 
-    ``train_sources`` holds one dataset per ``--train_path`` file (``train`` is their concatenation,
+    ``task`` is the data's (``multiclass`` or ``multilabel``, the same for every part; see
+    :class:`textclf.core.data.Dataset`). ``train_sources`` holds one dataset per ``--train_path`` file (``train`` is their concatenation,
     in order); ``train_source_ids`` gives each train row's file index.
     """
 
@@ -80,6 +90,16 @@ class Splits:
             return [0] * len(self.train)
         return [i for i, ds in enumerate(self.train_sources) for _ in range(len(ds))]
 
+    @property
+    def task(self) -> str:
+        """``multiclass`` or ``multilabel`` (``data.task``, or what ``auto`` found in the data)."""
+        return self.train.task
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether every row holds a label set."""
+        return self.train.multilabel
+
 
 def train_paths(train_path: str | Path | Sequence[str | Path]) -> list[str]:
     """``--train_path`` as a list of paths (one path, or a repeated flag)."""
@@ -93,7 +113,7 @@ def concat_datasets(datasets: Sequence[Dataset]) -> Dataset:
     if len(datasets) == 1:
         return datasets[0]
     return Dataset([t for ds in datasets for t in ds.texts], [label for ds in datasets for label in ds.labels],
-                   "+".join(ds.path for ds in datasets), [n for ds in datasets for n in ds.line_numbers])
+                   "+".join(ds.path for ds in datasets), [n for ds in datasets for n in ds.line_numbers], datasets[0].task)
 
 
 def load_splits(train_path: str | Path | Sequence[str | Path], valid_path: str | Path, test_path: str | Path | None,
@@ -102,13 +122,19 @@ def load_splits(train_path: str | Path | Sequence[str | Path], valid_path: str |
 
     Several training files (``--train_path a.csv --train_path b.csv``) are read separately and
     concatenated; every family trains on the union, the embeddings search can pick a subset.
+    ``data.task`` (default ``auto``) and ``data.label_separator`` say how labels are read
+    (:func:`textclf.core.data.labelled_dataset`); ``auto`` is decided on the training files (multi-label
+    when any holds a label set) and valid and test are read as that.
     """
     kw = {"fmt": data_cfg.get("format"), "text_column": data_cfg.get("text_column", "text"),
-          "label_column": data_cfg.get("label_column", "label"), "reader": data_cfg.get("reader")}
+          "label_column": data_cfg.get("label_column", "label"), "reader": data_cfg.get("reader"),
+          "task": data_cfg.get("task") or "auto", "label_separator": data_cfg.get("label_separator")}
     files = train_paths(train_path)
     if not files:
         raise ConfigError("no --train_path given")
     sources = [read_labelled(path, min_classes=0 if len(files) > 1 else 2, **kw) for path in files]
+    kw["task"] = MULTILABEL if any(ds.multilabel for ds in sources) else MULTICLASS
+    sources = [ds if ds.task == kw["task"] else read_labelled(path, min_classes=0, **kw) for path, ds in zip(files, sources, strict=True)]
     train = concat_datasets(sources)
     if len(files) > 1 and len(train.label_set) < 2:
         raise DataError(files[0], f"the {len(files)} training files hold {len(train.label_set)} class(es) together; need at least 2")
@@ -127,6 +153,11 @@ def load_splits(train_path: str | Path | Sequence[str | Path], valid_path: str |
     return Splits(train, valid, test, train.label_set, digest, paths, sources)
 
 
+def fitted_meta(kind: str, cfg: dict, splits: Splits) -> dict:
+    """What a Predictor fitted in this run reads before meta.json exists: kind, labels, task and the config (its decision block)."""
+    return {"kind": kind, "labels": list(splits.labels), "task": splits.task, "config": cfg}
+
+
 def finish_run(model_dir: str | Path, predictor: Predictor, splits: Splits, config: dict,
                packages: tuple[str, ...] = (), echo: bool = True, **extra) -> dict:
     """Evaluate ``predictor`` on valid (and test), write ``metrics.txt`` and ``meta.json``; return the meta."""
@@ -141,7 +172,7 @@ def finish_run(model_dir: str | Path, predictor: Predictor, splits: Splits, conf
 
         extra.setdefault(PLUGIN_META_KEY, _plugin_code.get())
     meta = build_meta(predictor.kind, predictor.labels, config, metrics, splits.data_sha256, packages,
-                      data=splits.paths, **extra)
+                      data=splits.paths, task=splits.task, **extra)
     write_meta(model_dir, meta)
     if echo:
         click.echo(report)

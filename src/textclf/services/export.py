@@ -96,6 +96,7 @@ def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts:
     import torch
 
     from textclf.core.loading import load_predictor
+    from textclf.core.predictor import require_multiclass
 
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
@@ -105,7 +106,7 @@ def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts:
         raise ConfigError(f"{model_dir}: {kind} models cannot be exported to ONNX (families that can: {', '.join(kinds)})")
     if quantize not in (None, *QUANTIZE):
         raise ConfigError(f"--quantize {quantize!r}: choose {', '.join(QUANTIZE)}")
-    torch_predictor = load_predictor(model_dir, backend="torch")
+    torch_predictor = require_multiclass(load_predictor(model_dir, backend="torch"), "export")
     exporter = get_family(kind).onnx_hook("export")
     start = time.perf_counter()
     # the old record goes first: until the new one is written, the directory holds no export the backend would pick

@@ -120,6 +120,7 @@ def prepare(spec: RunSpec) -> tuple[Family, dict, Splits]:
             flags = family.flag_hook(flags)
         cfg = load_config(family.name, spec.config, [*spec.overrides, *flag_overrides(flags)])
     splits = load_splits(spec.train_path, spec.valid_path, spec.test_path, cfg["data"])
+    family.check_task(splits.task)
     return family, cfg, splits
 
 

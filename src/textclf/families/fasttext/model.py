@@ -2,6 +2,11 @@
 
 Labels are stored in fastText as ``__label__<index>`` so any label text (spaces,
 unicode) round-trips; ``meta.json`` maps indices back to names.
+
+Multi-label data: every label of a text is one ``__label__<index>`` of its line (fastText reads
+several natively), the loss is ``ova`` (one independent sigmoid a label, whatever ``model.loss``
+says) and the core's decision threshold picks the labels. fastText skips a line without a label,
+so a text with an empty label set teaches nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import fasttext
 from textclf.core.atomic import atomic_replace_file
 from textclf.core.data import Dataset
 from textclf.core.errors import ConfigError, ModelError
-from textclf.core.metrics import classification_metrics, metric_value
+from textclf.core.metrics import classification_metrics, metric_value, multilabel_metrics
 from textclf.core.predictor import Predictor
 from textclf.core.tempfiles import owned_temp_dir
-from textclf.core.training import Splits
+from textclf.core.training import Splits, fitted_meta
 from textclf.core.tuning import (
     wants_search,
 )
@@ -73,9 +78,13 @@ def fasttext_lines(texts: Sequence[str]) -> list[str]:
 
 
 def write_training_file(ds: Dataset, labels: list[str], path: str | Path) -> None:
-    """Write ``ds`` in fastText format with ``__label__<index>`` labels."""
+    """Write ``ds`` in fastText format with ``__label__<index>`` labels (multi-label: one prefix per label of the set)."""
     index = {label: i for i, label in enumerate(labels)}
     with open(path, "w", encoding="utf-8") as fh:
+        if ds.multilabel:
+            for text, label_set in zip(ds.texts, ds.labels, strict=True):
+                fh.write("".join(f"__label__{index[label]} " for label in label_set) + one_line(text) + "\n")
+            return
         for text, label in zip(ds.texts, ds.labels, strict=True):
             fh.write(f"__label__{index[label]} {one_line(text)}\n")
 
@@ -174,6 +183,8 @@ class FastTextPredictor(Predictor):
         for i, (row_labels, row_probs) in enumerate(zip(ft_labels, probs, strict=True)):
             for label, p in zip(row_labels, row_probs, strict=True):
                 out[i, self._index(label)] = p
+        if self.multilabel:  # fastText adds 1e-5 before its log: an ova sigmoid can come back as 1.00001
+            np.clip(out, 0.0, 1.0, out=out)
         return out
 
 
@@ -196,7 +207,11 @@ def check_param(key: str, name: str, value: object) -> None:
 
 
 def check_settings(cfg: dict) -> None:
-    """Check the fixed parameters, the search space's bounds and choices and the metric before anything trains."""
+    """Check the fixed parameters, the search space's bounds and choices and the metric before anything trains.
+
+    The metric is one of those computed with F1 and F0.5 (multi-class or multi-label ones); ``null``
+    (the task's default) passes.
+    """
     for name, value in cfg["model"].items():
         check_param(f"model.{name}", name, value)
     s = cfg["search"]
@@ -205,10 +220,13 @@ def check_settings(cfg: dict) -> None:
             values = spec.get("choices", []) if spec.get("type") == "categorical" else [spec.get("low"), spec.get("high")]
             for value in values:
                 check_param(f"search.space.{name}", name, value)
-        try:
-            metric_value(classification_metrics(["a", "b"], ["a", "b"], ["a", "b"]), s["metric"])
-        except KeyError as exc:
-            raise ConfigError(f"search.metric: {exc.args[0]}") from None
+        if s["metric"]:
+            known = {**multilabel_metrics([("a",)], [("a",)], ["a", "b"]),
+                     **classification_metrics(["a", "b"], ["a", "b"], ["a", "b"])}
+            try:
+                metric_value(known, s["metric"])
+            except KeyError as exc:
+                raise ConfigError(f"search.metric: {exc.args[0]}") from None
 
 
 def refit(train_file: Path, params: dict, seed: int, retries: int) -> tuple[fasttext.FastText._FastText, int]:
@@ -233,12 +251,14 @@ def fit(cfg: dict, splits: Splits, context) -> FastTextPredictor:
     """
     out = Path(context.output_dir)
     n_jobs = cfg["search"]["n_jobs"]
+    if splits.multilabel and cfg["model"].get("loss") != "ova":
+        cfg = {**cfg, "model": {**cfg["model"], "loss": "ova"}}  # independent per-label probabilities
     with owned_temp_dir(TEMP_PREFIX) as tmp:  # swept by the next run if this one is killed with -9
         train_file = Path(tmp) / "train.txt"
         write_training_file(splits.train, splits.labels, train_file)
         if not context.final:
             model = train_model(train_file, {**cfg["model"], "seed": context.seed}, n_jobs)
-            return FastTextPredictor(out, {"labels": splits.labels, "kind": KIND}, model)
+            return FastTextPredictor(out, fitted_meta(KIND, cfg, splits), model)
         model, seed = refit(train_file, cfg["model"], context.seed, cfg["search"]["refit_retries"])
         atomic_replace_file(model.save_model, out / MODEL_FILE)
         model_file = MODEL_FILE
@@ -248,6 +268,6 @@ def fit(cfg: dict, splits: Splits, context) -> FastTextPredictor:
                            thread=default_threads())
             atomic_replace_file(model.save_model, out / QUANTIZED_FILE)
             model_file = QUANTIZED_FILE
-    predictor = FastTextPredictor(out, {"labels": splits.labels, "kind": KIND}, model)
+    predictor = FastTextPredictor(out, fitted_meta(KIND, cfg, splits), model)
     predictor.fit_info = {"model_file": model_file, "params": fit_params({**cfg["model"], "seed": seed})}
     return predictor

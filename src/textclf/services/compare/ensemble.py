@@ -58,7 +58,7 @@ import numpy as np
 from textclf.core.errors import ModelError, TextclfError
 from textclf.core.integrity import FILES_KEY, files_block
 from textclf.core.meta import META_FILE
-from textclf.core.predictor import Predictor
+from textclf.core.predictor import Predictor, require_multiclass
 
 KIND = "ensemble"
 #: how a saved ensemble combines its members (meta.json ``method``)
@@ -547,7 +547,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         raise EnsembleError(f"--output_dir {output_dir} holds a {read_meta(output_dir).get('kind')} model; "
                             "choose a new directory")
     metas = [read_meta(d) for d in dirs]
-    members = [load_predictor(d, thresholds=False) for d in dirs]
+    members = [require_multiclass(load_predictor(d, thresholds=False), "ensemble") for d in dirs]
     labels = check_label_sets([(_member_name(d, m), p.labels) for d, m, p in zip(dirs, metas, members, strict=True)])
     valid = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0)
     y = label_indices(valid.labels, labels, valid_path)

@@ -99,9 +99,10 @@ def measure(model_dir: str, data_path: str, data_format: str | None = None, text
     """
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import load_predictor
+    from textclf.core.predictor import require_multiclass
 
     start = time.perf_counter()
-    predictor = load_predictor(model_dir, thresholds=thresholds)
+    predictor = require_multiclass(load_predictor(model_dir, thresholds=thresholds), "leaderboard")
     load_s = time.perf_counter() - start
     rss = peak_rss_mb()
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)

@@ -345,12 +345,13 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.metrics import beta_name, classification_metrics
+    from textclf.core.predictor import require_multiclass
     from textclf.services.compare.thresholds import label_indices
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dir, _ = _resolve(model_path)
-    predictor = load_predictor(model_path, thresholds=thresholds)
+    predictor = require_multiclass(load_predictor(model_path, thresholds=thresholds), "report")
     meta = predictor.meta
     labels = list(predictor.labels)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)

@@ -21,6 +21,10 @@ valid are kept only when that pooled out-of-fold macro F-beta beats the untuned 
 the model keeps the plain argmax (all zeros). Either way the stored valid score is >= the untuned
 one. ``--cv 0`` is the plain search.
 
+A multi-label model gets a global and per-label probability thresholds instead, tuned for micro
+F-beta by :mod:`textclf.services.compare.label_thresholds`; :func:`tune_thresholds` picks by the
+model's task.
+
 The offsets live in the model directory's ``meta.json`` under ``"thresholds"`` (written
 atomically by :func:`save_thresholds`), and :class:`textclf.core.predictor.Predictor` applies them in
 ``predict`` for every family; ``predict_proba`` is never changed.
@@ -235,20 +239,32 @@ def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float 
 
     ``cv`` folds (0: none) check the search out of fold first (see the module docstring).
     Returns the ``thresholds`` block (offsets by label, beta, valid score before/after, the
-    out-of-fold check under ``"cv"``, ...).
+    out-of-fold check under ``"cv"``, ...). A multi-label model gets per-label and global
+    thresholds for micro F-beta (:mod:`textclf.services.compare.label_thresholds`) in the same block.
     """
     from textclf.core.data import batched, labelled_format, read_labelled, sha256_datasets, sha256_files
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.metrics import beta_name
+    from textclf.services.compare.label_thresholds import indicator_matrix, thresholds_block
 
     if beta <= 0:
         raise DataError(valid_path, f"--beta must be > 0, got {beta:g}")
     model_dir, _ = _resolve(model_path)
     predictor = load_predictor(model_dir, thresholds=False)
-    ds = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0)
-    y = label_indices(ds.labels, predictor.labels, valid_path)
+    ds = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
+                       label_separator=predictor.label_separator)
+    y = indicator_matrix(ds.labels, predictor.labels, valid_path) if predictor.multilabel else \
+        label_indices(ds.labels, predictor.labels, valid_path)
     probas = [predictor.predict_proba(batch) for batch in batched(ds.texts, batch_size)]
     proba = np.vstack(probas) if probas else np.zeros((0, len(predictor.labels)))
+    valid_sha = sha256_files([valid_path]) if labelled_format(valid_path, data_format).files else sha256_datasets([ds])
+    if predictor.multilabel:
+        block = {**thresholds_block(predictor, proba, y, beta, cv, seed, max_rounds), "valid_path": str(valid_path),
+                 "valid_sha256": valid_sha, "n_valid": len(ds),
+                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+        if save:
+            save_thresholds(model_dir, block)
+        return block
     result = tune_offsets(proba, y, beta, max_rounds, cv=cv, seed=seed)
     before_acc = float(np.mean(decide(proba) == y)) if len(y) else 0.0
     after_acc = float(np.mean(decide(proba, result.offsets) == y)) if len(y) else 0.0
@@ -257,7 +273,7 @@ def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float 
         "beta": float(beta),
         "metric": f"macro_{beta_name(beta)}",
         "valid_path": str(valid_path),
-        "valid_sha256": sha256_files([valid_path]) if labelled_format(valid_path, data_format).files else sha256_datasets([ds]),
+        "valid_sha256": valid_sha,
         "n_valid": len(ds),
         "valid_before": result.before,
         "valid_after": result.after,

@@ -59,3 +59,29 @@ def _balanced(labels: Sequence[str], train_labels: Sequence[str], key: str) -> l
     weights = compute_class_weight("balanced", classes=np.asarray(present), y=np.asarray(list(train_labels)))
     by_label = dict(zip(present, weights.tolist(), strict=True))
     return [float(by_label.get(label, 1.0)) for label in labels]
+
+
+def label_indicator(label_sets: Sequence[Sequence[str]], labels: Sequence[str]):
+    """The ``(n, len(labels))`` 0/1 float32 matrix of label sets (scikit-learn's ``MultiLabelBinarizer``), columns in ``labels`` order."""
+    import numpy as np
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    if not label_sets:
+        return np.zeros((0, len(labels)), dtype=np.float32)
+    return MultiLabelBinarizer(classes=list(labels)).fit_transform([list(row) for row in label_sets]).astype(np.float32)
+
+
+def pos_weight(spec: None | str | Sequence[float] | Mapping[str, float], labels: Sequence[str],
+               label_sets: Sequence[Sequence[str]] = (), key: str = "train.pos_weight") -> list[float] | None:
+    """Per-label positive-example weights of a multi-label BCE loss (``BCEWithLogitsLoss(pos_weight=...)``), ``labels`` order.
+
+    ``None``: no weighting. ``"balanced"``: ``negatives / positives`` of each label in the training
+    ``label_sets`` (PyTorch's documented choice: the positives then weigh as much as the negatives;
+    a label with no positive gets 1). A list or a ``{label: weight}`` dict: as :func:`class_alpha`.
+    """
+    if isinstance(spec, str) and spec == "balanced":
+        y = label_indicator(label_sets, labels)
+        positives = y.sum(axis=0)
+        negatives = len(y) - positives
+        return [float(neg / pos) if pos else 1.0 for pos, neg in zip(positives.tolist(), negatives.tolist(), strict=True)]
+    return class_alpha(spec, labels, (), key=key)

@@ -123,6 +123,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Elementwise logistic sigmoid in float64 (``scipy.special.expit``: no overflow warning for large logits)."""
+    from scipy.special import expit
+
+    return expit(logits.astype(np.float64))
+
+
 class OnnxPredictor(Predictor):
     """Base of the ONNX Predictors: the session, the file it came from, and loading with checks."""
 
@@ -150,6 +157,10 @@ class OnnxPredictor(Predictor):
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The first output of one session run."""
         return self.session.run(None, feeds)[0]
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The exported graph's logits as probabilities: a sigmoid per label (multi-label model), else a softmax per row."""
+        return sigmoid(logits) if self.multilabel else softmax(logits)
 
 
 def onnx_file_of(model_dir: Path, info: dict | None, model_file: str | Path | None) -> Path:

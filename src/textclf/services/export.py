@@ -84,10 +84,16 @@ def quantize_int8(source: Path, target: Path) -> None:
 
 
 def compare(reference, candidate, texts: list[str]) -> dict:
-    """Largest absolute probability difference and label agreement of two Predictors on ``texts``."""
+    """Largest absolute probability difference and label agreement of two Predictors on ``texts``.
+
+    Label agreement: the share of texts given the same label (multi-label: the same label set, by the model's thresholds).
+    """
     a, b = reference.predict_proba(texts), candidate.predict_proba(texts)
-    return {"texts": len(texts), "max_abs_diff": float(np.abs(a - b).max()) if len(texts) else 0.0,
-            "label_agreement": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if len(texts) else 1.0}
+    if not len(texts):
+        return {"texts": 0, "max_abs_diff": 0.0, "label_agreement": 1.0}
+    same = reference.decide(a) == reference.decide(b) if reference.multilabel else a.argmax(axis=1) == b.argmax(axis=1)
+    return {"texts": len(texts), "max_abs_diff": float(np.abs(a - b).max()),
+            "label_agreement": float(np.mean(same.all(axis=1) if same.ndim == 2 else same))}
 
 
 def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts: list[str] | None = None) -> dict:
@@ -96,7 +102,6 @@ def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts:
     import torch
 
     from textclf.core.loading import load_predictor
-    from textclf.core.predictor import require_multiclass
 
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
@@ -106,7 +111,7 @@ def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts:
         raise ConfigError(f"{model_dir}: {kind} models cannot be exported to ONNX (families that can: {', '.join(kinds)})")
     if quantize not in (None, *QUANTIZE):
         raise ConfigError(f"--quantize {quantize!r}: choose {', '.join(QUANTIZE)}")
-    torch_predictor = require_multiclass(load_predictor(model_dir, backend="torch"), "export")
+    torch_predictor = load_predictor(model_dir, backend="torch")  # multi-label too: the ONNX Predictors apply a sigmoid
     exporter = get_family(kind).onnx_hook("export")
     start = time.perf_counter()
     # the old record goes first: until the new one is written, the directory holds no export the backend would pick

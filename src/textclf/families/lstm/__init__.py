@@ -16,12 +16,15 @@ def beta_selects_metric(flags: dict) -> dict:
 FAMILY = register_family(Family(
     name="lstm",
     config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
-    description="BiLSTM over packed sequences (Lightning), best epoch by macro F0.5, Optuna with pruning",
+    description="BiLSTM over packed sequences (Lightning), best epoch by macro F0.5 (multi-label: sigmoid outputs, "
+                "micro F1), Optuna with pruning",
     kind="neural",
     fit="textclf.families.lstm.train:fit",
     space="textclf.families.lstm.search:space",
     pruner="textclf.families.lstm.search:pruner",
     check="textclf.families.lstm.search:check",
+    prepare="textclf.families.lstm.search:prepare",
+    multilabel=True,
     packages=("torch", "lightning", "tensorboard"),
     predictor="textclf.families.lstm.model:LSTMPredictor",
     onnx="textclf.families.lstm.onnx",

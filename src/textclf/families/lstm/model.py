@@ -7,6 +7,7 @@ The model directory holds ``model.pt`` (architecture + best weights), ``vocab.js
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,23 +111,29 @@ def build_model(cfg: dict, vocab: Vocab, num_classes: int) -> tuple[LSTMClassifi
 # --------------------------------------------------------------------------- data
 
 
-def collate(batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad id lists to the longest in the batch: ``(ids, lengths, labels)``."""
+def collate(batch: Sequence[tuple[list[int], object]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad id lists to the longest in the batch: ``(ids, lengths, labels)``.
+
+    Labels are class indices (a long vector) or, multi-label, 0/1 rows (a float ``(batch, L)`` matrix).
+    """
     ids, lengths = pad_ids([row for row, _ in batch], PAD_ID)
-    return ids, lengths, torch.tensor([y for _, y in batch], dtype=torch.long)
+    targets = [y for _, y in batch]
+    if targets and isinstance(targets[0], np.ndarray):
+        return ids, lengths, torch.from_numpy(np.stack(targets)).float()
+    return ids, lengths, torch.tensor(targets, dtype=torch.long)
 
 
 class EncodedTexts(torch.utils.data.Dataset):
-    """Encoded texts and their label indices (-1 when unlabelled)."""
+    """Encoded texts and their label indices (-1 when unlabelled), or multi-label 0/1 rows (numpy float32)."""
 
-    def __init__(self, ids: list[list[int]], labels: list[int] | None = None):
+    def __init__(self, ids: list[list[int]], labels: Sequence | None = None):
         self.ids = ids
         self.labels = labels if labels is not None else [-1] * len(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> tuple[list[int], int]:
+    def __getitem__(self, i: int) -> tuple[list[int], object]:
         return self.ids[i], self.labels[i]
 
     def lengths(self) -> list[int]:
@@ -188,12 +195,13 @@ class LSTMPredictor(Predictor):
         return cls(model_dir, meta, model, encoder, str(resolved), predict_batch(meta.get("config", {}), resolved))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Softmax probabilities; texts are batched by length, results come back in input order."""
+        """Softmax probabilities (multi-label: a sigmoid per label); texts are batched by length, results in input order."""
         encoded = self.encoder(texts)
+        activation = torch.sigmoid if self.multilabel else functools.partial(torch.softmax, dim=1)
 
         def forward(idx: list[int]) -> torch.Tensor:
             ids, lengths = pad_ids([encoded[i] for i in idx], PAD_ID)
-            return torch.softmax(self.model(ids.to(self.device), lengths).float(), dim=1)
+            return activation(self.model(ids.to(self.device), lengths).float())
 
         return predict_by_length(encoded, self.batch_size, len(self.labels), forward, dtype=np.float64)
 

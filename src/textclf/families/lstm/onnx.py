@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from textclf.core.errors import ModelError
-from textclf.core.onnx_runtime import OnnxPredictor, softmax
+from textclf.core.onnx_runtime import OnnxPredictor
 
 
 class OnnxLSTMPredictor(OnnxPredictor):
@@ -19,7 +19,7 @@ class OnnxLSTMPredictor(OnnxPredictor):
         self.encoder = encoder
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Softmax probabilities; texts with the same token count share a batch, results in input order."""
+        """Softmax probabilities (multi-label: a sigmoid per label); texts with the same token count share a batch, in input order."""
         n_out = len(self.labels)
         if len(texts) == 0:
             return np.zeros((0, n_out), dtype=np.float64)
@@ -34,7 +34,7 @@ class OnnxLSTMPredictor(OnnxPredictor):
                 idx = same[start:start + self.batch_size]
                 ids = np.asarray([rows[i] for i in idx], dtype=np.int64)
                 logits[idx] = self.run({"ids": ids})
-        return softmax(logits)
+        return self.probabilities(logits)
 
 
 def lstm_encoder(model_dir: Path, meta: dict):

@@ -65,9 +65,30 @@ def check(cfg: dict) -> None:
     from textclf.families.lstm.train import selection_metric
 
     selection_metric(cfg)
+    selection_metric(cfg, multilabel=True, key="train.metric_multilabel")
     s = cfg["search"]
     if not s.get("metric"):
         s["metric"] = cfg["train"]["metric"]
     for name in s.get("space") or {}:
         param_section(cfg, name)
     make_pruner(s, cfg["train"]["epochs"])
+
+
+def prepare(cfg: dict, splits) -> dict:
+    """On multi-label data (``Family.prepare``, after :func:`check`): select epochs on ``train.metric_multilabel`` (micro_f1).
+
+    ``train.metric`` becomes it, and so does ``search.metric`` when :func:`check` had copied
+    ``train.metric`` there. ``train.class_weights`` (weights of exclusive classes) is refused: a
+    multi-label BCE takes ``train.pos_weight``. Multi-class data: ``cfg`` unchanged.
+    """
+    from textclf.families.lstm.train import DEFAULT_MULTILABEL_METRIC
+
+    if not splits.multilabel:
+        return cfg
+    t, s = cfg["train"], cfg["search"]
+    if t.get("class_weights"):
+        raise ConfigError("train.class_weights weighs exclusive classes; on multi-label data set train.pos_weight "
+                          "(\"balanced\": negatives/positives of each label) instead")
+    metric = t.get("metric_multilabel") or DEFAULT_MULTILABEL_METRIC
+    search_metric = metric if s.get("metric") in (None, t["metric"]) else s["metric"]
+    return {**cfg, "train": {**t, "metric": metric}, "search": {**s, "metric": search_metric}}

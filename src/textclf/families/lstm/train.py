@@ -23,14 +23,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from textclf.core.atomic import atomic_write_json
-from textclf.core.class_weights import class_alpha
+from textclf.core.class_weights import class_alpha, label_indicator, pos_weight
+from textclf.core.decision import decision_settings
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import FILES_KEY, checkpoint_globals, load_checkpoint
-from textclf.core.metrics import beta_name, classification_metrics, is_minimized
+from textclf.core.metrics import MULTILABEL_AVERAGES, beta_name, classification_metrics, is_minimized, multilabel_metrics
 from textclf.core.precision import DeviceInfo, Precision, precision_setting, resolve_precision
 from textclf.core.progress import PROGRESS_FILE, append_line
 from textclf.core.torch_common import lightning_device_args, resolve_device, seed_everything
-from textclf.core.training import Splits
+from textclf.core.training import Splits, fitted_meta
 from textclf.families.lstm.model import (
     KIND,
     MODEL_FILE,
@@ -56,6 +57,8 @@ BEST_CKPT = "best.ckpt"
 TB_DIR = "tensorboard"
 VAL_PREFIX = "val/"
 AVERAGES = ("macro", "micro", "weighted")
+#: the selection metric on multi-label data when the config names none (``train.metric_multilabel``)
+DEFAULT_MULTILABEL_METRIC = "micro_f1"
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # their info lines are noise here
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -70,17 +73,37 @@ def class_weights(spec, labels: list[str], train_labels: Sequence[str]) -> torch
     return None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
 
+def loss_function(cfg: dict, splits: Splits) -> nn.Module:
+    """Cross-entropy weighted by ``train.class_weights``; multi-label: ``BCEWithLogitsLoss`` with ``train.pos_weight`` (null: none)."""
+    t = cfg["train"]
+    if splits.multilabel:
+        weights = pos_weight(t.get("pos_weight"), splits.labels, splits.train.labels)
+        return nn.BCEWithLogitsLoss(pos_weight=None if weights is None else torch.tensor(weights, dtype=torch.float32))
+    return nn.CrossEntropyLoss(weight=class_weights(t["class_weights"], splits.labels, splits.train.labels))
+
+
 def metric_betas(cfg: dict) -> tuple[float, ...]:
     """The F-betas validation reports: 1, 0.5 and ``train.beta``."""
     return tuple(dict.fromkeys((1.0, 0.5, float(cfg["train"]["beta"]))))
 
 
-def selection_metric(cfg: dict) -> str:
-    """The validation metric that picks the best epoch and drives early stopping (``train.metric``)."""
-    metric = cfg["train"]["metric"]
-    valid = ["accuracy", "loss"] + [f"{avg}_{beta_name(b)}" for b in metric_betas(cfg) for avg in AVERAGES]
+def metric_names(cfg: dict, multilabel: bool = False) -> list[str]:
+    """The validation metrics an epoch reports (multi-label: also samples averages and Hamming loss)."""
+    if multilabel:
+        return ["accuracy", "loss", "hamming_loss"] + [f"{avg}_{beta_name(b)}" for b in metric_betas(cfg)
+                                                       for avg in MULTILABEL_AVERAGES]
+    return ["accuracy", "loss"] + [f"{avg}_{beta_name(b)}" for b in metric_betas(cfg) for avg in AVERAGES]
+
+
+def selection_metric(cfg: dict, multilabel: bool = False, key: str = "train.metric") -> str:
+    """The validation metric that picks the best epoch and drives early stopping (``train.metric``).
+
+    On multi-label data :func:`textclf.families.lstm.search.prepare` has put ``train.metric_multilabel`` there.
+    """
+    metric = cfg["train"].get(key.split(".", 1)[1], DEFAULT_MULTILABEL_METRIC)
+    valid = metric_names(cfg, multilabel)
     if metric not in valid:
-        raise ConfigError(f"train.metric {metric!r}: choose one of {', '.join(valid)} (set train.beta for another F-beta)")
+        raise ConfigError(f"{key} {metric!r}: choose one of {', '.join(valid)} (set train.beta for another F-beta)")
     return metric
 
 
@@ -90,15 +113,17 @@ def selection_metric(cfg: dict) -> str:
 class LSTMModule(L.LightningModule):
     """Trains an :class:`LSTMClassifier`; validation metrics come from :mod:`textclf.core.metrics`."""
 
-    def __init__(self, model: LSTMClassifier, cfg: dict, labels: list[str], weights: torch.Tensor | None):
+    def __init__(self, model: LSTMClassifier, cfg: dict, labels: list[str], loss_fn: nn.Module, multilabel: bool = False):
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.labels = labels
+        self.multilabel = multilabel
+        self.threshold = decision_settings({"config": cfg})[0]  # multi-label: the global decision threshold
         self.betas = metric_betas(cfg)
-        self.metric = selection_metric(cfg)
+        self.metric = selection_metric(cfg, multilabel)
         self.every = max(1, cfg["train"]["log_every_n_steps"])
-        self.loss_fn = nn.CrossEntropyLoss(weight=weights)
+        self.loss_fn = loss_fn
         self.val_metrics: dict = {}
         self.train_time = 0.0
         self._train_loss, self._train_n, self._train_tokens, self._epoch_start = 0.0, 0, 0, 0.0
@@ -135,19 +160,31 @@ class LSTMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         ids, lengths, y = batch
         logits = self.model(ids, lengths)
-        self._val_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        self._preds.append(logits.argmax(dim=1).cpu())
+        if self.multilabel:  # summed over texts, averaged over labels (as the training loss), unweighted
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").mean(dim=1).sum()
+            self._preds.append((torch.sigmoid(logits.float()) >= self.threshold).cpu())
+        else:
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+            self._preds.append(logits.argmax(dim=1).cpu())
+        self._val_loss += float(loss)
         self._gold.append(y.cpu())
 
+    def _epoch_metrics(self) -> dict:
+        """The validation metrics of the epoch's predictions (:mod:`textclf.core.metrics`)."""
+        preds, gold, labels = torch.cat(self._preds), torch.cat(self._gold), self.labels
+        if self.multilabel:
+            def sets(rows):
+                return [tuple(labels[j] for j in row.nonzero().flatten().tolist()) for row in rows]
+
+            return multilabel_metrics(sets(gold), sets(preds), labels, self.betas)
+        return classification_metrics([labels[i] for i in gold.tolist()], [labels[i] for i in preds.tolist()], labels,
+                                      self.betas)
+
     def on_validation_epoch_end(self):
-        preds = torch.cat(self._preds).tolist()
-        gold = torch.cat(self._gold).tolist()
-        labels = self.labels
-        m = classification_metrics([labels[i] for i in gold], [labels[i] for i in preds], labels, self.betas)
-        out = {"loss": self._val_loss / max(1, len(gold)), "accuracy": m["accuracy"]}
-        for b in self.betas:
-            for avg in AVERAGES:
-                out[f"{avg}_{beta_name(b)}"] = m[f"{avg}_{beta_name(b)}"]
+        m = self._epoch_metrics()
+        n = int(sum(len(g) for g in self._gold))
+        out = {name: m[name] for name in metric_names(self.cfg, self.multilabel) if name != "loss"}
+        out["loss"] = self._val_loss / max(1, n)
         self.val_metrics = out
         shown = ["loss", "accuracy", "macro_f1", "macro_f0.5", self.metric] + [f"macro_{beta_name(b)}" for b in self.betas]
         for name in dict.fromkeys(shown):
@@ -298,12 +335,19 @@ def _data(cfg: dict, splits: Splits, output_dir: Path, resumed: bool, pin: bool)
         vocab = build_vocab(cfg, splits.train.texts)
         vocab.save(vocab_path)
     encoder = make_encoder(cfg, vocab)
-    index = {label: i for i, label in enumerate(splits.labels)}
-    train_data = EncodedTexts(encoder(splits.train.texts), [index[y] for y in splits.train.labels])
-    valid_data = EncodedTexts(encoder(splits.valid.texts), [index[y] for y in splits.valid.labels])
+    train_data = EncodedTexts(encoder(splits.train.texts), targets(splits.train.labels, splits))
+    valid_data = EncodedTexts(encoder(splits.valid.texts), targets(splits.valid.labels, splits))
     tcfg = cfg["train"]
     return vocab, (make_loader(train_data, tcfg["batch_size"], True, cfg["seed"], pin),
                    make_loader(valid_data, tcfg["eval_batch_size"], False, cfg["seed"], pin))
+
+
+def targets(labels: Sequence, splits: Splits) -> list:
+    """Training targets: label indices, or (multi-label) one 0/1 float32 row a text in ``splits.labels`` order."""
+    if splits.multilabel:
+        return list(label_indicator(labels, splits.labels))
+    index = {label: i for i, label in enumerate(splits.labels)}
+    return [index[y] for y in labels]
 
 
 def training_precision(cfg: dict, device: torch.device) -> Precision:
@@ -312,10 +356,10 @@ def training_precision(cfg: dict, device: torch.device) -> Precision:
 
 
 def _trainer(cfg: dict, output_dir: Path, device: torch.device, callbacks: list, checkpoints: bool,
-             progress: bool, precision: Precision | None = None) -> L.Trainer:
+             progress: bool, precision: Precision | None = None, multilabel: bool = False) -> L.Trainer:
     """A Lightning Trainer with early stopping, checkpoints (best + last), TensorBoard logs and ``precision``."""
     tcfg = cfg["train"]
-    metric = selection_metric(cfg)
+    metric = selection_metric(cfg, multilabel)
     mode = "min" if is_minimized(metric) else "max"
     cbs = list(callbacks)
     if tcfg["patience"]:
@@ -370,20 +414,19 @@ def train_model(cfg: dict, splits: Splits, output_dir: str | Path, resume: bool 
     ``last.ckpt`` (model, optimiser, scheduler, epoch, early-stopping state, history).
     """
     output_dir = Path(output_dir)
-    metric = selection_metric(cfg)
+    metric = selection_metric(cfg, splits.multilabel)
     device = resolve_device(cfg["device"])
     resume_path = _resume_point(output_dir, resume)
     output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg["seed"])
     vocab, loaders = _data(cfg, splits, output_dir, resume_path is not None, device.type == "cuda")
     model, emb_info = build_model(cfg, vocab, len(splits.labels))
-    weights = class_weights(cfg["train"]["class_weights"], splits.labels, splits.train.labels)
-    module = LSTMModule(model, cfg, splits.labels, weights)
+    module = LSTMModule(model, cfg, splits.labels, loss_function(cfg, splits), splits.multilabel)
     history = History(output_dir / HISTORY_FILE, metric)
     precision = training_precision(cfg, device)
     log.info("precision %s (%s)", precision.name, precision.reason)
     trainer = _trainer(cfg, output_dir, device, [history, *callbacks], checkpoints,
-                       sys.stderr.isatty() if progress is None else progress, precision)
+                       sys.stderr.isatty() if progress is None else progress, precision, splits.multilabel)
     resumed_from = _run(trainer, module, loaders, resume_path, cfg)
     epoch, score = best_epoch(history.history, metric)
     _restore_best(model, output_dir, epoch, checkpoints)
@@ -405,7 +448,7 @@ def fit(cfg: dict, splits: Splits, context, callbacks: Sequence = ()) -> LSTMPre
     pruning = None
     if context.trial is not None:
         cfg = {**cfg, "train": {**cfg["train"], "metric": cfg["search"].get("metric") or cfg["train"]["metric"]}}
-        pruning = Pruning(context, selection_metric(cfg))
+        pruning = Pruning(context, selection_metric(cfg, splits.multilabel))
         callbacks = [*callbacks, pruning]
     start = time.perf_counter()
     result = train_model(cfg, splits, output_dir, context.resume and context.final, checkpoints=context.final,
@@ -423,11 +466,12 @@ def fit(cfg: dict, splits: Splits, context, callbacks: Sequence = ()) -> LSTMPre
             raise pruning.pruned
     else:
         save_model(output_dir, result.model)
-    meta_stub = {"labels": splits.labels, "kind": KIND, "preprocess": preprocess_config(cfg), "config": cfg}
+    meta_stub = {**fitted_meta(KIND, cfg, splits), "preprocess": preprocess_config(cfg)}
     predictor = LSTMPredictor(output_dir, meta_stub, result.model, make_encoder(cfg, result.vocab), cfg["device"],
                               predict_batch(cfg, resolve_device(cfg["device"])))
     tokens = sum(h["train_tokens"] for h in result.history)
-    info = {"best_epoch": result.best_epoch, "best_valid_score": result.best_score, "selection_metric": selection_metric(cfg),
+    info = {"best_epoch": result.best_epoch, "best_valid_score": result.best_score,
+            "selection_metric": selection_metric(cfg, splits.multilabel),
             "epochs_trained": epochs, "resumed_from_epoch": result.resumed_from_epoch,
             "train_time_per_epoch_s": round(sum(train_times) / max(1, epochs), 4),
             "train_tokens_per_s": round(tokens / max(1e-9, sum(train_times)), 1), "wall_time_s": round(wall, 2),

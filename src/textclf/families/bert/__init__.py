@@ -13,6 +13,7 @@ FAMILY = register_family(Family(
     kind="neural",
     fit="textclf.families.bert.fit:fit",
     check="textclf.families.bert.fit:check",
+    multilabel=True,
     packages=("torch", "transformers", "catalyst", "accelerate", "tokenizers"),
     predictor="textclf.families.bert.model:BertPredictor",
     onnx="textclf.families.bert.onnx",

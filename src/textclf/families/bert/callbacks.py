@@ -41,7 +41,7 @@ from catalyst.core.logger import ILogger
 
 from textclf.core.atomic import atomic_replace_file
 from textclf.core.integrity import load_checkpoint
-from textclf.core.metrics import DEFAULT_BETAS, beta_name, classification_metrics, is_minimized
+from textclf.core.metrics import DEFAULT_BETAS, beta_name, classification_metrics, is_minimized, multilabel_metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,10 @@ class FBetaCallback(IMetricCallback):
     """
 
     def __init__(self, labels: Sequence[str], betas: Sequence[float] = DEFAULT_BETAS,
-                 logits_key: str = "logits", target_key: str = "targets", index_key: str = "index"):
+                 logits_key: str = "logits", target_key: str = "targets", index_key: str = "index", threshold: float = 0.5):
         super().__init__()
+        self.threshold = threshold  # multi-label targets (0/1 rows): a label is predicted at sigmoid >= threshold
+        self.multilabel = False
         self.labels = list(labels)
         self.betas = tuple(betas)
         self.logits_key = logits_key
@@ -72,9 +74,16 @@ class FBetaCallback(IMetricCallback):
 
     def on_batch_end(self, runner) -> None:
         batch = runner.batch
-        preds = batch[self.logits_key].detach().argmax(dim=-1)
+        logits, targets = batch[self.logits_key].detach(), batch[self.target_key].detach()
+        self.multilabel = targets.ndim == 2
+        if self.multilabel:  # one row: index, then the predicted 0/1 row, then the gold one
+            preds = (torch.sigmoid(logits.float()) >= self.threshold).long()
+            self._rows.append(torch.cat([batch[self.index_key].detach().to(preds.device)[:, None], preds,
+                                         targets.to(preds.device).long()], dim=1))
+            return
+        preds = logits.argmax(dim=-1)
         self._rows.append(torch.stack([batch[self.index_key].detach().to(preds.device), preds,
-                                       batch[self.target_key].detach().to(preds.device)], dim=1))  # no sync: stays put
+                                       targets.to(preds.device)], dim=1))  # no sync: stays put
 
     def gathered(self) -> tuple[list[int], list[int]]:
         """(predicted, true) class ids of every distinct example seen by any process, in dataset-index order."""
@@ -84,14 +93,19 @@ class FBetaCallback(IMetricCallback):
             torch.distributed.all_gather_object(parts, rows)
             rows = [row for part in parts for row in part]
         unique = {}
-        for index, pred, target in rows:
-            unique.setdefault(index, (pred, target))
+        for index, *rest in rows:
+            if self.multilabel:  # the two 0/1 halves as label sets
+                half = len(rest) // 2
+                rest = [tuple(self.labels[j] for j, bit in enumerate(part) if bit) for part in (rest[:half], rest[half:])]
+            unique.setdefault(index, tuple(rest))
         ordered = [unique[i] for i in sorted(unique)]
         return [p for p, _ in ordered], [t for _, t in ordered]
 
     def compute(self) -> dict:
         """The full :func:`classification_metrics` dict of the predictions seen since the loader started."""
         preds, targets = self.gathered()
+        if self.multilabel:  # gathered() gave label sets
+            return multilabel_metrics(targets, preds, self.labels, self.betas)
         return classification_metrics([self.labels[t] for t in targets], [self.labels[p] for p in preds], self.labels,
                                       self.betas)
 

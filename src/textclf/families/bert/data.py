@@ -100,7 +100,7 @@ class EncodedDataset(Dataset):
         self.flat = np.asarray(flat, dtype=np.int32)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.pad_id = pad_id
-        self.targets = np.asarray(targets, dtype=np.int64) if targets is not None else None
+        self.targets = None if targets is None else np.asarray(targets, dtype=multilabel_dtype(targets) or np.int64)
         if self.targets is not None and len(self.targets) != len(self):
             raise ValueError(f"{len(self.targets)} targets for {len(self)} texts")
 
@@ -135,7 +135,7 @@ class EncodedDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = {"input_ids": self.flat[self.offsets[i] : self.offsets[i + 1]].tolist(), "index": int(i)}
         if self.targets is not None:
-            item["targets"] = int(self.targets[i])
+            item["targets"] = self.targets[i] if self.targets.ndim == 2 else int(self.targets[i])
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -144,6 +144,12 @@ class EncodedDataset(Dataset):
         if self.targets is not None:
             batch["targets"] = torch.from_numpy(self.targets[np.asarray(indices, dtype=np.int64)])
         return batch
+
+
+def multilabel_dtype(targets) -> type | None:
+    """``np.float32`` for multi-label targets (one 0/1 row a text: BCE wants floats), None for class indices."""
+    first = targets[0] if len(targets) else None
+    return np.float32 if first is not None and np.ndim(first) == 1 else None
 
 
 def batch_as_is(batch):
@@ -161,7 +167,9 @@ class PadCollate:
         ids, lengths = pad_ids([it["input_ids"] for it in items], self.pad_id)
         batch = {**batch_from_ids(ids, lengths), "index": torch.tensor([it["index"] for it in items])}
         if "targets" in items[0]:
-            batch["targets"] = torch.tensor([it["targets"] for it in items], dtype=torch.long)
+            targets = [it["targets"] for it in items]
+            batch["targets"] = (torch.from_numpy(np.stack(targets)).float() if isinstance(targets[0], np.ndarray)
+                                else torch.tensor(targets, dtype=torch.long))
         return batch
 
 

@@ -67,7 +67,7 @@ def fit_in_workers(cfg: dict, splits: Splits, context, metric: str):
 
     output_dir = Path(context.output_dir)
     info = launch_workers(cfg, splits, output_dir, context.resume)
-    predictor = BertPredictor.load(output_dir, stub_meta(splits.labels, info["bert"]), device=cfg["device"])
+    predictor = BertPredictor.load(output_dir, stub_meta(splits.labels, info["bert"], splits.task), device=cfg["device"])
     info["training"]["predict_batch_size"] = predictor.batch_size
     info["training"]["predict_precision"] = predictor.precision.name
     predictor.fit_info = info

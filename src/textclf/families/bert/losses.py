@@ -50,3 +50,32 @@ class FocalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={None if self.alpha is None else self.alpha.tolist()}"
+
+
+class FocalBCELoss(nn.Module):
+    """Multi-label focal loss: a sigmoid per label, ``(1 - p_t) ** gamma`` times the binary cross-entropy, averaged.
+
+    With ``gamma=0`` it is exactly ``BCEWithLogitsLoss(pos_weight=pos_weight)`` (mean over texts and
+    labels). ``pos_weight``: optional per-label weights of the positive term (``negatives / positives``
+    from label frequencies with ``loss.pos_weight: "balanced"``; :func:`textclf.core.class_weights.pos_weight`).
+    """
+
+    def __init__(self, gamma: float = 2.0, pos_weight: Sequence[float] | None = None):
+        super().__init__()
+        if gamma < 0:
+            raise ConfigError(f"loss.gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = logits.float(), targets.float()
+        weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight, reduction="none")
+        if self.gamma:
+            p = torch.sigmoid(logits)
+            p_t = p * targets + (1.0 - p) * (1.0 - targets)
+            loss = (1.0 - p_t).clamp(min=0.0).pow(self.gamma) * loss
+        return loss.mean()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, pos_weight={None if self.pos_weight is None else self.pos_weight.tolist()}"

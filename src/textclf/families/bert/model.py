@@ -245,8 +245,11 @@ class BertPredictor(Predictor):
         return predict_logits(self.model, ids, self.tokenizer.pad_token_id, self.device, self.batch_size, self.precision)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Softmax probabilities in ``self.labels`` order."""
-        return softmax(self.logits(texts))
+        """Softmax probabilities in ``self.labels`` order (multi-label: a sigmoid per label)."""
+        from textclf.core.onnx_runtime import sigmoid
+
+        logits = self.logits(texts)
+        return sigmoid(logits) if self.multilabel else softmax(logits)
 
 
 def save_model_dir(output_dir: Path, model: BertClassifier, tokenizer) -> None:

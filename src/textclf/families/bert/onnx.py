@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from textclf.core.errors import ModelError
-from textclf.core.onnx_runtime import OnnxPredictor, softmax
+from textclf.core.onnx_runtime import OnnxPredictor
 
 
 class OnnxBertPredictor(OnnxPredictor):
@@ -28,7 +28,7 @@ class OnnxBertPredictor(OnnxPredictor):
         return out["input_ids"]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Softmax probabilities in ``self.labels`` order."""
+        """Softmax probabilities in ``self.labels`` order (multi-label: a sigmoid per label)."""
         n_out = len(self.labels)
         if len(texts) == 0:
             return np.zeros((0, n_out), dtype=np.float64)
@@ -44,7 +44,7 @@ class OnnxBertPredictor(OnnxPredictor):
                 ids[j, :len(rows[i])] = rows[i]
                 mask[j, :len(rows[i])] = 1
             logits[idx] = self.run({"input_ids": ids, "attention_mask": mask})
-        return softmax(logits)
+        return self.probabilities(logits)
 
 
 def bert_parts(model_dir: Path, meta: dict) -> tuple[object, int, int]:

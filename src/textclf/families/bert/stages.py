@@ -47,10 +47,22 @@ def stage1_indices(cfg: dict, train_labels: Sequence[str]) -> list[int]:
     return balanced_downsample(train_labels, cfg["seed"], cfg["stage1"]["per_class"])
 
 
-def plan_stages(cfg: dict, train_labels: Sequence[str]) -> StagePlan:
-    """Resolve ``two_stage`` for these training labels (see the module docstring for the rule)."""
+def plan_stages(cfg: dict, train_labels: Sequence, multilabel: bool = False) -> StagePlan:
+    """Resolve ``two_stage`` for these training labels (see the module docstring for the rule).
+
+    Multi-label data (label sets) trains in one stage: a class-balanced downsample needs one class a
+    text, so ``two_stage: true`` is a one-line ConfigError and ``auto`` picks one stage.
+    """
     setting = auto_bool("two_stage", cfg["two_stage"])
     s1, s2 = cfg["stage1"], cfg["stage2"]
+    if multilabel:
+        if setting == "true":
+            raise ConfigError("two_stage true: stage 1's class-balanced downsample needs one class a text, and this is "
+                              "multi-label data; set two_stage auto or false (one stage)")
+        n = len(train_labels)
+        epochs = s2["epochs"] if setting == "false" else s1["epochs"] + s2["epochs"]
+        return StagePlan(False, setting, f"multi-label data: one stage of {epochs} epochs (no class-balanced downsample)",
+                         n, n, epochs)
     min_dropped = float(s1["auto_min_dropped"])
     if not 0.0 <= min_dropped <= 1.0:
         raise ConfigError(f"stage1.auto_min_dropped must be between 0 and 1, got {min_dropped}")

@@ -37,7 +37,9 @@ from catalyst.loggers.csv import CSVLogger
 from catalyst.loggers.tensorboard import TensorboardLogger
 from torch import nn
 
-from textclf.core.class_weights import class_alpha
+from textclf.core.class_weights import class_alpha, label_indicator, pos_weight
+from textclf.core.decision import decision_settings
+from textclf.core.errors import ConfigError
 from textclf.core.integrity import FILES_KEY
 from textclf.core.metrics import is_minimized
 from textclf.core.precision import (
@@ -71,7 +73,7 @@ from textclf.families.bert.data import (
     tokenizer_fingerprint,
 )
 from textclf.families.bert.distributed import WorldInfo, world_info
-from textclf.families.bert.losses import FocalLoss
+from textclf.families.bert.losses import FocalBCELoss, FocalLoss
 from textclf.families.bert.model import (
     ENCODER_DIR,
     HEAD_FILE,
@@ -305,7 +307,7 @@ def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, va
     ckpt = BestCheckpointCallback(output_dir / "checkpoints" / name, t["metric"], "valid", resume=resume,
                                   patience=t["patience"])
     callbacks = {
-        "fbeta": FBetaCallback(labels, betas=t["betas"]),
+        "fbeta": FBetaCallback(labels, betas=t["betas"], threshold=decision_settings({"config": cfg})[0]),
         "backward": AccumulatedBackwardCallback("loss", t["accumulation_steps"]),
         "optimizer": OptimizerStepCallback(t["accumulation_steps"], t["max_grad_norm"]),
         "checkpoint": ckpt,
@@ -413,6 +415,23 @@ class ModelFactory:
         return model
 
 
+def label_targets(labels, splits: Splits, index: dict) -> list:
+    """Class indices, or (multi-label) one 0/1 row a text in ``splits.labels`` order."""
+    return list(label_indicator(labels, splits.labels)) if splits.multilabel else [index[label] for label in labels]
+
+
+def loss_function(cfg: dict, splits: Splits) -> nn.Module:
+    """Focal loss with ``loss.alpha``; multi-label: focal BCE with ``loss.pos_weight`` (``"balanced"``: from label frequencies)."""
+    loss = cfg["loss"]
+    if splits.multilabel:
+        if loss.get("alpha"):
+            raise ConfigError("loss.alpha weighs exclusive classes; on multi-label data set loss.pos_weight "
+                              "(\"balanced\": negatives/positives of each label) instead")
+        return FocalBCELoss(loss["gamma"], pos_weight(loss.get("pos_weight"), splits.labels, splits.train.labels,
+                                                      key="loss.pos_weight"))
+    return FocalLoss(loss["gamma"], class_alpha(loss["alpha"], splits.labels, splits.train.labels))
+
+
 def encode_splits(cfg: dict, splits: Splits, tokenizer, max_length: int, output_dir: Path) -> tuple[dict, dict]:
     """Tokenise train and valid once (from the ``work/`` token cache when it has them): datasets with targets, cache status."""
     index = {label: i for i, label in enumerate(splits.labels)}
@@ -423,7 +442,7 @@ def encode_splits(cfg: dict, splits: Splits, tokenizer, max_length: int, output_
     for name in ("train", "valid"):
         ds = getattr(splits, name)
         encoded, status[name] = cached_encode(tokenizer, ds.texts, max_length, work, name, fingerprint)
-        data[name] = encoded.with_targets([index[label] for label in ds.labels])
+        data[name] = encoded.with_targets(label_targets(ds.labels, splits, index))
     status["seconds"] = round(time.perf_counter() - start, 3)
     return data, status
 
@@ -503,16 +522,16 @@ def best_predictor(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFa
                 "stages": [s.as_dict(output_dir) for s in stages]}
     if device.type == "cuda":
         training["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    predictor = BertPredictor(output_dir, stub_meta(splits.labels, info), model, tokenizer, device, max_length)
+    predictor = BertPredictor(output_dir, stub_meta(splits.labels, info, splits.task), model, tokenizer, device, max_length)
     training["predict_batch_size"] = predictor.batch_size
     training["predict_precision"] = predictor.precision.name
     predictor.fit_info = {"bert": info, "training": training, FILES_KEY: model_files(output_dir)}
     return predictor
 
 
-def stub_meta(labels: list[str], info: dict) -> dict:
-    """What a BertPredictor needs of meta.json before the core writes it: labels, kind and the ``bert`` block."""
-    return {"labels": list(labels), "kind": KIND, "bert": info}
+def stub_meta(labels: list[str], info: dict, task: str = "multiclass") -> dict:
+    """What a BertPredictor needs of meta.json before the core writes it: labels, kind, task and the ``bert`` block."""
+    return {"labels": list(labels), "kind": KIND, "bert": info, "task": task}
 
 
 def resolve_speed(cfg: dict, factory: ModelFactory, device: torch.device, max_length: int,
@@ -544,21 +563,21 @@ def train_model(cfg: dict, splits: Splits, output_dir: str | Path, *, world: Wor
     device = training_device(cfg["device"], world)
     cfg = device_batch(cfg, device)
     seed_everything(cfg["seed"])
-    plan = plan_stages(cfg, splits.train.labels)
+    plan = plan_stages(cfg, splits.train.labels, splits.multilabel)
     user_cfg, cfg = cfg, staged_config(cfg, plan)
     check_config(cfg)
     factory = ModelFactory(cfg, len(splits.labels), device)
     tokenizer = load_tokenizer(factory.model_name, factory.config.vocab_size)
     m = cfg["model"]
     max_length = min(m["max_length"], getattr(factory.config, "max_position_embeddings", m["max_length"]))
-    alpha = class_alpha(cfg["loss"]["alpha"], splits.labels, splits.train.labels)
+    loss_fn = loss_function(cfg, splits)
     output_dir.mkdir(parents=True, exist_ok=True)
     precision, ckpt = resolve_speed(cfg, factory, device, max_length, world)
     announce(f"{'two stages' if plan.two_stage else 'one stage'} ({plan.reason})", world)
     data, token_cache = encode_splits(cfg, splits, tokenizer, max_length, output_dir)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    common = {"cfg": cfg, "labels": splits.labels, "loss_fn": FocalLoss(cfg["loss"]["gamma"], alpha),
+    common = {"cfg": cfg, "labels": splits.labels, "loss_fn": loss_fn,
               "pad_id": tokenizer.pad_token_id, "device": device, "output_dir": output_dir, "world": world, "resume": resume,
               "precision": precision, "report": report, "report_metric": report_metric}
     started = time.perf_counter()

@@ -144,7 +144,7 @@ def require_multiclass(predictor: Predictor, what: str) -> Predictor:
         from textclf.core.errors import ModelError
 
         raise ModelError(f"{getattr(predictor, 'model_dir', '')}: a multi-label model; {what} handles multi-class models "
-                         "only so far (train, predict, evaluate, tune-thresholds handle both: docs/multilabel.md)")
+                         "only so far (train, predict, evaluate, tune-thresholds, export handle both: docs/multilabel.md)")
     return predictor
 
 

@@ -284,14 +284,15 @@ def test_tune_thresholds_lifts_an_underconfident_model(tmp_path):
 
 
 def test_a_family_without_multilabel_support_refuses_label_sets(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "lstm", "--train_path", str(FIXTURE / "train.jsonl"), "--valid_path",
+    result = CliRunner().invoke(cli, ["train", "setfit", "--train_path", str(FIXTURE / "train.jsonl"), "--valid_path",
                                       str(FIXTURE / "valid.jsonl"), "--output_dir", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
-        "Error: family 'lstm' cannot train on multi-label data (label sets); families that can: fasttext; "
+        "Error: family 'setfit' cannot train on multi-label data (label sets); families that can: bert, fasttext, lstm; "
         "or set data.task=multiclass")
     rows = {r["name"]: r for r in json.loads(run("families", "--json").output)}
-    assert rows["fasttext"]["multilabel"] is True and rows["lstm"]["multilabel"] is False
+    assert rows["fasttext"]["multilabel"] is True and rows["lstm"]["multilabel"] is True
+    assert rows["setfit"]["multilabel"] is False
 
 
 def test_commands_without_multilabel_support_refuse_the_model_in_one_line(ft_model, tmp_path):
@@ -302,7 +303,7 @@ def test_commands_without_multilabel_support_refuse_the_model_in_one_line(ft_mod
         assert result.exit_code == 2, result.output
         assert result.output.strip().splitlines()[-1] == (
             f"Error: {ft_model}: a multi-label model; {args[0]} handles multi-class models only so far "
-            "(train, predict, evaluate, tune-thresholds handle both: docs/multilabel.md)")
+            "(train, predict, evaluate, tune-thresholds, export handle both: docs/multilabel.md)")
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 

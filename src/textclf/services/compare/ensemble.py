@@ -665,7 +665,8 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
                          for name, m in metrics.items())
     atomic_write_text(output_dir / "metrics.txt", report + "\n")
 
-    search_block = {"metric": f"{'micro' if multilabel else 'macro'}_{beta_name(beta)}", "valid_score": search.get("score", search.get("cv_score")),
+    search_block = {"metric": f"{'micro' if multilabel else 'macro'}_{beta_name(beta)}",
+                    "valid_score": search.get("score", search.get("cv_score")),
                     **{k: v for k, v in search.items() if k not in ("weights",)},
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     meta = build_meta(KIND, labels, config, metrics, _common([m.get("data_sha256") for m in metas]),

@@ -14,6 +14,11 @@
   metrics, the per-class table and the worst misclassified examples (lowest probability of the
   true label first; texts HTML-escaped and shortened), and ``report.json`` with the numbers.
 
+A multi-label model (``meta.json`` ``"task": "multilabel"``) gets its own page
+(:mod:`.report_multilabel`): per-label precision/recall/F-beta bars, the gold label
+co-occurrence heat map, the learning curves and search history, and the texts with the most
+wrong labels.
+
 A figure that does not apply (no history, no search) is skipped with a note on the page.
 Figures are drawn with matplotlib's object API (no pyplot state, no display needed).
 """
@@ -334,6 +339,38 @@ def _shorten(text: str, n: int = TEXT_CHARS) -> str:
     return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
+def run_figures(model_dir: Path, meta: dict, kind: str, name: str, out_dir: Path, figures: dict, skipped: dict) -> None:
+    """The run's learning curves and Optuna history into ``out_dir`` (``figures``), or why not (``skipped``)."""
+    rows, stages, source = history_rows(model_dir, meta)
+    if rows:
+        png = plot_learning_curves(rows, stages, out_dir / "learning_curves.png", f"Learning curves: {name} ({source})")
+        if png:
+            figures["learning_curves"] = png.name
+        else:
+            skipped["learning_curves"] = f"the run's history ({source}) holds no loss or metric per epoch"
+    else:
+        skipped["learning_curves"] = (f"no per-epoch history in this model directory ({kind} models record none; "
+                                      "lstm writes history.json, bert and setfit keep it in meta.json)")
+    trials, trial_source = search_trials(model_dir, meta)
+    metric = (meta.get("search") or {}).get("metric") or ((meta.get("config") or {}).get("search") or {}).get("metric") \
+        or "macro_f1"
+    if trials:
+        png = plot_optuna_history(trials, metric, out_dir / "optuna_history.png")
+        if png:
+            figures["optuna_history"] = png.name
+        else:
+            skipped["optuna_history"] = f"the search ({trial_source}) has no complete trial"
+    else:
+        skipped["optuna_history"] = "the run had no Optuna search (no trials.csv or study.journal)"
+
+
+def remove_stale(out_dir: Path, figures: dict, names: Sequence[str] = ()) -> None:
+    """Remove the figures an earlier report left in ``out_dir`` that this one did not draw."""
+    for stale in dict.fromkeys((*FIGURES, *names)):
+        if stale not in figures and (out_dir / f"{stale}.png").exists():
+            (out_dir / f"{stale}.png").unlink()
+
+
 def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | Path, beta: float = 0.5,
                  data_format: str | None = None, text_column: str = "text", label_column: str = "label",
                  thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024) -> dict:
@@ -345,13 +382,17 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.metrics import beta_name, classification_metrics
-    from textclf.core.predictor import require_multiclass
     from textclf.services.compare.thresholds import label_indices
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model_dir, _ = _resolve(model_path)
-    predictor = require_multiclass(load_predictor(model_path, thresholds=thresholds), "report")
+    predictor = load_predictor(model_path, thresholds=thresholds)
+    out_dir = Path(out_dir)
+    if predictor.multilabel:
+        from textclf.services.compare.report_multilabel import write_multilabel_report
+
+        return write_multilabel_report(predictor, model_dir, data_path, out_dir, beta, data_format, text_column,
+                                       label_column, top_errors, batch_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
     meta = predictor.meta
     labels = list(predictor.labels)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
@@ -372,30 +413,8 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
                                                   f"Per-class precision, recall, F{beta:g}: {name}").name
     png, aps = plot_pr_curves(y, proba, pred, labels, out_dir / "pr_curves.png", f"Precision-recall (one vs rest): {name}")
     figures["pr_curves"] = png.name
-    rows, stages, source = history_rows(model_dir, meta)
-    if rows:
-        png = plot_learning_curves(rows, stages, out_dir / "learning_curves.png", f"Learning curves: {name} ({source})")
-        if png:
-            figures["learning_curves"] = png.name
-        else:
-            skipped["learning_curves"] = f"the run's history ({source}) holds no loss or metric per epoch"
-    else:
-        skipped["learning_curves"] = (f"no per-epoch history in this model directory ({predictor.kind} models record none; "
-                                      "lstm writes history.json, bert and setfit keep it in meta.json)")
-    trials, trial_source = search_trials(model_dir, meta)
-    metric = (meta.get("search") or {}).get("metric") or ((meta.get("config") or {}).get("search") or {}).get("metric") \
-        or "macro_f1"
-    if trials:
-        png = plot_optuna_history(trials, metric, out_dir / "optuna_history.png")
-        if png:
-            figures["optuna_history"] = png.name
-        else:
-            skipped["optuna_history"] = f"the search ({trial_source}) has no complete trial"
-    else:
-        skipped["optuna_history"] = "the run had no Optuna search (no trials.csv or study.journal)"
-    for stale in FIGURES:  # a figure left by an earlier report that no longer applies
-        if stale not in figures and (out_dir / f"{stale}.png").exists():
-            (out_dir / f"{stale}.png").unlink()
+    run_figures(model_dir, meta, predictor.kind, name, out_dir, figures, skipped)
+    remove_stale(out_dir, figures)
 
     errors = worst_errors(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
     fname = beta_name(beta)

@@ -1,6 +1,6 @@
-"""``textclf report`` for a multi-label model: per-label bars, the gold label co-occurrence heat map, the worst texts.
+"""``textclf report`` for a multi-label model: the gold label co-occurrence heat map, the worst texts, the page.
 
-:func:`write_multilabel_report` writes into ``out_dir`` (the multi-class report's layout,
+:func:`textclf.services.compare.report.write_report` writes into ``out_dir`` (the multi-class report's layout,
 :mod:`.report`):
 
 * ``per_class_metrics.png``: precision, recall and F-beta of every label (texts carrying it under
@@ -22,18 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.services.compare.report import (
-    CSS,
-    TEXT_CHARS,
-    _num,
-    _shorten,
-    _tick_labels,
-    figure,
-    plot_per_class,
-    remove_stale,
-    run_figures,
-    save_figure,
-)
+from textclf.services.compare.plots import CSS, TEXT_CHARS, _num, _shorten, _tick_labels, figure, save_figure
 
 FIGURES = ("per_class_metrics", "label_cooccurrence", "learning_curves", "optuna_history")
 
@@ -98,52 +87,9 @@ def worst_texts(texts: Sequence[str], y: np.ndarray, pred: np.ndarray, proba: np
     return out
 
 
-def write_multilabel_report(predictor, model_dir: Path, data_path: str | Path, out_dir: Path, beta: float = 0.5,
-                            data_format: str | None = None, text_column: str = "text", label_column: str = "label",
-                            top_errors: int = 25, batch_size: int = 1024) -> dict:
-    """:func:`textclf.services.compare.report.write_report` for a multi-label ``predictor`` (already loaded)."""
-    from textclf.core.atomic import atomic_write_json, atomic_write_text
-    from textclf.core.data import batched, read_labelled
-    from textclf.core.metrics import multilabel_metrics
-    from textclf.services.compare.label_thresholds import indicator_matrix
-
-    labels = list(predictor.labels)
-    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
-                       label_separator=predictor.label_separator)
-    y = indicator_matrix(ds.labels, labels, data_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    chunks = [predictor.predict_proba(b) for b in batched(ds.texts, batch_size)]
-    proba = np.vstack(chunks) if chunks else np.zeros((0, len(labels)))
-    pred = predictor.decide(proba) if len(proba) else np.zeros((0, len(labels)), dtype=bool)
-    betas = tuple(dict.fromkeys((1.0, float(beta))))
-    metrics = multilabel_metrics(list(ds.labels), predictor.labels_of(pred), labels, betas=betas)
-    name = f"{model_dir.resolve().name} ({predictor.kind})"
-    figures: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    figures["per_class_metrics"] = plot_per_class(metrics, beta, out_dir / "per_class_metrics.png",
-                                                  f"Per-label precision, recall, F{beta:g}: {name}").name
-    figures["label_cooccurrence"] = plot_cooccurrence(cooccurrence(y), labels, out_dir / "label_cooccurrence.png",
-                                                      f"Gold label co-occurrence: {len(ds)} texts").name
-    run_figures(model_dir, predictor.meta, predictor.kind, name, out_dir, figures, skipped)
-    remove_stale(out_dir, figures, FIGURES)
-
-    thresholds, at_least_one = predictor.active_thresholds()
-    per_label = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(labels),))
-    summary = {"model_dir": str(model_dir), "kind": predictor.kind, "task": "multilabel", "data_path": str(data_path),
-               "n": len(ds), "thresholds": dict(zip(labels, map(float, per_label), strict=True)),
-               "at_least_one": at_least_one, "average_precision": average_precisions(y, proba, labels),
-               "errors": int((y != pred).any(axis=1).sum()) if len(y) else 0,
-               **{k: metrics[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}}
-    errors = worst_texts(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
-    html_path = out_dir / "report.html"
-    atomic_write_text(html_path, _html(summary, metrics, beta, figures, skipped, errors, predictor.meta, top_errors))
-    atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
-                                                "worst_errors": errors})
-    return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}
-
-
-def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict, errors: list[dict], meta: dict,
+def page(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict, errors: list[dict], meta: dict,
           top: int) -> str:
+    """The multi-label ``report.html``."""
     from textclf.core.metrics import beta_name
 
     esc = html.escape

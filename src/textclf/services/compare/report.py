@@ -398,8 +398,8 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
     from textclf.core.atomic import atomic_write_json, atomic_write_text
     from textclf.core.data import batched, read_labelled
     from textclf.core.metrics import multilabel_metrics
-    from textclf.services.compare.label_thresholds import indicator_matrix
     from textclf.services.compare import report_multilabel as ml
+    from textclf.services.compare.label_thresholds import indicator_matrix
 
     labels = list(predictor.labels)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
@@ -416,7 +416,7 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
     skipped: dict[str, str] = {}
     figures["per_class_metrics"] = plot_per_class(metrics, beta, out_dir / "per_class_metrics.png",
                                                   f"Per-label precision, recall, F{beta:g}: {name}").name
-    figures["label_cooccurrence"] = ml.plot_cooccurrence(cooccurrence(y), labels, out_dir / "label_cooccurrence.png",
+    figures["label_cooccurrence"] = ml.plot_cooccurrence(ml.cooccurrence(y), labels, out_dir / "label_cooccurrence.png",
                                                       f"Gold label co-occurrence: {len(ds)} texts").name
     run_figures(model_dir, predictor.meta, predictor.kind, name, out_dir, figures, skipped)
     remove_stale(out_dir, figures, ml.FIGURES)

@@ -295,18 +295,6 @@ def test_a_family_without_multilabel_support_refuses_label_sets(tmp_path):
     assert rows["setfit"]["multilabel"] is False
 
 
-def test_commands_without_multilabel_support_refuse_the_model_in_one_line(ft_model, tmp_path):
-    for args in (["report", "--model_path", str(ft_model), "--data_path", str(FIXTURE / "test.jsonl"), "--out_dir",
-                  str(tmp_path / "r")],
-                 ["serve", "--model_path", str(ft_model), "--port", "0"]):
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 2, result.output
-        assert result.output.strip().splitlines()[-1] == (
-            f"Error: {ft_model}: a multi-label model; {args[0]} handles multi-class models only so far "
-            "(train, predict, evaluate, tune-thresholds, export handle both: docs/multilabel.md)")
-    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
-
-
 # --------------------------------------------------------------------------- the shared benchmark data
 @pytest.mark.slow
 def test_fasttext_on_disaster_response_reaches_the_floor(tmp_path):

@@ -159,6 +159,8 @@ def status(name, storage, as_json) -> None:
             extra.append(f"on {r['host']} pid {r['pid']} for {r['age_s']}s")
         if r["value"] is not None:
             extra.append(f"value {r['value']:.4f}")
+        if r.get("task_type") == "multilabel":
+            extra.append("multi-label")
         if r["mlflow_run_id"]:
             extra.append(f"run {r['mlflow_run_id'][:8]}")
         if r["error"]:

@@ -79,10 +79,11 @@ def list_runs(dataset, family, status, sort_key, limit, as_json, tracking_uri) -
     metrics = dict(LIST_METRICS)
     if sort_key not in metrics.values():
         metrics[sort_key] = sort_key
-    rows = [["run", "started", "family", "dataset", "status", *metrics, "model_dir"]]
+    rows = [["run", "started", "family", "task", "dataset", "status", *metrics, "model_dir"]]
     for r in found:
         tags = r.data.tags
-        rows.append([r.info.run_id[:8], started(r), tags.get(f"{TAG}family", "-"), tags.get(f"{TAG}dataset", "-"),
+        rows.append([r.info.run_id[:8], started(r), tags.get(f"{TAG}family", "-"), tags.get(f"{TAG}task", "multiclass"),
+                     tags.get(f"{TAG}dataset", "-"),
                      r.info.status, *[fmt(r.data.metrics.get(k)) for k in metrics.values()],
                      tags.get(f"{TAG}model_dir", "-")])
     click.echo(table(rows))
@@ -101,14 +102,14 @@ def show(run_id, as_json, tracking_uri) -> None:
         return
     s = run_summary(run)
     lines = [f"run        {s['run_id']}", f"status     {s['status']}", f"family     {s['family']}",
-             f"dataset    {s['dataset']}", f"command    {s['command']}", f"started    {s['started']}",
+             f"task       {s['task']}", f"dataset    {s['dataset']}", f"command    {s['command']}", f"started    {s['started']}",
              f"model_dir  {s['model_dir']}"]
     if s["parent_run"]:
         lines.append(f"parent     {s['parent_run']} (--set {' '.join(json.loads(run.data.tags.get(TAG + 'overrides', '[]')))})")
     if run.data.tags.get(f"{TAG}error"):
         lines.append(f"error      {run.data.tags[TAG + 'error']}")
     lines.append("tags:")
-    shown = {"family", "dataset", "command", "model_dir", "parent_run", "overrides", "error"}
+    shown = {"family", "task", "dataset", "command", "model_dir", "parent_run", "overrides", "error"}
     lines += [f"  {k} = {v}" for k, v in sorted(run.data.tags.items())
               if k.startswith(TAG) and k[len(TAG):] not in shown]
     lines.append("config:")

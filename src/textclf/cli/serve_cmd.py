@@ -123,7 +123,6 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
     from textclf.core.integrity import check_meta
     from textclf.core.loading import load_predictor
     from textclf.core.meta import read_meta
-    from textclf.core.predictor import require_multiclass
     from textclf.core.trust import trust_env
     from textclf.services.serving.app import API_KEY_ENV, SETTINGS_ENV, ServeSettings, create_app
     from textclf.services.serving.limits import Limits
@@ -142,8 +141,7 @@ def serve(code, model_path, host, port, workers, backend, thresholds, batching, 
         click.echo(f"warning: serving on {host} (not loopback) without an API key; set {API_KEY_ENV} to require one",
                    err=True)
     if workers == 1:
-        predictor = require_multiclass(load_predictor(model_path, thresholds=thresholds, backend=backend),  # errors: one line
-                                       "serve")
+        predictor = load_predictor(model_path, thresholds=thresholds, backend=backend)  # errors: one line
         app = create_app(settings, predictor)
         what = f"{predictor.kind} model, backend {getattr(predictor, 'backend', 'torch')}"
     else:

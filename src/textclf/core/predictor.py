@@ -138,16 +138,6 @@ class Predictor(ABC):
         return self.labels_of(self.decide(self.predict_proba(texts)))
 
 
-def require_multiclass(predictor: Predictor, what: str) -> Predictor:
-    """``predictor``, or a one-line ModelError when it is multi-label and ``what`` (a command) handles multi-class models only."""
-    if predictor.multilabel:
-        from textclf.core.errors import ModelError
-
-        raise ModelError(f"{getattr(predictor, 'model_dir', '')}: a multi-label model; {what} handles multi-class models "
-                         "only so far (train, predict, evaluate, tune-thresholds, export handle both: docs/multilabel.md)")
-    return predictor
-
-
 def _count_lines(path: Path) -> int | None:
     try:
         with path.open("rb") as fh:

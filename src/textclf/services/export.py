@@ -14,6 +14,10 @@ at opset 17. ``--quantize int8`` adds ``model.int8.onnx`` from ONNX Runtime's
 ``quantize_dynamic`` (int8 weights per output channel, activations quantized on the fly: what
 suits CPUs); the file's metadata says so, and the backend then runs one text at a time (see
 :mod:`textclf.core.onnx_runtime`).
+Multi-label models (``meta.json`` ``"task": "multilabel"``) export when their family trains
+label sets (``Family(multilabel=True)``) and has an ONNX module: its exporter keeps the sigmoid
+outputs (one independent probability a label), which the check below holds to PyTorch's. Any
+other multi-label model (fastText: no ONNX at all) is refused in one line.
 After writing, the export is checked on sample texts against the PyTorch Predictor (largest
 absolute probability difference, and agreement of the predicted labels) and the result goes
 into ``onnx.json``; a float32 export further than 1e-4 away is an error.
@@ -86,14 +90,15 @@ def quantize_int8(source: Path, target: Path) -> None:
 def compare(reference, candidate, texts: list[str]) -> dict:
     """Largest absolute probability difference and label agreement of two Predictors on ``texts``.
 
-    Label agreement: the share of texts given the same label (multi-label: the same label set, by the model's thresholds).
+    Multi-label: a text agrees when both give it the same label set (``reference``'s thresholds).
     """
     a, b = reference.predict_proba(texts), candidate.predict_proba(texts)
-    if not len(texts):
-        return {"texts": 0, "max_abs_diff": 0.0, "label_agreement": 1.0}
-    same = reference.decide(a) == reference.decide(b) if reference.multilabel else a.argmax(axis=1) == b.argmax(axis=1)
-    return {"texts": len(texts), "max_abs_diff": float(np.abs(a - b).max()),
-            "label_agreement": float(np.mean(same.all(axis=1) if same.ndim == 2 else same))}
+    if getattr(reference, "multilabel", False):
+        same = np.all(reference.decide(a) == reference.decide(b), axis=1)
+    else:
+        same = a.argmax(axis=1) == b.argmax(axis=1)
+    return {"texts": len(texts), "max_abs_diff": float(np.abs(a - b).max()) if len(texts) else 0.0,
+            "label_agreement": float(np.mean(same)) if len(texts) else 1.0}
 
 
 def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts: list[str] | None = None) -> dict:
@@ -111,8 +116,13 @@ def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts:
         raise ConfigError(f"{model_dir}: {kind} models cannot be exported to ONNX (families that can: {', '.join(kinds)})")
     if quantize not in (None, *QUANTIZE):
         raise ConfigError(f"--quantize {quantize!r}: choose {', '.join(QUANTIZE)}")
-    torch_predictor = load_predictor(model_dir, backend="torch")  # multi-label too: the ONNX Predictors apply a sigmoid
-    exporter = get_family(kind).onnx_hook("export")
+    family = get_family(kind)
+    if meta.get("task") == "multilabel" and not family.multilabel:
+        able = sorted(name for name in kinds if get_family(name).multilabel)
+        raise ConfigError(f"{model_dir}: a multi-label {kind} model cannot be exported to ONNX (its family keeps no sigmoid "
+                          f"outputs there; multi-label families that can: {', '.join(able) or 'none'})")
+    torch_predictor = load_predictor(model_dir, backend="torch")
+    exporter = family.onnx_hook("export")
     start = time.perf_counter()
     # the old record goes first: until the new one is written, the directory holds no export the backend would pick
     (model_dir / INFO_FILE).unlink(missing_ok=True)

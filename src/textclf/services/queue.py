@@ -524,6 +524,15 @@ def task_metrics(tracked) -> dict[str, float]:
     return meta_metrics(json.loads(meta.read_text(encoding="utf-8"))) if meta.is_file() else {}
 
 
+def task_type(model_dir) -> str:
+    """``multiclass`` or ``multilabel``: the task of the model a run wrote (its ``meta.json``; none or older: multi-class)."""
+    try:
+        meta = json.loads((Path(model_dir or "") / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "multiclass"
+    return str(meta.get("task") or "multiclass") if isinstance(meta, dict) else "multiclass"
+
+
 def run_task(study: optuna.Study, trial: optuna.Trial, output_root: str | Path, tracking: Tracking) -> TrialState:
     """Run a popped task under the heartbeat; tell its trial COMPLETE (valid metric) or FAIL; returns the state."""
     from textclf.services.tracking import one_line
@@ -553,7 +562,9 @@ def run_task(study: optuna.Study, trial: optuna.Trial, output_root: str | Path, 
         if tracked.reused:
             trial.set_user_attr("duplicate_of", tracked.run_id)
         trial.set_user_attr("model_dir", str(tracked.model_dir))
-        for key in ("valid.accuracy", "valid.macro_f1", "test.accuracy", "test.macro_f1", "train_seconds"):
+        trial.set_user_attr("task_type", task_type(tracked.model_dir))
+        for key in ("valid.accuracy", "valid.macro_f1", "valid.micro_f1", "test.accuracy", "test.macro_f1", "test.micro_f1",
+                    "train_seconds"):
             if key in metrics:
                 trial.set_user_attr(key.replace(".", "_"), metrics[key])
         return _tell(study, trial, value)
@@ -655,7 +666,7 @@ def cancel(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
 
 @_quiet
 def status_rows(study: optuna.Study) -> list[dict]:
-    """One dict per task: number, state, task label, dataset, host/pid and age while running, value, run id, error."""
+    """One dict per task: number, state, task label, dataset, task type (once run), host/pid and age while running, value, run id, error."""
     from textclf.services.tracking import dataset_name
 
     now = _dt.datetime.now()
@@ -665,7 +676,7 @@ def status_rows(study: optuna.Study) -> list[dict]:
             continue
         task = Task.from_trial(t)
         row = {"number": t.number, "state": STATE_NAMES.get(t.state, t.state.name.lower()), "task": task.label(),
-               "dataset": dataset_name({"train": task.train_path}),
+               "dataset": dataset_name({"train": task.train_path}), "task_type": t.user_attrs.get("task_type"),
                "retry_of": RetryHeartbeatStaleTrialCallback.retried_trial_number(t), "value": t.value,
                "mlflow_run_id": t.user_attrs.get("mlflow_run_id") if t.state != TrialState.WAITING else None,
                "host": None, "pid": None, "age_s": None, "error": None}

@@ -190,9 +190,13 @@ def started(run) -> str:
 
 
 def run_summary(run) -> dict:
-    """A JSON-ready row: id, status, family, dataset, command, start, model dir, parent, metrics."""
+    """A JSON-ready row: id, status, family, task type, dataset, command, start, model dir, parent, metrics.
+
+    ``task`` is ``multiclass`` or ``multilabel`` (runs recorded before the tag existed: multi-class).
+    """
     tags = run.data.tags
     return {"run_id": run.info.run_id, "status": run.info.status, "family": tags.get(f"{TAG}family"),
+            "task": tags.get(f"{TAG}task", "multiclass"),
             "dataset": tags.get(f"{TAG}dataset"), "command": tags.get(f"{TAG}command"), "started": started(run),
             "data_sha256": tags.get(f"{TAG}data_sha256"), "model_dir": tags.get(f"{TAG}model_dir"),
             "parent_run": tags.get(f"{TAG}parent_run"), "metrics": dict(sorted(run.data.metrics.items()))}

@@ -259,6 +259,7 @@ class Store:
         paths = absolute_paths(splits.paths)
         commit = git_commit() or ""
         tags = {f"{TAG}family": family.name, f"{TAG}dataset": dataset_name(splits.paths),
+                f"{TAG}task": getattr(splits, "task", None) or "multiclass",  # the task type the data was read as
                 f"{TAG}data_sha256": splits.data_sha256, f"{TAG}config_hash": digest,
                 f"{TAG}command": settings.command, f"{TAG}model_dir": str(Path(output_dir).resolve()),
                 f"{TAG}paths": json.dumps(paths), f"{TAG}host": os.uname().nodename,
@@ -308,6 +309,8 @@ class Store:
         metrics += [Metric(k, v, now, step) for k, v, step in curve_metrics(model_dir, meta)]
         device = (meta.get("training") or {}).get("device") or cfg.get("device") or "cpu"
         tags = [RunTag(f"{TAG}device", str(device))]
+        if meta.get("task"):  # what the model is (meta.json), over what the start tag guessed
+            tags.append(RunTag(f"{TAG}task", str(meta["task"])))
         if meta.get("versions"):  # with the family's own packages (fasttext-community, torch, ...)
             tags.append(RunTag(f"{TAG}versions", json.dumps(meta["versions"])[:8000]))
         if not meta:

@@ -32,6 +32,14 @@ with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`
   (``--cv``, macro F-beta), then refitted on all of valid (``stacker.skops``, saved with skops; the
   ``stacker.joblib`` pickle of an older version loads only with ``--trust-code``).
 
+Multi-label members (``meta.json`` ``"task": "multilabel"``, docs/multilabel.md): the ensemble
+averages the members' independent per-label probabilities, ``weighted`` only (``auto`` is the
+weighted search, whose grid holds every single member; ``stacking`` is refused in one line). The
+weights maximise valid micro F-beta of the average cut at the global threshold
+(``decision.threshold``, 0.5), ties going to the lower mean binary log-loss; bagging resamples
+rows without strata. Every member must be multi-label with the same label set. The ensemble is
+multi-label too: ``textclf tune-thresholds`` gives it per-label thresholds.
+
 Members are referenced by their path relative to the ensemble directory, or copied into
 ``E/members/`` (``--copy``) so the directory moves as one. They must share one label set (a
 different column order is realigned); their own decision thresholds are not used (the ensemble
@@ -58,7 +66,7 @@ import numpy as np
 from textclf.core.errors import ModelError, TextclfError
 from textclf.core.integrity import FILES_KEY, files_block
 from textclf.core.meta import META_FILE
-from textclf.core.predictor import Predictor, require_multiclass
+from textclf.core.predictor import Predictor
 
 KIND = "ensemble"
 #: how a saved ensemble combines its members (meta.json ``method``)
@@ -78,6 +86,11 @@ DEFAULT_BAGS = 25
 PACKAGES = ("scikit-learn", "skops")
 
 
+#: why ``--method stacking`` is refused for multi-label members
+STACKING_MULTILABEL = ("--method stacking: multi-label members are combined by their weighted per-label probabilities only "
+                       "(use --method weighted or auto)")
+
+
 class EnsembleError(TextclfError):
     """Members that cannot be combined (different label sets, no members, ...)."""
 
@@ -93,6 +106,17 @@ def check_label_sets(members: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
             raise EnsembleError(f"ensemble members must share one label set: {first_name} has "
                                 f"[{', '.join(first)}], {name} has [{', '.join(labels)}]")
     return list(first)
+
+
+def check_tasks(members: Sequence[tuple[str, str]], expected: str | None = None) -> str:
+    """The task every member shares (``multiclass`` or ``multilabel``); a mix is a one-line error."""
+    tasks = [task for _, task in members]
+    want = expected or tasks[0]
+    for name, task in members:
+        if task != want:
+            raise EnsembleError(f"ensemble members must share one task: {name} is {task}, not {want} "
+                                "(a multi-label model combines only with multi-label ones)")
+    return want
 
 
 def align_columns(proba: np.ndarray, from_labels: Sequence[str], to_labels: Sequence[str]) -> np.ndarray:
@@ -165,6 +189,7 @@ class EnsemblePredictor(Predictor):
                 raise ModelError(f"{model_dir / META_FILE}: member {record['path']!r} not found at {path}")
             members.append(load_predictor(path, thresholds=False))
         check_label_sets([(str(m.model_dir), m.labels) for m in members])
+        check_tasks([(str(m.model_dir), m.task) for m in members], meta.get("task") or "multiclass")
         if set(meta["labels"]) != set(members[0].labels):
             raise ModelError(f"{model_dir / META_FILE}: labels differ from the members' labels")
         stacker = None
@@ -214,9 +239,29 @@ def _objective(probas: Sequence[np.ndarray], y: np.ndarray, weights: np.ndarray,
     from textclf.core.metrics import class_counts, fbeta_from_counts
 
     p = weighted_average(probas, weights)
+    if np.ndim(y) == 2:
+        return _multilabel_objective(p, y, beta)
     score = float(fbeta_from_counts(*class_counts(y, p.argmax(axis=1), p.shape[1]), beta)) if len(y) else 0.0
     logloss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))) if len(y) else 0.0
     return score, logloss
+
+
+def _multilabel_objective(p: np.ndarray, y: np.ndarray, beta: float,
+                          threshold: float | None = None) -> tuple[float, float]:
+    """Micro F-beta of ``p >= threshold`` (default the global 0.5) against the indicator matrix ``y``, and the mean binary log-loss."""
+    from textclf.core.decision import DEFAULT_THRESHOLD
+
+    y = np.asarray(y, dtype=bool)
+    if not y.size:
+        return 0.0, 0.0
+    chosen = p >= (DEFAULT_THRESHOLD if threshold is None else threshold)
+    tp, pred, true = float((chosen & y).sum()), float(chosen.sum()), float(y.sum())
+    b2 = beta * beta
+    denom = b2 * true + pred
+    score = (1 + b2) * tp / denom if denom > 0 else 0.0
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    logloss = float(-np.mean(np.where(y, np.log(q), np.log1p(-q))))
+    return float(score), logloss
 
 
 def _better(a: tuple[float, float, float], b: tuple[float, float, float] | None) -> bool:
@@ -302,7 +347,9 @@ def search_weights(probas: Sequence[np.ndarray], y: np.ndarray, beta: float = 1.
 
 
 def bootstrap_indices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A stratified bootstrap resample of ``range(len(y))``: every class keeps its count."""
+    """A stratified bootstrap resample of ``range(len(y))``: every class keeps its count (label sets, ``y`` 2-D: plain rows)."""
+    if np.ndim(y) == 2:
+        return rng.choice(len(y), len(y))
     parts = [rng.choice(idx, len(idx)) for idx in (np.flatnonzero(y == c) for c in np.unique(y))]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -329,7 +376,8 @@ def bagged_search_weights(probas: Sequence[np.ndarray], y: np.ndarray, beta: flo
     weights = weights / weights.sum()
     score, logloss = _objective(probas, y, weights, beta)
     return {**plain, "weights": [float(w) for w in weights], "score": score, "logloss": logloss, "bags": bags,
-            "strategy": f"bagged: mean of {bags} stratified bootstrap searches ({plain['strategy']})",
+            "strategy": f"bagged: mean of {bags} {'' if np.ndim(y) == 2 else 'stratified '}bootstrap searches "
+                        f"({plain['strategy']})",
             "evaluated": plain["evaluated"] * (bags + 1), "unbagged_weights": plain["weights"],
             "bag_weights": [[round(float(w), 4) for w in ws] for ws in found]}
 
@@ -456,6 +504,10 @@ def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_class
     n = len(probas)
     singles = [_objective(probas, y, np.eye(n)[m], beta)[0] for m in range(n)]
     selection = None
+    if np.ndim(y) == 2:  # label sets: the weighted search (its grid holds every single member)
+        if method == "stacking":
+            raise EnsembleError(STACKING_MULTILABEL)
+        method = "weighted"
     if method == "auto":
         selection = select_method(probas, y, n_classes, beta, cv, seed, step, bags, objective)
         method = selection["chosen"]
@@ -520,8 +572,9 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.meta import build_meta, read_meta, write_meta
-    from textclf.core.metrics import beta_name, classification_metrics, format_report
+    from textclf.core.metrics import beta_name, classification_metrics, format_report, multilabel_metrics
     from textclf.core.predictor import evaluate_predictor
+    from textclf.services.compare.label_thresholds import indicator_matrix
     from textclf.services.compare.thresholds import label_indices
 
     if method not in METHODS:
@@ -547,10 +600,15 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         raise EnsembleError(f"--output_dir {output_dir} holds a {read_meta(output_dir).get('kind')} model; "
                             "choose a new directory")
     metas = [read_meta(d) for d in dirs]
-    members = [require_multiclass(load_predictor(d, thresholds=False), "ensemble") for d in dirs]
+    members = [load_predictor(d, thresholds=False) for d in dirs]
     labels = check_label_sets([(_member_name(d, m), p.labels) for d, m, p in zip(dirs, metas, members, strict=True)])
-    valid = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0)
-    y = label_indices(valid.labels, labels, valid_path)
+    task = check_tasks([(_member_name(d, m), p.task) for d, m, p in zip(dirs, metas, members, strict=True)])
+    multilabel = task == "multilabel"
+    if multilabel and method == "stacking":
+        raise EnsembleError(STACKING_MULTILABEL)
+    read = {"task": task, "label_separator": members[0].label_separator} if multilabel else {}
+    valid = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0, **read)
+    y = indicator_matrix(valid.labels, labels, valid_path) if multilabel else label_indices(valid.labels, labels, valid_path)
 
     def probas_of(texts: Sequence[str]) -> list[np.ndarray]:
         out = []
@@ -584,29 +642,36 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
     elif (output_dir / STACKER_FILE).exists():
         (output_dir / STACKER_FILE).unlink()
 
-    tmp_meta = {"kind": KIND, "labels": labels, "method": saved, "weights": weights, "members": records}
+    config = {"members": [str(p) for p in model_paths], "method": method, "beta": beta, "objective": objective, "copy": copy,
+              "step": step, "bags": bags, "cv": cv, "seed": seed, "valid_path": str(valid_path),
+              "test_path": None if test_path is None else str(test_path)}
+    if multilabel:  # how predictions join a label set (Predictor.label_separator)
+        config["data"] = {"task": task, "label_separator": members[0].label_separator}
+    tmp_meta = {"kind": KIND, "labels": labels, "method": saved, "weights": weights, "members": records, "task": task,
+                "config": config}
     predictor = EnsemblePredictor(output_dir, tmp_meta, members, weights, stacker)
     label_order = list(labels)
     ens_valid = predictor.combine(valid_probas)
-    metrics = {"valid": classification_metrics(valid.labels, [labels[i] for i in ens_valid.argmax(axis=1)], label_order)}
+    if multilabel:
+        metrics = {"valid": multilabel_metrics(valid.labels, predictor.labels_of(predictor.decide(ens_valid)), label_order)}
+    else:
+        metrics = {"valid": classification_metrics(valid.labels, [labels[i] for i in ens_valid.argmax(axis=1)], label_order)}
     data_paths = [m.get("data") or {} for m in metas]
     test = test_path or _common([p.get("test") for p in data_paths])
     if test_path is not None:
-        ds = read_labelled(test_path, data_format, text_column, label_column, min_classes=0)
+        ds = read_labelled(test_path, data_format, text_column, label_column, min_classes=0, **read)
         metrics["test"] = evaluate_predictor(predictor, ds.texts, ds.labels, batch_size)
     report = "\n\n".join(format_report(m, title=f"== {name} ({valid_path if name == 'valid' else test_path})")
                          for name, m in metrics.items())
     atomic_write_text(output_dir / "metrics.txt", report + "\n")
 
-    config = {"members": [str(p) for p in model_paths], "method": method, "beta": beta, "objective": objective, "copy": copy,
-              "step": step, "bags": bags, "cv": cv, "seed": seed, "valid_path": str(valid_path),
-              "test_path": None if test_path is None else str(test_path)}
-    search_block = {"metric": f"macro_{beta_name(beta)}", "valid_score": search.get("score", search.get("cv_score")),
+    search_block = {"metric": f"{'micro' if multilabel else 'macro'}_{beta_name(beta)}",
+                    "valid_score": search.get("score", search.get("cv_score")),
                     **{k: v for k, v in search.items() if k not in ("weights",)},
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     meta = build_meta(KIND, labels, config, metrics, _common([m.get("data_sha256") for m in metas]),
                       PACKAGES if saved == "stacking" else (),
-                      method=saved, weights=weights, members=records, ensemble_search=search_block,
+                      method=saved, weights=weights, members=records, ensemble_search=search_block, task=task,
                       data={"train": _common([p.get("train") for p in data_paths]), "valid": str(valid_path), "test": test},
                       **({"stacker_file": STACKER_FILE, FILES_KEY: files_block(output_dir, [STACKER_FILE])}
                          if saved == "stacking" else {}))

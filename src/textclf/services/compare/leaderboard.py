@@ -10,6 +10,12 @@ its peak RSS after loading is its own. Columns:
   unless ``--no-thresholds``), and a 95 % bootstrap confidence interval of macro-F1: the test rows
   resampled with replacement ``n_boot`` times (default 1000, seeded), percentiles 2.5 and 97.5
   (``scipy.stats.bootstrap``, percentile method);
+* multi-label models (``meta.json`` ``"task": "multilabel"``; docs/multilabel.md): ``micro_f1``
+  with its 95 % bootstrap CI (the same ``scipy.stats.bootstrap`` over rows, on their true,
+  predicted and correctly predicted label counts), ``macro_f1``, ``samples_f1``,
+  ``hamming_loss`` and ``subset_accuracy`` (also ``accuracy``); the table is sorted by micro-F1. The
+  test file is read as label sets. Multi-class and multi-label models in one table are refused
+  in one line;
 * ``docs_per_s``: ``predict`` over the test texts in batches (after one small untimed warm-up
   batch), repeated until at least half a second has been timed;
 * ``size_mb``: every file of the model directory (plus, for an ensemble, its members' directories);
@@ -99,13 +105,13 @@ def measure(model_dir: str, data_path: str, data_format: str | None = None, text
     """
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import load_predictor
-    from textclf.core.predictor import require_multiclass
 
     start = time.perf_counter()
-    predictor = require_multiclass(load_predictor(model_dir, thresholds=thresholds), "leaderboard")
+    predictor = load_predictor(model_dir, thresholds=thresholds)
     load_s = time.perf_counter() - start
     rss = peak_rss_mb()
-    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
+    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
+                       label_separator=predictor.label_separator)
     texts = ds.texts
     if texts:
         predictor.predict(texts[: min(len(texts), 32)])  # untimed warm-up: lazy initialisation
@@ -119,8 +125,10 @@ def measure(model_dir: str, data_path: str, data_format: str | None = None, text
         timed += time.perf_counter() - start
         passes += 1
         predictions = preds
-    return {"kind": predictor.kind, "labels": list(predictor.labels), "predictions": predictions,
-            "thresholds": predictor.active_offsets() is not None, "load_s": round(load_s, 3),
+    tuned = predictor.active_offsets() is not None or (predictor.multilabel and thresholds and bool(predictor.meta.get("thresholds")))
+    return {"kind": predictor.kind, "task": predictor.task, "labels": list(predictor.labels),
+            "predictions": [list(p) for p in predictions] if predictor.multilabel else predictions, "thresholds": tuned,
+            "load_s": round(load_s, 3),
             "load_rss_mb": rss, "docs_per_s": (len(texts) * passes / timed) if timed > 0 else None,
             "timed_passes": passes}
 
@@ -197,7 +205,69 @@ def bootstrap_ci(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[
     return float(low), float(high)
 
 
+def bootstrap_ci_micro(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]], n_boot: int = N_BOOT,
+                       seed: int = SEED, level: float = 0.95, beta: float = 1.0) -> tuple[float, float]:
+    """Percentile bootstrap CI of micro F-beta over label sets: ``scipy.stats.bootstrap``, rows resampled, seeded.
+
+    Micro F-beta depends on the rows only through their summed counts, so every row becomes three
+    numbers (correctly predicted, predicted and true labels) resampled together (``paired``).
+    Empty data or ``n_boot <= 0``: ``(nan, nan)``; one row: its score twice.
+    """
+    from scipy.stats import bootstrap
+
+    tp = np.array([len(set(t) & set(p)) for t, p in zip(y_true, y_pred, strict=True)], dtype=np.float64)
+    pred = np.array([len(set(p)) for p in y_pred], dtype=np.float64)
+    true = np.array([len(set(t)) for t in y_true], dtype=np.float64)
+    if len(tp) == 0 or n_boot <= 0:
+        return (float("nan"), float("nan"))
+    b2 = beta * beta
+
+    def statistic(tp_s: np.ndarray, pred_s: np.ndarray, true_s: np.ndarray, axis: int = -1) -> np.ndarray:
+        num = (1 + b2) * tp_s.sum(axis=axis)
+        denom = b2 * true_s.sum(axis=axis) + pred_s.sum(axis=axis)
+        return np.where(denom > 0, num / np.where(denom > 0, denom, 1.0), 0.0)
+
+    if len(tp) == 1:
+        score = float(statistic(tp, pred, true))
+        return (score, score)
+    result = bootstrap((tp, pred, true), statistic, n_resamples=n_boot, batch=BOOT_BATCH, vectorized=True, paired=True,
+                       confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
 # --------------------------------------------------------------------------- the table
+#: the score columns of the table: (row key, header), by task; the first one sorts the rows and has the CI
+COLUMNS = {"multiclass": (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("macro_f0.5", "macro-F0.5")),
+           "multilabel": (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("samples_f1", "samples-F1"),
+                          ("subset_accuracy", "subset acc."), ("hamming_loss", "Hamming loss"))}
+
+
+def board_task(dirs: Sequence[Path], metas: Sequence[dict]) -> str:
+    """The task every model shares (``multiclass`` or ``multilabel``); a mix is a one-line error."""
+    tasks = [m.get("task") or "multiclass" for m in metas]
+    if len(set(tasks)) > 1:
+        shown = ", ".join(f"{d} ({t})" for d, t in zip(dirs, tasks, strict=True))
+        raise LeaderboardError(f"multi-class and multi-label models cannot share one leaderboard: {shown}")
+    return tasks[0]
+
+
+def _score_row(task: str, gold: list, r: dict, n_boot: int, seed: int) -> dict:
+    """The metric columns of one model's row: its predictions ``r`` scored against ``gold``."""
+    from textclf.core.metrics import classification_metrics, multilabel_metrics
+
+    if task == "multilabel":
+        preds = [tuple(p) for p in r["predictions"]]
+        order = list(r["labels"]) + sorted({x for row in gold for x in row} - set(r["labels"]))
+        m = multilabel_metrics(gold, preds, order, betas=(1.0, 0.5))
+        low, high = bootstrap_ci_micro(gold, preds, n_boot, seed)
+        return {"n": m["n"], "accuracy": m["accuracy"], "micro_f1": m["micro_f1"], "micro_f1_ci95": [low, high],
+                **{k: m[k] for k in ("macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "micro_f0.5")}}
+    order = list(r["labels"]) + sorted(set(gold) - set(r["labels"]))
+    m = classification_metrics(gold, r["predictions"], order, betas=(1.0, 0.5))
+    low, high = bootstrap_ci(gold, r["predictions"], order, n_boot, seed)
+    return {"n": m["n"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_f0.5": m["macro_f0.5"],
+            "macro_f1_ci95": [low, high]}
 def _test_path(model_dir: Path, meta: dict) -> str:
     test = (meta.get("data") or {}).get("test")
     if not test:
@@ -227,19 +297,20 @@ def _names(dirs: Sequence[Path]) -> list[str]:
 def leaderboard(model_dirs: Sequence[str | Path], data_path: str | Path | None = None, data_format: str | None = None,
                 text_column: str = "text", label_column: str = "label", n_boot: int = N_BOOT, seed: int = SEED,
                 batch_size: int = 1024, thresholds: bool = True, isolate: bool = True, progress=None) -> dict:
-    """Score every model on one test split; returns ``{"data_path", "rows": [...]}`` sorted by macro-F1.
+    """Score every model on one test split; returns ``{"data_path", "task", "metric", "rows": [...]}`` sorted by ``metric``.
 
-    Without ``data_path`` the models must share ``data_sha256`` and their recorded test split is used.
+    ``metric`` is macro-F1 (multi-class) or micro-F1 (multi-label models: label sets). Without
+    ``data_path`` the models must share ``data_sha256`` and their recorded test split is used.
     """
-    from textclf.core.data import labelled_format, read_labelled
+    from textclf.core.data import DEFAULT_LABEL_SEPARATOR, labelled_format, read_labelled
     from textclf.core.loading import _resolve
     from textclf.core.meta import read_meta
-    from textclf.core.metrics import classification_metrics
 
     if not model_dirs:
         raise LeaderboardError("give at least one MODEL_DIR")
     dirs = [_resolve(d)[0] for d in model_dirs]
     metas = [read_meta(d) for d in dirs]
+    task = board_task(dirs, metas)
     if data_path is None:
         data_path = check_same_data(dirs, metas)
         rescored = False
@@ -247,7 +318,10 @@ def leaderboard(model_dirs: Sequence[str | Path], data_path: str | Path | None =
         if labelled_format(data_path, data_format).files and not Path(data_path).is_file():
             raise DataError(data_path, "file not found")
         rescored = True
-    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
+    separator = ((metas[0].get("config") or {}).get("data") or {}).get("label_separator") or DEFAULT_LABEL_SEPARATOR
+    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=task,
+                       label_separator=separator)  # read as the models' task (label sets for multi-label)
+    metric = COLUMNS[task][0][0]
     kw = {"data_format": data_format, "text_column": text_column, "label_column": label_column,
           "batch_size": batch_size, "thresholds": thresholds}
     rows = []
@@ -257,18 +331,15 @@ def leaderboard(model_dirs: Sequence[str | Path], data_path: str | Path | None =
         r = measure_isolated(str(d), str(data_path), **kw) if isolate else measure(str(d), str(data_path), **kw)
         if not isolate:
             r["load_rss_mb"] = None  # shared with this process: not the model's own
-        order = list(r["labels"]) + sorted(set(ds.labels) - set(r["labels"]))
-        m = classification_metrics(ds.labels, r["predictions"], order, betas=(1.0, 0.5))
-        low, high = bootstrap_ci(ds.labels, r["predictions"], order, n_boot, seed)
         search = meta.get("search") or meta.get("ensemble_search") or {}
-        rows.append({"name": name, "model_dir": str(d), "kind": r["kind"], "n": m["n"], "accuracy": m["accuracy"],
-                     "macro_f1": m["macro_f1"], "macro_f0.5": m["macro_f0.5"], "macro_f1_ci95": [low, high],
+        rows.append({"name": name, "model_dir": str(d), "kind": r["kind"], "task": task,
+                     **_score_row(task, list(ds.labels), r, n_boot, seed),
                      "docs_per_s": r["docs_per_s"], "size_mb": round(model_size_bytes(d, meta) / 2**20, 2),
                      "load_rss_mb": r["load_rss_mb"], "load_s": r["load_s"], "thresholds": r["thresholds"],
                      "search_trials": search.get("n_trials"), "created": meta.get("created")})
-    rows.sort(key=lambda r: (-r["macro_f1"], -r["accuracy"], r["name"]))
+    rows.sort(key=lambda r: (-r[metric], -r["accuracy"], r["name"]))
     return {"data_path": str(data_path), "rescored": rescored, "n": len(ds), "n_boot": n_boot, "seed": seed,
-            "thresholds": thresholds, "rows": rows}
+            "thresholds": thresholds, "task": task, "metric": metric, "rows": rows}
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -277,16 +348,19 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 def format_markdown(board: dict) -> str:
     """The leaderboard as a markdown table."""
-    lines = [f"Test split: `{board['data_path']}` ({board['n']} docs; 95 % CI: {board['n_boot']} bootstrap resamples, "
+    (first, first_head), *rest = COLUMNS[board.get("task", "multiclass")]
+    task = " (multi-label)" if board.get("task") == "multilabel" else ""
+    lines = [f"Test split: `{board['data_path']}` ({board['n']} docs{task}; 95 % CI: {board['n_boot']} bootstrap resamples, "
              f"seed {board['seed']})", "",
-             "| # | model | kind | accuracy | macro-F1 | 95 % CI | macro-F0.5 | docs/s | size MB | load RSS MiB |",
-             "|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
+             f"| # | model | kind | {first_head} | 95 % CI | " + " | ".join(h for _, h in rest)
+             + " | docs/s | size MB | load RSS MiB |",
+             "|---:|---|---|---:|---|" + "---:|" * len(rest) + "---:|---:|---:|"]
     for i, r in enumerate(board["rows"], 1):
-        low, high = r["macro_f1_ci95"]
+        low, high = r[f"{first}_ci95"]
         kind = r["kind"] + (" +thr" if r["thresholds"] else "")
-        lines.append(f"| {i} | {r['name']} | {kind} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {low:.3f}-{high:.3f} | "
-                     f"{r['macro_f0.5']:.4f} | {_fmt(r['docs_per_s'], ',.0f')} | {r['size_mb']:.1f} | "
-                     f"{_fmt(r['load_rss_mb'], '.0f')} |")
+        lines.append(f"| {i} | {r['name']} | {kind} | {r[first]:.4f} | {low:.3f}-{high:.3f} | "
+                     + "".join(f"{r[k]:.4f} | " for k, _ in rest)
+                     + f"{_fmt(r['docs_per_s'], ',.0f')} | {r['size_mb']:.1f} | {_fmt(r['load_rss_mb'], '.0f')} |")
     return "\n".join(lines)
 
 
@@ -296,8 +370,9 @@ def chart(board: dict, path: str | Path) -> Path:
 
     rows = board["rows"][::-1]  # best on top
     names = [short_label(r["name"] if r["name"] == r["kind"] else f"{r['name']} ({r['kind']})", 40) for r in rows]
-    f1 = np.array([r["macro_f1"] for r in rows])
-    ci = np.array([r["macro_f1_ci95"] for r in rows])
+    metric, metric_head = COLUMNS[board.get("task", "multiclass")][0]
+    f1 = np.array([r[metric] for r in rows])
+    ci = np.array([r[f"{metric}_ci95"] for r in rows]).reshape(-1, 2)
     speed = np.array([r["docs_per_s"] or np.nan for r in rows])
     height = 2.2 + 0.5 * len(rows)
     fig, (ax1, ax2) = figure(1, 2, figsize=(11, height), width_ratios=(3, 2))
@@ -310,7 +385,7 @@ def chart(board: dict, path: str | Path) -> Path:
     for yi, v, hi in zip(y, f1, ci[:, 1], strict=True):
         ax1.text(min(hi + 0.006, 0.995), yi, f"{v:.3f}", va="center", ha="left", fontsize=9, fontweight="bold")
     ax1.set_yticks(y, names)
-    ax1.set_xlabel("test macro-F1 (error bar: 95 % bootstrap CI)")
+    ax1.set_xlabel(f"test {metric_head} (error bar: 95 % bootstrap CI)")
     ax1.set_title("Quality")
     ax1.grid(axis="x", alpha=0.3)
     ax2.barh(y, speed, color="#55A868")
@@ -343,15 +418,16 @@ def write_html(board: dict, path: str | Path) -> tuple[Path, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     png = chart(board, path.with_suffix(".png"))
     data = base64.b64encode(png.read_bytes()).decode("ascii")
-    head = ("<tr><th>#</th><th>model</th><th>kind</th><th>accuracy</th><th>macro-F1</th><th>95 % CI</th><th>macro-F0.5</th>"
-            "<th>docs/s</th><th>size MB</th><th>load RSS MiB</th><th>directory</th></tr>")
+    (first, first_head), *rest = COLUMNS[board.get("task", "multiclass")]
+    head = (f"<tr><th>#</th><th>model</th><th>kind</th><th>{first_head}</th><th>95 % CI</th>"
+            + "".join(f"<th>{h}</th>" for _, h in rest)
+            + "<th>docs/s</th><th>size MB</th><th>load RSS MiB</th><th>directory</th></tr>")
     body = []
     for i, r in enumerate(board["rows"], 1):
-        low, high = r["macro_f1_ci95"]
+        low, high = r[f"{first}_ci95"]
         kind = r["kind"] + (" +thresholds" if r["thresholds"] else "")
-        cells = [str(i), r["name"], kind, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{low:.3f} - {high:.3f}",
-                 f"{r['macro_f0.5']:.4f}", _fmt(r["docs_per_s"], ",.0f"), f"{r['size_mb']:.1f}", _fmt(r["load_rss_mb"], ".0f"),
-                 r["model_dir"]]
+        cells = [str(i), r["name"], kind, f"{r[first]:.4f}", f"{low:.3f} - {high:.3f}", *(f"{r[k]:.4f}" for k, _ in rest),
+                 _fmt(r["docs_per_s"], ",.0f"), f"{r['size_mb']:.1f}", _fmt(r["load_rss_mb"], ".0f"), r["model_dir"]]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     rescored = " (rescored with --data_path)" if board["rescored"] else ""
     page = f"""<!DOCTYPE html>
@@ -359,11 +435,11 @@ def write_html(board: dict, path: str | Path) -> tuple[Path, Path]:
 <body>
 <h1>Leaderboard</h1>
 <p>Test split <code>{html.escape(board['data_path'])}</code>, {board['n']} documents{rescored}.
-95 % confidence interval of macro-F1: {board['n_boot']} bootstrap resamples (seed {board['seed']}).
+95 % confidence interval of {first_head}: {board['n_boot']} bootstrap resamples (seed {board['seed']}).
 docs/s: <code>predict</code> in batches; load RSS: peak resident memory of a fresh process right after loading the model.</p>
 <table>{head}{''.join(body)}</table>
 <h2>Comparison</h2>
-<img src="data:image/png;base64,{data}" alt="macro-F1 with 95 % CI and predict docs/s of every model">
+<img src="data:image/png;base64,{data}" alt="{first_head} with 95 % CI and predict docs/s of every model">
 <p>The chart is also saved as <code>{html.escape(png.name)}</code>.</p>
 </body></html>
 """

@@ -14,6 +14,11 @@
   metrics, the per-class table and the worst misclassified examples (lowest probability of the
   true label first; texts HTML-escaped and shortened), and ``report.json`` with the numbers.
 
+A multi-label model (``meta.json`` ``"task": "multilabel"``) gets its own page
+(:mod:`.report_multilabel`): per-label precision/recall/F-beta bars, the gold label
+co-occurrence heat map, the learning curves and search history, and the texts with the most
+wrong labels.
+
 A figure that does not apply (no history, no search) is skipped with a note on the page.
 Figures are drawn with matplotlib's object API (no pyplot state, no display needed).
 """
@@ -28,50 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
-CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;"
-       "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
-       "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}"
-       "td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto;display:block;"
-       "margin:0.5em 0}.note{color:#666;font-style:italic}code{background:#f5f5f5;padding:0 3px}"
-       ".text{max-width:560px;white-space:pre-wrap;word-break:break-word}")
+from textclf.services.compare.plots import (  # noqa: F401 - figure helpers, also used from here by the leaderboard
+    CSS,
+    DPI,
+    TEXT_CHARS,
+    _num,
+    _shorten,
+    _tick_labels,
+    figure,
+    save_figure,
+    short_label,
+)
+
 FIGURES = ("confusion_matrix", "per_class_metrics", "pr_curves", "learning_curves", "optuna_history")
 TOP_ERRORS = 25
-TEXT_CHARS = 500
-DPI = 100
-
-
-# --------------------------------------------------------------------------- matplotlib helpers
-def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 5), width_ratios=None):
-    """A matplotlib Figure (no pyplot) with a constrained layout, and its axes (one, or an array)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    kw = {"width_ratios": list(width_ratios)} if width_ratios else {}
-    axes = fig.subplots(nrows, ncols, gridspec_kw=kw or None, squeeze=True)
-    return fig, axes
-
-
-def save_figure(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Save ``fig`` as PNG atomically (nothing clipped: tight bounding box); returns the path."""
-    from textclf.core.atomic import atomic_open
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb", encoding=None) as fh:
-        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15)
-    return path
-
-
-def short_label(label: str, width: int = 24) -> str:
-    """A label shortened to ``width`` characters with an ellipsis (tick labels stay readable)."""
-    label = str(label)
-    return label if len(label) <= width else label[: width - 1] + "\u2026"
-
-
-def _tick_labels(labels: Sequence[str]) -> tuple[list[str], int]:
-    names = [short_label(label) for label in labels]
-    rotation = 0 if sum(len(n) for n in names) <= 80 and max(map(len, names), default=0) <= 14 else 40
-    return names, rotation
 
 
 # --------------------------------------------------------------------------- figures
@@ -310,10 +285,6 @@ def plot_optuna_history(trials: list[dict], metric: str, path: str | Path, title
 
 
 # --------------------------------------------------------------------------- the page
-def _num(v: float, spec: str = ".4f") -> str:
-    return f'<td class="num">{format(v, spec)}</td>'
-
-
 def worst_errors(texts: Sequence[str], y: np.ndarray, pred: np.ndarray, proba: np.ndarray, labels: Sequence[str],
                  line_numbers: Sequence[int], top: int = TOP_ERRORS) -> list[dict]:
     """The misclassified rows with the lowest probability of their true label first (at most ``top``)."""
@@ -330,8 +301,36 @@ def worst_errors(texts: Sequence[str], y: np.ndarray, pred: np.ndarray, proba: n
     return out
 
 
-def _shorten(text: str, n: int = TEXT_CHARS) -> str:
-    return text if len(text) <= n else text[: n - 1] + "\u2026"
+def run_figures(model_dir: Path, meta: dict, kind: str, name: str, out_dir: Path, figures: dict, skipped: dict) -> None:
+    """The run's learning curves and Optuna history into ``out_dir`` (``figures``), or why not (``skipped``)."""
+    rows, stages, source = history_rows(model_dir, meta)
+    if rows:
+        png = plot_learning_curves(rows, stages, out_dir / "learning_curves.png", f"Learning curves: {name} ({source})")
+        if png:
+            figures["learning_curves"] = png.name
+        else:
+            skipped["learning_curves"] = f"the run's history ({source}) holds no loss or metric per epoch"
+    else:
+        skipped["learning_curves"] = (f"no per-epoch history in this model directory ({kind} models record none; "
+                                      "lstm writes history.json, bert and setfit keep it in meta.json)")
+    trials, trial_source = search_trials(model_dir, meta)
+    metric = (meta.get("search") or {}).get("metric") or ((meta.get("config") or {}).get("search") or {}).get("metric") \
+        or "macro_f1"
+    if trials:
+        png = plot_optuna_history(trials, metric, out_dir / "optuna_history.png")
+        if png:
+            figures["optuna_history"] = png.name
+        else:
+            skipped["optuna_history"] = f"the search ({trial_source}) has no complete trial"
+    else:
+        skipped["optuna_history"] = "the run had no Optuna search (no trials.csv or study.journal)"
+
+
+def remove_stale(out_dir: Path, figures: dict, names: Sequence[str] = ()) -> None:
+    """Remove the figures an earlier report left in ``out_dir`` that this one did not draw."""
+    for stale in dict.fromkeys((*FIGURES, *names)):
+        if stale not in figures and (out_dir / f"{stale}.png").exists():
+            (out_dir / f"{stale}.png").unlink()
 
 
 def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | Path, beta: float = 0.5,
@@ -345,13 +344,15 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.metrics import beta_name, classification_metrics
-    from textclf.core.predictor import require_multiclass
     from textclf.services.compare.thresholds import label_indices
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model_dir, _ = _resolve(model_path)
-    predictor = require_multiclass(load_predictor(model_path, thresholds=thresholds), "report")
+    predictor = load_predictor(model_path, thresholds=thresholds)
+    out_dir = Path(out_dir)
+    if predictor.multilabel:
+        return _write_multilabel(predictor, model_dir, data_path, out_dir, beta, data_format, text_column,
+                                       label_column, top_errors, batch_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
     meta = predictor.meta
     labels = list(predictor.labels)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
@@ -372,30 +373,8 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
                                                   f"Per-class precision, recall, F{beta:g}: {name}").name
     png, aps = plot_pr_curves(y, proba, pred, labels, out_dir / "pr_curves.png", f"Precision-recall (one vs rest): {name}")
     figures["pr_curves"] = png.name
-    rows, stages, source = history_rows(model_dir, meta)
-    if rows:
-        png = plot_learning_curves(rows, stages, out_dir / "learning_curves.png", f"Learning curves: {name} ({source})")
-        if png:
-            figures["learning_curves"] = png.name
-        else:
-            skipped["learning_curves"] = f"the run's history ({source}) holds no loss or metric per epoch"
-    else:
-        skipped["learning_curves"] = (f"no per-epoch history in this model directory ({predictor.kind} models record none; "
-                                      "lstm writes history.json, bert and setfit keep it in meta.json)")
-    trials, trial_source = search_trials(model_dir, meta)
-    metric = (meta.get("search") or {}).get("metric") or ((meta.get("config") or {}).get("search") or {}).get("metric") \
-        or "macro_f1"
-    if trials:
-        png = plot_optuna_history(trials, metric, out_dir / "optuna_history.png")
-        if png:
-            figures["optuna_history"] = png.name
-        else:
-            skipped["optuna_history"] = f"the search ({trial_source}) has no complete trial"
-    else:
-        skipped["optuna_history"] = "the run had no Optuna search (no trials.csv or study.journal)"
-    for stale in FIGURES:  # a figure left by an earlier report that no longer applies
-        if stale not in figures and (out_dir / f"{stale}.png").exists():
-            (out_dir / f"{stale}.png").unlink()
+    run_figures(model_dir, meta, predictor.kind, name, out_dir, figures, skipped)
+    remove_stale(out_dir, figures)
 
     errors = worst_errors(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
     fname = beta_name(beta)
@@ -407,6 +386,51 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     page = _html(summary, metrics, beta, figures, skipped, errors, meta, top_errors)
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, page)
+    atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
+                                                "worst_errors": errors})
+    return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}
+
+
+def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir: Path, beta: float = 0.5,
+                            data_format: str | None = None, text_column: str = "text", label_column: str = "label",
+                            top_errors: int = 25, batch_size: int = 1024) -> dict:
+    """:func:`textclf.services.compare.report.write_report` for a multi-label ``predictor`` (already loaded)."""
+    from textclf.core.atomic import atomic_write_json, atomic_write_text
+    from textclf.core.data import batched, read_labelled
+    from textclf.core.metrics import multilabel_metrics
+    from textclf.services.compare import report_multilabel as ml
+    from textclf.services.compare.label_thresholds import indicator_matrix
+
+    labels = list(predictor.labels)
+    ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
+                       label_separator=predictor.label_separator)
+    y = indicator_matrix(ds.labels, labels, data_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chunks = [predictor.predict_proba(b) for b in batched(ds.texts, batch_size)]
+    proba = np.vstack(chunks) if chunks else np.zeros((0, len(labels)))
+    pred = predictor.decide(proba) if len(proba) else np.zeros((0, len(labels)), dtype=bool)
+    betas = tuple(dict.fromkeys((1.0, float(beta))))
+    metrics = multilabel_metrics(list(ds.labels), predictor.labels_of(pred), labels, betas=betas)
+    name = f"{model_dir.resolve().name} ({predictor.kind})"
+    figures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    figures["per_class_metrics"] = plot_per_class(metrics, beta, out_dir / "per_class_metrics.png",
+                                                  f"Per-label precision, recall, F{beta:g}: {name}").name
+    figures["label_cooccurrence"] = ml.plot_cooccurrence(ml.cooccurrence(y), labels, out_dir / "label_cooccurrence.png",
+                                                      f"Gold label co-occurrence: {len(ds)} texts").name
+    run_figures(model_dir, predictor.meta, predictor.kind, name, out_dir, figures, skipped)
+    remove_stale(out_dir, figures, ml.FIGURES)
+
+    thresholds, at_least_one = predictor.active_thresholds()
+    per_label = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(labels),))
+    summary = {"model_dir": str(model_dir), "kind": predictor.kind, "task": "multilabel", "data_path": str(data_path),
+               "n": len(ds), "thresholds": dict(zip(labels, map(float, per_label), strict=True)),
+               "at_least_one": at_least_one, "average_precision": ml.average_precisions(y, proba, labels),
+               "errors": int((y != pred).any(axis=1).sum()) if len(y) else 0,
+               **{k: metrics[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}}
+    errors = ml.worst_texts(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, ml.page(summary, metrics, beta, figures, skipped, errors, predictor.meta, top_errors))
     atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
                                                 "worst_errors": errors})
     return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}

@@ -6,10 +6,13 @@ route                  answer
 ``POST /predict``      ``{"texts": [...], "probabilities": true}`` -> ``{"predictions":
                        [{"label": ..., "probabilities": {label: p, ...}}, ...]}`` in input
                        order (labels as ``Predictor.predict`` gives them, tuned thresholds
-                       included; ``"probabilities": false`` leaves the probabilities out)
+                       included; ``"probabilities": false`` leaves the probabilities out).
+                       A multi-label model answers ``{"labels": [...], "probabilities":
+                       {label: p, ...}}`` a text: the sorted label set (maybe empty) and the
+                       independent per-label probabilities
 ``GET /health``        200 while the process runs (liveness)
 ``GET /ready``         200 once the model is loaded, else 503 (readiness; 503 too while draining)
-``GET /metadata``      kind, backend, labels, metrics, config and versions from meta.json
+``GET /metadata``      kind, task, backend, labels, metrics, config and versions from meta.json
 ``GET /metrics``       Prometheus text format (:mod:`textclf.services.serving.metrics`;
                        with ``--workers`` the sum over every worker)
 ``GET /docs``          OpenAPI documentation (``/openapi.json``)
@@ -56,7 +59,7 @@ log = logging.getLogger("textclf.serve")
 API_KEY_ENV = "TEXTCLF_API_KEY"
 SETTINGS_ENV = "TEXTCLF_SERVE_SETTINGS"
 BATCHING = ("auto", "on", "off")
-META_FIELDS = ("kind", "labels", "metrics", "config", "created", "versions", "git_commit", "data_sha256", "thresholds")
+META_FIELDS = ("kind", "task", "labels", "metrics", "config", "created", "versions", "git_commit", "data_sha256", "thresholds")
 
 
 @dataclass
@@ -98,7 +101,8 @@ class PredictBody(BaseModel):
 class Prediction(BaseModel):
     """One text's result."""
 
-    label: str
+    label: str | None = Field(None, description="The predicted label (multi-class models).")
+    labels: list[str] | None = Field(None, description="The predicted label set, sorted, maybe empty (multi-label models).")
     probabilities: dict[str, float] | None = None
 
 
@@ -131,11 +135,12 @@ def predict_function(predictor) -> Any:
     """``fn(texts, probabilities=True) -> (labels, proba or None)`` with the labels ``predictor.predict`` gives.
 
     A Predictor using the base ``predict`` decides from the probabilities (one model call); one
-    with its own ``predict`` (fastText's top-1 fast path) is asked for both.
+    with its own ``predict`` (fastText's top-1 fast path) is asked for both. A multi-label model
+    always decides from its probabilities (one model call): its labels are sorted tuples.
     """
     from textclf.core.predictor import Predictor
 
-    own_predict = type(predictor).predict is not Predictor.predict
+    own_predict = type(predictor).predict is not Predictor.predict and not getattr(predictor, "multilabel", False)
     decide = getattr(predictor, "decide", None)
 
     def fn(texts: list[str], probabilities: bool = True) -> tuple[list[str], np.ndarray | None]:
@@ -148,7 +153,8 @@ def predict_function(predictor) -> Any:
             labels = list(predictor.predict(texts))
         else:
             index = decide(proba) if decide else proba.argmax(axis=1)
-            labels = [predictor.labels[int(i)] for i in index]
+            labels = predictor.labels_of(index) if hasattr(predictor, "labels_of") else \
+                [predictor.labels[int(i)] for i in index]
         return labels, proba if probabilities else None
 
     return fn
@@ -243,12 +249,16 @@ class ModelState:
         return await asyncio.to_thread(self.fn, list(texts), probabilities)
 
 
-def _answer(labels: list[str], proba: np.ndarray | None, label_names: list[str], probabilities: bool) -> bytes:
+def _answer(labels: list, proba: np.ndarray | None, label_names: list[str], probabilities: bool,
+            multilabel: bool = False) -> bytes:
+    """The ``/predict`` JSON: ``{"label": ...}`` a text, or ``{"labels": [...]}`` for a multi-label model (plus probabilities)."""
+    key = "labels" if multilabel else "label"
+    shown = [list(label) for label in labels] if multilabel else labels
     if not probabilities or proba is None:
-        predictions = [{"label": label} for label in labels]
+        predictions = [{key: label} for label in shown]
     else:
-        predictions = [{"label": label, "probabilities": dict(zip(label_names, row, strict=True))}
-                       for label, row in zip(labels, proba.tolist(), strict=True)]
+        predictions = [{key: label, "probabilities": dict(zip(label_names, row, strict=True))}
+                       for label, row in zip(shown, proba.tolist(), strict=True)]
     return json.dumps({"predictions": predictions}, ensure_ascii=False).encode("utf-8")
 
 
@@ -367,7 +377,8 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
         except Exception as exc:  # noqa: BLE001 - one line to the client, the traceback to the log
             log.exception("prediction failed")
             return _error(500, f"prediction failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        return Response(_answer(labels, proba, state.predictor.labels, body.probabilities), media_type="application/json")
+        return Response(_answer(labels, proba, state.predictor.labels, body.probabilities,
+                                getattr(state.predictor, "multilabel", False)), media_type="application/json")
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict:
@@ -392,7 +403,7 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
             return _error(503, "model not loaded yet" if state.error is None else f"model failed to load: {state.error}")
         p = state.predictor
         meta = {k: p.meta[k] for k in META_FIELDS if k in p.meta}
-        meta.update(kind=p.kind, labels=list(p.labels), backend=getattr(p, "backend", "torch"),
+        meta.update(kind=p.kind, task=getattr(p, "task", "multiclass"), labels=list(p.labels), backend=getattr(p, "backend", "torch"),
                     serving={"micro_batching": state.batcher is not None, "max_batch_size": settings.max_batch_size,
                              "max_wait_ms": settings.max_wait_ms, "thresholds": settings.thresholds,
                              "limits": asdict(settings.limits), "connection": asdict(settings.connection)})

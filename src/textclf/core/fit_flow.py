@@ -166,6 +166,18 @@ def with_task_metric(cfg: dict, task: str) -> dict:
     return {**cfg, "search": {**s, "metric": DEFAULT_METRICS.get(task, DEFAULT_METRICS["multiclass"])}}
 
 
+def checked_config(family, cfg: dict, task: str) -> dict:
+    """``cfg`` checked by the family's ``check`` hook (which may fill derived settings) with ``search.metric`` resolved.
+
+    The run service calls it before the store records the config, and :func:`fit_family` again
+    (both steps are idempotent), so the recorded config is the one that trains.
+    """
+    check = family.check_fn() if family.fit is not None else None
+    if check:
+        check(cfg)
+    return with_task_metric(cfg, task)
+
+
 def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, space: Callable, shared: dict | None = None):
     """Run (or resume) the family's Optuna study on valid (journal, progress.log in ``output_dir``); returns it."""
     import optuna
@@ -237,16 +249,13 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
     (a caller running several studies passes one dict to all of them). ``echo`` prints the metrics;
     ``meta_extra`` goes into meta.json.
     """
+    cfg = checked_config(family, cfg, splits.task)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     search_dir = output_dir if search_dir is None else Path(search_dir)
     search_dir.mkdir(parents=True, exist_ok=True)
     shared = {} if shared is None else shared
     fit = family.fit_fn()
-    check = family.check_fn()
-    if check:
-        check(cfg)
-    cfg = with_task_metric(cfg, splits.task)
     prepare = family.prepare_fn()
     if prepare:
         cfg = prepare(cfg, splits)

@@ -36,6 +36,7 @@ import click
 
 from textclf.core.config import apply_override, load_config
 from textclf.core.errors import ConfigError, TextclfError
+from textclf.core.fit_flow import checked_config
 from textclf.core.meta import META_FILE
 from textclf.core.options import flag_overrides
 from textclf.core.registry import Family, get_family, load_code
@@ -121,7 +122,7 @@ def prepare(spec: RunSpec) -> tuple[Family, dict, Splits]:
         cfg = load_config(family.name, spec.config, [*spec.overrides, *flag_overrides(flags)])
     splits = load_splits(spec.train_path, spec.valid_path, spec.test_path, cfg["data"])
     family.check_task(splits.task)
-    return family, cfg, splits
+    return family, checked_config(family, cfg, splits.task), splits
 
 
 def train(spec: RunSpec) -> RunResult:

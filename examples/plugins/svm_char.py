@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from textclf.core.registry import Family, register_family
-from textclf.core.sklearn_model import SklearnPredictor
+from textclf.core.sklearn_model import SklearnPredictor, one_vs_rest, targets
 
 CONFIG = {"model": {"C": 0.5, "ngram_min": 2, "ngram_max": 5, "min_df": 2, "calibration_folds": 3}}
 
@@ -33,9 +33,10 @@ def fit(cfg: dict, splits, context) -> SvmCharPredictor:
     m = cfg["model"]
     pipeline = make_pipeline(
         TfidfVectorizer(analyzer="char_wb", ngram_range=(m["ngram_min"], m["ngram_max"]), min_df=m["min_df"], sublinear_tf=True),
-        CalibratedClassifierCV(LinearSVC(C=m["C"], random_state=context.seed), cv=m["calibration_folds"]),
-    ).fit(splits.train.texts, splits.train.labels)
-    return SvmCharPredictor.from_pipeline(pipeline, context.output_dir, splits.labels)
+        one_vs_rest(CalibratedClassifierCV(LinearSVC(C=m["C"], random_state=context.seed), cv=m["calibration_folds"]),
+                    splits.multilabel),  # label sets: one calibrated SVM a label
+    ).fit(splits.train.texts, targets(splits.train, splits.labels))
+    return SvmCharPredictor.from_pipeline(pipeline, context.output_dir, splits.labels, splits.task, cfg)
 
 
 FAMILY = register_family(Family(
@@ -49,4 +50,5 @@ FAMILY = register_family(Family(
     packages=("scikit-learn", "skops"),
     requires=("sklearn",),
     extra="sklearn",
+    multilabel=True,
 ))

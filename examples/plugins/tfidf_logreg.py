@@ -11,14 +11,14 @@ textclf's core does the Optuna search on valid, the refit, the evaluation and me
 Any key below can be set with ``--set model.C=30``; ``search.*`` (n_trials, timeout, storage,
 metric, refit, ...) are the core's. The model directory carries a copy of this file, so
 ``predict`` needs no ``--code``, but runs that copy only with ``--trust-code`` (the pipeline itself is
-saved with skops: no pickle).
+saved with skops: no pickle). On label sets (multi-label data) the logistic regression is one-vs-rest.
 """
 
 from __future__ import annotations
 
 from textclf.core.errors import ConfigError
 from textclf.core.registry import Family, Option, register_family
-from textclf.core.sklearn_model import MODEL_FILE, SklearnPredictor
+from textclf.core.sklearn_model import MODEL_FILE, SklearnPredictor, one_vs_rest, targets
 
 NAME = "tfidf_logreg"
 
@@ -61,10 +61,10 @@ def fit(cfg: dict, splits, context) -> TfidfLogRegPredictor:
     pipeline = Pipeline([
         ("tfidf", TfidfVectorizer(ngram_range=(1, int(m["ngram_max"])), sublinear_tf=True, min_df=m["min_df"],
                                   max_features=m["max_features"], strip_accents="unicode")),
-        ("logreg", LogisticRegression(C=float(m["C"]), class_weight=m["class_weight"], max_iter=int(m["max_iter"]),
-                                      random_state=context.seed)),
-    ]).fit(splits.train.texts, splits.train.labels)
-    predictor = TfidfLogRegPredictor.from_pipeline(pipeline, context.output_dir, splits.labels)
+        ("logreg", one_vs_rest(LogisticRegression(C=float(m["C"]), class_weight=m["class_weight"],
+                                                  max_iter=int(m["max_iter"]), random_state=context.seed), splits.multilabel)),
+    ]).fit(splits.train.texts, targets(splits.train, splits.labels))
+    predictor = TfidfLogRegPredictor.from_pipeline(pipeline, context.output_dir, splits.labels, splits.task, cfg)
     predictor.fit_info = {"model_file": MODEL_FILE, "vocabulary_size": len(pipeline.named_steps["tfidf"].vocabulary_)}
     return predictor
 
@@ -80,6 +80,7 @@ FAMILY = register_family(Family(
     packages=("scikit-learn", "skops"),
     requires=("sklearn",),
     extra="sklearn",
+    multilabel=True,
     options=(
         Option("--metric", "search.metric", str, "Validation metric the search maximises: macro_f1 (default), accuracy, ..."),
         Option("--n_jobs", "search.n_jobs", int, "Parallel trials in this process."),

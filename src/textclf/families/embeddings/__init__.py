@@ -15,6 +15,7 @@ FAMILY = register_family(Family(
     predictor="textclf.families.embeddings.model:EmbeddingsPredictor",
     requires=("torch", "sentence_transformers", "sklearn"),
     extra="embeddings",
+    multilabel=True,
     env={"N_TRIALS": "search.n_trials", "MODEL_NAME": "encoder.name"},
     commands={"embed": "textclf.families.embeddings.cli:embed", "sweep": "textclf.families.embeddings.sweep_cli:sweep"},
     options=(
@@ -27,6 +28,6 @@ FAMILY = register_family(Family(
         Option("--balance", "balance", bool, "Downsample train to the smallest class before fitting.", is_flag=True,
                secondary="--no-balance"),
         Option("--n_jobs", "search.n_jobs", int, "Parallel trials in this process."),
-        Option("--metric", "search.metric", str, "Validation metric to maximise: macro_f1 (default), accuracy, ..."),
+        Option("--metric", "search.metric", str, "Validation metric to maximise: macro_f1 (default; label sets: micro_f1), ..."),
     ),
 ))

@@ -3,6 +3,11 @@
 Each is built from a params dict (``classifiers.<name>`` in families/embeddings/config.json; the search
 space holds ``<name>.<param>`` entries). ``knn`` is :class:`CosineKNN`: cosine similarity on
 L2-normalised vectors and distance-weighted votes, computed exactly by brute force.
+
+Multi-label (``y`` a label indicator matrix): ``logreg``, ``linear_svm`` and ``hgb`` are wrapped in
+scikit-learn's ``OneVsRestClassifier`` (one binary classifier a label); ``mlp`` is multi-label
+natively (one sigmoid output a label, scikit-learn's MLPClassifier on indicator targets); ``knn``
+votes per label (the weighted share of the neighbours carrying each label).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ class CosineKNN(ClassifierMixin, BaseEstimator):
     ``predict_proba(x)[i, c]`` is the sum of the weights of the ``k`` most similar training rows of
     class ``c`` divided by the sum over all ``k``: exactly what a brute-force loop over the training set
     gives (``1 - cos`` is the cosine distance; ``eps`` keeps an exact duplicate finite). Ties at the
-    k-th similarity are broken by training-row order.
+    k-th similarity are broken by training-row order. Fitted on a label indicator matrix (multi-label),
+    ``predict_proba(x)[i, l]`` is the weighted share of the ``k`` neighbours that carry label ``l``
+    (``classes_`` are the label indices).
     """
 
     def __init__(self, n_neighbors: int = 15, eps: float = KNN_EPS, chunk_size: int = 1024):
@@ -40,8 +47,12 @@ class CosineKNN(ClassifierMixin, BaseEstimator):
         self.chunk_size = chunk_size
 
     def fit(self, x: np.ndarray, y: Sequence) -> CosineKNN:
-        """Store the normalised training rows and their class indices."""
-        self.classes_, self.y_ = np.unique(np.asarray(y), return_inverse=True)
+        """Store the normalised training rows and their class indices (or label indicator rows)."""
+        y = np.asarray(y)
+        if y.ndim == 2:
+            self.classes_, self.y_ = np.arange(y.shape[1]), y.astype(np.float64)
+        else:
+            self.classes_, self.y_ = np.unique(y, return_inverse=True)
         self.x_ = l2_normalize(x)
         self.n_features_in_ = self.x_.shape[1]
         return self
@@ -58,19 +69,35 @@ class CosineKNN(ClassifierMixin, BaseEstimator):
             top_sims = np.take_along_axis(sims, top, axis=1)
             weights = 1.0 / (np.clip(1.0 - top_sims, 0.0, None) + self.eps)
             block = out[start:start + self.chunk_size]
+            if self.y_.ndim == 2:  # per-label votes: weights times the neighbours' indicator rows
+                block += np.einsum("nk,nkl->nl", weights, self.y_[top])
+                block /= weights.sum(axis=1, keepdims=True)
+                continue
             for j in range(k):
                 np.add.at(block, (np.arange(len(block)), self.y_[top[:, j]]), weights[:, j])
-        return out / out.sum(axis=1, keepdims=True)
+        return out if self.y_.ndim == 2 else out / out.sum(axis=1, keepdims=True)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """The class with the largest vote share."""
+        """The class with the largest vote share (multi-label: the indicator of the labels with a share >= 0.5)."""
+        if self.y_.ndim == 2:
+            return (self.predict_proba(x) >= 0.5).astype(int)
         return self.classes_[self.predict_proba(x).argmax(axis=1)]
 
 
 def make_classifier(name: str, params: dict, seed: int = 13, n_train: int | None = None,
-                    min_class_count: int | None = None) -> BaseEstimator:
-    """A fresh scikit-learn estimator ``name`` with ``params`` (unknown params raise ConfigError)."""
-    p = dict(params)
+                    min_class_count: int | None = None, multilabel: bool = False) -> BaseEstimator:
+    """A fresh scikit-learn estimator ``name`` with ``params`` (unknown params raise ConfigError).
+
+    ``multilabel``: an estimator for a label indicator matrix (one-vs-rest where the classifier has
+    no multi-output of its own; ``min_class_count`` is then the smallest class of any label's binary problem).
+    """
+    from textclf.core.sklearn_model import one_vs_rest
+
+    clf = _make(name, dict(params), seed, n_train, min_class_count)
+    return clf if name in ("knn", "mlp") else one_vs_rest(clf, multilabel)
+
+
+def _make(name: str, p: dict, seed: int, n_train: int | None, min_class_count: int | None) -> BaseEstimator:
     try:
         if name == "logreg":
             from sklearn.linear_model import LogisticRegression

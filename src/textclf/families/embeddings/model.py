@@ -85,7 +85,7 @@ class EmbeddingsPredictor(Predictor):
         return np.stack([lookup[t] for t in texts])
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities, columns in ``self.labels`` order."""
+        """Class probabilities (multi-label: independent per-label ones), columns in ``self.labels`` order."""
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float64)
-        return proba_in_label_order(self.classifier, self.embed(texts), len(self.labels))
+        return proba_in_label_order(self.classifier, self.embed(texts), len(self.labels), self.multilabel)

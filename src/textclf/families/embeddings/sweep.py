@@ -193,8 +193,8 @@ class Sweep:
 
     @property
     def metric(self) -> str:
-        """The validation metric each combination's study maximises and the table ranks by."""
-        return self.cfg["search"]["metric"]
+        """The validation metric each combination's study maximises and the table ranks by (``null``: macro_f1)."""
+        return self.cfg["search"]["metric"] or "macro_f1"
 
     def to_json(self) -> str:
         """The settings as JSON (the combinations are derived again)."""

@@ -29,7 +29,7 @@ from textclf.core.data import balanced_downsample
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import FILES_KEY
 from textclf.core.predictor import Predictor
-from textclf.core.training import Splits
+from textclf.core.training import Splits, fitted_meta
 from textclf.families.common.cache import EmbeddingCache
 from textclf.families.common.encoders import TFIDF_FILE, TFIDF_SVD, make_encoder
 from textclf.families.common.sklearn_proba import proba_in_label_order
@@ -103,8 +103,12 @@ def run_features(cfg: dict, splits: Splits, shared: dict) -> Features:
     return runs[key]
 
 
-def label_indices(splits: Splits, labels: list[str]) -> np.ndarray:
-    """Labels as indices into ``splits.labels``."""
+def label_indices(splits: Splits, labels: list) -> np.ndarray:
+    """Labels as indices into ``splits.labels`` (label sets: their indicator matrix, columns in ``splits.labels`` order)."""
+    if splits.multilabel:
+        from textclf.core.sklearn_model import label_indicator
+
+        return label_indicator(labels, splits.labels)
     index = {label: i for i, label in enumerate(splits.labels)}
     return np.asarray([index[label] for label in labels], dtype=int)
 
@@ -114,6 +118,8 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, para
     """Fit classifier ``name`` on ``(x, y)`` (only ``rows`` when given), first cut to the smallest class size when ``balance``."""
     if rows is not None:
         x, y = x[rows], y[rows]
+    if y.ndim == 2:
+        return _fit_multilabel(x, y, name, params, balance, seed)
     if len(np.unique(y)) < 2:
         raise ConfigError(f"the chosen training rows hold {len(np.unique(y))} class(es); need at least 2")
     if balance:
@@ -121,6 +127,18 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, para
         x, y = x[keep], y[keep]
     counts = np.bincount(y, minlength=len(splits.labels))
     clf = make_classifier(name, params, seed=seed, n_train=len(y), min_class_count=int(counts[counts > 0].min()))
+    clf.fit(x, y)
+    return clf
+
+
+def _fit_multilabel(x: np.ndarray, y: np.ndarray, name: str, params: dict, balance: bool, seed: int):
+    """Fit classifier ``name`` on a label indicator matrix ``y`` (one-vs-rest, or the classifier's own multi-output)."""
+    if balance:
+        raise ConfigError("balance: downsampling to the smallest class is multi-class only; set balance=false for label sets")
+    positives = y.sum(axis=0)
+    binary = np.minimum(positives, len(y) - positives)
+    smallest = int(binary[binary > 0].min()) if (binary > 0).any() else 1
+    clf = make_classifier(name, params, seed=seed, n_train=len(y), min_class_count=smallest, multilabel=True)
     clf.fit(x, y)
     return clf
 
@@ -182,8 +200,8 @@ class TrialPredictor(Predictor):
 
     kind = KIND
 
-    def __init__(self, labels: list[str], texts: Sequence[str], proba: np.ndarray, fallback: Predictor | None = None):
-        super().__init__(".", {"labels": labels, "kind": KIND})
+    def __init__(self, meta: dict, texts: Sequence[str], proba: np.ndarray, fallback: Predictor | None = None):
+        super().__init__(".", meta)
         self.known = dict(zip(texts, proba, strict=True))
         self.fallback = fallback
 
@@ -211,7 +229,7 @@ def trial_memo(cfg: dict) -> TrialMemo | None:
 
 
 def fit_trial(features: Features, splits: Splits, pick: dict, y_train: np.ndarray, rows: np.ndarray | None,
-              context) -> TrialPredictor:
+              context, meta: dict) -> TrialPredictor:
     """One search trial: its valid probabilities from the trial memo when it was evaluated before, else a fit."""
     import optuna
 
@@ -227,15 +245,14 @@ def fit_trial(features: Features, splits: Splits, pick: dict, y_train: np.ndarra
         if proba is not None:
             context.trial.set_user_attr("memo_hit", True)
             log.info("trial %d: valid probabilities from the search-trial memo (search.memo)", context.trial.number)
-            return TrialPredictor(splits.labels, splits.valid.texts, proba)
+            return TrialPredictor(meta, splits.valid.texts, proba)
     clf = fit_classifier(x["train"], y_train, splits, pick["classifier"], pick["params"], pick["balance"], context.seed, rows)
-    proba = proba_in_label_order(clf, x["valid"], len(splits.labels))
+    proba = proba_in_label_order(clf, x["valid"], len(splits.labels), splits.multilabel)
     if key is not None:
         memo.save(key, proba)
     encoder = features.encoders[pick["encoder"]]
-    fitted = EmbeddingsPredictor(context.output_dir, {"labels": splits.labels, "kind": KIND, "encoder": encoder.describe()},
-                                 encoder, clf)
-    return TrialPredictor(splits.labels, splits.valid.texts, proba, fallback=fitted)
+    fitted = EmbeddingsPredictor(context.output_dir, {**meta, "encoder": encoder.describe()}, encoder, clf)
+    return TrialPredictor(meta, splits.valid.texts, proba, fallback=fitted)
 
 
 def fit(cfg: dict, splits: Splits, context) -> Predictor:
@@ -250,7 +267,7 @@ def fit(cfg: dict, splits: Splits, context) -> Predictor:
     y_train = label_indices(splits, splits.train.labels)
     rows = train_rows(splits, pick["train_files"])
     if not context.final:
-        return fit_trial(features, splits, pick, y_train, rows, context)
+        return fit_trial(features, splits, pick, y_train, rows, context, fitted_meta(KIND, cfg, splits))
     x = features.get(pick["encoder"])
     out = Path(context.output_dir)
     start = time.monotonic()
@@ -264,7 +281,7 @@ def fit(cfg: dict, splits: Splits, context) -> Predictor:
         encoder.save(out)
         files.append(TFIDF_FILE)
     record = encoder.describe()
-    predictor = EmbeddingsPredictor(out, {"labels": splits.labels, "kind": KIND, "encoder": record}, encoder, clf)
+    predictor = EmbeddingsPredictor(out, {**fitted_meta(KIND, cfg, splits), "encoder": record}, encoder, clf)
     predictor.remember(splits.valid.texts, x["valid"])
     if splits.test is not None:
         predictor.remember(splits.test.texts, x["test"])

@@ -38,6 +38,8 @@ def trial_key(vector_keys: dict[str, str], labels: Sequence[str], y_train: np.nd
 
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(y_train, dtype=np.int64).tobytes())
+    if y_train.ndim == 2:  # a label indicator matrix (multi-label)
+        h.update(f"multilabel{y_train.shape}".encode())
     if rows is not None:
         h.update(b"rows")
         h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())

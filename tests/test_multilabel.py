@@ -288,7 +288,7 @@ def test_a_family_without_multilabel_support_refuses_label_sets(tmp_path):
                                       str(FIXTURE / "valid.jsonl"), "--output_dir", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
-        "Error: family 'setfit' cannot train on multi-label data (label sets); families that can: bert, fasttext, lstm; "
+        "Error: family 'setfit' cannot train on multi-label data (label sets); families that can: bert, embeddings, fasttext, lstm; "
         "or set data.task=multiclass")
     rows = {r["name"]: r for r in json.loads(run("families", "--json").output)}
     assert rows["fasttext"]["multilabel"] is True and rows["lstm"]["multilabel"] is True

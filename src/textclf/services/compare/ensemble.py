@@ -520,6 +520,12 @@ def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_class
     elif method == "weighted":
         search = bagged_search_weights(probas, y, beta, step, bags, seed, objective)
         weights = search["weights"]
+        if np.ndim(y) == 2 and max(singles) > search["score"]:  # label sets: never below the best member on valid
+            m = int(np.argmax(singles))
+            weights = [float(w) for w in np.eye(n)[m]]
+            score, logloss = _objective(probas, y, np.asarray(weights), beta)
+            search = {**search, "weights": weights, "score": score, "logloss": logloss, "member": m,
+                      "strategy": f"best member on valid (the bagged weights scored {search['score']:.4f})"}
     else:
         stacker, search = fit_stacker(probas, y, n_classes, beta, cv, seed)
     search = {**search, "single": singles, "chosen": method}

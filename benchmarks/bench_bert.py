@@ -396,8 +396,10 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
     bench.start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.core.atomic import atomic_write_json
 
-    if long_text:
-        datasets, variants = ",".join(LONG_TEXT["datasets"]), ",".join(LONG_TEXT["variants"])
+    if long_text:  # its datasets unless --datasets names others, always truncate against chunk
+        if click.get_current_context().get_parameter_source("datasets") == click.core.ParameterSource.DEFAULT:
+            datasets = ",".join(LONG_TEXT["datasets"])
+        variants = ",".join(LONG_TEXT["variants"])
     names = list(ALL_DATASETS) if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
     wanted = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [v for v in wanted if v not in VARIANTS]

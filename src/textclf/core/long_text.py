@@ -95,6 +95,8 @@ def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int
     included, consecutive windows sharing ``stride`` tokens). An empty text gives one window.
     """
     texts = list(texts)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"model.long_text chunk needs a fast (Rust) tokenizer; {type(tokenizer).__name__} is not one")
     special = tokenizer.num_special_tokens_to_add(pair=False)
     if stride >= max_length - special:
         raise ConfigError(f"model.stride {stride} must be smaller than max_length - special tokens "
@@ -169,6 +171,8 @@ def pool_rows(values: np.ndarray, doc: np.ndarray, n_docs: int, pooling: str,
     ``mean``, ``max``, or ``length`` (the mean weighted by ``weights``, each window's token
     count). Vectorised with ``np.add.at``/``np.maximum.at``; every document needs one window.
     """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"model.chunk_pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
     values = np.asarray(values, dtype=np.float64)
     doc = np.asarray(doc, dtype=np.int64)
     out = np.zeros((n_docs, values.shape[1]), dtype=np.float64)
@@ -177,8 +181,6 @@ def pool_rows(values: np.ndarray, doc: np.ndarray, n_docs: int, pooling: str,
         np.maximum.at(out, doc, values)
         return out
     w = np.ones(len(doc)) if pooling == "mean" or weights is None else np.asarray(weights, dtype=np.float64)
-    if pooling not in POOLINGS:
-        raise ConfigError(f"model.chunk_pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
     np.add.at(out, doc, values * w[:, None])
     total = np.bincount(doc, weights=w, minlength=n_docs)
     return out / np.maximum(total, 1e-12)[:, None]

@@ -292,3 +292,28 @@ def test_chunk_beats_truncate_when_the_cue_is_at_the_end(cue_data_larger, tiny_b
     print(f"test macro-F1: chunk {chunk_f1:.3f}, truncate {truncate_f1:.3f}")
     assert truncate_meta["bert"]["long_text"]["mode"] == "truncate" and "splits" not in truncate_meta["bert"]["long_text"]
     assert chunk_f1 >= CHUNK_F1_FLOOR and truncate_f1 <= TRUNCATE_F1_CEILING
+
+
+@pytest.mark.slow  # the benchmark trains the tiny BERT twice in subprocesses
+def test_bench_long_text_reports_chunk_against_truncate(repo, tiny_bert, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "data" / "cue"
+    root.mkdir(parents=True)
+    for name, n, seed in (("train", 90, 1), ("valid", 30, 2), ("test", 30, 3)):
+        write_split(root, name, n, seed, 40)
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(repo / "benchmarks" / "bench_bert.py"), "--long_text", "--quick", "--datasets", "cue",
+           "--data_root", str(tmp_path / "data"), "--model_name", str(tiny_bert), "--threads", "1", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["datasets"]["cue"]["variants"]) == {"default", "chunk"}
+    summary = doc["long_text"]["cue"]
+    chunk, trunc = doc["datasets"]["cue"]["variants"]["chunk"], doc["datasets"]["cue"]["variants"]["default"]
+    assert summary["delta"] == pytest.approx(chunk["test"]["macro_f1"] - trunc["test"]["macro_f1"], abs=2e-4)
+    assert summary["train_loop_ratio"] == pytest.approx(chunk["train_loop_s"] / trunc["train_loop_s"], rel=0.02)
+    assert summary["test_cut_share"] == 1.0 and summary["test_windows_per_doc"] >= 2
+    assert chunk["long_text"]["mode"] == "chunk" and trunc["long_text"]["mode"] == "truncate"
+    assert "| cue | 100% |" in doc["table_markdown"] and "predict time ratio" in doc["table_markdown"]

@@ -281,8 +281,7 @@ def announce(line: str, world: WorldInfo) -> None:
 
 
 def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, valid_ds: EncodedDataset | ChunkedDataset,
-              cfg: dict,
-              labels: list[str], loss_fn: nn.Module, pad_id: int, device: torch.device, output_dir: Path, world: WorldInfo,
+              cfg: dict, labels: list[str], loss_fn: nn.Module, pad_id: int, device: torch.device, output_dir: Path, world: WorldInfo,
               resume: bool, precision: Precision, init_from: str | None = None, report: Callable | None = None,
               report_metric: str = "macro_f1", step_offset: int = 0) -> StageResult:
     """Train ``model`` for one stage with Catalyst; returns the stage's summary (best weights in ``best_path``).

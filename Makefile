@@ -93,7 +93,7 @@ bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -
 	$(BIN)/python benchmarks/bench_lstm.py $(BENCH_ARGS)
 
 ## ---- BERT (bert_classification/) ----
-.PHONY: train_bert_classification predict_bert bench_bert
+.PHONY: train_bert_classification predict_bert bench_bert bench_long_text
 # BERT_CONFIG: a JSON merged over BERT's default config (and your config/bert.json), e.g. config/bert_smoke.json.
 BERT_CONFIG ?=
 
@@ -107,6 +107,9 @@ predict_bert: install ## Label INPUT with models/bert -> OUTPUT (CSV: label + pe
 
 bench_bert: install ## Benchmark BERT: plain PyTorch loop vs textclf variants (rows/s, docs/s, test F1) -> benchmarks/results/bert.json
 	$(BIN)/python benchmarks/bench_bert.py $(BENCH_ARGS)
+
+bench_long_text: install ## Benchmark BERT long documents: chunk vs truncate on bbc_news, spamassassin (macro-F1, time ratios) -> benchmarks/results/bert_long_text.json
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_bert.py --long_text $(BENCH_ARGS)
 
 ## ---- serving & ONNX ----
 .PHONY: serve export_onnx bench_serve bench_export serve_docker

@@ -21,6 +21,9 @@ before any data loads, so its peak RSS is its own; see ``bench_common``):
   ``two_stage_focal``  ``two_stage true``: two stages on any labels (the default before ``auto``).
   ``one_stage_ce``, ``one_stage_focal``, ``two_stage_ce``  the loss/stage variants (one stage: stage 2's
                        epochs only; two stages forced).
+  ``chunk``            ``model.long_text chunk``: texts cut into overlapping windows, trained per window,
+                       logits pooled per document (``--long_text`` runs it against ``default`` on
+                       bbc_news and spamassassin and adds the chunk/truncate ratios of macro-F1 and time).
 
 Reported per variant: training rows/s (rows trained / seconds inside the training batches, all
 stages and epochs; tokenising, validation and saving excluded) and its ratio to the plain loop;
@@ -36,6 +39,7 @@ markdown table::
         --threads 1 --variants plain,default,batch128,batch512         # the CPU table of the README
     python benchmarks/bench_bert.py --device cuda --datasets movie_review_sentences --variants all
     python benchmarks/bench_bert.py --quick --variants plain,default   # smoke check, a few minutes on CPU
+    python benchmarks/bench_bert.py --long_text [--max_train_rows 300 --max_eval_rows 150]   # make bench_long_text
 """
 
 from __future__ import annotations
@@ -67,7 +71,10 @@ VARIANTS = {
     "one_stage_ce": ("textclf, one stage (stage 2 epochs), cross-entropy", ["two_stage=false", "loss.gamma=0"]),
     "one_stage_focal": ("textclf, one stage (stage 2 epochs), focal", ["two_stage=false"]),
     "two_stage_ce": ("textclf, two stages, cross-entropy", ["two_stage=true", "loss.gamma=0"]),
+    "chunk": ("textclf, long_text chunk (stride max_length // 4, <= 8 windows, mean pooling)", ["model.long_text=chunk"]),
 }
+#: ``--long_text``: the long-document datasets, truncation (the default) against chunking
+LONG_TEXT = {"datasets": ("bbc_news", "spamassassin"), "variants": ("default", "chunk")}
 #: the plain baseline, the default and the loss/stage combinations
 DEFAULT_VARIANTS = ("plain", "default", "one_stage_ce", "one_stage_focal", "two_stage_ce")
 PUBLISHED = {"movie_review_sentences": {"NBSVM (Wang & Manning 2012)": 0.794, "CNN (Kim 2014)": 0.815}}
@@ -217,6 +224,7 @@ def run_variant(paths: dict, overrides: list[str], output_dir: str, device_spec:
         "precision": tr["precision"]["name"], "gradient_checkpointing": tr["gradient_checkpointing"]["enabled"],
         "compile": tr["compile"], "token_cache": tr["token_cache"],
         "predict_docs_per_s": round(speed, 1), "predict_batch_size": predictor.batch_size,
+        "long_text": meta["bert"].get("long_text"),
         "predict_precision": predictor.precision.name,
         "peak_gpu_mb": tr.get("peak_gpu_memory_mb"), "device": tr["device"], "peak_rss_mb": bench.peak_rss_mb(),
     }
@@ -285,6 +293,39 @@ def markdown_table(datasets: dict) -> str:
     return "\n".join(rows)
 
 
+def long_text_summary(datasets: dict) -> dict:
+    """Per dataset with both runs: test macro-F1 of truncation and chunking, and what chunking costs in time.
+
+    ``train_time_ratio``: training wall seconds chunk / truncate; ``train_loop_ratio``: seconds inside
+    the training batches; ``predict_time_ratio``: seconds per predicted document (docs/s truncate / chunk).
+    """
+    out = {}
+    for name, r in datasets.items():
+        trunc, chunk = (r.get("variants") or {}).get("default"), (r.get("variants") or {}).get("chunk")
+        if not (trunc and chunk and "test" in trunc and "test" in chunk):
+            continue
+        stats = ((chunk.get("long_text") or {}).get("splits") or {}).get("test") or {}
+        out[name] = {"truncate_macro_f1": round(_f1(trunc), 4), "chunk_macro_f1": round(_f1(chunk), 4),
+                     "delta": round(_f1(chunk) - _f1(trunc), 4),
+                     "train_time_ratio": round(chunk["train_wall_s"] / trunc["train_wall_s"], 2),
+                     "train_loop_ratio": round(chunk["train_loop_s"] / trunc["train_loop_s"], 2),
+                     "predict_time_ratio": round(trunc["predict_docs_per_s"] / chunk["predict_docs_per_s"], 2),
+                     "test_cut_share": stats.get("cut_share"), "test_windows_per_doc": stats.get("mean_chunks")}
+    return out
+
+
+def long_text_table(summary: dict) -> str:
+    """The ``--long_text`` table: macro-F1 of both and the chunk/truncate time ratios."""
+    rows = ["| dataset | test docs cut | windows / doc | truncate macro-F1 | chunk macro-F1 | delta | "
+            "train time ratio | train loop ratio | predict time ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summary.items():
+        cut = f"{s['test_cut_share']:.0%}" if s["test_cut_share"] is not None else "-"
+        rows.append(f"| {name} | {cut} | {s['test_windows_per_doc']} | {s['truncate_macro_f1']:.4f} | "
+                    f"{s['chunk_macro_f1']:.4f} | {s['delta']:+.4f} | {s['train_time_ratio']:.2f} | "
+                    f"{s['train_loop_ratio']:.2f} | {s['predict_time_ratio']:.2f} |")
+    return "\n".join(rows)
+
+
 def merge_seed_run(runs: list[dict], seed: int, test: dict) -> list[dict]:
     """``runs`` with this seed's test scores added (a repeat of a seed replaces its earlier entry)."""
     entry = {"seed": seed, "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}
@@ -344,14 +385,21 @@ def add_ratios(result: dict) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Extra config overrides for every run.")
 @click.option("--quick", is_flag=True, help=f"Smoke check: {QUICK['train_rows']} train / {QUICK['eval_rows']} eval rows, "
                                             "max_length 32, one epoch per stage.")
+@click.option("--long_text", is_flag=True,
+              help=f"Long documents: datasets {', '.join(LONG_TEXT['datasets'])}, variants default (truncate) and "
+                   "chunk; adds the chunk/truncate table [results: bert_long_text.json].")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/bert.json, --quick: bert_quick.json].")
 def main(datasets, variants, data_root, model_name, device, max_minutes, max_train_rows, max_eval_rows, repeats,
-         seeds, min_predict_docs, threads, overrides, quick, output):
+         seeds, min_predict_docs, threads, overrides, quick, long_text, output):
     """Fine-tune BERT variants and a plain PyTorch loop on the shared datasets; write a comparison table and JSON."""
     bench.start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.core.atomic import atomic_write_json
 
+    if long_text:  # its datasets unless --datasets names others, always truncate against chunk
+        if click.get_current_context().get_parameter_source("datasets") == click.core.ParameterSource.DEFAULT:
+            datasets = ",".join(LONG_TEXT["datasets"])
+        variants = ",".join(LONG_TEXT["variants"])
     names = list(ALL_DATASETS) if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
     wanted = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [v for v in wanted if v not in VARIANTS]
@@ -364,7 +412,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
     seed_list = [int(x) for x in seeds.split(",") if x.strip()] or [None]
     if min_predict_docs is None:
         min_predict_docs = 20000 if device.startswith("cuda") else 0
-    output = bench.results_path(output, "bert", quick)
+    output = bench.results_path(output, "bert_long_text" if long_text else "bert", quick)
     started = time.perf_counter()
     echo = bench.make_echo(show_elapsed=True)
 
@@ -452,7 +500,11 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                          + f"; test acc {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}; {v['predict_docs_per_s']:.0f} docs/s"
                          + (f"; peak GPU {v['peak_gpu_mb']:.0f} MiB" if v.get("peak_gpu_mb") else ""))
                     atomic_write_json(output, doc)
-    bench.finish_doc(output, doc, markdown_table(doc["datasets"]))
+    table = markdown_table(doc["datasets"])
+    if long_text:
+        doc["long_text"] = long_text_summary(doc["datasets"])
+        table += "\n\n" + long_text_table(doc["long_text"])
+    bench.finish_doc(output, doc, table)
     click.echo(doc["table_markdown"])
     click.echo(f"\nwrote {output}")
 

@@ -224,3 +224,28 @@ def predict_by_length(rows: Sequence[Sequence[int]] | None, batch_size: int, n_o
             idx = order[start : start + batch_size]
             out[idx] = forward(idx.tolist()).float().cpu().numpy()
     return out
+
+
+def pool_chunks(values: torch.Tensor, doc: torch.Tensor, n_docs: int, pooling: str = "mean",
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool the rows of a batch of windows (``values``: windows x k) into ``(n_docs, k)`` by document index ``doc``.
+
+    ``mean``, ``max`` or ``length`` (mean weighted by ``weights``, each window's token count): the
+    torch twin of :func:`textclf.core.long_text.pool_rows`, with ``index_add``/``scatter_reduce``
+    on the values' device, so a batch of documents runs as one padded tensor of all their windows
+    and comes back one row per document without a Python loop. Differentiable.
+    """
+    doc = doc.to(values.device, dtype=torch.long)
+    k = values.size(1)
+    if pooling == "max":
+        out = values.new_full((n_docs, k), float("-inf"))
+        return out.scatter_reduce(0, doc[:, None].expand(-1, k), values, reduce="amax", include_self=True)
+    if pooling == "length" and weights is not None:
+        w = weights.to(values.device, dtype=values.dtype)
+    elif pooling in ("mean", "length"):
+        w = values.new_ones(values.size(0))
+    else:
+        raise ConfigError(f"model.chunk_pooling: expected mean, max or length, got {pooling!r}")
+    total = values.new_zeros(n_docs).index_add(0, doc, w)
+    summed = values.new_zeros((n_docs, k)).index_add(0, doc, values * w[:, None])
+    return summed / total.clamp(min=1e-12)[:, None]

@@ -10,6 +10,11 @@ tokenising. A batch is padded only to its longest member, by a vectorised gather
 Training batches group texts of similar length (:class:`textclf.core.torch_common.BucketBatchSampler`,
 shared with the LSTM); evaluation and prediction batches are sorted by length and put back in
 input order afterwards. On CUDA the loaders pin memory and the engine copies with ``non_blocking``.
+
+With ``model.long_text: chunk`` (:mod:`textclf.core.long_text`) each text becomes overlapping
+windows (:func:`cached_encode_chunked`, cached with the stride in the key): training rows are the
+windows, each with its document's label; evaluation and prediction batches are documents
+(:class:`ChunkedDataset`), whose windows run as one padded tensor and are pooled back per document.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from textclf.core.errors import ModelError
+from textclf.core.long_text import ChunkStats, LongText, chunk_stats, encode_windows, spread_windows
 from textclf.core.torch_common import POOL_BATCHES, bucket_loader, pad_flat, pad_ids
 
 log = logging.getLogger(__name__)
@@ -213,10 +219,37 @@ def texts_sha256(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(fingerprint: str, max_length: int, texts: Sequence[str]) -> str:
-    """The token cache key: tokenizer + ``max_length`` + texts."""
-    raw = f"v{CACHE_VERSION}|{fingerprint}|{max_length}|{texts_sha256(texts)}"
+def cache_key(fingerprint: str, max_length: int, texts: Sequence[str], windows: str = "") -> str:
+    """The token cache key: tokenizer + ``max_length`` + texts (+ the window settings of ``long_text: chunk``)."""
+    windows = f"{windows}|" if windows else ""  # truncation keeps the key it always had
+    raw = f"v{CACHE_VERSION}|{fingerprint}|{max_length}|{windows}{texts_sha256(texts)}"
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def _load_cache(path: Path, n_texts: int, split: str) -> dict | None:
+    """The arrays of a token cache file, or None when it is missing, unreadable or for other texts."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, KeyError) as exc:  # unreadable: tokenise again and overwrite
+        log.warning("%s: unreadable token cache (%s); tokenising again", path, exc)
+        return None
+    docs = arrays.get("doc_offsets", arrays.get("offsets"))
+    if docs is None or len(docs) != n_texts + 1:
+        return None
+    log.info("tokens of %s (%d texts) from %s", split, n_texts, path)
+    return arrays
+
+
+def _save_cache(path: Path, **arrays: np.ndarray) -> None:
+    """Write the arrays to a temp name and rename: parallel writers (DDP ranks) never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
 
 
 def cached_encode(tokenizer, texts: Sequence[str], max_length: int, cache_dir: str | Path | None, split: str,
@@ -232,20 +265,123 @@ def cached_encode(tokenizer, texts: Sequence[str], max_length: int, cache_dir: s
         return EncodedDataset(encode(tokenizer, texts, max_length), pad_id=pad_id), "off"
     key = cache_key(fingerprint or tokenizer_fingerprint(tokenizer), max_length, texts)
     path = Path(cache_dir) / f"tokens_{split}_{key}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as data:
-                flat, offsets = data["ids"], data["offsets"]
-            if len(offsets) == len(texts) + 1:
-                log.info("tokens of %s (%d texts) from %s", split, len(texts), path)
-                return EncodedDataset(pad_id=pad_id, flat=flat, offsets=offsets), "hit"
-        except (OSError, ValueError, KeyError) as exc:  # unreadable: tokenise again and overwrite
-            log.warning("%s: unreadable token cache (%s); tokenising again", path, exc)
+    arrays = _load_cache(path, len(texts), split)
+    if arrays is not None:
+        return EncodedDataset(pad_id=pad_id, flat=arrays["ids"], offsets=arrays["offsets"]), "hit"
     dataset = EncodedDataset(encode(tokenizer, texts, max_length), pad_id=pad_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, ids=dataset.flat, offsets=dataset.offsets)
-    os.replace(tmp, path)
+    _save_cache(path, ids=dataset.flat, offsets=dataset.offsets)
     log.info("tokenised %s (%d texts) into %s", split, len(texts), path)
     return dataset, "miss"
+
+
+# --------------------------------------------------------------------------- long documents: windows
+
+
+class ChunkedDataset(Dataset):
+    """Documents as consecutive runs of windows (``long_text: chunk``), for evaluation and prediction.
+
+    ``windows`` holds every kept window (an :class:`EncodedDataset`); document ``d`` owns windows
+    ``doc_offsets[d]:doc_offsets[d + 1]``. ``dataset.__getitems__(documents)`` is one padded
+    tensor of all the windows of those documents plus ``chunk_doc`` (each window's row in the
+    batch), ``index`` and the documents' ``targets``: the model runs the windows at once and
+    :func:`textclf.core.torch_common.pool_chunks` brings them back to one row per document.
+    ``lengths`` are the documents' token totals (for length-sorted batches).
+    """
+
+    def __init__(self, windows: EncodedDataset, doc_offsets: np.ndarray, targets: Sequence[int] | None = None,
+                 stats: ChunkStats | None = None):
+        self.windows = windows
+        self.doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
+        self.targets = np.asarray(targets, dtype=np.int64) if targets is not None else None
+        self.stats = stats
+        self.pad_id = windows.pad_id
+        if self.targets is not None and len(self.targets) != len(self):
+            raise ValueError(f"{len(self.targets)} targets for {len(self)} documents")
+
+    def __len__(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    @property
+    def window_counts(self) -> np.ndarray:
+        """Windows per document."""
+        return np.diff(self.doc_offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per document, over its kept windows."""
+        tokens = np.zeros(len(self.windows) + 1, dtype=np.int64)
+        np.cumsum(self.windows.lengths, out=tokens[1:])
+        return tokens[self.doc_offsets[1:]] - tokens[self.doc_offsets[:-1]]
+
+    @property
+    def window_doc(self) -> np.ndarray:
+        """The document of every window."""
+        return np.repeat(np.arange(len(self)), self.window_counts)
+
+    def with_targets(self, targets: Sequence[int] | None) -> ChunkedDataset:
+        """The same windows with per-document targets (no copy of the ids)."""
+        return ChunkedDataset(self.windows, self.doc_offsets, targets, self.stats)
+
+    def window_indices(self, documents: Sequence[int]) -> np.ndarray:
+        """The windows of ``documents``, document by document (vectorised gather)."""
+        docs = np.asarray(documents, dtype=np.int64)
+        counts = self.window_counts[docs]
+        first = np.zeros(len(docs), dtype=np.int64)
+        np.cumsum(counts[:-1], out=first[1:])
+        return np.repeat(self.doc_offsets[docs] - first, counts) + np.arange(int(counts.sum()))
+
+    def training_windows(self, documents: Sequence[int] | None = None) -> EncodedDataset:
+        """Windows of ``documents`` (default all) as training rows, each with its document's target."""
+        docs = np.arange(len(self)) if documents is None else np.asarray(documents, dtype=np.int64)
+        idx = self.window_indices(docs)
+        targets = None if self.targets is None else np.repeat(self.targets[docs], self.window_counts[docs])
+        return self.windows.subset(idx).with_targets(targets)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        docs = np.asarray(indices, dtype=np.int64)
+        ids, lengths = pad_flat(self.windows.flat, self.windows.offsets, self.window_indices(docs), self.pad_id)
+        chunk_doc = np.repeat(np.arange(len(docs)), self.window_counts[docs])
+        batch = {**batch_from_ids(ids, lengths), "index": torch.from_numpy(docs),
+                 "chunk_doc": torch.from_numpy(chunk_doc)}
+        if self.targets is not None:
+            batch["targets"] = torch.from_numpy(self.targets[docs])
+        return batch
+
+
+def encode_chunked(tokenizer, texts: Sequence[str], max_length: int, long_text: LongText) -> ChunkedDataset:
+    """Windows of every text (:func:`textclf.core.long_text.encode_windows`), at most ``max_chunks`` each, spread evenly."""
+    rows, doc = encode_windows(tokenizer, texts, max_length, long_text.stride)
+    return _chunked(EncodedDataset(rows, pad_id=tokenizer.pad_token_id), doc, len(texts), long_text.max_chunks)
+
+
+def _chunked(all_windows: EncodedDataset, doc: np.ndarray, n_docs: int, max_chunks: int) -> ChunkedDataset:
+    kept = spread_windows(doc, n_docs, max_chunks)
+    stats = chunk_stats(doc, doc[kept], n_docs)
+    windows = all_windows.subset(kept) if len(kept) != len(all_windows) else all_windows
+    offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(np.bincount(doc[kept], minlength=n_docs), out=offsets[1:])
+    return ChunkedDataset(windows, offsets, stats=stats)
+
+
+def cached_encode_chunked(tokenizer, texts: Sequence[str], max_length: int, long_text: LongText,
+                          cache_dir: str | Path | None, split: str, fingerprint: str | None = None
+                          ) -> tuple[ChunkedDataset, str]:
+    """:func:`encode_chunked` through the token cache (every window is stored; ``max_chunks`` applies on load)."""
+    if cache_dir is None:
+        return encode_chunked(tokenizer, texts, max_length, long_text), "off"
+    key = cache_key(fingerprint or tokenizer_fingerprint(tokenizer), max_length, texts, f"stride{long_text.stride}")
+    path = Path(cache_dir) / f"tokens_{split}_{key}.npz"
+    arrays = _load_cache(path, len(texts), split)
+    status = "hit"
+    if arrays is None:
+        rows, doc = encode_windows(tokenizer, texts, max_length, long_text.stride)
+        windows = EncodedDataset(rows, pad_id=tokenizer.pad_token_id)
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(doc, minlength=len(texts)), out=offsets[1:])
+        arrays = {"ids": windows.flat, "offsets": windows.offsets, "doc_offsets": offsets}
+        _save_cache(path, **arrays)
+        log.info("tokenised %s (%d texts, %d windows) into %s", split, len(texts), len(windows), path)
+        status = "miss"
+    windows = EncodedDataset(pad_id=tokenizer.pad_token_id, flat=arrays["ids"], offsets=arrays["offsets"])
+    doc = np.repeat(np.arange(len(texts)), np.diff(arrays["doc_offsets"]))
+    return _chunked(windows, doc, len(texts), long_text.max_chunks), status

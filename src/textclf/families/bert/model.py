@@ -21,11 +21,12 @@ from torch import nn
 
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import load_torch_weights
+from textclf.core.long_text import LongText, document_batches, saved_long_text
 from textclf.core.model_checks import check_label_count
 from textclf.core.precision import DeviceInfo, Precision, predict_batch_size, resolve_precision
 from textclf.core.predictor import Predictor
-from textclf.core.torch_common import predict_by_length, resolve_device
-from textclf.families.bert.data import EncodedDataset, encode, load_tokenizer
+from textclf.core.torch_common import pool_chunks, predict_by_length, resolve_device
+from textclf.families.bert.data import ChunkedDataset, EncodedDataset, encode, encode_chunked, load_tokenizer
 from textclf.families.common.packaged import default_model_path  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ def load_encoder(name_or_path: str | Path) -> nn.Module:
 class BertClassifier(nn.Module):
     """Encoder -> pooling over the attention mask (mean, or the CLS token) -> dropout -> linear."""
 
-    def __init__(self, encoder: nn.Module, n_classes: int, dropout: float = 0.1, pooling: str = "mean"):
+    def __init__(self, encoder: nn.Module, n_classes: int, dropout: float = 0.1, pooling: str = "mean",
+                 chunk_pooling: str = "mean"):
         super().__init__()
+        self.chunk_pooling = chunk_pooling  # how the windows of one document are pooled (long_text: chunk)
         if pooling not in POOLINGS:
             raise ConfigError(f"model.pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.encoder = encoder
@@ -119,9 +122,14 @@ class BertClassifier(nn.Module):
             self.compile_state = "failed"
             return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_doc: torch.Tensor | None = None,
+                n_docs: int | None = None) -> torch.Tensor:
+        """Logits per row; with ``chunk_doc`` (each row's document in the batch) pooled to ``n_docs`` rows."""
         hidden = self._encode(input_ids, attention_mask)
-        return self.head(self.dropout(self.pool(hidden, attention_mask)))
+        logits = self.head(self.dropout(self.pool(hidden, attention_mask)))
+        if chunk_doc is None:
+            return logits
+        return pool_chunks(logits.float(), chunk_doc, int(n_docs), self.chunk_pooling, attention_mask.sum(dim=1))
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -159,6 +167,31 @@ def predict_logits(model: BertClassifier, input_ids: list[list[int]] | EncodedDa
             return model(ids.to(device, non_blocking=cuda), mask.to(device, non_blocking=cuda))
 
     return predict_by_length(None, batch_size, model.head.out_features, forward, lengths=data.lengths)
+
+
+def predict_document_logits(model: BertClassifier, data: ChunkedDataset, device: torch.device, batch_size: int,
+                            precision: Precision | None = None) -> np.ndarray:
+    """Logits per document of chunked texts, in input order: one row per document, its windows pooled.
+
+    Documents go in length order, about ``batch_size`` windows per batch
+    (:func:`textclf.core.long_text.document_batches`); each batch's windows run as one padded
+    tensor and :func:`textclf.core.torch_common.pool_chunks` pools them on the device.
+    """
+    model.eval()
+    cuda = device.type == "cuda"
+    autocast = precision.autocast(device.type) if precision is not None else contextlib.nullcontext()
+    out = np.zeros((len(data), model.head.out_features), dtype=np.float32)
+    with torch.inference_mode():
+        for docs in document_batches(data.window_counts, data.lengths, batch_size):
+            batch = data.__getitems__(docs)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            if cuda:
+                ids, mask = ids.pin_memory(), mask.pin_memory()
+            with autocast:
+                logits = model(ids.to(device, non_blocking=cuda), mask.to(device, non_blocking=cuda),
+                               batch["chunk_doc"].to(device, non_blocking=cuda), len(docs))
+            out[docs] = logits.float().cpu().numpy()
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -200,8 +233,11 @@ class BertPredictor(Predictor):
     kind = KIND
 
     def __init__(self, model_dir: str | Path, meta: dict, model: BertClassifier, tokenizer, device: torch.device,
-                 max_length: int, batch_size: int | None = None, precision: Precision | None = None):
+                 max_length: int, batch_size: int | None = None, precision: Precision | None = None,
+                 long_text: LongText | None = None):
         super().__init__(model_dir, meta)
+        self.long_text = long_text or LongText()
+        model.chunk_pooling = self.long_text.pooling
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
@@ -237,10 +273,15 @@ class BertPredictor(Predictor):
             model.head.load_state_dict(head)
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise ModelError(f"{head_path}: not the head of this model ({str(exc).splitlines()[0]})") from None
-        return cls(model_dir, meta, model, tokenizer, resolve_device(device), info.get("max_length", 128))
+        max_length = info.get("max_length", 128)
+        return cls(model_dir, meta, model, tokenizer, resolve_device(device), max_length,
+                   long_text=saved_long_text(info.get("long_text"), max_length))
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw head outputs, shape ``(len(texts), len(self.labels))``."""
+        """Raw head outputs, shape ``(len(texts), len(self.labels))`` (with ``long_text: chunk``: the windows' pooled logits)."""
+        if self.long_text.chunk:
+            data = encode_chunked(self.tokenizer, list(texts), self.max_length, self.long_text)
+            return predict_document_logits(self.model, data, self.device, self.batch_size, self.precision)
         ids = encode(self.tokenizer, list(texts), self.max_length)
         return predict_logits(self.model, ids, self.tokenizer.pad_token_id, self.device, self.batch_size, self.precision)
 

@@ -1,4 +1,9 @@
-"""The BERT family's ONNX hook: its exporter and the ONNX Runtime Predictor (the saved tokenizer, length-sorted batches)."""
+"""The BERT family's ONNX hook: its exporter and the ONNX Runtime Predictor (the saved tokenizer, length-sorted batches).
+
+The graph classifies one window (``input_ids``/``attention_mask`` -> ``logits``); a model trained
+with ``long_text: chunk`` is exported the same way, and its Predictor cuts texts into windows and
+pools their logits in numpy, as the PyTorch Predictor does on the device.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from textclf.core.errors import ModelError
+from textclf.core.long_text import encode_windows, pool_rows, saved_long_text, spread_windows
 from textclf.core.onnx_runtime import OnnxPredictor
 
 
@@ -20,6 +26,7 @@ class OnnxBertPredictor(OnnxPredictor):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_id = int(tokenizer.pad_token_id)
+        self.long_text = saved_long_text((meta.get("bert") or {}).get("long_text"), max_length)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids like the PyTorch Predictor (special tokens, truncated to ``max_length``, unpadded)."""
@@ -28,11 +35,26 @@ class OnnxBertPredictor(OnnxPredictor):
         return out["input_ids"]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Softmax probabilities in ``self.labels`` order (multi-label: a sigmoid per label)."""
-        n_out = len(self.labels)
+        """Softmax probabilities in ``self.labels`` order (multi-label: a sigmoid per label).
+
+        With ``long_text: chunk`` the graph runs on every window (the same windows as the PyTorch
+        Predictor) and the windows' logits are pooled per document in numpy (:func:`pool_rows`).
+        """
         if len(texts) == 0:
-            return np.zeros((0, n_out), dtype=np.float64)
-        rows = self.encode(texts)
+            return np.zeros((0, len(self.labels)), dtype=np.float64)
+        if not self.long_text.chunk:
+            return self.probabilities(self.row_logits(self.encode(texts)))
+        lt = self.long_text
+        rows, doc = encode_windows(self.tokenizer, texts, self.max_length, lt.stride)
+        kept = spread_windows(doc, len(texts), lt.max_chunks)
+        rows = [rows[i] for i in kept]
+        logits = self.row_logits(rows)
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.float64, count=len(rows))
+        return self.probabilities(pool_rows(logits, doc[kept], len(texts), lt.pooling, lengths))
+
+    def row_logits(self, rows: list[list[int]]) -> np.ndarray:
+        """The graph's logits for token id rows, in length-sorted batches, returned in input order."""
+        n_out = len(self.labels)
         logits = np.zeros((len(rows), n_out), dtype=np.float32)
         order = np.argsort([len(r) for r in rows], kind="stable")
         for start in range(0, len(order), self.batch_size):
@@ -44,7 +66,7 @@ class OnnxBertPredictor(OnnxPredictor):
                 ids[j, :len(rows[i])] = rows[i]
                 mask[j, :len(rows[i])] = 1
             logits[idx] = self.run({"input_ids": ids, "attention_mask": mask})
-        return self.probabilities(logits)
+        return logits
 
 
 def bert_parts(model_dir: Path, meta: dict) -> tuple[object, int, int]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from textclf.core.config import auto_bool
 from textclf.core.data import balanced_downsample
 from textclf.core.errors import ConfigError
+from textclf.core.long_text import long_text_settings
 from textclf.core.torch_common import LR_SCALING
 
 
@@ -101,6 +102,7 @@ def check_config(cfg: dict) -> None:
             raise ConfigError(f"{stage}.epochs must be >= 1 and {stage}.lr > 0 (got {cfg[stage]['epochs']}, {cfg[stage]['lr']})")
     if t["accumulation_steps"] < 1 or t["batch_size"] < 1 or t["base_batch_size"] < 1:
         raise ConfigError("train.batch_size, train.base_batch_size and train.accumulation_steps must be >= 1")
+    long_text_settings(m)  # long_text, stride, max_chunks, chunk_pooling
     if str(t["lr_scaling"]).lower() not in LR_SCALING:
         raise ConfigError(f"train.lr_scaling {t['lr_scaling']!r}: choose one of {', '.join(LR_SCALING)}")
     if not 0.0 <= float(m["dropout"]) < 1.0 or float(cfg["loss"]["gamma"]) < 0:

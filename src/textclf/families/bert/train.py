@@ -41,6 +41,7 @@ from textclf.core.class_weights import class_alpha, label_indicator, pos_weight
 from textclf.core.decision import decision_settings
 from textclf.core.errors import ConfigError
 from textclf.core.integrity import FILES_KEY
+from textclf.core.long_text import long_text_settings
 from textclf.core.metrics import is_minimized
 from textclf.core.precision import (
     Checkpointing,
@@ -66,8 +67,10 @@ from textclf.families.bert.callbacks import (
 )
 from textclf.families.bert.data import (
     WORK_DIR,
+    ChunkedDataset,
     EncodedDataset,
     cached_encode,
+    cached_encode_chunked,
     load_tokenizer,
     make_loader,
     tokenizer_fingerprint,
@@ -150,7 +153,10 @@ class BertRunner(dl.Runner):
         self._loader_cpu0 = time.process_time()
 
     def handle_batch(self, batch) -> None:
-        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        if "chunk_doc" in batch:  # documents of windows (long_text: chunk, valid): pooled to one row per document
+            logits = self.model(batch["input_ids"], batch["attention_mask"], batch["chunk_doc"], len(batch["targets"]))
+        else:
+            logits = self.model(batch["input_ids"], batch["attention_mask"])
         loss = self.loss_fn(logits, batch["targets"])
         self.batch = {**batch, "logits": logits}
         self.batch_metrics["loss"] = loss
@@ -276,8 +282,8 @@ def announce(line: str, world: WorldInfo) -> None:
         print(f"== {line}", flush=True)
 
 
-def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, valid_ds: EncodedDataset, cfg: dict,
-              labels: list[str], loss_fn: nn.Module, pad_id: int, device: torch.device, output_dir: Path, world: WorldInfo,
+def run_stage(stage: str, model: BertClassifier, train_ds: EncodedDataset, *, valid_ds: EncodedDataset | ChunkedDataset,
+              cfg: dict, labels: list[str], loss_fn: nn.Module, pad_id: int, device: torch.device, output_dir: Path, world: WorldInfo,
               resume: bool, precision: Precision, init_from: str | None = None, report: Callable | None = None,
               report_metric: str = "macro_f1", step_offset: int = 0) -> StageResult:
     """Train ``model`` for one stage with Catalyst; returns the stage's summary (best weights in ``best_path``).
@@ -405,7 +411,7 @@ class ModelFactory:
         m = self.cfg["model"]
         enc = self._encoder if self._encoder is not None else load_encoder(self.model_name)
         self._encoder = None
-        model = BertClassifier(enc, self.n_classes, m["dropout"], m["pooling"])
+        model = BertClassifier(enc, self.n_classes, m["dropout"], m["pooling"], long_text_settings(m).pooling)
         if state is not None:
             model.load_state_dict(state)
         if self.checkpointing:
@@ -433,18 +439,37 @@ def loss_function(cfg: dict, splits: Splits) -> nn.Module:
 
 
 def encode_splits(cfg: dict, splits: Splits, tokenizer, max_length: int, output_dir: Path) -> tuple[dict, dict]:
-    """Tokenise train and valid once (from the ``work/`` token cache when it has them): datasets with targets, cache status."""
+    """Tokenise train and valid once (from the ``work/`` token cache when it has them): datasets with targets, cache status.
+
+    With ``model.long_text: chunk`` they are :class:`.data.ChunkedDataset` objects, and the test
+    split (when there is one) is tokenised too, for its chunk statistics in meta.json.
+    """
     index = {label: i for i, label in enumerate(splits.labels)}
     fingerprint = tokenizer_fingerprint(tokenizer)
     work = output_dir / WORK_DIR if cfg["train"]["token_cache"] else None
+    long_text = long_text_settings(cfg["model"], max_length)
     data, status = {}, {}
     start = time.perf_counter()
-    for name in ("train", "valid"):
+    names = ("train", "valid", "test") if long_text.chunk and splits.test is not None else ("train", "valid")
+    for name in names:
         ds = getattr(splits, name)
-        encoded, status[name] = cached_encode(tokenizer, ds.texts, max_length, work, name, fingerprint)
+        if long_text.chunk:
+            encoded, status[name] = cached_encode_chunked(tokenizer, ds.texts, max_length, long_text, work, name,
+                                                          fingerprint)
+        else:
+            encoded, status[name] = cached_encode(tokenizer, ds.texts, max_length, work, name, fingerprint)
         data[name] = encoded.with_targets(label_targets(ds.labels, splits, index))
     status["seconds"] = round(time.perf_counter() - start, 3)
     return data, status
+
+
+def long_text_info(cfg: dict, max_length: int, data: dict) -> dict:
+    """meta.json's ``bert.long_text``: the settings, and with ``chunk`` each split's :class:`textclf.core.long_text.ChunkStats`."""
+    settings = long_text_settings(cfg["model"], max_length)
+    info = settings.as_dict()
+    if settings.chunk:
+        info["splits"] = {name: ds.stats.as_dict() for name, ds in data.items() if getattr(ds, "stats", None)}
+    return info
 
 
 def run_stages(cfg: dict, splits: Splits, factory: ModelFactory, data: dict, common: dict) -> list[StageResult]:
@@ -452,13 +477,15 @@ def run_stages(cfg: dict, splits: Splits, factory: ModelFactory, data: dict, com
 
     ``cfg`` is the staged config (:func:`.stages.staged_config`): ``two_stage`` already resolved to a boolean.
     """
-    full_train = data["train"]
+    chunked = isinstance(data["train"], ChunkedDataset)  # long_text: chunk trains on the windows
+    full_train = data["train"].training_windows() if chunked else data["train"]
     common = {**common, "valid_ds": data["valid"]}
     stages: list[StageResult] = []
     init_state, init_from = None, None
     if cfg["two_stage"]:
         idx = stage1_indices(cfg, splits.train.labels)
-        stages.append(run_stage("stage1", factory(), full_train.subset(idx), **common))
+        stage1_rows = data["train"].training_windows(idx) if chunked else full_train.subset(idx)
+        stages.append(run_stage("stage1", factory(), stage1_rows, **common))
         init_from = stages[0].best_path
         init_state = torch.load(init_from, map_location="cpu", weights_only=True)
     offset = cfg["stage1"]["epochs"] if cfg["two_stage"] else 0
@@ -491,7 +518,7 @@ def model_files(output_dir: Path) -> list[str]:
 
 def best_predictor(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFactory, tokenizer, max_length: int,
                    stages: list[StageResult], device: torch.device, world: WorldInfo, train_seconds: float,
-                   speed: dict | None = None) -> BertPredictor:
+                   speed: dict | None = None, long_text: dict | None = None) -> BertPredictor:
     """Load the best stage's best weights, save the model directory; returns its Predictor.
 
     ``predictor.fit_info`` holds what the core records in meta.json: the ``bert`` block (what
@@ -501,13 +528,16 @@ def best_predictor(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFa
     m, t = cfg["model"], cfg["train"]
     speed = speed or {}
     best = (min if is_minimized(t["metric"]) else max)(stages, key=lambda r: r.best_score)
-    model = BertClassifier(load_encoder(factory.model_name), len(splits.labels), m["dropout"], m["pooling"])
+    settings = long_text_settings(m, max_length)
+    model = BertClassifier(load_encoder(factory.model_name), len(splits.labels), m["dropout"], m["pooling"],
+                           settings.pooling)
     model.load_state_dict(torch.load(best.best_path, map_location="cpu", weights_only=True))
     save_model_dir(output_dir, model, tokenizer)
     predict = predict_config(cfg)
     info = {"model_name": m["model_name"] or "auto", "resolved_model": factory.model_name, "pooling": m["pooling"],
             "dropout": m["dropout"], "max_length": max_length, "hidden_size": model.encoder.config.hidden_size,
-            "predict": predict, "encoder_dir": ENCODER_DIR, "head_file": HEAD_FILE}
+            "predict": predict, "encoder_dir": ENCODER_DIR, "head_file": HEAD_FILE,
+            "long_text": long_text or settings.as_dict()}
     precision = speed.get("precision")
     rows = sum(s.rows_trained for s in stages)
     loop_s = sum(s.train_loop_seconds or 0.0 for s in stages)
@@ -522,7 +552,8 @@ def best_predictor(cfg: dict, splits: Splits, output_dir: Path, factory: ModelFa
                 "stages": [s.as_dict(output_dir) for s in stages]}
     if device.type == "cuda":
         training["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    predictor = BertPredictor(output_dir, stub_meta(splits.labels, info, splits.task), model, tokenizer, device, max_length)
+    predictor = BertPredictor(output_dir, stub_meta(splits.labels, info, splits.task), model, tokenizer, device, max_length,
+                              long_text=settings)
     training["predict_batch_size"] = predictor.batch_size
     training["predict_precision"] = predictor.precision.name
     predictor.fit_info = {"bert": info, "training": training, FILES_KEY: model_files(output_dir)}
@@ -575,6 +606,11 @@ def train_model(cfg: dict, splits: Splits, output_dir: str | Path, *, world: Wor
     precision, ckpt = resolve_speed(cfg, factory, device, max_length, world)
     announce(f"{'two stages' if plan.two_stage else 'one stage'} ({plan.reason})", world)
     data, token_cache = encode_splits(cfg, splits, tokenizer, max_length, output_dir)
+    long_text = long_text_info(cfg, max_length, data)
+    if "splits" in long_text:
+        announce("long_text chunk: " + "; ".join(
+            f"{name} {s['cut_share']:.1%} of {s['documents']} documents cut, {s['mean_chunks']:.2f} windows each"
+            for name, s in long_text["splits"].items()), world)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     common = {"cfg": cfg, "labels": splits.labels, "loss_fn": loss_fn,
@@ -590,7 +626,7 @@ def train_model(cfg: dict, splits: Splits, output_dir: str | Path, *, world: Wor
                             "batch_size": effective_batch(cfg, world)},
              "token_cache": token_cache, "stage_plan": plan.as_dict()}
     predictor = best_predictor(user_cfg, splits, output_dir, factory, tokenizer, max_length, stages, device, world,
-                               round(time.perf_counter() - started, 2), speed)
+                               round(time.perf_counter() - started, 2), speed, long_text)
     if not cfg["output"]["keep_checkpoints"]:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     return predictor

@@ -147,7 +147,9 @@ class Family:
     ``onnx`` names the family's ONNX module (``export(predictor, path, opset)`` and
     ``load(model_dir, meta, session, path) -> Predictor``); ``commands`` maps the names of the
     family's own top-level commands (``textclf embed``, ``textclf sweep``) to their click commands
-    as ``"module:attr"``; the CLI adds them.
+    as ``"module:attr"``; the CLI adds them. ``max_length_key`` names the config key of the family's
+    token limit (``encoder.max_length``), which ``textclf stats`` measures the data against (a null
+    value there means the default encoder's own limit).
     """
 
     name: str
@@ -173,6 +175,7 @@ class Family:
     prepare: Callable | str | None = None
     pruner: Callable | str | None = None
     code_file: str | None = None
+    max_length_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

@@ -4,6 +4,7 @@ from textclf.core.registry import Family, Option, package_config, register_famil
 
 FAMILY = register_family(Family(
     name="embeddings",
+    max_length_key="encoder.max_length",  # the token limit `textclf stats` measures the data against
     config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="frozen sentence embeddings (MiniLM, any sentence-transformers model, TF-IDF+SVD) + scikit-learn classifier",
     kind="embeddings",

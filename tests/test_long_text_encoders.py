@@ -158,8 +158,7 @@ def test_cache_key_unchanged_for_truncate_and_distinct_for_chunk():
 def embeddings_runs(cue_data, tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("emb_long")
     for mode in ("truncate", "chunk"):
-        train_family_cli("embeddings", cue_data, out / mode, "--no-track", "--max_length", "32",
-                         "--set", f'encoder.long_text="{mode}"')
+        train_family_cli("embeddings", cue_data, out / mode, "--no-track", "--max_length", "32", "--long_text", mode)
     return out
 
 

@@ -114,6 +114,9 @@ def window_tokens(tokenizer: Any, max_length: int) -> int:
 def split_windows(tokenizer: Any, texts: Sequence[str], max_length: int, settings: ChunkSettings) -> Windows:
     """Split ``texts`` into windows of ``max_length`` tokens (special tokens included) overlapping by ``stride``,
     at most ``max_chunks`` per document (an empty text is one empty window)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"encoder.long_text chunk: needs a fast (Rust) tokenizer for the token offsets; "
+                          f"{type(tokenizer).__name__} is not one")
     size = window_tokens(tokenizer, max_length)
     if settings.stride >= size:
         raise ConfigError(f"encoder.stride {settings.stride}: must be below the {size} text tokens of a window "

@@ -152,6 +152,21 @@ def test_cache_key_unchanged_for_truncate_and_distinct_for_chunk():
     assert len(keys) == 4 and old not in keys
 
 
+def test_sweep_identity_unchanged_for_truncate():
+    """A sweep started before the chunk settings existed resumes under truncate; chunk makes it another sweep."""
+    import copy
+
+    from textclf.core.config import load_config
+    from textclf.families.embeddings.sweep import identity
+
+    cfg = load_config("embeddings")
+    before = copy.deepcopy(cfg)
+    for key in ("long_text", "stride", "max_chunks", "chunk_pooling"):
+        del before["encoder"][key]
+    assert identity(cfg, "d") == identity(before, "d")
+    assert identity(load_config("embeddings", overrides=['encoder.long_text="chunk"']), "d") != identity(before, "d")
+
+
 # --------------------------------------------------------------------------- embeddings family end to end
 
 @pytest.fixture(scope="module")

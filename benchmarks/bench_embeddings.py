@@ -13,7 +13,11 @@ forked from a fork server (its peak RSS is its own; see ``bench_common``):
   predict      end-to-end docs/s of the tuned model's Predictor on raw test text (encoding included);
   setfit       the SetFit-style family with 8 and 64 examples per class and with the full training set,
                next to the frozen MiniLM + logistic regression on the very same rows;
-  fastText     the fastText family's Optuna search (``--ft_trials``), and TF-IDF + logistic regression.
+  fastText     the fastText family's Optuna search (``--ft_trials``), and TF-IDF + logistic regression;
+  long_text    (``--long_text``) every SetFit run again with ``encoder.long_text=chunk`` (windows of
+               max_length, pooled): test macro-F1 next to the truncating run, and the time ratios
+               chunk / truncate of the contrastive training and of embedding train/valid/test.
+               ``--eval_rows N`` cuts valid/test to their first N rows (a slice for busy CPUs).
 
 Targets (``../shared/design/targets.md``): tuned embeddings >= MiniLM+logreg on every dataset and >= tuned
 fastText on tweets_sentiment and movie_review_sentences; cache speed-up >= 10x. Prints markdown tables and
@@ -25,6 +29,7 @@ writes ``benchmarks/results/embeddings.json`` atomically (after every dataset)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -153,7 +158,7 @@ def job_predict(model_dir: str, texts: list[str]) -> dict:
     return {"docs": len(texts), "docs_per_s": round(len(texts) / seconds, 1), "peak_rss_mb": bench.peak_rss_mb()}
 
 
-def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, overrides: list[str]) -> dict:
+def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, overrides: list[str], frozen: bool = True) -> dict:
     """The SetFit-style family (``per_class`` examples per class, None = all), and frozen MiniLM + logreg on the same rows."""
     _quiet()
     from textclf.core.meta import read_meta
@@ -166,8 +171,10 @@ def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, override
     wall = time.perf_counter() - start
     meta = read_meta(out)
     result = {"wall_s": round(wall, 2), "train_rows": meta.get("few_shot", {}).get("n_train"),
-              "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": bench.peak_rss_mb()}
-    result["frozen_minilm_logreg"] = _frozen_on_rows(paths, per_class, seed)
+              "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": bench.peak_rss_mb(),
+              "seconds": meta.get("seconds"), "long_text": meta.get("long_text")}
+    if frozen:
+        result["frozen_minilm_logreg"] = _frozen_on_rows(paths, per_class, seed)
     return result
 
 
@@ -177,10 +184,12 @@ def _frozen_on_rows(paths: dict, per_class: int | None, seed: int) -> dict:
     from textclf.families.setfit.sampling import few_shot_indices
 
     cfg, splits = bench.load_job_splits(paths, "embeddings", [f"seed={seed}", "device=\"cpu\""])
+    rows = None if per_class is None else few_shot_indices(splits.train.labels, per_class, seed)
+    if rows is not None:  # encode only the sampled rows (the same fit as on all rows restricted to them)
+        splits = dataclasses.replace(splits, train=splits.train.subset(rows))
     x = Features(cfg, splits).get("minilm")
     y = label_indices(splits, splits.train.labels)
-    rows = None if per_class is None else few_shot_indices(splits.train.labels, per_class, seed)
-    clf = fit_classifier(x["train"], y, splits, "logreg", cfg["classifiers"]["logreg"], False, seed, rows)
+    clf = fit_classifier(x["train"], y, splits, "logreg", cfg["classifiers"]["logreg"], False, seed)
     pred = [splits.labels[i] for i in clf.predict(x["test"])]
     return {"train_rows": len(y) if rows is None else len(rows), "test": _metrics(splits.test.labels, pred, splits.labels)}
 
@@ -231,6 +240,9 @@ def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-emb-{name}-") as tmp:
         work = Path(tmp)
         cache = str(work / "cache")
+        if opts.get("eval_rows"):
+            paths = _sliced(paths, work / "data", opts["eval_rows"])
+            res["paths"] = {**res["paths"], "eval_rows": opts["eval_rows"]}
 
         def run(key, fn, *args):
             if not any(key.startswith(prefix) for prefix in opts["only"]):
@@ -262,10 +274,51 @@ def bench_dataset(name: str, paths: dict, opts: dict, echo) -> dict:
             for per in opts["setfit_per_class"]:
                 run(f"setfit_{per or 'full'}", job_setfit, paths, str(work / f"setfit_{per or 'full'}"), per, seed,
                     opts["setfit_set"])
+                if opts["long_text"]:
+                    run(f"setfit_{per or 'full'}_chunk", job_setfit, paths, str(work / f"setfit_{per or 'full'}_chunk"), per,
+                        seed, [*opts["setfit_set"], 'encoder.long_text="chunk"'], False)
         run("fasttext_tuned", job_fasttext, paths, str(work / "fasttext"), opts["ft_trials"], opts["ft_budget_s"])
         run("tfidf_logreg", job_tfidf_logreg, paths)
     res["targets"] = targets(name, res["jobs"])
     return res
+
+
+def _sliced(paths: dict, out: Path, n: int) -> dict:
+    """``paths`` with valid and test cut to their first ``n`` rows (copies under ``out``)."""
+    from textclf.core.data import read_labelled, write_labelled
+
+    out.mkdir(parents=True, exist_ok=True)
+    sliced = dict(paths)
+    for part in ("valid", "test"):
+        ds = read_labelled(paths[part], min_classes=0)
+        write_labelled(str(out / f"{part}.csv"), ds.subset(list(range(min(n, len(ds))))), "csv")
+        sliced[part] = str(out / f"{part}.csv")
+    return sliced
+
+
+def long_text_table(datasets: dict) -> str:
+    """The ``--long_text`` rows: SetFit truncate vs chunk (test macro-F1), the frozen baseline, the time ratios."""
+    lines = ["| dataset | SetFit | truncate | chunk | frozen MiniLM+logreg | contrastive s (chunk / truncate) | "
+             "embed s (chunk / truncate) | train: over max_length, mean chunks |",
+             "|---|---|---:|---:|---:|---|---|---|"]
+    for name, r in datasets.items():
+        j = r.get("jobs", {})
+        for key in sorted(k for k in j if k.startswith("setfit_") and k.endswith("_chunk")):
+            base, chunk = j.get(key.removesuffix("_chunk"), {}), j[key]
+            if "test" not in base or "test" not in chunk:
+                continue
+            sb, sc = base.get("seconds") or {}, chunk.get("seconds") or {}
+
+            def ratio(k, sb=sb, sc=sc):
+                return f"{sc.get(k, 0):g} / {sb.get(k, 0):g} ({sc.get(k, 0) / max(sb.get(k, 0), 1e-9):.1f}x)"
+
+            st = ((chunk.get("long_text") or {}).get("splits") or {}).get("train") or {}
+            frozen = (base.get("frozen_minilm_logreg") or {}).get("test", {}).get("macro_f1")
+            lines.append(f"| {name} | {key.removeprefix('setfit_').removesuffix('_chunk')}/class | "
+                         f"{base['test']['macro_f1']:.3f} | {chunk['test']['macro_f1']:.3f} | "
+                         f"{'—' if frozen is None else f'{frozen:.3f}'} | {ratio('contrastive')} | {ratio('embed')} | "
+                         f"{st.get('share_over_max_length', '—')}, {st.get('mean_chunks', '—')} |")
+    return "\n".join(lines)
 
 
 def _short(r: dict) -> str:
@@ -344,6 +397,8 @@ def markdown_tables(datasets: dict) -> str:
             cells = [f"{g['classifiers'][c]['test']['macro_f1']:.3f}" for c in CLASSIFIERS]
             fits = "/".join(f"{g['classifiers'][c]['fit_s']:g}" for c in CLASSIFIERS)
             lines.append(f"| {name} | {enc} | {speed} | {' | '.join(cells)} | {fits} |")
+    if any(k.endswith("_chunk") for r in datasets.values() for k in r.get("jobs", {})):
+        lines += ["", "Long documents (`--long_text`, SetFit test macro-F1):", "", long_text_table(datasets)]
     return "\n".join(lines)
 
 
@@ -359,6 +414,8 @@ def markdown_tables(datasets: dict) -> str:
 @click.option("--setfit_per_class", default="8,64,full", show_default=True, help="SetFit runs: examples per class, or full.")
 @click.option("--setfit_set", multiple=True, help="--set overrides for the SetFit runs (repeatable).")
 @click.option("--skip_setfit", is_flag=True, help="Leave the SetFit runs out.")
+@click.option("--long_text", is_flag=True, help="Run every SetFit job again with encoder.long_text=chunk (truncate vs chunk).")
+@click.option("--eval_rows", type=int, default=None, help="Cut valid and test to their first N rows (a slice).")
 @click.option("--predict_docs", type=int, default=2000, show_default=True, help="Docs in the end-to-end predict timing.")
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--only", default="tune,grid,encode,predict,setfit,fasttext,tfidf", show_default=True,
@@ -367,8 +424,8 @@ def markdown_tables(datasets: dict) -> str:
 @click.option("--quick", is_flag=True, help="Smoke check: 4 trials, no mpnet, SetFit 8/class only.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/embeddings.json; --quick: embeddings_quick.json].")
-def main(datasets, data_root, n_trials, ft_trials, ft_budget_s, mpnet_datasets, setfit_per_class, setfit_set, skip_setfit, predict_docs,
-         seed, only, merge, quick, output):
+def main(datasets, data_root, n_trials, ft_trials, ft_budget_s, mpnet_datasets, setfit_per_class, setfit_set, skip_setfit, long_text,
+         eval_rows, predict_docs, seed, only, merge, quick, output):
     """Benchmark the embeddings and SetFit-style families against fastText and TF-IDF; write tables and a JSON."""
     bench.start_fork_server()  # before anything large is loaded: see bench_common
     if quick:
@@ -377,7 +434,7 @@ def main(datasets, data_root, n_trials, ft_trials, ft_budget_s, mpnet_datasets, 
     opts = {"n_trials": n_trials, "ft_trials": ft_trials, "ft_budget_s": ft_budget_s, "seed": seed,
             "predict_docs": predict_docs, "skip_setfit": skip_setfit,
             "mpnet_datasets": {d.strip() for d in mpnet_datasets.split(",") if d.strip()}, "setfit_per_class": per_class,
-            "setfit_set": list(setfit_set)}
+            "setfit_set": list(setfit_set), "long_text": long_text, "eval_rows": eval_rows}
     output = bench.results_path(output, "embeddings", quick)
     previous = json.loads(output.read_text()) if merge and output.exists() else {}
     opts["previous"] = previous.get("datasets", {})

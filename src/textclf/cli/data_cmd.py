@@ -68,11 +68,24 @@ def make_dataset(input_path, output_dir, valid_frac, test_frac, seed, downsample
 @click.option("--text_column", default="text")
 @click.option("--label_column", default="label")
 @task_options
-def stats(paths, as_json, text_column, label_column, task, label_separator):
-    """Label counts, shares and text lengths of labelled files (multi-label: texts per label and labels per text)."""
-    reports = [label_stats(read_labelled(p, None, text_column, label_column, min_classes=0, task=task,
-                                         label_separator=label_separator)) for p in paths]
+@click.option("--tokens/--no-tokens", default=True, show_default=True,
+              help="Token lengths (the default encoder's tokenizer) against each family's max_length: how much would be cut.")
+def stats(paths, as_json, text_column, label_column, task, label_separator, tokens):
+    """Label counts, shares and text lengths of labelled files (multi-label: texts per label and labels per text);
+    token lengths against each family's max_length."""
+    datasets = [read_labelled(p, None, text_column, label_column, min_classes=0, task=task, label_separator=label_separator)
+                for p in paths]
+    reports = [label_stats(ds) for ds in datasets]
+    if tokens:
+        from textclf.services.token_lengths import default_tokenizer, family_limits, token_report
+
+        tokenizer, limits = default_tokenizer(), family_limits()
+        for report, ds in zip(reports, datasets, strict=True):
+            report["tokens"] = token_report(ds.texts, tokenizer, limits)
     if as_json:
         click.echo(json.dumps(reports, indent=2))
     else:
-        click.echo("\n".join(format_label_stats(r) for r in reports))
+        from textclf.services.token_lengths import format_length_report
+
+        click.echo("\n".join(format_label_stats(r) + (f"\n{format_length_report(r['tokens'])}" if "tokens" in r else "")
+                             for r in reports))

@@ -154,6 +154,9 @@ class Family:
     as ``"module:attr"``; the CLI adds them. ``multilabel``: the family trains on multi-label data
     (its Predictor gives independent per-label probabilities); training one that does not on such
     data is a one-line error (:meth:`check_task`).
+    ``max_length_key`` names the config key of the family's
+    token limit (``encoder.max_length``), which ``textclf stats`` measures the data against (a null
+    value there means the default encoder's own limit).
     """
 
     name: str
@@ -180,6 +183,7 @@ class Family:
     pruner: Callable | str | None = None
     code_file: str | None = None
     multilabel: bool = False
+    max_length_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

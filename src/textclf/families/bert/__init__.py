@@ -8,6 +8,7 @@ from textclf.core.registry import Family, Option, package_config, register_famil
 
 FAMILY = register_family(Family(
     name="bert",
+    max_length_key="model.max_length",  # the token limit `textclf stats` measures the data against
     config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="Hugging Face encoder (default: shipped all-MiniLM-L6-v2) fine-tuned in Catalyst, focal loss, one or two stages",
     kind="neural",

@@ -74,10 +74,16 @@ def weight_hash(model_dir: str | Path) -> str:
 
 
 def cache_key(encoder_id: str, weights: str, texts_sha256: str, max_length: int | None, pooling: str,
-              normalize: bool) -> str:
-    """The sha256 key of one embedding matrix (every input that changes the vectors is part of it)."""
+              normalize: bool, extra: dict | None = None) -> str:
+    """The sha256 key of one embedding matrix (every input that changes the vectors is part of it).
+
+    ``extra`` (the chunk settings of ``long_text: chunk``) joins the key only when given, so every
+    key computed without it stays what it was.
+    """
     doc = {"encoder": encoder_id, "weights": weights, "texts": texts_sha256, "max_length": max_length,
            "pooling": pooling, "normalize": bool(normalize)}
+    if extra:
+        doc["chunking"] = extra
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -15,6 +15,10 @@ Batches are length-sorted: ``SentenceTransformer.encode`` sorts its inputs by le
 restores the order afterwards. :meth:`SentenceEncoder.encode` additionally sorts the whole
 list once and hands it over in chunks, so each chunk is length-homogeneous and reports progress
 (a bar on a terminal, else log lines) and docs/s.
+
+With ``encoder.long_text: chunk`` a sentence encoder splits each text into windows of its
+``max_length`` and pools their vectors to one per text (:mod:`.chunking`); the cache key then also
+holds the chunk settings (with ``truncate`` it is the key it always was).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import verify_hashes
 from textclf.families.common.cache import EmbeddingCache, cache_key, sha256_texts, weight_hash
+from textclf.families.common.chunking import ChunkSettings, encode_windows, split_windows, window_tokens
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,11 @@ class SentenceEncoder:
     fitted = False
 
     def __init__(self, name: str = DEFAULT_ENCODER, device: str | None = None, batch_size: int = 64,
-                 max_length: int | None = None, normalize: bool = True):
+                 max_length: int | None = None, normalize: bool = True, chunking: ChunkSettings | None = None):
         self.name = name or DEFAULT_ENCODER
+        self.chunking = chunking or ChunkSettings()
+        self._chunk_stats: dict[str, dict] = {}
+        self._tokenizer: Any = None
         self.device = device
         self.batch_size = int(batch_size)
         self.max_length = max_length
@@ -116,6 +124,20 @@ class SentenceEncoder:
             if self.max_length:
                 self._model.max_seq_length = int(self.max_length)
         return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer: the loaded model's, else read from the model directory alone (no weights loaded)."""
+        if self._model is not None:
+            return self._model.tokenizer
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+            except (OSError, ValueError):  # a sentence-transformers directory keeping its tokenizer in a module folder
+                self._tokenizer = self.model.tokenizer
+        return self._tokenizer
 
     def pooling(self) -> str:
         """The pooling of the loaded model (``mean``, ``cls``, ...), read from its Pooling module."""
@@ -160,10 +182,34 @@ class SentenceEncoder:
     def key(self, texts: Sequence[str]) -> str:
         """The cache key of ``texts`` under this encoder."""
         s = self.spec()
-        return cache_key(s["encoder"], s["weights"], sha256_texts(texts), s["max_length"], s["pooling"], s["normalize"])
+        return cache_key(s["encoder"], s["weights"], sha256_texts(texts), s["max_length"], s["pooling"], s["normalize"],
+                         extra=self.chunking.key_part())
 
     def encode(self, texts: Sequence[str], progress: bool | None = None, desc: str = "embed") -> np.ndarray:
-        """Embed ``texts`` (no cache): length-sorted chunks, a progress bar/lines, docs/s logged."""
+        """Embed ``texts`` (no cache): one vector per text; with ``long_text: chunk`` the pooled vector of its windows."""
+        if not self.chunking.chunk:
+            return self._encode_texts(texts, progress, desc)
+        texts = list(texts)
+        s = self.spec()
+        vectors, stats = encode_windows(texts, self.tokenizer, s["max_length"], self.chunking,
+                                        lambda windows: self._encode_texts(windows, progress, f"{desc} (windows)"),
+                                        s["normalize"])
+        self._chunk_stats[sha256_texts(texts)] = stats
+        return vectors
+
+    def chunk_stats(self, texts: Sequence[str]) -> dict | None:
+        """How ``long_text: chunk`` splits ``texts`` (share over max_length, share still cut, mean chunks); None for truncate."""
+        if not self.chunking.chunk:
+            return None
+        texts = list(texts)
+        key = sha256_texts(texts)
+        if key not in self._chunk_stats:
+            tok, length = self.tokenizer, self.spec()["max_length"]
+            self._chunk_stats[key] = split_windows(tok, texts, length, self.chunking).stats(window_tokens(tok, length))
+        return self._chunk_stats[key]
+
+    def _encode_texts(self, texts: Sequence[str], progress: bool | None = None, desc: str = "embed") -> np.ndarray:
+        """Embed ``texts`` as they are (the model truncates): length-sorted chunks, a progress bar/lines, docs/s logged."""
         from textclf.core.progress import Progress
 
         texts = list(texts)
@@ -199,7 +245,7 @@ class SentenceEncoder:
     def describe(self) -> dict:
         """The model directory's record of this encoder (meta.json ``encoder`` block)."""
         return {"type": "sentence", "name": self.name, "batch_size": self.batch_size, "max_length": self.max_length,
-                "normalize": self.normalize, **self.spec()}
+                "normalize": self.normalize, **self.spec(), **self.chunking.record()}
 
 
 class TfidfSvdEncoder:
@@ -300,7 +346,8 @@ def make_encoder(name: str, cfg: dict) -> SentenceEncoder | TfidfSvdEncoder:
         raise ConfigError(f"encoder: expected a name, got {name!r}")
     e = cfg.get("encoder", {})
     return SentenceEncoder(name, device=cfg.get("device"), batch_size=e.get("batch_size", 64),
-                           max_length=e.get("max_length"), normalize=e.get("normalize", True))
+                           max_length=e.get("max_length"), normalize=e.get("normalize", True),
+                           chunking=ChunkSettings.from_config(e))
 
 
 def load_encoder(model_dir: str | Path, record: dict, device: str | None = None) -> SentenceEncoder | TfidfSvdEncoder:
@@ -308,7 +355,8 @@ def load_encoder(model_dir: str | Path, record: dict, device: str | None = None)
     if record.get("type") == TFIDF_SVD:
         return TfidfSvdEncoder.load(model_dir, record.get("params", {}))
     enc = SentenceEncoder(record["name"], device=device, batch_size=record.get("batch_size", 64),
-                          max_length=record.get("max_length"), normalize=record.get("normalize", True))
+                          max_length=record.get("max_length"), normalize=record.get("normalize", True),
+                          chunking=ChunkSettings.from_config(record))
     want = record.get("weights")
     if want and verify_hashes() and weight_hash(enc.model_dir) != want:
         raise ModelError(f"encoder {enc.name} at {enc.model_dir}: its weights differ from the ones the model was trained "

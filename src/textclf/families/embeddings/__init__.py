@@ -4,6 +4,7 @@ from textclf.core.registry import Family, Option, package_config, register_famil
 
 FAMILY = register_family(Family(
     name="embeddings",
+    max_length_key="encoder.max_length",  # the token limit `textclf stats` measures the data against
     config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="frozen sentence embeddings (MiniLM, any sentence-transformers model, TF-IDF+SVD) + scikit-learn classifier",
     kind="embeddings",
@@ -24,6 +25,8 @@ FAMILY = register_family(Family(
         Option("--classifier", "classifier", ["logreg", "linear_svm", "knn", "mlp", "hgb"], "Classifier over the embeddings."),
         Option("--batch_size", "encoder.batch_size", int, "Encoding batch size."),
         Option("--max_length", "encoder.max_length", int, "Maximum tokens per text (default: the encoder's)."),
+        Option("--long_text", "encoder.long_text", ["truncate", "chunk"], "Texts longer than max_length: truncate "
+               "(default) or chunk into windows pooled per text (encoder.stride, max_chunks, chunk_pooling)."),
         Option("--device", "device", str, "auto (default), cpu, cuda, cuda:N or mps."),
         Option("--balance", "balance", bool, "Downsample train to the smallest class before fitting.", is_flag=True,
                secondary="--no-balance"),

@@ -61,6 +61,9 @@ def _has_key(cfg: dict, dotted: str) -> bool:
 
 def check(cfg: dict) -> None:
     """Reject (one line) a configured classifier without a block, or a space name the config has no key for."""
+    from textclf.families.common.chunking import ChunkSettings
+
+    ChunkSettings.from_config(cfg["encoder"])
     clf = cfg["classifier"]
     if clf not in cfg["classifiers"]:
         raise ConfigError(f"classifier {clf!r}: no classifiers.{clf} block in the config; known: {', '.join(cfg['classifiers'])}")

@@ -226,10 +226,17 @@ def _drop(cfg: dict, dotted: str) -> None:
 
 
 def identity(cfg: dict, data_sha256: str) -> str:
-    """sha256 of what makes two sweeps' results comparable: the data and the config (without :data:`VOLATILE_KEYS`)."""
+    """sha256 of what makes two sweeps' results comparable: the data and the config (without :data:`VOLATILE_KEYS`,
+    and without the ``encoder`` chunk settings under ``long_text: truncate``)."""
+    from textclf.families.common.chunking import DEFAULTS as CHUNK_DEFAULTS
+
     stable = copy.deepcopy(cfg)
     for key in VOLATILE_KEYS:
         _drop(stable, key)
+    encoder = stable.get("encoder") or {}
+    if encoder.get("long_text", "truncate") == "truncate":  # the chunk settings change nothing: a sweep from before them matches
+        for key in CHUNK_DEFAULTS:
+            encoder.pop(key, None)
     doc = json.dumps({"data": data_sha256, "config": stable}, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()
 

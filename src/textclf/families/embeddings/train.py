@@ -54,6 +54,7 @@ class Features:
         self.encoders: dict[str, object] = {}
         self.matrices: dict[str, dict[str, np.ndarray]] = {}
         self.cache_keys: dict[str, dict[str, str]] = {}
+        self.chunk_stats: dict[str, dict[str, dict]] = {}
 
     def get(self, name: str) -> dict[str, np.ndarray]:
         """``{"train": X, "valid": X, "test": X}`` (test only when there is a test split) for encoder ``name``."""
@@ -80,6 +81,8 @@ class Features:
                     out[part] = enc.encode(ds.texts, desc=part)
                 else:
                     out[part], keys[part], _ = enc.encode_cached(ds.texts, cache, desc=part)
+            if enc.chunking.chunk:
+                self.chunk_stats[name] = {part: enc.chunk_stats(ds.texts) for part, ds in parts.items()}
         self.cache_keys[name] = keys
         log.info("encoder %s: features %s in %.1fs", name, {k: v.shape for k, v in out.items()}, time.monotonic() - start)
         self.encoders[name] = enc
@@ -291,4 +294,7 @@ def fit(cfg: dict, splits: Splits, context) -> Predictor:
                           "params": pick["params"], "balance": pick["balance"],
                           "cache_keys": features.cache_keys.get(pick["encoder"], {}), "train_files": chosen,
                           "fit_seconds": fit_seconds, FILES_KEY: files}
+    if pick["encoder"] in features.chunk_stats:
+        predictor.fit_info["long_text"] = {**encoder.chunking.record(), "max_length": record["max_length"],
+                                           "splits": features.chunk_stats[pick["encoder"]]}
     return predictor

@@ -15,6 +15,7 @@ def beta_selects_metric(flags: dict) -> dict:
 
 FAMILY = register_family(Family(
     name="lstm",
+    max_length_key="train.max_length",  # the token limit `textclf stats` measures the data against
     config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="BiLSTM over packed sequences (Lightning), best epoch by macro F0.5 (multi-label: sigmoid outputs, "
                 "micro F1), Optuna with pruning",

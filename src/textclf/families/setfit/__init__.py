@@ -8,6 +8,7 @@ from textclf.core.registry import Family, Option, package_config, register_famil
 
 FAMILY = register_family(Family(
     name="setfit",
+    max_length_key="encoder.max_length",  # the token limit `textclf stats` measures the data against
     config=package_config(__name__),  # this folder's config.json; a user's config/<name>.json is merged over it
     description="SetFit-style: sentence encoder (default: shipped all-MiniLM-L6-v2) tuned contrastively on label pairs "
                 "+ small head, few-shot ready",
@@ -33,6 +34,8 @@ FAMILY = register_family(Family(
         Option("--head_dropout", "head.dropout", float, "Dropout of the torch head."),
         Option("--label_smoothing", "head.label_smoothing", float, "Label smoothing of the head's cross-entropy."),
         Option("--max_length", "encoder.max_length", int, "Maximum tokens per text (encoder.max_length)."),
+        Option("--long_text", "encoder.long_text", ["truncate", "chunk"], "Texts longer than max_length: truncate "
+               "(default) or chunk into windows pooled per text (encoder.stride, max_chunks, chunk_pooling)."),
         Option("--batch_size", "train.batch_size", int, "Contrastive batch size (pairs per step)."),
         Option("--device", "device", str, "auto (default), cpu, cuda, cuda:N or mps."),
     ),

@@ -27,6 +27,7 @@ import numpy as np
 from textclf.core.errors import ModelError
 from textclf.core.model_checks import check_label_count
 from textclf.core.predictor import Predictor
+from textclf.families.common.chunking import ChunkSettings, encode_windows
 from textclf.families.setfit.head import LogregHead, TorchHead, load_head
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,22 @@ def _umask() -> int:
     return mask
 
 
-def embed(model: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def embed(model: Any, texts: Sequence[str], batch_size: int = 64, chunking: ChunkSettings | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings of ``texts``; with ``long_text: chunk`` each text's pooled windows."""
+    return embed_long(model, texts, batch_size, chunking)[0]
+
+
+def embed_long(model: Any, texts: Sequence[str], batch_size: int = 64,
+               chunking: ChunkSettings | None = None) -> tuple[np.ndarray, dict | None]:
+    """``(embeddings, chunk statistics)``: truncated texts (statistics None), or with ``long_text: chunk`` every
+    window of every text encoded in one call and pooled per text, normalised again (:mod:`..common.chunking`)."""
+    if chunking is None or not chunking.chunk:
+        return _embed_texts(model, texts, batch_size), None
+    return encode_windows(texts, model.tokenizer, int(model.max_seq_length), chunking,
+                          lambda windows: _embed_texts(model, windows, batch_size), normalize=True)
+
+
+def _embed_texts(model: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """L2-normalised float32 embeddings of ``texts`` (eval mode; sentence-transformers sorts batches by length)."""
     texts = list(texts)
     if not texts:
@@ -124,6 +140,7 @@ class SetFitPredictor(Predictor):
 
     def __init__(self, model_dir: str | Path, meta: dict, encoder: Any, head: TorchHead | LogregHead, batch_size: int = 64):
         super().__init__(model_dir, meta)
+        self.chunking = ChunkSettings.from_config(meta.get("encoder"))  # a model from before long_text: truncate
         self.encoder = encoder
         self.head = head
         self.batch_size = int(batch_size)
@@ -160,9 +177,10 @@ class SetFitPredictor(Predictor):
         texts = list(texts)
         missing = [t for t in dict.fromkeys(texts) if t not in self.known]
         if not self.known:
-            return embed(self.encoder, texts, self.batch_size)
+            return embed(self.encoder, texts, self.batch_size, self.chunking)
         if missing:
-            lookup = {**self.known, **dict(zip(missing, embed(self.encoder, missing, self.batch_size), strict=True))}
+            fresh = embed(self.encoder, missing, self.batch_size, self.chunking)
+            lookup = {**self.known, **dict(zip(missing, fresh, strict=True))}
         else:
             lookup = self.known
         return np.stack([lookup[t] for t in texts])

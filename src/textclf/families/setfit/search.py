@@ -59,11 +59,13 @@ def check_settings(cfg: dict) -> None:
     import numpy as np
 
     from textclf.core.torch_common import resolve_device
+    from textclf.families.common.chunking import ChunkSettings
     from textclf.families.common.encoders import resolve_model_dir
     from textclf.families.setfit.contrastive import loss_name
     from textclf.families.setfit.head import make_head
     from textclf.families.setfit.sampling import few_shot_indices, sample_texts
 
+    ChunkSettings.from_config(cfg["encoder"])
     loss_name(cfg["loss"])
     h = cfg["head"]
     if h.get("type", "torch") == "torch":

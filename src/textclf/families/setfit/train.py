@@ -24,10 +24,11 @@ from textclf.core.integrity import FILES_KEY
 from textclf.core.torch_common import resolve_device, seed_everything
 from textclf.core.training import Splits
 from textclf.families.common.cache import weight_hash
+from textclf.families.common.chunking import ChunkSettings, split_windows
 from textclf.families.common.encoders import resolve_model_dir
 from textclf.families.setfit.contrastive import tune_encoder
 from textclf.families.setfit.head import make_head
-from textclf.families.setfit.model import ENCODER_DIR, KIND, SetFitPredictor, embed, load_sentence_model, save_encoder
+from textclf.families.setfit.model import ENCODER_DIR, KIND, SetFitPredictor, embed_long, load_sentence_model, save_encoder
 from textclf.families.setfit.sampling import few_shot_indices
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,22 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
     e = cfg["encoder"]
     source = resolve_model_dir(e["name"])
     model = load_sentence_model(source, str(device), e.get("max_length"))
-    contrastive = tune_encoder(model, train_ds.texts, y_train, cfg, device, seed,
+    chunking = ChunkSettings.from_config(e)
+    pair_texts, pair_codes = train_ds.texts, y_train
+    if chunking.chunk:  # contrastive rows on the windows, each carrying its document's label
+        windows = split_windows(model.tokenizer, train_ds.texts, int(model.max_seq_length), chunking)
+        pair_texts, pair_codes = windows.texts, y_train[windows.doc]
+        log.info("setfit: %d training texts -> %d windows of %d tokens (stride %d, at most %d per text)", len(train_ds),
+                 len(pair_texts), int(model.max_seq_length), chunking.stride, chunking.max_chunks)
+    contrastive = tune_encoder(model, pair_texts, pair_codes, cfg, device, seed,
                                log_path=output_dir / PROGRESS_FILE if final else None)
 
     start = time.monotonic()
     batch = int(e.get("batch_size", 64))
-    x_train = embed(model, train_ds.texts, batch)
-    x_valid = embed(model, splits.valid.texts, batch)
-    x_test = embed(model, splits.test.texts, batch) if final and splits.test is not None else None
+    x_train, stats_train = embed_long(model, train_ds.texts, batch, chunking)
+    x_valid, stats_valid = embed_long(model, splits.valid.texts, batch, chunking)
+    x_test, stats_test = (embed_long(model, splits.test.texts, batch, chunking) if final and splits.test is not None
+                          else (None, None))
     embed_seconds = round(time.monotonic() - start, 2)
     log.info("embedded train/valid/test (%d/%d/%d texts) with the tuned encoder in %.1fs", len(x_train), len(x_valid),
              0 if x_test is None else len(x_test), embed_seconds)
@@ -88,7 +97,8 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
         save_encoder(model, output_dir)
         head.save(output_dir)
     record = {"name": e["name"], "source": str(source), "base_weights": weight_hash(source), "dir": ENCODER_DIR,
-              "max_length": int(model.max_seq_length), "batch_size": batch, "normalize": True, "dim": int(x_train.shape[1])}
+              "max_length": int(model.max_seq_length), "batch_size": batch, "normalize": True, "dim": int(x_train.shape[1]),
+              **chunking.record()}
     head_record = head.describe()
     predictor = SetFitPredictor(output_dir, {"labels": splits.labels, "kind": KIND, "encoder": record, "head": head_record},
                                 model, head, batch)
@@ -103,6 +113,10 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
     predictor.fit_info = {"model_file": head.file, "encoder": record, "head": head_record, "contrastive": contrastive,
                           "few_shot": {"per_class": per_class, "n_train": len(train_ds), "n_train_full": len(splits.train)},
                           "seconds": seconds, FILES_KEY: [head.file, *weights]}
+    if chunking.chunk:
+        stats = {"train": stats_train, "valid": stats_valid, **({"test": stats_test} if stats_test else {})}
+        predictor.fit_info["long_text"] = {**chunking.record(), "max_length": record["max_length"], "splits": stats,
+                                           "contrastive_windows": len(pair_texts)}
     if context.trial is not None:
         context.trial.set_user_attr("head_best_epoch", getattr(head, "best_epoch", None))
     log.info("setfit: fitted in %.1fs", time.monotonic() - started)

@@ -1,0 +1,250 @@
+"""Long documents for the sentence encoders (``encoder.long_text: chunk``) and ``textclf stats`` token lengths.
+
+Windows and pooling are checked exactly on hand-built inputs with the shipped MiniLM tokenizer
+(a single letter is one WordPiece); the end-to-end runs use a synthetic set whose label cue is the
+last sentence of a ~90-token text, read with ``max_length`` 32: truncation sees only filler.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("sentence_transformers")
+
+import textclf  # noqa: E402
+from textclf.cli import cli  # noqa: E402
+from textclf.core.data import read_labelled  # noqa: E402
+from textclf.core.errors import ConfigError  # noqa: E402
+from textclf.families.common.cache import cache_key, sha256_texts  # noqa: E402
+from textclf.families.common.chunking import ChunkSettings, pool, rank_in_group, split_windows  # noqa: E402
+from textclf.families.common.encoders import SentenceEncoder  # noqa: E402
+from textclf.services.token_lengths import default_tokenizer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import train_family_cli  # noqa: E402
+
+FILLER = ["the committee met on tuesday to review the schedule for next year",
+          "several people attended the meeting in the old town hall",
+          "the weather was mild and the roads were quiet in the morning",
+          "a report on the budget will be published later this month",
+          "the new library opened its doors to visitors after the renovation",
+          "local residents shared their views about the parking plan",
+          "the train arrived a few minutes late because of the works",
+          "volunteers cleaned the park and planted trees near the river"]
+CUES = {"sport": ["in the final minute the striker scored a goal and the team won the cup",
+                  "the tennis champion won the match in straight sets at the stadium",
+                  "the coach praised the players after the football victory"],
+        "finance": ["shares fell sharply as investors sold stocks on the exchange",
+                    "the central bank raised interest rates to fight inflation",
+                    "the company reported quarterly profits above market forecasts"]}
+# Real runs (embeddings, logreg, max_length 32, MiniLM): truncate test macro-F1 0.549, chunk 1.000.
+# SetFit 8 per class, max_length 32: truncate 0.596, chunk 0.925.
+CHUNK_FLOOR, TRUNCATE_CEILING = 0.95, 0.75
+SETFIT_CHUNK_FLOOR = 0.85
+
+
+def write_cue_at_end(path: Path, n_per_class: int, seed: int) -> Path:
+    """Texts of 5-8 shared filler sentences, then one sentence that gives the label away."""
+    rng = random.Random(seed)
+    rows = []
+    for label, cues in CUES.items():
+        for _ in range(n_per_class):
+            body = ". ".join(rng.choice(FILLER) for _ in range(rng.randint(5, 8)))
+            rows.append((body + ". " + rng.choice(cues) + ".", label))
+    rng.shuffle(rows)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cue_data(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("cue_at_end")
+    return {"train": write_cue_at_end(d / "train.csv", 40, 1), "valid": write_cue_at_end(d / "valid.csv", 20, 2),
+            "test": write_cue_at_end(d / "test.csv", 20, 3)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return default_tokenizer()
+
+
+# --------------------------------------------------------------------------- windows and pooling, exactly
+
+def test_windows_overlap_by_stride_and_stop_at_max_chunks(tokenizer):
+    text = "a b c d e f g h i j"  # 10 tokens
+    w = split_windows(tokenizer, [text, "", "k l"], 6, ChunkSettings("chunk", stride=1, max_chunks=8))  # 4 text tokens each
+    assert w.texts == ["a b c d", "d e f g", "g h i j", "", "k l"]
+    assert w.doc.tolist() == [0, 0, 0, 1, 2] and w.lengths.tolist() == [4, 4, 4, 0, 2]
+    assert w.doc_tokens.tolist() == [10, 0, 2] and w.doc_windows.tolist() == [3, 1, 1]
+    assert w.stats(4) == {"documents": 3, "share_over_max_length": 0.3333, "share_cut": 0.0, "mean_chunks": 1.6667,
+                          "windows": 5}
+    cut = split_windows(tokenizer, [text], 6, ChunkSettings("chunk", stride=0, max_chunks=2))
+    assert cut.texts == ["a b c d", "e f g h"] and cut.doc_windows.tolist() == [3]
+    assert cut.stats(4) == {"documents": 1, "share_over_max_length": 1.0, "share_cut": 1.0, "mean_chunks": 2.0, "windows": 2}
+    # the window text keeps the original characters between its first and last token
+    assert split_windows(tokenizer, ["Hello,  World! x"], 5, ChunkSettings("chunk")).texts == ["Hello,  World", "! x"]
+    with pytest.raises(ConfigError) as exc:
+        split_windows(tokenizer, [text], 6, ChunkSettings("chunk", stride=4))
+    assert str(exc.value) == "encoder.stride 4: must be below the 4 text tokens of a window (max_length 6 less the special tokens)"
+
+
+def test_pooling_mean_max_length_exactly():
+    v = np.array([[1, 0], [3, 2], [5, 5], [0, 0]], dtype=np.float32)
+    doc, lengths = np.array([0, 0, 1, 2]), np.array([1, 3, 2, 0])
+    np.testing.assert_allclose(pool(v, doc, 3, "mean"), [[2, 1], [5, 5], [0, 0]])
+    np.testing.assert_allclose(pool(v, doc, 3, "max"), [[3, 2], [5, 5], [0, 0]])
+    np.testing.assert_allclose(pool(v, doc, 3, "length", lengths), [[2.5, 1.5], [5, 5], [0, 0]])
+    np.testing.assert_allclose(pool(v, doc, 3, "mean", normalize=True), [[2 / 5 ** 0.5, 1 / 5 ** 0.5], [2 ** -0.5] * 2, [0, 0]],
+                               rtol=1e-6)
+    # order does not matter: the windows of a document need not be adjacent
+    np.testing.assert_allclose(pool(v[[1, 2, 0]], doc[[1, 2, 0]], 3, "mean"), [[2, 1], [5, 5], [0, 0]])
+    assert rank_in_group(np.array([0, 0, 1, 1, 1, 3])).tolist() == [0, 1, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ({"long_text": "split"}, "encoder.long_text: expected one of truncate, chunk, got 'split'"),
+    ({"chunk_pooling": "sum"}, "encoder.chunk_pooling: expected one of mean, max, length, got 'sum'"),
+    ({"stride": -1}, "encoder.stride: expected an integer of at least 0, got -1"),
+    ({"max_chunks": 0}, "encoder.max_chunks: expected an integer of at least 1, got 0"),
+])
+def test_bad_settings_are_one_line_errors(block, message):
+    with pytest.raises(ConfigError) as exc:
+        ChunkSettings.from_config(block)
+    assert str(exc.value) == message
+
+
+def test_bad_setting_stops_the_cli_with_exit_2(cue_data, tmp_path):
+    from textclf.cli.family_cmd import train_command
+
+    args = ["--train_path", cue_data["train"], "--valid_path", cue_data["valid"], "--output_dir", tmp_path / "m",
+            "--no-track", "--set", 'encoder.long_text="split"']
+    for family in ("embeddings", "setfit"):
+        result = CliRunner().invoke(train_command(family), [str(a) for a in args])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == "Error: encoder.long_text: expected one of truncate, chunk, got 'split'"
+
+
+# --------------------------------------------------------------------------- cache keys
+
+def test_cache_key_unchanged_for_truncate_and_distinct_for_chunk():
+    # the key formula of every cache entry written before long_text existed (value computed by that code)
+    assert cache_key("e", "w", "t", 32, "mean", True) == "f3f4e812bf823820d2c475c3f03cbff3c2a3dbee7cfb3436b2ee49084aceb74c"
+    texts = ["one text", "another"]
+    plain = SentenceEncoder("minilm", max_length=32)
+    s = plain.spec()
+    old = cache_key(s["encoder"], s["weights"], sha256_texts(texts), s["max_length"], s["pooling"], s["normalize"])
+    assert plain.key(texts) == old
+    assert SentenceEncoder("minilm", max_length=32, chunking=ChunkSettings("truncate", 5, 3, "max")).key(texts) == old
+    keys = {SentenceEncoder("minilm", max_length=32, chunking=c).key(texts) for c in
+            (ChunkSettings("chunk"), ChunkSettings("chunk", stride=4), ChunkSettings("chunk", max_chunks=2),
+             ChunkSettings("chunk", chunk_pooling="max"))}
+    assert len(keys) == 4 and old not in keys
+
+
+def test_sweep_identity_unchanged_for_truncate():
+    """A sweep started before the chunk settings existed resumes under truncate; chunk makes it another sweep."""
+    import copy
+
+    from textclf.core.config import load_config
+    from textclf.families.embeddings.sweep import identity
+
+    cfg = load_config("embeddings")
+    before = copy.deepcopy(cfg)
+    for key in ("long_text", "stride", "max_chunks", "chunk_pooling"):
+        del before["encoder"][key]
+    assert identity(cfg, "d") == identity(before, "d")
+    assert identity(load_config("embeddings", overrides=['encoder.long_text="chunk"']), "d") != identity(before, "d")
+
+
+# --------------------------------------------------------------------------- embeddings family end to end
+
+@pytest.fixture(scope="module")
+def embeddings_runs(cue_data, tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("emb_long")
+    for mode in ("truncate", "chunk"):
+        train_family_cli("embeddings", cue_data, out / mode, "--no-track", "--max_length", "32", "--long_text", mode)
+    return out
+
+
+def test_embeddings_chunk_reads_the_end_that_truncation_cuts(embeddings_runs):
+    truncate = json.loads((embeddings_runs / "truncate" / "meta.json").read_text())
+    chunk = json.loads((embeddings_runs / "chunk" / "meta.json").read_text())
+    assert chunk["metrics"]["test"]["macro_f1"] >= CHUNK_FLOOR, chunk["metrics"]["test"]
+    assert truncate["metrics"]["test"]["macro_f1"] <= TRUNCATE_CEILING, truncate["metrics"]["test"]
+    assert "long_text" not in truncate and truncate["encoder"]["long_text"] == "truncate"
+    lt = chunk["long_text"]
+    assert {k: lt[k] for k in ("long_text", "stride", "max_chunks", "chunk_pooling", "max_length")} == \
+        {"long_text": "chunk", "stride": 0, "max_chunks": 8, "chunk_pooling": "mean", "max_length": 32}
+    assert lt["splits"]["train"] == {"documents": 80, "share_over_max_length": 1.0, "share_cut": 0.0, "mean_chunks": 3.55,
+                                     "windows": 284}
+    assert set(chunk["cache_keys"].values()).isdisjoint(truncate["cache_keys"].values())
+
+
+def test_embeddings_chunked_model_round_trip(embeddings_runs, cue_data):
+    model = embeddings_runs / "chunk"
+    meta = json.loads((model / "meta.json").read_text())
+    ds = read_labelled(cue_data["test"])
+    predictor = textclf.load_predictor(model)
+    assert predictor.encoder.chunking == ChunkSettings("chunk")
+    pred = predictor.predict(ds.texts)
+    assert len(pred) == len(ds.texts)
+    assert np.mean([p == t for p, t in zip(pred, ds.labels, strict=True)]) == pytest.approx(meta["metrics"]["test"]["accuracy"])
+
+
+def test_chunked_models_are_refused_by_onnx_export_in_one_line(embeddings_runs):
+    result = CliRunner().invoke(cli, ["export", "--model_path", str(embeddings_runs / "chunk")])
+    assert result.exit_code == 2 and "embeddings models cannot be exported to ONNX" in result.output.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- setfit end to end
+
+@pytest.mark.slow  # contrastive tuning of MiniLM on 58 windows, then encoding 274 windows: over a minute on 2 busy cores
+def test_setfit_chunk_round_trip(cue_data, tmp_path):
+    out = tmp_path / "setfit"
+    train_family_cli("setfit", cue_data, out, "--no-track", "--per_class", "8", "--max_length", "32",
+                     "--set", 'encoder.long_text="chunk"')
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["metrics"]["test"]["macro_f1"] >= SETFIT_CHUNK_FLOOR, meta["metrics"]["test"]
+    assert meta["encoder"]["long_text"] == "chunk" and meta["long_text"]["contrastive_windows"] == 58
+    assert meta["contrastive"]["rows_per_epoch"] == 2 * 2 * 58  # pairs drawn over the windows, each with its text's label
+    ds = read_labelled(cue_data["test"])
+    predictor = textclf.load_predictor(out)
+    assert predictor.chunking == ChunkSettings("chunk")
+    acc = np.mean([p == t for p, t in zip(predictor.predict(ds.texts), ds.labels, strict=True)])
+    assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"])
+
+
+# --------------------------------------------------------------------------- textclf stats
+
+def test_stats_token_lengths_against_each_family(tmp_path):
+    path = tmp_path / "lengths.csv"
+    with open(path, "w", newline="") as fh:  # "a" is one WordPiece: 1, 62, 63 and 300 tokens
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows([(" ".join(["a"] * n), lab) for n, lab in ((1, "x"), (62, "y"), (63, "x"), (300, "y"))])
+    result = CliRunner().invoke(cli, ["stats", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    tokens = json.loads(result.output)[0]["tokens"]
+    assert tokens["tokens"] == 426
+    assert tokens["lengths"] == {"mean": 106.5, "p50": 62, "p90": 300, "p95": 300, "p99": 300, "max": 300}
+    # a family reads max_length - 2 text tokens ([CLS], [SEP]); embeddings' null max_length is MiniLM's 256
+    assert tokens["families"] == {
+        "bert": {"max_length": 128, "share_texts_cut": 0.25, "share_tokens_cut": round(174 / 426, 4)},
+        "embeddings": {"max_length": 256, "share_texts_cut": 0.25, "share_tokens_cut": round(46 / 426, 4)},
+        "lstm": {"max_length": 256, "share_texts_cut": 0.25, "share_tokens_cut": round(46 / 426, 4)},
+        "setfit": {"max_length": 64, "share_texts_cut": 0.5, "share_tokens_cut": round(239 / 426, 4)}}
+    text = CliRunner().invoke(cli, ["stats", str(path)]).output
+    assert "  tokens (all-MiniLM-L6-v2 WordPiece, per text): mean 106.5, p50 62, p90 300, p95 300, p99 300, max 300" in text
+    assert "  setfit               64     50.00%      56.10%" in text
+    assert "tokens" not in json.loads(CliRunner().invoke(cli, ["stats", str(path), "--json", "--no-tokens"]).output)[0]

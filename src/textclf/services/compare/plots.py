@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;"
@@ -54,3 +55,22 @@ def _num(v: float, spec: str = ".4f") -> str:
 
 def _shorten(text: str, n: int = TEXT_CHARS) -> str:
     return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def figure_sections(keys: Sequence[str], titles: Mapping[str, str], captions: Mapping[str, str],
+                    figures: Mapping[str, str], skipped: Mapping[str, str]) -> list[str]:
+    """HTML of a report's figure sections, in ``keys`` order: a heading, then the image and its caption or why it was skipped."""
+    esc = html.escape
+    sections = []
+    for key in keys:
+        sections.append(f"<h2>{titles[key]}</h2>")
+        if key in figures:
+            sections.append(f'<img src="{esc(figures[key])}" alt="{esc(titles[key])}"><p>{esc(captions[key])}</p>')
+        else:
+            sections.append(f'<p class="note">Skipped: {esc(skipped.get(key, "not applicable"))}.</p>')
+    return sections
+
+
+def probability_text(probabilities: Mapping) -> str:
+    """An error row's top probabilities as escaped ``label: 0.123`` pairs."""
+    return ", ".join(f"{html.escape(str(k))}: {v:.3f}" for k, v in probabilities.items())

@@ -41,6 +41,8 @@ from textclf.services.compare.plots import (  # noqa: F401 - figure helpers, als
     _shorten,
     _tick_labels,
     figure,
+    figure_sections,
+    probability_text,
     save_figure,
     short_label,
 )
@@ -464,16 +466,10 @@ def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dic
     }
     titles = {"confusion_matrix": "Confusion matrix", "per_class_metrics": "Per-class metrics",
               "pr_curves": "Precision-recall curves", "learning_curves": "Learning curves", "optuna_history": "Optuna search"}
-    sections = []
-    for key in FIGURES:
-        sections.append(f"<h2>{titles[key]}</h2>")
-        if key in figures:
-            sections.append(f'<img src="{esc(figures[key])}" alt="{esc(titles[key])}"><p>{esc(captions[key])}</p>')
-        else:
-            sections.append(f'<p class="note">Skipped: {esc(skipped.get(key, "not applicable"))}.</p>')
+    sections = figure_sections(FIGURES, titles, captions, figures, skipped)
     err_rows = []
     for i, e in enumerate(errors, 1):
-        probs = ", ".join(f"{esc(str(k))}: {v:.3f}" for k, v in e["probabilities"].items())
+        probs = probability_text(e["probabilities"])
         err_rows.append(f'<tr><td class="num">{i}</td><td class="num">{"" if e["line"] is None else e["line"]}</td>'
                         f"<td>{esc(e['true'])}</td><td>{esc(e['predicted'])}</td>{_num(e['p_true'], '.3f')}"
                         f"{_num(e['p_predicted'], '.3f')}<td>{probs}</td><td class=\"text\">{esc(_shorten(e['text']))}</td></tr>")

@@ -22,7 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.services.compare.plots import CSS, TEXT_CHARS, _num, _shorten, _tick_labels, figure, save_figure
+from textclf.services.compare.plots import (
+    CSS,
+    TEXT_CHARS,
+    _num,
+    _shorten,
+    _tick_labels,
+    figure,
+    figure_sections,
+    probability_text,
+    save_figure,
+)
 
 FIGURES = ("per_class_metrics", "label_cooccurrence", "learning_curves", "optuna_history")
 
@@ -113,16 +123,10 @@ def page(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict
         "learning_curves": "Loss and validation metrics per epoch of the training run.",
         "optuna_history": "Valid score of every complete Optuna trial and the best so far.",
     }
-    sections = []
-    for key in FIGURES:
-        sections.append(f"<h2>{titles[key]}</h2>")
-        if key in figures:
-            sections.append(f'<img src="{esc(figures[key])}" alt="{esc(titles[key])}"><p>{esc(captions[key])}</p>')
-        else:
-            sections.append(f'<p class="note">Skipped: {esc(skipped.get(key, "not applicable"))}.</p>')
+    sections = figure_sections(FIGURES, titles, captions, figures, skipped)
     err_rows = []
     for i, e in enumerate(errors, 1):
-        probs = ", ".join(f"{esc(str(k))}: {v:.3f}" for k, v in e["probabilities"].items())
+        probs = probability_text(e["probabilities"])
         err_rows.append(f'<tr><td class="num">{i}</td><td class="num">{"" if e["line"] is None else e["line"]}</td>'
                         f"<td>{esc(', '.join(e['true']) or '(none)')}</td><td>{esc(', '.join(e['predicted']) or '(none)')}</td>"
                         f'<td class="num">{e["wrong_labels"]}</td><td>{probs}</td>'

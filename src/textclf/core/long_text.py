@@ -9,8 +9,10 @@ and pools the windows' outputs into one row per document (``chunk_pooling``):
 * ``max`` - the element-wise maximum;
 * ``length`` - the mean weighted by each window's token count (a short last window counts less).
 
-The settings live in a family's ``model`` block (the same four keys for BERT and the sentence
-encoders): ``long_text``, ``stride`` (null: ``max_length // 4``), ``max_chunks`` (8) and
+This module is the one home of these rules for every family that chunks: BERT (the ``model``
+block) and the sentence encoders of embeddings and setfit (the ``encoder`` block, through the thin
+text adapter :mod:`textclf.families.common.chunking`). The same four keys: ``long_text``,
+``stride`` (null: ``max_length // 4`` for BERT, 0 for the encoders), ``max_chunks`` (8) and
 ``chunk_pooling`` (``mean``). Windows come from the Hugging Face fast tokenizer itself
 (``return_overflowing_tokens`` with ``stride``: :func:`encode_windows`), so they follow the
 tokenizer's own rules. A document with more windows than ``max_chunks`` keeps windows spread
@@ -62,11 +64,15 @@ def default_stride(max_length: int) -> int:
     return max(0, int(max_length) // 4)
 
 
-def long_text_settings(model: dict, max_length: int | None = None, where: str = "model") -> LongText:
+def long_text_settings(model: dict, max_length: int | None = None, where: str = "model",
+                       capped: bool = True) -> LongText:
     """The ``long_text``/``stride``/``max_chunks``/``chunk_pooling`` keys of a ``model`` block, checked.
 
     Missing keys mean truncation (configs and models older than these settings). A bad value is a
-    one-line ConfigError naming ``where.<key>``.
+    one-line ConfigError naming ``where.<key>``. ``capped`` (BERT): ``max_length`` is known, a null
+    stride is ``max_length // 4`` and a stride may not pass ``max_length // 2``. Not ``capped`` (the
+    sentence encoders, whose null ``max_length`` is the model's own): a null stride is 0 and the
+    stride is checked against the window when texts are cut (:func:`window_size`).
     """
     mode = str(model.get("long_text") or "truncate").lower()
     if mode not in MODES:
@@ -74,42 +80,84 @@ def long_text_settings(model: dict, max_length: int | None = None, where: str = 
     pooling = str(model.get("chunk_pooling") or "mean").lower()
     if pooling not in POOLINGS:
         raise ConfigError(f"{where}.chunk_pooling: expected one of {', '.join(POOLINGS)}, got {model.get('chunk_pooling')!r}")
-    max_chunks = model.get("max_chunks", DEFAULT_MAX_CHUNKS)
-    if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 1:
+    max_chunks = model.get("max_chunks")
+    max_chunks = DEFAULT_MAX_CHUNKS if max_chunks is None else max_chunks
+    if not _is_int(max_chunks) or max_chunks < 1:
         raise ConfigError(f"{where}.max_chunks: expected an integer >= 1, got {max_chunks!r}")
-    max_length = int(max_length if max_length is not None else model.get("max_length", 128))
     stride = model.get("stride")
+    if not capped:
+        stride = 0 if stride is None else stride
+        if not _is_int(stride) or stride < 0:
+            raise ConfigError(f"{where}.stride: expected an integer of at least 0, got {stride!r}")
+        return LongText(mode, int(stride), int(max_chunks), pooling)
+    max_length = int(max_length if max_length is not None else model.get("max_length", 128))
     if stride is None:
         stride = default_stride(max_length)
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0 or stride > max_length // 2:
+    if not _is_int(stride) or stride < 0 or stride > max_length // 2:
         raise ConfigError(f"{where}.stride: expected null or an integer from 0 to max_length // 2 "
                           f"({max_length // 2}), got {stride!r}")
     return LongText(mode, int(stride), int(max_chunks), pooling)
 
 
-def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int) -> tuple[list[list[int]], np.ndarray]:
+def _is_int(value) -> bool:
+    """An int that is not a bool (JSON ``true`` is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def window_size(tokenizer, max_length: int, stride: int, where: str = "model") -> int:
+    """Text tokens per window: ``max_length`` less the special tokens the tokenizer adds to one text.
+
+    Checks that the window holds text and that ``stride`` is smaller than it (a one-line
+    ConfigError otherwise), and that the tokenizer is a fast one (the windows come from its
+    ``return_overflowing_tokens``).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"{where}.long_text chunk: needs a fast (Rust) tokenizer; {type(tokenizer).__name__} is not one")
+    size = int(max_length) - int(tokenizer.num_special_tokens_to_add(pair=False))
+    if size < 1:
+        raise ConfigError(f"{where}.max_length {max_length}: leaves no room for text after the special tokens")
+    if stride >= size:
+        raise ConfigError(f"{where}.stride {stride}: must be below the {size} text tokens of a window "
+                          f"(max_length {max_length} less the special tokens)")
+    return size
+
+
+def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int,
+                   where: str = "model") -> tuple[list[list[int]], np.ndarray]:
     """Every window of every text: ``(token id lists, document index of each window)``.
 
     One batched call of the Hugging Face tokenizer per slice of texts, with
     ``return_overflowing_tokens`` and ``stride`` (windows of ``max_length`` ids, special tokens
     included, consecutive windows sharing ``stride`` tokens). An empty text gives one window.
     """
+    rows, doc, _ = cut_windows(tokenizer, texts, max_length, stride, where)
+    return rows, doc
+
+
+def cut_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int, where: str = "model",
+                spans: bool = False) -> tuple[list[list[int]], np.ndarray, list[tuple[int, int]] | None]:
+    """:func:`encode_windows` plus, with ``spans``, each window's character span ``(start, end)`` in its text.
+
+    The span runs from the first text token's first character to the last one's last character
+    (special tokens left out; ``(0, 0)`` for a window without text): the slice a sentence encoder
+    reads back as the window's text.
+    """
     texts = list(texts)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(f"model.long_text chunk needs a fast (Rust) tokenizer; {type(tokenizer).__name__} is not one")
-    special = tokenizer.num_special_tokens_to_add(pair=False)
-    if stride >= max_length - special:
-        raise ConfigError(f"model.stride {stride} must be smaller than max_length - special tokens "
-                          f"({max_length} - {special})")
+    window_size(tokenizer, max_length, stride, where)
     rows: list[list[int]] = []
     docs: list[np.ndarray] = []
+    cuts: list[tuple[int, int]] | None = [] if spans else None
     for start in range(0, len(texts), ENCODE_SLICE):
         out = tokenizer(texts[start:start + ENCODE_SLICE], truncation=True, max_length=max_length, stride=stride,
                         return_overflowing_tokens=True, padding=False, return_attention_mask=False,
-                        return_token_type_ids=False)
+                        return_token_type_ids=False, return_offsets_mapping=spans, return_special_tokens_mask=spans)
         rows += out["input_ids"]
         docs.append(np.asarray(out["overflow_to_sample_mapping"], dtype=np.int64) + start)
-    return rows, (np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64))
+        if spans:
+            for offsets, special in zip(out["offset_mapping"], out["special_tokens_mask"], strict=True):
+                text = [o for o, s in zip(offsets, special, strict=True) if not s]
+                cuts.append((text[0][0], text[-1][1]) if text else (0, 0))
+    return rows, (np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)), cuts
 
 
 def spread_windows(doc: np.ndarray, n_docs: int, max_chunks: int) -> np.ndarray:
@@ -142,6 +190,7 @@ class ChunkStats:
     mean_chunks: float
     capped_share: float
     max_chunks_seen: int
+    windows: int = 0
 
     def as_dict(self) -> dict:
         """Rounded values for meta.json."""
@@ -154,36 +203,39 @@ def chunk_stats(all_doc: np.ndarray, kept_doc: np.ndarray, n_docs: int) -> Chunk
     """Statistics of one split: ``all_doc`` maps every window to its document, ``kept_doc`` the kept ones.
 
     ``cut_share``: documents longer than ``max_length`` (more than one window); ``mean_chunks``:
-    kept windows per document; ``capped_share``: documents that had more than ``max_chunks`` windows.
+    kept windows per document; ``capped_share``: documents that had more than ``max_chunks`` windows;
+    ``windows``: the windows kept in all.
     """
     counts = np.bincount(np.asarray(all_doc, dtype=np.int64), minlength=n_docs)
     kept = np.bincount(np.asarray(kept_doc, dtype=np.int64), minlength=n_docs)
     if n_docs == 0:
         return ChunkStats(0, 0.0, 0.0, 0.0, 0)
     return ChunkStats(n_docs, float((counts > 1).mean()), float(kept.mean()), float((counts > kept).mean()),
-                      int(counts.max()))
+                      int(counts.max()), int(kept.sum()))
 
 
 def pool_rows(values: np.ndarray, doc: np.ndarray, n_docs: int, pooling: str,
-              weights: np.ndarray | None = None) -> np.ndarray:
+              weights: np.ndarray | None = None, where: str = "model") -> np.ndarray:
     """Pool window rows ``values`` (windows x k) into ``(n_docs, k)`` by their document index ``doc``.
 
     ``mean``, ``max``, or ``length`` (the mean weighted by ``weights``, each window's token
-    count). Vectorised with ``np.add.at``/``np.maximum.at``; every document needs one window.
+    count). Vectorised with ``np.add.at``/``np.maximum.at``; the windows of a document need not be
+    adjacent, and a document without windows pools to zeros.
     """
     if pooling not in POOLINGS:
-        raise ConfigError(f"model.chunk_pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+        raise ConfigError(f"{where}.chunk_pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
     values = np.asarray(values, dtype=np.float64)
     doc = np.asarray(doc, dtype=np.int64)
     out = np.zeros((n_docs, values.shape[1]), dtype=np.float64)
     if pooling == "max":
         out.fill(-np.inf)
         np.maximum.at(out, doc, values)
+        out[np.isneginf(out)] = 0.0
         return out
     w = np.ones(len(doc)) if pooling == "mean" or weights is None else np.asarray(weights, dtype=np.float64)
     np.add.at(out, doc, values * w[:, None])
     total = np.bincount(doc, weights=w, minlength=n_docs)
-    return out / np.maximum(total, 1e-12)[:, None]
+    return out / np.where(total == 0, 1.0, total)[:, None]
 
 
 def document_batches(window_counts: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -1,21 +1,16 @@
-"""Long documents for the sentence encoders: split texts into token windows, encode them, pool per document.
+"""Long documents for the sentence encoders: the encoder side of :mod:`textclf.core.long_text`.
 
 Config keys (the same names as the BERT family's, in the ``encoder`` block of the embeddings and
-setfit families; see docs/families.md "Long documents"):
+setfit families; see docs/families.md "Long documents"): ``long_text`` (``truncate``, the default,
+or ``chunk``), ``stride`` (tokens shared by consecutive windows; null or 0: none), ``max_chunks``
+and ``chunk_pooling``. The rules - validation, the windows (the fast tokenizer's
+``return_overflowing_tokens``), which windows a long document keeps (spread evenly, first and last
+included), the statistics and the pooling - live in :mod:`textclf.core.long_text`, as for BERT.
 
-* ``long_text``: ``truncate`` (default: the encoder reads the first ``max_length`` tokens, as before)
-  or ``chunk``;
-* ``stride``: tokens shared by consecutive windows (0: none);
-* ``max_chunks``: at most this many windows per document (the first ones; the rest of a longer
-  document is cut);
-* ``chunk_pooling``: ``mean``, ``max`` or ``length`` (mean weighted by each window's token count).
-
-A window holds ``max_length`` minus the special tokens ([CLS], [SEP]) of content tokens. The split is
-the fast tokenizer's own (``return_overflowing_tokens`` with ``stride``, in batches of documents);
-each window goes back to text as the slice of the original document its tokens' character offsets
-span, so the encoder tokenizes it to the same tokens. All windows of a call are encoded in one
-batched call and pooled with numpy index operations (``np.add.at`` / ``np.maximum.at``), so there is
-no Python loop per window around the model.
+What is the encoders' own: a sentence encoder reads text, not token ids, so each window goes back to
+text as the slice of the original document its tokens' character offsets span (the encoder
+tokenizes it to the same tokens); all windows of a call are encoded in one batched call, pooled,
+and L2-normalised again when the encoder normalises.
 """
 
 from __future__ import annotations
@@ -26,36 +21,38 @@ from typing import Any
 
 import numpy as np
 
-from textclf.core.errors import ConfigError
+from textclf.core.long_text import (
+    DEFAULT_MAX_CHUNKS,
+    ChunkStats,
+    chunk_stats,
+    cut_windows,
+    long_text_settings,
+    pool_rows,
+    spread_windows,
+)
 
-LONG_TEXT = ("truncate", "chunk")
-CHUNK_POOLING = ("mean", "max", "length")
-#: documents handed to the tokenizer at once (bounds the memory of the offsets)
-TOKENIZE_BATCH = 1024
-DEFAULTS = {"long_text": "truncate", "stride": 0, "max_chunks": 8, "chunk_pooling": "mean"}
+WHERE = "encoder"
+DEFAULTS = {"long_text": "truncate", "stride": 0, "max_chunks": DEFAULT_MAX_CHUNKS, "chunk_pooling": "mean"}
 
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    """How an encoder reads texts longer than its ``max_length``."""
+    """How an encoder reads texts longer than its ``max_length`` (the ``encoder`` block's key names)."""
 
     long_text: str = "truncate"
     stride: int = 0
-    max_chunks: int = 8
+    max_chunks: int = DEFAULT_MAX_CHUNKS
     chunk_pooling: str = "mean"
 
     @classmethod
     def from_config(cls, block: dict | None) -> ChunkSettings:
-        """The settings of an ``encoder`` config block (or a meta.json encoder record); a bad value is a one-line ConfigError."""
-        b = {**DEFAULTS, **{k: v for k, v in (block or {}).items() if k in DEFAULTS and v is not None}}
-        if b["long_text"] not in LONG_TEXT:
-            raise ConfigError(f"encoder.long_text: expected one of {', '.join(LONG_TEXT)}, got {b['long_text']!r}")
-        if b["chunk_pooling"] not in CHUNK_POOLING:
-            raise ConfigError(f"encoder.chunk_pooling: expected one of {', '.join(CHUNK_POOLING)}, got {b['chunk_pooling']!r}")
-        for key, low in (("stride", 0), ("max_chunks", 1)):
-            if isinstance(b[key], bool) or not isinstance(b[key], int) or b[key] < low:
-                raise ConfigError(f"encoder.{key}: expected an integer of at least {low}, got {b[key]!r}")
-        return cls(b["long_text"], b["stride"], b["max_chunks"], b["chunk_pooling"])
+        """The settings of an ``encoder`` config block (or a meta.json encoder record); a bad value is a one-line ConfigError.
+
+        Checked by :func:`textclf.core.long_text.long_text_settings` (not ``capped``: the encoder's
+        window is known once its tokenizer is, and the stride is checked against it then).
+        """
+        s = long_text_settings(block or {}, where=WHERE, capped=False)
+        return cls(s.mode, s.stride, s.max_chunks, s.pooling)
 
     @property
     def chunk(self) -> bool:
@@ -74,103 +71,49 @@ class ChunkSettings:
 
 @dataclass
 class Windows:
-    """The windows of a list of documents, in document order.
+    """The kept windows of a list of documents, in document order.
 
-    ``texts[i]`` is window ``i``, ``doc[i]`` its document, ``lengths[i]`` its content tokens;
-    ``doc_tokens[d]`` is document ``d``'s whole length in content tokens and ``doc_windows[d]`` the
-    windows it would need without ``max_chunks``.
+    ``texts[i]`` is window ``i``, ``doc[i]`` its document, ``lengths[i]`` its text tokens;
+    ``chunks`` the statistics of the split (:class:`textclf.core.long_text.ChunkStats`).
     """
 
     texts: list[str]
     doc: np.ndarray
     lengths: np.ndarray
-    doc_tokens: np.ndarray
-    doc_windows: np.ndarray
+    chunks: ChunkStats
 
     @property
     def n_docs(self) -> int:
         """How many documents were split."""
-        return len(self.doc_tokens)
+        return self.chunks.documents
 
-    def stats(self, window: int) -> dict:
-        """Share of documents longer than one ``window`` (what truncation cuts), share still cut after
-        ``max_chunks``, and the mean number of windows per document."""
-        n = max(self.n_docs, 1)
-        kept = np.bincount(self.doc, minlength=self.n_docs) if len(self.doc) else np.zeros(0, dtype=int)
-        return {"documents": int(self.n_docs),
-                "share_over_max_length": round(float((self.doc_tokens > window).sum()) / n, 4),
-                "share_cut": round(float((self.doc_windows > kept).sum()) / n, 4),
-                "mean_chunks": round(float(kept.sum()) / n, 4), "windows": int(kept.sum())}
-
-
-def window_tokens(tokenizer: Any, max_length: int) -> int:
-    """Content tokens per window: ``max_length`` less the special tokens the tokenizer adds to one text."""
-    n = int(max_length) - int(tokenizer.num_special_tokens_to_add(pair=False))
-    if n < 1:
-        raise ConfigError(f"encoder.max_length {max_length}: leaves no room for text after the special tokens")
-    return n
+    def stats(self) -> dict:
+        """For meta.json: documents, share longer than one window (what truncation cuts), share still cut after
+        ``max_chunks``, mean windows per document and windows in all."""
+        c = self.chunks
+        return {"documents": c.documents, "share_over_max_length": round(c.cut_share, 4),
+                "share_cut": round(c.capped_share, 4), "mean_chunks": round(c.mean_chunks, 4), "windows": c.windows}
 
 
 def split_windows(tokenizer: Any, texts: Sequence[str], max_length: int, settings: ChunkSettings) -> Windows:
     """Split ``texts`` into windows of ``max_length`` tokens (special tokens included) overlapping by ``stride``,
-    at most ``max_chunks`` per document (an empty text is one empty window)."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(f"encoder.long_text chunk: needs a fast (Rust) tokenizer for the token offsets; "
-                          f"{type(tokenizer).__name__} is not one")
-    size = window_tokens(tokenizer, max_length)
-    if settings.stride >= size:
-        raise ConfigError(f"encoder.stride {settings.stride}: must be below the {size} text tokens of a window "
-                          f"(max_length {max_length} less the special tokens)")
+    at most ``max_chunks`` per document spread over it (an empty text is one empty window)."""
     texts = list(texts)
-    parts_doc, parts_len, parts_text = [], [], []
-    for b in range(0, len(texts), TOKENIZE_BATCH):
-        batch = texts[b:b + TOKENIZE_BATCH]
-        enc = tokenizer(batch, add_special_tokens=False, truncation=True, max_length=size, stride=settings.stride,
-                        return_overflowing_tokens=True, return_offsets_mapping=True, return_attention_mask=False,
-                        return_token_type_ids=False)
-        doc = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
-        offsets = enc["offset_mapping"]
-        parts_doc.append(doc + b)
-        parts_len.append(np.fromiter((len(o) for o in offsets), dtype=np.int64, count=len(offsets)))
-        parts_text.append([batch[d][o[0][0]:o[-1][1]] if o else "" for d, o in zip(doc.tolist(), offsets, strict=True)])
-    doc = np.concatenate(parts_doc) if parts_doc else np.zeros(0, dtype=np.int64)
-    lengths = np.concatenate(parts_len) if parts_len else np.zeros(0, dtype=np.int64)
-    all_texts = [t for part in parts_text for t in part]
-    n_docs = len(texts)
-    doc_windows = np.bincount(doc, minlength=n_docs)
-    # every window after a document's first repeats `stride` tokens of the one before it
-    doc_tokens = np.bincount(doc, weights=lengths, minlength=n_docs).astype(np.int64) - settings.stride * np.maximum(doc_windows - 1, 0)
-    keep = rank_in_group(doc) < settings.max_chunks
-    return Windows([t for t, k in zip(all_texts, keep.tolist(), strict=True) if k], doc[keep], lengths[keep], doc_tokens,
-                   doc_windows)
-
-
-def rank_in_group(group: np.ndarray) -> np.ndarray:
-    """The position of each element within its run of equal, sorted ``group`` values (``[0,0,1,1,1] -> [0,1,0,1,2]``)."""
-    if len(group) == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    return np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+    rows, doc, spans = cut_windows(tokenizer, texts, max_length, settings.stride, WHERE, spans=True)
+    special = tokenizer.num_special_tokens_to_add(pair=False)
+    keep = spread_windows(doc, len(texts), settings.max_chunks)
+    kept_doc = doc[keep]
+    window_texts = [texts[d][spans[i][0]:spans[i][1]] for i, d in zip(keep.tolist(), kept_doc.tolist(), strict=True)]
+    lengths = np.fromiter((len(rows[i]) - special for i in keep.tolist()), dtype=np.int64, count=len(keep))
+    return Windows(window_texts, kept_doc, lengths, chunk_stats(doc, kept_doc, len(texts)))
 
 
 def pool(vectors: np.ndarray, doc: np.ndarray, n_docs: int, how: str = "mean", lengths: np.ndarray | None = None,
          normalize: bool = False) -> np.ndarray:
-    """One vector per document from its windows' vectors: ``mean``, ``max`` or ``length`` (mean weighted by
-    ``lengths``, an empty window counting as 1), L2-normalised again when ``normalize``."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    doc = np.asarray(doc, dtype=np.int64)
-    if how not in CHUNK_POOLING:
-        raise ConfigError(f"encoder.chunk_pooling: expected one of {', '.join(CHUNK_POOLING)}, got {how!r}")
-    if how == "max":
-        out = np.full((n_docs, vectors.shape[1]), -np.inf, dtype=np.float32)
-        np.maximum.at(out, doc, vectors)
-        out[~np.isfinite(out)] = 0.0
-    else:
-        weights = np.ones(len(doc)) if how == "mean" else np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)
-        out64 = np.zeros((n_docs, vectors.shape[1]), dtype=np.float64)
-        np.add.at(out64, doc, vectors * weights[:, None])
-        total = np.bincount(doc, weights=weights, minlength=n_docs)
-        out = (out64 / np.where(total == 0, 1.0, total)[:, None]).astype(np.float32)
+    """One float32 vector per document from its windows' vectors (:func:`textclf.core.long_text.pool_rows`;
+    ``length`` weights an empty window as 1), L2-normalised again when ``normalize``."""
+    weights = None if lengths is None else np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)
+    out = pool_rows(vectors, doc, n_docs, how, weights, where=WHERE).astype(np.float32)
     if normalize:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out = out / np.where(norms == 0, 1.0, norms)
@@ -183,4 +126,4 @@ def encode_windows(texts: Sequence[str], tokenizer: Any, max_length: int, settin
     windows = split_windows(tokenizer, texts, max_length, settings)
     vectors = encode(windows.texts)
     pooled = pool(vectors, windows.doc, windows.n_docs, settings.chunk_pooling, windows.lengths, normalize)
-    return pooled, windows.stats(window_tokens(tokenizer, max_length))
+    return pooled, windows.stats()

@@ -35,7 +35,7 @@ import numpy as np
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import verify_hashes
 from textclf.families.common.cache import EmbeddingCache, cache_key, sha256_texts, weight_hash
-from textclf.families.common.chunking import ChunkSettings, encode_windows, split_windows, window_tokens
+from textclf.families.common.chunking import ChunkSettings, encode_windows, split_windows
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,7 @@ class SentenceEncoder:
         texts = list(texts)
         key = sha256_texts(texts)
         if key not in self._chunk_stats:
-            tok, length = self.tokenizer, self.spec()["max_length"]
-            self._chunk_stats[key] = split_windows(tok, texts, length, self.chunking).stats(window_tokens(tok, length))
+            self._chunk_stats[key] = split_windows(self.tokenizer, texts, self.spec()["max_length"], self.chunking).stats()
         return self._chunk_stats[key]
 
     def _encode_texts(self, texts: Sequence[str], progress: bool | None = None, desc: str = "embed") -> np.ndarray:

@@ -284,15 +284,23 @@ def test_tune_thresholds_lifts_an_underconfident_model(tmp_path):
 
 
 def test_a_family_without_multilabel_support_refuses_label_sets(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "setfit", "--train_path", str(FIXTURE / "train.jsonl"), "--valid_path",
-                                      str(FIXTURE / "valid.jsonl"), "--output_dir", str(tmp_path / "m")])
+    from textclf.core.registry import Family, all_families, register_family
+
+    # every built-in family trains label sets now: a multi-class-only family registered here (it never fits)
+    register_family(Family(name="multiclass_only", fit=lambda cfg, splits, context: None, config={"model": {}},
+                           predictor="textclf.families.fasttext.model:FastTextPredictor"))
+    able = ", ".join(name for name, fam in all_families().items() if fam.multilabel)
+    assert able.startswith("bert, embeddings, fasttext, lstm, setfit")
+    result = CliRunner().invoke(cli, ["train", "multiclass_only", "--train_path", str(FIXTURE / "train.jsonl"),
+                                      "--valid_path", str(FIXTURE / "valid.jsonl"), "--output_dir", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
-        "Error: family 'setfit' cannot train on multi-label data (label sets); families that can: bert, embeddings, fasttext, lstm; "
+        f"Error: family 'multiclass_only' cannot train on multi-label data (label sets); families that can: {able}; "
         "or set data.task=multiclass")
+    assert not (tmp_path / "m" / "meta.json").exists()
     rows = {r["name"]: r for r in json.loads(run("families", "--json").output)}
-    assert rows["fasttext"]["multilabel"] is True and rows["lstm"]["multilabel"] is True
-    assert rows["setfit"]["multilabel"] is False
+    assert rows["fasttext"]["multilabel"] is True and rows["setfit"]["multilabel"] is True
+    assert rows["multiclass_only"]["multilabel"] is False
 
 
 # --------------------------------------------------------------------------- the shared benchmark data

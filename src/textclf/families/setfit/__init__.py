@@ -16,6 +16,8 @@ FAMILY = register_family(Family(
     fit="textclf.families.setfit.train:fit",
     space="textclf.families.setfit.search:space",
     check="textclf.families.setfit.search:check",
+    prepare="textclf.families.setfit.search:prepare",
+    multilabel=True,  # label sets: pairs by shared/disjoint labels, sigmoid or one-vs-rest head (docs/multilabel.md)
     packages=("sentence-transformers", "scikit-learn", "torch", "transformers"),
     predictor="textclf.families.setfit.model:SetFitPredictor",
     requires=("torch", "sentence_transformers", "sklearn"),
@@ -25,7 +27,8 @@ FAMILY = register_family(Family(
         Option("--model_name", "encoder.name", str, "Encoder: minilm (default, shipped), a sentence-transformers/HF id "
                "in the local cache, or a local path."),
         Option("--epochs", "train.epochs", int, "Contrastive epochs over the sampled pairs (train.epochs, default 1)."),
-        Option("--per_class", "data.per_class", int, "Few-shot: train on N seeded examples per class (default: all rows)."),
+        Option("--per_class", "data.per_class", int, "Few-shot: train on N seeded examples per class (label sets: per "
+               "label; default: all rows)."),
         Option("--pairs_per_text", "pairs.per_text", int, "Positive and negative pairs drawn per text (SetFit's "
                "num_iterations; 2·R·N pairs)."),
         Option("--loss", "loss", ["cosine", "mnr", "batch_all_triplet"], "Contrastive loss (default cosine)."),

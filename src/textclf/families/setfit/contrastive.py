@@ -11,6 +11,10 @@ Losses (config ``loss``):
 * ``mnr``: :class:`MultipleNegativesRankingLoss` on (anchor, positive, negative) triplets;
 * ``batch_all_triplet``: :class:`BatchAllTripletLoss` on batches of single labelled texts
   (every valid in-batch triplet counts; ``train.margin`` is its margin).
+
+On label sets (``codes`` a ``(N, L)`` indicator matrix) ``cosine`` and ``mnr`` draw their pairs and
+triplets by shared/disjoint labels (:mod:`.sampling`); ``batch_all_triplet`` needs one class a text
+and is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ LOSSES = ("cosine", "mnr", "batch_all_triplet")
 LOSS_ALIASES = {"cosinesimilarityloss": "cosine", "cosine_similarity": "cosine",
                 "multiplenegativesrankingloss": "mnr", "multiple_negatives_ranking": "mnr",
                 "batchalltripletloss": "batch_all_triplet", "batch_all": "batch_all_triplet"}
+
+
+#: the one-line refusal of an in-batch triplet loss on label sets
+MULTILABEL_LOSS_ERROR = ("loss: batch_all_triplet needs one class a text; on multi-label data use cosine "
+                         "(pairs sharing a label / disjoint) or mnr")
 
 
 def loss_name(name: str) -> str:
@@ -69,8 +78,13 @@ class Rows:
 
 
 def epoch_rows(name: str, codes: np.ndarray, per_text: int, seed: int) -> Rows:
-    """The rows loss ``name`` trains on for one epoch (pairs, triplets or texts), drawn with ``seed``."""
+    """The rows loss ``name`` trains on for one epoch (pairs, triplets or texts), drawn with ``seed``.
+
+    ``codes``: integer classes, or a label indicator matrix (label sets).
+    """
     name = loss_name(name)
+    if codes.ndim == 2 and name == "batch_all_triplet":
+        raise ConfigError(MULTILABEL_LOSS_ERROR)
     if name == "cosine":
         left, right, similar = sample_pairs(codes, per_text, seed)
         return Rows([left, right], similar)
@@ -123,7 +137,7 @@ def tune_encoder(model: Any, texts: Sequence[str], codes: np.ndarray, cfg: dict,
                  seed: int, log_path: str | Path | None = None) -> dict:
     """Fine-tune ``model`` in place with the configured contrastive loss; returns the run's statistics.
 
-    ``codes`` are the integer labels of ``texts``. ``cfg`` is the run config (``loss``,
+    ``codes`` are the integer labels of ``texts`` (label sets: their ``(N, L)`` indicator matrix). ``cfg`` is the run config (``loss``,
     ``pairs.per_text`` and the ``train`` block: ``epochs``, ``batch_size``, ``lr``, ``warmup``,
     ``weight_decay``, ``max_grad_norm``, ``margin``, ``bucket``). Rows are redrawn each epoch (seed + epoch).
     """

@@ -9,6 +9,13 @@
   a ``head.joblib`` pickle of an older version loads only with ``--trust-code``).
 
 Both give ``predict_proba(x)`` with columns in class-index order (the model's ``labels`` order).
+
+Multi-label (``multilabel``, fitted on a ``(N, L)`` label indicator matrix): the torch head puts
+one sigmoid a label on its logits and trains with ``BCEWithLogitsLoss`` (``head.pos_weight``:
+:func:`textclf.core.class_weights.pos_weight`; ``head.label_smoothing`` ε moves the 0/1 targets to
+ε/2 and 1-ε/2), its best epoch chosen on valid micro-F1 at ``threshold`` (the config's
+``decision.threshold``); the logreg head is scikit-learn's ``OneVsRestClassifier`` of it
+(:func:`textclf.core.sklearn_model.one_vs_rest`). Both give independent per-label probabilities.
 """
 
 from __future__ import annotations
@@ -66,6 +73,13 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return float(f1_score(y_true, y_pred, labels=np.arange(n_classes), average="macro", zero_division=0))
 
 
+def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Micro-averaged F1 of two label indicator matrices."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), average="micro", zero_division=0))
+
+
 class TorchHead:
     """A small torch MLP/linear head (see :func:`build_head_module`) on embedding vectors."""
 
@@ -73,25 +87,45 @@ class TorchHead:
     file = TORCH_FILE
 
     def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.0, label_smoothing: float = 0.0,
-                 epochs: int = 50, lr: float = 1e-2, batch_size: int = 32, weight_decay: float = 0.0, seed: int = 13):
+                 epochs: int = 50, lr: float = 1e-2, batch_size: int = 32, weight_decay: float = 0.0, seed: int = 13,
+                 multilabel: bool = False, pos_weight: list[float] | None = None, threshold: float = 0.5):
         self.params = {"dim": int(dim), "n_classes": int(n_classes), "hidden": int(hidden), "dropout": float(dropout),
                        "label_smoothing": float(label_smoothing), "epochs": int(epochs), "lr": float(lr),
                        "batch_size": int(batch_size), "weight_decay": float(weight_decay), "seed": int(seed)}
+        if multilabel:  # recorded only on label sets, so a multi-class head's meta.json block is as before
+            self.params.update(multilabel=True, pos_weight=pos_weight, threshold=float(threshold))
         torch.manual_seed(seed)
         self.module = build_head_module(dim, n_classes, int(hidden), float(dropout))
         self.history: list[dict] = []
         self.best_epoch: int | None = None
         self.best_state: dict | None = None
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether the head gives one sigmoid a label (fitted on a label indicator matrix)."""
+        return bool(self.params.get("multilabel"))
+
+    @property
+    def metric(self) -> str:
+        """The valid metric the best epoch is chosen on: ``valid_micro_f1`` (label sets) or ``valid_macro_f1``."""
+        return "valid_micro_f1" if self.multilabel else "valid_macro_f1"
+
     def fit(self, x: np.ndarray, y: np.ndarray, x_valid: np.ndarray | None = None, y_valid: np.ndarray | None = None) -> TorchHead:
-        """Train for ``epochs``; keep the epoch with the best valid macro-F1 (the last one without valid data)."""
+        """Train for ``epochs``; keep the epoch with the best valid macro-F1 (label sets: micro-F1; the last without valid data)."""
         p = self.params
         if p["epochs"] < 1:
             raise ConfigError(f"head.epochs: expected at least 1, got {p['epochs']}")
         gen = torch.Generator().manual_seed(p["seed"])
-        xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+        xt = torch.as_tensor(x, dtype=torch.float32)
         opt = torch.optim.Adam(self.module.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
+        if self.multilabel:
+            eps = p["label_smoothing"]
+            yt = torch.as_tensor(y, dtype=torch.float32) * (1.0 - eps) + eps / 2
+            weight = None if p.get("pos_weight") is None else torch.tensor(p["pos_weight"], dtype=torch.float32)
+            loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
+        else:
+            yt = torch.as_tensor(y, dtype=torch.long)
+            loss_fn = nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
         start = time.monotonic()
         with one_thread():
             self._train_epochs(xt, yt, x_valid, y_valid, opt, loss_fn, gen)
@@ -100,9 +134,9 @@ class TorchHead:
         else:
             self.best_epoch = p["epochs"]
         self.module.eval()
-        best = max((r.get("valid_macro_f1", -1.0) for r in self.history), default=-1.0)
-        log.info("head: %s, %d epochs in %.1fs, best epoch %s (valid macro-F1 %s)", self.describe_layers(), p["epochs"],
-                 time.monotonic() - start, self.best_epoch, best if best >= 0 else "n/a")
+        best = max((r.get(self.metric, -1.0) for r in self.history), default=-1.0)
+        log.info("head: %s, %d epochs in %.1fs, best epoch %s (%s %s)", self.describe_layers(), p["epochs"],
+                 time.monotonic() - start, self.best_epoch, self.metric, best if best >= 0 else "n/a")
         return self
 
     def _train_epochs(self, xt, yt, x_valid, y_valid, opt, loss_fn, gen) -> None:
@@ -123,9 +157,12 @@ class TorchHead:
                 total += float(loss.detach()) * len(idx)
             row = {"epoch": epoch, "train_loss": round(total / max(1, len(yt)), 5)}
             if x_valid is not None and y_valid is not None and len(y_valid):
-                row["valid_macro_f1"] = round(macro_f1(y_valid, self.predict_proba(x_valid).argmax(1), p["n_classes"]), 5)
-                if row["valid_macro_f1"] > best:
-                    best, self.best_state, self.best_epoch = row["valid_macro_f1"], copy.deepcopy(self.module.state_dict()), epoch
+                proba = self.predict_proba(x_valid)
+                score = (micro_f1(y_valid, proba >= p["threshold"]) if self.multilabel
+                         else macro_f1(y_valid, proba.argmax(1), p["n_classes"]))
+                row[self.metric] = round(score, 5)
+                if row[self.metric] > best:
+                    best, self.best_state, self.best_epoch = row[self.metric], copy.deepcopy(self.module.state_dict()), epoch
             self.history.append(row)
 
     def describe_layers(self) -> str:
@@ -136,10 +173,12 @@ class TorchHead:
         return "-".join([*parts, str(p["n_classes"])])
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Softmax probabilities (float64), one column per class index."""
+        """Softmax probabilities (float64), one column per class index (label sets: one sigmoid a label)."""
         self.module.eval()
         with torch.inference_mode(), one_thread():
             logits = self.module(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+        if self.multilabel:
+            return torch.sigmoid(logits.double()).numpy()
         return torch.softmax(logits.double(), dim=1).numpy()
 
     def save(self, model_dir: str | Path) -> Path:
@@ -157,7 +196,8 @@ class TorchHead:
     @classmethod
     def load(cls, path: str | Path, record: dict) -> TorchHead:
         """The head saved at ``path`` with the parameters its meta.json ``record`` gives."""
-        keys = ("dim", "n_classes", "hidden", "dropout", "label_smoothing", "epochs", "lr", "batch_size", "weight_decay", "seed")
+        keys = ("dim", "n_classes", "hidden", "dropout", "label_smoothing", "epochs", "lr", "batch_size", "weight_decay", "seed",
+                "multilabel", "pos_weight", "threshold")
         head = cls(**{k: record[k] for k in keys if k in record})
         try:
             head.module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -175,16 +215,27 @@ class LogregHead:
     type = "logreg"
     file = LOGREG_FILE
 
-    def __init__(self, n_classes: int, C: float = 1.0, max_iter: int = 2000, seed: int = 13, clf: Any = None):  # noqa: N803
+    def __init__(self, n_classes: int, C: float = 1.0, max_iter: int = 2000, seed: int = 13, clf: Any = None,  # noqa: N803
+                 multilabel: bool = False):
         self.params = {"n_classes": int(n_classes), "C": float(C), "max_iter": int(max_iter), "seed": int(seed)}
+        if multilabel:
+            self.params["multilabel"] = True
         self.clf = clf
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether the head is one-vs-rest on a label indicator matrix."""
+        return bool(self.params.get("multilabel"))
+
     def fit(self, x: np.ndarray, y: np.ndarray, x_valid: np.ndarray | None = None, y_valid: np.ndarray | None = None) -> LogregHead:
-        """Fit on ``(x, y)`` (valid data is not used)."""
+        """Fit on ``(x, y)`` (valid data is not used); ``y`` a label indicator matrix: one-vs-rest."""
         from sklearn.linear_model import LogisticRegression
 
+        from textclf.core.sklearn_model import one_vs_rest
+
         start = time.monotonic()
-        self.clf = LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"], random_state=self.params["seed"])
+        self.clf = one_vs_rest(LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"],
+                                                  random_state=self.params["seed"]), self.multilabel)
         self.clf.fit(x, y)
         log.info("head: logreg C=%g in %.1fs", self.params["C"], time.monotonic() - start)
         return self
@@ -193,7 +244,8 @@ class LogregHead:
         """Probabilities (float64), one column per class index (a class absent from train gets 0)."""
         from textclf.families.common.sklearn_proba import proba_in_label_order
 
-        return np.asarray(proba_in_label_order(self.clf, np.asarray(x), self.params["n_classes"]), dtype=np.float64)
+        return np.asarray(proba_in_label_order(self.clf, np.asarray(x), self.params["n_classes"], self.multilabel),
+                          dtype=np.float64)
 
     def save(self, model_dir: str | Path) -> Path:
         """Write the fitted classifier to ``model_dir/head.skops`` atomically."""
@@ -213,20 +265,25 @@ class LogregHead:
 
         clf = load_sklearn(path, attributes=("classes_",))
         check_label_indices(clf, path, list(range(int(record["n_classes"]))))
-        return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13), clf=clf)
+        return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13), clf=clf,
+                   multilabel=bool(record.get("multilabel")))
 
 
-def make_head(cfg: dict, dim: int, n_classes: int, seed: int) -> TorchHead | LogregHead:
-    """The untrained head the config's ``head`` block describes."""
+def make_head(cfg: dict, dim: int, n_classes: int, seed: int, multilabel: bool = False,
+              pos_weight: list[float] | None = None) -> TorchHead | LogregHead:
+    """The untrained head the config's ``head`` block describes (``multilabel``: for a label indicator matrix;
+    ``pos_weight``: the torch head's per-label BCE weights, from ``head.pos_weight``)."""
     h = cfg["head"]
     kind = h.get("type", "torch")
     if kind == "logreg":
-        return LogregHead(n_classes, C=h.get("C", 1.0), seed=seed)
+        return LogregHead(n_classes, C=h.get("C", 1.0), seed=seed, multilabel=multilabel)
     if kind != "torch":
         raise ConfigError(f"head.type: unknown head {kind!r}; known: {', '.join(HEAD_TYPES)}")
+    threshold = float((cfg.get("decision") or {}).get("threshold", 0.5))
     return TorchHead(dim, n_classes, hidden=h["hidden"], dropout=h["dropout"], label_smoothing=h["label_smoothing"],
                      epochs=h["epochs"], lr=h["lr"], batch_size=h.get("batch_size", 32),
-                     weight_decay=h.get("weight_decay", 0.0), seed=seed)
+                     weight_decay=h.get("weight_decay", 0.0), seed=seed, multilabel=multilabel, pos_weight=pos_weight,
+                     threshold=threshold)
 
 
 def load_head(model_dir: str | Path, record: dict, path: str | Path | None = None) -> TorchHead | LogregHead:

@@ -96,3 +96,21 @@ def check(cfg: dict) -> None:
                 check_settings(apply_params(cfg, {key: value}))
             except TextclfError as exc:
                 raise ConfigError(f"search.space {name!r} value {value!r}: {exc}") from None
+
+
+def prepare(cfg: dict, splits) -> dict:
+    """On multi-label data (``Family.prepare``, after :func:`check`): refuse ``loss: batch_all_triplet`` (in the
+    config or the search space), which needs one class a text. ``head.pos_weight`` applies to label sets only."""
+    from textclf.families.setfit.contrastive import MULTILABEL_LOSS_ERROR, loss_name
+
+    if not splits.multilabel:
+        if cfg["head"].get("pos_weight") is not None:
+            raise ConfigError("head.pos_weight weighs the positives of each label; it applies to multi-label data only")
+        return cfg
+    losses = [cfg["loss"]]
+    for name, spec in ((cfg.get("search") or {}).get("space") or {}).items():
+        if space_key(cfg, name) == "loss" and spec.get("type") == "categorical":
+            losses += list(spec["choices"])
+    if any(loss_name(loss) == "batch_all_triplet" for loss in losses):
+        raise ConfigError(MULTILABEL_LOSS_ERROR)
+    return cfg

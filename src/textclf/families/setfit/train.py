@@ -7,6 +7,12 @@
    seeded with ``context.seed`` (``seed + trial number`` in a search trial).
 3. Train and valid (and test, for the kept model) are embedded once with the tuned encoder
    (L2-normalised); the head is fitted on train, its best epoch chosen on valid macro-F1 (:mod:`.head`).
+
+Label sets (``splits.multilabel``): ``data.per_class`` N keeps N texts per label
+(:func:`.sampling.few_shot_label_sets`), the pairs are drawn by shared/disjoint labels, the head
+fits the label indicator matrix (sigmoid + BCE with ``head.pos_weight``, or one-vs-rest logreg) and
+its best epoch is chosen on valid micro-F1. With ``long_text: chunk`` each window carries its
+document's label set.
 4. The kept model's ``encoder/`` and head file are written; a search trial writes nothing. The
    returned predictor remembers the valid/test vectors, so the core's evaluation encodes nothing again,
    and its ``fit_info`` carries the encoder, head, contrastive, few-shot and timing blocks of meta.json.
@@ -20,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from textclf.core.class_weights import pos_weight
 from textclf.core.integrity import FILES_KEY
 from textclf.core.torch_common import resolve_device, seed_everything
-from textclf.core.training import Splits
+from textclf.core.training import Splits, fitted_meta
 from textclf.families.common.cache import weight_hash
 from textclf.families.common.chunking import ChunkSettings, split_windows
 from textclf.families.common.encoders import resolve_model_dir
@@ -36,8 +43,12 @@ log = logging.getLogger(__name__)
 PROGRESS_FILE = "progress.log"
 
 
-def label_codes(labels: list[str], label_set: list[str]) -> np.ndarray:
-    """``labels`` as indices into ``label_set``."""
+def label_codes(labels: list, label_set: list[str], multilabel: bool = False) -> np.ndarray:
+    """``labels`` as indices into ``label_set`` (``multilabel``: the ``(N, L)`` 0/1 indicator matrix of the label sets)."""
+    if multilabel:
+        from textclf.core.sklearn_model import label_indicator
+
+        return label_indicator(labels, label_set).astype(np.int64)
     index = {label: i for i, label in enumerate(label_set)}
     return np.asarray([index[label] for label in labels], dtype=np.int64)
 
@@ -61,8 +72,8 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
     per_class = cfg["data"].get("per_class")
     keep = few_shot_indices(splits.train.labels, per_class, int(cfg["seed"]))
     train_ds = splits.train if per_class is None else splits.train.subset(keep)
-    y_train = label_codes(train_ds.labels, splits.labels)
-    log.info("setfit: %d training texts (%s per class; %d in train), %d classes, device %s", len(train_ds),
+    y_train = label_codes(train_ds.labels, splits.labels, splits.multilabel)
+    log.info("setfit: %d training texts (%s per class or label; %d in train), %d labels, device %s", len(train_ds),
              "all" if per_class is None else per_class, len(splits.train), len(splits.labels), device)
 
     e = cfg["encoder"]
@@ -89,8 +100,10 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
              0 if x_test is None else len(x_test), embed_seconds)
 
     start = time.monotonic()
-    head = make_head(cfg, x_train.shape[1], len(splits.labels), seed)
-    head.fit(x_train, y_train, x_valid, label_codes(splits.valid.labels, splits.labels))
+    weights = pos_weight(cfg["head"].get("pos_weight"), splits.labels, train_ds.labels, key="head.pos_weight") \
+        if splits.multilabel else None
+    head = make_head(cfg, x_train.shape[1], len(splits.labels), seed, splits.multilabel, weights)
+    head.fit(x_train, y_train, x_valid, label_codes(splits.valid.labels, splits.labels, splits.multilabel))
     head_seconds = round(time.monotonic() - start, 2)
 
     if final:
@@ -100,7 +113,7 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
               "max_length": int(model.max_seq_length), "batch_size": batch, "normalize": True, "dim": int(x_train.shape[1]),
               **chunking.record()}
     head_record = head.describe()
-    predictor = SetFitPredictor(output_dir, {"labels": splits.labels, "kind": KIND, "encoder": record, "head": head_record},
+    predictor = SetFitPredictor(output_dir, {**fitted_meta(KIND, cfg, splits), "encoder": record, "head": head_record},
                                 model, head, batch)
     predictor.remember(splits.valid.texts, x_valid)
     if x_test is not None:

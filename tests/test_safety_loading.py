@@ -15,6 +15,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,7 @@ def test_skops_allow_list_covers_every_object_textclf_writes(tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
+    from textclf.core.sklearn_model import one_vs_rest
     from textclf.families.common.encoders import TfidfSvdEncoder
     from textclf.families.embeddings.classifiers import CLASSIFIERS, make_classifier
     from textclf.families.embeddings.model import TRUSTED_TYPES as EMB_TYPES
@@ -201,6 +203,11 @@ def test_skops_allow_list_covers_every_object_textclf_writes(tmp_path):
     objects = [make_classifier(name, {}, n_train=60, min_class_count=20).fit(x, y) for name in CLASSIFIERS]
     objects.append(TfidfSvdEncoder(n_components=4).fit(texts).pipeline)
     objects.append(Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2))), ("lr", LogisticRegression())]).fit(texts, y))
+    # label sets: one-vs-rest, with a label on every training row (scikit-learn keeps a constant predictor for it)
+    indicator = np.stack([np.ones(60, dtype=int), (np.arange(60) % 2 == 0).astype(int)], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Label 0 is present in all training examples"
+        objects.append(one_vs_rest(LogisticRegression(), multilabel=True).fit(x, indicator))
     for i, obj in enumerate(objects):
         path = save_sklearn(obj, tmp_path / f"{i}.skops")
         assert set(sio.get_untrusted_types(file=path)) <= TRUSTED_TYPES | set(EMB_TYPES), type(obj).__name__

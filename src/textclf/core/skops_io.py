@@ -28,6 +28,7 @@ LEGACY_SUFFIX = ".joblib"
 TRUSTED_TYPES: frozenset[str] = frozenset({
     "sklearn.calibration._CalibratedClassifier",  # embeddings linear_svm (CalibratedClassifierCV)
     "sklearn.calibration._SigmoidCalibration",
+    "sklearn.multiclass._ConstantPredictor",  # one-vs-rest on label sets: a label on every (or no) training row
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # embeddings hgb
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",  # embeddings mlp
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",

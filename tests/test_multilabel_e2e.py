@@ -151,6 +151,32 @@ def test_export_onnx_refuses_fasttext_in_one_line(models):
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
         f"Error: {models['a']}: fasttext models cannot be exported to ONNX (families that can: bert, lstm)")
-    # ONNX PATH FOR LSTM (added when the lstm family trains label sets, by another change): train lstm on FIXTURE,
-    # `textclf export`, then assert onnx.json's check (max_abs_diff <= 1e-4, label_agreement 1.0) and that
-    # `textclf serve --backend onnx` answers the same label sets as the torch backend.
+
+
+# A small BiLSTM (32-dim, 8 epochs, one thread): about 10-20 s of training on 2 CPU cores.
+LSTM_SMALL = ("--epochs", "8", "--batch_size", "16", "--lr", "0.01", "--set", "model.embedding_dim=32",
+              "--set", "model.hidden_size=32", "--set", "train.num_threads=1", "--set", "text.min_count=1",
+              "--set", "train.pos_weight=balanced", "--set", "train.patience=0", "--set", "search.n_trials=0")
+
+
+@pytest.mark.slow
+def test_lstm_export_and_onnx_serving_give_the_torch_label_sets(tmp_path):
+    out = tmp_path / "lstm"
+    result = invoke("train", "lstm", "--train_path", str(FIXTURE / "train.jsonl"), "--valid_path",
+                    str(FIXTURE / "valid.jsonl"), "--test_path", str(FIXTURE / "test.jsonl"), "--output_dir", str(out),
+                    *LSTM_SMALL)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "meta.json").read_text())["task"] == "multilabel"
+    result = invoke("export", "--model_path", str(out))
+    assert result.exit_code == 0, result.output
+    check = json.loads((out / "onnx.json").read_text())["check"]["model.onnx"]
+    assert check["max_abs_diff"] <= 1e-4 and check["label_agreement"] == 1.0
+    texts = read_labelled(FIXTURE / "test.jsonl", task="multilabel").texts[:40]
+    expected = load_predictor(out, backend="torch").predict(texts)
+    assert any(len(row) >= 2 for row in expected)  # real label sets, not one label a text
+    server = ServeProcess(out, "--backend", "onnx")
+    try:
+        answer = httpx.post(f"{server.url}/predict", json={"texts": texts, "probabilities": False}, timeout=30).json()
+        assert [tuple(p["labels"]) for p in answer["predictions"]] == expected
+    finally:
+        assert server.stop() == 0, server.log()

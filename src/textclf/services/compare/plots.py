@@ -6,6 +6,8 @@ import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;"
        "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}"
@@ -24,6 +26,24 @@ def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 5)
     kw = {"width_ratios": list(width_ratios)} if width_ratios else {}
     axes = fig.subplots(nrows, ncols, gridspec_kw=kw or None, squeeze=True)
     return fig, axes
+
+
+def heatmap_panel(fig, ax, values: np.ndarray, names: Sequence[str], rotation: int, fmt: str, cmap: str,
+                  annotate: bool = True) -> None:
+    """One panel of a count (``fmt="d"``) or share (``".2f"``, scale 0-1) heat map, cells annotated when ``annotate``."""
+    k = len(names)
+    font = 11 if k <= 6 else 9 if k <= 12 else 7
+    vmax = (float(values.max()) if values.size and values.max() > 0 else 1.0) if fmt == "d" else 1.0
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=vmax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if annotate:
+        for i in range(k):
+            for j in range(k):
+                v = values[i, j]
+                ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=font,
+                        color="white" if v > 0.55 * vmax else "black")
+    ax.set_xticks(range(k), names, rotation=rotation, ha="right" if rotation else "center")
+    ax.set_yticks(range(k), names)
 
 
 def save_figure(fig, path: str | Path, dpi: int = DPI) -> Path:

@@ -42,6 +42,7 @@ from textclf.services.compare.plots import (  # noqa: F401 - figure helpers, als
     _tick_labels,
     figure,
     figure_sections,
+    heatmap_panel,
     probability_text,
     save_figure,
     short_label,
@@ -60,18 +61,8 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, titl
     fig, axes = figure(1, 2, figsize=(2 * side + 1.6, side + 0.9))
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
-    font = 11 if k <= 6 else 9 if k <= 12 else 7
     for ax, values, sub, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall per true class)", ".2f")):
-        vmax = values.max() if values.size and values.max() > 0 else 1
-        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax if fmt == "d" else 1.0)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        for i in range(k):
-            for j in range(k):
-                v = values[i, j]
-                ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=font,
-                        color="white" if v > 0.55 * (vmax if fmt == "d" else 1.0) else "black")
-        ax.set_xticks(range(k), names, rotation=rotation, ha="right" if rotation else "center")
-        ax.set_yticks(range(k), names)
+        heatmap_panel(fig, ax, values, names, rotation, fmt, "Blues")
         ax.set_xlabel("predicted label")
         if ax is axes[0]:
             ax.set_ylabel("true label")

@@ -30,6 +30,7 @@ from textclf.services.compare.plots import (
     _tick_labels,
     figure,
     figure_sections,
+    heatmap_panel,
     probability_text,
     save_figure,
 )
@@ -51,20 +52,9 @@ def plot_cooccurrence(counts: np.ndarray, labels: Sequence[str], path: str | Pat
     fig, axes = figure(1, 2, figsize=(2 * side + 1.6, side + 0.9))
     diag = np.diag(counts).astype(float)[:, None]
     norm = np.divide(counts, diag, out=np.zeros_like(counts, dtype=float), where=diag > 0)
-    font = 11 if k <= 6 else 9 if k <= 12 else 7
     for ax, values, sub, fmt in ((axes[0], counts, "texts carrying both", "d"),
                                  (axes[1], norm, "share of the row label's texts", ".2f")):
-        vmax = float(values.max()) if values.size and values.max() > 0 else 1.0
-        image = ax.imshow(values, cmap="Purples", vmin=0, vmax=vmax if fmt == "d" else 1.0)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        if k <= 20:
-            for i in range(k):
-                for j in range(k):
-                    v = values[i, j]
-                    ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=font,
-                            color="white" if v > 0.55 * (vmax if fmt == "d" else 1.0) else "black")
-        ax.set_xticks(range(k), names, rotation=rotation, ha="right" if rotation else "center")
-        ax.set_yticks(range(k), names)
+        heatmap_panel(fig, ax, values, names, rotation, fmt, "Purples", annotate=k <= 20)
         ax.set_title(sub)
     fig.suptitle(title or "Gold label co-occurrence", fontsize=13)
     return save_figure(fig, path)

@@ -5,6 +5,7 @@
 #   podman runc mmdebstrap  -> real image builds (podman: daemonless; runc: crun fails on hybrid cgroups)
 #   slurm-wlm munge         -> slurm/local-cluster.sh (a real single-node cluster)
 #   postgresql              -> the Optuna PostgreSQL storage test (a throw-away server on a loopback port)
+#   chromium fonts-dejavu-core -> the page tests (Playwright drives Debian's headless chromium: no browser download)
 set -uo pipefail
 want=()
 command -v podman >/dev/null || want+=(podman)
@@ -13,6 +14,7 @@ command -v mmdebstrap >/dev/null || want+=(mmdebstrap)
 command -v slurmctld >/dev/null || want+=(slurm-wlm)
 command -v munged >/dev/null || want+=(munge)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
+command -v chromium >/dev/null || want+=(chromium fonts-dejavu-core)
 if [ ${#want[@]} -eq 0 ]; then echo "ci-system-deps: all present"; exit 0; fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "ci-system-deps: cannot install ${want[*]} (needs root and apt-get); their tests will skip" >&2

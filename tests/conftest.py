@@ -281,3 +281,53 @@ def postgres_url() -> str:
 def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProcess:
     """``make TARGET VAR=value...`` in the repository with ``env``; raises when it fails."""
     return run(["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()], env)
+
+
+# ---- a real browser for the page tests (issue 25): Debian's headless chromium driven by Playwright ----
+class BrowserPage:
+    """One Playwright page in headless chromium that refuses (and records) every request leaving this machine."""
+
+    def __init__(self, page):
+        self.page = page
+        self.external: list[str] = []
+        self.console_errors: list[str] = []
+
+        def route(r):
+            url = r.request.url
+            host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+            if url.startswith(("http://", "https://")) and host not in ("127.0.0.1", "localhost", "[::1]"):
+                self.external.append(url)
+                return r.abort()
+            return r.continue_()
+
+        page.route("**/*", route)
+        page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
+
+    def broken_images(self) -> list[str]:
+        """The src of every <img> on the page that did not load (naturalWidth 0)."""
+        return self.page.eval_on_selector_all("img", "els => els.filter(e => !e.complete || e.naturalWidth === 0).map(e => e.src)")
+
+
+@pytest.fixture(scope="session")
+def _chromium():
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[trust]')")
+    with sync_playwright() as p:
+        # --no-sandbox: the tests run as root here; the browser is Debian's own (Playwright cannot download one)
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page(_chromium, tmp_path):
+    """A fresh page (own context, downloads allowed) in a real headless chromium; external requests fail and are listed."""
+    context = _chromium.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield BrowserPage(page)
+    context.close()

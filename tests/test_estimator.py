@@ -111,6 +111,7 @@ def test_cross_validate_in_worker_processes(small):
 
 
 # --------------------------------------------------------------------------- 3. GridSearchCV over two families
+@pytest.mark.slow  # GridSearchCV over two families, 3 folds each
 def test_grid_search_over_two_families(small, test):
     base = textclf.TextClassifier(params={**{f"fasttext.{k}": v for k, v in FT.items()},
                                           **{f"embeddings.{k}": v for k, v in EMB.items()}})
@@ -198,6 +199,7 @@ def test_pickle_carries_the_model_directory(fitted, test):
     np.testing.assert_allclose(deep.predict_proba(test.text), fitted.predict_proba(test.text))
 
 
+@pytest.mark.slow  # trains an embeddings model and round-trips it through joblib
 def test_joblib_round_trip_and_temp_dir_removed(small, train, test, tmp_path):
     est = textclf.TextClassifier("embeddings", params=EMB).fit(small.text, small.label)
     joblib.dump(est, tmp_path / "est.joblib")

@@ -245,6 +245,7 @@ def test_predict_writes_label_sets_aligned_in_every_format(ft_model, tmp_path):
     assert set(records[0]["probabilities"]) == {"health", "politics", "sports", "tech", "weather"}
 
 
+@pytest.mark.slow  # trains twice in subprocesses
 def test_at_least_one_label_per_text_when_the_config_asks(tmp_path):
     out = tmp_path / "model"
     meta = train_fixture(out, "--set", "model.lr=0.5", "--set", "model.epoch=50", "--set", "decision.at_least_one=true")
@@ -267,6 +268,7 @@ def test_evaluate_reports_the_metrics_training_recorded(ft_model):
     assert metrics["per_class"] == meta["metrics"]["test"]["per_class"]
 
 
+@pytest.mark.slow  # trains and tunes per-label thresholds in subprocesses
 def test_tune_thresholds_lifts_an_underconfident_model(tmp_path):
     out = tmp_path / "model"
     meta = train_fixture(out)  # fastText's defaults: few labels reach 0.5 on 400 short texts

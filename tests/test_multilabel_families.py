@@ -70,6 +70,7 @@ def check_model(meta: dict, model: Path, tmp_path: Path, floor: float, trust: bo
     assert got == pytest.approx(meta["metrics"]["test"]["micro_f1"], abs=1e-9)
 
 
+@pytest.mark.slow  # MiniLM encodes the fixture, then each classifier trains (quick: test_multilabel.py's fastText run)
 @pytest.mark.parametrize("classifier", ["logreg", "linear_svm", "knn", "mlp", "hgb"])
 def test_embeddings_classifiers_train_on_label_sets(classifier, tmp_path, cache_dir):
     # hgb's 200 iterations x 5 labels take minutes; the MLP's default learning rate underfits 50 SVD dims (0.32)
@@ -99,6 +100,7 @@ def test_embeddings_minilm_logreg_on_label_sets(tmp_path, cache_dir):
     check_model(json.loads((out / "meta.json").read_text()), out, tmp_path, 0.92)
 
 
+@pytest.mark.slow  # each example plug-in trains in a subprocess (quick: test_multilabel.py's fastText run)
 @pytest.mark.parametrize(("plugin", "floor"), [("tfidf_logreg", 0.94), ("svm_char", 0.95)])
 def test_example_plugins_train_on_label_sets(plugin, floor, tmp_path):
     out = tmp_path / "model"

@@ -51,6 +51,7 @@ def test_it_trains_and_scores_above_its_floor(svm):
     assert set(meta["files"]) == {"model.skops", "plugin/svm_char.py"}  # what fit wrote, checked before each load
 
 
+@pytest.mark.slow  # an Optuna search in a subprocess (quick: test_it_trains_and_scores_above_its_floor)
 def test_it_tunes_with_the_core_search(tweets, tmp_path):
     out = tmp_path / "tuned"
     proc = textclf("tune", "--code", PLUGIN, "svm_char", *paths(tweets), "--output_dir", out, "--n_trials", "3", "--no-track")
@@ -61,6 +62,7 @@ def test_it_tunes_with_the_core_search(tweets, tmp_path):
     assert (out / "trials.csv").is_file() and (out / "study.journal").is_file()
 
 
+@pytest.mark.slow  # predict, serve, ensemble and leaderboard subprocesses (quick: test_it_trains_and_scores_above_its_floor)
 def test_it_predicts_serves_ensembles_and_joins_the_leaderboard(svm, tweets, tmp_path):
     texts = ["I love this!", "worst day ever", "", "ok then"]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")

@@ -150,6 +150,7 @@ def test_the_plugin_trains_end_to_end_and_records_its_code(tfidf_model):
     assert meta["metrics"]["valid"]["macro_f1"] > MACRO_F1_FLOOR
 
 
+@pytest.mark.slow  # copies a model and predicts in a subprocess (quick: test_the_plugin_trains_end_to_end_and_records_its_code)
 def test_a_copied_model_dir_predicts_without_the_original_file(tfidf_model, tweets, tmp_path):
     test_rows = read_rows(tweets["test"])
     texts = [" ".join(row["text"].split()) for row in test_rows] + ["", "ünïcödé déjà vu"]
@@ -177,6 +178,7 @@ def test_a_copied_model_dir_predicts_without_the_original_file(tfidf_model, twee
     assert correct / len(test_rows) == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-12)
 
 
+@pytest.mark.slow  # evaluate subprocess (quick: test_the_plugin_trains_end_to_end_and_records_its_code)
 def test_evaluate_scores_the_plugin_model_like_training_did(tfidf_model, tweets):
     proc = textclf("evaluate", "--model_path", tfidf_model, "--data_path", tweets["test"], "--json")
     assert proc.returncode == 0, proc.stderr
@@ -184,6 +186,7 @@ def test_evaluate_scores_the_plugin_model_like_training_did(tfidf_model, tweets)
     assert json.loads(proc.stdout)["macro_f1"] == pytest.approx(meta["metrics"]["test"]["macro_f1"], abs=1e-12)
 
 
+@pytest.mark.slow  # an Optuna search in a subprocess (quick: test_tune_without_a_budget_is_refused)
 def test_tune_runs_an_optuna_search_and_refits_the_best(tweets, tmp_path):
     out = tmp_path / "tuned"
     proc = textclf("tune", "--code", TFIDF, "tfidf_logreg", *paths(tweets, test=False), "--output_dir", out, "--n_trials", "3")
@@ -356,6 +359,7 @@ def sqlite_model(tweets_db, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # predict subprocesses in every output format (quick: test_the_sqlite_reader_feeds_the_plugin_family)
 def test_predict_reads_a_sqlite_table_row_for_row(tweets_db, tfidf_model, tweets, tmp_path):
     for fmt in ("csv", "txt"):
         reference = tmp_path / f"reference.{fmt}"
@@ -395,6 +399,7 @@ def test_predict_reads_a_sqlite_table_row_for_row(tweets_db, tfidf_model, tweets
     assert not out.exists()
 
 
+@pytest.mark.slow  # evaluate subprocesses (quick: test_the_sqlite_reader_feeds_the_plugin_family)
 def test_evaluate_reads_a_sqlite_table(tweets_db, tfidf_model, tweets):
     reference = textclf("evaluate", "--model_path", tfidf_model, "--data_path", tweets["test"], "--json")
     assert reference.returncode == 0, reference.stderr
@@ -408,6 +413,7 @@ def test_evaluate_reads_a_sqlite_table(tweets_db, tfidf_model, tweets):
                                            known="csv, tsv, jsonl, fasttext, sqlite")
 
 
+@pytest.mark.slow  # a second plug-in model, leaderboard + ensemble subprocesses (quick: test_the_sqlite_reader_feeds_the_plugin_family)
 def test_leaderboard_and_ensemble_read_a_sqlite_table(tweets_db, tfidf_model, sqlite_model, tweets, tmp_path):
     def board(*args) -> dict:
         proc = textclf("leaderboard", tfidf_model, sqlite_model, "--json", "--n_boot", "100", *args)
@@ -435,6 +441,7 @@ def test_leaderboard_and_ensemble_read_a_sqlite_table(tweets_db, tfidf_model, sq
     assert sql["metrics"]["test"]["n"] == 420
 
 
+@pytest.mark.slow  # tune-thresholds + report subprocesses (quick: test_the_sqlite_reader_feeds_the_plugin_family)
 def test_tune_thresholds_and_report_read_a_sqlite_table(tweets_db, tfidf_model, tweets, tmp_path):
     blocks = {}
     for name, args in (("csv", ["--valid_path", tweets["valid"]]),
@@ -456,6 +463,7 @@ def test_tune_thresholds_and_report_read_a_sqlite_table(tweets_db, tfidf_model, 
     assert summary["metrics"]["macro_f1"] == pytest.approx(meta["metrics"]["test"]["macro_f1"], abs=1e-12)
 
 
+@pytest.mark.slow  # train + predict subprocesses with a format plug-in (quick: test_a_reader_from_a_tmp_file_feeds_fasttext)
 def test_a_format_plugin_claims_its_extension(tfidf_model, tweets, tmp_path):
     plugin = tmp_path / "json_array_format.py"
     plugin.write_text(JSON_ARRAY_FORMAT)

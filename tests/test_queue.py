@@ -242,6 +242,7 @@ def test_killed_worker_task_is_retried_through_the_heartbeat(data, uri, sleepy, 
     assert "(retry of 0; value" in status[2]
 
 
+@pytest.mark.slow  # a worker process killed mid-task (quick: test_requeue_judges_each_running_task_by_its_owner_record)
 def test_sigterm_stops_a_worker_and_requeues_its_task(data, uri, sleepy, tmp_path):
     """scancel / docker stop: the task is failed and enqueued again at once, its MLflow run KILLED."""
     storage = str(tmp_path / "q.journal")

@@ -120,6 +120,7 @@ FAMILY = Family(name="epfam", train=train, predictor=PriorPredictor, kind="basel
 '''
 
 
+@pytest.mark.slow  # pip-installs a package into a temporary site dir
 def test_an_installed_package_registers_a_family_through_an_entry_point(tmp_path, small):
     """A pip-installed plug-in: a dist-info with a ``textclf_families`` entry point, nothing imported by hand."""
     dist = tmp_path / "textclf_epfam-0.1.dist-info"

@@ -254,6 +254,7 @@ def tfidf_embeddings(tmp_path_factory, data) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains an embeddings model per file (quick: test_skops_allow_list_covers_every_object_textclf_writes)
 @pytest.mark.parametrize("name", ["classifier.skops", "tfidf_svd.skops"])
 def test_planted_pickle_in_an_embeddings_model_is_refused(tfidf_embeddings, tmp_path, data, name):
     model = Path(shutil.copytree(tfidf_embeddings, tmp_path / "emb"))
@@ -268,6 +269,7 @@ def test_planted_pickle_in_an_embeddings_model_is_refused(tfidf_embeddings, tmp_
     assert not marker.exists()
 
 
+@pytest.mark.slow  # trains an embeddings model (quick: tests/test_compat.py's v1 fixtures)
 def test_legacy_joblib_classifier_needs_trust_code(tfidf_embeddings, tmp_path, data):
     """A classifier.joblib (older versions) loads only with --trust-code; meta.json's model_file names it."""
     import joblib
@@ -355,6 +357,7 @@ def test_planted_pickle_as_the_example_plugins_model_is_refused(ft, tmp_path):
 
 
 # --------------------------------------------------------------------------- torch checkpoints
+@pytest.mark.slow  # trains a BiLSTM to plant a checkpoint (quick: test_plugin_code_is_refused_without_consent_and_runs_with_it)
 def test_planted_checkpoint_is_refused(tmp_path, data):
     import torch
 
@@ -434,6 +437,7 @@ KINDS = st.sampled_from(["fasttext", "ensemble", "lstm", "embeddings", "setfit",
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.dictionaries(META_KEYS, VALUES, max_size=3), kind=st.one_of(st.none(), KINDS),
        onnx=st.one_of(st.none(), st.dictionaries(st.sampled_from(["default", "files"]), VALUES, max_size=2)))
+@pytest.mark.slow  # hypothesis fuzzing over many examples
 def test_fuzz_meta_and_onnx_json(fasttext_model, tmp_path_factory, changes, kind, onnx):
     model = Path(shutil.copytree(fasttext_model, tmp_path_factory.mktemp("fuzz") / "m"))
     marker = model.parent / "marker"

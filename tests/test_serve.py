@@ -486,6 +486,7 @@ def test_one_megabyte_text_and_nul_bytes(client, ft_model):
 # --------------------------------------------------------------------------- other kinds
 
 
+@pytest.mark.slow  # trains a plug-in and an ensemble, then serves both (quick: test_predictions_equal_in_process_predictor)
 def test_serves_a_plugin_family_and_an_ensemble(tmp_path, tweets, ft_model):
     from starlette.testclient import TestClient
 

@@ -270,6 +270,7 @@ def test_epoch_line_shows_main_metrics_to_four_digits():
     assert "micro" not in line and "lr" not in line
 
 
+@pytest.mark.slow  # a BiLSTM training with a failing torch.compile
 def test_compile_failure_falls_back_to_eager(tiny_bert, caplog):
     torch.manual_seed(0)
     model = BertClassifier(load_encoder(tiny_bert), 2).eval()

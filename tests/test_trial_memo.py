@@ -45,6 +45,7 @@ def _search(data, out, cfg_path, *extra):
     return json.loads((out / "meta.json").read_text()), trials
 
 
+@pytest.mark.slow  # two embeddings searches (quick: the memo unit tests in this file)
 def test_second_search_loads_every_trial_and_picks_the_same_model(tmp_path, small, cache_dir):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(SPACE))

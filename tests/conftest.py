@@ -283,6 +283,16 @@ def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProces
     return run(["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()], env)
 
 
+@pytest.fixture(scope="module")
+def trust_model_code():
+    """Consent to run the plug-in code that models keep in their directory, as a user would with ``--trust-code``
+    (tests/test_safety_loading.py checks the refusal without it). Subprocesses inherit it. Modules that load
+    plug-in models use it with ``pytestmark = pytest.mark.usefixtures("trust_model_code")``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEXTCLF_TRUST_CODE", "1")
+        yield
+
+
 # ---- a real browser for the page tests (issue 25): Debian's headless chromium driven by Playwright ----
 class BrowserPage:
     """One Playwright page in headless chromium that refuses (and records) every request leaving this machine."""

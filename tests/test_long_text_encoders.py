@@ -152,7 +152,7 @@ def test_cache_key_unchanged_for_truncate_and_distinct_for_chunk():
     assert SentenceEncoder("minilm", max_length=32, chunking=ChunkSettings("truncate", 5, 3, "max")).key(texts) == old
     keys = {SentenceEncoder("minilm", max_length=32, chunking=c).key(texts) for c in
             (ChunkSettings("chunk"), ChunkSettings("chunk", stride=4), ChunkSettings("chunk", max_chunks=2),
-             ChunkSettings("chunk", chunk_pooling="max"))}
+             ChunkSettings("chunk", pooling="max"))}
     assert len(keys) == 4 and old not in keys
 
 

@@ -4,7 +4,6 @@ predicts, serves, joins an ensemble and appears in the leaderboard with no other
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_serve import start_server, stop  # noqa: E402
 
 from textclf.core.loading import load_predictor  # noqa: E402
+
+# these tests load plug-in models, whose code lives in the model directory: they consent (conftest)
+pytestmark = pytest.mark.usefixtures("trust_model_code")
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "examples" / "plugins" / "svm_char.py"
@@ -93,16 +95,3 @@ def test_it_predicts_serves_ensembles_and_joins_the_leaderboard(svm, tweets, tmp
     rows = rows["rows"] if isinstance(rows, dict) else rows
     kinds = {row.get("kind") or row.get("family") for row in rows}
     assert {"svm_char", "fasttext", "ensemble"} <= kinds, rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _trust_model_code():
-    """These tests load plug-in models (their code is in the model directory): they consent, as a user would with
-    ``--trust-code`` (tests/test_safety_loading.py checks the refusal without it). Subprocesses inherit it."""
-    old = os.environ.get("TEXTCLF_TRUST_CODE")
-    os.environ["TEXTCLF_TRUST_CODE"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("TEXTCLF_TRUST_CODE", None)
-    else:
-        os.environ["TEXTCLF_TRUST_CODE"] = old

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -20,6 +19,9 @@ import pytest
 from textclf.core.errors import ConfigError
 from textclf.core.predictor import Predictor
 from textclf.core.registry import Family
+
+# these tests load plug-in models, whose code lives in the model directory: they consent (conftest)
+pytestmark = pytest.mark.usefixtures("trust_model_code")
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "examples" / "plugins"
@@ -502,16 +504,3 @@ def test_a_plugin_file_is_imported_once_until_it_changes(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert counter.read_text() == "xx"  # once, then once more after the edit
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _trust_model_code():
-    """These tests load plug-in models (their code is in the model directory): they consent, as a user would with
-    ``--trust-code`` (tests/test_safety_loading.py checks the refusal without it). Subprocesses inherit it."""
-    old = os.environ.get("TEXTCLF_TRUST_CODE")
-    os.environ["TEXTCLF_TRUST_CODE"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("TEXTCLF_TRUST_CODE", None)
-    else:
-        os.environ["TEXTCLF_TRUST_CODE"] = old

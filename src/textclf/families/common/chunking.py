@@ -24,6 +24,7 @@ import numpy as np
 from textclf.core.long_text import (
     DEFAULT_MAX_CHUNKS,
     ChunkStats,
+    LongText,
     chunk_stats,
     cut_windows,
     long_text_settings,
@@ -35,14 +36,9 @@ WHERE = "encoder"
 DEFAULTS = {"long_text": "truncate", "stride": 0, "max_chunks": DEFAULT_MAX_CHUNKS, "chunk_pooling": "mean"}
 
 
-@dataclass(frozen=True)
-class ChunkSettings:
-    """How an encoder reads texts longer than its ``max_length`` (the ``encoder`` block's key names)."""
-
-    long_text: str = "truncate"
-    stride: int = 0
-    max_chunks: int = DEFAULT_MAX_CHUNKS
-    chunk_pooling: str = "mean"
+class ChunkSettings(LongText):
+    """How an encoder reads texts longer than its ``max_length``: :class:`textclf.core.long_text.LongText`, read from
+    and written to the ``encoder`` block's key names (``long_text``, ``stride``, ``max_chunks``, ``chunk_pooling``)."""
 
     @classmethod
     def from_config(cls, block: dict | None) -> ChunkSettings:
@@ -54,15 +50,9 @@ class ChunkSettings:
         s = long_text_settings(block or {}, where=WHERE, capped=False)
         return cls(s.mode, s.stride, s.max_chunks, s.pooling)
 
-    @property
-    def chunk(self) -> bool:
-        """Whether long texts are split into windows (else truncated)."""
-        return self.long_text == "chunk"
-
     def record(self) -> dict:
         """The settings as config/meta.json keys."""
-        return {"long_text": self.long_text, "stride": self.stride, "max_chunks": self.max_chunks,
-                "chunk_pooling": self.chunk_pooling}
+        return {"long_text": self.mode, "stride": self.stride, "max_chunks": self.max_chunks, "chunk_pooling": self.pooling}
 
     def key_part(self) -> dict | None:
         """What the embedding cache key adds: nothing for ``truncate`` (old keys stay valid), the settings for ``chunk``."""
@@ -125,5 +115,5 @@ def encode_windows(texts: Sequence[str], tokenizer: Any, max_length: int, settin
     """``(one pooled vector per text, chunk statistics)``: split, encode every window in one call, pool."""
     windows = split_windows(tokenizer, texts, max_length, settings)
     vectors = encode(windows.texts)
-    pooled = pool(vectors, windows.doc, windows.n_docs, settings.chunk_pooling, windows.lengths, normalize)
+    pooled = pool(vectors, windows.doc, windows.n_docs, settings.pooling, windows.lengths, normalize)
     return pooled, windows.stats()

@@ -283,6 +283,21 @@ def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProces
     return run(["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()], env)
 
 
+@pytest.fixture(scope="session")
+def ft_model(tmp_path_factory, tweets) -> Path:
+    """A small fastText model on the embedded tweets (fixed params, no search: ~2 s), shared by the serving tests."""
+    from click.testing import CliRunner
+
+    from textclf.cli import cli
+
+    out = tmp_path_factory.mktemp("ft_model") / "model"
+    result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path",
+                                      str(tweets["valid"]), "--output_dir", str(out), "--n_trials", "0",
+                                      "--set", "model.dim=20", "--set", "model.bucket=100000"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.fixture(scope="module")
 def trust_model_code():
     """Consent to run the plug-in code that models keep in their directory, as a user would with ``--trust-code``

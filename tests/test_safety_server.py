@@ -23,11 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from textclf.cli import cli
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import ServeProcess  # noqa: E402
@@ -38,16 +35,6 @@ SLACK_S = 20.0
 HEADER_TIMEOUT, BODY_TIMEOUT = 1.0, 2.0
 JSON_HEADERS = b"Content-Type: application/json\r\n"
 
-
-@pytest.fixture(scope="module")
-def ft_model(tmp_path_factory, tweets) -> Path:
-    """A small fastText model (fixed params, no search: ~2 s)."""
-    out = tmp_path_factory.mktemp("safety_ft") / "model"
-    result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path",
-                                      str(tweets["valid"]), "--output_dir", str(out), "--n_trials", "0",
-                                      "--set", "model.dim=20", "--set", "model.bucket=100000"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out
 
 
 @pytest.fixture(scope="module")

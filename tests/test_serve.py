@@ -35,17 +35,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import REPO, ServeProcess  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ft_model(tmp_path_factory, tweets) -> Path:
-    """A small fastText model (fixed params, no search: ~2 s)."""
-    out = tmp_path_factory.mktemp("serve_ft") / "model"
-    result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path",
-                                      str(tweets["valid"]), "--output_dir", str(out), "--n_trials", "0",
-                                      "--set", "model.dim=20", "--set", "model.bucket=100000"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def start_server(model: Path, *args: str, env: dict | None = None, timeout: float = 90.0):
     """``textclf serve --port 0`` in a subprocess; returns (process, base URL) once /ready answers 200."""
     server = ServeProcess(model, *args, env=env, timeout=timeout)

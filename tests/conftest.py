@@ -146,13 +146,14 @@ def train_family_cli(family: str, data: dict, out, *extra: str):
 class ServeProcess:
     """``textclf serve --port 0 ARGS`` in a subprocess: ``url``/``port`` once ``/ready`` answers 200, its log in ``log()``."""
 
-    def __init__(self, model: Path, *args: str, env: dict | None = None, timeout: float = 90.0, ready_runs: int = 1):
+    def __init__(self, model: Path, *args: str, env: dict | None = None, timeout: float = 90.0, ready_runs: int = 1,
+                 **popen):
         import httpx
 
         textclf = Path(sys.executable).parent / "textclf"  # the console script of this environment
         self.proc = subprocess.Popen([str(textclf), "serve", "--model_path", str(model), "--port", "0", *args],
                                      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, **popen)
         self.lines: list[str] = []
         deadline = time.monotonic() + timeout
         self.url = None

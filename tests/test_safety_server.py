@@ -257,6 +257,18 @@ def test_sigterm_drain_is_bounded_by_graceful_timeout(ft_model):
     assert "1 request(s) still running after 1s" in srv.log()
 
 
+def test_ctrl_c_stops_the_server_with_one_line_and_exit_130(ft_model):
+    # a child of a background job inherits SIGINT ignored: give the server the default handler, as a terminal does
+    srv = ServeProcess(ft_model, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert httpx.post(f"{srv.url}/predict", json={"texts": ["good day"]}, timeout=30).status_code == 200
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.proc.wait(timeout=SLACK_S) == 130
+    srv._reader.join(timeout=5)
+    log = srv.log()
+    assert log.rstrip().splitlines()[-1] == "Interrupted: textclf serve stopped (Ctrl-C)", log
+    assert "Traceback" not in log and "Aborted!" not in log, log
+
+
 @pytest.mark.slow
 def test_sigterm_drains_every_worker(ft_model):
     _sigterm_drain(ServeProcess(ft_model, "--workers", "2", "--graceful_timeout", "30", "--body_timeout", "60",

@@ -84,7 +84,8 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         """Run the subcommand; usage errors and file-system errors become one line (exit 2), SIGTERM cleans up.
 
-        Ctrl-C during a search (:class:`textclf.core.errors.Interrupted`) prints its one line, exit 130.
+        Ctrl-C during a search (:class:`textclf.core.errors.Interrupted`) prints its one line, exit 130; Ctrl-C
+        elsewhere prints ``Interrupted: textclf CMD stopped (Ctrl-C)``, exit 130.
 
         SIGTERM raises SystemExit(143) while a command runs, so temp files and folders are removed
         (:mod:`textclf.core.tempfiles`); an OSError (no permission, disk full, a parent that is a file)
@@ -103,6 +104,9 @@ class LazyGroup(click.Group):
         except Interrupted as exc:  # Ctrl-C in resumable work: its one line, exit 130
             click.echo(exc.message, err=True)
             raise click.exceptions.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C anywhere else (serve, predict, ...): one line, exit 130, not click's "Aborted!"
+            click.echo(f"Interrupted: textclf {ctx.invoked_subcommand or ''} stopped (Ctrl-C)".replace("  ", " "), err=True)
+            raise click.exceptions.Exit(130) from None
         except click.UsageError as exc:
             raise OneLineUsageError(exc) from None
         except OSError as exc:

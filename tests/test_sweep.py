@@ -283,3 +283,17 @@ def test_a_failing_combination_is_reported_and_the_others_finish(tmp_path, small
     assert "missing 1: tfidf_svd__logreg [0] (failed: " in res.output and "has no complete trial" in res.output
     assert (out / "combos" / "tfidf_svd__logreg" / "error.txt").exists()
     assert not list(out.glob("combos/*/claim"))  # released: the next run retries it
+
+
+def test_a_sweep_on_label_sets_ranks_by_micro_f1(tmp_path, cache_dir):
+    """search.metric null on multi-label data: every combination searches and ranks by micro_f1, as a training would."""
+    fx = Path(__file__).parent / "fixtures" / "multilabel"
+    data = {"train": fx / "train.jsonl", "valid": fx / "valid.jsonl", "test": fx / "test.jsonl"}
+    out = tmp_path / "out"
+    res = sweep(*args(data, out, "tfidf_svd", "logreg", n_trials=2))
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "sweep.json").read_text())["metric"] == "micro_f1"
+    r = result(out, "tfidf_svd__logreg")
+    meta = json.loads((out / r["model_dir"] / "meta.json").read_text())
+    assert r["metric"] == "micro_f1" and r["valid_metric"] == pytest.approx(meta["metrics"]["valid"]["micro_f1"])
+    assert r["valid_metric"] > 0.5

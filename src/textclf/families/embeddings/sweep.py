@@ -182,6 +182,8 @@ class Sweep:
     study_name: str = "sweep"
     bench_docs: int = 256
     combos: list[Combo] = field(init=False)
+    #: the data's task once :meth:`load_splits` has read it (``multilabel`` ranks by micro_f1 when search.metric is null)
+    task: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.combos = combinations(self.encoders, self.classifiers)
@@ -193,13 +195,17 @@ class Sweep:
 
     @property
     def metric(self) -> str:
-        """The validation metric each combination's study maximises and the table ranks by (``null``: macro_f1)."""
-        return self.cfg["search"]["metric"] or "macro_f1"
+        """The validation metric each combination's study maximises and the table ranks by (``null``: the task's default,
+        macro_f1 for multi-class and micro_f1 for label sets, as in every search)."""
+        from textclf.core.registry import DEFAULT_METRICS
+
+        return self.cfg["search"]["metric"] or DEFAULT_METRICS.get(self.task or "multiclass", "macro_f1")
 
     def to_json(self) -> str:
         """The settings as JSON (the combinations are derived again)."""
         d = asdict(self)
         d.pop("combos")
+        d.pop("task")
         return json.dumps(d)
 
     @classmethod
@@ -215,7 +221,9 @@ class Sweep:
         """Read and check train/valid/test with the config's data settings."""
         from textclf.core.training import load_splits
 
-        return load_splits(self.train_paths, self.valid_path, self.test_path, self.cfg["data"])
+        splits = load_splits(self.train_paths, self.valid_path, self.test_path, self.cfg["data"])
+        self.task = splits.task
+        return splits
 
 
 def _drop(cfg: dict, dotted: str) -> None:

@@ -195,6 +195,23 @@ def test_embeddings_chunk_reads_the_end_that_truncation_cuts(embeddings_runs):
     assert set(chunk["cache_keys"].values()).isdisjoint(truncate["cache_keys"].values())
 
 
+def test_embed_command_chunks_like_training_and_hits_its_cache(embeddings_runs, cue_data):
+    """``textclf embed --long_text chunk`` stores the vectors a chunked model reads: same key, a cache hit."""
+    from textclf.families.embeddings.cli import embed
+
+    chunk = json.loads((embeddings_runs / "chunk" / "meta.json").read_text())
+    runner = CliRunner()
+    argv = ["--data_path", str(cue_data["train"]), "--device", "cpu", "--max_length", "32"]
+    hit = runner.invoke(embed, [*argv, "--long_text", "chunk"], catch_exceptions=False)
+    assert hit.exit_code == 0, hit.output
+    lines = dict(line.split(" ", 1) for line in hit.stdout.splitlines() if " " in line)
+    assert lines["key"] == chunk["cache_keys"]["train"] and lines["cache"] == "hit" and lines["n"] == "80"
+    truncated = runner.invoke(embed, argv, catch_exceptions=False)
+    assert truncated.exit_code == 0 and lines["key"] not in truncated.output
+    bad = runner.invoke(embed, [*argv, "--long_text", "chunk", "--max_chunks", "0"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "encoder.max_chunks" in bad.output, bad.output
+
+
 def test_embeddings_chunked_model_round_trip(embeddings_runs, cue_data):
     model = embeddings_runs / "chunk"
     meta = json.loads((model / "meta.json").read_text())

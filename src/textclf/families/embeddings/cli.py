@@ -21,9 +21,17 @@ from textclf.families.embeddings.trial_memo import TrialMemo
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps.")
 @click.option("--format", "fmt", type=FormatChoice("texts"), default=None, help="Input format (default: from the file name).")
 @click.option("--text_column", default="text", show_default=True, help="Text column of CSV/TSV/JSONL input.")
+@click.option("--long_text", type=click.Choice(["truncate", "chunk"]), default="truncate", show_default=True,
+              help="Texts longer than max_length: truncate, or chunk into windows whose vectors are pooled (as encoder.long_text "
+              "in training, so the cached vectors are the ones a chunked model reads).")
+@click.option("--stride", type=int, default=0, show_default=True, help="With chunk: tokens each window shares with the previous one.")
+@click.option("--max_chunks", type=int, default=None, help="With chunk: windows kept per text (default: the training default).")
+@click.option("--chunk_pooling", type=click.Choice(["mean", "max", "length"]), default="mean", show_default=True,
+              help="With chunk: how a text's window vectors become one.")
 @click.pass_context
 def embed(ctx: click.Context, model_name: str, data_path: str | None, batch_size: int, max_length: int | None,
-          device: str | None, fmt: str | None, text_column: str) -> None:
+          device: str | None, fmt: str | None, text_column: str, long_text: str, stride: int, max_chunks: int | None,
+          chunk_pooling: str) -> None:
     """Encode DATA_PATH's texts and store the vectors in the embedding cache ($TEXTCLF_CACHE or ~/.cache/textclf/embeddings).
 
     Prints the cache key, number of texts, dimension, seconds and docs/s. A second run with the same
@@ -37,10 +45,14 @@ def embed(ctx: click.Context, model_name: str, data_path: str | None, batch_size
         raise click.UsageError("tfidf_svd is fitted on training texts and saved with its model, not cached; "
                                "use it through `textclf train embeddings --model_name tfidf_svd`")
     from textclf.core.data import iter_texts
+    from textclf.families.common.chunking import ChunkSettings
     from textclf.families.common.encoders import SentenceEncoder
 
+    block = {"long_text": long_text, "stride": stride, "chunk_pooling": chunk_pooling,
+             **({"max_chunks": max_chunks} if max_chunks is not None else {})}
+    chunking = ChunkSettings.from_config(block)  # a bad value: one line naming encoder.<key>
     texts = list(iter_texts(data_path, fmt, text_column))
-    encoder = SentenceEncoder(model_name, device=device, batch_size=batch_size, max_length=max_length)
+    encoder = SentenceEncoder(model_name, device=device, batch_size=batch_size, max_length=max_length, chunking=chunking)
     start = time.monotonic()
     vectors, key, hit = encoder.encode_cached(texts, EmbeddingCache(), desc="embed")
     seconds = time.monotonic() - start

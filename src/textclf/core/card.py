@@ -243,7 +243,9 @@ def render_card(meta: dict, model_dir: str | Path, previous: str = "") -> str:
                      f"{search.get('metric')} on valid {_fmt(search.get('best_value'))} (trial {search.get('best_trial')})")
     if meta.get("members"):
         lines.append(f"- ensemble ({meta.get('method')}) of: "
-                     + ", ".join(f"`{m.get('name')}` ({m.get('kind')})" for m in meta["members"]))
+                     + ", ".join(f"`{m.get('name')}` ({m.get('kind')}"
+                               + (f", weight {_fmt(m['weight'], 3)}" if m.get("weight") is not None else "") + ")"
+                               for m in meta["members"]))
     if meta.get("params"):
         lines.append(f"- parameters: `{json.dumps(meta['params'], sort_keys=True, default=str)}`")
     lines += ["", "## Data", "", *data_section(meta),

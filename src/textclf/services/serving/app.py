@@ -17,8 +17,9 @@ route                  answer
                        with ``--workers`` the sum over every worker)
 ``GET /card``          the model's ``MODEL_CARD.md`` (``text/markdown``; rendered from meta.json
                        when the directory has none)
-``GET /docs``          OpenAPI documentation (``/openapi.json``; Swagger UI and ``/redoc`` served
-                       from the ``fastapi-offline`` package: no CDN, so it works offline)
+``GET /docs``          OpenAPI documentation (``/openapi.json``; Swagger UI served from the
+                       ``fastapi-offline`` package: no CDN, so it works offline; no ``/redoc``,
+                       whose bundle fetches its logo from a CDN)
 =====================  ===================================================================
 
 Bad requests are refused with a 4xx and a one-line ``{"detail": ...}`` (:mod:`.limits`); a
@@ -337,8 +338,9 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
                 await state.batcher.stop()
 
     # FastAPI's own /docs loads Swagger UI from a CDN (a blank page offline); fastapi-offline serves the
-    # same Swagger UI / ReDoc assets from its package (/static-offline-docs) through FastAPI's self-hosting hooks
-    app = FastAPIOffline(title="textclf", version=_version(), lifespan=lifespan,
+    # same Swagger UI assets from its package (/static-offline-docs) through FastAPI's self-hosting hooks.
+    # No /redoc: ReDoc's bundle still fetches its logo from cdn.redoc.ly (a request leaving the machine)
+    app = FastAPIOffline(redoc_url=None, title="textclf", version=_version(), lifespan=lifespan,
                          description="Text classification with a textclf model. Errors answer `{\"detail\": \"one line\"}`.")
     app.state.model = state
     app.state.metrics = metrics

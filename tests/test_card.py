@@ -170,19 +170,34 @@ def test_models_of_older_versions_get_a_card_and_still_load(repo, tmp_path, name
     assert load_predictor(v1 / name, trust_code=name in ("tfidf_logreg", "ensemble")).predict(["good"])
 
 
-def test_multilabel_card_shows_point_scores_and_label_counts(tmp_path):
-    from textclf.core.metrics import multilabel_metrics
-
-    gold = [("a",), ("a", "b"), ("b",), ("c",), ("a", "c"), ()]
-    pred = [("a",), ("a",), ("b",), ("b",), ("a", "c"), ()]
-    meta = {"kind": "fasttext", "task": "multilabel", "labels": ["a", "b", "c"],
-            "metrics": {"test": multilabel_metrics(gold, pred, ["a", "b", "c"])}}
-    card = render_card(meta, tmp_path)
-    rows = table_rows(section(card, "Metrics"))
-    assert rows[0][:3] == ["split", "texts", "micro_f1"] and rows[1][0] == "test"
-    assert float(rows[1][2]) == pytest.approx(meta["metrics"]["test"]["micro_f1"], abs=1e-4)
-    assert {r[0]: r[1] for r in table_rows(section(card, "Data"))[1:]} == {"a": "3 (42.9%)", "b": "2 (28.6%)",
-                                                                           "c": "2 (28.6%)"}
+def test_multilabel_card_counts_label_sets_and_notes_tuned_thresholds(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "multilabel"
+    out = tmp_path / "ml"
+    result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(fixture / "train.jsonl"), "--valid_path",
+                                      str(fixture / "valid.jsonl"), "--test_path", str(fixture / "test.jsonl"),
+                                      "--output_dir", str(out), "--set", "model.bucket=20000", "--set", "search.n_trials=0"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = read_meta(out)
+    card = (out / CARD_FILE).read_text()
+    # texts carrying each label, per split, counted from the JSONL files
+    rows = {r[0]: r[1:] for r in table_rows(section(card, "Data"))[1:]}
+    for k, split in enumerate(("train", "valid", "test")):
+        lines = (fixture / f"{split}.jsonl").read_text().splitlines()
+        counts = Counter(label for line in lines for label in json.loads(line)["labels"])
+        assert {label: int(cells[k].split()[0]) for label, cells in rows.items()} == dict(counts)
+    # point scores as meta.json holds them
+    metrics = {r[0]: r for r in table_rows(section(card, "Metrics"))}
+    assert metrics["split"][2:4] == ["micro_f1", "macro_f1"]
+    assert float(metrics["test"][2]) == pytest.approx(meta["metrics"]["test"]["micro_f1"], abs=1e-4)
+    # tuned label thresholds: shown, with the note that the metrics above predate them
+    result = CliRunner().invoke(cli, ["tune-thresholds", "--model_path", str(out), "--valid_path", str(fixture / "valid.jsonl"),
+                                      "--beta", "1", "--cv", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    th = read_meta(out)["thresholds"]
+    text = section((out / CARD_FILE).read_text(), "Decision thresholds")
+    assert f"- global: {th['global']:.4f}" in text
+    assert f"the valid micro_f1 is {th['valid_after']:.4f} (before: {th['valid_before']:.4f})" in text
 
 
 def test_serve_card_needs_the_key(model):

@@ -165,7 +165,11 @@ def thresholds_section(meta: dict) -> list[str]:
     if not th:
         return ["None tuned: `predict` takes the most probable class"
                 + (" (each label above 0.5)." if meta.get("task") == "multilabel" else ".")]
-    return _block(th)
+    after = th.get("valid_after")
+    note = ("The metrics above are meta.json's, measured at training without these thresholds"
+            + (f"; with them the valid {th.get('metric') or 'score'} is {_fmt(after)} (before: {_fmt(th.get('valid_before'))})."
+               if after is not None else "."))
+    return [*_block(th), "", note]
 
 
 def _size(model_dir: Path, meta: dict) -> tuple[int, int]:

@@ -226,3 +226,19 @@ def test_serve_card_without_a_key_and_for_a_model_without_a_card(model):
     assert r.status_code == 200 and r.text == render_card(read_meta(model), model)
     assert not (model / CARD_FILE).exists()
     assert json.loads((model / "meta.json").read_text())["kind"] == "fasttext"
+
+
+def test_large_splits_draw_the_same_bootstrap_by_confusion_cell(monkeypatch):
+    import numpy as np
+
+    import textclf.core.bootstrap as bootstrap
+
+    labels = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    matrix = rng.multinomial(8000, rng.dirichlet(np.ones(16))).reshape(4, 4).tolist()
+    by_row = bootstrap.confusion_ci(matrix, labels)  # 8,000 rows: scipy over the rebuilt rows
+    monkeypatch.setattr(bootstrap, "SCIPY_MAX_ROWS", 0)
+    by_cell = bootstrap.confusion_ci(matrix, labels)  # multinomial counts over the 16 cells
+    for key in ("accuracy", "macro_f1"):
+        assert by_cell[key] == pytest.approx(by_row[key], abs=0.004)
+        assert by_row[key][1] - by_row[key][0] > 0.01

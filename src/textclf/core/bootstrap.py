@@ -108,3 +108,44 @@ def pairs_from_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str])
             y_true += [labels[i]] * int(count)
             y_pred += [labels[j]] * int(count)
     return y_true, y_pred
+
+
+#: up to this many rows :func:`confusion_ci` runs the leaderboard's scipy bootstraps on the rebuilt rows
+SCIPY_MAX_ROWS = 10_000
+#: resampled confusion-matrix cells held at once by the multinomial draw (bounds its memory)
+CELLS_AT_ONCE = 10_000_000
+
+
+def confusion_ci(matrix: Sequence[Sequence[int]], labels: Sequence[str], n_boot: int = N_BOOT, seed: int = SEED,
+                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """95 % percentile bootstrap CIs of ``accuracy`` and ``macro_f1`` of the rows a confusion matrix counts.
+
+    Up to :data:`SCIPY_MAX_ROWS` rows: :func:`bootstrap_ci_accuracy` and :func:`bootstrap_ci` (scipy) on
+    the rows rebuilt by :func:`pairs_from_confusion`. Above, scipy's resampling of every row costs
+    ``n_boot * rows`` (seconds for 10,000 rows, a minute for 200,000, on every meta.json write), so the same bootstrap is
+    drawn by cell: rows with the same (true, predicted) pair are interchangeable, and resampling
+    ``n`` rows with replacement gives multinomial counts over the cells (numpy's
+    ``Generator.multinomial``), ``k * k`` numbers a resample whatever ``n``; the percentiles are
+    taken as scipy's percentile method takes them.
+    """
+    from textclf.core.metrics import fbeta_from_counts
+
+    m = np.asarray(matrix, dtype=np.int64)
+    n, k = int(m.sum()), len(m)
+    if n == 0 or n_boot <= 0:
+        return {"accuracy": (float("nan"), float("nan")), "macro_f1": (float("nan"), float("nan"))}
+    if n <= SCIPY_MAX_ROWS:
+        y_true, y_pred = pairs_from_confusion(matrix, labels)
+        return {"accuracy": bootstrap_ci_accuracy(y_true, y_pred, n_boot, seed, level),
+                "macro_f1": bootstrap_ci(y_true, y_pred, labels, n_boot, seed, level)}
+    rng = np.random.default_rng(seed)
+    step = max(1, CELLS_AT_ONCE // (k * k))
+    acc, f1 = [], []
+    for start in range(0, n_boot, step):
+        draws = rng.multinomial(n, m.ravel() / n, size=min(step, n_boot - start)).reshape(-1, k, k)
+        tp = np.diagonal(draws, axis1=1, axis2=2)
+        acc.append(tp.sum(axis=1) / n)
+        f1.append(fbeta_from_counts(tp, draws.sum(axis=1), draws.sum(axis=2), 1.0))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {name: tuple(float(x) for x in np.percentile(np.concatenate(values), q))
+            for name, values in (("accuracy", acc), ("macro_f1", f1))}

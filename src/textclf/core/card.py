@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 from textclf.core.atomic import atomic_write_text
-from textclf.core.bootstrap import N_BOOT, SEED, bootstrap_ci, bootstrap_ci_accuracy, pairs_from_confusion
+from textclf.core.bootstrap import N_BOOT, SCIPY_MAX_ROWS, SEED, confusion_ci
 
 CARD_FILE = "MODEL_CARD.md"
 #: the sections the user fills in: marker name -> (heading, placeholder)
@@ -72,14 +72,6 @@ def _ci(interval: tuple[float, float]) -> str:
     return "" if low != low else f" [{low:.3f}, {high:.3f}]"  # nan: no interval
 
 
-def _multiclass_rows(m: dict) -> tuple[list[str], list[str]]:
-    labels = m.get("labels") or list(m.get("per_class") or {})
-    matrix = m.get("confusion_matrix")
-    if not matrix or not labels:
-        return [], []
-    return pairs_from_confusion(matrix, labels)
-
-
 def metrics_section(meta: dict) -> list[str]:
     """The metrics table of every split in meta.json, with bootstrap CIs (multi-class)."""
     metrics = meta.get("metrics") or {}
@@ -96,18 +88,18 @@ def metrics_section(meta: dict) -> list[str]:
     for split, m in metrics.items():
         if not isinstance(m, dict):
             continue
-        y_true, y_pred = _multiclass_rows(m)
-        labels = m.get("labels") or []
-        acc = _ci(bootstrap_ci_accuracy(y_true, y_pred)) if y_true else ""
-        f1 = _ci(bootstrap_ci(y_true, y_pred, labels)) if y_true else ""
+        matrix, labels = m.get("confusion_matrix"), m.get("labels") or list(m.get("per_class") or {})
+        ci = confusion_ci(matrix, labels) if matrix and labels else {}
+        acc, f1 = (_ci(ci[key]) if key in ci else "" for key in ("accuracy", "macro_f1"))
         where = data.get(split)
         rows.append([f"{split}" + (f" (`{Path(where).name}`)" if isinstance(where, str) else ""), m.get("n"),
                      f"{_fmt(m.get('accuracy'))}{acc}", f"{_fmt(m.get('macro_f1'))}{f1}",
                      m.get("macro_precision"), m.get("macro_recall"), m.get("weighted_f1")])
     return [*_table(["split", "texts", "accuracy [95 % CI]", "macro-F1 [95 % CI]", "macro precision", "macro recall",
                      "weighted F1"], rows), "",
-            f"95 % CI: percentile bootstrap over the rows ({N_BOOT} resamples, seed {SEED}; `scipy.stats.bootstrap`, "
-            "the leaderboard's), rows rebuilt from the split's confusion matrix."]
+            f"95 % CI: percentile bootstrap over the rows ({N_BOOT} resamples, seed {SEED}), rows rebuilt from the "
+            f"split's confusion matrix: the leaderboard's `scipy.stats.bootstrap` up to {SCIPY_MAX_ROWS:,} rows, "
+            "multinomial draws over the matrix's cells above."]
 
 
 def weak_spots(meta: dict) -> list[str]:

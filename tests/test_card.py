@@ -242,3 +242,17 @@ def test_large_splits_draw_the_same_bootstrap_by_confusion_cell(monkeypatch):
     for key in ("accuracy", "macro_f1"):
         assert by_cell[key] == pytest.approx(by_row[key], abs=0.004)
         assert by_row[key][1] - by_row[key][0] > 0.01
+
+
+def test_an_ensemble_gets_a_card_too(ft_model, model, tweets, tmp_path):
+    out = tmp_path / "ens"
+    result = CliRunner().invoke(cli, ["ensemble", "--model_path", str(ft_model), "--model_path", str(model), "--valid_path",
+                                      str(tweets["valid"]), "--test_path", str(tweets["test"]), "--output_dir", str(out),
+                                      "--method", "weighted"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = read_meta(out)
+    card = (out / CARD_FILE).read_text()
+    assert card.startswith("# Model card: ens (ensemble)")
+    assert "- ensemble (weighted) of: `model` (fasttext, weight" in card
+    test_row = next(r for r in table_rows(section(card, "Metrics")) if r[0].startswith("test"))
+    assert test_row[3].startswith(f"{meta['metrics']['test']['macro_f1']:.4f} [")

@@ -456,3 +456,10 @@ def test_fuzz_meta_and_onnx_json(fasttext_model, tmp_path_factory, changes, kind
         assert exc.exit_code == 2
         assert len(exc.format_message().splitlines()) == 1, exc.format_message()
     assert not marker.exists()
+
+
+def test_a_file_name_with_a_nul_byte_is_refused_in_one_line(ft):
+    # found by test_fuzz_meta_and_onnx_json: Path.resolve raised ValueError ("embedded null byte")
+    edit_meta(ft, model_file="\x00")
+    with pytest.raises(ModelError, match=r"'model_file' must be a file name inside the model directory, got '\\x00'"):
+        load_predictor(ft)

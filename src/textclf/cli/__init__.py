@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "tune-thresholds": "textclf.cli.compare_cmd:tune_thresholds",
     "serve": "textclf.cli.serve_cmd:serve",
     "export": "textclf.cli.export_cmd:export",
+    "card": "textclf.cli.card_cmd:card",
 }
 
 

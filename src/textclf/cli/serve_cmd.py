@@ -117,7 +117,7 @@ def _write_health_file(host: str, port: int) -> None:
 def serve(code, model_path, host, port, workers, backend, thresholds, batching, max_batch_size, max_wait_ms, max_texts,
           max_text_bytes, max_body_bytes, threads, header_timeout, body_timeout, keep_alive_timeout, max_connections,
           graceful_timeout, log_level):
-    """Serve a model over HTTP: POST /predict, GET /health /ready /metadata /metrics, docs at /docs."""
+    """Serve a model over HTTP: POST /predict, GET /health /ready /metadata /card /metrics, docs at /docs (offline)."""
     import uvicorn
 
     from textclf.core.integrity import check_meta

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textclf.core.card import CARD_FILE
 from textclf.core.deadline import call_before_deadline
 from textclf.core.errors import ConfigError
 from textclf.core.integrity import FILES_KEY, files_block
@@ -74,7 +75,7 @@ from textclf.core.tuning import (
 log = logging.getLogger(__name__)
 
 #: files the core writes into a model directory (never part of the family's recorded files)
-CORE_FILES = {META_FILE, "metrics.txt", JOURNAL_FILE, "trials.csv"}
+CORE_FILES = {META_FILE, CARD_FILE, "metrics.txt", JOURNAL_FILE, "trials.csv"}
 TRIAL_PREFIX = "textclf-trial-"
 
 
@@ -280,7 +281,9 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
         extra["search"] = search_summary(study, s["storage"], search_dir, s["metric"])
         log.info("best point on valid: %s", point)
     before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
+    fit_start = time.monotonic()
     predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume, shared=shared))
+    extra["training_cost"] = {"fit_seconds": round(time.monotonic() - fit_start, 3), "search_seconds": round(search_seconds, 3)}
     if predictor is None and ddp_rank() > 0:
         return output_dir  # a DDP process other than rank 0 (torchrun started by hand): rank 0 finishes the run
     if not isinstance(predictor, Predictor):

@@ -73,12 +73,12 @@ def verify_file(path: str | Path, record: dict, hash_it: bool | None = None) -> 
 def inside_path(model_dir: str | Path, name, key: str, where: str | Path | None = None) -> Path:
     """``model_dir/name``, or a one-line ModelError when ``name`` (the value of ``key`` in ``where``) leaves the directory.
 
-    Refused: a non-string or empty name, an absolute path, a ``..`` part, and a path whose resolved
+    Refused: a non-string or empty name, one with a NUL byte, an absolute path, a ``..`` part, and a path whose resolved
     target (symlinks followed) is outside ``model_dir``.
     """
     model_dir = Path(model_dir)
     where = where or model_dir / META_FILE
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:  # a NUL byte: no file has that name
         raise ModelError(f"{where}: '{key}' must be a file name inside the model directory, got {str(name)[:80]!r}")
     pure = PurePosixPath(name.replace("\\", "/"))
     if pure.is_absolute() or Path(name).is_absolute() or ".." in pure.parts:

@@ -57,10 +57,18 @@ def build_meta(kind: str, labels: list[str], config: dict, metrics: dict, data_s
     return meta
 
 
-def write_meta(model_dir: str | Path, meta: dict) -> Path:
-    """Write ``meta.json`` atomically into ``model_dir``; written last, it marks the directory complete."""
+def write_meta(model_dir: str | Path, meta: dict, card: bool = True) -> Path:
+    """Write ``meta.json`` atomically into ``model_dir``; written last, it marks the directory complete.
+
+    Then ``MODEL_CARD.md`` is written from it (:mod:`textclf.core.card`; ``card=False`` skips it), so
+    every writer of meta.json (training, ensembles, thresholds, calibration) keeps the card in step.
+    """
     path = Path(model_dir) / META_FILE
     atomic_write_json(path, meta)
+    if card:
+        from textclf.core.card import write_card
+
+        write_card(model_dir, meta)
     return path
 
 

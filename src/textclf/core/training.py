@@ -158,6 +158,24 @@ def fitted_meta(kind: str, cfg: dict, splits: Splits) -> dict:
     return {"kind": kind, "labels": list(splits.labels), "task": splits.task, "config": cfg}
 
 
+def data_stats(splits: Splits) -> dict:
+    """meta.json's ``data_stats`` (the model card's data section): per split, rows, texts of each label, SHA-256.
+
+    A split read by a reader (not from files) is hashed over its texts and labels.
+    """
+    from collections import Counter
+
+    out = {}
+    for name, ds in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
+        if ds is None:
+            continue
+        counts = Counter(label for row in ds.labels for label in row) if ds.multilabel else Counter(ds.labels)
+        files = train_paths(splits.paths[name]) if splits.paths.get(name) else []
+        digest = sha256_files(files) if files and all(Path(f).is_file() for f in files) else sha256_datasets([ds])
+        out[name] = {"rows": len(ds), "labels": {label: counts[label] for label in sorted(counts)}, "sha256": digest}
+    return out
+
+
 def finish_run(model_dir: str | Path, predictor: Predictor, splits: Splits, config: dict,
                packages: tuple[str, ...] = (), echo: bool = True, **extra) -> dict:
     """Evaluate ``predictor`` on valid (and test), write ``metrics.txt`` and ``meta.json``; return the meta."""
@@ -171,6 +189,7 @@ def finish_run(model_dir: str | Path, predictor: Predictor, splits: Splits, conf
         from textclf.core.registry import PLUGIN_META_KEY
 
         extra.setdefault(PLUGIN_META_KEY, _plugin_code.get())
+    extra.setdefault("data_stats", data_stats(splits))
     meta = build_meta(predictor.kind, predictor.labels, config, metrics, splits.data_sha256, packages,
                       data=splits.paths, task=splits.task, **extra)
     write_meta(model_dir, meta)

@@ -41,7 +41,7 @@ TRACK_ENV = "TEXTCLF_TRACK"
 TAG = "textclf."
 CONFIG_ARTIFACT = "config.json"
 #: model-directory files copied into the run's artifacts when present
-MODEL_ARTIFACTS = ("meta.json", "metrics.txt", "trials.csv", "history.json")
+MODEL_ARTIFACTS = ("meta.json", "metrics.txt", "trials.csv", "history.json", "MODEL_CARD.md")
 BEST_PARAM = "best_params."
 
 

@@ -36,12 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from textclf.core.bootstrap import N_BOOT, SEED, bootstrap_ci, bootstrap_ci_micro
 from textclf.core.errors import DataError, ModelError, TextclfError
 
-N_BOOT = 1000
-SEED = 13
-#: bootstrap resamples scored at once (bounds the memory of the vectorised statistic)
-BOOT_BATCH = 100
 #: predict is repeated until at least this many seconds have been timed (cheap models get stable rates)
 MIN_TIMED_S = 0.5
 MAX_PASSES = 20
@@ -171,69 +168,6 @@ def measure_isolated(model_dir: str, data_path: str, **kw) -> dict:
     if "error" in result:
         raise ModelError(result["error"])
     return result
-
-
-# --------------------------------------------------------------------------- statistics
-def bootstrap_ci(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], n_boot: int = N_BOOT,
-                 seed: int = SEED, level: float = 0.95, beta: float = 1.0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of macro F-beta: ``scipy.stats.bootstrap``, rows resampled in pairs, seeded.
-
-    The statistic is :func:`textclf.core.metrics.fbeta_from_counts` on every resample at once
-    (scikit-learn's macro F-beta, vectorised); a prediction outside ``labels`` counts only towards
-    its row's support. Empty data or ``n_boot <= 0``: ``(nan, nan)``; one row: its score twice.
-    """
-    from scipy.stats import bootstrap
-
-    from textclf.core.metrics import class_counts, fbeta_from_counts
-
-    index = {label: i for i, label in enumerate(labels)}
-    k = len(labels)
-    t = np.fromiter((index[v] for v in y_true), dtype=np.int64, count=len(y_true))
-    p = np.fromiter((index.get(v, -1) for v in y_pred), dtype=np.int64, count=len(y_pred))
-    if len(t) == 0 or n_boot <= 0:
-        return (float("nan"), float("nan"))
-
-    def statistic(t_sample: np.ndarray, p_sample: np.ndarray, axis: int = -1) -> np.ndarray:
-        return fbeta_from_counts(*class_counts(t_sample, p_sample, k), beta)
-
-    if len(t) == 1:  # every resample of one row is that row (scipy asks for two)
-        score = float(statistic(t, p))
-        return (score, score)
-    result = bootstrap((t, p), statistic, n_resamples=n_boot, batch=BOOT_BATCH, vectorized=True, paired=True,
-                       confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return float(low), float(high)
-
-
-def bootstrap_ci_micro(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]], n_boot: int = N_BOOT,
-                       seed: int = SEED, level: float = 0.95, beta: float = 1.0) -> tuple[float, float]:
-    """Percentile bootstrap CI of micro F-beta over label sets: ``scipy.stats.bootstrap``, rows resampled, seeded.
-
-    Micro F-beta depends on the rows only through their summed counts, so every row becomes three
-    numbers (correctly predicted, predicted and true labels) resampled together (``paired``).
-    Empty data or ``n_boot <= 0``: ``(nan, nan)``; one row: its score twice.
-    """
-    from scipy.stats import bootstrap
-
-    tp = np.array([len(set(t) & set(p)) for t, p in zip(y_true, y_pred, strict=True)], dtype=np.float64)
-    pred = np.array([len(set(p)) for p in y_pred], dtype=np.float64)
-    true = np.array([len(set(t)) for t in y_true], dtype=np.float64)
-    if len(tp) == 0 or n_boot <= 0:
-        return (float("nan"), float("nan"))
-    b2 = beta * beta
-
-    def statistic(tp_s: np.ndarray, pred_s: np.ndarray, true_s: np.ndarray, axis: int = -1) -> np.ndarray:
-        num = (1 + b2) * tp_s.sum(axis=axis)
-        denom = b2 * true_s.sum(axis=axis) + pred_s.sum(axis=axis)
-        return np.where(denom > 0, num / np.where(denom > 0, denom, 1.0), 0.0)
-
-    if len(tp) == 1:
-        score = float(statistic(tp, pred, true))
-        return (score, score)
-    result = bootstrap((tp, pred, true), statistic, n_resamples=n_boot, batch=BOOT_BATCH, vectorized=True, paired=True,
-                       confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------- the table

@@ -15,13 +15,17 @@ route                  answer
 ``GET /metadata``      kind, task, backend, labels, metrics, config and versions from meta.json
 ``GET /metrics``       Prometheus text format (:mod:`textclf.services.serving.metrics`;
                        with ``--workers`` the sum over every worker)
-``GET /docs``          OpenAPI documentation (``/openapi.json``)
+``GET /card``          the model's ``MODEL_CARD.md`` (``text/markdown``; rendered from meta.json
+                       when the directory has none)
+``GET /docs``          OpenAPI documentation (``/openapi.json``; Swagger UI served from the
+                       ``fastapi-offline`` package: no CDN, so it works offline; no ``/redoc``,
+                       whose bundle fetches its logo from a CDN)
 =====================  ===================================================================
 
 Bad requests are refused with a 4xx and a one-line ``{"detail": ...}`` (:mod:`.limits`); a
 model failure is a 500 with the same shape; the server keeps running either way. Slow and idle
 clients are cut off by the timeouts of :mod:`.protocol`; SIGTERM drains (:mod:`.drain`). With
-``TEXTCLF_API_KEY`` set, ``/predict``, ``/metadata`` and ``/metrics`` need the key
+``TEXTCLF_API_KEY`` set, ``/predict``, ``/metadata``, ``/card`` and ``/metrics`` need the key
 (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), else 401; ``/health``, ``/ready``
 and the docs stay open for probes.
 
@@ -45,6 +49,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
@@ -332,8 +337,11 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
             if state.batcher is not None:
                 await state.batcher.stop()
 
-    app = FastAPI(title="textclf", version=_version(), lifespan=lifespan,
-                  description="Text classification with a textclf model. Errors answer `{\"detail\": \"one line\"}`.")
+    # FastAPI's own /docs loads Swagger UI from a CDN (a blank page offline); fastapi-offline serves the
+    # same Swagger UI assets from its package (/static-offline-docs) through FastAPI's self-hosting hooks.
+    # No /redoc: ReDoc's bundle still fetches its logo from cdn.redoc.ly (a request leaving the machine)
+    app = FastAPIOffline(redoc_url=None, title="textclf", version=_version(), lifespan=lifespan,
+                         description="Text classification with a textclf model. Errors answer `{\"detail\": \"one line\"}`.")
     app.state.model = state
     app.state.metrics = metrics
     app.state.drain = drain
@@ -409,6 +417,16 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
                              "limits": asdict(settings.limits), "connection": asdict(settings.connection)})
         return Response(json.dumps(meta, ensure_ascii=False, default=str), media_type="application/json")
 
+    @app.get("/card", summary="Model card", response_class=Response,
+             responses={200: {"content": {"text/markdown": {}}}, 401: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
+    async def model_card(request: Request) -> Response:
+        """The model directory's MODEL_CARD.md (Markdown), or one rendered from its meta.json when it has none."""
+        if not authorized(request):
+            return _error(401, "missing or wrong API key", unauthorized)
+        if not state.ready:
+            return _error(503, "model not loaded yet" if state.error is None else f"model failed to load: {state.error}")
+        return Response(card_text(state.predictor), media_type="text/markdown; charset=utf-8")
+
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE: {}}}, 401: {"model": ErrorAnswer}})
     async def prometheus(request: Request) -> Response:
@@ -422,6 +440,17 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: [r.path for r in app.routes])
     app.add_middleware(DrainMiddleware, drain=drain)  # outermost: counts every request until its answer is sent
     return app
+
+
+def card_text(predictor) -> str:
+    """``MODEL_CARD.md`` of the predictor's model directory; without one (an older model), rendered from its meta."""
+    from textclf.core.card import CARD_FILE, render_card
+
+    model_dir = getattr(predictor, "model_dir", None)
+    path = None if model_dir is None else model_dir / CARD_FILE
+    if path is not None and path.is_file():
+        return path.read_text(encoding="utf-8", errors="replace")
+    return render_card(predictor.meta, model_dir or ".")
 
 
 def _version() -> str:

@@ -64,6 +64,7 @@ def test_predictor_round_trip_identical(model_dir, tweets):
     proba = p1.predict_proba(ds.texts)
     assert proba.shape == (len(ds), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-3)
+    assert proba.max() <= 1.0 and proba.min() >= 0.0
     np.testing.assert_array_equal(proba, p2.predict_proba(ds.texts))
     preds = p1.predict(ds.texts)
     assert preds == [p1.labels[i] for i in proba.argmax(axis=1)]

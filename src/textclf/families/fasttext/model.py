@@ -183,8 +183,9 @@ class FastTextPredictor(Predictor):
         for i, (row_labels, row_probs) in enumerate(zip(ft_labels, probs, strict=True)):
             for label, p in zip(row_labels, row_probs, strict=True):
                 out[i, self._index(label)] = p
-        if self.multilabel:  # fastText adds 1e-5 before its log: an ova sigmoid can come back as 1.00001
-            np.clip(out, 0.0, 1.0, out=out)
+        # fastText adds 1e-5 before its log, so a probability can come back as 1.00001 (softmax or ova sigmoid): clip
+        # (rows are not renormalised: a model's probabilities stay what they were, within 1e-5)
+        np.clip(out, 0.0, 1.0, out=out)
         return out
 
 

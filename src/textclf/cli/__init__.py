@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "tune-thresholds": "textclf.cli.compare_cmd:tune_thresholds",
     "serve": "textclf.cli.serve_cmd:serve",
     "export": "textclf.cli.export_cmd:export",
+    "explain": "textclf.cli.explain_cmd:explain",
 }
 
 

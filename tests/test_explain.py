@@ -242,3 +242,20 @@ def test_serve_explain_needs_the_same_key_as_predict(fasttext_model):
         unknown = c.post("/explain", json={"text": ["x"]}, headers={"X-API-Key": "s3cret"})
         assert unknown.status_code == 422 and unknown.json()["detail"] == "unknown field 'text'; fields: texts, label"
         assert c.post("/explain", json={"texts": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 422
+
+
+def test_report_explanations_section_shows_in_a_real_browser(fasttext_model, planted, tmp_path, browser_page):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["report", "--model_path", str(fasttext_model), "--data_path", str(planted["test"]),
+                                      "--out_dir", str(out), "--explain", "3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = browser_page.page
+    page.goto((out / "report.html").as_uri())
+    assert page.locator("h2", has_text="Explanations (first 3 texts)").count() == 1
+    blocks = page.locator("div.textclf-explanation")
+    assert blocks.count() == 3
+    first = next(text for text, _ in planted_rows(3, 3))
+    assert blocks.nth(0).locator("span").all_inner_texts() == first.split()
+    cue = page.locator("div.textclf-explanation span", has_text=CUE).first  # the cue is the greenest token
+    assert cue.evaluate("e => getComputedStyle(e).backgroundColor").startswith("rgba(0, 150, 60")
+    assert browser_page.external == [] and browser_page.broken_images() == []

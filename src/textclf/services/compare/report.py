@@ -328,8 +328,11 @@ def remove_stale(out_dir: Path, figures: dict, names: Sequence[str] = ()) -> Non
 
 def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | Path, beta: float = 0.5,
                  data_format: str | None = None, text_column: str = "text", label_column: str = "label",
-                 thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024) -> dict:
+                 thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024, explain: int = 0) -> dict:
     """Score ``model_path`` on ``data_path`` and write figures, ``report.html`` and ``report.json`` into ``out_dir``.
+
+    ``explain`` > 0 adds an "Explanations" section: the token attributions of the first ``explain``
+    texts toward their predicted label (:mod:`textclf.services.explain`).
 
     Returns ``{"html": path, "figures": {name: file}, "skipped": {name: why}, "metrics": ...}``.
     """
@@ -377,6 +380,11 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
                "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], f"macro_{fname}": metrics[f"macro_{fname}"],
                "average_precision": aps, "errors": int((pred != y).sum())}
     page = _html(summary, metrics, beta, figures, skipped, errors, meta, top_errors)
+    if explain > 0:
+        from textclf.services.explain import explain_texts, html_section
+
+        section = html_section(explain_texts(predictor, ds.texts[:explain]), f"Explanations (first {min(explain, len(ds))} texts)")
+        page = page.replace("</body></html>", section + "\n</body></html>")
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, page)
     atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,

@@ -259,3 +259,13 @@ def test_report_explanations_section_shows_in_a_real_browser(fasttext_model, pla
     cue = page.locator("div.textclf-explanation span", has_text=CUE).first  # the cue is the greenest token
     assert cue.evaluate("e => getComputedStyle(e).backgroundColor").startswith("rgba(0, 150, 60")
     assert browser_page.external == [] and browser_page.broken_images() == []
+
+
+@pytest.mark.slow
+def test_tiny_bert_integrated_gradients_point_at_the_cue(planted, tiny_bert):
+    model = _train("bert", planted, planted["root"] / "bert", "--model_name", str(tiny_bert), "--device", "cpu",
+                   "--one_stage", "--set", "stage2.epochs=4", "--set", "model.max_length=32", "--set", "stage1.lr=0.003",
+                   "--set", "stage2.lr=0.003", "--set", "train.progress=false", "--set", "train.patience=0")
+    assert_cue_on_top(model, cue_texts(planted), "integrated gradients (captum)")
+    e = explain_texts(load_predictor(model), ["w001, w002 zzcue!"], label="cue")[0]
+    assert e.tokens == ["w001", ",", "w002", "zzcue", "!"]  # words as written, word pieces summed

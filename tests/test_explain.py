@@ -269,3 +269,9 @@ def test_tiny_bert_integrated_gradients_point_at_the_cue(planted, tiny_bert):
     assert_cue_on_top(model, cue_texts(planted), "integrated gradients (captum)")
     e = explain_texts(load_predictor(model), ["w001, w002 zzcue!"], label="cue")[0]
     assert e.tokens == ["w001", ",", "w002", "zzcue", "!"]  # words as written, word pieces summed
+
+
+@pytest.mark.slow
+def test_setfit_integrated_gradients_point_at_the_cue(planted):
+    model = _train("setfit", planted, planted["root"] / "setfit", "--device", "cpu", "--per_class", "16", "--seed", "13")
+    assert_cue_on_top(model, cue_texts(planted)[:8], "integrated gradients (captum)")

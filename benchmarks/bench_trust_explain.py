@@ -19,7 +19,7 @@ family's default (``occlusion`` for the TF-IDF and BiLSTM models) compare method
 (atomically) and prints the markdown table::
 
     python benchmarks/bench_trust_explain.py                                   # fastText, embeddings, TF-IDF, BiLSTM
-    python benchmarks/bench_trust_explain.py --families fasttext,bert --train_size 800
+    python benchmarks/bench_trust_explain.py --families bert,setfit --train_size 800 --n_texts 100 --append
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ TRAIN_ARGS = {
     "lstm": ["--set", "search.n_trials=0", "--device", "cpu", "--epochs", "8"],
     "bert": ["--set", "search.n_trials=0", "--device", "cpu", "--one_stage", "--set", "stage2.epochs=2",
              "--max_length", "64"],
+    "setfit": ["--set", "search.n_trials=0", "--device", "cpu", "--per_class", "64"],
 }
 #: method rows per family beyond the default one (the same model, explained another way)
 ALSO = {"tfidf_logreg": ("occlusion",), "lstm": ("occlusion",)}
@@ -137,7 +138,7 @@ def run(families=FAMILIES, n_texts: int = 300, train_size: int | None = None, mi
             predictor = load_predictor(root / family)
             for method in ("auto", *ALSO.get(family, ())):
                 echo(f"{family}: deletion test ({method})")
-                row = {"family": family, "train_s": round(seconds, 1),
+                row = {"family": family, "train_size": train_size or "all", "train_s": round(seconds, 1),
                        "test_macro_f1": predictor.meta.get("metrics", {}).get("test", {}).get("macro_f1"),
                        **deletion_test(predictor, texts, method, draws, seed, min_tokens)}
                 doc["rows"].append(row)
@@ -148,14 +149,15 @@ def run(families=FAMILIES, n_texts: int = 300, train_size: int | None = None, mi
 
 def table(doc: dict) -> str:
     """The markdown table of a results document."""
-    lines = ["| family | method | texts | flip top-3 | flip random-3 | ratio | p drop top-3 | p drop random-3 | "
+    lines = ["| family | method | train rows | texts | flip top-3 | flip random-3 | ratio | p drop top-3 | p drop random-3 | "
              "explain s/text | test macro-F1 | top-3 > random-3 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["rows"]:
         f1 = "-" if r["test_macro_f1"] is None else f"{r['test_macro_f1']:.3f}"
-        lines.append(f"| {r['family']} | {r['method']} | {r['n_texts']} | {r['flip_top3']:.3f} | {r['flip_random3']:.3f} | "
-                     f"{r['ratio']} | {r['drop_top3']:.3f} | {r['drop_random3']:.3f} | {r['explain_s_per_text']} | {f1} | "
-                     f"{'yes' if r['pass'] else 'NO'} |")
+        cells = [r["family"], r["method"], r.get("train_size", "all"), r["n_texts"], f"{r['flip_top3']:.3f}",
+                 f"{r['flip_random3']:.3f}", r["ratio"], f"{r['drop_top3']:.3f}", f"{r['drop_random3']:.3f}",
+                 r["explain_s_per_text"], f1, "yes" if r["pass"] else "NO"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -167,10 +169,20 @@ def table(doc: dict) -> str:
 @click.option("--draws", type=int, default=5, show_default=True, help="Random deletions a text.")
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Results JSON (default: benchmarks/results/).")
-def main(families, n_texts, train_size, min_tokens, draws, seed, output):
+@click.option("--append", is_flag=True,
+              help="Keep the rows of the families not run now from the existing results file (their run is listed in 'earlier').")
+def main(families, n_texts, train_size, min_tokens, draws, seed, output, append):
     """The deletion test of textclf explain for every family on tweets_sentiment."""
+    import json
+
     doc = run(tuple(f for f in families.split(",") if f), n_texts, train_size, min_tokens, draws, seed, echo=make_echo())
     path = results_path(output, "trust_explain")
+    if append and path.exists():
+        old = json.loads(path.read_text())
+        kept = [r for r in old["rows"] if r["family"] not in doc["settings"]["families"]]
+        doc["rows"] = kept + doc["rows"]
+        doc["earlier"] = [*old.get("earlier", []), {k: old.get(k) for k in ("command", "started", "finished", "settings")}]
+        doc["all_pass"] = all(r["pass"] for r in doc["rows"])
     finish_doc(path, doc, table(doc))
     click.echo(doc["table_markdown"])
     click.echo(f"wrote {path}", err=True)

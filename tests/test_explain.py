@@ -275,3 +275,40 @@ def test_tiny_bert_integrated_gradients_point_at_the_cue(planted, tiny_bert):
 def test_setfit_integrated_gradients_point_at_the_cue(planted):
     model = _train("setfit", planted, planted["root"] / "setfit", "--device", "cpu", "--per_class", "16", "--seed", "13")
     assert_cue_on_top(model, cue_texts(planted)[:8], "integrated gradients (captum)")
+
+
+def test_linear_contributions_of_a_three_class_model_add_up(tmp_path):
+    """Multinomial: toward class c the scores sum to (w_c - mean_k w_k) . x; n-grams and repeated words included."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from textclf.core.linear_attribution import explain_pipeline
+    from textclf.core.sklearn_model import SklearnPredictor
+
+    rng = random.Random(5)
+    cues = {"red": "zzred", "green": "zzgreen", "blue": "zzblue"}
+    texts, labels = [], []
+    for i in range(150):
+        label = list(cues)[i % 3]
+        words = rng.choices([f"w{k}" for k in range(40)], k=6) + [cues[label]]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(label)
+    pipeline = Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2))), ("logreg", LogisticRegression(C=10))])
+    pipeline.fit(texts, labels)
+
+    class Three(SklearnPredictor):
+        kind = "three"
+
+    predictor = Three.from_pipeline(pipeline, tmp_path, ["blue", "green", "red"])
+    probe = ["w1 zzgreen w2 w1 w1!", "Zzred, w3", ""]
+    for target in range(3):
+        got = explain_pipeline(predictor, probe, [target] * len(probe))
+        column = list(pipeline.classes_).index(predictor.labels[target])
+        coef = pipeline.named_steps["logreg"].coef_
+        expected = pipeline.named_steps["tfidf"].transform(probe) @ (coef[column] - coef.mean(axis=0))
+        assert np.allclose([sum(a.scores) for a in got], expected, atol=1e-9)
+    top = explain_pipeline(predictor, probe[:1], [predictor.labels.index("green")])[0]
+    assert top.tokens[int(np.argmax(top.scores))] == "zzgreen" and top.tokens == probe[0].split()

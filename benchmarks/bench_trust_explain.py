@@ -45,7 +45,8 @@ TRAIN_ARGS = {
     "fasttext": ["--set", "search.n_trials=0", "--set", "model.bucket=200000"],
     "embeddings": ["--set", "search.n_trials=0", "--set", "classifier=logreg", "--device", "cpu"],
     "tfidf_logreg": ["--set", "search.n_trials=0"],
-    "lstm": ["--set", "search.n_trials=0", "--device", "cpu", "--epochs", "8"],
+    "lstm": ["--set", "search.n_trials=0", "--device", "cpu", "--epochs", "4", "--batch_size", "64",
+             "--set", "model.hidden_size=64", "--set", "model.embedding_dim=64"],
     "bert": ["--set", "search.n_trials=0", "--device", "cpu", "--one_stage", "--set", "stage2.epochs=2",
              "--max_length", "64"],
     "setfit": ["--set", "search.n_trials=0", "--device", "cpu", "--per_class", "64"],
@@ -117,8 +118,11 @@ def deletion_test(predictor, texts: list[str], method: str, draws: int, seed: in
 
 
 def run(families=FAMILIES, n_texts: int = 300, train_size: int | None = None, min_tokens: int = 6, draws: int = 5,
-        seed: int = 13, data_dir: Path = DATA, echo=print) -> dict:
-    """Train every family on ``data_dir`` and run the deletion test on its test texts; the results document."""
+        seed: int = 13, data_dir: Path = DATA, echo=print, on_row=None) -> dict:
+    """Train every family on ``data_dir`` and run the deletion test on its test texts; the results document.
+
+    ``on_row(doc)`` (optional) is called after every row, so a long run keeps what it measured.
+    """
     from textclf.core.data import read_labelled
     from textclf.core.loading import load_predictor
 
@@ -143,6 +147,8 @@ def run(families=FAMILIES, n_texts: int = 300, train_size: int | None = None, mi
                        **deletion_test(predictor, texts, method, draws, seed, min_tokens)}
                 doc["rows"].append(row)
                 echo(f"  {row}")
+                if on_row is not None:
+                    on_row(doc)
     doc["all_pass"] = all(r["pass"] for r in doc["rows"])
     return doc
 
@@ -175,15 +181,21 @@ def main(families, n_texts, train_size, min_tokens, draws, seed, output, append)
     """The deletion test of textclf explain for every family on tweets_sentiment."""
     import json
 
-    doc = run(tuple(f for f in families.split(",") if f), n_texts, train_size, min_tokens, draws, seed, echo=make_echo())
     path = results_path(output, "trust_explain")
-    if append and path.exists():
-        old = json.loads(path.read_text())
-        kept = [r for r in old["rows"] if r["family"] not in doc["settings"]["families"]]
-        doc["rows"] = kept + doc["rows"]
-        doc["earlier"] = [*old.get("earlier", []), {k: old.get(k) for k in ("command", "started", "finished", "settings")}]
+    earlier = json.loads(path.read_text()) if append and path.exists() else None
+
+    def write(doc: dict) -> None:
+        if earlier is not None:
+            doc = {**doc, "rows": [r for r in earlier["rows"] if r["family"] not in doc["settings"]["families"]] + doc["rows"],
+                   "earlier": [*earlier.get("earlier", []),
+                               {k: earlier.get(k) for k in ("command", "started", "finished", "settings")}]}
         doc["all_pass"] = all(r["pass"] for r in doc["rows"])
-    finish_doc(path, doc, table(doc))
+        finish_doc(path, doc, table(doc))
+
+    doc = run(tuple(f for f in families.split(",") if f), n_texts, train_size, min_tokens, draws, seed, echo=make_echo(),
+              on_row=write)
+    write(doc)
+    doc = json.loads(path.read_text())
     click.echo(doc["table_markdown"])
     click.echo(f"wrote {path}", err=True)
 

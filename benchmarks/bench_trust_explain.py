@@ -45,7 +45,7 @@ TRAIN_ARGS = {
     "fasttext": ["--set", "search.n_trials=0", "--set", "model.bucket=200000"],
     "embeddings": ["--set", "search.n_trials=0", "--set", "classifier=logreg", "--device", "cpu"],
     "tfidf_logreg": ["--set", "search.n_trials=0"],
-    "lstm": ["--set", "search.n_trials=0", "--device", "cpu", "--epochs", "4", "--batch_size", "64",
+    "lstm": ["--set", "search.n_trials=0", "--device", "cpu", "--epochs", "6", "--batch_size", "64",
              "--set", "model.hidden_size=64", "--set", "model.embedding_dim=64"],
     "bert": ["--set", "search.n_trials=0", "--device", "cpu", "--one_stage", "--set", "stage2.epochs=2",
              "--max_length", "64"],
@@ -127,7 +127,8 @@ def run(families=FAMILIES, n_texts: int = 300, train_size: int | None = None, mi
     from textclf.core.loading import load_predictor
 
     settings = {"dataset": data_dir.name, "families": list(families), "n_texts": n_texts, "train_size": train_size,
-                "min_tokens": min_tokens, "draws": draws, "seed": seed, "train_args": {f: TRAIN_ARGS[f] for f in families}}
+                "min_tokens": min_tokens, "draws": draws, "seed": seed, "train_args": {f: TRAIN_ARGS[f] for f in families},
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     doc = results_doc("trust_explain", settings, PACKAGES, rows=[])
     with tempfile.TemporaryDirectory(prefix="bench_explain_") as tmp:
         root = Path(tmp)

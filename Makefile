@@ -176,6 +176,10 @@ bench_ensemble: install ## Benchmark: tuned fastText + MiniLM embeddings + TF-ID
 bench_multilabel: install ## Benchmark multi-label families on disaster_response: global vs per-label thresholds (--rows N slices) -> benchmarks/results/multilabel.json
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_multilabel.py $(BENCH_ARGS)
 
+.PHONY: bench_trust_explain
+bench_trust_explain: install ## Explanations' deletion test (top-3 vs 3 random tokens removed) per family on tweets_sentiment -> benchmarks/results/trust_explain.json
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_trust_explain.py $(BENCH_ARGS)
+
 leaderboard: install ## Compare the model directories in COMPARE on their test split -> table, $(MODELS)/leaderboard.html
 	$(BIN)/textclf leaderboard $(COMPARE) --html $(MODELS)/leaderboard.html
 

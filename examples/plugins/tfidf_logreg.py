@@ -81,6 +81,7 @@ FAMILY = register_family(Family(
     requires=("sklearn",),
     extra="sklearn",
     multilabel=True,
+    explainer="textclf.core.linear_attribution:explain_pipeline",  # exact coefficient x TF-IDF value per word
     options=(
         Option("--metric", "search.metric", str, "Validation metric the search maximises: macro_f1 (default), accuracy, ..."),
         Option("--n_jobs", "search.n_jobs", int, "Parallel trials in this process."),

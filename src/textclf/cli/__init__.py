@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "serve": "textclf.cli.serve_cmd:serve",
     "export": "textclf.cli.export_cmd:export",
     "card": "textclf.cli.card_cmd:card",
+    "explain": "textclf.cli.explain_cmd:explain",
 }
 
 

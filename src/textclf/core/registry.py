@@ -156,7 +156,8 @@ class Family:
     data is a one-line error (:meth:`check_task`).
     ``max_length_key`` names the config key of the family's
     token limit (``encoder.max_length``), which ``textclf stats`` measures the data against (a null
-    value there means the default encoder's own limit).
+    value there means the default encoder's own limit). ``explainer`` (optional) gives token
+    attributions for ``textclf explain`` (:mod:`textclf.core.explanation`); without it, occlusion.
     """
 
     name: str
@@ -184,6 +185,7 @@ class Family:
     code_file: str | None = None
     multilabel: bool = False
     max_length_key: str | None = None
+    explainer: Callable | str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -258,6 +260,10 @@ class Family:
     def space_fn(self) -> Callable | None:
         """The family's ``space(cfg, trial) -> params``, or None (the config's ``search.space`` is the space)."""
         return None if self.space is None else _resolve(self.space)
+
+    def explainer_fn(self) -> Callable | None:
+        """The family's ``explain(predictor, texts, targets) -> [Attribution] | None`` (:mod:`textclf.core.explanation`), or None."""
+        return None if self.explainer is None else _resolve(self.explainer)
 
     def predictor_class(self) -> type:
         """The family's Predictor class (imported on first use)."""

@@ -18,6 +18,7 @@ FAMILY = register_family(Family(
     packages=("torch", "transformers", "catalyst", "accelerate", "tokenizers"),
     predictor="textclf.families.bert.model:BertPredictor",
     onnx="textclf.families.bert.onnx",
+    explainer="textclf.families.bert.explain:explain",
     requires=("torch", "transformers", "catalyst"),
     extra="bert",
     subproject="bert_classification",

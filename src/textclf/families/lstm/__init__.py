@@ -29,6 +29,7 @@ FAMILY = register_family(Family(
     packages=("torch", "lightning", "tensorboard"),
     predictor="textclf.families.lstm.model:LSTMPredictor",
     onnx="textclf.families.lstm.onnx",
+    explainer="textclf.families.lstm.explain:explain",
     requires=("torch", "lightning"),
     extra="lstm",
     subproject="allennlp",

@@ -17,6 +17,7 @@ FAMILY = register_family(Family(
     space="textclf.families.setfit.search:space",
     check="textclf.families.setfit.search:check",
     prepare="textclf.families.setfit.search:prepare",
+    explainer="textclf.families.setfit.explain:explain",
     multilabel=True,  # label sets: pairs by shared/disjoint labels, sigmoid or one-vs-rest head (docs/multilabel.md)
     packages=("sentence-transformers", "scikit-learn", "torch", "transformers"),
     predictor="textclf.families.setfit.model:SetFitPredictor",

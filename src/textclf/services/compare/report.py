@@ -328,8 +328,11 @@ def remove_stale(out_dir: Path, figures: dict, names: Sequence[str] = ()) -> Non
 
 def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | Path, beta: float = 0.5,
                  data_format: str | None = None, text_column: str = "text", label_column: str = "label",
-                 thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024) -> dict:
+                 thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024, explain: int = 0) -> dict:
     """Score ``model_path`` on ``data_path`` and write figures, ``report.html`` and ``report.json`` into ``out_dir``.
+
+    ``explain`` > 0 adds an "Explanations" section: the token attributions of the first ``explain``
+    texts toward their predicted label (:mod:`textclf.services.explain`).
 
     Returns ``{"html": path, "figures": {name: file}, "skipped": {name: why}, "metrics": ...}``.
     """
@@ -344,7 +347,7 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     out_dir = Path(out_dir)
     if predictor.multilabel:
         return _write_multilabel(predictor, model_dir, data_path, out_dir, beta, data_format, text_column,
-                                       label_column, top_errors, batch_size)
+                                       label_column, top_errors, batch_size, explain)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = predictor.meta
     labels = list(predictor.labels)
@@ -376,7 +379,8 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
                "thresholds": None if offsets is None else dict(zip(labels, map(float, offsets), strict=True)),
                "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], f"macro_{fname}": metrics[f"macro_{fname}"],
                "average_precision": aps, "errors": int((pred != y).sum())}
-    page = _html(summary, metrics, beta, figures, skipped, errors, meta, top_errors)
+    page = with_explanations(_html(summary, metrics, beta, figures, skipped, errors, meta, top_errors), predictor, ds.texts,
+                             explain)
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, page)
     atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
@@ -384,9 +388,20 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}
 
 
+def with_explanations(page: str, predictor, texts, n: int) -> str:
+    """``page`` with an "Explanations" section of the first ``n`` texts before ``</body>`` (unchanged for ``n`` <= 0)."""
+    if n <= 0:
+        return page
+    from textclf.services.explain import explain_texts, html_section
+
+    section = html_section(explain_texts(predictor, list(texts[:n])), f"Explanations (first {min(n, len(texts))} texts)")
+    head, _, tail = page.rpartition("</body>")
+    return f"{head}{section}\n</body>{tail}"
+
+
 def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir: Path, beta: float = 0.5,
                             data_format: str | None = None, text_column: str = "text", label_column: str = "label",
-                            top_errors: int = 25, batch_size: int = 1024) -> dict:
+                            top_errors: int = 25, batch_size: int = 1024, explain: int = 0) -> dict:
     """:func:`textclf.services.compare.report.write_report` for a multi-label ``predictor`` (already loaded)."""
     from textclf.core.atomic import atomic_write_json, atomic_write_text
     from textclf.core.data import batched, read_labelled
@@ -423,7 +438,8 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
                **{k: metrics[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}}
     errors = ml.worst_texts(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
     html_path = out_dir / "report.html"
-    atomic_write_text(html_path, ml.page(summary, metrics, beta, figures, skipped, errors, predictor.meta, top_errors))
+    atomic_write_text(html_path, with_explanations(ml.page(summary, metrics, beta, figures, skipped, errors, predictor.meta,
+                                                           top_errors), predictor, ds.texts, explain))
     atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
                                                 "worst_errors": errors})
     return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}

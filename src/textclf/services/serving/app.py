@@ -10,6 +10,10 @@ route                  answer
                        A multi-label model answers ``{"labels": [...], "probabilities":
                        {label: p, ...}}`` a text: the sorted label set (maybe empty) and the
                        independent per-label probabilities
+``POST /explain``      ``{"texts": [...], "label": null}`` -> ``{"explanations": [{"tokens":
+                       [...], "attributions": [...], "label": ..., ...}, ...]}``: token
+                       attributions toward the predicted label (or ``label``), as
+                       ``textclf explain`` gives them (:mod:`textclf.services.explain`)
 ``GET /health``        200 while the process runs (liveness)
 ``GET /ready``         200 once the model is loaded, else 503 (readiness; 503 too while draining)
 ``GET /metadata``      kind, task, backend, labels, metrics, config and versions from meta.json
@@ -25,7 +29,7 @@ route                  answer
 Bad requests are refused with a 4xx and a one-line ``{"detail": ...}`` (:mod:`.limits`); a
 model failure is a 500 with the same shape; the server keeps running either way. Slow and idle
 clients are cut off by the timeouts of :mod:`.protocol`; SIGTERM drains (:mod:`.drain`). With
-``TEXTCLF_API_KEY`` set, ``/predict``, ``/metadata``, ``/card`` and ``/metrics`` need the key
+``TEXTCLF_API_KEY`` set, ``/predict``, ``/explain``, ``/metadata``, ``/card`` and ``/metrics`` need the key
 (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), else 401; ``/health``, ``/ready``
 and the docs stay open for probes.
 
@@ -55,7 +59,7 @@ from starlette.requests import ClientDisconnect
 
 from textclf.services.serving.batcher import MicroBatcher
 from textclf.services.serving.drain import Drain, DrainMiddleware
-from textclf.services.serving.limits import Limits, RequestError, check_content_type, parse_predict_body
+from textclf.services.serving.limits import Limits, RequestError, check_content_type, parse_explain_body, parse_predict_body
 from textclf.services.serving.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from textclf.services.serving.protocol import ConnectionLimits
 
@@ -387,6 +391,35 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
             return _error(500, f"prediction failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return Response(_answer(labels, proba, state.predictor.labels, body.probabilities,
                                 getattr(state.predictor, "multilabel", False)), media_type="application/json")
+
+    @app.post("/explain", responses=ERROR_RESPONSES, summary="Token attributions")
+    async def explain(request: Request) -> Response:
+        """Token attributions of every text toward its predicted label (or ``label``), in input order."""
+        if not authorized(request):
+            return _error(401, f"missing or wrong API key (send 'Authorization: Bearer KEY'; {API_KEY_ENV} is set)",
+                          {**unauthorized, "Connection": "close"})
+        try:
+            check_content_type(request.headers.get("content-type"))
+            texts, label = parse_explain_body(await read_body(request, settings.limits.max_body_bytes,
+                                                              settings.connection.body_timeout), settings.limits)
+        except ClientGone:
+            return Response(status_code=400)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, {"Connection": "close"} if isinstance(exc, BodyUnread) else None)
+        if not state.ready:
+            return _error(503, "model not loaded yet" if state.error is None else f"model failed to load: {state.error}")
+        from textclf.core.errors import ConfigError
+        from textclf.services.explain import explain_texts
+
+        try:
+            explanations = await asyncio.to_thread(explain_texts, state.predictor, texts, label)
+        except ConfigError as exc:  # a label the model does not have
+            return _error(422, str(exc).replace("--label", "label"))
+        except Exception as exc:  # noqa: BLE001 - one line to the client, the traceback to the log
+            log.exception("explanation failed")
+            return _error(500, f"explanation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return Response(json.dumps({"explanations": [e.to_json() for e in explanations]}, ensure_ascii=False),
+                        media_type="application/json")
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict:

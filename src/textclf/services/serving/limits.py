@@ -123,8 +123,8 @@ def loads_strict(text: str) -> object:
     return json.loads(text, object_pairs_hook=_unique_keys, parse_int=_number(int), parse_float=_number(float))
 
 
-def parse_predict_body(body: bytes, limits: Limits) -> PredictRequest:
-    """Decode and check a ``POST /predict`` body; a bad one raises RequestError (400, 413 or 422)."""
+def decode_body(body: bytes, limits: Limits, fields: tuple[str, ...] = FIELDS) -> dict:
+    """The JSON object of a request body with only ``fields`` and a checked ``texts``; a bad one raises RequestError."""
     if len(body) > limits.max_body_bytes:
         raise RequestError(413, f"request body is over {limits.max_body_bytes} bytes (--max_body_bytes)")
     try:
@@ -139,12 +139,32 @@ def parse_predict_body(body: bytes, limits: Limits) -> PredictRequest:
         raise RequestError(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise RequestError(422, f'expected a JSON object {{"texts": [...]}}, got {_json_type(obj)}')
-    unknown = [key for key in obj if key not in FIELDS]
+    unknown = [key for key in obj if key not in fields]
     if unknown:
-        raise RequestError(422, f"unknown field {unknown[0]!r}; fields: {', '.join(FIELDS)}")
+        raise RequestError(422, f"unknown field {unknown[0]!r}; fields: {', '.join(fields)}")
     if "texts" not in obj:
         raise RequestError(422, "missing field 'texts' (an array of strings)")
+    obj["texts"] = check_texts(obj["texts"], limits)
+    return obj
+
+
+def parse_predict_body(body: bytes, limits: Limits) -> PredictRequest:
+    """Decode and check a ``POST /predict`` body; a bad one raises RequestError (400, 413 or 422)."""
+    obj = decode_body(body, limits)
     probabilities = obj.get("probabilities", True)
     if not isinstance(probabilities, bool):
         raise RequestError(422, f"'probabilities' must be true or false, got {_json_type(probabilities)}")
-    return PredictRequest(check_texts(obj["texts"], limits), probabilities)
+    return PredictRequest(obj["texts"], probabilities)
+
+
+#: the fields of a ``POST /explain`` body
+EXPLAIN_FIELDS = ("texts", "label")
+
+
+def parse_explain_body(body: bytes, limits: Limits) -> tuple[list[str], str | None]:
+    """Decode and check a ``POST /explain`` body: ``(texts, label)`` (label None: the predicted one)."""
+    obj = decode_body(body, limits, EXPLAIN_FIELDS)
+    label = obj.get("label")
+    if label is not None and not isinstance(label, str):
+        raise RequestError(422, f"'label' must be a string or null, got {_json_type(label)}")
+    return obj["texts"], label

@@ -334,8 +334,13 @@ class BrowserPage:
         return self.page.eval_on_selector_all("img", "els => els.filter(e => !e.complete || e.naturalWidth === 0).map(e => e.src)")
 
 
-@pytest.fixture(scope="session")
-def _chromium():
+@pytest.fixture
+def browser_page():
+    """A fresh page (downloads allowed) in a real headless chromium; external requests fail and are listed.
+
+    Playwright's sync API keeps an asyncio loop running in this thread while it is started, so it is started and
+    stopped around each test (a session-wide one breaks later ``asyncio.run`` calls, e.g. tests/test_serve.py's).
+    """
     exe = shutil.which("chromium")
     if exe is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
@@ -346,14 +351,7 @@ def _chromium():
     with sync_playwright() as p:
         # --no-sandbox: the tests run as root here; the browser is Debian's own (Playwright cannot download one)
         browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
-        yield browser
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+        yield BrowserPage(context.new_page())
+        context.close()
         browser.close()
-
-
-@pytest.fixture
-def browser_page(_chromium, tmp_path):
-    """A fresh page (own context, downloads allowed) in a real headless chromium; external requests fail and are listed."""
-    context = _chromium.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    yield BrowserPage(page)
-    context.close()

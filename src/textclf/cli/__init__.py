@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "tune-thresholds": "textclf.cli.compare_cmd:tune_thresholds",
     "serve": "textclf.cli.serve_cmd:serve",
     "export": "textclf.cli.export_cmd:export",
+    "distill": "textclf.cli.distill_cmd:distill",
+    "cascade": "textclf.cli.distill_cmd:cascade",
 }
 
 

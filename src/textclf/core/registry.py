@@ -46,6 +46,7 @@ readers = catalogue.create("textclf", "readers", entry_points=True)
 #: (kind -> Predictor class or ``"module:Class"``; more through the ``textclf_kinds`` entry-point group)
 kinds = catalogue.create("textclf", "kinds", entry_points=True)
 kinds.register("ensemble", func="textclf.services.compare.ensemble:EnsemblePredictor")
+kinds.register("cascade", func="textclf.services.compare.cascade:CascadePredictor")
 
 #: the core's search -> refit -> evaluate -> meta.json flow over a v2 family's ``fit`` (resolved on first use)
 FIT_FLOW = "textclf.core.fit_flow:train_family"

@@ -236,9 +236,15 @@ def test_leaderboard_and_report_frontier(models, data, tmp_path):
     assert rep["figures"]["frontier"] == "frontier.png" and (out / "frontier.png").stat().st_size > 5000
     assert sorted(r["kind"] for r in rep["frontier"]) == ["cascade", "embeddings", "fasttext"]
     assert 'src="frontier.png"' in (out / "report.html").read_text()
-    # a lone model gets no frontier, and says why
+    # a lone model gets no frontier section
     textclf("report", "--model_path", models["student"], "--data_path", data["test"], "--out_dir", tmp_path / "lone")
-    assert "frontier" in json.loads((tmp_path / "lone" / "report.json").read_text())["skipped"]
+    assert "frontier" not in json.loads((tmp_path / "lone" / "report.json").read_text())["figures"]
+    assert "Speed/quality frontier" not in (tmp_path / "lone" / "report.html").read_text()
+    # --frontier places other models beside it
+    textclf("report", "--model_path", models["student"], "--data_path", data["test"], "--out_dir", tmp_path / "two",
+            "--frontier", models["teacher"])
+    assert [r["kind"] for r in json.loads((tmp_path / "two" / "report.json").read_text())["frontier"]] in \
+        (["fasttext", "embeddings"], ["embeddings", "fasttext"])
 
 
 @pytest.mark.slow

@@ -398,8 +398,7 @@ def frontier_figure(model_dir: Path, meta: dict, others: Sequence[str | Path], d
     from textclf.services.compare.frontier import cascade_members, frontier_board, plot_frontier
 
     dirs = [model_dir, *cascade_members(model_dir, meta), *others]
-    if len(dirs) < 2:
-        skipped["frontier"] = "one model only: give --frontier MODEL_DIR (repeatable) to place others on the frontier"
+    if len(dirs) < 2:  # one model alone: no frontier section (``--frontier DIR`` adds others)
         return []
     board = frontier_board(dirs, data_path, **kw)
     png = plot_frontier(board["rows"], out_dir / "frontier.png", f"Speed/quality frontier on {Path(data_path).name}, "
@@ -485,7 +484,8 @@ def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dic
     titles = {"confusion_matrix": "Confusion matrix", "per_class_metrics": "Per-class metrics",
               "pr_curves": "Precision-recall curves", "learning_curves": "Learning curves", "optuna_history": "Optuna search",
               "frontier": "Speed/quality frontier"}
-    sections = figure_sections(FIGURES, titles, captions, figures, skipped)
+    keys = [k for k in FIGURES if k != "frontier" or k in figures or k in skipped]
+    sections = figure_sections(keys, titles, captions, figures, skipped)
     err_rows = []
     for i, e in enumerate(errors, 1):
         probs = probability_text(e["probabilities"])

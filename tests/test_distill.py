@@ -21,7 +21,7 @@ from textclf.core.data import read_labelled
 from textclf.core.loading import load_predictor
 from textclf.core.metrics import classification_metrics
 from textclf.services.compare.cascade import ALL_TO_TEACHER, tau_curve
-from textclf.services.distill import copies, soften
+from textclf.services.distill import balance_copies, copies, soften
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import ServeProcess, head_csv  # noqa: E402
@@ -74,6 +74,10 @@ def test_copies_and_temperature():
     assert np.allclose(soften(p, 1.0), p)
     hot = soften(p, 2.0)[0]  # logits / 2: 0.9/0.1 odds of 9 become 3
     assert hot[0] == pytest.approx(0.75) and hot.sum() == pytest.approx(1.0)
+    # teacher rows 8 "a" : 2 "b" against gold 1 : 1 -> rescaled to 5 : 5
+    n = balance_copies(np.array([2, 2, 2, 2, 1, 1]), np.array([0, 0, 0, 0, 1, 1]), ["a", "b"], ["a", "b"])
+    assert n.tolist() == [1, 1, 1, 1, 2, 2]
+    assert balance_copies(np.array([3, 3]), np.array([0, 0]), ["a", "b"], ["a", "b"]).tolist() == [2, 2]
 
 
 def test_distill_records_the_teacher_and_trains_on_its_labels(models, data, tmp_path):
@@ -98,9 +102,12 @@ def test_distill_records_the_teacher_and_trains_on_its_labels(models, data, tmp_
     assert d["data"]["gold_rows"] == len(train) and d["data"]["teacher_texts"] == len(texts)
     # the copies, recomputed from the teacher loaded on its own
     teacher = load_predictor(models["teacher"])
-    q = soften(teacher.predict_proba(texts), 2.0)
-    n = copies(q.max(axis=1), 2, d["repeats"])
-    assert d["data"]["teacher_rows"] == int(n.sum()) > 0
+    q = soften(teacher.predict_proba(texts)[:, [teacher.labels.index(label) for label in meta["labels"]]], 2.0)
+    n = balance_copies(copies(q.max(axis=1), 2, d["repeats"]), q.argmax(axis=1), train.labels, meta["labels"])
+    assert d["data"]["teacher_rows"] == int(n.sum()) > 0 and d["balance"] is True
+    # the teacher rows keep the gold class shares (to rounding)
+    gold_share = train.labels.count(meta["labels"][0]) / len(train)
+    assert d["data"]["teacher_label_counts"][meta["labels"][0]] / d["data"]["teacher_rows"] == pytest.approx(gold_share, abs=0.02)
     assert meta["kind"] == "fasttext" and meta["metrics"]["valid"]["macro_f1"] > 0.5
     from textclf.services.tracking import open_store
 
@@ -218,11 +225,16 @@ def test_serve_answers_with_a_cascade(models, data):
     server = ServeProcess(models["cascade"])
     try:
         answer = httpx.post(f"{server.url}/predict", json={"texts": texts, "probabilities": True}, timeout=60).json()
-        assert httpx.get(f"{server.url}/metadata", timeout=10).json()["kind"] == "cascade"
+        info = httpx.get(f"{server.url}/metadata", timeout=10).json()
     finally:
         assert server.stop() == 0
     cascade = load_predictor(models["cascade"])
     assert [p["label"] for p in answer["predictions"]] == cascade.predict(texts)
+    # /metadata exposes the share of texts that reached the teacher: on valid, and what this server routed
+    assert info["kind"] == "cascade" and info["serving"]["micro_batching"] is True
+    assert info["cascade"]["share_to_teacher_valid"] == cascade.meta["share_to_teacher"]
+    assert info["cascade"]["texts_served"] == len(texts)
+    assert info["cascade"]["share_to_teacher_served"] == pytest.approx(cascade.share_to_teacher)
 
 
 def test_leaderboard_and_report_frontier(models, data, tmp_path):

@@ -10,8 +10,9 @@ The flow (:func:`distill`):
 3. the training set the student sees is the gold rows plus the teacher's argmax label of every
    unlabelled text, repeated by the teacher's confidence (:func:`copies`): a text the teacher is
    sure of counts up to ``1 + repeats`` times, one it hesitates on (confidence near ``1/K``)
-   is left out. This is how a student that learns only from hard labels (fastText) still gets
-   the teacher's confidence; every built-in family learns from hard labels, so every student
+   is left out; then each class's copies are rescaled so the teacher rows keep the gold class
+   shares (:func:`balance_copies`; ``--no-balance`` skips it). This is how a student that learns
+   only from hard labels (fastText) still gets the teacher's confidence; every built-in family learns from hard labels, so every student
    trains this way (no family takes per-row soft targets or weights yet);
 4. :func:`textclf.services.runs.execute` runs the core flow (search when the config asks, refit,
    evaluate on the gold valid/test splits, meta.json) inside the experiment store; meta.json and
@@ -56,6 +57,7 @@ class DistillSpec:
     temperature: float = 1.0
     repeats: int = DEFAULT_REPEATS
     batch_size: int = 256
+    balance: bool = True
 
 
 def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -77,6 +79,24 @@ def copies(confidence: np.ndarray, n_classes: int, repeats: int) -> np.ndarray:
     floor = 1.0 / n_classes
     scaled = (np.asarray(confidence, dtype=np.float64) - floor) / (1.0 - floor)
     return np.rint(np.clip(scaled, 0.0, 1.0) * repeats).astype(np.int64)
+
+
+def balance_copies(n: np.ndarray, argmax: np.ndarray, gold_labels: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """``n`` rescaled per teacher label so the teacher rows keep the gold class shares (and about their total).
+
+    A confident teacher is usually most confident on the majority class, so confidence-weighted
+    copies alone over-represent it (on tweets: 85 % positive rows against 69 % in the gold labels),
+    and a hard-label student learns that prior. Each class's copies are multiplied by
+    ``gold share / teacher-row share`` (rounded); a class the teacher never predicts keeps none.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    total = n.sum()
+    if not total:
+        return n.astype(np.int64)
+    gold = np.array([sum(1 for g in gold_labels if g == label) for label in labels], dtype=np.float64) / len(gold_labels)
+    rows = np.array([n[argmax == j].sum() for j in range(len(labels))]) / total
+    factor = np.divide(gold, rows, out=np.zeros_like(gold), where=rows > 0)
+    return np.rint(n * factor[argmax]).astype(np.int64)
 
 
 def file_sha256(path: Path) -> str:
@@ -102,18 +122,21 @@ def read_unlabeled(path: str, fmt: str | None, text_column: str) -> list[str]:
 
 
 def distilled_splits(splits: Splits, texts: Sequence[str], proba: np.ndarray, temperature: float, repeats: int,
-                     teacher_hash: str) -> tuple[Splits, dict]:
-    """``splits`` whose train part is the gold rows plus the teacher-labelled rows (:func:`copies` each); and the counts."""
+                     teacher_hash: str, balance: bool = True) -> tuple[Splits, dict]:
+    """``splits`` whose train part is the gold rows plus the teacher-labelled rows (:func:`copies` each, then
+    :func:`balance_copies` unless ``balance`` is false); and the counts."""
     labels = list(splits.labels)
     q = soften(proba, temperature)
     conf = q.max(axis=1) if len(q) else np.zeros(0)
     argmax = q.argmax(axis=1) if len(q) else np.zeros(0, dtype=np.int64)
     n = copies(conf, len(labels), repeats)
+    if balance:
+        n = balance_copies(n, argmax, splits.train.labels, labels)
     rows = np.repeat(np.arange(len(texts)), n)
     gold = splits.train
     train = Dataset([*gold.texts, *(texts[i] for i in rows)], [*gold.labels, *(labels[argmax[i]] for i in rows)],
                     gold.path, [], gold.task)
-    digest = hashlib.sha256(json.dumps([splits.data_sha256, teacher_hash, temperature, repeats,
+    digest = hashlib.sha256(json.dumps([splits.data_sha256, teacher_hash, temperature, repeats, balance,
                                         hashlib.sha256("\n".join(texts).encode()).hexdigest()]).encode()).hexdigest()
     counts = {"gold_rows": len(gold), "teacher_texts": len(texts), "teacher_rows": int(n.sum()),
               "texts_left_out": int((n == 0).sum()), "mean_confidence": round(float(conf.mean()) if len(conf) else 0.0, 4),
@@ -145,9 +168,10 @@ def distill(spec: DistillSpec) -> RunResult:
         texts += read_unlabeled(spec.unlabeled_path, spec.unlabeled_format, spec.text_column)
     teacher_hash = file_sha256(teacher_dir / META_FILE)
     proba = teacher_proba(teacher, texts, splits.labels, spec.batch_size)
-    new_splits, counts = distilled_splits(splits, texts, proba, spec.temperature, spec.repeats, teacher_hash)
+    new_splits, counts = distilled_splits(splits, texts, proba, spec.temperature, spec.repeats, teacher_hash, spec.balance)
     record = {"teacher": {"path": str(teacher_dir), "kind": teacher.kind, "meta_sha256": teacher_hash},
-              "temperature": spec.temperature, "repeats": spec.repeats, "method": "hard labels, confidence-weighted copies",
+              "temperature": spec.temperature, "repeats": spec.repeats, "balance": spec.balance,
+              "method": "hard labels, confidence-weighted copies" + (", balanced to the gold class shares" if spec.balance else ""),
               "data": {"train": splits.paths.get("train"), "unlabeled": spec.unlabeled_path, **counts}}
     tags = {f"{TAG_PREFIX}teacher": str(teacher_dir), f"{TAG_PREFIX}teacher_sha256": teacher_hash,
             f"{TAG_PREFIX}temperature": str(spec.temperature), f"{TAG_PREFIX}unlabeled": str(spec.unlabeled_path or "")}

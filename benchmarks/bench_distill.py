@@ -23,6 +23,7 @@ teacher's docs/s; distilled fastText >= fastText on gold + 0.02. Writes
 
     python benchmarks/bench_distill.py                                  # reduced size (see --n_train)
     python benchmarks/bench_distill.py --n_train 0 --n_unlabeled 0      # full training sets
+    python benchmarks/bench_distill.py --keep /tmp/bd --reuse           # the teacher and gold fastText of an earlier run
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
     models, timings = {}, {}
 
     def timed(key: str, fn) -> None:
+        if opts["reuse"] and key in ("teacher", "fasttext") and (d / key / "meta.json").is_file():
+            echo(f"{name}: {key} reused from {d / key}")
+            models[key] = d / key
+            return
         start = time.perf_counter()
         echo(f"{name}: {key} ...")
         fn()
@@ -169,13 +174,18 @@ def table(results: dict) -> str:
 @click.option("--ft_trials", type=int, default=10, show_default=True, help="fastText Optuna trials (gold and distilled).")
 @click.option("--output", default=None, help="Results JSON (default benchmarks/results/distill.json).")
 @click.option("--keep", default=None, help="Keep the models under this folder (default: a temporary one).")
-def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, output, keep):
+@click.option("--reuse", is_flag=True, help="With --keep: reuse the teacher and the gold fastText already trained there.")
+@click.option("--quick", is_flag=True, help="Smoke check: 100/60/60 rows, 50 unlabelled, 2 trials (-> distill_quick.json).")
+def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, output, keep, reuse, quick):
     """Distilled fastText students and cascades against an embeddings MiniLM teacher (see the module docstring)."""
     os.environ.setdefault("TEXTCLF_TRACK", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     echo = make_echo(show_elapsed=True)
-    opts = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unlabeled": n_unlabeled, "ft_trials": ft_trials}
-    out = results_path(output, "distill")
+    if quick:
+        n_train, n_valid, n_test, n_unlabeled, ft_trials = 100, 60, 60, 50, 2
+    opts = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unlabeled": n_unlabeled, "ft_trials": ft_trials,
+            "reuse": reuse and bool(keep)}
+    out = results_path(output, "distill", quick)
     doc = results_doc("distill", {**opts, "datasets": datasets}, PACKAGES, results={})
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench-distill-"))
     os.environ.setdefault("TEXTCLF_CACHE", str(work / "cache"))

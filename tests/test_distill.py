@@ -74,10 +74,11 @@ def test_copies_and_temperature():
     assert np.allclose(soften(p, 1.0), p)
     hot = soften(p, 2.0)[0]  # logits / 2: 0.9/0.1 odds of 9 become 3
     assert hot[0] == pytest.approx(0.75) and hot.sum() == pytest.approx(1.0)
-    # teacher rows 8 "a" : 2 "b" against gold 1 : 1 -> rescaled to 5 : 5
+    # teacher rows 8 "a" : 2 "b" against gold 1 : 1 -> rescaled to 5 : 5 (rounded along each class's cumulative sum)
     n = balance_copies(np.array([2, 2, 2, 2, 1, 1]), np.array([0, 0, 0, 0, 1, 1]), ["a", "b"], ["a", "b"])
-    assert n.tolist() == [1, 1, 1, 1, 2, 2]
-    assert balance_copies(np.array([3, 3]), np.array([0, 0]), ["a", "b"], ["a", "b"]).tolist() == [2, 2]
+    assert n.tolist() == [1, 1, 2, 1, 2, 3] and n[:4].sum() == n[4:].sum() == 5
+    # a class the teacher never predicts stays absent; the other keeps its gold share of the rows
+    assert balance_copies(np.array([3, 3]), np.array([0, 0]), ["a", "b"], ["a", "b"]).tolist() == [2, 1]
 
 
 def test_distill_records_the_teacher_and_trains_on_its_labels(models, data, tmp_path):

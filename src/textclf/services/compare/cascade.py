@@ -257,7 +257,7 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
         _copy_member(dirs[role], output_dir / MEMBERS_DIR / role)
         meta_m = read_meta(dirs[role])
         records.append({"role": role, "path": f"{MEMBERS_DIR}/{role}", "kind": meta_m.get("kind"),
-                        "source": str(dirs[role]), "data_sha256": meta_m.get("data_sha256")})
+                        "source": str(dirs[role].resolve()), "data_sha256": meta_m.get("data_sha256")})
     cascade_block = {"target": target, "tau": point["tau"], "valid_path": str(valid_path),
                      "valid": {"share_to_teacher": point["share_to_teacher"], "macro_f1": point["macro_f1"],
                                "teacher_macro_f1": teacher_f1, "student_macro_f1": student_f1},

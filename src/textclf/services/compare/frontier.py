@@ -20,13 +20,19 @@ from textclf.services.compare.plots import figure, save_figure
 FRONTIER_BOOT = 200
 
 
-def cascade_members(model_dir: Path, meta: dict) -> list[Path]:
-    """A cascade's student and teacher directories (inside it), or [] for another kind."""
+def cascade_members(model_dir: Path, meta: dict, others: Sequence[str | Path] = ()) -> list[Path]:
+    """A cascade's student and teacher directories (inside it), or [] for another kind.
+
+    A member copied from one of ``others`` (its ``source`` in meta.json) is left out: that
+    directory is on the frontier already.
+    """
     if meta.get("kind") != "cascade":
         return []
     from textclf.core.integrity import inside_path
 
-    return [inside_path(model_dir, r.get("path"), "members.path") for r in meta.get("members") or []]
+    known = {Path(o).resolve() for o in others}
+    return [inside_path(model_dir, r.get("path"), "members.path") for r in meta.get("members") or []
+            if not (r.get("source") and Path(r["source"]).resolve() in known)]
 
 
 def frontier_board(model_dirs: Sequence[str | Path], data_path: str | Path, data_format: str | None = None,

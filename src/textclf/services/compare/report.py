@@ -397,7 +397,7 @@ def frontier_figure(model_dir: Path, meta: dict, others: Sequence[str | Path], d
     """``frontier.png`` of this model, a cascade's members and ``others`` on ``data_path`` (their rows), or why not."""
     from textclf.services.compare.frontier import cascade_members, frontier_board, plot_frontier
 
-    dirs = [model_dir, *cascade_members(model_dir, meta), *others]
+    dirs = [model_dir, *cascade_members(model_dir, meta, others), *others]
     if len(dirs) < 2:  # one model alone: no frontier section (``--frontier DIR`` adds others)
         return []
     board = frontier_board(dirs, data_path, **kw)

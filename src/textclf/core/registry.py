@@ -10,7 +10,8 @@ predictions, write labelled data) and the file extensions it claims; every comma
 choices, the extension -> format detection and the reading and writing dispatch go through it.
 A *reader* (``data.reader=NAME``, ``textclf_readers`` group, :func:`register_reader`) is a format
 that can only read labelled data. Model *kinds*
-that are built by a command instead of trained (``ensemble``, :mod:`textclf.services.compare.ensemble`) only
+that are built by a command instead of trained (``ensemble``, :mod:`textclf.services.compare.ensemble`;
+``cascade``, :mod:`textclf.services.compare.cascade`) only
 name their Predictor (``kinds``, :func:`kind_predictor`), so ``load_predictor`` knows them while
 ``textclf train`` and ``textclf families`` do not list them.
 

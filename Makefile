@@ -173,6 +173,10 @@ COMPARE ?= $(FASTTEXT_DIR) $(LSTM_DIR) $(BERT_DIR)
 bench_ensemble: install ## Benchmark: tuned fastText + MiniLM embeddings + TF-IDF, weighted/stacked ensembles, thresholds -> benchmarks/results/ensemble.json
 	$(BIN)/python benchmarks/bench_ensemble.py $(BENCH_ARGS)
 
+.PHONY: bench_distill
+bench_distill: install ## Benchmark: distilled fastText students and cascades against a MiniLM embeddings teacher -> benchmarks/results/distill.json
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_distill.py $(BENCH_ARGS)
+
 bench_multilabel: install ## Benchmark multi-label families on disaster_response: global vs per-label thresholds (--rows N slices) -> benchmarks/results/multilabel.json
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_multilabel.py $(BENCH_ARGS)
 

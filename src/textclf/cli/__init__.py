@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "export": "textclf.cli.export_cmd:export",
     "card": "textclf.cli.card_cmd:card",
     "explain": "textclf.cli.explain_cmd:explain",
+    "distill": "textclf.cli.distill_cmd:distill",
+    "cascade": "textclf.cli.distill_cmd:cascade",
 }
 
 

@@ -65,13 +65,15 @@ def leaderboard(model_dirs, data_path, text_column, label_column, data_format, h
 @click.option("--batch_size", type=int, default=1024, show_default=True)
 @click.option("--explain", type=int, default=0, show_default=True,
               help="Add an explanations section: token attributions of the first N texts (textclf explain).")
+@click.option("--frontier", "frontier", multiple=True, type=click.Path(),
+              help="Another model directory for the speed/quality frontier figure (repeatable; a cascade adds its members).")
 def report(model_path, data_path, out_dir, text_column, label_column, data_format, beta, top_errors, thresholds, batch_size,
-           explain):
+           explain, frontier):
     """Write an HTML report with figures: confusion matrix, per-class bars, PR curves, learning curves, search, errors."""
     from textclf.services.compare.report import write_report
 
     out = write_report(model_path, data_path, out_dir, beta, data_format, text_column, label_column, thresholds,
-                       top_errors, batch_size, explain=explain)
+                       top_errors, batch_size, frontier, explain=explain)
     for key, why in out["skipped"].items():
         click.echo(f"skipped {key}: {why}", err=True)
     click.echo(f"wrote {out['html']} ({len(out['figures'])} figures: {', '.join(out['figures'].values())})")

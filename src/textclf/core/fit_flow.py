@@ -235,9 +235,13 @@ class FitResult:
     search_seconds: float = 0.0
 
 
-def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False) -> Path:
-    """Search (when asked), refit the best point, evaluate and write meta.json for a v2 ``family``; returns the model dir."""
-    return fit_family(family, cfg, splits, output_dir, resume).output_dir
+def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False,
+                 meta_extra: dict | None = None) -> Path:
+    """Search (when asked), refit the best point, evaluate and write meta.json for a v2 ``family``; returns the model dir.
+
+    ``meta_extra`` goes into meta.json (``textclf distill`` records its teacher there).
+    """
+    return fit_family(family, cfg, splits, output_dir, resume, meta_extra=meta_extra).output_dir
 
 
 def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, *,

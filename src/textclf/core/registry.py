@@ -10,7 +10,8 @@ predictions, write labelled data) and the file extensions it claims; every comma
 choices, the extension -> format detection and the reading and writing dispatch go through it.
 A *reader* (``data.reader=NAME``, ``textclf_readers`` group, :func:`register_reader`) is a format
 that can only read labelled data. Model *kinds*
-that are built by a command instead of trained (``ensemble``, :mod:`textclf.services.compare.ensemble`) only
+that are built by a command instead of trained (``ensemble``, :mod:`textclf.services.compare.ensemble`;
+``cascade``, :mod:`textclf.services.compare.cascade`) only
 name their Predictor (``kinds``, :func:`kind_predictor`), so ``load_predictor`` knows them while
 ``textclf train`` and ``textclf families`` do not list them.
 
@@ -46,6 +47,7 @@ readers = catalogue.create("textclf", "readers", entry_points=True)
 #: (kind -> Predictor class or ``"module:Class"``; more through the ``textclf_kinds`` entry-point group)
 kinds = catalogue.create("textclf", "kinds", entry_points=True)
 kinds.register("ensemble", func="textclf.services.compare.ensemble:EnsemblePredictor")
+kinds.register("cascade", func="textclf.services.compare.cascade:CascadePredictor")
 
 #: the core's search -> refit -> evaluate -> meta.json flow over a v2 family's ``fit`` (resolved on first use)
 FIT_FLOW = "textclf.core.fit_flow:train_family"

@@ -83,6 +83,8 @@ class RunSpec:
     tags: dict[str, str] = field(default_factory=dict)
     parent_run_id: str | None = None
     on_start: Callable[[str], None] | None = None
+    #: extra meta.json entries of the trained model (a v2 family only; ``textclf distill``'s teacher block)
+    meta_extra: dict | None = None
 
     def settings(self) -> TrackSettings:
         """The tracking settings of this run."""
@@ -141,17 +143,25 @@ def tune(spec: RunSpec) -> RunResult:
     return execute(family, cfg, splits, spec)
 
 
-def fit_family(family: Family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False):
-    """The family's training with its plug-in file (if any) recorded in the model directory; returns what it returns."""
+def fit_family(family: Family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False,
+               meta_extra: dict | None = None):
+    """The family's training with its plug-in file (if any) recorded in the model directory; returns what it returns.
+
+    ``meta_extra`` (entries for meta.json) needs a family on contract v2 (the core writes its meta.json).
+    """
+    if meta_extra and family.fit is None:
+        raise ConfigError(f"family {family.name!r} trains with its own flow (contract v1): it cannot record "
+                          f"{', '.join(sorted(meta_extra))} in meta.json; use a family with fit (contract v2)")
     with plugin_context(family, output_dir):
-        return family.train_fn()(cfg, splits, str(output_dir), resume=resume)
+        kw = {"meta_extra": meta_extra} if meta_extra else {}
+        return family.train_fn()(cfg, splits, str(output_dir), resume=resume, **kw)
 
 
 def execute(family: Family, cfg: dict, splits: Splits, spec: RunSpec) -> RunResult:
     """Run ``family`` on ``splits`` with ``cfg`` inside the experiment store; the model ends up in ``spec.output_dir``."""
     output_dir = Path(spec.output_dir)
-    tracked: TrackedRun = run_tracked(lambda: fit_family(family, cfg, splits, output_dir, spec.resume), family, cfg,
-                                      splits, output_dir, spec.settings())
+    tracked: TrackedRun = run_tracked(lambda: fit_family(family, cfg, splits, output_dir, spec.resume, spec.meta_extra),
+                                      family, cfg, splits, output_dir, spec.settings())
     if tracked.skipped:
         copy_model(Path(tracked.model_dir or ""), output_dir)
         click.echo(f"reused: copied {tracked.model_dir} to {output_dir}")

@@ -300,7 +300,7 @@ def format_markdown(board: dict) -> str:
 
 def chart(board: dict, path: str | Path) -> Path:
     """One PNG comparing the models: macro-F1 with its 95 % CI, and predict docs/s (log scale)."""
-    from textclf.services.compare.report import figure, save_figure, short_label
+    from textclf.services.compare.plots import figure, save_figure, short_label
 
     rows = board["rows"][::-1]  # best on top
     names = [short_label(r["name"] if r["name"] == r["kind"] else f"{r['name']} ({r['kind']})", 40) for r in rows]
@@ -346,7 +346,7 @@ def write_html(board: dict, path: str | Path) -> tuple[Path, Path]:
     import html
 
     from textclf.core.atomic import atomic_write_text
-    from textclf.services.compare.report import CSS
+    from textclf.services.compare.plots import CSS
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,9 @@
   ``history.json``; bert: ``meta.json`` ``training.stages[].history``; setfit: ``head.history``);
 * ``optuna_history.png``: every trial's valid score and the best so far, when the run searched
   (``trials.csv``, else ``study.journal``);
+* ``frontier.png``: the speed/quality frontier (predict docs/s on a log axis against macro-F1) of
+  this model, its student and teacher when it is a cascade, and every ``frontier`` model directory,
+  all on this file (:mod:`.frontier`);
 * ``report.html`` referencing them (relative paths, inline CSS, no scripts or network), with the
   metrics, the per-class table and the worst misclassified examples (lowest probability of the
   true label first; texts HTML-escaped and shortened), and ``report.json`` with the numbers.
@@ -48,7 +51,7 @@ from textclf.services.compare.plots import (  # noqa: F401 - figure helpers, als
     short_label,
 )
 
-FIGURES = ("confusion_matrix", "per_class_metrics", "pr_curves", "learning_curves", "optuna_history")
+FIGURES = ("confusion_matrix", "per_class_metrics", "pr_curves", "learning_curves", "optuna_history", "frontier")
 TOP_ERRORS = 25
 
 
@@ -328,9 +331,11 @@ def remove_stale(out_dir: Path, figures: dict, names: Sequence[str] = ()) -> Non
 
 def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | Path, beta: float = 0.5,
                  data_format: str | None = None, text_column: str = "text", label_column: str = "label",
-                 thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024, explain: int = 0) -> dict:
+                 thresholds: bool = True, top_errors: int = TOP_ERRORS, batch_size: int = 1024,
+                 frontier: Sequence[str | Path] = (), explain: int = 0) -> dict:
     """Score ``model_path`` on ``data_path`` and write figures, ``report.html`` and ``report.json`` into ``out_dir``.
 
+    ``frontier``: more model directories placed on the speed/quality frontier with this one.
     ``explain`` > 0 adds an "Explanations" section: the token attributions of the first ``explain``
     texts toward their predicted label (:mod:`textclf.services.explain`).
 
@@ -370,6 +375,9 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     png, aps = plot_pr_curves(y, proba, pred, labels, out_dir / "pr_curves.png", f"Precision-recall (one vs rest): {name}")
     figures["pr_curves"] = png.name
     run_figures(model_dir, meta, predictor.kind, name, out_dir, figures, skipped)
+    frontier_rows = frontier_figure(model_dir, meta, frontier, data_path, out_dir, figures, skipped,
+                                    {"data_format": data_format, "text_column": text_column, "label_column": label_column,
+                                     "batch_size": batch_size, "thresholds": thresholds})
     remove_stale(out_dir, figures)
 
     errors = worst_errors(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
@@ -384,7 +392,7 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, page)
     atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
-                                                "worst_errors": errors})
+                                                "worst_errors": errors, "frontier": frontier_rows})
     return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}
 
 
@@ -397,6 +405,22 @@ def with_explanations(page: str, predictor, texts, n: int) -> str:
     section = html_section(explain_texts(predictor, list(texts[:n])), f"Explanations (first {min(n, len(texts))} texts)")
     head, _, tail = page.rpartition("</body>")
     return f"{head}{section}\n</body>{tail}"
+
+
+def frontier_figure(model_dir: Path, meta: dict, others: Sequence[str | Path], data_path, out_dir: Path, figures: dict,
+                    skipped: dict, kw: dict) -> list[dict]:
+    """``frontier.png`` of this model, a cascade's members and ``others`` on ``data_path`` (their rows), or why not."""
+    from textclf.services.compare.frontier import cascade_members, frontier_board, plot_frontier
+
+    dirs = [model_dir, *cascade_members(model_dir, meta, others), *others]
+    if len(dirs) < 2:  # one model alone: no frontier section (``--frontier DIR`` adds others)
+        return []
+    board = frontier_board(dirs, data_path, **kw)
+    png = plot_frontier(board["rows"], out_dir / "frontier.png", f"Speed/quality frontier on {Path(data_path).name}, "
+                        f"{board['n']} docs")
+    if png:
+        figures["frontier"] = png.name
+    return [{k: r[k] for k in ("name", "kind", "model_dir", "macro_f1", "docs_per_s", "size_mb")} for r in board["rows"]]
 
 
 def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir: Path, beta: float = 0.5,
@@ -470,10 +494,14 @@ def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dic
         "pr_curves": "One-vs-rest precision-recall curves from predict_proba; the dot is where the model's predict operates.",
         "learning_curves": "Loss and validation metrics per epoch of the training run.",
         "optuna_history": "Valid score of every complete Optuna trial and the best so far.",
+        "frontier": "Predict docs/s (log scale, this machine, in one process) against macro-F1 on this file; the line "
+                    "joins the models no other beats on both.",
     }
     titles = {"confusion_matrix": "Confusion matrix", "per_class_metrics": "Per-class metrics",
-              "pr_curves": "Precision-recall curves", "learning_curves": "Learning curves", "optuna_history": "Optuna search"}
-    sections = figure_sections(FIGURES, titles, captions, figures, skipped)
+              "pr_curves": "Precision-recall curves", "learning_curves": "Learning curves", "optuna_history": "Optuna search",
+              "frontier": "Speed/quality frontier"}
+    keys = [k for k in FIGURES if k != "frontier" or k in figures or k in skipped]
+    sections = figure_sections(keys, titles, captions, figures, skipped)
     err_rows = []
     for i, e in enumerate(errors, 1):
         probs = probability_text(e["probabilities"])
@@ -493,6 +521,13 @@ def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dic
                          f'<td class="num">{weight}</td><td class="num">{"-" if alone is None else f"{alone:.4f}"}</td></tr>')
         members = (f"<h2>Ensemble members ({esc(str(meta.get('method')))})</h2><table><tr><th>member</th><th>kind</th>"
                    f"<th>weight</th><th>valid score alone</th></tr>{''.join(cells)}</table>")
+    elif meta.get("kind") == "cascade":
+        c = meta.get("cascade") or {}
+        v = c.get("valid") or {}
+        members = (f"<h2>Cascade</h2><p>The student answers when its confidence is at least tau = {meta.get('tau', 0):.4f}; "
+                   f"the teacher answers the rest. On valid, {v.get('share_to_teacher', 0):.1%} of the texts reached the "
+                   f"teacher (macro-F1 {v.get('macro_f1', 0):.4f}; teacher alone {v.get('teacher_macro_f1', 0):.4f}, "
+                   f"student alone {v.get('student_macro_f1', 0):.4f}).</p>")
     search = meta.get("search") or {}
     search_line = (f"<li>Search: {search.get('n_trials')} trials, best valid {esc(str(search.get('metric')))} "
                    f"{search.get('best_value', float('nan')):.4f} (trial {search.get('best_trial')})</li>") if search else ""

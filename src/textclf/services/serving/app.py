@@ -448,6 +448,9 @@ def create_app(settings: ServeSettings | None = None, predictor=None, api_key: s
                     serving={"micro_batching": state.batcher is not None, "max_batch_size": settings.max_batch_size,
                              "max_wait_ms": settings.max_wait_ms, "thresholds": settings.thresholds,
                              "limits": asdict(settings.limits), "connection": asdict(settings.connection)})
+        if p.kind == "cascade":  # the share of texts sent to the teacher: chosen on valid, and since this worker loaded
+            meta["cascade"] = {"tau": p.tau, "share_to_teacher_valid": p.meta.get("share_to_teacher"),
+                               "share_to_teacher_served": p.share_to_teacher, "texts_served": p.routed["texts"]}
         return Response(json.dumps(meta, ensure_ascii=False, default=str), media_type="application/json")
 
     @app.get("/card", summary="Model card", response_class=Response,

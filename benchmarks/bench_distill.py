@@ -1,0 +1,208 @@
+"""Benchmark distillation and cascades (issue 26) on tweets_sentiment and movie_review_sentences.
+
+For every dataset (``--datasets``; a missing one is skipped with a message), on the first
+``--n_train`` rows of train (0: all), ``--n_valid``/``--n_test`` of valid/test (0: all):
+
+  teacher       the embeddings family with the packaged MiniLM encoder + logistic regression (its
+                default config, no search): the strongest teacher that fits this benchmark's time on
+                the shared 2-core machine (the issue's teacher, a fine-tuned MiniLM, is not trained here);
+  fasttext      fastText on the gold labels (``--ft_trials`` Optuna trials, bucket fixed to 200,000);
+  distilled     ``textclf distill --student fasttext``: the same search on the gold rows plus the
+                teacher's labels of the train texts (confidence-weighted copies);
+  distilled+U   the same plus ``--n_unlabeled`` unlabelled texts: the train rows after the first
+                ``--n_train`` (their labels are dropped), so only with ``--n_train`` < the train size;
+  cascade       ``textclf cascade --max_f1_loss 0.005`` of the gold fastText and of the best-fed student
+                (distilled+U, else distilled) with the teacher, tau chosen on valid.
+
+Every model is scored on the test slice in this process with the leaderboard's ``measure``
+(``predict`` in batches of 256, one warm-up batch, repeated until 0.5 s are timed): macro-F1 and
+docs/s, and the cascades' share of test texts that reached the teacher. Ratios (docs/s against the
+teacher's) come from the same run. Targets: cascade macro-F1 >= teacher - 0.005 at >= 5x the
+teacher's docs/s; distilled fastText >= fastText on gold + 0.02. Writes
+``benchmarks/results/distill.json`` (after every dataset) and prints the markdown table::
+
+    python benchmarks/bench_distill.py                                  # reduced size (see --n_train)
+    python benchmarks/bench_distill.py --n_train 0 --n_unlabeled 0      # full training sets
+    python benchmarks/bench_distill.py --keep /tmp/bd --reuse           # the teacher and gold fastText of an earlier run
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from bench_common import DATA_ROOT, dataset_paths, finish_doc, make_echo, results_doc, results_path
+
+DATASETS = ("tweets_sentiment", "movie_review_sentences")
+PACKAGES = ("fasttext-community", "sentence-transformers", "torch", "scikit-learn", "optuna")
+BUCKET_SPACE = '{"type": "categorical", "choices": [200000]}'
+
+
+def slice_csv(src: str, dst: Path, n: int, skip: int = 0) -> Path:
+    """Rows ``skip .. skip+n`` of CSV ``src`` (all after ``skip`` when ``n`` is 0) with the header, to ``dst``."""
+    with open(src, encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    body = rows[1 + skip:] if n == 0 else rows[1 + skip: 1 + skip + n]
+    with open(dst, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([rows[0], *body])
+    return dst
+
+
+def ft_overrides(trials: int) -> list[str]:
+    """fastText's search settings of every fastText model here (gold and distilled: the same budget)."""
+    return [f"search.n_trials={trials}", f"search.space.bucket={BUCKET_SPACE}", "model.bucket=200000"]
+
+
+def score(model_dir: Path, test: Path) -> dict:
+    """Test macro-F1 and docs/s of ``model_dir`` (the leaderboard's measure); a cascade's test share to the teacher."""
+    from textclf.core.data import read_labelled
+    from textclf.core.loading import load_predictor
+    from textclf.core.metrics import classification_metrics
+    from textclf.services.compare.leaderboard import measure
+
+    r = measure(str(model_dir), str(test), batch_size=256)
+    ds = read_labelled(test, min_classes=0)
+    m = classification_metrics(ds.labels, r["predictions"], r["labels"])
+    out = {"macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4), "docs_per_s": round(r["docs_per_s"], 1),
+           "passes": r["timed_passes"]}
+    meta = json.loads((model_dir / "meta.json").read_text())
+    if meta["kind"] == "cascade":
+        p = load_predictor(model_dir)
+        _, mask = p.route(ds.texts)
+        out.update(tau=round(meta["tau"], 4), share_to_teacher_test=round(float(mask.mean()), 4),
+                   share_to_teacher_valid=round(meta["share_to_teacher"], 4))
+    if meta.get("distill"):
+        out["distill"] = {k: meta["distill"]["data"][k] for k in ("gold_rows", "teacher_texts", "teacher_rows")}
+    return out
+
+
+def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
+    """Train the teacher and the students, build the cascades, score everything on test."""
+    from textclf.services import runs
+    from textclf.services.compare.cascade import build_cascade
+    from textclf.services.distill import DistillSpec, distill
+    from textclf.services.runs import RunSpec
+
+    d = work / name
+    d.mkdir(parents=True, exist_ok=True)
+    train = slice_csv(paths["train"], d / "train.csv", opts["n_train"])
+    valid = slice_csv(paths["valid"], d / "valid.csv", opts["n_valid"])
+    test = slice_csv(paths["test"], d / "test.csv", opts["n_test"])
+    unlabeled = None
+    if opts["n_train"] and opts["n_unlabeled"]:
+        unl = slice_csv(paths["train"], d / "unlabeled.csv", opts["n_unlabeled"], skip=opts["n_train"])
+        texts = [row["text"] for row in csv.DictReader(open(unl, encoding="utf-8", newline=""))]
+        unlabeled = d / "unlabeled.txt"
+        unlabeled.write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")
+    models, timings = {}, {}
+
+    def timed(key: str, fn) -> None:
+        if opts["reuse"] and key in ("teacher", "fasttext") and (d / key / "meta.json").is_file():
+            echo(f"{name}: {key} reused from {d / key}")
+            models[key] = d / key
+            return
+        start = time.perf_counter()
+        echo(f"{name}: {key} ...")
+        fn()
+        timings[key] = round(time.perf_counter() - start, 1)
+        models[key] = d / key
+
+    def spec(family: str, out: str, overrides: list[str]) -> RunSpec:
+        return RunSpec(family=family, train_path=str(train), valid_path=str(valid), test_path=str(test),
+                       output_dir=d / out, overrides=tuple(overrides), track=False)
+
+    timed("teacher", lambda: runs.train(spec("embeddings", "teacher", ["encoder.name=minilm", "classifier=logreg",
+                                                                        "device=cpu", "search.n_trials=0"])))
+    ft = ft_overrides(opts["ft_trials"])
+    timed("fasttext", lambda: runs.train(spec("fasttext", "fasttext", ft)))
+    timed("distilled", lambda: distill(DistillSpec(spec("fasttext", "distilled", ft), str(d / "teacher"))))
+    if unlabeled:
+        timed("distilled_u", lambda: distill(DistillSpec(spec("fasttext", "distilled_u", ft), str(d / "teacher"),
+                                                         str(unlabeled))))
+    for student in ("fasttext", "distilled_u" if unlabeled else "distilled"):
+        if student in models:
+            timed(f"cascade_{student}", lambda s=student: build_cascade(d / s, d / "teacher", valid, d / f"cascade_{s}",
+                                                                        test_path=test))
+    rows = {}
+    for key, model in models.items():
+        echo(f"{name}: scoring {key} on test ...")
+        rows[key] = score(model, test)
+    t = rows["teacher"]
+    for r in rows.values():
+        r["speedup_vs_teacher"] = round(r["docs_per_s"] / t["docs_per_s"], 1)
+        r["f1_vs_teacher"] = round(r["macro_f1"] - t["macro_f1"], 4)
+    checks = {}
+    for key, r in rows.items():
+        if key.startswith("cascade_"):
+            checks[key] = {"f1_ok": r["macro_f1"] >= t["macro_f1"] - 0.005, "speed_ok": r["speedup_vs_teacher"] >= 5}
+        if key.startswith("distilled"):
+            checks[key] = {"gain_vs_fasttext": round(r["macro_f1"] - rows["fasttext"]["macro_f1"], 4),
+                           "ok": r["macro_f1"] >= rows["fasttext"]["macro_f1"] + 0.02}
+    sizes = {s: sum(1 for _ in open(p, encoding="utf-8")) - 1 for s, p in (("train", train), ("valid", valid), ("test", test))}
+    return {"sizes": {**sizes, "unlabeled": opts["n_unlabeled"] if unlabeled else 0}, "models": rows, "checks": checks,
+            "seconds": timings}
+
+
+def table(results: dict) -> str:
+    """The markdown table of every dataset's models."""
+    lines = ["| dataset (train/valid/test, unlabelled) | model | test macro-F1 | vs teacher | docs/s | x teacher | to teacher (test) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, res in results.items():
+        s = res["sizes"]
+        where = f"{name} ({s['train']}/{s['valid']}/{s['test']}, {s['unlabeled']})"
+        for key, r in res["models"].items():
+            share = f"{r['share_to_teacher_test']:.1%}" if "share_to_teacher_test" in r else "-"
+            lines.append(f"| {where} | {key} | {r['macro_f1']:.4f} | {r['f1_vs_teacher']:+.4f} | {r['docs_per_s']:,.0f} | "
+                         f"{r['speedup_vs_teacher']:.1f} | {share} |")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--datasets", default=",".join(DATASETS), show_default=True)
+@click.option("--data_root", default=str(DATA_ROOT), show_default=True)
+@click.option("--n_train", type=int, default=800, show_default=True, help="First rows of train (0: all).")
+@click.option("--n_valid", type=int, default=300, show_default=True, help="First rows of valid (0: all).")
+@click.option("--n_test", type=int, default=300, show_default=True, help="First rows of test (0: all).")
+@click.option("--n_unlabeled", type=int, default=800, show_default=True,
+              help="Train rows after --n_train used as unlabelled text (0: none).")
+@click.option("--ft_trials", type=int, default=10, show_default=True, help="fastText Optuna trials (gold and distilled).")
+@click.option("--output", default=None, help="Results JSON (default benchmarks/results/distill.json).")
+@click.option("--keep", default=None, help="Keep the models under this folder (default: a temporary one).")
+@click.option("--reuse", is_flag=True, help="With --keep: reuse the teacher and the gold fastText already trained there.")
+@click.option("--quick", is_flag=True, help="Smoke check: 100/60/60 rows, 50 unlabelled, 2 trials (-> distill_quick.json).")
+def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, output, keep, reuse, quick):
+    """Distilled fastText students and cascades against an embeddings MiniLM teacher (see the module docstring)."""
+    os.environ.setdefault("TEXTCLF_TRACK", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    echo = make_echo(show_elapsed=True)
+    if quick:
+        n_train, n_valid, n_test, n_unlabeled, ft_trials = 100, 60, 60, 50, 2
+    opts = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unlabeled": n_unlabeled, "ft_trials": ft_trials,
+            "reuse": reuse and bool(keep)}
+    out = results_path(output, "distill", quick)
+    doc = results_doc("distill", {**opts, "datasets": datasets}, PACKAGES, results={})
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench-distill-"))
+    os.environ.setdefault("TEXTCLF_CACHE", str(work / "cache"))
+    for name in [n for n in datasets.split(",") if n]:
+        paths = dataset_paths(data_root, name)
+        if paths is None:
+            echo(f"{name}: not under {data_root}, skipped")
+            continue
+        doc["results"][name] = run_dataset(name, paths, work, opts, echo)
+        from textclf.core.atomic import atomic_write_json
+
+        atomic_write_json(out, doc)
+        echo(f"{name}: done\n{table({name: doc['results'][name]})}")
+    finish_doc(out, doc, table(doc["results"]))
+    print(table(doc["results"]))
+    print(json.dumps({k: v["checks"] for k, v in doc["results"].items()}, indent=2), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""``textclf distill`` and the ``cascade`` model kind on the embedded tweets data, with real small models.
+
+The quick tests use a TF-IDF + SVD embeddings teacher (the embeddings family with
+``encoder.name=tfidf_svd``: a real model that trains in about a second) and fastText students; the
+slow test distils the MiniLM embeddings teacher (the benchmark's).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from textclf.cli import cli
+from textclf.core.data import read_labelled
+from textclf.core.loading import load_predictor
+from textclf.core.metrics import classification_metrics
+from textclf.services.compare.cascade import ALL_TO_TEACHER, tau_curve
+from textclf.services.distill import balance_copies, copies, soften
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import ServeProcess, head_csv  # noqa: E402
+
+FT = ["--set", "search.n_trials=0", "--set", "model.bucket=50000", "--set", "model.dim=20"]
+
+
+def textclf(*args, ok: bool = True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert line.startswith("Error: "), line
+    for f in fragments:
+        assert f in line, line
+    return line
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tweets):
+    d = tmp_path_factory.mktemp("distill_data")
+    return {"train": head_csv(tweets["train"], d / "train.csv", 600), "valid": head_csv(tweets["valid"], d / "valid.csv", 200),
+            "test": head_csv(tweets["test"], d / "test.csv", 200)}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, data):
+    """A TF-IDF+SVD embeddings teacher, a fastText student on gold, and a cascade of the two."""
+    d = tmp_path_factory.mktemp("distill_models")
+    split = ["--train_path", data["train"], "--valid_path", data["valid"], "--test_path", data["test"]]
+    textclf("train", "embeddings", *split, "--output_dir", d / "teacher", "--device", "cpu", "--set", "encoder.name=tfidf_svd",
+            "--set", "tfidf_svd.n_components=64", "--set", "search.n_trials=0")
+    textclf("train", "fasttext", *split, "--output_dir", d / "student", *FT)
+    out = textclf("cascade", "--student", d / "student", "--teacher", d / "teacher", "--valid_path", data["valid"],
+                  "--test_path", data["test"], "--output_dir", d / "cascade").output
+    return {"teacher": d / "teacher", "student": d / "student", "cascade": d / "cascade", "dir": d, "cascade_output": out}
+
+
+# --------------------------------------------------------------------------- distill
+def test_copies_and_temperature():
+    assert copies(np.array([0.5, 0.75, 1.0]), 2, 4).tolist() == [0, 2, 4]
+    assert copies(np.array([1 / 3, 1.0]), 3, 3).tolist() == [0, 3]
+    p = np.array([[0.9, 0.1]])
+    assert np.allclose(soften(p, 1.0), p)
+    hot = soften(p, 2.0)[0]  # logits / 2: 0.9/0.1 odds of 9 become 3
+    assert hot[0] == pytest.approx(0.75) and hot.sum() == pytest.approx(1.0)
+    # teacher rows 8 "a" : 2 "b" against gold 1 : 1 -> rescaled to 5 : 5 (rounded along each class's cumulative sum)
+    n = balance_copies(np.array([2, 2, 2, 2, 1, 1]), np.array([0, 0, 0, 0, 1, 1]), ["a", "b"], ["a", "b"])
+    assert n.tolist() == [1, 1, 2, 1, 2, 3] and n[:4].sum() == n[4:].sum() == 5
+    # a class the teacher never predicts stays absent; the other keeps its gold share of the rows
+    assert balance_copies(np.array([3, 3]), np.array([0, 0]), ["a", "b"], ["a", "b"]).tolist() == [2, 1]
+
+
+def test_distill_records_the_teacher_and_trains_on_its_labels(models, data, tmp_path):
+    unlabeled = tmp_path / "more.txt"
+    extra = read_labelled(data["test"]).texts[:50]  # texts without their labels
+    unlabeled.write_text("\n".join(" ".join(t.split()) for t in extra) + "\n\n", encoding="utf-8")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "student"
+    textclf("distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", data["train"],
+            "--valid_path", data["valid"], "--unlabeled_path", unlabeled, "--temperature", "2", "--output_dir", out,
+            "--track", "--tracking_uri", uri, *FT)
+    meta = json.loads((out / "meta.json").read_text())
+    d = meta["distill"]
+    teacher_meta = models["teacher"] / "meta.json"
+    import hashlib
+
+    assert d["teacher"] == {"path": str(models["teacher"]), "kind": "embeddings",
+                            "meta_sha256": hashlib.sha256(teacher_meta.read_bytes()).hexdigest()}
+    assert d["temperature"] == 2.0 and d["data"]["unlabeled"] == str(unlabeled)
+    train = read_labelled(data["train"])
+    texts = [*train.texts, *extra]  # the empty line is not a text
+    assert d["data"]["gold_rows"] == len(train) and d["data"]["teacher_texts"] == len(texts)
+    # the copies, recomputed from the teacher loaded on its own
+    teacher = load_predictor(models["teacher"])
+    q = soften(teacher.predict_proba(texts)[:, [teacher.labels.index(label) for label in meta["labels"]]], 2.0)
+    n = balance_copies(copies(q.max(axis=1), 2, d["repeats"]), q.argmax(axis=1), train.labels, meta["labels"])
+    assert d["data"]["teacher_rows"] == int(n.sum()) > 0 and d["balance"] is True
+    # the teacher rows keep the gold class shares (to rounding)
+    gold_share = train.labels.count(meta["labels"][0]) / len(train)
+    assert d["data"]["teacher_label_counts"][meta["labels"][0]] / d["data"]["teacher_rows"] == pytest.approx(gold_share, abs=0.02)
+    assert meta["kind"] == "fasttext" and meta["metrics"]["valid"]["macro_f1"] > 0.5
+    from textclf.services.tracking import open_store
+
+    [run] = open_store(uri).search()
+    assert run.data.tags["textclf.distill.teacher"] == str(models["teacher"])
+    assert run.data.tags["textclf.distill.teacher_sha256"] == d["teacher"]["meta_sha256"]
+    assert run.data.tags["textclf.command"] == "distill"
+
+
+def test_distill_bad_input_is_one_line(models, data, tmp_path):
+    base = ["distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", data["train"],
+            "--valid_path", data["valid"]]
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "a", "--temperature", "0", ok=False),
+                   "--temperature must be > 0")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "b", "--unlabeled_path", empty, ok=False), str(empty),
+                   "no text to distill on")
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\ngood day,happy\nbad day,sad\nfine,happy\nawful,sad\n", encoding="utf-8")
+    one_line_error(textclf("distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", other,
+                           "--valid_path", other, "--output_dir", tmp_path / "c", ok=False), "one label set")
+    one_line_error(textclf(*base, "--output_dir", models["teacher"] / "inside", ok=False), "must not be the teacher")
+
+
+# --------------------------------------------------------------------------- cascade
+def test_cascade_meta_share_and_tau_consistent(models, data):
+    meta = json.loads((models["cascade"] / "meta.json").read_text())
+    assert meta["kind"] == "cascade"
+    assert [m["path"] for m in meta["members"]] == ["members/student", "members/teacher"]
+    student, teacher = load_predictor(models["student"], thresholds=False), load_predictor(models["teacher"], thresholds=False)
+    valid = read_labelled(data["valid"])
+    y = np.array([student.labels.index(label) for label in valid.labels])
+    sp = student.predict_proba(valid.texts)
+    tp = teacher.predict_proba(valid.texts)[:, [teacher.labels.index(label) for label in student.labels]]
+    share = float((sp.max(axis=1) < meta["tau"]).mean())
+    assert meta["share_to_teacher"] == pytest.approx(share) == meta["cascade"]["valid"]["share_to_teacher"]
+    # tau is the fewest texts to the teacher within 0.005 macro-F1 of it, on valid
+    curve = tau_curve(y, sp, tp)
+    teacher_f1 = curve[-1]["macro_f1"]
+    assert curve[-1]["tau"] == ALL_TO_TEACHER and curve[-1]["share_to_teacher"] == 1.0
+    assert meta["cascade"]["valid"]["macro_f1"] >= teacher_f1 - 0.005 - 1e-12
+    assert all(p["macro_f1"] < teacher_f1 - 0.005 for p in curve if p["share_to_teacher"] < share - 1e-12)
+    assert meta["metrics"]["valid"]["macro_f1"] == pytest.approx(meta["cascade"]["valid"]["macro_f1"])
+    assert f"{share:.1%} of valid reaches the teacher" in models["cascade_output"]
+
+
+def test_cascade_routes_and_loads_in_another_process(models, data, tmp_path):
+    texts = read_labelled(data["test"]).texts
+    cascade = load_predictor(models["cascade"])
+    student, teacher = cascade.student, cascade.teacher
+    confidence = student.predict_proba(texts).max(axis=1)
+    cascade.tau = float(np.median(confidence))  # whatever tau valid gave: here both members answer some texts
+    proba, mask = cascade.route(texts)
+    assert (mask == (confidence < cascade.tau)).all() and 0 < mask.sum() < len(texts)
+    expected = [teacher.predict([t])[0] if m else student.predict([t])[0] for t, m in zip(texts, mask, strict=True)]
+    assert cascade.predict(texts) == expected
+    assert cascade.share_to_teacher == pytest.approx(mask.mean())  # route + predict: the same texts twice
+    cascade = load_predictor(models["cascade"])  # tau as built
+    # textclf predict in another process: one prediction a line, the same labels
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(" ".join(t.split()) for t in texts[:60]) + "\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    code = ("import sys; from textclf.core.loading import load_predictor; from textclf.core.predictor import predict_file; "
+            "predict_file(load_predictor(sys.argv[1]), sys.argv[2], sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, str(models["cascade"]), str(inp), str(out)], check=True, timeout=300)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines == cascade.predict([" ".join(t.split()) for t in texts[:60]])
+    # evaluate: the test metrics meta.json records
+    meta = json.loads((models["cascade"] / "meta.json").read_text())
+    test = read_labelled(data["test"])
+    assert classification_metrics(test.labels, cascade.predict(test.texts), cascade.labels)["macro_f1"] == \
+        pytest.approx(meta["metrics"]["test"]["macro_f1"])
+
+
+def test_cascade_directory_moves_as_one_and_member_paths_stay_inside(models, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(models["cascade"], moved)
+    texts = ["what a lovely day", "this is the worst"]
+    assert load_predictor(moved).predict(texts) == load_predictor(models["cascade"]).predict(texts)
+    meta = json.loads((moved / "meta.json").read_text())
+    meta["members"][1]["path"] = "../../elsewhere"
+    (moved / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "x.txt").write_text("a text\n", encoding="utf-8")
+    one_line_error(textclf("predict", "--model_path", moved, "--input_path", tmp_path / "x.txt", "--output_path",
+                           tmp_path / "y.txt", ok=False), "points outside the model directory")
+    assert not (tmp_path / "y.txt").exists()
+
+
+def test_cascade_bad_input_is_one_line(models, data, tmp_path):
+    base = ["cascade", "--student", models["student"], "--teacher", models["teacher"], "--valid_path", data["valid"]]
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "a", "--min_docs_per_s", "1e12", ok=False),
+                   "--min_docs_per_s 1e+12: not reachable")
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "b", "--max_f1_loss", "0.01", "--min_docs_per_s", "5", ok=False),
+                   "not both")
+    one_line_error(textclf("cascade", "--student", models["student"], "--teacher", models["student"], "--valid_path",
+                           data["valid"], "--output_dir", tmp_path / "c", ok=False), "the same model directory")
+    one_line_error(textclf(*base, "--output_dir", models["student"], ok=False), "must not be a member")
+
+
+def test_min_docs_per_s_target(models, data, tmp_path):
+    textclf("cascade", "--student", models["student"], "--teacher", models["teacher"], "--valid_path", data["valid"],
+            "--output_dir", tmp_path / "fast", "--min_docs_per_s", "1")
+    meta = json.loads((tmp_path / "fast" / "meta.json").read_text())
+    # every tau is fast enough at 1 doc/s: the best valid macro-F1 wins
+    best = max(p["macro_f1"] for p in meta["cascade"]["curve"])
+    assert meta["cascade"]["target"] == {"min_docs_per_s": 1.0}
+    assert meta["cascade"]["valid"]["macro_f1"] >= best - 1e-5  # the curve in meta.json is rounded to 5 places
+
+
+def test_serve_answers_with_a_cascade(models, data):
+    import httpx
+
+    texts = read_labelled(data["test"]).texts[:40]
+    server = ServeProcess(models["cascade"])
+    try:
+        answer = httpx.post(f"{server.url}/predict", json={"texts": texts, "probabilities": True}, timeout=60).json()
+        info = httpx.get(f"{server.url}/metadata", timeout=10).json()
+    finally:
+        assert server.stop() == 0
+    cascade = load_predictor(models["cascade"])
+    assert [p["label"] for p in answer["predictions"]] == cascade.predict(texts)
+    # /metadata exposes the share of texts that reached the teacher: on valid, and what this server routed
+    assert info["kind"] == "cascade" and info["serving"]["micro_batching"] is True
+    assert info["cascade"]["share_to_teacher_valid"] == cascade.meta["share_to_teacher"]
+    assert info["cascade"]["texts_served"] == len(texts)
+    assert info["cascade"]["share_to_teacher_served"] == pytest.approx(cascade.share_to_teacher)
+
+
+def test_leaderboard_and_report_frontier(models, data, tmp_path):
+    result = textclf("leaderboard", models["cascade"], models["student"], models["teacher"], "--data_path", data["test"],
+                     "--json", "--no-isolate", "--n_boot", "50")
+    board = json.loads(result.output[result.output.index("{"):])
+    assert {r["kind"] for r in board["rows"]} == {"cascade", "fasttext", "embeddings"}
+    out = tmp_path / "report"
+    textclf("report", "--model_path", models["cascade"], "--data_path", data["test"], "--out_dir", out)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["figures"]["frontier"] == "frontier.png" and (out / "frontier.png").stat().st_size > 5000
+    assert sorted(r["kind"] for r in rep["frontier"]) == ["cascade", "embeddings", "fasttext"]
+    assert 'src="frontier.png"' in (out / "report.html").read_text()
+    # a lone model gets no frontier section
+    textclf("report", "--model_path", models["student"], "--data_path", data["test"], "--out_dir", tmp_path / "lone")
+    assert "frontier" not in json.loads((tmp_path / "lone" / "report.json").read_text())["figures"]
+    assert "Speed/quality frontier" not in (tmp_path / "lone" / "report.html").read_text()
+    # --frontier places other models beside it
+    textclf("report", "--model_path", models["student"], "--data_path", data["test"], "--out_dir", tmp_path / "two",
+            "--frontier", models["teacher"])
+    assert [r["kind"] for r in json.loads((tmp_path / "two" / "report.json").read_text())["frontier"]] in \
+        (["fasttext", "embeddings"], ["embeddings", "fasttext"])
+
+
+@pytest.mark.slow
+def test_distill_from_minilm_teacher(tweets, tmp_path, cache_dir):
+    """The benchmark's teacher (MiniLM + logreg) on 400 tweets: the distilled fastText student records it and learns."""
+    d = tmp_path
+    data = {"train": head_csv(tweets["train"], d / "train.csv", 400), "valid": head_csv(tweets["valid"], d / "valid.csv", 150)}
+    textclf("train", "embeddings", "--train_path", data["train"], "--valid_path", data["valid"], "--output_dir", d / "t",
+            "--device", "cpu", "--set", "search.n_trials=0")
+    textclf("distill", "--teacher", d / "t", "--student", "fasttext", "--train_path", data["train"], "--valid_path",
+            data["valid"], "--output_dir", d / "s", *FT)
+    meta = json.loads((d / "s" / "meta.json").read_text())
+    assert meta["distill"]["teacher"]["kind"] == "embeddings"
+    assert meta["distill"]["data"]["teacher_rows"] > 400
+    assert meta["metrics"]["valid"]["macro_f1"] > 0.5

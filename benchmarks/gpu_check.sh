@@ -5,6 +5,7 @@
 #
 # Before, on the machine with network, from the project root (builds .gpu/, ~55 MiB; see the script):
 #     bash ../shared/tools/gpu-bundle.sh movie_review_sentences tweets_sentiment
+#     bash benchmarks/gpu_bundle_extra.sh     # + fastText, skops, catalogue, psutil wheels (issue 26's student)
 # Then one device call, from the project root, carrying the bundle:
 #     run(command="bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 # Everything it measures is written under $OUT (the device's return folder; ./gpu_out without it):
@@ -12,6 +13,9 @@
 #     bert_mr.json    bench_bert.py on movie_review_sentences (plain loop + textclf variants, table inside)
 #     bert_tweets.json the default + plain loop on tweets_sentiment (if time is left)
 #     lstm_gpu.json   one BiLSTM run on CUDA with precision auto (bf16 on Ampere+), per-device predict batch
+#     frontier_gpu.json (issue 26) the fine-tuned MiniLM teacher's predict docs/s on the GPU, a cascade with a
+#                     fastText student and that GPU teacher (macro-F1 and docs/s as ratios to the teacher), and
+#                     chunked long-text prediction against truncation (benchmarks/gpu_frontier.py)
 # Each step has its own timeout; the whole script stays under ~9 minutes so the 10-minute call
 # limit is never reached. bench_bert.py writes its JSON after every variant, so a step killed by
 # its timeout still returns what it finished. Targets (issue 14): default training rows/s >= 5x the
@@ -61,10 +65,14 @@ print(json.dumps(info, indent=1, default=str))
 PY
 nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv || true
 
-step "BERT bench, movie_review_sentences: plain loop vs textclf variants (budget 300 s)"
+step "issue 26: GPU teacher, cascade with a GPU teacher, chunked long-text prediction (budget 200 s)"
+timeout -k 10 200 $PY benchmarks/gpu_frontier.py --device cuda --data_root "$DATA" --dataset tweets_sentiment \
+    --step_timeout 60 --output "$OUT/frontier_gpu.json" || echo "gpu_frontier ended with exit $?"
+
+step "BERT bench, movie_review_sentences: plain loop vs textclf variants (budget 240 s)"
 # --max_minutes stops starting new variants; the order is by priority (the targets first)
-timeout -k 10 330 $PY benchmarks/bench_bert.py --device cuda --data_root "$DATA" --datasets movie_review_sentences \
-    --variants plain,default,batch128,batch512,fp16_ckpt,compile --max_minutes 4.5 --output "$OUT/bert_mr.json" \
+timeout -k 10 240 $PY benchmarks/bench_bert.py --device cuda --data_root "$DATA" --datasets movie_review_sentences \
+    --variants plain,default,batch128,batch512,fp16_ckpt,compile --max_minutes 3.3 --output "$OUT/bert_mr.json" \
     || echo "bench_bert (movie_review_sentences) ended with exit $?"
 
 step "LSTM on CUDA: precision auto, per-device prediction batch (budget 60 s)"

@@ -13,11 +13,13 @@ is met the way fastText's own ``-autotune-modelsize`` meets it, cheapest first:
    that fits (:func:`fit_params_to_budget`); this happens before training, so every search trial
    is scored at the size it would be saved at. Hash collisions cost little on these datasets
    (benchmarks/README.md, "Small fastText models").
-3. **quantization.** When the vocabulary alone (at this ``dim``) leaves fewer than
-   :data:`MIN_BUCKETS` rows, the final model is product-quantized with fastText's ``quantize``
+3. **a smaller dim.** When the vocabulary alone (at this ``dim``) leaves fewer than
+   :data:`MIN_BUCKETS` hash rows, ``dim`` is lowered until it does (not below :data:`MIN_DIM`):
+   a text classifier needs few dimensions (fastText's tutorials use 10), and it trains in seconds.
+4. **quantization.** When not even that fits, the final model is product-quantized with fastText's ``quantize``
    (``qnorm``, ``retrain``, and a ``cutoff`` on the number of input rows derived from the budget
    as fastText's ``Autotune::getCutoffForFileSize`` does) and saved as ``model.ftz``. The search
-   scores such points unquantized (quantizing costs a minute or more a trial on a CPU).
+   scores such points unquantized (quantizing costs a minute or more a trial on a CPU at dim 100).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MB = 2**20
 #: fewer hash rows than this and the model is quantized instead (n-grams hashed into a few
 #: thousand rows mostly collide)
 MIN_BUCKETS = 10_000
+#: ``dim`` is not lowered below this to fit (fastText's tutorial uses 10 for sentiment)
+MIN_DIM = 10
 #: fastText's ``Autotune::kCutoffLimit``: quantization keeps at least this many input rows
 MIN_CUTOFF = 256
 _HEADER = 8 + 12 * 4 + 8  # magic, version; Args: 12 int32 and one double
@@ -84,8 +88,10 @@ def fit_params_to_budget(counts: Counter, params: dict, budget: int | None) -> t
     """``params`` made to fit ``budget`` bytes unquantized, and a record of what was done.
 
     The record: ``max_model_mb``, ``estimated_bytes`` (of the ``.bin``) and ``action``: ``fits``,
-    ``bucket`` (lowered; ``bucket_from`` says from what) or ``quantize`` (the vocabulary alone
-    does not fit: the final model is quantized).
+    ``bucket`` (lowered; ``bucket_from`` says from what), ``dim`` (the vocabulary alone leaves
+    fewer than :data:`MIN_BUCKETS` rows: ``dim`` lowered, not below :data:`MIN_DIM`, so that it
+    does, and ``bucket`` to what then fits; ``dim_from``, ``bucket_from``) or ``quantize`` (not
+    even that fits: the final model is quantized).
     """
     out = dict(params)
     if not uses_buckets(out) and out.get("bucket"):
@@ -94,12 +100,20 @@ def fit_params_to_budget(counts: Counter, params: dict, budget: int | None) -> t
     size = bin_bytes(counts, out)
     if budget is None or size <= budget:
         return out, {**record, "estimated_bytes": size, "action": "fits"}
-    spare_rows = (budget - bin_bytes(counts, {**out, "bucket": 0})) // (4 * int(out["dim"]))
-    if spare_rows >= MIN_BUCKETS:
-        record.update(action="bucket", bucket_from=out["bucket"])
-        out["bucket"] = int(spare_rows)
-        return out, {**record, "estimated_bytes": bin_bytes(counts, out)}
-    return out, {**record, "estimated_bytes": size, "action": "quantize"}
+    words, labels, _ = dictionary(counts, int(out.get("minCount", 1)))
+    floats = (budget - bin_bytes(counts, {**out, "dim": 0, "bucket": 0})) // 4  # what the matrices may hold
+    want_buckets = min(int(out["bucket"]), MIN_BUCKETS)
+    dim = min(int(out["dim"]), floats // (words + labels + want_buckets))
+    if dim < MIN_DIM:
+        return out, {**record, "estimated_bytes": size, "action": "quantize"}
+    if dim < int(out["dim"]):
+        record.update(action="dim", dim_from=out["dim"])
+        out["dim"] = int(dim)
+    else:
+        record["action"] = "bucket"
+    record["bucket_from"] = out["bucket"]
+    out["bucket"] = int(min(out["bucket"], floats // dim - words - labels))
+    return out, {**record, "estimated_bytes": bin_bytes(counts, out)}
 
 
 def entry_bytes(counts: Counter, min_count: int) -> int:

@@ -204,6 +204,7 @@ SMALL_VALID_TOLERANCE = 0.002
 def job_probas(members: list[str], paths: dict) -> dict:
     """Every member's valid and test probabilities (label order of the first member) and the label indices."""
     _quiet()
+    os.environ["TEXTCLF_TRUST_CODE"] = "1"  # the TF-IDF member carries the plug-in file this benchmark trained it with
     from textclf.core.data import read_labelled
     from textclf.core.loading import load_predictor
     from textclf.services.compare.ensemble import align_columns

@@ -41,13 +41,14 @@ def test_default_model_fits_20_mb_with_exact_size_and_fewer_buckets(tmp_path, tw
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     size = meta["size"]
-    # dim 100 with 2,000,000 buckets would be a 768 MB model.bin: the buckets are lowered, the size predicted exactly
-    assert size["action"] == "bucket" and size["bucket_from"] == 2_000_000 and size["max_model_mb"] == 20.0
+    # dim 100 with 2,000,000 buckets would be a 768 MB model.bin: dim 25 and fewer buckets, the size predicted exactly
+    assert size["action"] == "dim" and size["dim_from"] == 100 and size["bucket_from"] == 2_000_000
+    assert size["max_model_mb"] == 20.0 and meta["params"]["dim"] == 25
     assert meta["model_file"] == "model.bin" and not (out / "model.ftz").exists()
     actual = (out / "model.bin").stat().st_size
     assert actual == size["estimated_bytes"] == size["bytes"] and 19 * MIB < actual <= 20 * MIB
     assert meta["model_mb"] == round(actual / MIB, 3)
-    assert meta["params"]["bucket"] < 200_000 and meta["config"]["model"]["bucket"] == 2_000_000
+    assert 150_000 < meta["params"]["bucket"] < 200_000 and meta["config"]["model"]["bucket"] == 2_000_000
     assert meta["metrics"]["test"]["macro_f1"] > 0.65  # fixed default params (real runs: 0.69-0.72, as unconstrained)
 
 
@@ -74,11 +75,13 @@ def test_a_large_vocabulary_lowers_dim_then_needs_quantization():
 
     counts = Counter({f"w{i:04d}": 1 for i in range(1000)} | {"__label__0": 1, "__label__1": 1, "</s>": 2})
     params = {"dim": 100, "bucket": 2_000_000, "wordNgrams": 2, "minCount": 1}
-    # 1,001 words x 100 dims are 400 KB: 8 MB leaves room for buckets
+    # 1,001 words x 100 dims are 400 KB: at 8 MB dim goes to 25 first, then the buckets are lowered
     fitted, record = fit_params_to_budget(counts, params, 8 * MB)
-    assert record["action"] == "bucket" and fitted["dim"] == 100 and MIN_BUCKETS < fitted["bucket"] < 8 * MB // 400 - 1003
-    assert 8 * MB - 400 < record["estimated_bytes"] <= 8 * MB
-    # 1 MB: 1,001 words + MIN_BUCKETS rows fit only at 23 dims
+    assert record["action"] == "dim" and fitted["dim"] == 25 and 80_000 < fitted["bucket"] < 8 * MB // 100 - 1003
+    assert 8 * MB - 100 < record["estimated_bytes"] <= 8 * MB
+    fitted, record = fit_params_to_budget(counts, {**params, "dim": 20}, 8 * MB)  # under 25 already: buckets only
+    assert record["action"] == "bucket" and fitted["dim"] == 20 and "dim_from" not in record
+    # 1 MB: 1,001 words + MIN_BUCKETS rows fit only at 23 dims (at 25: 9,300 buckets)
     fitted, record = fit_params_to_budget(counts, params, MB)
     assert record["action"] == "dim" and record["dim_from"] == 100 and fitted["dim"] == 23
     assert MIN_BUCKETS <= fitted["bucket"] and record["estimated_bytes"] <= MB

@@ -520,6 +520,27 @@ def run_small_valid(datasets: str, data_root: str, output: str | None, keep: str
     click.echo(f"wrote {output}")
 
 
+def merge_small_valid(paths: list[str], output: str | None) -> None:
+    """One ``ensemble_small_valid.json`` from ``--small_valid`` runs over disjoint datasets (their settings must agree)."""
+    from textclf.core.atomic import atomic_write_json
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    doc = {**docs[0], "datasets": {}, "merged_from": [{"path": p, "command": d["command"], "started": d["started"],
+                                                       "finished": d.get("finished")} for p, d in zip(paths, docs, strict=True)]}
+    for d in docs:
+        if {k: v for k, v in d["settings"].items() if k != "datasets"} != \
+                {k: v for k, v in docs[0]["settings"].items() if k != "datasets"}:
+            raise click.UsageError(f"--merge: {d['command']} ran with other settings")
+        doc["datasets"].update(d["datasets"])
+    doc["settings"]["datasets"] = list(doc["datasets"])
+    doc["table_markdown"], doc["target"] = small_valid_table(doc["datasets"])
+    output = Path(output or REPO / "benchmarks" / "results" / "ensemble_small_valid.json")
+    atomic_write_json(output, doc)
+    click.echo(doc["table_markdown"])
+    t = doc["target"]
+    click.echo(f"\n{t['ok']}/{t['cases']} cases ok, mean gain {t['mean_gain']:+.4f}: {'MET' if t['met'] else 'not met'}")
+
+
 @click.command()
 @click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated dataset folder names.")
 @click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True,
@@ -545,14 +566,19 @@ def run_small_valid(datasets: str, data_root: str, output: str | None, keep: str
 @click.option("--small_valid", type=int, default=0, show_default=True,
               help="Instead: cheap members trained once, auto fitted on --subsamples random N-row subsamples of valid.")
 @click.option("--subsamples", type=int, default=5, show_default=True, help="Subsamples of valid per dataset (--small_valid).")
+@click.option("--merge", default=None, metavar="A.json,B.json",
+              help="With --small_valid: merge the results of runs over other datasets (e.g. run in parallel) into --output.")
 def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_trials, tfidf, threshold_beta, keep, holdout,
-         reuse, bags, quick, small_valid, subsamples):
+         reuse, bags, quick, small_valid, subsamples, merge):
     """Members vs weighted and stacked ensembles, and threshold tuning, per shared dataset; a table and a JSON."""
     from textclf.services.compare.ensemble import DEFAULT_BAGS
 
     if reuse and not keep:
         raise click.UsageError("--reuse needs --keep DIR (where the members of an earlier run lie)")
     start_fork_server()  # before anything large is loaded: see bench_common
+    if small_valid and merge:
+        merge_small_valid(merge.split(","), output)
+        return
     if small_valid:
         run_small_valid(datasets, data_root, output, keep, reuse, small_valid, subsamples)
         return

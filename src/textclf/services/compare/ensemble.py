@@ -9,11 +9,14 @@ with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`
   stratified, seeded k-fold split of valid (``--cv``, default 5) gives every candidate the same
   folds: the best single member (picked on the training folds), the weighted average (weights
   searched on the training folds) and stacking (the stacker fitted on the training folds, its own
-  CV nested inside). Each predicts its held-out fold; the best pooled out-of-fold macro F-beta
-  wins, ties going to the simpler (single < weighted < stacking), and the winner is fitted on all
-  of valid. A winning single member is saved as one-hot weights (method ``weighted``): the
-  ensemble predicts exactly like it. meta.json keeps every candidate's CV score
-  (``ensemble_search.auto``).
+  CV nested inside). Each predicts its held-out fold; the best single member is kept unless a
+  combination beats it clearly on those predictions (:func:`choose_clear_winner`: a paired
+  bootstrap of the macro F-beta difference whose one-sided 95 % lower bound must be above 0, a
+  bar that rises as valid shrinks); among clear winners the better out-of-fold score wins, ties
+  going to the simpler (weighted < stacking). The winner is fitted on all of valid. A single
+  member is saved as one-hot weights (method ``weighted``): the ensemble predicts exactly like
+  it. meta.json keeps every candidate's CV score and the evidence (``ensemble_search.auto``,
+  its ``rule``). ``max_model_mb`` bounds the sum of the members' sizes (:func:`fit_budget`).
 * ``weighted``: ``P = sum_m w_m P_m`` with ``w`` on the simplex (``w_m >= 0``, sum 1),
   chosen on the validation split to maximise macro F-beta (``--beta``, default 1). With up to
   :data:`GRID_MAX_MEMBERS` members every point of the simplex grid with step ``--step`` (default

@@ -25,7 +25,7 @@ INPUT ?= $(TEST_PATH)
 OUTPUT ?=
 
 .PHONY: help install encoders test test-quick test-full test-encoders lint clean \
-	train_fasttext predict_fasttext bench_fasttext
+	train_fasttext predict_fasttext bench_fasttext bench_small
 
 help: ## Show this list of targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-34s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,9 @@ predict_fasttext: install ## Label INPUT (default: the test split) with models/f
 
 bench_fasttext: install ## Benchmark: defaults vs autotune vs Optuna, throughput -> benchmarks/results/fasttext.json
 	$(BIN)/python benchmarks/bench_fasttext.py $(BENCH_ARGS)
+
+bench_small: install ## Benchmark: default 20 MB fastText vs unconstrained (bucket 2M) on the shared datasets -> benchmarks/results/small.json
+	$(BIN)/python benchmarks/bench_small.py $(BENCH_ARGS)
 
 ## ---- LSTM (allennlp/) ----
 .PHONY: train_allennlp predict_allennlp tune_allennlp tensorboard bench_lstm

@@ -25,6 +25,14 @@ Everything is scored on the test split (the members' test metrics are their meta
 least half; the summary checks it for every method. Prints markdown tables and writes
 ``benchmarks/results/ensemble.json`` atomically (after every dataset).
 
+``--small_valid N`` (issue 26) is another experiment: cheap members (fastText with its default params
+and 20 MB budget, TF-IDF + logreg, MiniLM embeddings + logreg; no searches) are trained once per
+dataset, then ``--method auto`` is fitted on ``--subsamples`` random N-row subsamples of valid
+(members fixed) and scored on test against the best member on test. Target: ``auto`` >= best
+member - 0.002 in >= 18 of 20 cases (four datasets x five subsamples) and a mean gain >= 0
+(results: ``benchmarks/results/ensemble_small_valid.json``). ``auto`` is fitted with the very
+function ``textclf ensemble`` calls (``fit_method``) on the members' probabilities, computed once.
+
 ``--keep DIR --reuse`` reuses members already trained under ``DIR/<dataset>/<member>`` (a
 ``meta.json`` whose ``data_sha256`` matches the train, valid and test files; their training record
 is read back from ``DIR/<dataset>/<member>.job.json``), so iterating on the ensemble logic does not
@@ -182,6 +190,102 @@ def job_thresholds(model_dir: str, paths: dict, beta: float) -> dict:
         m = classification_metrics(test.labels, [predictor.labels[i] for i in idx], predictor.labels, (1.0, 0.5))
         out[name] = _pick(m)
     return out
+
+
+# --------------------------------------------------------------------------- small valid (issue 26)
+#: the cheap members of ``--small_valid``: (name, family, overrides, code file), no searches
+SMALL_VALID_MEMBERS = (("fasttext", "fasttext", ["search.n_trials=0"], None),
+                       ("tfidf_logreg", "tfidf_logreg", [], str(PLUGIN)),
+                       ("embeddings", "embeddings", ["encoder.name=minilm", "classifier=logreg"], None))
+#: auto >= best member - this, on test
+SMALL_VALID_TOLERANCE = 0.002
+
+
+def job_probas(members: list[str], paths: dict) -> dict:
+    """Every member's valid and test probabilities (label order of the first member) and the label indices."""
+    _quiet()
+    os.environ["TEXTCLF_TRUST_CODE"] = "1"  # the TF-IDF member carries the plug-in file this benchmark trained it with
+    from textclf.core.data import read_labelled
+    from textclf.core.loading import load_predictor
+    from textclf.services.compare.ensemble import align_columns
+    from textclf.services.compare.thresholds import label_indices
+
+    predictors = [load_predictor(m, thresholds=False) for m in members]
+    labels = predictors[0].labels
+    out = {"labels": labels}
+    for split in ("valid", "test"):
+        ds = read_labelled(paths[split], min_classes=0)
+        out[split] = {"y": label_indices(ds.labels, labels, paths[split]).tolist(),
+                      "probas": [align_columns(p.predict_proba(ds.texts), p.labels, labels).tolist() for p in predictors]}
+    return out
+
+
+def small_valid_case(probas: dict, rows: list[int], seed: int) -> dict:
+    """``auto`` fitted (``fit_method``, as ``textclf ensemble`` does) on the valid ``rows``, scored on test."""
+    import numpy as np
+
+    from textclf.services.compare.ensemble import DEFAULT_BAGS, fit_method, stacker_proba, weighted_average
+    from textclf.services.compare.thresholds import macro_fbeta
+
+    k = len(probas["labels"])
+    y = np.asarray(probas["valid"]["y"])[rows]
+    valid = [np.asarray(p)[rows] for p in probas["valid"]["probas"]]
+    test = [np.asarray(p) for p in probas["test"]["probas"]]
+    y_test = np.asarray(probas["test"]["y"])
+    saved, weights, stacker, search = fit_method("auto", valid, y, k, seed=seed, bags=DEFAULT_BAGS)
+    proba = stacker_proba(stacker, test, k) if saved == "stacking" else weighted_average(test, weights)
+    members = [macro_fbeta(y_test, p.argmax(axis=1), k) for p in test]
+    auto = search["auto"]
+    return {"chosen": search["chosen"], "weights": weights, "test_macro_f1": macro_fbeta(y_test, proba.argmax(axis=1), k),
+            "members_test_macro_f1": members, "best_member_test_macro_f1": max(members),
+            "cv_scores": {n: c["cv_score"] for n, c in auto["candidates"].items()},
+            "versus_single": {n: {key: e[key] for key in ("gain", "ci_low", "se", "clear_win")}
+                              for n, e in auto["rule"].get("versus_single", {}).items()},
+            "reason": auto["rule"].get("reason")}
+
+
+def bench_small_valid(name: str, paths: dict, work: Path, args: dict, echo) -> dict:
+    """Train the cheap members once, then ``auto`` on ``args['subsamples']`` random small subsamples of valid."""
+    import numpy as np
+
+    result: dict = {"status": "ok", "members": {}, "cases": []}
+    dirs = []
+    for member, family, overrides, code in SMALL_VALID_MEMBERS:
+        result["members"][member] = train_member(member, family, overrides, code, paths, work, args["reuse"], echo)
+        dirs.append(str(work / member))
+    probas = in_child(job_probas, dirs, paths)
+    n_valid = len(probas["valid"]["y"])
+    size = min(args["small_valid"], n_valid)
+    for i in range(args["subsamples"]):
+        rows = np.sort(np.random.default_rng(1000 + i).choice(n_valid, size, replace=False)).tolist()
+        case = {"subsample": i, "seed": 1000 + i, "rows": size, **small_valid_case(probas, rows, 13)}
+        case["gain"] = case["test_macro_f1"] - case["best_member_test_macro_f1"]
+        case["ok"] = bool(case["gain"] >= -SMALL_VALID_TOLERANCE)
+        result["cases"].append(case)
+        echo(f"  subsample {i} ({size} rows): auto -> {case['chosen']}, test macro-F1 {case['test_macro_f1']:.4f} vs best "
+             f"member {case['best_member_test_macro_f1']:.4f} ({case['gain']:+.4f})")
+    return result
+
+
+def small_valid_table(datasets: dict) -> tuple[str, dict]:
+    """The markdown table of the ``--small_valid`` cases and the target check."""
+    lines = ["| dataset | members' test macro-F1 (fastText, tfidf, MiniLM) | auto's choice per subsample | "
+             "auto test macro-F1 (mean) | gain over best member (per subsample) | ok |", "|---|---|---|---:|---|---:|"]
+    cases = []
+    for name, r in datasets.items():
+        if r.get("status") != "ok":
+            continue
+        cs = r["cases"]
+        cases += cs
+        members = ", ".join(f"{v:.4f}" for v in cs[0]["members_test_macro_f1"])
+        gains = ", ".join(f"{c['gain']:+.4f}" for c in cs)
+        lines.append(f"| {name} | {members} | {', '.join(c['chosen'] for c in cs)} | "
+                     f"{sum(c['test_macro_f1'] for c in cs) / len(cs):.4f} | {gains} | {sum(c['ok'] for c in cs)}/{len(cs)} |")
+    ok = sum(c["ok"] for c in cases)
+    mean_gain = sum(c["gain"] for c in cases) / len(cases) if cases else float("nan")
+    target = {"cases": len(cases), "ok": ok, "mean_gain": mean_gain,
+              "met": bool(cases and ok >= 0.9 * len(cases) and mean_gain >= 0)}
+    return "\n".join(lines), target
 
 
 # --------------------------------------------------------------------------- one dataset
@@ -376,6 +480,67 @@ def summary(datasets: dict) -> dict:
     return out
 
 
+def run_small_valid(datasets: str, data_root: str, output: str | None, keep: str | None, reuse: bool, size: int,
+                    subsamples: int) -> None:
+    """The ``--small_valid`` experiment over the datasets; a table and ``ensemble_small_valid.json``."""
+    from textclf.core.atomic import atomic_write_json
+
+    output = Path(output or REPO / "benchmarks" / "results" / "ensemble_small_valid.json")
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    echo = make_echo(show_elapsed=True)
+    args = {"reuse": reuse, "small_valid": size, "subsamples": subsamples}
+    doc = {"benchmark": "ensemble_small_valid", "started": utc_now(),
+           "command": " ".join(["python", "benchmarks/bench_ensemble.py", *sys.argv[1:]]),
+           "settings": {**args, "datasets": names, "data_root": str(data_root),
+                        "members": [list(m[:3]) for m in SMALL_VALID_MEMBERS], "tolerance": SMALL_VALID_TOLERANCE},
+           "machine": machine_info(PACKAGES), "datasets": {}}
+    root_tmp = None if keep else tempfile.TemporaryDirectory(prefix="bench-ensemble-sv-")
+    root = Path(keep) if keep else Path(root_tmp.name)
+    try:
+        for name in names:
+            paths = dataset_paths(data_root, name)
+            if paths is None:
+                echo(f"{name}: skipped, not under {data_root}")
+                continue
+            echo(f"{name}:")
+            work = root / name
+            work.mkdir(parents=True, exist_ok=True)
+            doc["datasets"][name] = bench_small_valid(name, paths, work, args, echo)
+            doc["table_markdown"], doc["target"] = small_valid_table(doc["datasets"])
+            atomic_write_json(output, doc)
+    finally:
+        if root_tmp is not None:
+            root_tmp.cleanup()
+    doc["finished"] = utc_now()
+    atomic_write_json(output, doc)
+    t = doc["target"]
+    click.echo(doc["table_markdown"])
+    click.echo(f"\ntarget (issue 26): auto >= best member - {SMALL_VALID_TOLERANCE} in {t['ok']}/{t['cases']} cases (want "
+               f">= 90 %), mean gain {t['mean_gain']:+.4f} (want >= 0): {'MET' if t['met'] else 'not met'}")
+    click.echo(f"wrote {output}")
+
+
+def merge_small_valid(paths: list[str], output: str | None) -> None:
+    """One ``ensemble_small_valid.json`` from ``--small_valid`` runs over disjoint datasets (their settings must agree)."""
+    from textclf.core.atomic import atomic_write_json
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    doc = {**docs[0], "datasets": {}, "merged_from": [{"path": p, "command": d["command"], "started": d["started"],
+                                                       "finished": d.get("finished")} for p, d in zip(paths, docs, strict=True)]}
+    for d in docs:
+        if {k: v for k, v in d["settings"].items() if k != "datasets"} != \
+                {k: v for k, v in docs[0]["settings"].items() if k != "datasets"}:
+            raise click.UsageError(f"--merge: {d['command']} ran with other settings")
+        doc["datasets"].update(d["datasets"])
+    doc["settings"]["datasets"] = list(doc["datasets"])
+    doc["table_markdown"], doc["target"] = small_valid_table(doc["datasets"])
+    output = Path(output or REPO / "benchmarks" / "results" / "ensemble_small_valid.json")
+    atomic_write_json(output, doc)
+    click.echo(doc["table_markdown"])
+    t = doc["target"]
+    click.echo(f"\n{t['ok']}/{t['cases']} cases ok, mean gain {t['mean_gain']:+.4f}: {'MET' if t['met'] else 'not met'}")
+
+
 @click.command()
 @click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated dataset folder names.")
 @click.option("--data_root", type=click.Path(file_okay=False), default=str(DATA_ROOT), show_default=True,
@@ -398,14 +563,25 @@ def summary(datasets: dict) -> dict:
                    "with the same search settings.")
 @click.option("--bags", type=int, default=None, help="Bootstrap resamples of the bagged weight search [default: the CLI's].")
 @click.option("--quick", is_flag=True, help="Smoke check: tiny searches.")
+@click.option("--small_valid", type=int, default=0, show_default=True,
+              help="Instead: cheap members trained once, auto fitted on --subsamples random N-row subsamples of valid.")
+@click.option("--subsamples", type=int, default=5, show_default=True, help="Subsamples of valid per dataset (--small_valid).")
+@click.option("--merge", default=None, metavar="A.json,B.json",
+              help="With --small_valid: merge the results of runs over other datasets (e.g. run in parallel) into --output.")
 def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_trials, tfidf, threshold_beta, keep, holdout,
-         reuse, bags, quick):
+         reuse, bags, quick, small_valid, subsamples, merge):
     """Members vs weighted and stacked ensembles, and threshold tuning, per shared dataset; a table and a JSON."""
     from textclf.services.compare.ensemble import DEFAULT_BAGS
 
     if reuse and not keep:
         raise click.UsageError("--reuse needs --keep DIR (where the members of an earlier run lie)")
     start_fork_server()  # before anything large is loaded: see bench_common
+    if small_valid and merge:
+        merge_small_valid(merge.split(","), output)
+        return
+    if small_valid:
+        run_small_valid(datasets, data_root, output, keep, reuse, small_valid, subsamples)
+        return
     args = {"reuse": reuse, "bags": DEFAULT_BAGS if bags is None else bags,
             "ft_trials": ft_trials or (3 if quick else 30), "ft_budget_s": ft_budget_s or (10.0 if quick else 400.0),
             "emb_trials": emb_trials or (2 if quick else 12), "tfidf_trials": tfidf_trials or (2 if quick else 30),

@@ -339,13 +339,15 @@ def test_auto_keeps_the_single_member_that_combining_cannot_beat(models, tweets,
     assert result.exit_code == 0, result.output
     assert "auto: out-of-fold macro_f1 (4-fold stratified CV on valid, seed 13): single 1.0000 (ft_char in 4/4 folds)" \
         in result.output
-    assert "-> single\nensemble (auto: single) written to" in result.output
+    assert "-> single (no combination beats the best single member clearly out of fold: weighted " in result.output
+    assert "\nensemble (auto: single) written to" in result.output
 
     meta = json.loads((out / "meta.json").read_text())
     assert meta["config"]["method"] == "auto" and meta["method"] == "weighted" and meta["weights"] == [0.0, 1.0, 0.0]
     s = meta["ensemble_search"]
     auto = s["auto"]
-    assert s["chosen"] == auto["chosen"] == "single" and auto["folds"] == 4 and auto["metric"] == "macro_f1"
+    assert s["chosen"] == auto["chosen"] == auto["rule"]["decision"] == "single" and auto["folds"] == 4
+    assert auto["metric"] == "macro_f1" and not any(e["clear_win"] for e in auto["rule"]["versus_single"].values())
     cands = auto["candidates"]
     assert set(cands) == {"single", "weighted", "stacking"}
     assert cands["single"]["cv_score"] == 1.0 and cands["single"]["fold_members"] == [1, 1, 1, 1]

@@ -88,7 +88,8 @@ def report(model_path, data_path, out_dir, text_column, label_column, data_forma
 @click.option("--output_dir", required=True, type=click.Path(file_okay=False), help="The ensemble's model directory.")
 @click.option("--method", type=click.Choice(["auto", "weighted", "stacking"]), default="auto", show_default=True,
               help="weighted: simplex weights searched on valid; stacking: logistic regression on the members' probabilities; "
-              "auto: the best single member, weighted or stacking, whichever scores best out of fold (--cv folds on valid).")
+              "auto: the best single member, unless weighted or stacking beats it clearly out of fold (--cv folds on valid, "
+              "paired bootstrap).")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Maximise valid macro F-beta (1: macro-F1).")
 @click.option("--objective", type=click.Choice(["fbeta", "logloss"]), default="fbeta", show_default=True,
               help="weighted: maximise valid macro F-beta, or minimise the valid log-loss of the average.")
@@ -100,15 +101,19 @@ def report(model_path, data_path, out_dir, text_column, label_column, data_forma
               "(0: the plain grid search).")
 @click.option("--cv", type=int, default=5, show_default=True, help="Cross-validation folds of auto and of the stacker.")
 @click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--max_model_mb", type=float, default=None,
+              help="Size budget: the members' sizes summed (MB) stay within it; the best members alone on valid are kept "
+              "first, the others skipped with a message.")
 @data_format_options
 @click.option("--batch_size", type=int, default=1024, show_default=True)
-def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy, test_path, step, bags, cv, seed, text_column,
-             label_column, data_format, batch_size):
+def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy, test_path, step, bags, cv, seed, max_model_mb,
+             text_column, label_column, data_format, batch_size):
     """Combine model directories of any families into one ensemble model directory (kind ``ensemble``)."""
     from textclf.services.compare.ensemble import build_ensemble, weights_table
 
     meta = build_ensemble(model_paths, valid_path, output_dir, method, beta, copy, test_path, step, cv, seed, data_format,
-                          text_column, label_column, batch_size, echo=True, objective=objective, bags=bags)
+                          text_column, label_column, batch_size, echo=True, objective=objective, bags=bags,
+                          max_model_mb=max_model_mb)
     s = meta["ensemble_search"]
     click.echo(f"\n{weights_table(meta)}\n\nvalid {s['metric']}: {s['valid_score']:.4f} ({s.get('strategy') or 'cross-validated'})"
                f"; best single member on valid: {max(s['single']):.4f}")

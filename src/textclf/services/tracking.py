@@ -373,8 +373,18 @@ def open_store(uri: str | None = None, create: bool = True) -> Store:
 
 
 # --------------------------------------------------------------------------- meta.json -> metrics
+def model_mb(meta: dict) -> float | None:
+    """The model's size in MiB: meta.json's ``model_mb``, else the sum of the files it records (``files``), else None."""
+    if isinstance(meta.get("model_mb"), int | float):
+        return float(meta["model_mb"])
+    sizes = [r.get("bytes") for r in (meta.get("files") or {}).values() if isinstance(r, dict)]
+    if sizes and all(isinstance(b, int) for b in sizes):
+        return round(sum(sizes) / 2**20, 3)
+    return None
+
+
 def meta_metrics(meta: dict) -> dict[str, float]:
-    """Flat metrics of a ``meta.json``: ``valid.macro_f1``, ``test.class.<label>.f1``, ``search.best_value``."""
+    """Flat metrics of a ``meta.json``: ``valid.macro_f1``, ``test.class.<label>.f1``, ``search.best_value``, ``model_mb``."""
     out: dict[str, float] = {}
     for split, m in (meta.get("metrics") or {}).items():
         for key, value in m.items():
@@ -383,6 +393,9 @@ def meta_metrics(meta: dict) -> dict[str, float]:
         for label, entry in (m.get("per_class") or {}).items():
             for key, value in entry.items():
                 out[metric_key(split, "class", str(label), key)] = float(value)
+    size = model_mb(meta)
+    if size is not None:
+        out["model_mb"] = size
     search = meta.get("search") or {}
     for key in ("best_value", "best_trial", "n_trials"):
         if isinstance(search.get(key), int | float):

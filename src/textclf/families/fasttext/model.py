@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,15 @@ from textclf.core.tuning import (
     wants_search,
 )
 from textclf.families.fasttext.fileformat import check_model_file
+from textclf.families.fasttext.size import (
+    MB,
+    MIN_CUTOFF,
+    budget_bytes,
+    count_tokens,
+    entry_bytes,
+    fit_params_to_budget,
+    quantize_cutoff,
+)
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +218,7 @@ def check_param(key: str, name: str, value: object) -> None:
 
 
 def check_settings(cfg: dict) -> None:
-    """Check the fixed parameters, the search space's bounds and choices and the metric before anything trains.
+    """Check the fixed parameters, the size budget, the search space's bounds and choices and the metric before anything trains.
 
     The metric is one of those computed with F1 and F0.5 (multi-class or multi-label ones); ``null``
     (the task's default) passes.
@@ -216,6 +226,9 @@ def check_settings(cfg: dict) -> None:
     for name, value in cfg["model"].items():
         check_param(f"model.{name}", name, value)
     s = cfg["search"]
+    mb = s.get("max_model_mb")
+    if mb is not None and not mb > 0:
+        raise ConfigError(f"search.max_model_mb: must be > 0 (MB), or null for no size limit; got {mb!r}")
     if wants_search(s):
         for name, spec in s["space"].items():
             values = spec.get("choices", []) if spec.get("type") == "categorical" else [spec.get("low"), spec.get("high")]
@@ -242,33 +255,82 @@ def refit(train_file: Path, params: dict, seed: int, retries: int) -> tuple[fast
     raise RuntimeError(f"final fastText fit failed {retries} times: {last}")
 
 
+def token_counts(train_file: Path, splits: Splits, shared: dict) -> Counter:
+    """The training file's token counts (:func:`size.count_tokens`), counted once a run (``context.shared``)."""
+    key = ("fasttext.token_counts", splits.data_sha256, splits.multilabel)
+    if key not in shared:
+        shared[key] = count_tokens(train_file)
+    return shared[key]
+
+
+def quantize_to_budget(model, train_file: Path, cfg: dict, budget: int | None, n_labels: int, entry: int, tmp: Path,
+                       out: Path) -> tuple[fasttext.FastText._FastText, dict]:
+    """Quantize ``model`` (``qnorm``, ``retrain``, a ``cutoff`` on its input rows) into ``out/model.ftz`` within ``budget``.
+
+    The cutoff is ``output.quantize_cutoff``, lowered to what the budget allows
+    (:func:`size.quantize_cutoff`); a file still over budget is quantized again from the saved
+    full model with a proportionally smaller cutoff (3 tries, then a one-line ConfigError).
+    """
+    cutoff = int(cfg["output"]["quantize_cutoff"])
+    dim = model.get_dimension()
+    if budget is not None:
+        cutoff = min(cutoff, quantize_cutoff(budget, dim, n_labels, entry))
+        full = tmp / "full.bin"
+        model.save_model(str(full))
+    for attempt in range(3):
+        # cutoff keeps the input rows of largest norm: product-quantizing all 2M buckets takes ages
+        model.quantize(input=str(train_file), retrain=True, qnorm=True, cutoff=cutoff, thread=default_threads())
+        atomic_replace_file(model.save_model, out / QUANTIZED_FILE)
+        size = (out / QUANTIZED_FILE).stat().st_size
+        record = {"cutoff": cutoff, "qnorm": True, "retrain": True, "dsub": 2, "attempts": attempt + 1}
+        if budget is None or size <= budget:
+            return model, record
+        log.info("quantized fastText model is %.1f MB with cutoff %d: over budget, quantizing again", size / MB, cutoff)
+        cutoff = max(MIN_CUTOFF, int(cutoff * budget / size * 0.95))
+        model = fasttext.load_model(str(full))
+    raise ConfigError(f"search.max_model_mb: the fastText model is {size / MB:.1f} MB even quantized (cutoff "
+                      f"{record['cutoff']}, dim {dim}); raise search.max_model_mb or lower model.dim")
+
+
 def fit(cfg: dict, splits: Splits, context) -> FastTextPredictor:
     """Train fastText with ``cfg["model"]`` on train and return its Predictor (family contract v2).
 
     The core searches (trials run in a forked child killed at the ``search.timeout`` deadline:
-    ``Family.fork_trials``), refits and evaluates. The final fit retries a run that dies
-    (e.g. "Encountered NaN") with the next seed, up to ``search.refit_retries`` times, saves
-    ``model.bin`` and, with ``output.quantize``, a compressed ``model.ftz`` that the model then uses.
+    ``Family.fork_trials``), refits and evaluates. Every fit is made to fit ``search.max_model_mb``
+    (:mod:`textclf.families.fasttext.size`: ``bucket`` lowered before training, or the final model
+    quantized). The final fit retries a run that dies (e.g. "Encountered NaN") with the next seed,
+    up to ``search.refit_retries`` times, and saves ``model.bin`` when it fits the budget and, with
+    ``output.quantize`` or when quantization is what fits, a compressed ``model.ftz`` that the model
+    then uses. meta.json records the size (``model_mb``, ``size``).
     """
     out = Path(context.output_dir)
     n_jobs = cfg["search"]["n_jobs"]
+    budget = budget_bytes(cfg)
     if splits.multilabel and cfg["model"].get("loss") != "ova":
         cfg = {**cfg, "model": {**cfg["model"], "loss": "ova"}}  # independent per-label probabilities
     with owned_temp_dir(TEMP_PREFIX) as tmp:  # swept by the next run if this one is killed with -9
         train_file = Path(tmp) / "train.txt"
         write_training_file(splits.train, splits.labels, train_file)
+        counts = token_counts(train_file, splits, context.shared)
+        params, size = fit_params_to_budget(counts, cfg["model"], budget)
         if not context.final:
-            model = train_model(train_file, {**cfg["model"], "seed": context.seed}, n_jobs)
+            model = train_model(train_file, {**params, "seed": context.seed}, n_jobs)
             return FastTextPredictor(out, fitted_meta(KIND, cfg, splits), model)
-        model, seed = refit(train_file, cfg["model"], context.seed, cfg["search"]["refit_retries"])
-        atomic_replace_file(model.save_model, out / MODEL_FILE)
+        model, seed = refit(train_file, params, context.seed, cfg["search"]["refit_retries"])
+        if size["action"] == "quantize":
+            (out / MODEL_FILE).unlink(missing_ok=True)  # a stale full model of an earlier run: not this model
+        else:
+            atomic_replace_file(model.save_model, out / MODEL_FILE)
         model_file = MODEL_FILE
-        if cfg["output"]["quantize"]:
-            # cutoff keeps the most important rows of the input matrix: product-quantizing all 2M buckets takes ages
-            model.quantize(input=str(train_file), retrain=True, qnorm=True, cutoff=cfg["output"]["quantize_cutoff"],
-                           thread=default_threads())
-            atomic_replace_file(model.save_model, out / QUANTIZED_FILE)
+        if cfg["output"]["quantize"] or size["action"] == "quantize":
+            model, size["quantized"] = quantize_to_budget(model, train_file, cfg, budget if size["action"] == "quantize"
+                                                          else None, len(splits.labels),
+                                                          entry_bytes(counts, int(params.get("minCount", 1))), Path(tmp), out)
             model_file = QUANTIZED_FILE
+        else:
+            (out / QUANTIZED_FILE).unlink(missing_ok=True)
+    size["bytes"] = (out / model_file).stat().st_size
     predictor = FastTextPredictor(out, fitted_meta(KIND, cfg, splits), model)
-    predictor.fit_info = {"model_file": model_file, "params": fit_params({**cfg["model"], "seed": seed})}
+    predictor.fit_info = {"model_file": model_file, "params": fit_params({**params, "seed": seed}),
+                          "model_mb": round(size["bytes"] / MB, 3), "size": size}
     return predictor

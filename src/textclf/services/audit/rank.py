@@ -5,6 +5,8 @@ probabilities flags the rows, ranked by self-confidence (the probability of the 
 :func:`cleanlab.rank.get_label_quality_scores` orders every row the same way (the benchmark's
 top-N). Multi-label: :func:`cleanlab.multilabel_classification.filter.find_multilabel_issues_per_class`
 flags (row, label) pairs: a label given that the models doubt, or one missing that they see.
+cleanlab runs with ``n_jobs=1``: its default forks a process pool, which can deadlock in a process
+that holds threads (a server, a browser driver) and gains nothing at these sizes.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def flagged_rows(given: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """cleanlab's label issues (confident learning, prune by noise rate), ranked by self-confidence."""
     from cleanlab.filter import find_label_issues
 
-    return np.asarray(find_label_issues(given, proba, return_indices_ranked_by="self_confidence"), dtype=int)
+    return np.asarray(find_label_issues(given, proba, return_indices_ranked_by="self_confidence", n_jobs=1), dtype=int)
 
 
 def suggestion(p: np.ndarray, given: int) -> int:
@@ -98,7 +100,7 @@ def multilabel_issues(ds: Dataset, labels: list[str], proba: np.ndarray, votes: 
 
     index = {label: j for j, label in enumerate(labels)}
     given = [[index[label] for label in row] for row in ds.labels]
-    ranked, _, _ = find_multilabel_issues_per_class(given, proba, return_indices_ranked_by="self_confidence")
+    ranked, _, _ = find_multilabel_issues_per_class(given, proba, return_indices_ranked_by="self_confidence", n_jobs=1)
     found = []
     for k, rows in enumerate(ranked):
         for i in rows:

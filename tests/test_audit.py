@@ -378,6 +378,7 @@ def test_combine_keeps_a_weak_member_from_drowning_a_good_one():
     assert recall((good / good.sum(1, keepdims=True) + noise) / 2) < recall(proba)  # what a plain mean would do
 
 
+@pytest.mark.slow  # loads the MiniLM encoder (torch)
 def test_embeddings_folds_read_the_cache(tmp_path, cache_dir, caplog):
     """The embeddings family encodes the file once; its folds load their rows from the embedding cache."""
     import logging

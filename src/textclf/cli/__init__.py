@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "explain": "textclf.cli.explain_cmd:explain",
     "distill": "textclf.cli.distill_cmd:distill",
     "cascade": "textclf.cli.distill_cmd:cascade",
+    "audit": "textclf.cli.audit_cmd:audit",
+    "serve-audit": "textclf.cli.audit_cmd:serve_audit",
 }
 
 

@@ -136,7 +136,7 @@ def diff(run_a, run_b, tracking_uri) -> None:
     a, b = store.get_run(run_a), store.get_run(run_b)
     sections = {
         "run": {k: (a.data.tags.get(f"{TAG}{k}"), b.data.tags.get(f"{TAG}{k}"))
-                for k in ("family", "dataset", "data_sha256", "git_commit")},
+                for k in ("family", "dataset", "data_sha256", "sha256.train", "data_lineage", "data_rows_changed", "git_commit")},
         "config": {k: (a.data.params.get(k), b.data.params.get(k)) for k in sorted(set(a.data.params) | set(b.data.params))},
         "metrics": {k: (a.data.metrics.get(k), b.data.metrics.get(k))
                     for k in sorted(set(a.data.metrics) | set(b.data.metrics)) if not k.startswith("curve.")},

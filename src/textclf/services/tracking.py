@@ -157,6 +157,18 @@ def split_hashes(splits, data_cfg: dict) -> dict[str, str]:
     return out
 
 
+def lineage_tags(train) -> dict[str, str]:
+    """Tags naming the parent data version of a training file written by ``textclf audit apply`` (its lineage sidecar)."""
+    from textclf.core.lineage import lineage_summary, read_lineage
+
+    for path in ([train] if isinstance(train, str) else train or []):
+        record = read_lineage(path)
+        if record:
+            return {f"{TAG}data_lineage": lineage_summary(record), f"{TAG}data_parent_sha256": record["parent_sha256"],
+                    f"{TAG}data_rows_changed": str(int(record.get("relabelled", 0)) + int(record.get("dropped", 0)))}
+    return {}
+
+
 def absolute_paths(paths: dict) -> dict:
     """Splits' paths made absolute (a rerun may start elsewhere)."""
     def fix(p):
@@ -267,6 +279,7 @@ class Store:
                 f"{TAG}versions": json.dumps(library_versions()), "mlflow.source.git.commit": commit.removesuffix("-dirty")}
         hashes = split_hashes(splits, cfg.get("data", {}))
         tags.update({f"{TAG}sha256.{name}": digest_ for name, digest_ in hashes.items()})
+        tags.update(lineage_tags(splits.paths.get("train")))
         if family.code_file:
             tags[f"{TAG}code"] = family.code_file
         if settings.parent_run_id:

@@ -116,4 +116,4 @@ def test_tfidf_logreg_plugin_refuses_bad_char_ngrams(tmp_path):
                                       *DATA, "--output_dir", str(tmp_path / "m"), "--set", "model.char_ngram_max=3",
                                       "--set", "model.char_ngram_min=4"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1] == "error: model.char_ngram_min: expected 1..char_ngram_max (3), got 4"
+    assert result.output.strip().splitlines()[-1] == "Error: model.char_ngram_min: expected 1..char_ngram_max (3), got 4"

@@ -8,13 +8,18 @@ loads (its peak RSS is its own; see ``bench_common``):
   train        every model of ``MODELS`` through the run service (``textclf.services.runs.fit_family``,
                what ``textclf train`` runs): fastText (the settings of docs/multilabel.md, and an Optuna
                search of ``--ft_budget_s`` seconds), embeddings (MiniLM + one-vs-rest logreg; TF-IDF + SVD +
-               logreg) and the BiLSTM (``--lstm_epochs`` epochs);
+               logreg), the BiLSTM (``--lstm_epochs`` epochs) and the example plug-in
+               ``examples/plugins/tfidf_logreg.py`` (sparse TF-IDF + one-vs-rest logreg);
   thresholds   on valid, what ``textclf tune-thresholds --beta 1`` computes
                (``services/compare/label_thresholds.py``): one global threshold, then one per label
                (``--cv 5`` out-of-fold check recorded);
   score        test micro-, macro- and samples-F1 at the untuned 0.5, at the tuned global threshold and at
                the tuned per-label thresholds (``core.metrics.multilabel_metrics``);
-  ensemble     ``textclf ensemble --method weighted`` of the two best models on valid micro-F1 (at 0.5), scored the same way.
+  ensemble     ``textclf ensemble --method weighted`` of the ``--ensemble_size`` (3) models best on valid micro-F1
+               (at 0.5), scored the same way.
+
+``--keep DIR --reuse`` skips training a model whose directory under DIR was trained with the same
+overrides on the same files (its ``bench_train.json``); its thresholds are tuned and scored again.
 
 The baseline of the ratios is TF-IDF + SVD + logreg of the same run. Targets (issue 24): the best model's
 micro-F1 >= 0.75 and macro-F1 >= 0.55; every family's micro-F1 >= 0.70; per-label >= global thresholds on
@@ -41,7 +46,8 @@ from bench_common import DATA_ROOT, RSS_NOTE, in_child, make_echo, peak_rss_mb, 
 PACKAGES = ("textclf", "fasttext-community", "torch", "sentence-transformers", "scikit-learn", "optuna", "numpy")
 DATASET = "disaster_response"
 BASELINE = "tfidf_logreg"
-#: name -> (family, config overrides); ``{ft_budget_s}``/``{lstm_epochs}`` are filled from the options
+PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "tfidf_logreg.py"
+#: name -> (family, config overrides[, plug-in code file]); ``{ft_budget_s}``/``{lstm_epochs}`` are filled from the options
 MODELS = {
     "fasttext": ("fasttext", ["model.lr=0.5", "model.minn=3", "model.maxn=5", "model.bucket=200000",
                               "search.n_trials=0"]),
@@ -49,7 +55,10 @@ MODELS = {
     "minilm_logreg": ("embeddings", ["encoder.name=minilm", "classifier=logreg", "search.n_trials=0"]),
     "tfidf_logreg": ("embeddings", ["encoder.name=tfidf_svd", "classifier=logreg", "search.n_trials=0"]),
     "lstm": ("lstm", ["train.epochs={lstm_epochs}", "search.n_trials=0"]),
+    "tfidf_plugin": ("tfidf_logreg", ["model.char_ngram_max=5", "model.C=4", "model.class_weight=null", "model.min_df=2",
+                                      "search.n_trials=0"], str(PLUGIN)),
 }
+TRAIN_RECORD = "bench_train.json"
 METRICS = ("micro_f1", "macro_f1", "samples_f1")
 TARGETS = {"best_micro_f1": 0.75, "best_macro_f1": 0.55, "family_micro_f1": 0.70}
 
@@ -68,15 +77,20 @@ def _quiet() -> None:
 
 
 # --------------------------------------------------------------------------- jobs (each in a fresh process)
-def job_train(family: str, paths: dict, out: str, overrides: list[str]) -> dict:
-    """Train (search if asked, refit) ``family`` into ``out`` through the run service; return the time and search summary."""
+def job_train(family: str, paths: dict, out: str, overrides: list[str], code: str | None = None) -> dict:
+    """Train (search if asked, refit) ``family`` into ``out`` through the run service; return the time and search summary.
+
+    ``code``: a plug-in file that registers ``family`` (``textclf train --code``).
+    """
     _quiet()
     from textclf.core.config import load_config
     from textclf.core.meta import read_meta
-    from textclf.core.registry import get_family
+    from textclf.core.registry import get_family, load_code
     from textclf.core.training import load_splits
     from textclf.services.runs import fit_family
 
+    if code:
+        load_code(code)
     cfg = load_config(family, overrides=overrides)
     splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
     start = time.perf_counter()
@@ -101,7 +115,7 @@ def job_score(model_dir: str, paths: dict, beta: float, cv: int) -> dict:
     from textclf.services.compare.label_thresholds import indicator_matrix, thresholds_block
     from textclf.services.compare.thresholds import save_thresholds
 
-    predictor = load_predictor(model_dir, thresholds=False)
+    predictor = load_predictor(model_dir, thresholds=False, trust_code=True)  # the plug-in row runs this repository's example
     labels = list(predictor.labels)
 
     def proba_gold(path):
@@ -130,14 +144,27 @@ def job_score(model_dir: str, paths: dict, beta: float, cv: int) -> dict:
 def job_ensemble(members: list[str], paths: dict, out: str, beta: float) -> dict:
     """``textclf ensemble --method weighted`` of ``members`` on valid; its wall time and weights."""
     _quiet()
+    from textclf.core.trust import trusting
     from textclf.services.compare.ensemble import build_ensemble
 
     start = time.perf_counter()
-    meta = build_ensemble(members, paths["valid"], out, method="weighted", beta=beta, test_path=paths["test"])
+    with trusting(True):  # a member may be the example plug-in
+        meta = build_ensemble(members, paths["valid"], out, method="weighted", beta=beta, test_path=paths["test"])
     return {"build_wall_s": round(time.perf_counter() - start, 1), "weights": meta["weights"], "method": meta["method"]}
 
 
 # --------------------------------------------------------------------------- driver
+def reused(model_dir: str, family: str, overrides: list[str], paths: dict) -> dict | None:
+    """The training record of a model already in ``model_dir`` trained with ``overrides`` on ``paths``, or None."""
+    record = Path(model_dir) / TRAIN_RECORD
+    if not (Path(model_dir) / "meta.json").exists() or not record.exists():
+        return None
+    done = json.loads(record.read_text(encoding="utf-8"))
+    if done.get("family") != family or done.get("overrides") != overrides or done.get("data") != paths:
+        return None
+    return {k: v for k, v in done.items() if k not in ("overrides", "data")} | {"reused": True}
+
+
 def slice_train(paths: dict, rows: int, workdir: Path) -> dict:
     """``paths`` with train cut to its first ``rows`` lines (a file under ``workdir``); valid and test stay whole."""
     sliced = workdir / "train.jsonl"
@@ -191,10 +218,12 @@ def targets(results: dict) -> dict:
 @click.option("--lstm_epochs", type=int, default=4, show_default=True)
 @click.option("--beta", type=float, default=1.0, show_default=True, help="F-beta the thresholds maximise (micro).")
 @click.option("--cv", type=int, default=5, show_default=True, help="Out-of-fold check of the thresholds.")
-@click.option("--no-ensemble", "no_ensemble", is_flag=True, help="Skip the ensemble of the best two.")
+@click.option("--ensemble_size", type=int, default=3, show_default=True,
+              help="Members of the ensemble: the models best on valid micro-F1 (0 or 1: no ensemble).")
+@click.option("--reuse", is_flag=True, help="Reuse a model under --keep trained with the same overrides on the same files.")
 @click.option("--keep", default=None, help="Keep the model directories under this folder (default: a temporary one).")
 @click.option("--output", default=None, help="Results JSON (default benchmarks/results/multilabel.json).")
-def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, no_ensemble, keep, output):
+def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, ensemble_size, reuse, keep, output):
     """Train the multi-label families on disaster_response and compare global vs per-label thresholds."""
     start_fork_server()
     echo = make_echo(show_elapsed=True)
@@ -212,7 +241,7 @@ def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, no_ensembl
         paths = slice_train(paths, rows, workdir)
     out = results_path(output, "multilabel")
     settings = {"dataset": DATASET, "rows": rows, "models": names, "ft_budget_s": ft_budget_s, "lstm_epochs": lstm_epochs,
-                "beta": beta, "cv": cv, "baseline": BASELINE}
+                "beta": beta, "cv": cv, "ensemble_size": ensemble_size, "reuse": reuse, "baseline": BASELINE}
     doc = results_doc("multilabel", settings, PACKAGES, rss_note=RSS_NOTE, models={})
     from textclf.core.atomic import atomic_write_json
 
@@ -223,13 +252,18 @@ def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, no_ensembl
 
     fmt = {"ft_budget_s": ft_budget_s, "lstm_epochs": lstm_epochs}
     for name in names:
-        family, overrides = MODELS[name]
+        family, overrides, *code = MODELS[name]
         overrides = [o.format(**fmt) for o in overrides]
         model_dir = str(workdir / name)
-        echo(f"{name}: training {family} {' '.join(overrides)}")
         try:
-            result = in_child(job_train, family, paths, model_dir, overrides)
-            echo(f"{name}: trained in {result['train_wall_s']} s; tuning thresholds")
+            result = reused(model_dir, family, overrides, paths) if reuse else None
+            if result is None:
+                echo(f"{name}: training {family} {' '.join(overrides)}")
+                result = in_child(job_train, family, paths, model_dir, overrides, *code)
+                atomic_write_json(Path(model_dir) / TRAIN_RECORD, {**result, "overrides": overrides, "data": paths})
+                echo(f"{name}: trained in {result['train_wall_s']} s; tuning thresholds")
+            else:
+                echo(f"{name}: reusing {model_dir} (trained with the same overrides on the same files); tuning thresholds")
             result.update(in_child(job_score, model_dir, paths, beta, cv))
             result["model_dir"] = model_dir
         except Exception as exc:  # noqa: BLE001 - one failing model is recorded, the others still run
@@ -238,16 +272,16 @@ def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, no_ensembl
         doc["models"][name] = result
         save()
     scored = [n for n in names if "per_label" in doc["models"][n]]
-    if not no_ensemble and len(scored) >= 2:
-        best2 = sorted(scored, key=lambda n: doc["models"][n]["valid_micro_f1"], reverse=True)[:2]  # chosen on valid
+    if ensemble_size >= 2 and len(scored) >= 2:
+        best = sorted(scored, key=lambda n: doc["models"][n]["valid_micro_f1"], reverse=True)[:ensemble_size]  # chosen on valid
         ens_dir = str(workdir / "ensemble")
-        echo(f"ensemble of {best2}")
+        echo(f"ensemble of {best}")
         try:
-            result = in_child(job_ensemble, [doc["models"][n]["model_dir"] for n in best2], paths, ens_dir, beta)
-            result["members"] = best2
+            result = in_child(job_ensemble, [doc["models"][n]["model_dir"] for n in best], paths, ens_dir, beta)
+            result["members"] = best
             result.update(in_child(job_score, ens_dir, paths, beta, cv))
         except Exception as exc:  # noqa: BLE001
-            result = {"members": best2, "error": f"{type(exc).__name__}: {exc}"}
+            result = {"members": best, "error": f"{type(exc).__name__}: {exc}"}
         doc["models"]["ensemble"] = result
     from bench_common import utc_now
 

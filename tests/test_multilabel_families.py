@@ -41,8 +41,8 @@ def texts_file(tmp_path: Path) -> Path:
     return path
 
 
-def train(family: str, out: Path, *extra: str) -> dict:
-    result = CliRunner().invoke(cli, ["train", *extra, family, *DATA, "--output_dir", str(out)], catch_exceptions=False)
+def train(family: str, out: Path, *extra: str, after: tuple[str, ...] = ()) -> dict:
+    result = CliRunner().invoke(cli, ["train", *extra, family, *DATA, "--output_dir", str(out), *after], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads((out / "meta.json").read_text())
 
@@ -101,8 +101,21 @@ def test_embeddings_minilm_logreg_on_label_sets(tmp_path, cache_dir):
 
 
 @pytest.mark.slow  # each example plug-in trains in a subprocess (quick: test_multilabel.py's fastText run)
-@pytest.mark.parametrize(("plugin", "floor"), [("tfidf_logreg", 0.94), ("svm_char", 0.95)])
-def test_example_plugins_train_on_label_sets(plugin, floor, tmp_path):
+@pytest.mark.parametrize(("plugin", "floor", "extra"), [("tfidf_logreg", 0.94, ()), ("svm_char", 0.95, ()),
+                                                        ("tfidf_logreg", 0.94, ("--set", "model.char_ngram_max=5"))])
+def test_example_plugins_train_on_label_sets(plugin, floor, extra, tmp_path):
     out = tmp_path / "model"
-    meta = train(plugin, out, "--code", str(REPO / "examples" / "plugins" / f"{plugin}.py"))
+    meta = train(plugin, out, "--code", str(REPO / "examples" / "plugins" / f"{plugin}.py"), after=extra)
     check_model(meta, out, tmp_path, floor, trust=True)
+    if extra:  # word and char_wb 2-5-gram TF-IDF side by side: more features than the words alone
+        words = train(plugin, tmp_path / "words", "--code", str(REPO / "examples" / "plugins" / f"{plugin}.py"))
+        assert meta["config"]["model"]["char_ngram_max"] == 5
+        assert meta["vocabulary_size"] > words["vocabulary_size"], (meta["vocabulary_size"], words["vocabulary_size"])
+
+
+def test_tfidf_logreg_plugin_refuses_bad_char_ngrams(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--code", str(REPO / "examples" / "plugins" / "tfidf_logreg.py"), "tfidf_logreg",
+                                      *DATA, "--output_dir", str(tmp_path / "m"), "--set", "model.char_ngram_max=3",
+                                      "--set", "model.char_ngram_min=4"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "Error: model.char_ngram_min: expected 1..char_ngram_max (3), got 4"

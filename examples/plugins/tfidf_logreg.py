@@ -27,6 +27,8 @@ CONFIG: dict = {
     "model": {
         "C": 10.0,  # inverse L2 regularisation strength of the logistic regression
         "ngram_max": 2,  # word n-grams from 1 to ngram_max
+        "char_ngram_max": 0,  # 0: words only; else also character n-grams (within words) of char_ngram_min..char_ngram_max
+        "char_ngram_min": 2,
         "min_df": 1,  # drop n-grams found in fewer training documents
         "max_features": None,  # keep only the most frequent n-grams (None: all)
         "class_weight": "balanced",  # None or "balanced"
@@ -53,25 +55,34 @@ def fit(cfg: dict, splits, context) -> TfidfLogRegPredictor:
     """Fit TF-IDF + logistic regression on train; save it into ``context.output_dir``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
+    from sklearn.pipeline import FeatureUnion, Pipeline
 
     m = cfg["model"]
     if m["class_weight"] not in (None, "balanced"):
         raise ConfigError(f"model.class_weight: expected null or \"balanced\", got {m['class_weight']!r}")
+    tfidf = TfidfVectorizer(ngram_range=(1, int(m["ngram_max"])), sublinear_tf=True, min_df=m["min_df"],
+                            max_features=m["max_features"], strip_accents="unicode")
+    if int(m["char_ngram_max"]) > 0:  # word and character n-grams side by side (scikit-learn's FeatureUnion)
+        if not 1 <= int(m["char_ngram_min"]) <= int(m["char_ngram_max"]):
+            raise ConfigError(f"model.char_ngram_min: expected 1..char_ngram_max ({m['char_ngram_max']}), got {m['char_ngram_min']!r}")
+        chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(int(m["char_ngram_min"]), int(m["char_ngram_max"])),
+                                sublinear_tf=True, min_df=m["min_df"], max_features=m["max_features"], strip_accents="unicode")
+        tfidf = FeatureUnion([("words", tfidf), ("chars", chars)])
     pipeline = Pipeline([
-        ("tfidf", TfidfVectorizer(ngram_range=(1, int(m["ngram_max"])), sublinear_tf=True, min_df=m["min_df"],
-                                  max_features=m["max_features"], strip_accents="unicode")),
+        ("tfidf", tfidf),
         ("logreg", one_vs_rest(LogisticRegression(C=float(m["C"]), class_weight=m["class_weight"],
                                                   max_iter=int(m["max_iter"]), random_state=context.seed), splits.multilabel)),
     ]).fit(splits.train.texts, targets(splits.train, splits.labels))
     predictor = TfidfLogRegPredictor.from_pipeline(pipeline, context.output_dir, splits.labels, splits.task, cfg)
-    predictor.fit_info = {"model_file": MODEL_FILE, "vocabulary_size": len(pipeline.named_steps["tfidf"].vocabulary_)}
+    features = pipeline.named_steps["tfidf"]
+    parts = [t for _, t in features.transformer_list] if hasattr(features, "transformer_list") else [features]
+    predictor.fit_info = {"model_file": MODEL_FILE, "vocabulary_size": sum(len(t.vocabulary_) for t in parts)}
     return predictor
 
 
 FAMILY = register_family(Family(
     name=NAME,
-    description="TF-IDF word 1-2 grams + logistic regression (scikit-learn), Optuna-tunable; an example plug-in",
+    description="TF-IDF word 1-2 grams (+ char n-grams if asked) + logistic regression (scikit-learn), Optuna-tunable; an example plug-in",
     kind="linear",
     fit=fit,
     predictor=TfidfLogRegPredictor,

@@ -209,6 +209,17 @@ def test_cascade_bad_input_is_one_line(models, data, tmp_path):
     one_line_error(textclf("cascade", "--student", models["student"], "--teacher", models["student"], "--valid_path",
                            data["valid"], "--output_dir", tmp_path / "c", ok=False), "the same model directory")
     one_line_error(textclf(*base, "--output_dir", models["student"], ok=False), "must not be a member")
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "d", "--max_model_mb", "0.001", ok=False),
+                   "--max_model_mb 0.001: the student (")
+    assert not (tmp_path / "d").exists()
+
+
+def test_cascade_records_its_size_under_a_budget(models):
+    """meta.json records the members' sizes and their sum (the leaderboard's and runs list's size), like an ensemble."""
+    meta = json.loads((models["cascade"] / "meta.json").read_text())
+    size = meta["size"]
+    assert set(size["members_mb"]) == {"student", "teacher"} and size["max_model_mb"] is None
+    assert meta["model_mb"] == pytest.approx(sum(size["members_mb"].values()), abs=2e-3) and meta["model_mb"] > 0
 
 
 def test_min_docs_per_s_target(models, data, tmp_path):

@@ -58,10 +58,12 @@ def distill(teacher, student, train_path, valid_path, test_path, output_dir, con
 @click.option("--test_path", type=click.Path(dir_okay=False), default=None, help="Optional labelled test file, scored once.")
 @data_format_options
 @click.option("--batch_size", type=int, default=256, show_default=True)
+@click.option("--max_model_mb", type=float, default=None,
+              help="Refuse a student + teacher pair whose sizes add up to more (MiB; as ensemble --max_model_mb).")
 def cascade(student, teacher, valid_path, output_dir, max_f1_loss, min_docs_per_s, test_path, text_column, label_column,
-            data_format, batch_size):
+            data_format, batch_size, max_model_mb):
     """Build a cascade: STUDENT answers when its confidence >= tau, TEACHER the rest; tau chosen on valid for the target."""
     from textclf.services.compare.cascade import build_cascade
 
     build_cascade(student, teacher, valid_path, output_dir, max_f1_loss, min_docs_per_s, test_path, data_format,
-                  text_column, label_column, batch_size, echo=True)
+                  text_column, label_column, batch_size, echo=True, max_model_mb=max_model_mb)

@@ -186,6 +186,23 @@ def docs_per_s(predictor: Predictor, texts: Sequence[str], batch_size: int, min_
 
 
 # --------------------------------------------------------------------------- building
+def member_sizes(dirs: dict[str, Path], max_model_mb: float | None) -> dict:
+    """The members' sizes in MiB (:func:`textclf.services.compare.ensemble.member_bytes`) and their sum, checked
+    against ``max_model_mb`` (None: no bound)."""
+    from textclf.core.meta import read_meta
+    from textclf.services.compare.ensemble import member_bytes
+
+    mb = {role: member_bytes(d, read_meta(d)) / 2**20 for role, d in dirs.items()}
+    total = sum(mb.values())
+    if max_model_mb is not None:
+        if not max_model_mb > 0:
+            raise CascadeError(f"--max_model_mb must be > 0, got {max_model_mb:g}")
+        if total > max_model_mb:
+            raise CascadeError(f"--max_model_mb {max_model_mb:g}: the student ({mb['student']:.1f} MB) and the teacher "
+                               f"({mb['teacher']:.1f} MB) take {total:.1f} MB; a cascade needs both")
+    return {"max_model_mb": max_model_mb, "members_mb": {k: round(v, 3) for k, v in mb.items()}, "total_mb": round(total, 3)}
+
+
 def _copy_member(source: Path, target: Path) -> None:
     """Copy a member directory into the cascade (through a temporary sibling, then a rename)."""
     import os
@@ -205,8 +222,13 @@ def _copy_member(source: Path, target: Path) -> None:
 def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path: str | Path, output_dir: str | Path,
                   max_f1_loss: float | None = None, min_docs_per_s: float | None = None,
                   test_path: str | Path | None = None, data_format: str | None = None, text_column: str = "text",
-                  label_column: str = "label", batch_size: int = 256, echo: bool = False) -> dict:
-    """Build a cascade of ``student_path`` and ``teacher_path`` on ``valid_path`` into ``output_dir``; return its meta."""
+                  label_column: str = "label", batch_size: int = 256, echo: bool = False,
+                  max_model_mb: float | None = None) -> dict:
+    """Build a cascade of ``student_path`` and ``teacher_path`` on ``valid_path`` into ``output_dir``; return its meta.
+
+    ``max_model_mb`` bounds the sum of the two members' sizes, as for ensembles; a cascade needs both, so a pair
+    over the budget is a one-line CascadeError before anything is loaded.
+    """
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
     from textclf.core.meta import build_meta, read_meta, write_meta
@@ -230,6 +252,7 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
             raise CascadeError(f"--output_dir {output_dir} must not be a member ({d}) or lie inside one")
     if (output_dir / META_FILE).exists() and read_meta(output_dir).get("kind") != KIND:
         raise CascadeError(f"--output_dir {output_dir} holds a {read_meta(output_dir).get('kind')} model; choose a new directory")
+    size = member_sizes(dirs, max_model_mb)
     student, teacher = (load_predictor(dirs[r], thresholds=False) for r in ROLES)
     check_members(student, teacher, "textclf cascade")
     labels = list(student.labels)
@@ -285,6 +308,7 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
     data = metas[0].get("data") or {}
     meta = build_meta(KIND, labels, config, metrics, metas[0].get("data_sha256"), (), tau=point["tau"],
                       share_to_teacher=point["share_to_teacher"], members=records, cascade=cascade_block,
+                      model_mb=size["total_mb"], size=size,
                       task="multiclass", data={"train": data.get("train"), "valid": str(valid_path),
                                                "test": str(test_path) if test_path else data.get("test")})
     write_meta(output_dir, meta)

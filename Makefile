@@ -167,7 +167,7 @@ predict_setfit: install ## Label INPUT with models/setfit -> OUTPUT
 		--output_path $(or $(OUTPUT),$(SETFIT_DIR)/predictions.txt)
 
 ## ---- compare & combine ----
-.PHONY: bench_ensemble bench_multilabel leaderboard
+.PHONY: bench_ensemble bench_multilabel leaderboard bench_trust
 COMPARE ?= $(FASTTEXT_DIR) $(LSTM_DIR) $(BERT_DIR)
 
 bench_ensemble: install ## Benchmark: tuned fastText + MiniLM embeddings + TF-IDF, weighted/stacked ensembles, thresholds -> benchmarks/results/ensemble.json
@@ -175,6 +175,9 @@ bench_ensemble: install ## Benchmark: tuned fastText + MiniLM embeddings + TF-ID
 
 bench_multilabel: install ## Benchmark multi-label families on disaster_response: global vs per-label thresholds (--rows N slices) -> benchmarks/results/multilabel.json
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_multilabel.py $(BENCH_ARGS)
+
+bench_trust: install ## Benchmark trust (issue 25) on the shared datasets, by section (BENCH_ARGS="--section calibration") -> benchmarks/results/trust_<section>.json
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_trust.py $(BENCH_ARGS)
 
 leaderboard: install ## Compare the model directories in COMPARE on their test split -> table, $(MODELS)/leaderboard.html
 	$(BIN)/textclf leaderboard $(COMPARE) --html $(MODELS)/leaderboard.html

@@ -306,3 +306,14 @@ def test_multilabel_fasttext_calibrates_per_label(tmp_path):
     stored = json.loads(result.output)
     assert set(stored["params"]["breakpoints"]) == set(labels)
     assert stored["valid_after"]["ece"] <= stored["valid_before"]["ece"]
+
+
+def test_leaderboard_shows_the_calibrated_probabilities_scores(overconfident):
+    result = run("leaderboard", overconfident, "--json", "--no-isolate", "--n_boot", "10")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)["rows"][0]
+    test = json.loads((overconfident / "meta.json").read_text())["metrics"]["test"]
+    for key in ("ece", "brier", "log_loss"):
+        assert row[key] == pytest.approx(test[key], abs=1e-9)
+    markdown = run("leaderboard", overconfident, "--no-isolate", "--n_boot", "10").output
+    assert "| ECE | Brier | log-loss |" in markdown

@@ -174,6 +174,26 @@ def calibration_table(datasets: dict) -> str:
     return "\n".join(lines)
 
 
+def calibration_summary_table(datasets: dict) -> str:
+    """One row per (dataset, family): test ECE of every method, the auto choice, accuracy/macro-F1 change, the targets."""
+    lines = ["| dataset | family | train rows | test rows | ECE none | temperature | isotonic | auto (chose) | adaptive ECE none -> auto "
+             "| log-loss none -> auto | accuracy none -> auto | macro-F1 none -> auto | ECE <= 0.03 | not worse |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|"]
+    for name, entries in datasets.items():
+        for e in entries:
+            if "methods" not in e:
+                lines.append(f"| {name} | {e['family']} | failed: {e.get('error', '?')} |" + " |" * 11)
+                continue
+            m, t = e["methods"], e["targets"]
+            n, a = m["none"], m["auto"]
+            lines.append(f"| {name} | {e['family']} | {e['train_rows']} | {e['n_test']} | {n['ece']:.4f} | "
+                         f"{m['temperature']['ece']:.4f} | {m['isotonic']['ece']:.4f} | {a['ece']:.4f} ({a['chosen']}) | "
+                         f"{n['ece_adaptive']:.4f} -> {a['ece_adaptive']:.4f} | {n['log_loss']:.3f} -> {a['log_loss']:.3f} | "
+                         f"{n['accuracy']:.4f} -> {a['accuracy']:.4f} | {n['macro_f1']:.4f} -> {a['macro_f1']:.4f} | "
+                         f"{'yes' if t['ece_le_0.03'] else 'no'} | {'yes' if t['ece_not_worse'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def section_calibration(args: dict, echo) -> dict:
     """Run the calibration section over the datasets; returns the results (also written to trust_calibration.json)."""
     from textclf.core.atomic import atomic_write_json
@@ -191,7 +211,9 @@ def section_calibration(args: dict, echo) -> dict:
             echo(f"{name}: not found under {args['data_root']}, skipped")
             continue
         entries = []
-        for member, family, overrides, code in calibration_specs(args["quick"]):
+        specs = {spec[0]: spec for spec in calibration_specs(args["quick"])}
+        for member in args.get("families") or list(specs):
+            _, family, overrides, code = specs[member]
             echo(f"{name}: {member} ...")
             job_paths = paths
             if member == "embeddings" and args["emb_max_train"]:
@@ -216,7 +238,8 @@ def section_calibration(args: dict, echo) -> dict:
     result["finished"] = utc_now()
     atomic_write_json(output, result)
     done = {name: [e for e in entries if "methods" in e] for name, entries in result["datasets"].items()}
-    click.echo(calibration_table(done))
+    click.echo(calibration_summary_table(result["datasets"]))
+    click.echo("\n" + calibration_table(done))
     click.echo("\n" + json.dumps(result["summary"]))
     return result
 
@@ -236,12 +259,15 @@ SECTIONS = {"calibration": section_calibration}
 @click.option("--quick", is_flag=True, help="Fewer search trials (a smoke run).")
 @click.option("--emb_max_train", type=int, default=2000, show_default=True,
               help="calibration: train the embeddings family on at most this many training rows (stratified; 0: all).")
-def main(sections, datasets, data_root, output_dir, keep, quick, emb_max_train):
+@click.option("--families", default=None, help="calibration: comma-separated families to run, in this order "
+              "(default: fasttext,embeddings,tfidf_logreg).")
+def main(sections, datasets, data_root, output_dir, keep, quick, emb_max_train, families):
     """Run the trust benchmark's sections."""
     start_fork_server()
     echo = make_echo(show_elapsed=True)
     args = {"datasets": [d for d in datasets.split(",") if d], "data_root": data_root, "output_dir": output_dir,
-            "keep": keep, "quick": quick, "emb_max_train": emb_max_train}
+            "keep": keep, "quick": quick, "emb_max_train": emb_max_train,
+            "families": [f for f in (families or "").split(",") if f]}
     for name in sections or sorted(SECTIONS):
         SECTIONS[name](args, echo)
 

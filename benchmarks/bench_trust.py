@@ -75,8 +75,11 @@ def _scores(y, proba, labels) -> dict:
             **{k: round(v, 6) for k, v in calibration_metrics(proba, y, "multiclass").items()}}
 
 
-def job_calibration(family: str, paths: dict, out: str, overrides: list[str], code: str | None) -> dict:
-    """Train ``family`` uncalibrated, compare every calibration method on test, check ``textclf calibrate``'s stored one."""
+def job_calibration(family: str, paths: dict, out: str, overrides: list[str], code: str | None, reuse: bool = False) -> dict:
+    """Train ``family`` uncalibrated, compare every calibration method on test, check ``textclf calibrate``'s stored one.
+
+    ``reuse``: a model already in ``out`` (an earlier run's, ``--keep DIR --reuse``) is scored instead of trained again.
+    """
     _quiet()
     import numpy as np
 
@@ -95,13 +98,15 @@ def job_calibration(family: str, paths: dict, out: str, overrides: list[str], co
     cfg = load_config(family, overrides=[*overrides, "calibration=none"])
     splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
     start = time.perf_counter()
-    fit_family(get_family(family), cfg, splits, out, False)
-    train_s = time.perf_counter() - start
+    reused = reuse and (Path(out) / "meta.json").is_file()
+    if not reused:
+        fit_family(get_family(family), cfg, splits, out, False)
+    train_s = None if reused else round(time.perf_counter() - start, 1)
     predictor = load_predictor(out)
     labels = list(predictor.labels)
 
-    def proba_of(texts):
-        return np.vstack([predictor.predict_proba(b) for b in batched(texts, 512)])
+    def proba_of(texts):  # the family's own probabilities (a reused model may carry a calibration already)
+        return np.vstack([predictor.uncalibrated_proba(b) for b in batched(texts, 512)])
 
     pv, pt = proba_of(splits.valid.texts), proba_of(splits.test.texts)
     yv, yt = label_indices(splits.valid.labels, labels), label_indices(splits.test.labels, labels)
@@ -121,7 +126,7 @@ def job_calibration(family: str, paths: dict, out: str, overrides: list[str], co
     n = len(yt)
     acc = rows["none"]["accuracy"]
     return {"family": family, "train_rows": len(splits.train), "n_valid": len(yv), "n_test": n,
-            "train_wall_s": round(train_s, 1), "peak_rss_mb": peak_rss_mb(),
+            "train_wall_s": train_s, "reused": reused, "peak_rss_mb": peak_rss_mb(),
             "methods": rows, "stored_auto": {"chosen": block["chosen"], "max_abs_diff_vs_bench": diff},
             "noise_2se": round(2 * (acc * (1 - acc) / max(n, 1)) ** 0.5, 4)}
 
@@ -219,7 +224,8 @@ def section_calibration(args: dict, echo) -> dict:
             if member == "embeddings" and args["emb_max_train"]:
                 job_paths, _ = capped_train(paths, work / name, args["emb_max_train"])
             try:
-                entry = in_child(job_calibration, family, job_paths, str(work / name / member), overrides, code)
+                entry = in_child(job_calibration, family, job_paths, str(work / name / member), overrides, code,
+                                 bool(args.get("reuse")))
             except Exception as exc:  # a family that cannot run here is reported, not fatal
                 echo(f"{name}: {member} failed: {type(exc).__name__}: {exc}")
                 entries.append({"family": member, "error": f"{type(exc).__name__}: {exc}"})
@@ -261,13 +267,14 @@ SECTIONS = {"calibration": section_calibration}
               help="calibration: train the embeddings family on at most this many training rows (stratified; 0: all).")
 @click.option("--families", default=None, help="calibration: comma-separated families to run, in this order "
               "(default: fasttext,embeddings,tfidf_logreg).")
-def main(sections, datasets, data_root, output_dir, keep, quick, emb_max_train, families):
+@click.option("--reuse", is_flag=True, help="calibration: score the models already under --keep instead of training them again.")
+def main(sections, datasets, data_root, output_dir, keep, quick, emb_max_train, families, reuse):
     """Run the trust benchmark's sections."""
     start_fork_server()
     echo = make_echo(show_elapsed=True)
     args = {"datasets": [d for d in datasets.split(",") if d], "data_root": data_root, "output_dir": output_dir,
             "keep": keep, "quick": quick, "emb_max_train": emb_max_train,
-            "families": [f for f in (families or "").split(",") if f]}
+            "families": [f for f in (families or "").split(",") if f], "reuse": reuse}
     for name in sections or sorted(SECTIONS):
         SECTIONS[name](args, echo)
 

@@ -187,7 +187,7 @@ def calibration_summary_table(datasets: dict) -> str:
     for name, entries in datasets.items():
         for e in entries:
             if "methods" not in e:
-                lines.append(f"| {name} | {e['family']} | failed: {e.get('error', '?')} |" + " |" * 11)
+                lines.append(f"| {name} | {e['family']} | {e.get('error', '?')} |" + " |" * 11)
                 continue
             m, t = e["methods"], e["targets"]
             n, a = m["none"], m["auto"]

@@ -170,7 +170,7 @@ predict_setfit: install ## Label INPUT with models/setfit -> OUTPUT
 		--output_path $(or $(OUTPUT),$(SETFIT_DIR)/predictions.txt)
 
 ## ---- compare & combine ----
-.PHONY: bench_ensemble bench_multilabel bench_trust_audit leaderboard
+.PHONY: bench_ensemble bench_multilabel bench_trust_audit leaderboard bench_trust
 COMPARE ?= $(FASTTEXT_DIR) $(LSTM_DIR) $(BERT_DIR)
 
 bench_ensemble: install ## Benchmark: tuned fastText + MiniLM embeddings + TF-IDF, weighted/stacked ensembles, thresholds -> benchmarks/results/ensemble.json
@@ -188,6 +188,8 @@ bench_trust_explain: install ## Explanations' deletion test (top-3 vs 3 random t
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_trust_explain.py $(BENCH_ARGS)
 bench_trust_audit: install ## Label-noise recovery of textclf audit (5/10 % flipped labels, 4 datasets) vs cleanlab single-model baselines -> benchmarks/results/trust_audit.json
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_trust_audit.py $(BENCH_ARGS)
+bench_trust: install ## Benchmark trust (issue 25) on the shared datasets, by section (BENCH_ARGS="--section calibration") -> benchmarks/results/trust_<section>.json
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_trust.py $(BENCH_ARGS)
 
 leaderboard: install ## Compare the model directories in COMPARE on their test split -> table, $(MODELS)/leaderboard.html
 	$(BIN)/textclf leaderboard $(COMPARE) --html $(MODELS)/leaderboard.html

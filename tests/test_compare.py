@@ -187,7 +187,8 @@ def test_report_writes_every_figure_and_references_it(models, tweets, tmp_path):
     out = tmp_path / "report"
     result = invoke("report", "--model_path", model, "--data_path", data, "--out_dir", out, "--top_errors", "1000")
     assert result.exit_code == 0, result.output
-    expected = {"confusion_matrix.png", "per_class_metrics.png", "pr_curves.png", "learning_curves.png", "optuna_history.png"}
+    expected = {"confusion_matrix.png", "per_class_metrics.png", "pr_curves.png", "reliability.png", "learning_curves.png",
+                "optuna_history.png"}
     src = _images(out / "report.html")
     assert set(src) == expected and len(src) == len(expected)
     for name in expected:
@@ -206,7 +207,8 @@ def test_report_skips_missing_history_and_search_with_a_note(models, tweets, tmp
     (out / "optuna_history.png").write_bytes(b"stale")  # left by an earlier report: removed
     result = invoke("report", "--model_path", models["ft_char"], "--data_path", tweets["test"], "--out_dir", out)
     assert result.exit_code == 0, result.output
-    assert set(_images(out / "report.html")) == {"confusion_matrix.png", "per_class_metrics.png", "pr_curves.png"}
+    assert set(_images(out / "report.html")) == {"confusion_matrix.png", "per_class_metrics.png", "pr_curves.png",
+                                                 "reliability.png"}
     assert not (out / "optuna_history.png").exists()
     page = (out / "report.html").read_text()
     assert page.count("Skipped:") == 2 and "no Optuna search" in page

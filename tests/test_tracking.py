@@ -239,14 +239,16 @@ def test_runs_list_show_diff_rerun(first, uri, tmp_path):
     listing = invoke("runs", "list", "--tracking_uri", uri, "--family", "fasttext", "--dataset", "tweets_small")
     header, *rows = listing.splitlines()
     assert header.split() == ["run", "started", "family", "task", "dataset", "status", "valid_f1", "test_f1", "test_acc",
-                              "size_mb", "seconds", "model_dir"]
+                              "test_ece", "size_mb", "seconds", "model_dir"]
     row = next(r.split() for r in rows if r.startswith(rid[:8]))
-    # run, started (date and time), family, task, dataset, status, valid_f1, test_f1, test_acc, size_mb, seconds, model_dir
+    # run, started (date and time), family, task, dataset, status, valid_f1, test_f1, test_acc, test_ece, size_mb, seconds,
+    # model_dir
     assert row[3:8] == ["fasttext", "multiclass", "tweets_small", "FINISHED", fmt(meta["metrics"]["valid"]["macro_f1"])]
     assert row[8:10] == [fmt(meta["metrics"]["test"]["macro_f1"]), fmt(meta["metrics"]["test"]["accuracy"])]
+    assert row[10] == fmt(meta["metrics"]["test"]["ece"])
     model_file = out / meta["model_file"]
     assert 0 < meta["model_mb"] <= 20 and meta["model_mb"] == round(model_file.stat().st_size / 2**20, 3)
-    assert row[10] == fmt(meta["model_mb"])
+    assert row[11] == fmt(meta["model_mb"])
     assert row[11] == fmt(run.data.metrics["train_seconds"]) and row[12] == str(out.resolve())
     assert run.data.tags[f"{TAG}task"] == "multiclass"
     f1s = [float(r.split()[8]) for r in rows if r.split()[8] != "-"]

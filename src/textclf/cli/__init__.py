@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "report": "textclf.cli.compare_cmd:report",
     "ensemble": "textclf.cli.compare_cmd:ensemble",
     "tune-thresholds": "textclf.cli.compare_cmd:tune_thresholds",
+    "calibrate": "textclf.cli.compare_cmd:calibrate",
     "serve": "textclf.cli.serve_cmd:serve",
     "export": "textclf.cli.export_cmd:export",
     "card": "textclf.cli.card_cmd:card",

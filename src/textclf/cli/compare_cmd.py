@@ -1,4 +1,4 @@
-"""``textclf leaderboard``, ``report``, ``ensemble`` and ``tune-thresholds``: compare and combine model directories."""
+"""``textclf leaderboard``, ``report``, ``ensemble``, ``tune-thresholds`` and ``calibrate``: compare and combine model directories."""
 
 from __future__ import annotations
 
@@ -182,3 +182,31 @@ def label_thresholds_summary(block: dict, model_dir) -> str:
     lines.append(f"global threshold {block['global']:.3f} (untuned {block['untuned_threshold']:g}); per label: {per_label}; "
                  f"stored in {model_dir}/meta.json (predict applies them; --no-thresholds turns them off)")
     return "\n".join(lines)
+
+
+@click.command()
+@code_option
+@trust_code_option
+@click.option("--model_path", required=True, type=click.Path(), help="Model directory (gets the calibration file).")
+@click.option("--valid_path", type=click.Path(dir_okay=False), default=None, help="Labelled validation file.")
+@click.option("--method", type=click.Choice(["auto", "temperature", "isotonic", "none"]), default="auto", show_default=True,
+              help="temperature scaling, isotonic regression, auto (the lowest cross-validated log-loss on valid, none "
+              "included), or none (remove the calibration).")
+@data_format_options
+@click.option("--seed", type=int, default=13, show_default=True, help="Seed of auto's folds.")
+@click.option("--batch_size", type=int, default=1024, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the stored calibration block as JSON.")
+def calibrate(model_path, valid_path, method, text_column, label_column, data_format, seed, batch_size, as_json):
+    """Fit a probability calibrator on valid for an existing model; predict_proba then returns calibrated probabilities."""
+    from textclf.core.loading import _resolve
+    from textclf.core.meta import read_meta
+    from textclf.services.calibrate import calibrate_model, summary
+
+    if not valid_path and method != "none":
+        raise click.UsageError("--valid_path is required (unless --method none)")
+    block = calibrate_model(model_path, valid_path, method, data_format, text_column, label_column, seed, batch_size)
+    model_dir = _resolve(model_path)[0]
+    if as_json:
+        click.echo(json.dumps(block, indent=2))
+        return
+    click.echo(summary(block, model_dir, bool(read_meta(model_dir).get("thresholds")) and method != "none"))

@@ -16,7 +16,7 @@ from textclf.services.tracking import BEST_PARAM, TAG, open_store
 
 #: columns of ``runs list``: header -> metric key
 LIST_METRICS = {"valid_f1": "valid.macro_f1", "test_f1": "test.macro_f1", "test_acc": "test.accuracy",
-                "size_mb": "model_mb", "seconds": "train_seconds"}
+                "test_ece": "test.ece", "size_mb": "model_mb", "seconds": "train_seconds"}
 
 
 def uri_option(fn):
@@ -66,7 +66,7 @@ def list_runs(dataset, family, status, sort_key, limit, as_json, tracking_uri) -
     found = [r for r in store.search(f"attributes.status = '{status}'" if status else "")
              if all(r.data.tags.get(f"{TAG}{key}") == value for key, value in (("dataset", dataset), ("family", family))
                     if value)]
-    lower_better = sort_key.endswith(("loss", "seconds", "_mb"))
+    lower_better = sort_key.endswith(("loss", "seconds", "_mb", "ece", "ece_adaptive", "brier"))
     found.sort(key=lambda r: (sort_key not in r.data.metrics,
                               (1 if lower_better else -1) * r.data.metrics.get(sort_key, 0.0)))
     found = found[:limit]

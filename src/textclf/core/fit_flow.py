@@ -26,7 +26,9 @@ Everything else happens here, once for every family:
   trial, so the refit uses exactly it. With ``search.timeout``, a family whose training cannot be
   interrupted from Python (``Family.fork_trials``: fastText) runs each trial after the first
   complete one in a forked child killed at the deadline (:mod:`textclf.core.deadline`): PRUNED;
-* the refit fits the best point into the model directory, then the core evaluates it on valid and
+* the refit fits the best point into the model directory; when the config's ``calibration`` asks
+  for one, a calibrator is fitted on valid (:mod:`textclf.core.calibration`) and written beside the
+  model; then the core evaluates it (calibrated) on valid and
   test, records every file ``fit`` wrote in meta.json's ``files`` block (checked before each load)
   and writes ``metrics.txt`` and ``meta.json`` (:func:`textclf.core.training.finish_run`). In a
   torchrun-style job whose every process runs this flow, ``fit`` returns None on ranks > 0 and only
@@ -49,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from textclf.core.card import CARD_FILE
+from textclf.core.calibration import CONFIG_KEY as CALIBRATION_KEY
+from textclf.core.calibration import FILE_PREFIX as CALIBRATION_FILE_PREFIX
+from textclf.core.calibration import calibrate_predictor
 from textclf.core.deadline import call_before_deadline
 from textclf.core.errors import ConfigError
 from textclf.core.integrity import FILES_KEY, files_block
@@ -173,9 +178,12 @@ def checked_config(family, cfg: dict, task: str) -> dict:
     The run service calls it before the store records the config, and :func:`fit_family` again
     (both steps are idempotent), so the recorded config is the one that trains.
     """
+    from textclf.core.calibration import CONFIG_KEY, check_method
+
     check = family.check_fn() if family.fit is not None else None
     if check:
         check(cfg)
+    check_method(cfg.get(CONFIG_KEY))
     return with_task_metric(cfg, task)
 
 
@@ -206,7 +214,8 @@ def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, s
             with owned_temp_dir(TRIAL_PREFIX) as tmp:
                 context = FitContext(Path(tmp), cfg["seed"] + trial.number, trial=trial, shared=shared if shared is not None else {})
                 predictor = fit(trial_cfg, splits, context)
-                return evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels, betas=metric_betas(s["metric"]))
+                return evaluate_predictor(predictor, splits.valid.texts, splits.valid.labels, betas=metric_betas(s["metric"]),
+                                          probabilities=False)
 
         try:
             if family.fork_trials and deadline is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -301,7 +310,13 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
     written = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*")
                      if p.is_file() and p.name not in CORE_FILES and p.name not in searched
                      and ((named is None and before.get(p) != p.stat().st_mtime_ns) or p.parent.name == PLUGIN_DIR))
-    extra[FILES_KEY] = files_block(output_dir, sorted({*written, *(named or ())}))
+    calibration = calibrate_predictor(predictor, splits.valid.texts, splits.valid.labels, final_cfg.get(CALIBRATION_KEY),
+                                      output_dir, seed=final_cfg.get("seed", 13))
+    if calibration is not None:
+        extra[CALIBRATION_KEY] = calibration
+    written = [name for name in written if not name.startswith(CALIBRATION_FILE_PREFIX)]  # a stale one from an earlier run
+    cal_file = [calibration["file"]] if calibration and calibration.get("file") else []
+    extra[FILES_KEY] = files_block(output_dir, sorted({*written, *(named or ()), *cal_file}))
     meta = finish_run(output_dir, predictor, splits, cfg, tuple(family.packages), echo=echo, best_point=point or None,
                       **info, **extra)
     return FitResult(output_dir, predictor, meta, search_seconds)

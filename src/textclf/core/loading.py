@@ -81,6 +81,7 @@ def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str
 
 def _load_predictor(model_path: str | Path, thresholds: bool, backend: str | None, announce: bool) -> Predictor:
     """:func:`load_predictor` under the consent already set."""
+    from textclf.core.calibration import load_calibrator
     from textclf.core.integrity import check_links, check_meta, check_meta_paths, guarded_load, quiet_pickles, verify_recorded_files
     from textclf.core.onnx_runtime import load_onnx_predictor, use_onnx
     from textclf.core.registry import all_families, all_kinds, kind_predictor
@@ -93,9 +94,11 @@ def _load_predictor(model_path: str | Path, thresholds: bool, backend: str | Non
     verify_recorded_files(model_dir, meta)  # before any plug-in code from the directory runs
     check_meta_paths(model_dir, meta)  # model_file, plugin_code, ...: inside the directory and listed in files
     load_plugin_code(model_dir, meta)
+    calibrator = load_calibrator(model_dir, meta)
     if use_onnx(model_dir, meta, model_file, backend):
         predictor = load_onnx_predictor(model_dir, meta, model_file)
         predictor.use_thresholds = thresholds
+        predictor.calibration = calibrator
         return predictor
     known = all_families()
     if kind in known:
@@ -108,4 +111,5 @@ def _load_predictor(model_path: str | Path, thresholds: bool, backend: str | Non
     with quiet_pickles(not announce):
         predictor = guarded_load(cls, model_dir, meta, model_file)
     predictor.use_thresholds = thresholds
+    predictor.calibration = calibrator  # predict_proba applies it (textclf.core.calibration)
     return predictor

@@ -8,6 +8,10 @@ searches that score thousands of count vectors at once.
 Multi-label data (label sets) is scored by :func:`multilabel_metrics` (micro/macro/weighted/samples
 F-beta, Hamming loss, subset accuracy, per-label scores, label cardinality), the same scikit-learn
 functions on the binary indicator matrix of ``MultiLabelBinarizer``.
+
+Calibration (:func:`calibration_metrics`): expected calibration error over 15 equal-width bins and
+over 15 equal-mass (adaptive) bins (:func:`expected_calibration_error`; scikit-learn has no ECE),
+Brier score (``sklearn.metrics.brier_score_loss``) and log-loss (``sklearn.metrics.log_loss``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 DEFAULT_BETAS = (1.0, 0.5)
 #: metrics where lower is better; every other metric is maximised
-MINIMIZED_METRICS = ("loss", "hamming_loss")
+MINIMIZED_METRICS = ("loss", "hamming_loss", "ece", "ece_adaptive", "brier", "log_loss")
 #: the averages of F-beta every metrics dict holds
 AVERAGES = ("macro", "micro", "weighted")
 
@@ -230,6 +234,87 @@ def multilabel_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequenc
     return out
 
 
+#: bins of the expected calibration error
+ECE_BINS = 15
+#: the calibration keys of a metrics dict (:func:`calibration_metrics`), all lower-is-better
+CALIBRATION_KEYS = ("ece", "ece_adaptive", "brier", "log_loss")
+#: probabilities are clipped to [PROBA_EPS, 1 - PROBA_EPS] for the log-loss
+PROBA_EPS = 1e-7
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS,
+                               strategy: str = "uniform") -> float:
+    """ECE: the mean over bins of ``|accuracy - mean confidence|``, weighted by the share of rows in the bin.
+
+    ``strategy``: ``uniform`` (``n_bins`` equal-width bins on [0, 1], Guo et al. 2017) or ``quantile``
+    (equal-mass bins: each holds about the same number of rows, the "adaptive" ECE). No rows: 0.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=np.float64).ravel()
+    n = len(confidence)
+    if n == 0:
+        return 0.0
+    if strategy == "uniform":
+        bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+    elif strategy == "quantile":
+        order = np.argsort(confidence, kind="stable")
+        bins = np.empty(n, dtype=np.int64)
+        bins[order] = np.arange(n) * n_bins // n
+    else:
+        raise ValueError(f"unknown ECE strategy {strategy!r}; use uniform or quantile")
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(np.bincount(bins, correct, n_bins) - np.bincount(bins, confidence, n_bins))
+    return float(gap[count > 0].sum() / n)
+
+
+def log_loss_of(proba: np.ndarray, y: np.ndarray, task: str) -> float:
+    """Mean log-loss (``sklearn.metrics.log_loss``; multi-label: the mean over labels of the binary one)."""
+    from sklearn.metrics import log_loss
+
+    proba = np.clip(np.asarray(proba, dtype=np.float64), PROBA_EPS, 1 - PROBA_EPS)
+    if task == "multilabel":
+        yy = np.asarray(y, dtype=int)
+        return float(np.mean([log_loss(yy[:, j], proba[:, j], labels=[0, 1]) for j in range(yy.shape[1])]))
+    return float(log_loss(y, proba / proba.sum(axis=1, keepdims=True), labels=list(range(proba.shape[1]))))
+
+
+def calibration_metrics(proba: np.ndarray, y: np.ndarray, task: str = "multiclass") -> dict:
+    """``ece``, ``ece_adaptive`` (15 bins each), ``brier`` and ``log_loss`` of probabilities against the gold labels.
+
+    Multi-class: ``y`` holds class indices (columns of ``proba``); the ECE is the top-label one
+    (confidence: the largest probability; right: it is the gold class), Brier is scikit-learn's
+    (halved for two classes, the customary [0, 1] range). Multi-label: ``y`` is an ``(n, L)`` 0/1
+    matrix; every (text, label) probability is one binary prediction for the ECE, and Brier and
+    log-loss are the means over labels of the binary ones.
+    """
+    from sklearn import metrics as skm
+
+    proba = np.clip(np.asarray(proba, dtype=np.float64), 0.0, 1.0)  # fastText's can exceed 1 by 1e-5
+    if len(proba) == 0:
+        return dict.fromkeys(CALIBRATION_KEYS, 0.0)
+    if task == "multilabel":
+        yy = np.asarray(y, dtype=np.float64)
+        confidence, correct = proba.ravel(), yy.ravel()
+        brier = float(np.mean((proba - yy) ** 2))
+    else:
+        y = np.asarray(y, dtype=np.int64)
+        total = proba.sum(axis=1, keepdims=True)
+        proba = np.divide(proba, total, out=np.full_like(proba, 1.0 / max(proba.shape[1], 1)), where=total > 0)
+        confidence, correct = proba.max(axis=1), (proba.argmax(axis=1) == y)
+        brier = float(skm.brier_score_loss(y, proba, labels=list(range(proba.shape[1]))))
+    return {"ece": expected_calibration_error(confidence, correct),
+            "ece_adaptive": expected_calibration_error(confidence, correct, strategy="quantile"),
+            "brier": brier, "log_loss": log_loss_of(proba, y, task)}
+
+
+def calibration_line(metrics: dict, width: int = 12) -> str | None:
+    """The report line of a metrics dict's calibration keys (None when it has none)."""
+    if "ece" not in metrics:
+        return None
+    return (f"{'calibration':<{width}} ECE={metrics['ece']:.4f} ECE-adaptive={metrics['ece_adaptive']:.4f} "
+            f"Brier={metrics['brier']:.4f} log-loss={metrics['log_loss']:.4f}")
+
+
 def format_report(metrics: dict, title: str = "") -> str:
     """A text report of :func:`classification_metrics` output: per-class table, averages, confusion matrix.
 
@@ -257,11 +342,15 @@ def format_report(metrics: dict, title: str = "") -> str:
         lines.append(f"{'hamming loss':<{width}} {metrics['hamming_loss']:9.4f}")
         lines.append(f"{'labels/text':<{width}} gold {metrics['label_cardinality_gold']:.3f}, "
                      f"predicted {metrics['label_cardinality_predicted']:.3f}")
+        if calibration_line(metrics, width):
+            lines.append(calibration_line(metrics, width))
         return "\n".join(lines)
     lines.append(f"{'accuracy':<{width}} {metrics['accuracy']:9.4f}   (n={metrics['n']})")
     for avg in ("macro", "micro", "weighted"):
         vals = " ".join(f"{n}={metrics[f'{avg}_{n}']:.4f}" for n in fnames)
         lines.append(f"{avg + ' avg':<{width}} {vals}")
+    if calibration_line(metrics, width):
+        lines.append(calibration_line(metrics, width))
     lines.append("")
     lines.append("confusion matrix (rows: true, columns: predicted)")
     cw = max(width, max((len(str(v)) for row in metrics["confusion_matrix"] for v in row), default=1))

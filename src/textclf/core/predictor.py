@@ -11,10 +11,16 @@ ignores them.
 Multi-label models (``meta.json`` ``"task": "multilabel"``): ``predict_proba`` gives independent
 per-label probabilities and ``predict`` a sorted tuple of labels a text, those at or above their
 threshold (:mod:`textclf.core.decision`).
+
+Calibration (:mod:`textclf.core.calibration`): a model directory whose meta.json names a calibration
+file gets it as ``predictor.calibration`` when loaded, and ``predict_proba`` of every Predictor
+(each subclass's own is wrapped once, :meth:`Predictor.__init_subclass__`) returns the calibrated
+probabilities; :meth:`Predictor.uncalibrated_proba` gives the family's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -53,20 +59,59 @@ class Predictor(ABC):
         #: False: ``predict`` ignores ``offsets`` (``--no-thresholds``)
         self.use_thresholds: bool = True
 
+    #: the fitted calibrator ``predict_proba`` applies (:mod:`textclf.core.calibration`), or None
+    calibration = None
+    #: False: ``predict_proba`` returns the family's own probabilities
+    use_calibration: bool = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls._wrap_predict_proba()
         own = cls.__dict__.get("predict")
         if own is None or getattr(own, "applies_thresholds", False):
             return
 
         @functools.wraps(own)
         def predict(self, texts: Sequence[str]) -> list[str]:
-            if self.active_offsets() is not None or self.multilabel:
-                return Predictor.predict(self, texts)
+            if self.active_offsets() is not None or self.multilabel or (self.calibration is not None and self.use_calibration):
+                return Predictor.predict(self, texts)  # the decision on the (calibrated) probabilities
             return own(self, texts)
 
         predict.applies_thresholds = True  # type: ignore[attr-defined]
         cls.predict = predict  # type: ignore[method-assign]
+
+    @classmethod
+    def _wrap_predict_proba(cls) -> None:
+        """Make the class's own ``predict_proba`` apply ``self.calibration`` (once: only the most derived override does)."""
+        own = cls.__dict__.get("predict_proba")
+        if own is None or getattr(own, "applies_calibration", False) or getattr(own, "__isabstractmethod__", False):
+            return
+
+        @functools.wraps(own)
+        def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+            proba = own(self, texts)
+            calibrator = self.calibration
+            if calibrator is None or not self.use_calibration or type(self).predict_proba is not predict_proba:
+                return proba  # uncalibrated, or a subclass's override called this one through super()
+            return calibrator.apply(proba)
+
+        predict_proba.applies_calibration = True  # type: ignore[attr-defined]
+        cls.predict_proba = predict_proba  # type: ignore[method-assign]
+
+    def uncalibrated_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """The family's own probabilities, without the calibration ``predict_proba`` applies."""
+        with self.calibration_off():
+            return self.predict_proba(texts)
+
+    @contextlib.contextmanager
+    def calibration_off(self):
+        """Within the block, ``predict_proba`` returns uncalibrated probabilities."""
+        before = self.use_calibration
+        self.use_calibration = False
+        try:
+            yield
+        finally:
+            self.use_calibration = before
 
     @classmethod
     @abstractmethod
@@ -228,19 +273,53 @@ def _predict_file(predictor: Predictor, input_path: str | Path, output_path: str
 
 
 def evaluate_predictor(predictor: Predictor, texts: Sequence[str], labels: Sequence[str], batch_size: int = 1024,
-                       betas: Sequence[float] = (1.0, 0.5)) -> dict:
+                       betas: Sequence[float] = (1.0, 0.5), probabilities: bool = True) -> dict:
     """Metrics of ``predictor`` on labelled texts (see :func:`textclf.core.metrics.classification_metrics`).
 
     A multi-label model is scored on label sets (``labels``: a tuple a text) by
-    :func:`textclf.core.metrics.multilabel_metrics`.
+    :func:`textclf.core.metrics.multilabel_metrics`. ``probabilities`` adds the calibration metrics
+    of ``predict_proba`` (:func:`textclf.core.metrics.calibration_metrics`: ECE, adaptive ECE, Brier,
+    log-loss) over the rows whose labels the model knows; the predictions come from the same
+    probabilities unless the family has a ``predict`` of its own.
     """
-    from textclf.core.metrics import classification_metrics, multilabel_metrics
+    from textclf.core.metrics import calibration_metrics, classification_metrics, multilabel_metrics
 
+    own_predict = type(predictor).predict is not Predictor.predict
     preds: list = []
+    chunks: list[np.ndarray] = []
     for batch in batched(texts, batch_size):
-        preds += predictor.predict(batch)
+        if probabilities:
+            proba = predictor.predict_proba(batch)
+            chunks.append(np.asarray(proba, dtype=np.float64))
+            preds += predictor.predict(batch) if own_predict else predictor.labels_of(predictor.decide(proba))
+        else:
+            preds += predictor.predict(batch)
     gold = {label for row in labels for label in row} if predictor.multilabel else set(labels)
     label_order = list(predictor.labels) + sorted(gold - set(predictor.labels))
     if predictor.multilabel:
-        return multilabel_metrics(list(labels), preds, label_order, betas)
-    return classification_metrics(list(labels), preds, label_order, betas)
+        out = multilabel_metrics(list(labels), preds, label_order, betas)
+    else:
+        out = classification_metrics(list(labels), preds, label_order, betas)
+    if probabilities:
+        proba = np.vstack(chunks) if chunks else np.zeros((0, len(predictor.labels)))
+        y, rows = gold_targets(predictor, labels)
+        out.update(calibration_metrics(proba[rows], y, predictor.task))
+    return out
+
+
+def gold_targets(predictor: Predictor, labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Gold labels as :func:`textclf.core.metrics.calibration_metrics` takes them, and the rows they cover.
+
+    Multi-class: the class index of every row whose label the model knows; multi-label: the 0/1
+    matrix of the model's labels (every row; a label it does not know is left out).
+    """
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    if predictor.multilabel:
+        y = np.zeros((len(labels), len(index)), dtype=bool)
+        for i, row in enumerate(labels):
+            for label in row:
+                if label in index:
+                    y[i, index[label]] = True
+        return y, np.arange(len(labels))
+    rows = np.array([i for i, label in enumerate(labels) if label in index], dtype=np.int64)
+    return np.array([index[labels[i]] for i in rows], dtype=np.int64), rows

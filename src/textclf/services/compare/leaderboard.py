@@ -16,6 +16,9 @@ its peak RSS after loading is its own. Columns:
   ``hamming_loss`` and ``subset_accuracy`` (also ``accuracy``); the table is sorted by micro-F1. The
   test file is read as label sets. Multi-class and multi-label models in one table are refused
   in one line;
+* ``ECE`` (15 bins), ``Brier`` and ``log-loss`` of ``predict_proba`` (calibrated when the model is,
+  :mod:`textclf.core.calibration`; :func:`textclf.core.metrics.calibration_metrics`), from one
+  untimed pass after the timed ones, over the rows whose labels the model knows;
 * ``docs_per_s``: ``predict`` over the test texts in batches (after one small untimed warm-up
   batch), repeated until at least half a second has been timed;
 * ``size_mb``: every file of the model directory (plus, for an ensemble, its members' directories);
@@ -122,9 +125,12 @@ def measure(model_dir: str, data_path: str, data_format: str | None = None, text
         timed += time.perf_counter() - start
         passes += 1
         predictions = preds
+    chunks = [predictor.predict_proba(b) for b in batched(texts, batch_size)]  # untimed: the calibration columns
+    proba = np.vstack(chunks) if chunks else np.zeros((0, len(predictor.labels)))
     tuned = predictor.active_offsets() is not None or (predictor.multilabel and thresholds and bool(predictor.meta.get("thresholds")))
     return {"kind": predictor.kind, "task": predictor.task, "labels": list(predictor.labels),
             "predictions": [list(p) for p in predictions] if predictor.multilabel else predictions, "thresholds": tuned,
+            "proba": proba.tolist(),
             "load_s": round(load_s, 3),
             "load_rss_mb": rss, "docs_per_s": (len(texts) * passes / timed) if timed > 0 else None,
             "timed_passes": passes}
@@ -172,9 +178,12 @@ def measure_isolated(model_dir: str, data_path: str, **kw) -> dict:
 
 # --------------------------------------------------------------------------- the table
 #: the score columns of the table: (row key, header), by task; the first one sorts the rows and has the CI
-COLUMNS = {"multiclass": (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("macro_f0.5", "macro-F0.5")),
+#: the calibration columns every table ends with (lower is better)
+CALIBRATION_COLUMNS = ("ece", "brier", "log_loss")
+_CALIBRATION_HEADS = (("ece", "ECE"), ("brier", "Brier"), ("log_loss", "log-loss"))
+COLUMNS = {"multiclass": (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("macro_f0.5", "macro-F0.5"), *_CALIBRATION_HEADS),
            "multilabel": (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("samples_f1", "samples-F1"),
-                          ("subset_accuracy", "subset acc."), ("hamming_loss", "Hamming loss"))}
+                          ("subset_accuracy", "subset acc."), ("hamming_loss", "Hamming loss"), *_CALIBRATION_HEADS)}
 
 
 def board_task(dirs: Sequence[Path], metas: Sequence[dict]) -> str:
@@ -186,8 +195,30 @@ def board_task(dirs: Sequence[Path], metas: Sequence[dict]) -> str:
     return tasks[0]
 
 
+def _calibration_cells(task: str, gold: list, r: dict) -> dict:
+    """ECE, Brier and log-loss of a row's probabilities (``r["proba"]``; none from an older scoring process: NaN)."""
+    from textclf.core.metrics import calibration_metrics
+
+    if "proba" not in r:
+        return dict.fromkeys(CALIBRATION_COLUMNS, float("nan"))
+    proba = np.asarray(r["proba"], dtype=np.float64).reshape(len(gold), len(r["labels"]))
+    index = {label: i for i, label in enumerate(r["labels"])}
+    if task == "multilabel":
+        y = np.array([[label in row for label in r["labels"]] for row in gold], dtype=bool).reshape(len(gold), len(index))
+        m = calibration_metrics(proba, y, task)
+    else:
+        rows = [i for i, label in enumerate(gold) if label in index]
+        m = calibration_metrics(proba[rows], np.array([index[gold[i]] for i in rows], dtype=np.int64), task)
+    return {k: m[k] for k in CALIBRATION_COLUMNS}
+
+
 def _score_row(task: str, gold: list, r: dict, n_boot: int, seed: int) -> dict:
     """The metric columns of one model's row: its predictions ``r`` scored against ``gold``."""
+    return {**_score_predictions(task, gold, r, n_boot, seed), **_calibration_cells(task, gold, r)}
+
+
+def _score_predictions(task: str, gold: list, r: dict, n_boot: int, seed: int) -> dict:
+    """The label metrics of one model's row."""
     from textclf.core.metrics import classification_metrics, multilabel_metrics
 
     if task == "multilabel":

@@ -18,12 +18,14 @@ TEXT_CHARS = 500
 DPI = 100
 
 
-def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 5), width_ratios=None):
+def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 5), width_ratios=None, height_ratios=None):
     """A matplotlib Figure (no pyplot) with a constrained layout, and its axes (one, or an array)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, layout="constrained")
     kw = {"width_ratios": list(width_ratios)} if width_ratios else {}
+    if height_ratios:
+        kw["height_ratios"] = list(height_ratios)
     axes = fig.subplots(nrows, ncols, gridspec_kw=kw or None, squeeze=True)
     return fig, axes
 

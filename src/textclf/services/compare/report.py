@@ -6,6 +6,9 @@
 * ``per_class_metrics.png``: precision, recall and F-beta per class (support under each name);
 * ``pr_curves.png``: one-vs-rest precision-recall curve of every class from ``predict_proba``, its
   average precision, and the point where the model's ``predict`` operates;
+* ``reliability.png``: the reliability diagram (top-label accuracy against confidence in 15 bins,
+  with the ECE, and how many texts fall in each bin) of ``predict_proba``; for a calibrated model
+  (:mod:`textclf.core.calibration`) before and after calibration side by side;
 * ``learning_curves.png``: the run's per-epoch history when the model directory has one (lstm:
   ``history.json``; bert: ``meta.json`` ``training.stages[].history``; setfit: ``head.history``);
 * ``optuna_history.png``: every trial's valid score and the best so far, when the run searched
@@ -51,7 +54,8 @@ from textclf.services.compare.plots import (  # noqa: F401 - figure helpers, als
     short_label,
 )
 
-FIGURES = ("confusion_matrix", "per_class_metrics", "pr_curves", "learning_curves", "optuna_history", "frontier")
+FIGURES = ("confusion_matrix", "per_class_metrics", "pr_curves", "reliability", "learning_curves", "optuna_history",
+           "frontier")
 TOP_ERRORS = 25
 
 
@@ -147,6 +151,49 @@ def plot_pr_curves(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, labels: S
     ax.legend(fontsize=9, title="class (dot: the model's predict)", title_fontsize=9, **legend)
     ax.set_title(title or "Precision-recall curves (one vs rest)")
     return save_figure(fig, path), aps
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin: mean confidence, accuracy (NaN where empty) and the number of rows (the ECE's bins)."""
+    bins = np.minimum((np.asarray(confidence) * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(bins, confidence, n_bins) / count
+        acc = np.bincount(bins, np.asarray(correct, dtype=np.float64), n_bins) / count
+    return conf, acc, count
+
+
+def plot_reliability(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
+    """Reliability diagrams side by side, one per ``name: (confidence, correct)``: accuracy against confidence, counts below."""
+    from textclf.core.metrics import ECE_BINS, expected_calibration_error
+
+    fig, axes = figure(2, len(panels), figsize=(5.2 * len(panels) + 0.6, 6.4), height_ratios=(3, 1))
+    axes = np.asarray(axes).reshape(2, len(panels))
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / ECE_BINS
+    for col, (name, (confidence, correct)) in enumerate(panels.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        conf, acc, count = reliability_bins(confidence, correct, ECE_BINS)
+        filled = count > 0
+        top.bar(centers[filled], acc[filled], width=width, color="#4C72B0", edgecolor="white", label="accuracy in bin")
+        top.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width, color="#DD8452", alpha=0.45,
+                edgecolor="#DD8452", label="gap to mean confidence")
+        top.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+        ece = expected_calibration_error(confidence, correct)
+        adaptive = expected_calibration_error(confidence, correct, strategy="quantile")
+        top.set_title(f"{name}: ECE {ece:.3f} (adaptive {adaptive:.3f})")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1.02)
+        top.set_ylabel("accuracy")
+        top.grid(alpha=0.3)
+        top.legend(loc="upper left", fontsize=8)
+        bottom.bar(centers, count, width=width, color="#55A868", edgecolor="white")
+        bottom.set_xlim(0, 1)
+        bottom.set_xlabel("confidence (predicted probability of the top label)")
+        bottom.set_ylabel("texts")
+        bottom.grid(alpha=0.3)
+    fig.suptitle(title or "Reliability diagram", fontsize=12)
+    return save_figure(fig, path)
 
 
 def _flatten(row: dict, prefix: str = "") -> dict[str, float]:
@@ -344,7 +391,7 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     from textclf.core.atomic import atomic_write_json, atomic_write_text
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
-    from textclf.core.metrics import beta_name, classification_metrics
+    from textclf.core.metrics import beta_name, calibration_metrics, classification_metrics
     from textclf.services.compare.thresholds import label_indices
 
     model_dir, _ = _resolve(model_path)
@@ -363,6 +410,8 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     pred = predictor.decide(proba) if len(proba) else np.zeros(0, dtype=np.int64)
     betas = tuple(dict.fromkeys((1.0, float(beta))))
     metrics = classification_metrics(ds.labels, [labels[i] for i in pred], labels, betas=betas)
+    if len(proba):
+        metrics.update(calibration_metrics(proba, y))
     name = f"{model_dir.resolve().name} ({predictor.kind})"
     figures: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -374,6 +423,16 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
                                                   f"Per-class precision, recall, F{beta:g}: {name}").name
     png, aps = plot_pr_curves(y, proba, pred, labels, out_dir / "pr_curves.png", f"Precision-recall (one vs rest): {name}")
     figures["pr_curves"] = png.name
+    panels = {"uncalibrated": proba}
+    if predictor.calibration is not None:
+        raw = [predictor.uncalibrated_proba(b) for b in batched(ds.texts, batch_size)]
+        panels = {"before calibration": np.vstack(raw) if raw else proba,
+                  f"after ({(meta.get('calibration') or {}).get('chosen', predictor.calibration.method)})": proba}
+    if len(proba):
+        figures["reliability"] = plot_reliability({k: (p.max(axis=1), p.argmax(axis=1) == y) for k, p in panels.items()},
+                                                  out_dir / "reliability.png", f"Reliability: {name}, {len(ds)} docs").name
+    else:
+        skipped["reliability"] = "no texts to score"
     run_figures(model_dir, meta, predictor.kind, name, out_dir, figures, skipped)
     frontier_rows = frontier_figure(model_dir, meta, frontier, data_path, out_dir, figures, skipped,
                                     {"data_format": data_format, "text_column": text_column, "label_column": label_column,
@@ -386,7 +445,8 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     summary = {"model_dir": str(model_dir), "kind": predictor.kind, "data_path": str(data_path), "n": len(ds),
                "thresholds": None if offsets is None else dict(zip(labels, map(float, offsets), strict=True)),
                "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], f"macro_{fname}": metrics[f"macro_{fname}"],
-               "average_precision": aps, "errors": int((pred != y).sum())}
+               "average_precision": aps, "errors": int((pred != y).sum()),
+               **{k: metrics[k] for k in ("ece", "ece_adaptive", "brier", "log_loss") if k in metrics}}
     page = with_explanations(_html(summary, metrics, beta, figures, skipped, errors, meta, top_errors), predictor, ds.texts,
                              explain)
     html_path = out_dir / "report.html"
@@ -469,6 +529,17 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
     return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}
 
 
+def calibration_line(meta: dict, metrics: dict) -> str:
+    """The report's list item on calibration: the stored method and the ECE/Brier/log-loss on this file."""
+    block = meta.get("calibration") or {}
+    how = (f"{html.escape(str(block.get('chosen')))} (asked: {html.escape(str(block.get('method')))}; valid ECE "
+           f"{block['valid_before']['ece']:.4f} before, {block['valid_after']['ece']:.4f} after)") if block.get("chosen") \
+        else "none (the family's own probabilities)"
+    scores = (f"; on this file ECE {metrics['ece']:.4f}, adaptive ECE {metrics['ece_adaptive']:.4f}, Brier {metrics['brier']:.4f}, "
+              f"log-loss {metrics['log_loss']:.4f}") if "ece" in metrics else ""
+    return f"<li>Calibration: {how}{scores}</li>"
+
+
 def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict, errors: list[dict], meta: dict,
           top: int) -> str:
     from textclf.core.metrics import beta_name
@@ -496,9 +567,12 @@ def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dic
         "optuna_history": "Valid score of every complete Optuna trial and the best so far.",
         "frontier": "Predict docs/s (log scale, this machine, in one process) against macro-F1 on this file; the line "
                     "joins the models no other beats on both.",
+        "reliability": "Top-label accuracy against confidence in 15 equal-width bins (the ECE's); a calibrated model is "
+                       "shown before and after its calibration. Below: how many texts fall in each bin.",
     }
     titles = {"confusion_matrix": "Confusion matrix", "per_class_metrics": "Per-class metrics",
-              "pr_curves": "Precision-recall curves", "learning_curves": "Learning curves", "optuna_history": "Optuna search",
+              "pr_curves": "Precision-recall curves",
+              "reliability": "Calibration", "learning_curves": "Learning curves", "optuna_history": "Optuna search",
               "frontier": "Speed/quality frontier"}
     keys = [k for k in FIGURES if k != "frontier" or k in figures or k in skipped]
     sections = figure_sections(keys, titles, captions, figures, skipped)
@@ -539,6 +613,7 @@ def _html(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dic
 <li>Model: <code>{esc(summary['model_dir'])}</code> (kind {esc(summary['kind'])}, created {esc(str(meta.get('created', '?')))})</li>
 <li>Data: <code>{esc(summary['data_path'])}</code>, {summary['n']} documents, {summary['errors']} misclassified</li>
 <li>Decision thresholds: {thr_text}</li>
+{calibration_line(meta, metrics)}
 {search_line}
 </ul>
 <table><tr><th>accuracy</th><th>macro-F1</th><th>macro-F{beta:g}</th><th>macro precision</th><th>macro recall</th></tr>

@@ -1,0 +1,283 @@
+"""Benchmark what textclf says about its own confidence (issue 25, ``make bench_trust``), one section at a time.
+
+``--section NAME`` (repeatable; default: every section) picks what runs; each section is one function
+in :data:`SECTIONS` and writes its own ``benchmarks/results/trust_<section>.json`` (atomically, after
+every dataset), so sections can be added (audit, explain) and rerun independently.
+
+Section ``calibration``: for every dataset under ``--data_root`` (default ``<repo>/../shared/data``) and
+every family (fastText with a short Optuna search, embeddings with the frozen MiniLM encoder and
+logistic regression, the example plug-in TF-IDF + logistic regression), a job in a fresh process:
+
+  1. trains the family on train (``calibration: none``, search on valid);
+  2. takes its uncalibrated probabilities on valid and test, fits every method on valid
+     (``temperature``, ``isotonic``, ``auto``: textclf.core.calibration, the code ``calibration=...``
+     and ``textclf calibrate`` run) and scores test: accuracy, macro-F1, ECE (15 equal-width bins),
+     adaptive ECE (15 equal-mass bins), Brier, log-loss;
+  3. runs ``textclf calibrate --method auto`` on the model directory, loads it again and checks that its
+     ``predict_proba`` on test is what step 2 computed for ``auto``.
+
+Targets (issue 25): test ECE <= 0.03 after calibration (``auto``) for every family on every dataset,
+never worse than uncalibrated, accuracy and macro-F1 unchanged within noise (here: within two
+binomial standard errors of the test accuracy, ``2 * sqrt(acc (1 - acc) / n)``)::
+
+    python benchmarks/bench_trust.py --section calibration
+    python benchmarks/bench_trust.py --section calibration --datasets tweets_sentiment --quick
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from bench_common import DATA_ROOT, REPO, dataset_paths, in_child, machine_info, make_echo, peak_rss_mb, start_fork_server, utc_now
+
+DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
+PLUGIN = REPO / "examples" / "plugins" / "tfidf_logreg.py"
+PACKAGES = ("textclf", "fasttext-community", "torch", "sentence-transformers", "scikit-learn", "scipy", "numpy")
+METHODS = ("none", "temperature", "isotonic", "auto")
+ECE_TARGET = 0.03
+#: test rows the stored-calibration round trip predicts again
+ROUND_TRIP_ROWS = 200
+
+
+def _quiet() -> None:
+    """In a job process: training reports go to stderr, libraries stay quiet."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    logging.getLogger().setLevel(logging.WARNING)
+    sys.stdout = sys.stderr
+
+
+# --------------------------------------------------------------------------- section: calibration
+def calibration_specs(quick: bool) -> list[tuple[str, str, list[str], str | None]]:
+    """``(name, family, overrides, code file)`` of every family the calibration section trains (embeddings: on
+    ``--emb_max_train`` training rows at most; the encoder is the slow part on a small CPU)."""
+    ft_trials = 2 if quick else 8
+    return [("fasttext", "fasttext", [f"search.n_trials={ft_trials}", "search.timeout=300", "model.bucket=200000"], None),
+            ("embeddings", "embeddings", ["encoder.name=minilm", "classifier=logreg", "search.n_trials=0"], None),
+            ("tfidf_logreg", "tfidf_logreg", [f"search.n_trials={2 if quick else 8}"], str(PLUGIN))]
+
+
+def _scores(y, proba, labels) -> dict:
+    """Test accuracy, macro-F1 and the calibration metrics of probabilities (argmax decisions)."""
+    from textclf.core.metrics import calibration_metrics, classification_metrics
+
+    pred = proba.argmax(axis=1)
+    m = classification_metrics([labels[i] for i in y], [labels[i] for i in pred], labels, betas=(1.0,))
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            **{k: round(v, 6) for k, v in calibration_metrics(proba, y, "multiclass").items()}}
+
+
+def job_calibration(family: str, paths: dict, out: str, overrides: list[str], code: str | None, reuse: bool = False) -> dict:
+    """Train ``family`` uncalibrated, compare every calibration method on test, check ``textclf calibrate``'s stored one.
+
+    ``reuse``: a model already in ``out`` (an earlier run's, ``--keep DIR --reuse``) is scored instead of trained again.
+    """
+    _quiet()
+    import numpy as np
+
+    from textclf.core.calibration import fit_calibration
+    from textclf.core.config import load_config
+    from textclf.core.data import batched
+    from textclf.core.loading import load_predictor
+    from textclf.core.registry import get_family, load_code
+    from textclf.core.training import load_splits
+    from textclf.services.calibrate import calibrate_model
+    from textclf.services.compare.thresholds import label_indices
+    from textclf.services.runs import fit_family
+
+    if code:
+        load_code(code)
+    cfg = load_config(family, overrides=[*overrides, "calibration=none"])
+    splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
+    start = time.perf_counter()
+    reused = reuse and (Path(out) / "meta.json").is_file()
+    if not reused:
+        fit_family(get_family(family), cfg, splits, out, False)
+    train_s = None if reused else round(time.perf_counter() - start, 1)
+    predictor = load_predictor(out)
+    labels = list(predictor.labels)
+
+    def proba_of(texts):  # the family's own probabilities (a reused model may carry a calibration already)
+        return np.vstack([predictor.uncalibrated_proba(b) for b in batched(texts, 512)])
+
+    pv, pt = proba_of(splits.valid.texts), proba_of(splits.test.texts)
+    yv, yt = label_indices(splits.valid.labels, labels), label_indices(splits.test.labels, labels)
+    rows, fitted = {}, {}
+    for method in METHODS:
+        start = time.perf_counter()
+        cal, record = (None, {"chosen": "none"}) if method == "none" else fit_calibration(method, pv, yv, labels, "multiclass")
+        fit_s = time.perf_counter() - start
+        after = pt if cal is None else cal.apply(pt)
+        fitted[method] = after
+        rows[method] = {**_scores(yt, after, labels), "chosen": record["chosen"], "fit_s": round(fit_s, 3),
+                        **({"cv_log_loss": record["cv_log_loss"]} if "cv_log_loss" in record else {})}
+    block = calibrate_model(out, paths["valid"], "auto")
+    stored = load_predictor(out)
+    check = min(len(yt), ROUND_TRIP_ROWS)
+    diff = float(np.abs(proba_of_loaded(stored, splits.test.texts[:check]) - fitted["auto"][:check]).max())
+    n = len(yt)
+    acc = rows["none"]["accuracy"]
+    return {"family": family, "train_rows": len(splits.train), "n_valid": len(yv), "n_test": n,
+            "train_wall_s": train_s, "reused": reused, "peak_rss_mb": peak_rss_mb(),
+            "methods": rows, "stored_auto": {"chosen": block["chosen"], "max_abs_diff_vs_bench": diff},
+            "noise_2se": round(2 * (acc * (1 - acc) / max(n, 1)) ** 0.5, 4)}
+
+
+def proba_of_loaded(predictor, texts):
+    """``predict_proba`` of a loaded model over ``texts`` in batches."""
+    import numpy as np
+
+    from textclf.core.data import batched
+
+    return np.vstack([predictor.predict_proba(b) for b in batched(texts, 512)])
+
+
+def capped_train(paths: dict, work: Path, max_rows: int) -> tuple[dict, int]:
+    """``paths`` with train replaced by a stratified sample of at most ``max_rows`` rows (seed 13); and its size."""
+    from textclf.core.data import read_labelled, stratified_split, write_labelled
+
+    train = read_labelled(paths["train"])
+    if len(train) <= max_rows:
+        return paths, len(train)
+    _, sample, _ = stratified_split(train, valid_frac=max_rows / len(train), test_frac=0.0, seed=13)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"train_{max_rows}.csv"
+    write_labelled(path, sample)
+    return {**paths, "train": str(path)}, len(sample)
+
+
+def calibration_targets(entry: dict) -> dict:
+    """The issue's checks for one (dataset, family): ECE <= target, not worse than none, accuracy/F1 within noise."""
+    none, auto = entry["methods"]["none"], entry["methods"]["auto"]
+    noise = entry["noise_2se"]
+    return {"ece_le_0.03": auto["ece"] <= ECE_TARGET, "ece_not_worse": auto["ece"] <= none["ece"] + 1e-12,
+            "accuracy_within_noise": abs(auto["accuracy"] - none["accuracy"]) <= noise,
+            "macro_f1_within_noise": abs(auto["macro_f1"] - none["macro_f1"]) <= noise}
+
+
+def calibration_table(datasets: dict) -> str:
+    """The markdown table of the calibration section: test metrics uncalibrated vs every method."""
+    lines = ["| dataset | family | train rows | n test | method | accuracy | macro-F1 | ECE | adaptive ECE | Brier | log-loss "
+             "| auto chose |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, entries in datasets.items():
+        for e in entries:
+            for method in METHODS:
+                r = e["methods"][method]
+                chose = r["chosen"] if method == "auto" else ""
+                lines.append(f"| {name} | {e['family']} | {e['train_rows']} | {e['n_test']} | {method} | {r['accuracy']:.4f} | "
+                             f"{r['macro_f1']:.4f} | "
+                             f"{r['ece']:.4f} | {r['ece_adaptive']:.4f} | {r['brier']:.4f} | {r['log_loss']:.4f} | {chose} |")
+    return "\n".join(lines)
+
+
+def calibration_summary_table(datasets: dict) -> str:
+    """One row per (dataset, family): test ECE of every method, the auto choice, accuracy/macro-F1 change, the targets."""
+    lines = ["| dataset | family | train rows | test rows | ECE none | temperature | isotonic | auto (chose) | adaptive ECE none -> auto "
+             "| log-loss none -> auto | accuracy none -> auto | macro-F1 none -> auto | ECE <= 0.03 | not worse |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|"]
+    for name, entries in datasets.items():
+        for e in entries:
+            if "methods" not in e:
+                lines.append(f"| {name} | {e['family']} | {e.get('error', '?')} |" + " |" * 11)
+                continue
+            m, t = e["methods"], e["targets"]
+            n, a = m["none"], m["auto"]
+            lines.append(f"| {name} | {e['family']} | {e['train_rows']} | {e['n_test']} | {n['ece']:.4f} | "
+                         f"{m['temperature']['ece']:.4f} | {m['isotonic']['ece']:.4f} | {a['ece']:.4f} ({a['chosen']}) | "
+                         f"{n['ece_adaptive']:.4f} -> {a['ece_adaptive']:.4f} | {n['log_loss']:.3f} -> {a['log_loss']:.3f} | "
+                         f"{n['accuracy']:.4f} -> {a['accuracy']:.4f} | {n['macro_f1']:.4f} -> {a['macro_f1']:.4f} | "
+                         f"{'yes' if t['ece_le_0.03'] else 'no'} | {'yes' if t['ece_not_worse'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def section_calibration(args: dict, echo) -> dict:
+    """Run the calibration section over the datasets; returns the results (also written to trust_calibration.json)."""
+    from textclf.core.atomic import atomic_write_json
+
+    output = Path(args["output_dir"]) / "trust_calibration.json"
+    result = {"benchmark": "trust_calibration", "started": utc_now(), "machine": machine_info(PACKAGES),
+              "settings": {"quick": args["quick"], "emb_max_train": args["emb_max_train"], "ece_bins": 15, "ece_target": ECE_TARGET,
+                           "families": {n: o for n, _, o, _ in calibration_specs(args["quick"])},
+                           "noise": "2 binomial standard errors of the uncalibrated test accuracy"},
+              "datasets": {}}
+    work = Path(args["keep"] or tempfile.mkdtemp(prefix="bench-trust-"))
+    for name in args["datasets"]:
+        paths = dataset_paths(args["data_root"], name)
+        if paths is None:
+            echo(f"{name}: not found under {args['data_root']}, skipped")
+            continue
+        entries = []
+        specs = {spec[0]: spec for spec in calibration_specs(args["quick"])}
+        for member in args.get("families") or list(specs):
+            _, family, overrides, code = specs[member]
+            echo(f"{name}: {member} ...")
+            job_paths = paths
+            if member == "embeddings" and args["emb_max_train"]:
+                job_paths, _ = capped_train(paths, work / name, args["emb_max_train"])
+            try:
+                entry = in_child(job_calibration, family, job_paths, str(work / name / member), overrides, code,
+                                 bool(args.get("reuse")))
+            except Exception as exc:  # a family that cannot run here is reported, not fatal
+                echo(f"{name}: {member} failed: {type(exc).__name__}: {exc}")
+                entries.append({"family": member, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            entry["family"] = member
+            entry["targets"] = calibration_targets(entry)
+            a, n = entry["methods"]["auto"], entry["methods"]["none"]
+            echo(f"{name}: {member}: test ECE {n['ece']:.4f} -> {a['ece']:.4f} (auto: {a['chosen']}), "
+                 f"accuracy {n['accuracy']:.4f} -> {a['accuracy']:.4f}")
+            entries.append(entry)
+        result["datasets"][name] = entries
+        atomic_write_json(output, result)
+    ok = [e for entries in result["datasets"].values() for e in entries if "targets" in e]
+    result["summary"] = {key: f"{sum(e['targets'][key] for e in ok)}/{len(ok)}"
+                         for key in ("ece_le_0.03", "ece_not_worse", "accuracy_within_noise", "macro_f1_within_noise")}
+    result["finished"] = utc_now()
+    atomic_write_json(output, result)
+    done = {name: [e for e in entries if "methods" in e] for name, entries in result["datasets"].items()}
+    click.echo(calibration_summary_table(result["datasets"]))
+    click.echo("\n" + calibration_table(done))
+    click.echo("\n" + json.dumps(result["summary"]))
+    return result
+
+
+#: section name -> function(args, echo) -> results dict
+SECTIONS = {"calibration": section_calibration}
+
+
+@click.command()
+@click.option("--section", "sections", multiple=True, type=click.Choice(sorted(SECTIONS)),
+              help="Section to run (repeatable; default: all).")
+@click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma-separated dataset names.")
+@click.option("--data_root", default=str(DATA_ROOT), show_default=True)
+@click.option("--output_dir", default=str(REPO / "benchmarks" / "results"), show_default=True,
+              help="Where trust_<section>.json goes.")
+@click.option("--keep", default=None, help="Keep the trained models under this folder (default: a temp folder).")
+@click.option("--quick", is_flag=True, help="Fewer search trials (a smoke run).")
+@click.option("--emb_max_train", type=int, default=2000, show_default=True,
+              help="calibration: train the embeddings family on at most this many training rows (stratified; 0: all).")
+@click.option("--families", default=None, help="calibration: comma-separated families to run, in this order "
+              "(default: fasttext,embeddings,tfidf_logreg).")
+@click.option("--reuse", is_flag=True, help="calibration: score the models already under --keep instead of training them again.")
+def main(sections, datasets, data_root, output_dir, keep, quick, emb_max_train, families, reuse):
+    """Run the trust benchmark's sections."""
+    start_fork_server()
+    echo = make_echo(show_elapsed=True)
+    args = {"datasets": [d for d in datasets.split(",") if d], "data_root": data_root, "output_dir": output_dir,
+            "keep": keep, "quick": quick, "emb_max_train": emb_max_train,
+            "families": [f for f in (families or "").split(",") if f], "reuse": reuse}
+    for name in sections or sorted(SECTIONS):
+        SECTIONS[name](args, echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textclf.core.card import CARD_FILE
 from textclf.core.calibration import CONFIG_KEY as CALIBRATION_KEY
 from textclf.core.calibration import FILE_PREFIX as CALIBRATION_FILE_PREFIX
 from textclf.core.calibration import calibrate_predictor
+from textclf.core.card import CARD_FILE
 from textclf.core.deadline import call_before_deadline
 from textclf.core.errors import ConfigError
 from textclf.core.integrity import FILES_KEY, files_block

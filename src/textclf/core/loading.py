@@ -25,7 +25,9 @@ def _resolve(model_path: str | Path) -> tuple[Path, Path | None]:
     return path, None
 
 
-#: families this process registered from a model directory's plug-in file (not an entry point or ``--code``)
+#: resolved paths of the model directories' plug-in files this process imported (not an entry point or ``--code``):
+#: a family whose ``code_file`` is one of them came from a model directory; one registered again later from
+#: ``--code`` (another file) is the user's again
 _FROM_MODEL_DIRS: set[str] = set()
 
 
@@ -46,15 +48,17 @@ def load_plugin_code(model_dir: Path, meta: dict) -> None:
     if not relative:
         return
     path = inside_path(model_dir, relative, PLUGIN_META_KEY, meta)
-    if meta.get("kind") in all_families():
-        if meta.get("kind") in _FROM_MODEL_DIRS:  # registered by another directory's code: this model needs consent too
+    family = all_families().get(meta.get("kind"))
+    if family is not None:
+        if getattr(family, "code_file", None) in _FROM_MODEL_DIRS:  # another directory's code: this model needs consent too
             require_trust(path, "run plug-in code (its family came from a model directory's code, not an installed package)")
         return  # the family's code is installed or came with --code: the directory's copy is not needed
     require_trust(path, "import the plug-in code in this file")
     import click
 
     click.echo(f"warning: model {model_dir} runs plug-in code from its directory: {path}", err=True)
-    _FROM_MODEL_DIRS.update(load_code(path))
+    load_code(path)
+    _FROM_MODEL_DIRS.add(str(path.resolve()))
 
 
 def load_predictor(model_path: str | Path, thresholds: bool = True, backend: str | None = None,

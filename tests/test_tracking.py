@@ -249,7 +249,7 @@ def test_runs_list_show_diff_rerun(first, uri, tmp_path):
     model_file = out / meta["model_file"]
     assert 0 < meta["model_mb"] <= 20 and meta["model_mb"] == round(model_file.stat().st_size / 2**20, 3)
     assert row[11] == fmt(meta["model_mb"])
-    assert row[11] == fmt(run.data.metrics["train_seconds"]) and row[12] == str(out.resolve())
+    assert row[12] == fmt(run.data.metrics["train_seconds"]) and row[13] == str(out.resolve())
     assert run.data.tags[f"{TAG}task"] == "multiclass"
     f1s = [float(r.split()[8]) for r in rows if r.split()[8] != "-"]
     assert f1s == sorted(f1s, reverse=True)

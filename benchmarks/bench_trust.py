@@ -250,8 +250,27 @@ def section_calibration(args: dict, echo) -> dict:
     return result
 
 
+def section_audit(args: dict, echo) -> dict:
+    """The label-noise recovery of ``textclf audit`` (:mod:`bench_trust_audit`, also ``make bench_trust_audit``)."""
+    from bench_trust_audit import run as run_audit
+
+    return run_audit(args["data_root"], output=Path(args["output_dir"]) / "trust_audit.json", datasets=args["datasets"])
+
+
+def section_explain(args: dict, echo) -> dict:
+    """The explanations' deletion test on tweets_sentiment (:mod:`bench_trust_explain`, also ``make bench_trust_explain``)."""
+    from bench_trust_explain import run as run_explain
+
+    from textclf.core.atomic import atomic_write_json
+
+    output = Path(args["output_dir"]) / "trust_explain.json"
+    doc = run_explain(echo=echo, on_row=lambda d: atomic_write_json(output, d))
+    atomic_write_json(output, doc)
+    return doc
+
+
 #: section name -> function(args, echo) -> results dict
-SECTIONS = {"calibration": section_calibration}
+SECTIONS = {"calibration": section_calibration, "audit": section_audit, "explain": section_explain}
 
 
 @click.command()

@@ -16,6 +16,8 @@ TEST_PATH ?= $(DATA_DIR)/test.csv
 MODELS ?= models
 N_TRIALS ?= 50
 SET ?=
+# make test-quick: pytest-xdist worker processes (auto: one per core)
+QUICK_WORKERS ?= auto
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 
 FASTTEXT_DIR ?= $(MODELS)/fasttext
@@ -406,8 +408,8 @@ test_infra: install ## Container, SLURM and PostgreSQL tests (builds images, sta
 test: install ## Run every test, the slow ones too, offline (what CI runs; the mpnet ones skip unless fetched: test-encoders)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-quick: install ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test-quick: install ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1), on QUICK_WORKERS processes
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -n $(QUICK_WORKERS) $(PYTEST_ARGS)
 
 test-full: test ## Same as test (kept for old habits)
 

@@ -276,6 +276,7 @@ def test_auto_on_balanced_labels_trains_one_stage(tweet_slice, tiny_bert, tmp_pa
     assert meta["config"]["two_stage"] == "auto" and meta["config"]["stage2"]["epochs"] == 1  # recorded as given
 
 
+@pytest.mark.slow  # two BERT trainings (quick: test_two_stage_run_writes_a_complete_model_dir)
 def test_resume_continues_from_last_epoch(tweet_slice, tiny_bert, tmp_path):
     out = tmp_path / "model"
     first = train_cli(tweet_slice, out, tiny_bert, *TINY_SETTINGS, "--one_stage", "--set", "stage2.epochs=1")

@@ -227,6 +227,7 @@ def test_bert_stage_history_is_read_from_meta(tmp_path):
 
 
 # --------------------------------------------------------------------------- ensembles
+@pytest.mark.slow  # builds and reloads an ensemble (quick: test_stacking_ensemble)
 def test_weighted_ensemble_round_trips_and_averages_its_members(models, tweets, tmp_path):
     out = tmp_path / "ens"
     members = [models["ft_search"], models["tfidf"]]
@@ -261,6 +262,7 @@ def test_weighted_ensemble_round_trips_and_averages_its_members(models, tweets, 
     assert json.loads(result.stdout)["macro_f1"] == pytest.approx(meta["metrics"]["test"]["macro_f1"])
 
 
+@pytest.mark.slow  # copies an ensemble and predicts (quick: test_stacking_ensemble)
 def test_copied_ensemble_moves_as_one_directory(models, tweets, tmp_path):
     out = tmp_path / "built" / "ens"
     result = invoke("ensemble", "--model_path", models["ft_char"], "--model_path", models["tfidf"], "--valid_path",
@@ -362,6 +364,7 @@ def test_auto_keeps_the_single_member_that_combining_cannot_beat(models, tweets,
     assert ens.predict(texts) == alone.predict(texts)
 
 
+@pytest.mark.slow  # an auto ensemble search (quick: tests/test_small_models.py's auto rule)
 def test_auto_combines_members_whose_errors_are_independent():
     from textclf.services.compare.ensemble import CANDIDATES, fit_method, select_method
 

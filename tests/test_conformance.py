@@ -18,7 +18,7 @@ NEURAL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("name", ["fasttext", pytest.param("embeddings", marks=pytest.mark.slow)])  # slow: ~10 s of TF-IDF+SVD
 def test_fast_builtin_family_conforms(name, tmp_path):
     out = check_family(name, overrides=FAST[name], workdir=tmp_path)
     assert (out / "meta.json").is_file()
@@ -42,7 +42,7 @@ def test_bert_conforms_on_a_tiny_encoder(tiny_bert, tmp_path):
     assert (out / "meta.json").is_file()
 
 
-@pytest.mark.parametrize("plugin", ["tfidf_logreg", "svm_char"])
+@pytest.mark.parametrize("plugin", ["tfidf_logreg", pytest.param("svm_char", marks=pytest.mark.slow)])  # slow: a second plug-in
 def test_example_plugin_conforms(plugin, repo, tmp_path):
     out = check_family(plugin, code=[repo / EXAMPLES / f"{plugin}.py"], workdir=tmp_path)
     assert (out / "plugin" / f"{plugin}.py").is_file()

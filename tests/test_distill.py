@@ -156,6 +156,7 @@ def test_cascade_meta_share_and_tau_consistent(models, data):
     assert f"{share:.1%} of valid reaches the teacher" in models["cascade_output"]
 
 
+@pytest.mark.slow  # predicts in another process (quick: test_cascade_records_its_size_under_a_budget)
 def test_cascade_routes_and_loads_in_another_process(models, data, tmp_path):
     texts = read_labelled(data["test"]).texts
     cascade = load_predictor(models["cascade"])
@@ -184,6 +185,7 @@ def test_cascade_routes_and_loads_in_another_process(models, data, tmp_path):
         pytest.approx(meta["metrics"]["test"]["macro_f1"])
 
 
+@pytest.mark.slow  # copies a cascade and predicts in a subprocess
 def test_cascade_directory_moves_as_one_and_member_paths_stay_inside(models, tmp_path):
     import shutil
 
@@ -232,6 +234,7 @@ def test_min_docs_per_s_target(models, data, tmp_path):
     assert meta["cascade"]["valid"]["macro_f1"] >= best - 1e-5  # the curve in meta.json is rounded to 5 places
 
 
+@pytest.mark.slow  # starts textclf serve (quick: tests/test_serve.py)
 def test_serve_answers_with_a_cascade(models, data):
     import httpx
 
@@ -251,6 +254,7 @@ def test_serve_answers_with_a_cascade(models, data):
     assert info["cascade"]["share_to_teacher_served"] == pytest.approx(cascade.share_to_teacher)
 
 
+@pytest.mark.slow  # leaderboard + report subprocesses over three models (quick: test_distill_records_the_teacher_and_trains_on_its_labels)
 def test_leaderboard_and_report_frontier(models, data, tmp_path):
     result = textclf("leaderboard", models["cascade"], models["student"], models["teacher"], "--data_path", data["test"],
                      "--json", "--no-isolate", "--n_boot", "50")

@@ -255,6 +255,7 @@ def test_search_over_encoder_and_classifier(tmp_path, small, cache_dir, model_di
         assert (out / "tfidf_svd.skops").exists()
 
 
+@pytest.mark.slow  # trains and reloads a TF-IDF+SVD model (quick: test_round_trip_identical_probabilities)
 def test_tfidf_svd_round_trip(tmp_path, small, cache_dir):
     out = tmp_path / "tfidf"
     train_cli(small, out, "--model_name", "tfidf_svd", "--classifier", "knn", "--set", "tfidf_svd.n_components=32")

@@ -65,7 +65,7 @@ def macro_f1(y_true, y_pred) -> float:
 
 
 # --------------------------------------------------------------------------- 1. fit / predict / proba / floor
-@pytest.mark.parametrize("family,params", [("fasttext", FT), ("embeddings", EMB)])
+@pytest.mark.parametrize("family,params", [("fasttext", FT), pytest.param("embeddings", EMB, marks=pytest.mark.slow)])
 def test_fit_predict_proba_and_floor(family, params, train, test):
     est = textclf.TextClassifier(family, params=params).fit(train.text, train.label)
     assert est.classes_.tolist() == ["negative", "positive"]

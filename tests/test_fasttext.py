@@ -156,6 +156,7 @@ def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, tweets):
     assert meta["params"]["loss"] == "softmax"
 
 
+@pytest.mark.slow  # quantize retrains (quick: tests/test_small_models.py)
 def test_quantize_writes_ftz_and_predicts(tmp_path, tweets):
     out = tmp_path / "q"
     train_cli(tweets, out, "--n_trials", "0", "--quantize", "--set", "model.dim=20", "--set", "model.bucket=100000",

@@ -181,6 +181,7 @@ def embeddings_runs(cue_data, tmp_path_factory, cache_dir):
     return out
 
 
+@pytest.mark.slow  # two embeddings trainings with MiniLM (quick: the window unit tests here)
 def test_embeddings_chunk_reads_the_end_that_truncation_cuts(embeddings_runs):
     truncate = json.loads((embeddings_runs / "truncate" / "meta.json").read_text())
     chunk = json.loads((embeddings_runs / "chunk" / "meta.json").read_text())
@@ -195,6 +196,7 @@ def test_embeddings_chunk_reads_the_end_that_truncation_cuts(embeddings_runs):
     assert set(chunk["cache_keys"].values()).isdisjoint(truncate["cache_keys"].values())
 
 
+@pytest.mark.slow  # uses the two embeddings trainings
 def test_embed_command_chunks_like_training_and_hits_its_cache(embeddings_runs, cue_data):
     """``textclf embed --long_text chunk`` stores the vectors a chunked model reads: same key, a cache hit."""
     from textclf.families.embeddings.cli import embed
@@ -212,6 +214,7 @@ def test_embed_command_chunks_like_training_and_hits_its_cache(embeddings_runs, 
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "encoder.max_chunks" in bad.output, bad.output
 
 
+@pytest.mark.slow  # uses the two embeddings trainings
 def test_embeddings_chunked_model_round_trip(embeddings_runs, cue_data):
     model = embeddings_runs / "chunk"
     meta = json.loads((model / "meta.json").read_text())
@@ -223,6 +226,7 @@ def test_embeddings_chunked_model_round_trip(embeddings_runs, cue_data):
     assert np.mean([p == t for p, t in zip(pred, ds.labels, strict=True)]) == pytest.approx(meta["metrics"]["test"]["accuracy"])
 
 
+@pytest.mark.slow  # uses the two embeddings trainings
 def test_chunked_models_are_refused_by_onnx_export_in_one_line(embeddings_runs):
     result = CliRunner().invoke(cli, ["export", "--model_path", str(embeddings_runs / "chunk")])
     assert result.exit_code == 2 and "embeddings models cannot be exported to ONNX" in result.output.strip().splitlines()[-1]

@@ -145,6 +145,7 @@ def crash_callback(epoch: int):
     return Crash()
 
 
+@pytest.mark.slow  # two BiLSTM trainings (quick: test_training_reaches_f05_floor)
 def test_resume_continues_from_the_saved_epoch(small_splits, tmp_path):
     base = ["--train_path", small_splits["train"], "--valid_path", small_splits["valid"], *TINY, "--set", "model.dropout=0.0",
             "--set", "train.patience=0", "--epochs", "4"]

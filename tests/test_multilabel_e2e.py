@@ -125,6 +125,7 @@ def test_report_has_per_label_bars_and_cooccurrence(models, tmp_path):
     assert "Label co-occurrence (gold)" in page and 'src="label_cooccurrence.png"' in page
 
 
+@pytest.mark.slow  # serve with two worker processes (quick: test_leaderboard_scores_label_sets_with_a_micro_f1_ci)
 def test_serve_answers_label_sets_with_two_workers(models):
     texts = ["rain storm flood", "election vote parliament and match goal", "", "the of and"]
     expected = load_predictor(models["ens"]).predict(texts)

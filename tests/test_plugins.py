@@ -271,6 +271,7 @@ def tweets_db(tweets, tmp_path_factory) -> Path:
     return db
 
 
+@pytest.mark.slow  # trains the plug-in on a sqlite table (quick: test_a_reader_from_a_tmp_file_feeds_fasttext)
 def test_the_sqlite_reader_feeds_the_plugin_family(tweets_db, tfidf_model, tmp_path):
     out = tmp_path / "m"
     proc = textclf("train", "--code", SQLITE, "--code", TFIDF, "tfidf_logreg",

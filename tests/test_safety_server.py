@@ -104,6 +104,7 @@ def test_idle_and_slowloris_connections_are_closed_and_others_are_served(server)
     assert alive(server)
 
 
+@pytest.mark.slow  # a slow client over seconds (quick: test_a_body_shorter_than_its_content_length)
 def test_a_body_sent_one_byte_at_a_time_is_cut_off(server):
     body = b'{"texts": ["' + b"a" * 200 + b'"]}'  # 215 bytes at 20 a second: 10 s, over --body_timeout 2
     with connect(server) as sock:
@@ -245,6 +246,7 @@ def test_sigterm_drains_then_exits_0(ft_model):
     _sigterm_drain(ServeProcess(ft_model, "--graceful_timeout", "30", "--body_timeout", "60"))
 
 
+@pytest.mark.slow  # waits out a graceful timeout (quick: test_sigterm_drains_then_exits_0)
 def test_sigterm_drain_is_bounded_by_graceful_timeout(ft_model):
     srv = ServeProcess(ft_model, "--graceful_timeout", "1", "--body_timeout", "600")
     with connect(srv) as stuck:  # a request whose body never comes
@@ -306,6 +308,7 @@ EXTRA_HEADER = st.sampled_from([b"", b"Transfer-Encoding: chunked\r\n", b"Expect
 @given(body=BODY, content_type=CONTENT_TYPE, extra=EXTRA_HEADER,
        path=st.sampled_from([b"/predict", b"/predict", b"/health", b"/ready", b"/nope", b"/metrics"]),
        method=st.sampled_from([b"POST", b"POST", b"GET", b"PUT"]), extra_bytes=st.sampled_from([b"", b"garbage\r\n\r\n"]))
+@pytest.mark.slow  # hypothesis fuzzing of raw HTTP
 def test_raw_http_fuzz_never_500_never_a_traceback(server, body, content_type, extra, path, method, extra_bytes):
     head = b"%s %s HTTP/1.1\r\nHost: t\r\n" % (method, path)
     if content_type:

@@ -275,6 +275,7 @@ def test_bad_setting_stops_the_cli_before_any_encoder_loads(small, tmp_path, mon
 
 # --------------------------------------------------------------------------- the family end to end
 
+@pytest.mark.slow  # trains SetFit through the CLI (quick: the sampler and head tests here)
 def test_train_setfit_cli_writes_model_dir(model_dir):
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["kind"] == "setfit" and meta["labels"] == ["negative", "positive"]
@@ -299,6 +300,7 @@ def test_train_setfit_cli_writes_model_dir(model_dir):
 N_ROUND_TRIP = 30  # test rows the quick round trip encodes (the slow test below scores all N_EVAL)
 
 
+@pytest.mark.slow  # uses the SetFit CLI model
 def test_round_trip_identical_probabilities(model_dir, small):
     meta = json.loads((model_dir / "meta.json").read_text())
     texts = read_labelled(small["test"]).texts[:N_ROUND_TRIP]
@@ -328,6 +330,7 @@ def test_predictions_on_the_test_slice_match_the_training_time_accuracy(model_di
     assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-12)
 
 
+@pytest.mark.slow  # uses the SetFit CLI model
 def test_predict_cli(model_dir, tmp_path):
     inp = tmp_path / "in.txt"
     lines = ["what a wonderful morning", "", "this update broke everything, so annoyed"]

@@ -191,6 +191,7 @@ def test_paired_gain_is_the_f1_difference_and_its_bar_shrinks_with_more_rows():
     assert evidence["reason"].startswith("weighted beats the best single member out of fold by +")
 
 
+@pytest.mark.slow  # builds ensembles under budgets (quick: the auto rule test)
 def test_ensemble_size_budget_skips_the_weaker_member_or_refuses(members, tweets, tmp_path):
     sizes = {name: json.loads((members[name] / "meta.json").read_text()) for name in ("ft", "tfidf")}
     mb = {name: sum(r["bytes"] for r in m["files"].values()) / MIB for name, m in sizes.items()}

@@ -74,6 +74,7 @@ def swept(tmp_path_factory, small, cache_dir):
     return out, res.output
 
 
+@pytest.mark.slow  # a 2 x 2 sweep with MiniLM (quick: test_a_sweep_on_label_sets_ranks_by_micro_f1)
 def test_two_by_two_sweep_writes_a_ranked_table(swept, small, cache_dir):
     import textclf
     from textclf.core.data import read_labelled
@@ -113,6 +114,7 @@ def test_two_by_two_sweep_writes_a_ranked_table(swept, small, cache_dir):
                                                           "combos/tfidf_svd__logreg", "combos/tfidf_svd__knn"]
 
 
+@pytest.mark.slow  # reads the 2 x 2 sweep
 def test_rerun_skips_everything_finished(swept, small):
     out, _ = swept
     before = {p: p.stat().st_mtime_ns for p in out.glob("combos/*/result.json")}

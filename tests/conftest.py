@@ -286,15 +286,17 @@ def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="session")
 def ft_model(tmp_path_factory, tweets) -> Path:
-    """A small fastText model on the embedded tweets (fixed params, no search: ~2 s), shared by the serving tests."""
+    """A small fastText model on the embedded tweets with a test split (fixed params, no search: ~2 s), shared read-only
+    by the serving, card and page tests (a test that changes it works on a copy)."""
     from click.testing import CliRunner
 
     from textclf.cli import cli
 
     out = tmp_path_factory.mktemp("ft_model") / "model"
     result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path",
-                                      str(tweets["valid"]), "--output_dir", str(out), "--n_trials", "0",
-                                      "--set", "model.dim=20", "--set", "model.bucket=100000"], catch_exceptions=False)
+                                      str(tweets["valid"]), "--test_path", str(tweets["test"]), "--output_dir", str(out),
+                                      "--n_trials", "0", "--set", "model.dim=20", "--set", "model.bucket=100000"],
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
 

@@ -27,18 +27,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import ServeProcess  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ft_model(tmp_path_factory, tweets) -> Path:
-    """A small fastText model with a test split (fixed params, no search: ~2 s)."""
-    out = tmp_path_factory.mktemp("card_ft") / "model"
-    result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path",
-                                      str(tweets["valid"]), "--test_path", str(tweets["test"]), "--output_dir", str(out),
-                                      "--n_trials", "0", "--set", "model.dim=20", "--set", "model.bucket=100000"],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture()
 def model(ft_model, tmp_path) -> Path:
     """A private copy of the trained model (tests here edit the card and meta.json)."""

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from click.testing import CliRunner
 
 from textclf.cli import cli
@@ -31,17 +30,6 @@ from conftest import ServeProcess  # noqa: E402
 #: the Swagger UI block of ``POST /predict`` (FastAPI's operation id ``predict_predict_post``, tag ``default``)
 PREDICT_OP = "#operations-default-predict_predict_post"
 
-
-@pytest.fixture(scope="module")
-def ft_model(tmp_path_factory, tweets) -> Path:
-    """A small fastText model with a test split (fixed params, no search: ~2 s)."""
-    out = tmp_path_factory.mktemp("pages_ft") / "model"
-    result = CliRunner().invoke(cli, ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path",
-                                      str(tweets["valid"]), "--test_path", str(tweets["test"]), "--output_dir", str(out),
-                                      "--n_trials", "0", "--set", "model.dim=20", "--set", "model.bucket=100000"],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def screenshot(page, tmp_path: Path, name: str, clip: dict | None = None) -> Path:

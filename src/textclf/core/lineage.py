@@ -8,11 +8,11 @@ sidecar's summary with every run trained on the file (:mod:`textclf.services.tra
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from textclf.core.atomic import atomic_write_json
+from textclf.core.integrity import sha256_file
 
 LINEAGE_SUFFIX = ".lineage.json"
 
@@ -21,15 +21,6 @@ def lineage_path(path: str | Path) -> Path:
     """The sidecar of data file ``path`` (``train.v2.csv`` -> ``train.v2.csv.lineage.json``)."""
     path = Path(path)
     return path.with_name(path.name + LINEAGE_SUFFIX)
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_lineage(path: str | Path, record: dict) -> None:
@@ -46,7 +37,7 @@ def read_lineage(path: str | Path) -> dict | None:
         record = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("sha256") != file_sha256(path):
+    if not isinstance(record, dict) or record.get("sha256") != sha256_file(path):
         return None  # the file was edited after `audit apply`: the sidecar no longer describes it
     return record
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from textclf.core.data import Dataset, batched, iter_texts
 from textclf.core.errors import ConfigError, DataError
+from textclf.core.integrity import sha256_file
 from textclf.core.meta import META_FILE
 from textclf.core.training import Splits
 from textclf.services import runs
@@ -106,11 +107,6 @@ def balance_copies(n: np.ndarray, argmax: np.ndarray, gold_labels: Sequence[str]
     return out
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of one file (the teacher's meta.json: it lists the size and hash of every file the model loads)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def teacher_proba(teacher, texts: Sequence[str], labels: Sequence[str], batch_size: int) -> np.ndarray:
     """The teacher's probabilities on ``texts`` with columns in ``labels`` order (the student's label set)."""
     from textclf.services.compare.ensemble import align_columns
@@ -173,7 +169,7 @@ def distill(spec: DistillSpec) -> RunResult:
     texts = list(splits.train.texts)
     if spec.unlabeled_path:
         texts += read_unlabeled(spec.unlabeled_path, spec.unlabeled_format, spec.text_column)
-    teacher_hash = file_sha256(teacher_dir / META_FILE)
+    teacher_hash = sha256_file(teacher_dir / META_FILE)  # meta.json lists the hash of every file the model loads
     proba = teacher_proba(teacher, texts, splits.labels, spec.batch_size)
     new_splits, counts = distilled_splits(splits, texts, proba, spec.temperature, spec.repeats, teacher_hash, spec.balance)
     record = {"teacher": {"path": str(teacher_dir), "kind": teacher.kind, "meta_sha256": teacher_hash},

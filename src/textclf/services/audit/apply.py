@@ -13,7 +13,8 @@ from pathlib import Path
 
 from textclf.core.data import Dataset, write_labelled
 from textclf.core.errors import ConfigError, DataError
-from textclf.core.lineage import file_sha256, write_lineage
+from textclf.core.integrity import sha256_file
+from textclf.core.lineage import write_lineage
 from textclf.services.audit.outputs import read_relabel
 
 
@@ -75,9 +76,9 @@ def apply_file(relabel_path: str | Path, data_path: str | Path, output_path: str
         raise DataError(relabel_path, "after these decisions the data would hold fewer than 2 classes")
     write_labelled(output_path, new)
     write_lineage(output_path, {
-        "parent": str(Path(data_path).resolve()), "parent_sha256": file_sha256(data_path),
-        "path": str(Path(output_path).resolve()), "sha256": file_sha256(output_path),
-        "relabel_file": str(Path(relabel_path).resolve()), "relabel_sha256": file_sha256(relabel_path),
+        "parent": str(Path(data_path).resolve()), "parent_sha256": sha256_file(data_path),
+        "path": str(Path(output_path).resolve()), "sha256": sha256_file(output_path),
+        "relabel_file": str(Path(relabel_path).resolve()), "relabel_sha256": sha256_file(relabel_path),
         "rows_before": applied.rows_before, "rows_after": applied.rows_after,
         "relabelled": applied.relabelled, "dropped": applied.dropped})
     return applied

@@ -47,14 +47,19 @@ PACKAGES = ("textclf", "fasttext-community", "torch", "sentence-transformers", "
 DATASET = "disaster_response"
 BASELINE = "tfidf_logreg"
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "tfidf_logreg.py"
-#: name -> (family, config overrides[, plug-in code file]); ``{ft_budget_s}``/``{lstm_epochs}`` are filled from the options
+#: name -> (family, config overrides[, plug-in code file]); ``{ft_budget_s}`` etc. come from the options
 MODELS = {
-    "fasttext": ("fasttext", ["model.lr=0.5", "model.minn=3", "model.maxn=5", "model.bucket=200000",
-                              "search.n_trials=0"]),
+    "fasttext": ("fasttext", ["model.lr=0.5", "model.epoch=15", "model.wordNgrams=3", "model.minn=2", "model.maxn=5",
+                              "model.bucket=200000", "search.n_trials=0"]),
     "fasttext_search": ("fasttext", ["search.n_trials=1000", "search.timeout={ft_budget_s}", "search.start_params=[]"]),
     "minilm_logreg": ("embeddings", ["encoder.name=minilm", "classifier=logreg", "search.n_trials=0"]),
     "tfidf_logreg": ("embeddings", ["encoder.name=tfidf_svd", "classifier=logreg", "search.n_trials=0"]),
+    "minilm_mlp": ("embeddings", ["encoder.name=minilm", "classifier=mlp", "search.n_trials=0"]),
+    "tfidf_svd512_mlp": ("embeddings", ["encoder.name=tfidf_svd", "tfidf_svd.n_components=512", "classifier=mlp",
+                                        "search.n_trials=0"]),
     "lstm": ("lstm", ["train.epochs={lstm_epochs}", "search.n_trials=0"]),
+    "setfit": ("setfit", ["pairs.per_text=1", "search.n_trials=0"]),
+    "bert": ("bert", ["stage2.lr=1e-4", "stage2.epochs={bert_epochs}", "search.n_trials=0"]),
     "tfidf_plugin": ("tfidf_logreg", ["model.char_ngram_max=5", "model.C=4", "model.class_weight=null", "model.min_df=2",
                                       "search.n_trials=0"], str(PLUGIN)),
 }
@@ -216,6 +221,7 @@ def targets(results: dict) -> dict:
 @click.option("--rows", type=int, default=None, help="Train on the first N training rows only (valid and test stay whole).")
 @click.option("--ft_budget_s", type=int, default=120, show_default=True, help="fastText Optuna search budget.")
 @click.option("--lstm_epochs", type=int, default=4, show_default=True)
+@click.option("--bert_epochs", type=int, default=3, show_default=True, help="Epochs of the fine-tuned MiniLM (one stage).")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="F-beta the thresholds maximise (micro).")
 @click.option("--cv", type=int, default=5, show_default=True, help="Out-of-fold check of the thresholds.")
 @click.option("--ensemble_size", type=int, default=3, show_default=True,
@@ -223,7 +229,7 @@ def targets(results: dict) -> dict:
 @click.option("--reuse", is_flag=True, help="Reuse a model under --keep trained with the same overrides on the same files.")
 @click.option("--keep", default=None, help="Keep the model directories under this folder (default: a temporary one).")
 @click.option("--output", default=None, help="Results JSON (default benchmarks/results/multilabel.json).")
-def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, ensemble_size, reuse, keep, output):
+def main(data_root, models, rows, ft_budget_s, lstm_epochs, bert_epochs, beta, cv, ensemble_size, reuse, keep, output):
     """Train the multi-label families on disaster_response and compare global vs per-label thresholds."""
     start_fork_server()
     echo = make_echo(show_elapsed=True)
@@ -241,7 +247,7 @@ def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, ensemble_s
         paths = slice_train(paths, rows, workdir)
     out = results_path(output, "multilabel")
     settings = {"dataset": DATASET, "rows": rows, "models": names, "ft_budget_s": ft_budget_s, "lstm_epochs": lstm_epochs,
-                "beta": beta, "cv": cv, "ensemble_size": ensemble_size, "reuse": reuse, "baseline": BASELINE}
+                "bert_epochs": bert_epochs, "beta": beta, "cv": cv, "ensemble_size": ensemble_size, "reuse": reuse, "baseline": BASELINE}
     doc = results_doc("multilabel", settings, PACKAGES, rss_note=RSS_NOTE, models={})
     from textclf.core.atomic import atomic_write_json
 
@@ -250,7 +256,7 @@ def main(data_root, models, rows, ft_budget_s, lstm_epochs, beta, cv, ensemble_s
         doc["table_markdown"] = table(doc["models"])
         atomic_write_json(out, doc)
 
-    fmt = {"ft_budget_s": ft_budget_s, "lstm_epochs": lstm_epochs}
+    fmt = {"ft_budget_s": ft_budget_s, "lstm_epochs": lstm_epochs, "bert_epochs": bert_epochs}
     for name in names:
         family, overrides, *code = MODELS[name]
         overrides = [o.format(**fmt) for o in overrides]

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from textclf.cli import cli
 from textclf.core.data import read_labelled
 from textclf.core.loading import load_predictor
+from textclf.core.metrics import calibration_metrics
 from textclf.services.compare.leaderboard import LeaderboardError, board_task
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -115,7 +116,7 @@ def test_report_has_per_label_bars_and_cooccurrence(models, tmp_path):
                     str(tmp_path))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["figures"]) == {"per_class_metrics", "label_cooccurrence"}
+    assert set(report["figures"]) == {"per_class_metrics", "label_cooccurrence", "reliability"}
     assert all((tmp_path / f).stat().st_size > 10_000 for f in report["figures"].values())
     gold = read_labelled(FIXTURE / "test.jsonl", task="multilabel").labels
     counts = {label: sum(label in row for row in gold) for label in LABELS}
@@ -123,6 +124,15 @@ def test_report_has_per_label_bars_and_cooccurrence(models, tmp_path):
     assert report["micro_f1"] > ENSEMBLE_MICRO_F1_FLOOR and report["errors"] == sum(1 for e in report["worst_errors"])
     page = (tmp_path / "report.html").read_text()
     assert "Label co-occurrence (gold)" in page and 'src="label_cooccurrence.png"' in page
+    # the per-label reliability diagram and its ECE: every (text, label) probability against the gold 0/1 matrix
+    ds = read_labelled(FIXTURE / "test.jsonl", task="multilabel")
+    predictor = load_predictor(models["ens"])
+    y = np.array([[label in row for label in predictor.labels] for row in ds.labels], dtype=float)
+    expected = calibration_metrics(predictor.predict_proba(ds.texts), y, task="multilabel")
+    assert report["ece"] == pytest.approx(expected["ece"]) and report["brier"] == pytest.approx(expected["brier"])
+    assert 0 < report["ece"] < 0.2
+    assert "Reliability diagram (per label)" in page and 'src="reliability.png"' in page
+    assert f"ECE {report['ece']:.4f}" in page
 
 
 @pytest.mark.slow  # serve with two worker processes (quick: test_leaderboard_scores_label_sets_with_a_micro_f1_ci)

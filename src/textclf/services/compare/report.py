@@ -163,8 +163,13 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -
     return conf, acc, count
 
 
-def plot_reliability(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
-    """Reliability diagrams side by side, one per ``name: (confidence, correct)``: accuracy against confidence, counts below."""
+def plot_reliability(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "",
+                     multilabel: bool = False) -> Path:
+    """Reliability diagrams side by side, one per ``name: (confidence, correct)``: accuracy against confidence, counts below.
+
+    ``multilabel``: every (text, label) probability is one point, ``correct`` says whether the text
+    carries the label (the ECE of :func:`textclf.core.metrics.calibration_metrics` for label sets).
+    """
     from textclf.core.metrics import ECE_BINS, expected_calibration_error
 
     fig, axes = figure(2, len(panels), figsize=(5.2 * len(panels) + 0.6, 6.4), height_ratios=(3, 1))
@@ -175,7 +180,8 @@ def plot_reliability(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str
         top, bottom = axes[0, col], axes[1, col]
         conf, acc, count = reliability_bins(confidence, correct, ECE_BINS)
         filled = count > 0
-        top.bar(centers[filled], acc[filled], width=width, color="#4C72B0", edgecolor="white", label="accuracy in bin")
+        top.bar(centers[filled], acc[filled], width=width, color="#4C72B0", edgecolor="white",
+                label="share with the label in bin" if multilabel else "accuracy in bin")
         top.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width, color="#DD8452", alpha=0.45,
                 edgecolor="#DD8452", label="gap to mean confidence")
         top.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
@@ -184,13 +190,14 @@ def plot_reliability(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str
         top.set_title(f"{name}: ECE {ece:.3f} (adaptive {adaptive:.3f})")
         top.set_xlim(0, 1)
         top.set_ylim(0, 1.02)
-        top.set_ylabel("accuracy")
+        top.set_ylabel("share carrying the label" if multilabel else "accuracy")
         top.grid(alpha=0.3)
         top.legend(loc="upper left", fontsize=8)
         bottom.bar(centers, count, width=width, color="#55A868", edgecolor="white")
         bottom.set_xlim(0, 1)
-        bottom.set_xlabel("confidence (predicted probability of the top label)")
-        bottom.set_ylabel("texts")
+        bottom.set_xlabel("predicted probability of each (text, label) pair" if multilabel
+                          else "confidence (predicted probability of the top label)")
+        bottom.set_ylabel("(text, label) pairs" if multilabel else "texts")
         bottom.grid(alpha=0.3)
     fig.suptitle(title or "Reliability diagram", fontsize=12)
     return save_figure(fig, path)
@@ -423,13 +430,8 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
                                                   f"Per-class precision, recall, F{beta:g}: {name}").name
     png, aps = plot_pr_curves(y, proba, pred, labels, out_dir / "pr_curves.png", f"Precision-recall (one vs rest): {name}")
     figures["pr_curves"] = png.name
-    panels = {"uncalibrated": proba}
-    if predictor.calibration is not None:
-        raw = [predictor.uncalibrated_proba(b) for b in batched(ds.texts, batch_size)]
-        panels = {"before calibration": np.vstack(raw) if raw else proba,
-                  f"after ({(meta.get('calibration') or {}).get('chosen', predictor.calibration.method)})": proba}
     if len(proba):
-        figures["reliability"] = plot_reliability({k: (p.max(axis=1), p.argmax(axis=1) == y) for k, p in panels.items()},
+        figures["reliability"] = plot_reliability(calibration_panels(predictor, ds.texts, proba, batch_size, False, y),
                                                   out_dir / "reliability.png", f"Reliability: {name}, {len(ds)} docs").name
     else:
         skipped["reliability"] = "no texts to score"
@@ -454,6 +456,25 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
                                                 "worst_errors": errors, "frontier": frontier_rows})
     return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}
+
+
+def calibration_panels(predictor, texts, proba: np.ndarray, batch_size: int, multilabel: bool,
+                       y: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The reliability diagram's panels: ``{name: (confidence, correct)}``, before and after a stored calibrator.
+
+    Multi-class: the top label's probability and whether it is the gold class (``y``: class indices).
+    Multi-label: every (text, label) probability and whether the text carries the label (``y``: 0/1 matrix).
+    """
+    from textclf.core.data import batched
+
+    probas = {"uncalibrated": proba}
+    if predictor.calibration is not None:
+        raw = [predictor.uncalibrated_proba(b) for b in batched(texts, batch_size)]
+        chosen = (predictor.meta.get("calibration") or {}).get("chosen", predictor.calibration.method)
+        probas = {"before calibration": np.vstack(raw) if raw else proba, f"after ({chosen})": proba}
+    if multilabel:
+        return {k: (p.ravel(), np.asarray(y, dtype=bool).ravel()) for k, p in probas.items()}
+    return {k: (p.max(axis=1), p.argmax(axis=1) == y) for k, p in probas.items()}
 
 
 def with_explanations(page: str, predictor, texts, n: int) -> str:
@@ -489,7 +510,7 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
     """:func:`textclf.services.compare.report.write_report` for a multi-label ``predictor`` (already loaded)."""
     from textclf.core.atomic import atomic_write_json, atomic_write_text
     from textclf.core.data import batched, read_labelled
-    from textclf.core.metrics import multilabel_metrics
+    from textclf.core.metrics import calibration_metrics, multilabel_metrics
     from textclf.services.compare import report_multilabel as ml
     from textclf.services.compare.label_thresholds import indicator_matrix
 
@@ -510,6 +531,13 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
                                                   f"Per-label precision, recall, F{beta:g}: {name}").name
     figures["label_cooccurrence"] = ml.plot_cooccurrence(ml.cooccurrence(y), labels, out_dir / "label_cooccurrence.png",
                                                       f"Gold label co-occurrence: {len(ds)} texts").name
+    if len(proba):
+        metrics.update(calibration_metrics(proba, y, task="multilabel"))
+        figures["reliability"] = plot_reliability(calibration_panels(predictor, ds.texts, proba, batch_size, True, y),
+                                                  out_dir / "reliability.png", f"Reliability: {name}, {len(ds)} texts x "
+                                                  f"{len(labels)} labels", multilabel=True).name
+    else:
+        skipped["reliability"] = "no texts to score"
     run_figures(model_dir, predictor.meta, predictor.kind, name, out_dir, figures, skipped)
     remove_stale(out_dir, figures, ml.FIGURES)
 
@@ -519,11 +547,13 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
                "n": len(ds), "thresholds": dict(zip(labels, map(float, per_label), strict=True)),
                "at_least_one": at_least_one, "average_precision": ml.average_precisions(y, proba, labels),
                "errors": int((y != pred).any(axis=1).sum()) if len(y) else 0,
-               **{k: metrics[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}}
+               **{k: metrics[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")},
+               **{k: metrics[k] for k in ("ece", "ece_adaptive", "brier", "log_loss") if k in metrics}}
     errors = ml.worst_texts(ds.texts, y, pred, proba, labels, ds.line_numbers, top_errors)
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, with_explanations(ml.page(summary, metrics, beta, figures, skipped, errors, predictor.meta,
-                                                           top_errors), predictor, ds.texts, explain))
+                                                           top_errors, calibration_line(predictor.meta, metrics)),
+                                                   predictor, ds.texts, explain))
     atomic_write_json(out_dir / "report.json", {**summary, "metrics": metrics, "figures": figures, "skipped": skipped,
                                                 "worst_errors": errors})
     return {"html": str(html_path), "figures": figures, "skipped": skipped, "metrics": metrics}

@@ -8,6 +8,8 @@
 * ``label_cooccurrence.png``: how many gold texts carry each pair of labels (the diagonal: each
   label's count), counts and normalised by the row label's count (the share of texts with the
   row label that also carry the column label);
+* ``reliability.png``: the reliability diagram of every (text, label) probability, before and after
+  the stored calibrator when there is one (the ECE of ``calibration_metrics`` for label sets);
 * ``learning_curves.png`` and ``optuna_history.png`` as for multi-class models;
 * ``report.html`` (micro/macro/samples F1 and F-beta, subset accuracy, Hamming loss, label
   cardinality, the per-label table with average precision, the figures, and the texts with the
@@ -35,7 +37,7 @@ from textclf.services.compare.plots import (
     save_figure,
 )
 
-FIGURES = ("per_class_metrics", "label_cooccurrence", "learning_curves", "optuna_history")
+FIGURES = ("per_class_metrics", "label_cooccurrence", "reliability", "learning_curves", "optuna_history")
 
 
 def cooccurrence(y: np.ndarray) -> np.ndarray:
@@ -88,8 +90,8 @@ def worst_texts(texts: Sequence[str], y: np.ndarray, pred: np.ndarray, proba: np
 
 
 def page(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict, errors: list[dict], meta: dict,
-          top: int) -> str:
-    """The multi-label ``report.html``."""
+          top: int, calibration_item: str = "") -> str:
+    """The multi-label ``report.html``; ``calibration_item``: the ``<li>`` on calibration (``report.calibration_line``)."""
     from textclf.core.metrics import beta_name
 
     esc = html.escape
@@ -105,11 +107,15 @@ def page(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict
                  f"<th>F{beta:g}</th><th>texts</th><th>threshold</th><th>average precision</th></tr>" + "".join(rows)
                  + "</table>")
     titles = {"per_class_metrics": "Per-label metrics", "label_cooccurrence": "Label co-occurrence (gold)",
-              "learning_curves": "Learning curves", "optuna_history": "Optuna search"}
+              "reliability": "Reliability diagram (per label)", "learning_curves": "Learning curves",
+              "optuna_history": "Optuna search"}
     captions = {
         "per_class_metrics": f"Precision, recall and F{beta:g} of every label; the texts carrying it are under each name.",
         "label_cooccurrence": "Gold texts carrying both labels (diagonal: the label's texts), and that count divided by "
                               "the row label's texts.",
+        "reliability": "Every (text, label) probability binned into 15 equal-width bins: the share of pairs in the bin "
+                       "whose text carries the label against their mean probability (before and after the stored "
+                       "calibrator, when there is one). The diagonal is perfect calibration.",
         "learning_curves": "Loss and validation metrics per epoch of the training run.",
         "optuna_history": "Valid score of every complete Optuna trial and the best so far.",
     }
@@ -137,6 +143,7 @@ def page(summary: dict, metrics: dict, beta: float, figures: dict, skipped: dict
 <li>Model: <code>{esc(summary['model_dir'])}</code> (kind {esc(summary['kind'])}, created {esc(str(meta.get('created', '?')))})</li>
 <li>Data: <code>{esc(summary['data_path'])}</code>, {summary['n']} texts, {summary['errors']} with a wrong label set</li>
 <li>Decision thresholds: {tuned}{'; at least one label a text' if summary['at_least_one'] else ''}</li>
+{calibration_item}
 </ul>
 <table><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr>
 <tr>{''.join(_num(metrics[k]) for k in keys)}</tr></table>

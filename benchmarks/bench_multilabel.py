@@ -50,7 +50,8 @@ PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "tfidf_l
 #: name -> (family, config overrides[, plug-in code file]); ``{ft_budget_s}`` etc. come from the options
 MODELS = {
     "fasttext": ("fasttext", ["model.lr=0.5", "model.epoch=15", "model.wordNgrams=3", "model.minn=2", "model.maxn=5",
-                              "model.bucket=200000", "search.n_trials=0"]),
+                              "model.bucket=200000", "text.lowercase=true", r"text.pattern=[\w']+|[^\w\s]",
+                              "search.n_trials=0"]),
     "fasttext_search": ("fasttext", ["search.n_trials=1000", "search.timeout={ft_budget_s}", "search.start_params=[]"]),
     "minilm_logreg": ("embeddings", ["encoder.name=minilm", "classifier=logreg", "search.n_trials=0"]),
     "tfidf_logreg": ("embeddings", ["encoder.name=tfidf_svd", "classifier=logreg", "search.n_trials=0"]),

@@ -216,3 +216,33 @@ def test_killed_search_resumes_losing_at_most_the_running_trial(tmp_path, tweets
 def test_model_path_may_name_meta_json(model_dir):
     p = textclf.load_predictor(model_dir / "meta.json")
     assert p.predict(["what a great day"]) == textclf.load_predictor(model_dir).predict(["what a great day"])
+
+
+def test_text_block_normalises_at_training_and_prediction(tmp_path, tweets):
+    """``text.lowercase`` + ``text.pattern`` (fastText's tutorial preprocessing) run on train and, from meta.json, at predict."""
+    from textclf.core.loading import load_predictor
+
+    fixed = ["--n_trials", "0", "--set", "model.bucket=100000", "--set", "model.thread=1"]
+    out = tmp_path / "norm"
+    train_cli(tweets, out, *fixed, "--set", "text.lowercase=true", "--set", r"text.pattern=[\w']+|[^\w\s]")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["text"] == {"lowercase": True, "pattern": r"[\w']+|[^\w\s]"}
+    assert meta["metrics"]["test"]["macro_f1"] > MACRO_F1_FLOOR
+    predictor = load_predictor(out)
+    same = predictor.predict_proba(["What a GREAT day!!", "what a great day ! !"])
+    np.testing.assert_array_equal(same[0], same[1])
+    plain = tmp_path / "plain"
+    train_cli(tweets, plain, *fixed)
+    assert json.loads((plain / "meta.json").read_text())["config"]["text"] == {"lowercase": False, "pattern": None}
+    differ = load_predictor(plain).predict_proba(["What a GREAT day!!", "what a great day ! !"])
+    assert not np.array_equal(differ[0], differ[1])
+
+
+def test_bad_text_pattern_is_one_line(tmp_path, tweets):
+    args = ["train", "fasttext", "--train_path", str(tweets["train"]), "--valid_path", str(tweets["valid"]),
+            "--output_dir", str(tmp_path / "bad"), "--n_trials", "0", "--set", "text.pattern=(\\w+"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: text.pattern '(\\\\w+' is not a regular expression: missing ), unterminated "
+                                    "subpattern at position 0")
+    assert not (tmp_path / "bad").exists()

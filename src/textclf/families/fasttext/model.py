@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,15 +88,57 @@ def fasttext_lines(texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
-def write_training_file(ds: Dataset, labels: list[str], path: str | Path) -> None:
-    """Write ``ds`` in fastText format with ``__label__<index>`` labels (multi-label: one prefix per label of the set)."""
+def text_normalizer(text_cfg: dict | None) -> Callable[[str], str] | None:
+    """The ``text`` block as a function applied to every text before fastText sees it, or None (texts as they are).
+
+    ``lowercase``: lower-case the text; ``pattern``: a regular expression whose matches are the
+    tokens, joined by single spaces (e.g. ``[\\w']+|[^\\w\\s]`` splits punctuation off the words, the
+    preprocessing of fastText's own tutorial). The same function runs at training and at
+    prediction, from the config recorded in meta.json; a model without the block predicts on the
+    texts as they are.
+    """
+    text_cfg = text_cfg or {}
+    lowercase, pattern = bool(text_cfg.get("lowercase")), text_cfg.get("pattern")
+    if not lowercase and not pattern:
+        return None
+    regex = re.compile(pattern) if pattern else None
+
+    def normalize(text: str) -> str:
+        if lowercase:
+            text = text.lower()
+        return " ".join(regex.findall(text)) if regex is not None else text
+
+    return normalize
+
+
+def check_text_settings(text_cfg: dict | None) -> None:
+    """A one-line ConfigError for a ``text.pattern`` that is not a regular expression yielding whole matches."""
+    pattern = (text_cfg or {}).get("pattern")
+    if pattern is None:
+        return
+    try:
+        groups = re.compile(str(pattern)).groups
+    except re.error as exc:
+        raise ConfigError(f"text.pattern {pattern!r} is not a regular expression: {exc}") from None
+    if not isinstance(pattern, str) or not pattern or groups:
+        raise ConfigError(f"text.pattern {pattern!r}: give a non-empty regular expression without capturing groups "
+                          "(use (?:...)); its matches are the tokens")
+
+
+def write_training_file(ds: Dataset, labels: list[str], path: str | Path,
+                        normalize: Callable[[str], str] | None = None) -> None:
+    """Write ``ds`` in fastText format with ``__label__<index>`` labels (multi-label: one prefix per label of the set).
+
+    ``normalize``: :func:`text_normalizer`'s function, applied to each text first.
+    """
     index = {label: i for i, label in enumerate(labels)}
+    texts = map(normalize, ds.texts) if normalize is not None else ds.texts
     with open(path, "w", encoding="utf-8") as fh:
         if ds.multilabel:
-            for text, label_set in zip(ds.texts, ds.labels, strict=True):
+            for text, label_set in zip(texts, ds.labels, strict=True):
                 fh.write("".join(f"__label__{index[label]} " for label in label_set) + one_line(text) + "\n")
             return
-        for text, label in zip(ds.texts, ds.labels, strict=True):
+        for text, label in zip(texts, ds.labels, strict=True):
             fh.write(f"__label__{index[label]} {one_line(text)}\n")
 
 
@@ -145,6 +188,8 @@ class FastTextPredictor(Predictor):
         self._by_ft_label = {f"__label__{i}": label for i, label in enumerate(self.labels)}
         #: the file the model came from (named when it fails at predict time)
         self.model_file = Path(model_dir) / meta.get("model_file", MODEL_FILE)
+        #: the config's ``text`` block as a function (None: the texts go to fastText as they are)
+        self.normalize = text_normalizer((meta.get("config") or {}).get("text"))
 
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None) -> FastTextPredictor:
@@ -171,6 +216,8 @@ class FastTextPredictor(Predictor):
     def _ft_predict(self, texts: Sequence[str], k: int, threshold: float = 0.0):
         """fastText's own predict; a failure there ("Encountered NaN": weights damaged in place) is one line."""
         try:
+            if self.normalize is not None:
+                texts = [self.normalize(t) for t in texts]
             return self.model.predict(fasttext_lines(texts), k=k, threshold=threshold)
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"{self.model_file}: fastText cannot predict with it ({exc}): its weights are damaged; "
@@ -225,6 +272,7 @@ def check_settings(cfg: dict) -> None:
     """
     for name, value in cfg["model"].items():
         check_param(f"model.{name}", name, value)
+    check_text_settings(cfg.get("text"))
     s = cfg["search"]
     mb = s.get("max_model_mb")
     if mb is not None and not mb > 0:
@@ -310,7 +358,7 @@ def fit(cfg: dict, splits: Splits, context) -> FastTextPredictor:
         cfg = {**cfg, "model": {**cfg["model"], "loss": "ova"}}  # independent per-label probabilities
     with owned_temp_dir(TEMP_PREFIX) as tmp:  # swept by the next run if this one is killed with -9
         train_file = Path(tmp) / "train.txt"
-        write_training_file(splits.train, splits.labels, train_file)
+        write_training_file(splits.train, splits.labels, train_file, text_normalizer(cfg.get("text")))
         counts = token_counts(train_file, splits, context.shared)
         params, size = fit_params_to_budget(counts, cfg["model"], budget)
         if not context.final:

@@ -6,10 +6,11 @@ repository). Each job runs in a fresh process forked from a fork server started 
 loads (its peak RSS is its own; see ``bench_common``):
 
   train        every model of ``MODELS`` through the run service (``textclf.services.runs.fit_family``,
-               what ``textclf train`` runs): fastText (the settings of docs/multilabel.md, and an Optuna
-               search of ``--ft_budget_s`` seconds), embeddings (MiniLM + one-vs-rest logreg; TF-IDF + SVD +
-               logreg), the BiLSTM (``--lstm_epochs`` epochs) and the example plug-in
-               ``examples/plugins/tfidf_logreg.py`` (sparse TF-IDF + one-vs-rest logreg);
+               what ``textclf train`` runs): fastText (settings chosen on valid, see docs/multilabel.md, and an
+               Optuna search of ``--ft_budget_s`` seconds), embeddings (MiniLM or TF-IDF + SVD, with
+               one-vs-rest logreg or scikit-learn's multi-output MLP), the BiLSTM (``--lstm_epochs``
+               epochs), BERT (the shipped MiniLM fine-tuned, ``--bert_epochs``), SetFit (one pair per text)
+               and the example plug-in ``examples/plugins/tfidf_logreg.py`` (sparse TF-IDF + one-vs-rest logreg);
   thresholds   on valid, what ``textclf tune-thresholds --beta 1`` computes
                (``services/compare/label_thresholds.py``): one global threshold, then one per label
                (``--cv 5`` out-of-fold check recorded);
@@ -26,7 +27,7 @@ micro-F1 >= 0.75 and macro-F1 >= 0.55; every family's micro-F1 >= 0.70; per-labe
 test micro-F1 averaged over the models. Prints a markdown table and writes
 ``benchmarks/results/multilabel.json`` atomically (after every model)::
 
-    python benchmarks/bench_multilabel.py                       # full data, about 20 min on 2 cores
+    python benchmarks/bench_multilabel.py                       # full data, every model: hours on 2 cores
     python benchmarks/bench_multilabel.py --rows 3000           # the first 3,000 training rows
     python benchmarks/bench_multilabel.py --models fasttext,tfidf_logreg
 """
@@ -49,7 +50,8 @@ BASELINE = "tfidf_logreg"
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "tfidf_logreg.py"
 #: name -> (family, config overrides[, plug-in code file]); ``{ft_budget_s}`` etc. come from the options
 MODELS = {
-    "fasttext": ("fasttext", ["model.lr=0.5", "model.epoch=15", "model.wordNgrams=3", "model.minn=2", "model.maxn=5",
+    "fasttext": ("fasttext", ["model.lr=0.8", "model.epoch=10", "model.wordNgrams=2", "model.dim=50", "model.minn=2",
+                              "model.maxn=5",
                               "model.bucket=200000", "text.lowercase=true", r"text.pattern=[\w']+|[^\w\s]",
                               "search.n_trials=0"]),
     "fasttext_search": ("fasttext", ["search.n_trials=1000", "search.timeout={ft_budget_s}", "search.start_params=[]"]),

@@ -97,6 +97,58 @@ def test_audit_repeat_reuses_out_of_fold_memo(audited, tmp_path):
     assert json.loads((tmp_path / "a3" / "audit.json").read_text())["folds"] == 3
 
 
+def test_audit_through_the_run_queue_equals_the_in_process_audit(tmp_path):
+    """--queue: the K fold fits are queue tasks (this process works them); same probabilities and ranking as in-process."""
+    import numpy as np
+
+    data = tmp_path / "train.csv"
+    synthetic(data, rows=150)
+    one_thread = ("--set", "fasttext:model.thread=1")  # Hogwild! with one thread: a seed gives one model
+    invoke("audit", "--data_path", data, "--family", "fasttext", *one_thread, "--folds", "3", "--output_dir", tmp_path / "local")
+    storage = f"sqlite:///{tmp_path / 'queue.db'}"
+    out = invoke("audit", "--data_path", data, "--family", "fasttext", *one_thread, "--folds", "3", "--output_dir",
+                 tmp_path / "queued", "--queue", storage, "--queue_name", "aud")
+    assert "152 rows" in out
+    local = np.load(tmp_path / "local" / "oof" / "fasttext.npz")["proba"]
+    np.testing.assert_array_equal(np.load(tmp_path / "queued" / "oof" / "fasttext.npz")["proba"], local)
+    assert (tmp_path / "queued" / "issues.csv").read_text() == (tmp_path / "local" / "issues.csv").read_text()
+    status = json.loads(invoke("queue", "status", "--queue", "aud", "--storage", storage, "--json"))
+    tasks = status["tasks"] if isinstance(status, dict) else status
+    assert [t["state"] for t in tasks] == ["done"] * 3 and {t["task"].split()[0] for t in tasks} == {"fasttext"}
+    assert sorted(p.name for p in (tmp_path / "queued" / "folds").iterdir()) == ["1", "2", "3"]
+    assert json.loads((tmp_path / "queued" / "audit.json").read_text())["queue"] == {"storage": storage, "name": "aud"}
+    # a rerun without the memo reuses the finished tasks: no new task, the same probabilities
+    (tmp_path / "queued" / "oof" / "fasttext.npz").unlink()
+    invoke("audit", "--data_path", data, "--family", "fasttext", *one_thread, "--folds", "3", "--output_dir",
+           tmp_path / "queued", "--queue", storage, "--queue_name", "aud")
+    again = json.loads(invoke("queue", "status", "--queue", "aud", "--storage", storage, "--json"))
+    assert len(again["tasks"] if isinstance(again, dict) else again) == 3
+    np.testing.assert_array_equal(np.load(tmp_path / "queued" / "oof" / "fasttext.npz")["proba"], local)
+
+
+def test_audit_queue_tasks_run_by_a_separate_worker_process(tmp_path):
+    """--no-work: the audit only enqueues and waits; a `textclf queue worker` process (another machine's) runs the folds."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "train.csv"
+    synthetic(data, rows=90)
+    storage = f"sqlite:///{tmp_path / 'queue.db'}"
+    args = ("audit", "--data_path", data, "--family", "fasttext", "--set", "fasttext:model.thread=1", "--folds", "2",
+            "--output_dir", tmp_path / "a", "--queue", storage, "--queue_name", "shared", "--no-work")
+    out = invoke(*args, "--wait", "0.5", code=2)
+    assert out.strip().splitlines() == ["Error: audit: 2 fold task(s) still unfinished after 0.5 s; start workers "
+                                        "(textclf queue worker --queue shared --storage ...) and run the audit again"]
+    worker = subprocess.run([str(Path(sys.executable).parent / "textclf"), "queue", "worker", "--queue", "shared", "--storage", storage,
+                             "--idle_exit", "1", "--no-track", "--output_root", str(tmp_path / "worker_models")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert worker.returncode == 0 and "worker done: 2 task(s) run from 'shared'" in worker.stdout, worker.stderr
+    invoke(*args)
+    assert sorted(p.name for p in (tmp_path / "worker_models" / "shared").iterdir()) == ["0000-fasttext", "0001-fasttext"]
+    assert (tmp_path / "a" / "oof" / "fasttext.npz").is_file() and (tmp_path / "a" / "issues.csv").is_file()
+    assert not (tmp_path / "a" / "queue_models").exists()  # this process trained nothing
+
+
 def decide(relabel: Path, decisions: dict[int, tuple[str, str]]) -> None:
     rows = list(csv.DictReader(open(relabel, newline="", encoding="utf-8")))
     for r in rows:
@@ -237,6 +289,8 @@ def test_audit_usage_errors(tmp_path):
     synthetic(data, rows=30)
     result = CliRunner().invoke(cli, ["audit", "--data_path", str(data), "--family", "fasttext", "--folds", "1"])
     assert result.exit_code == 2 and "--folds must be at least 2, got 1" in result.output
+    result = CliRunner().invoke(cli, ["audit", "--data_path", str(data), "--family", "fasttext", "--no-work"])
+    assert result.exit_code == 2 and "--queue_name, --no-work and --wait need --queue STORAGE" in result.output
 
 
 # ---- the review page in a real headless chromium (browser_page: Debian's chromium via Playwright) ----

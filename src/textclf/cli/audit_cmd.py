@@ -19,8 +19,17 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="[FAMILY:]KEY=VALUE",
               help="Config override for every family, or one (--set fasttext:model.epoch=10). Repeatable.")
 @click.option("--top", default=10, show_default=True, type=int, help="Print this many suspects.")
+@click.option("--queue", "queue_storage", default=None, metavar="STORAGE",
+              help="Run the fold fits as tasks of the run queue in this Optuna storage (sqlite:///runs/queue.db, "
+                   "postgresql://..., a journal file), so `textclf queue worker` processes elsewhere share them.")
+@click.option("--queue_name", default=None, help="The queue's name (default audit-<data SHA-256 prefix>).")
+@click.option("--work/--no-work", default=True, show_default=True,
+              help="With --queue: this process works the queue too (else it only waits for the workers).")
+@click.option("--wait", "wait_s", default=None, type=float, metavar="SECONDS",
+              help="With --queue: give up (one line, exit 2) when fold tasks are still unfinished after this long.")
 @click.pass_context
-def audit(ctx, data_path, families, folds, output_dir, seed, overrides, top) -> None:
+def audit(ctx, data_path, families, folds, output_dir, seed, overrides, top, queue_storage, queue_name, work,
+          wait_s) -> None:
     """Rank likely label errors of DATA_PATH: K-fold out-of-fold probabilities of each family, cleanlab, duplicates."""
     if ctx.invoked_subcommand is not None:
         return
@@ -28,9 +37,12 @@ def audit(ctx, data_path, families, folds, output_dir, seed, overrides, top) -> 
         raise click.UsageError("Missing option '--data_path'.")
     from pathlib import Path
 
-    from textclf.services.audit.run import DEFAULT_FAMILIES, run_audit
+    from textclf.services.audit.run import DEFAULT_FAMILIES, QueueSpec, run_audit
 
-    result = run_audit(data_path, output_dir, families or DEFAULT_FAMILIES, folds, seed, overrides)
+    queue = QueueSpec(queue_storage, queue_name, work, wait_s) if queue_storage else None
+    if queue is None and (queue_name or not work or wait_s is not None):
+        raise click.UsageError("--queue_name, --no-work and --wait need --queue STORAGE")
+    result = run_audit(data_path, output_dir, families or DEFAULT_FAMILIES, folds, seed, overrides, queue)
     out = Path(output_dir)
     click.echo(f"{len(result.data)} rows, {len(result.issues)} issues on {len(result.rows)} rows "
                f"({', '.join(families or DEFAULT_FAMILIES)}, {folds}-fold)")

@@ -2,13 +2,13 @@
 
 Each fold's model is fitted by :func:`textclf.core.fit_flow.fit_family` (the same check -> prepare
 -> fit -> evaluate flow as ``textclf train``) into a temporary directory, scored on its held-out
-part and thrown away; only the held-out probabilities are kept. The folds run in this process,
-not through the run queue: a fold of fastText or of the embeddings family trains in seconds, and
-a queue job would pay a process start, a store run and a model directory on disk for each
-(see docs/audit.md). The result is memoised in ``<audit dir>/oof/<family>.npz`` under a key of
-the data, the effective config, the folds and the seed, so a repeated audit refits nothing;
-the embeddings family encodes the whole file once and its folds read their rows from the
-embedding cache.
+part and thrown away; only the held-out probabilities are kept. By default the folds run in this
+process: a fold of fastText or of the embeddings family trains in seconds, and a queue job would
+pay a model directory on disk for each. ``textclf audit --queue STORAGE`` runs them as tasks of
+the run queue instead, so workers elsewhere share them (:mod:`.queued`; docs/audit.md). The
+result is memoised in ``<audit dir>/oof/<family>.npz`` under a key of the data, the effective
+config, the folds and the seed, so a repeated audit refits nothing; the embeddings family encodes
+the whole file once and its folds read their rows from the embedding cache.
 """
 
 from __future__ import annotations
@@ -123,14 +123,12 @@ def family_oof(name: str, ds: Dataset, labels: list[str], folds: list[tuple[np.n
     """Family ``name``'s out-of-fold probabilities (rows of ``ds``, columns in ``labels`` order), memoised in ``memo_dir``."""
     family = audit_family(name)
     family.check_task(ds.task)
-    cfg = load_config(family.name, None, [f"seed={seed}", *family_overrides(name, overrides)])
-    key = oof_key(name, cfg, data_sha256, len(folds), seed)
-    memo = memo_dir / f"{name}.npz" if memo_dir is not None else None
-    if memo is not None and memo.is_file():
-        with np.load(memo, allow_pickle=False) as stored:
-            if str(stored["key"]) == key and stored["proba"].shape == (len(ds), len(labels)):
-                log.info("audit: %s out-of-fold probabilities from %s", name, memo)
-                return stored["proba"]
+    cfg = family_config(name, seed, overrides)
+    memo = memo_path(memo_dir, name, cfg, data_sha256, len(folds), seed)
+    stored = read_memo(memo, (len(ds), len(labels)))
+    if stored is not None:
+        log.info("audit: %s out-of-fold probabilities from %s", name, memo[0])
+        return stored
     if name == "embeddings":
         prime_embedding_cache(cfg, ds, [part for pair in folds for part in pair])
     proba = np.zeros((len(ds), len(labels)), dtype=np.float64)
@@ -143,13 +141,43 @@ def family_oof(name: str, ds: Dataset, labels: list[str], folds: list[tuple[np.n
         cols = [column[label] for label in result.predictor.labels]
         proba[np.ix_(held_idx, cols)] = got
         log.info("audit: %s fold %d/%d done", name, number, len(folds))
-    if memo is not None:
-        from textclf.core.atomic import atomic_replace_file
-
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        def save(path: str) -> None:
-            with open(path, "wb") as fh:
-                np.savez(fh, key=np.array(key), proba=proba)
-
-        atomic_replace_file(save, memo)
+    write_memo(memo, proba)
     return proba
+
+
+def family_config(name: str, seed: int, overrides: Sequence[str]) -> dict:
+    """The effective config of family ``name`` in an audit (its memo key's config)."""
+    return load_config(name, None, [f"seed={seed}", *family_overrides(name, overrides)])
+
+
+def memo_path(memo_dir: Path | None, name: str, cfg: dict, data_sha256: str, folds: int, seed: int) -> tuple[Path, str] | None:
+    """``(file, key)`` of family ``name``'s memoised out-of-fold probabilities, or None without a memo folder."""
+    if memo_dir is None:
+        return None
+    return memo_dir / f"{name}.npz", oof_key(name, cfg, data_sha256, folds, seed)
+
+
+def read_memo(memo: tuple[Path, str] | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The memoised probabilities when the file holds ``memo``'s key and ``shape``, else None."""
+    if memo is None or not memo[0].is_file():
+        return None
+    with np.load(memo[0], allow_pickle=False) as stored:
+        if str(stored["key"]) == memo[1] and stored["proba"].shape == shape:
+            return stored["proba"]
+    return None
+
+
+def write_memo(memo: tuple[Path, str] | None, proba: np.ndarray) -> None:
+    """Store ``proba`` under ``memo``'s key (atomically); nothing without a memo."""
+    if memo is None:
+        return
+    from textclf.core.atomic import atomic_replace_file
+
+    path, key = memo
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(target: str) -> None:
+        with open(target, "wb") as fh:
+            np.savez(fh, key=np.array(key), proba=proba)
+
+    atomic_replace_file(save, path)

@@ -51,18 +51,57 @@ def read_data(data_path: str | Path, families: Sequence[str], overrides: Sequenc
                          reader=d.get("reader"), task=d.get("task") or "auto", label_separator=d.get("label_separator"))
 
 
+@dataclass
+class QueueSpec:
+    """Where an audit's fold fits run as queue tasks (``textclf audit --queue``): storage, queue name, whether to work too."""
+
+    storage: str
+    name: str | None = None
+    work: bool = True
+    timeout: float | None = None
+
+    def queue_name(self, data_sha256: str) -> str:
+        """The queue: the given name, else ``audit-<first 12 hex digits of the data's SHA-256>``."""
+        return self.name or f"audit-{data_sha256[:12]}"
+
+
 def audit_data(ds: Dataset, families: Sequence[str], folds: int = 5, seed: int = 13, overrides: Sequence[str] = (),
-               data_sha256: str = "", memo_dir: Path | None = None) -> AuditResult:
-    """Audit dataset ``ds`` in memory (the benchmark calls this directly): probabilities per family, issues, review rows."""
+               data_sha256: str = "", memo_dir: Path | None = None, queue: QueueSpec | None = None) -> AuditResult:
+    """Audit dataset ``ds`` in memory (the benchmark calls this directly): probabilities per family, issues, review rows.
+
+    ``queue``: fit the folds as run-queue tasks (:mod:`.queued`) in the folder above ``memo_dir``.
+    """
     labels = ds.label_set
     parts = fold_indices(ds, folds, seed)
-    family_proba = {name: family_oof(name, ds, labels, parts, data_sha256, seed, overrides, memo_dir) for name in families}
+    if queue is None or memo_dir is None:
+        family_proba = {name: family_oof(name, ds, labels, parts, data_sha256, seed, overrides, memo_dir) for name in families}
+    else:
+        family_proba = queued_family_proba(ds, labels, families, parts, seed, overrides, data_sha256, memo_dir, queue)
     issues, proba, weights = find_issues(ds, labels, family_proba)
     return AuditResult(ds, labels, family_proba, proba, issues, review_rows(ds, issues, list(families)), weights)
 
 
+def queued_family_proba(ds: Dataset, labels: list[str], families: Sequence[str], parts, seed: int, overrides: Sequence[str],
+                        data_sha256: str, memo_dir: Path, queue: QueueSpec) -> dict[str, np.ndarray]:
+    """Each family's out-of-fold probabilities: from the memo, else from fold fits run as tasks of ``queue``."""
+    from textclf.services.audit.oof import family_config, memo_path, read_memo, write_memo
+    from textclf.services.audit.queued import queued_oof
+
+    memos = {name: memo_path(memo_dir, name, family_config(name, seed, overrides), data_sha256, len(parts), seed)
+             for name in families}
+    out = {name: read_memo(memos[name], (len(ds), len(labels))) for name in families}
+    missing = [name for name in families if out[name] is None]
+    if missing:
+        fitted = queued_oof(missing, ds, labels, parts, seed, overrides, memo_dir.parent, queue.storage,
+                            queue.queue_name(data_sha256), queue.work, timeout=queue.timeout)
+        for name, proba in fitted.items():
+            write_memo(memos[name], proba)
+            out[name] = proba
+    return out
+
+
 def run_audit(data_path: str | Path, output_dir: str | Path, families: Sequence[str] = DEFAULT_FAMILIES, folds: int = 5,
-              seed: int = 13, overrides: Sequence[str] = ()) -> AuditResult:
+              seed: int = 13, overrides: Sequence[str] = (), queue: QueueSpec | None = None) -> AuditResult:
     """Audit ``data_path`` and write ``output_dir``/{issues.csv, relabel.csv, audit.json, audit.html}.
 
     ``relabel.csv`` keeps the decisions of an earlier audit of the same data for rows still suspect.
@@ -73,7 +112,7 @@ def run_audit(data_path: str | Path, output_dir: str | Path, families: Sequence[
     out = Path(output_dir)
     ds = read_data(data_path, families, overrides)
     sha = sha256_files([data_path])
-    result = audit_data(ds, families, folds, seed, overrides, sha, out / "oof")
+    result = audit_data(ds, families, folds, seed, overrides, sha, (out / "oof").resolve(), queue)
     old = out / AUDIT_JSON
     if (out / RELABEL_FILE).is_file() and old.is_file():
         import json
@@ -85,6 +124,7 @@ def run_audit(data_path: str | Path, output_dir: str | Path, families: Sequence[
                     row["decision"], row["new_label"] = earlier[row["row"]]["decision"], earlier[row["row"]]["new_label"]
     summary = {"data_path": str(Path(data_path).resolve()), "data_sha256": sha, "task": ds.task, "labels": result.labels,
                "families": families, "weights": result.weights, "folds": folds, "seed": seed, "n_rows": len(ds),
+               "queue": None if queue is None else {"storage": queue.storage, "name": queue.queue_name(sha)},
                "n_issues": len(result.issues),
                "n_suspect_rows": len(result.rows),
                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}

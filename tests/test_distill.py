@@ -118,6 +118,43 @@ def test_distill_records_the_teacher_and_trains_on_its_labels(models, data, tmp_
     assert run.data.tags["textclf.command"] == "distill"
 
 
+def test_embeddings_student_learns_the_soft_labels(models, data, tmp_path):
+    """A family that takes per-row weights (embeddings) learns the teacher's probabilities, not only its argmax."""
+    unlabeled = tmp_path / "more.txt"
+    extra = read_labelled(data["test"]).texts[:100]
+    unlabeled.write_text("\n".join(" ".join(t.split()) for t in extra) + "\n", encoding="utf-8")
+    emb = ["--set", "device=cpu", "--set", "encoder.name=tfidf_svd", "--set", "tfidf_svd.n_components=64",
+           "--set", "search.n_trials=0"]
+    base = ["distill", "--teacher", models["teacher"], "--student", "embeddings", "--train_path", data["train"],
+            "--valid_path", data["valid"], "--test_path", data["test"], "--unlabeled_path", unlabeled, *emb]
+    textclf(*base, "--output_dir", tmp_path / "soft")
+    textclf(*base, "--hard", "--output_dir", tmp_path / "hard")
+    soft_meta = json.loads((tmp_path / "soft" / "meta.json").read_text())
+    d = soft_meta["distill"]
+    assert d["soft"] is True and d["method"].startswith("soft labels") and "repeats" not in d
+    train = read_labelled(data["train"])
+    teacher = load_predictor(models["teacher"])
+    texts = [*train.texts, *(" ".join(t.split()) for t in extra)]
+    q = teacher.predict_proba(texts)[:, [teacher.labels.index(label) for label in soft_meta["labels"]]]
+    assert d["data"]["teacher_rows"] == int((q / q.sum(axis=1, keepdims=True) >= 1e-3).sum())
+    assert d["data"]["teacher_label_mass"][soft_meta["labels"][0]] == pytest.approx(q[:, 0].sum() / 1, abs=0.01)
+    assert json.loads((tmp_path / "hard" / "meta.json").read_text())["distill"]["soft"] is False
+    # the soft student's probabilities on unseen texts stay closer to the teacher's than the hard-label student's
+    unseen = read_labelled(data["valid"]).texts
+    target = teacher.predict_proba(unseen)[:, [teacher.labels.index(label) for label in soft_meta["labels"]]]
+    gap = {name: float(np.abs(load_predictor(tmp_path / name).predict_proba(unseen) - target).mean()) for name in ("soft", "hard")}
+    assert gap["soft"] < 0.8 * gap["hard"], gap
+    assert soft_meta["metrics"]["test"]["macro_f1"] > 0.6
+    rows = {r["name"]: r for r in json.loads(textclf("families", "--json").output)}
+    assert rows["embeddings"]["soft_labels"] is True and rows["fasttext"]["soft_labels"] is False
+    assert "[multi-class, multi-label, soft labels]" in textclf("families").output
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "knn", "--set", "classifier=knn", ok=False),
+                   "classifier knn does not take per-row weights")
+    one_line_error(textclf("distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", data["train"],
+                           "--valid_path", data["valid"], "--soft", "--output_dir", tmp_path / "ft", *FT, ok=False),
+                   "family 'fasttext' does not take per-row weights")
+
+
 def test_distill_bad_input_is_one_line(models, data, tmp_path):
     base = ["distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", data["train"],
             "--valid_path", data["valid"]]

@@ -20,7 +20,8 @@ def family_rows() -> list[dict]:
                      "missing": fam.missing(), "install": None if fam.installed else fam.install_hint(),
                      "config": str(path) if path else "(in the plug-in)",
                      "override": str(override) if override else None, "searchable": fam.searchable,
-                     "plugin": fam.code_file, "subproject": fam.subproject, "multilabel": fam.multilabel})
+                     "plugin": fam.code_file, "subproject": fam.subproject, "multilabel": fam.multilabel,
+                     "soft_labels": fam.weights})
     return rows
 
 
@@ -42,6 +43,7 @@ def families(as_json: bool) -> None:
         status = "installed" if r["installed"] else f"missing {', '.join(r['missing'])} ({r['install']})"
         origin = f"  plug-in: {r['plugin']}" if r["plugin"] else ""
         override = f" + {r['override']}" if r["override"] else ""
-        tasks = " [multi-class, multi-label]" if r["multilabel"] else " [multi-class]"
+        tasks = " [multi-class, multi-label" if r["multilabel"] else " [multi-class"
+        tasks += ", soft labels]" if r["soft_labels"] else "]"
         click.echo(f"{r['name']:<{width}}  {r['kind']:<{kind_w}}  {r['description']}{tasks}")
         click.echo(f"{'':<{width}}  {'':<{kind_w}}  {status}; config: {r['config']}{override}{origin}")

@@ -53,6 +53,9 @@ class Dataset:
 
     ``task`` is ``multiclass`` (``labels[i]`` is one label, a string) or ``multilabel``
     (``labels[i]`` is a sorted tuple of distinct labels, empty for a text with none).
+    ``weights``: per-row sample weights, or None (every row counts once). Files never carry them;
+    ``textclf distill`` sets them to give a family that honours weights (``Family.weights``)
+    a teacher's soft labels: one row per (text, class) weighted by the teacher's probability.
     """
 
     texts: list[str]
@@ -60,6 +63,7 @@ class Dataset:
     path: str = ""
     line_numbers: list[int] = field(default_factory=list)
     task: str = MULTICLASS
+    weights: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -79,7 +83,9 @@ class Dataset:
     def subset(self, indices: Sequence[int]) -> Dataset:
         """A new dataset holding the rows at ``indices`` (in that order)."""
         lines = [self.line_numbers[i] for i in indices] if self.line_numbers else []
-        return Dataset([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.path, lines, self.task)
+        weights = [self.weights[i] for i in indices] if self.weights is not None else None
+        return Dataset([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.path, lines, self.task,
+                       weights)
 
 
 def resolve_format(path: str | Path, fmt: str | None, capability: str) -> Format:

@@ -187,6 +187,8 @@ class Family:
     pruner: Callable | str | None = None
     code_file: str | None = None
     multilabel: bool = False
+    #: ``fit`` honours ``splits.train.weights`` (per-row sample weights): ``textclf distill`` then gives it soft labels
+    weights: bool = False
     max_length_key: str | None = None
     explainer: Callable | str | None = None
 

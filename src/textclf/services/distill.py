@@ -12,8 +12,11 @@ The flow (:func:`distill`):
    sure of counts up to ``1 + repeats`` times, one it hesitates on (confidence near ``1/K``)
    is left out; then each class's copies are rescaled so the teacher rows keep the gold class
    shares (:func:`balance_copies`; ``--no-balance`` skips it). This is how a student that learns
-   only from hard labels (fastText) still gets the teacher's confidence; every built-in family learns from hard labels, so every student
-   trains this way (no family takes per-row soft targets or weights yet);
+   only from hard labels (fastText, the BiLSTM, BERT, SetFit) still gets the teacher's confidence.
+   A family that honours per-row weights (``Family.weights``: the embeddings family) learns the
+   soft labels instead (:func:`soft_splits`: one row per (text, class) weighted by the teacher's
+   probability, so a weighted log-loss is the cross-entropy to the teacher); ``--soft/--hard``
+   overrides the choice;
 4. :func:`textclf.services.runs.execute` runs the core flow (search when the config asks, refit,
    evaluate on the gold valid/test splits, meta.json) inside the experiment store; meta.json and
    the store's tags record the teacher (path and the SHA-256 of its meta.json, which lists its
@@ -59,6 +62,8 @@ class DistillSpec:
     repeats: int = DEFAULT_REPEATS
     batch_size: int = 256
     balance: bool = True
+    #: learn the teacher's soft labels as per-row weights (None: when the student's family takes weights)
+    soft: bool | None = None
 
 
 def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -147,6 +152,35 @@ def distilled_splits(splits: Splits, texts: Sequence[str], proba: np.ndarray, te
     return replace(splits, train=train, data_sha256=digest, train_sources=[]), counts
 
 
+#: a teacher probability below this adds no (text, class) row to a soft-label student's training set
+SOFT_MIN_PROBA = 1e-3
+
+
+def soft_splits(splits: Splits, texts: Sequence[str], proba: np.ndarray, temperature: float,
+                teacher_hash: str) -> tuple[Splits, dict]:
+    """``splits`` whose train part is the gold rows (weight 1) plus one row per (teacher text, class) weighted by the
+    teacher's softened probability of the class; and the counts.
+
+    With these weights a classifier that minimises a weighted log-loss (logistic regression, an
+    MLP, boosting) minimises the cross-entropy to the teacher's soft labels plus the gold log-loss:
+    every teacher text weighs 1 in total, the same as a gold row. Probabilities below
+    :data:`SOFT_MIN_PROBA` are dropped (the rest keep their value).
+    """
+    labels = list(splits.labels)
+    q = soften(proba, temperature)
+    keep = q >= SOFT_MIN_PROBA
+    row, col = np.nonzero(keep)
+    gold = splits.train
+    train = Dataset([*gold.texts, *(texts[i] for i in row)], [*gold.labels, *(labels[j] for j in col)], gold.path, [],
+                    gold.task, [1.0] * len(gold) + [float(w) for w in q[row, col]])
+    digest = hashlib.sha256(json.dumps([splits.data_sha256, teacher_hash, temperature, "soft",
+                                        hashlib.sha256("\n".join(texts).encode()).hexdigest()]).encode()).hexdigest()
+    counts = {"gold_rows": len(gold), "teacher_texts": len(texts), "teacher_rows": int(len(row)),
+              "mean_confidence": round(float(q.max(axis=1).mean()) if len(q) else 0.0, 4),
+              "teacher_label_mass": {label: round(float(q[:, j].sum()), 3) for j, label in enumerate(labels)}}
+    return replace(splits, train=train, data_sha256=digest, train_sources=[]), counts
+
+
 def distill(spec: DistillSpec) -> RunResult:
     """Train ``spec.run.family`` on the gold rows plus ``spec.teacher``'s labels; see the module docstring."""
     from textclf.core.loading import _resolve, load_predictor
@@ -171,11 +205,20 @@ def distill(spec: DistillSpec) -> RunResult:
         texts += read_unlabeled(spec.unlabeled_path, spec.unlabeled_format, spec.text_column)
     teacher_hash = sha256_file(teacher_dir / META_FILE)  # meta.json lists the hash of every file the model loads
     proba = teacher_proba(teacher, texts, splits.labels, spec.batch_size)
-    new_splits, counts = distilled_splits(splits, texts, proba, spec.temperature, spec.repeats, teacher_hash, spec.balance)
+    soft = bool(family.weights) if spec.soft is None else spec.soft
+    if soft and not family.weights:
+        raise ConfigError(f"family {family.name!r} does not take per-row weights, so it cannot learn soft labels; "
+                          "leave out --soft (it then learns the teacher's hard labels with confidence-weighted copies)")
+    if soft:
+        new_splits, counts = soft_splits(splits, texts, proba, spec.temperature, teacher_hash)
+        method = "soft labels: one row per (text, class) weighted by the teacher's probability, plus the gold rows"
+    else:
+        new_splits, counts = distilled_splits(splits, texts, proba, spec.temperature, spec.repeats, teacher_hash,
+                                              spec.balance)
+        method = "hard labels, confidence-weighted copies" + (", balanced to the gold class shares" if spec.balance else "")
     record = {"teacher": {"path": str(teacher_dir), "kind": teacher.kind, "meta_sha256": teacher_hash},
-              "temperature": spec.temperature, "repeats": spec.repeats, "balance": spec.balance,
-              "method": "hard labels, confidence-weighted copies" + (", balanced to the gold class shares" if spec.balance else ""),
-              "data": {"train": splits.paths.get("train"), "unlabeled": spec.unlabeled_path, **counts}}
+              "temperature": spec.temperature, "soft": soft, **({} if soft else {"repeats": spec.repeats, "balance": spec.balance}),
+              "method": method, "data": {"train": splits.paths.get("train"), "unlabeled": spec.unlabeled_path, **counts}}
     tags = {f"{TAG_PREFIX}teacher": str(teacher_dir), f"{TAG_PREFIX}teacher_sha256": teacher_hash,
             f"{TAG_PREFIX}temperature": str(spec.temperature), f"{TAG_PREFIX}unlabeled": str(spec.unlabeled_path or "")}
     run = replace(spec.run, meta_extra={**(spec.run.meta_extra or {}), META_KEY: record},

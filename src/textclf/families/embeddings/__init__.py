@@ -17,6 +17,7 @@ FAMILY = register_family(Family(
     requires=("torch", "sentence_transformers", "sklearn"),
     extra="embeddings",
     multilabel=True,
+    weights=True,  # per-row sample weights (distillation's soft labels): logreg, linear_svm, mlp and hgb take them
     env={"N_TRIALS": "search.n_trials", "MODEL_NAME": "encoder.name"},
     commands={"embed": "textclf.families.embeddings.cli:embed", "sweep": "textclf.families.embeddings.sweep_cli:sweep"},
     options=(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.core.data import balanced_downsample
+from textclf.core.data import Dataset, balanced_downsample
 from textclf.core.errors import ConfigError, ModelError
 from textclf.core.integrity import FILES_KEY
 from textclf.core.predictor import Predictor
@@ -66,13 +66,19 @@ class Features:
             parts["test"] = self.splits.test
         out: dict[str, np.ndarray] = {}
         start = time.monotonic()
+        expand = None
+        if self.splits.train.weights is not None:  # soft labels repeat each text once a class: encode each text once
+            unique = list(dict.fromkeys(self.splits.train.texts))
+            index = {text: i for i, text in enumerate(unique)}
+            expand = np.fromiter((index[t] for t in self.splits.train.texts), dtype=np.int64, count=len(self.splits.train))
+            parts["train"] = Dataset(unique, [None] * len(unique), self.splits.train.path)
         cache = EmbeddingCache() if self.cfg.get("encoder", {}).get("cache", True) else None
         keys = {}
         if name == TFIDF_SVD and cache is None:
-            enc.fit(self.splits.train.texts)
+            enc.fit(parts["train"].texts)
             out = {part: enc.encode(ds.texts, desc=part) for part, ds in parts.items()}
         elif name == TFIDF_SVD:  # the fitted pipeline and its vectors are cached too (keyed by params + train texts)
-            fit_key = enc.fit_cached(self.splits.train.texts, cache)
+            fit_key = enc.fit_cached(parts["train"].texts, cache)
             for part, ds in parts.items():
                 out[part], keys[part], _ = enc.encode_cached(ds.texts, cache, fit_key, desc=part)
         else:
@@ -83,6 +89,8 @@ class Features:
                     out[part], keys[part], _ = enc.encode_cached(ds.texts, cache, desc=part)
             if enc.chunking.chunk:
                 self.chunk_stats[name] = {part: enc.chunk_stats(ds.texts) for part, ds in parts.items()}
+        if expand is not None:
+            out["train"] = out["train"][expand]
         self.cache_keys[name] = keys
         log.info("encoder %s: features %s in %.1fs", name, {k: v.shape for k, v in out.items()}, time.monotonic() - start)
         self.encoders[name] = enc
@@ -118,19 +126,36 @@ def label_indices(splits: Splits, labels: list) -> np.ndarray:
 
 def fit_classifier(x: np.ndarray, y: np.ndarray, splits: Splits, name: str, params: dict, balance: bool, seed: int,
                    rows: np.ndarray | None = None):
-    """Fit classifier ``name`` on ``(x, y)`` (only ``rows`` when given), first cut to the smallest class size when ``balance``."""
+    """Fit classifier ``name`` on ``(x, y)`` (only ``rows`` when given), first cut to the smallest class size when ``balance``.
+
+    ``splits.train.weights`` (distillation's soft labels) are passed as ``sample_weight``; a
+    classifier without it (knn) is a one-line ConfigError.
+    """
+    weights = None if splits.train.weights is None else np.asarray(splits.train.weights, dtype=np.float64)
     if rows is not None:
         x, y = x[rows], y[rows]
+        weights = None if weights is None else weights[rows]
     if y.ndim == 2:
+        if weights is not None:
+            raise ConfigError("per-row weights (soft labels) are for multi-class data only")
         return _fit_multilabel(x, y, name, params, balance, seed)
     if len(np.unique(y)) < 2:
         raise ConfigError(f"the chosen training rows hold {len(np.unique(y))} class(es); need at least 2")
     if balance:
         keep = balanced_downsample([splits.labels[i] for i in y], seed=seed)
         x, y = x[keep], y[keep]
+        weights = None if weights is None else weights[keep]
     counts = np.bincount(y, minlength=len(splits.labels))
     clf = make_classifier(name, params, seed=seed, n_train=len(y), min_class_count=int(counts[counts > 0].min()))
-    clf.fit(x, y)
+    if weights is None:
+        clf.fit(x, y)
+        return clf
+    from sklearn.utils.validation import has_fit_parameter
+
+    if not has_fit_parameter(clf, "sample_weight"):
+        raise ConfigError(f"classifier {name} does not take per-row weights (the teacher's soft labels); use logreg, "
+                          "linear_svm, mlp or hgb")
+    clf.fit(x, y, sample_weight=weights)
     return clf
 
 
@@ -240,7 +265,8 @@ def fit_trial(features: Features, splits: Splits, pick: dict, y_train: np.ndarra
         raise optuna.TrialPruned(f"training files {pick['train_files']} hold fewer than 2 classes")
     x = features.get(pick["encoder"])
     keys = features.cache_keys.get(pick["encoder"], {})
-    memo = trial_memo(features.cfg) if "train" in keys and "valid" in keys else None
+    # the memo key holds the texts and labels, not per-row weights: a weighted (distilled) run does not use it
+    memo = trial_memo(features.cfg) if "train" in keys and "valid" in keys and splits.train.weights is None else None
     key, shape = None, (len(splits.valid.labels), len(splits.labels))
     if memo is not None:
         key = trial_key(keys, splits.labels, y_train, rows, pick["classifier"], pick["params"], pick["balance"], context.seed)

@@ -527,9 +527,14 @@ def merge_small_valid(paths: list[str], output: str | None) -> None:
     docs = [json.loads(Path(p).read_text()) for p in paths]
     doc = {**docs[0], "datasets": {}, "merged_from": [{"path": p, "command": d["command"], "started": d["started"],
                                                        "finished": d.get("finished")} for p, d in zip(paths, docs, strict=True)]}
+    def comparable(settings: dict) -> dict:  # the data root as the folder it names (a symlinked path is the same data)
+        out = {k: v for k, v in settings.items() if k != "datasets"}
+        if out.get("data_root"):
+            out["data_root"] = str(Path(out["data_root"]).resolve())
+        return out
+
     for d in docs:
-        if {k: v for k, v in d["settings"].items() if k != "datasets"} != \
-                {k: v for k, v in docs[0]["settings"].items() if k != "datasets"}:
+        if comparable(d["settings"]) != comparable(docs[0]["settings"]):
             raise click.UsageError(f"--merge: {d['command']} ran with other settings")
         doc["datasets"].update(d["datasets"])
     doc["settings"]["datasets"] = list(doc["datasets"])

@@ -168,7 +168,11 @@ def reused(model_dir: str, family: str, overrides: list[str], paths: dict) -> di
     if not (Path(model_dir) / "meta.json").exists() or not record.exists():
         return None
     done = json.loads(record.read_text(encoding="utf-8"))
-    if done.get("family") != family or done.get("overrides") != overrides or done.get("data") != paths:
+
+    def files(data: dict | None) -> dict:  # the files the paths name (a symlinked data root is the same data)
+        return {k: str(Path(v).resolve()) for k, v in (data or {}).items()}
+
+    if done.get("family") != family or done.get("overrides") != overrides or files(done.get("data")) != files(paths):
         return None
     return {k: v for k, v in done.items() if k not in ("overrides", "data")} | {"reused": True}
 

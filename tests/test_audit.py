@@ -126,6 +126,7 @@ def test_audit_through_the_run_queue_equals_the_in_process_audit(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "queued" / "oof" / "fasttext.npz")["proba"], local)
 
 
+@pytest.mark.slow  # a separate worker process (quick: test_audit_through_the_run_queue_equals_the_in_process_audit)
 def test_audit_queue_tasks_run_by_a_separate_worker_process(tmp_path):
     """--no-work: the audit only enqueues and waits; a `textclf queue worker` process (another machine's) runs the folds."""
     import subprocess

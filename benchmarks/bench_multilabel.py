@@ -62,6 +62,7 @@ MODELS = {
                                         "search.n_trials=0"]),
     "lstm": ("lstm", ["train.epochs={lstm_epochs}", "search.n_trials=0"]),
     "setfit": ("setfit", ["pairs.per_text=1", "search.n_trials=0"]),
+    "setfit_logreg": ("setfit", ["pairs.per_text=1", "head.type=logreg", "search.n_trials=0"]),
     "bert": ("bert", ["stage2.lr=1e-4", "stage2.epochs={bert_epochs}", "search.n_trials=0"]),
     "tfidf_plugin": ("tfidf_logreg", ["model.char_ngram_max=5", "model.C=4", "model.class_weight=null", "model.min_df=2",
                                       "search.n_trials=0"], str(PLUGIN)),

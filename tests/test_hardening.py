@@ -456,7 +456,10 @@ def test_killed_search_resumes_and_its_temp_folder_is_swept(tweets, tmp_path):
         if not trials:
             return False
         last = trials[-1]  # running, and already recorded which process runs it
-        return sum(t.state.name == "COMPLETE" for t in trials) >= 1 and last.state.name == "RUNNING" and "pid" in last.user_attrs
+        # and its fit has made its temp folder: a loaded machine showed a RUNNING trial whose folder did not exist yet
+        made = any(p.name.startswith("textclf-ft-") for p in tmp.iterdir())
+        return (sum(t.state.name == "COMPLETE" for t in trials) >= 1 and last.state.name == "RUNNING"
+                and "pid" in last.user_attrs and made)
 
     _wait_for(running_after_one, 180)
     proc.send_signal(signal.SIGKILL)

@@ -132,17 +132,21 @@ def family_oof(name: str, ds: Dataset, labels: list[str], folds: list[tuple[np.n
     if name == "embeddings":
         prime_embedding_cache(cfg, ds, [part for pair in folds for part in pair])
     proba = np.zeros((len(ds), len(labels)), dtype=np.float64)
-    column = {label: j for j, label in enumerate(labels)}
     for number, (train_idx, held_idx) in enumerate(folds, 1):
         splits = fold_splits(ds, train_idx, held_idx, data_sha256, number)
         with owned_temp_dir("textclf-audit-") as tmp:
             result = fit_family(family, cfg, splits, tmp, echo=False, plots=False)
-            got = np.asarray(result.predictor.predict_proba(splits.valid.texts), dtype=np.float64)
-        cols = [column[label] for label in result.predictor.labels]
-        proba[np.ix_(held_idx, cols)] = got
+            fill_held_out(proba, labels, result.predictor, ds, held_idx)
         log.info("audit: %s fold %d/%d done", name, number, len(folds))
     write_memo(memo, proba)
     return proba
+
+
+def fill_held_out(proba: np.ndarray, labels: list[str], predictor, ds: Dataset, held_idx: np.ndarray) -> None:
+    """Write ``predictor``'s probabilities of the held-out rows ``held_idx`` of ``ds`` into ``proba`` (columns: ``labels``)."""
+    column = {label: j for j, label in enumerate(labels)}
+    got = np.asarray(predictor.predict_proba([ds.texts[i] for i in held_idx]), dtype=np.float64)
+    proba[np.ix_(held_idx, [column[label] for label in predictor.labels])] = got
 
 
 def family_config(name: str, seed: int, overrides: Sequence[str]) -> dict:

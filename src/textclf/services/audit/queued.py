@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from textclf.core.data import Dataset, write_labelled
 from textclf.core.errors import TextclfError
-from textclf.services.audit.oof import audit_family, family_overrides
+from textclf.services.audit.oof import audit_family, family_overrides, fill_held_out
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +93,22 @@ def wait_for(study, numbers: list[int], poll: float, timeout: float | None) -> d
 
     A task failed and retried (a dead worker's) is followed to its retry.
     """
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    from textclf.services.queue import Task
-
-    def retried_from(trial) -> int | None:
-        with warnings.catch_warnings():  # Optuna marks the retry bookkeeping experimental
-            warnings.simplefilter("ignore")
-            return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    from textclf.services.queue import Task, original_number
 
     started = time.monotonic()
     while True:
-        trials = study.get_trials(deepcopy=False)
-        retries = {retried_from(t): t.number for t in trials if retried_from(t) is not None}
-        by_number = {t.number: t for t in trials}
+        latest = {}  # each task's newest attempt (a retry names its first attempt; trials come in number order)
+        for t in study.get_trials(deepcopy=False):
+            latest[original_number(t)] = t
         done, waiting = {}, 0
         for number in numbers:
-            current = number
-            while current in retries:
-                current = retries[current]
-            trial = by_number[current]
+            trial = latest[number]
+            current = trial.number
             if trial.state == TrialState.COMPLETE:
                 done[number] = trial.user_attrs["model_dir"]
-            elif trial.state == TrialState.FAIL and current not in retries:
+            elif trial.state == TrialState.FAIL:
                 if trial.user_attrs.get("error") == "worker interrupted":
                     waiting += 1  # re-enqueued by the interrupted worker: its retry appears next poll
                     continue
@@ -151,13 +142,10 @@ def queued_oof(names: list[str], ds: Dataset, labels: list[str], folds: list[tup
     if work:
         runqueue.work(study, out / MODELS_DIR, idle_exit=0, tracking=runqueue.Tracking(enabled=False))
     model_dirs = wait_for(study, [n for ns in numbers.values() for n in ns], poll, timeout)
-    column = {label: j for j, label in enumerate(labels)}
     result = {}
     for name in names:
         proba = np.zeros((len(ds), len(labels)), dtype=np.float64)
         for number, (_, held_idx) in zip(numbers[name], folds, strict=True):
-            predictor = load_predictor(model_dirs[number], announce=False)
-            got = np.asarray(predictor.predict_proba([ds.texts[i] for i in held_idx]), dtype=np.float64)
-            proba[np.ix_(held_idx, [column[label] for label in predictor.labels])] = got
+            fill_held_out(proba, labels, load_predictor(model_dirs[number], announce=False), ds, held_idx)
         result[name] = proba
     return result

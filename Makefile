@@ -98,7 +98,7 @@ bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -
 	$(BIN)/python benchmarks/bench_lstm.py $(BENCH_ARGS)
 
 ## ---- BERT (bert_classification/) ----
-.PHONY: train_bert_classification predict_bert bench_bert bench_long_text
+.PHONY: train_bert_classification predict_bert bench_bert bench_long_text bench_bert_recipe
 # BERT_CONFIG: a JSON merged over BERT's default config (and your config/bert.json), e.g. config/bert_smoke.json.
 BERT_CONFIG ?=
 
@@ -115,6 +115,9 @@ bench_bert: install ## Benchmark BERT: plain PyTorch loop vs textclf variants (r
 
 bench_long_text: install ## Benchmark BERT long documents: chunk vs truncate on bbc_news, spamassassin (macro-F1, time ratios) -> benchmarks/results/bert_long_text.json
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_bert.py --long_text $(BENCH_ARGS)
+
+bench_bert_recipe: install ## The BERT recipe: one stage vs two vs two_stage auto, 4 datasets x 5 seeds -> benchmarks/results/bert_recipe.json
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_bert.py --recipe $(BENCH_ARGS)
 
 ## ---- serving & ONNX ----
 .PHONY: serve export_onnx bench_serve bench_export serve_docker

@@ -56,6 +56,8 @@ import click
 
 ALL_DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 DEFAULT_DATASETS = ("tweets_sentiment", "movie_review_sentences")
+#: placeholder for stage 1 + stage 2 epochs of the run's config (``two_stage auto``'s one-stage plan): see variant_overrides
+ONE_STAGE_EPOCHS = "stage2.epochs=<stage1+stage2>"
 #: key -> (title, overrides); "plain" is the plain PyTorch loop, everything else textclf with overrides
 VARIANTS = {
     "plain": ("plain PyTorch loop (fp32, batch 32, CE)", None),
@@ -71,10 +73,15 @@ VARIANTS = {
     "one_stage_ce": ("textclf, one stage (stage 2 epochs), cross-entropy", ["two_stage=false", "loss.gamma=0"]),
     "one_stage_focal": ("textclf, one stage (stage 2 epochs), focal", ["two_stage=false"]),
     "two_stage_ce": ("textclf, two stages, cross-entropy", ["two_stage=true", "loss.gamma=0"]),
+    "one_stage": ("textclf, one stage of stage 1 + stage 2 epochs, focal (what two_stage auto runs on balanced labels)",
+                  ["two_stage=false", ONE_STAGE_EPOCHS]),
     "chunk": ("textclf, long_text chunk (stride max_length // 4, <= 8 windows, mean pooling)", ["model.long_text=chunk"]),
 }
 #: ``--long_text``: the long-document datasets, truncation (the default) against chunking
 LONG_TEXT = {"datasets": ("bbc_news", "spamassassin"), "variants": ("default", "chunk")}
+#: ``--recipe``: the BERT recipe across the four datasets, one stage against two (auto picks one of them per dataset)
+RECIPE = {"variants": ("one_stage", "two_stage_focal"), "seeds": "13,14,15,16,17", "auto_of": {True: "two_stage_focal",
+                                                                                               False: "one_stage"}}
 #: the plain baseline, the default and the loss/stage combinations
 DEFAULT_VARIANTS = ("plain", "default", "one_stage_ce", "one_stage_focal", "two_stage_ce")
 PUBLISHED = {"movie_review_sentences": {"NBSVM (Wang & Manning 2012)": 0.794, "CNN (Kim 2014)": 0.815}}
@@ -230,6 +237,14 @@ def run_variant(paths: dict, overrides: list[str], output_dir: str, device_spec:
     }
 
 
+def auto_plan(paths: dict, overrides: list[str]) -> dict:
+    """What ``two_stage: auto`` decides on this train split with these overrides (runs in a fresh process)."""
+    from textclf.families.bert.stages import plan_stages
+
+    cfg, splits = bench.load_job_splits(paths, "bert", [*overrides, 'two_stage="auto"'])
+    return plan_stages(cfg, splits.train.labels).as_dict()
+
+
 def run_job(threads: int | None, fn, *args) -> dict:
     """``fn(*args)`` with ``threads`` torch threads (None: torch's default); runs in a fresh process."""
     import torch
@@ -326,6 +341,88 @@ def long_text_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def variant_overrides(key: str, common: list[str]) -> list[str]:
+    """The variant's config overrides (None: the plain loop), ``ONE_STAGE_EPOCHS`` resolved against ``common``'s config."""
+    extra = VARIANTS[key][1]
+    if extra is None or ONE_STAGE_EPOCHS not in extra:
+        return extra
+    from textclf.core.config import load_config
+
+    cfg = load_config("bert", overrides=list(common))
+    return [f"stage2.epochs={cfg['stage1']['epochs'] + cfg['stage2']['epochs']}" if x == ONE_STAGE_EPOCHS else x
+            for x in extra]
+
+
+def resumable(output: Path, settings: dict) -> dict:
+    """The datasets of an earlier results file at ``output`` with the same settings (``--resume``), else {}."""
+    try:
+        prev = json.loads(Path(output).read_text())
+    except (OSError, ValueError):
+        return {}
+    if prev.get("settings") != settings:
+        click.echo(f"--resume: {output} has other settings; starting afresh", err=True)
+        return {}
+    return {k: v for k, v in prev.get("datasets", {}).items() if v.get("status") == "ok"}
+
+
+def recipe_summary(datasets: dict, auto_plans: dict) -> dict:
+    """``--recipe``: per dataset, test macro-F1 over the seeds of one stage, two stages and ``auto``, and their means.
+
+    ``auto`` is not trained separately: per seed it is the run of the variant that ``two_stage: auto``
+    picks there (``auto_plans[dataset][seed]``), which is the same configuration with the same seed.
+    """
+    import statistics
+
+    def stats(xs: list[float]) -> dict:
+        return {"mean": round(statistics.fmean(xs), 4), "sd": round(statistics.stdev(xs), 4) if len(xs) > 1 else None,
+                "n": len(xs)}
+
+    out, means = {"datasets": {}}, {"one_stage": [], "two_stage": [], "auto": []}
+    for name, r in datasets.items():
+        v = r.get("variants") or {}
+        one = {s["seed"]: s["macro_f1"] for s in (v.get("one_stage") or {}).get("seed_runs", [])}
+        two = {s["seed"]: s["macro_f1"] for s in (v.get("two_stage_focal") or {}).get("seed_runs", [])}
+        seeds = sorted(set(one) & set(two) & set(auto_plans.get(name, {})))
+        if not seeds:
+            continue
+        picks = {sd: auto_plans[name][sd]["two_stage"] for sd in seeds}
+        auto = [two[sd] if picks[sd] else one[sd] for sd in seeds]
+        row = {"seeds": seeds, "one_stage": stats([one[sd] for sd in seeds]), "two_stage": stats([two[sd] for sd in seeds]),
+               "auto": stats(auto), "auto_two_stage": sorted(set(picks.values())),
+               "dropped_share": auto_plans[name][seeds[0]]["dropped_share"],
+               "two_minus_one_per_seed": [round(two[sd] - one[sd], 4) for sd in seeds]}
+        row["two_stage_wins"] = sum(d > 0 for d in row["two_minus_one_per_seed"])
+        row["best"] = max(("one_stage", "two_stage"), key=lambda k: row[k]["mean"])
+        out["datasets"][name] = row
+        for k in means:
+            means[k].append(row[k]["mean"])
+    if out["datasets"]:
+        out["mean_over_datasets"] = {k: round(statistics.fmean(xs), 4) for k, xs in means.items()}
+        out["best_default"] = max(out["mean_over_datasets"], key=lambda k: out["mean_over_datasets"][k])
+        out["n_datasets"] = len(out["datasets"])
+    return out
+
+
+def recipe_table(summary: dict) -> str:
+    """The ``--recipe`` table: one stage, two stages and ``auto`` per dataset (mean ± sd over seeds), and the means."""
+    rows = ["| dataset | balanced downsample leaves out | auto runs | one stage | two stages | auto | two - one per seed |",
+            "|---|---:|---|---:|---:|---:|---|"]
+
+    def cell(s: dict) -> str:
+        return f"{s['mean']:.4f} ± {s['sd']:.4f}" if s["sd"] is not None else f"{s['mean']:.4f}"
+
+    for name, r in summary.get("datasets", {}).items():
+        runs = "/".join("two stages" if x else "one stage" for x in r["auto_two_stage"])
+        deltas = ", ".join(f"{d:+.4f}" for d in r["two_minus_one_per_seed"])
+        rows.append(f"| {name} | {r['dropped_share']:.1%} | {runs} | {cell(r['one_stage'])} | {cell(r['two_stage'])} | "
+                    f"{cell(r['auto'])} | {deltas} |")
+    if "mean_over_datasets" in summary:
+        m = summary["mean_over_datasets"]
+        rows.append(f"| **mean of {summary['n_datasets']} datasets** | | | {m['one_stage']:.4f} | {m['two_stage']:.4f} | "
+                    f"{m['auto']:.4f} | |")
+    return "\n".join(rows)
+
+
 def merge_seed_run(runs: list[dict], seed: int, test: dict) -> list[dict]:
     """``runs`` with this seed's test scores added (a repeat of a seed replaces its earlier entry)."""
     entry = {"seed": seed, "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}
@@ -388,10 +485,15 @@ def add_ratios(result: dict) -> None:
 @click.option("--long_text", is_flag=True,
               help=f"Long documents: datasets {', '.join(LONG_TEXT['datasets'])}, variants default (truncate) and "
                    "chunk; adds the chunk/truncate table [results: bert_long_text.json].")
+@click.option("--resume", is_flag=True,
+              help="Keep the seed runs already in --output (same settings) and run only the missing ones.")
+@click.option("--recipe", is_flag=True,
+              help=f"The BERT recipe: all four datasets, variants {', '.join(RECIPE['variants'])}, seeds {RECIPE['seeds']} "
+                   "unless --seeds is given; adds the one stage / two stages / auto table [results: bert_recipe.json].")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/bert.json, --quick: bert_quick.json].")
 def main(datasets, variants, data_root, model_name, device, max_minutes, max_train_rows, max_eval_rows, repeats,
-         seeds, min_predict_docs, threads, overrides, quick, long_text, output):
+         seeds, min_predict_docs, threads, overrides, quick, long_text, resume, recipe, output):
     """Fine-tune BERT variants and a plain PyTorch loop on the shared datasets; write a comparison table and JSON."""
     bench.start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.core.atomic import atomic_write_json
@@ -400,6 +502,11 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
         if click.get_current_context().get_parameter_source("datasets") == click.core.ParameterSource.DEFAULT:
             datasets = ",".join(LONG_TEXT["datasets"])
         variants = ",".join(LONG_TEXT["variants"])
+    if recipe:  # all four datasets unless --datasets names others; one stage against two; five seeds by default
+        if click.get_current_context().get_parameter_source("datasets") == click.core.ParameterSource.DEFAULT:
+            datasets = "all"
+        variants = ",".join(RECIPE["variants"])
+        seeds = seeds or RECIPE["seeds"]
     names = list(ALL_DATASETS) if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
     wanted = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [v for v in wanted if v not in VARIANTS]
@@ -412,7 +519,8 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
     seed_list = [int(x) for x in seeds.split(",") if x.strip()] or [None]
     if min_predict_docs is None:
         min_predict_docs = 20000 if device.startswith("cuda") else 0
-    output = bench.results_path(output, "bert_long_text" if long_text else "bert", quick)
+    output = bench.results_path(output, "bert_long_text" if long_text else "bert_recipe" if recipe else "bert", quick)
+    auto_plans: dict = {}
     started = time.perf_counter()
     echo = bench.make_echo(show_elapsed=True)
 
@@ -421,7 +529,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
         {"datasets": names, "variants": wanted, "model_name": model_name, "device": device,
          "max_minutes": max_minutes, "max_train_rows": max_train_rows, "max_eval_rows": max_eval_rows,
          "repeats": repeats, "seeds": [x for x in seed_list if x is not None], "min_predict_docs": min_predict_docs, "threads": threads,
-         "overrides": list(overrides), "quick": quick,
+         "overrides": list(overrides), "quick": quick, "recipe": recipe,
          "config": "families/bert/config.json"},
         ("textclf", "torch", "transformers", "catalyst", "accelerate"),
         notes={
@@ -445,6 +553,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
         published=PUBLISHED,
         datasets={},
     )
+    earlier = resumable(output, doc["settings"]) if resume else {}
     echo(f"BERT benchmark: {', '.join(names)}; variants {', '.join(wanted)}; device {device}; "
          f"{doc['machine']['cores_usable']} cores" + (f"; budget {max_minutes:g} min" if max_minutes else ""))
     common = [f"model.model_name={json.dumps(model_name)}", *overrides]
@@ -459,15 +568,28 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
             work.mkdir()
             paths = slice_dataset(d, work, max_train_rows, max_eval_rows)
             result = {"status": "ok", "paths": paths, "variants": {}}
+            if name in earlier:  # --resume: its finished runs, plans and paths (the slices are rebuilt the same)
+                result["variants"] = earlier[name].get("variants", {})
+                result["auto_plans"] = earlier[name].get("auto_plans", {})
+                for sd, plan in result["auto_plans"].items():
+                    auto_plans.setdefault(name, {})[int(sd)] = plan
             doc["datasets"][name] = result
             for seed, rep in [(sd, r) for sd in seed_list for r in range(max(1, repeats))]:
                 seed_set = [] if seed is None else [f"seed={seed}"]
+                if recipe and rep == 0 and seed not in auto_plans.get(name, {}):
+                    plan = bench.in_child(auto_plan, paths, [*common, *seed_set])
+                    auto_plans.setdefault(name, {})[seed] = plan
+                    result.setdefault("auto_plans", {})[str(seed)] = plan
                 run_label = f"run {rep + 1}" + ("" if seed is None else f", seed {seed}")
                 for i, key in enumerate(wanted, 1):
-                    title, extra = VARIANTS[key]
+                    title, extra = VARIANTS[key][0], variant_overrides(key, common)
                     if max_minutes is not None and (time.perf_counter() - started) / 60 >= max_minutes:
                         echo(f"{name} / {title}: skipped, --max_minutes {max_minutes:g} spent")
                         result["variants"].setdefault(key, {"status": "skipped: time budget"})
+                        continue
+                    if rep == 0 and seed is not None and any(
+                            r["seed"] == seed for r in (result["variants"].get(key) or {}).get("seed_runs", [])):
+                        echo(f"{name} / {title}, seed {seed}: done in the earlier run (--resume)")
                         continue
                     echo(f"{name} [{i}/{len(wanted)}, {run_label}] {title} ...")
                     load = os.getloadavg()[0]
@@ -499,11 +621,16 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                          + (f" ({v['ratio_to_plain']:.2f}x plain's best)" if v.get("ratio_to_plain") is not None else "")
                          + f"; test acc {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}; {v['predict_docs_per_s']:.0f} docs/s"
                          + (f"; peak GPU {v['peak_gpu_mb']:.0f} MiB" if v.get("peak_gpu_mb") else ""))
+                    if recipe:
+                        doc["recipe"] = recipe_summary(doc["datasets"], auto_plans)
                     atomic_write_json(output, doc)
     table = markdown_table(doc["datasets"])
     if long_text:
         doc["long_text"] = long_text_summary(doc["datasets"])
         table += "\n\n" + long_text_table(doc["long_text"])
+    if recipe:
+        doc["recipe"] = recipe_summary(doc["datasets"], auto_plans)
+        table += "\n\n" + recipe_table(doc["recipe"])
     bench.finish_doc(output, doc, table)
     click.echo(doc["table_markdown"])
     click.echo(f"\nwrote {output}")

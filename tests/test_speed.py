@@ -379,3 +379,34 @@ def test_bench_bert_quick_with_plain_loop(repo, tiny_bert, tmp_path):
     assert default["f1_delta_to_plain"] == pytest.approx(default["test_mean"]["macro_f1"] - plain["test_mean"]["macro_f1"],
                                                          abs=2e-4)
     assert "(2 seeds)" in doc["table_markdown"]
+
+
+@pytest.mark.slow  # the benchmark trains the tiny BERT four times (one stage and two, 2 seeds) in subprocesses
+def test_bench_bert_recipe_reports_one_two_and_auto_and_resumes(repo, tiny_bert, tmp_path):
+    out = tmp_path / "recipe.json"
+    cmd = [sys.executable, str(repo / "benchmarks" / "bench_bert.py"), "--recipe", "--quick", "--datasets", "tweets_sentiment",
+           "--data_root", str(repo / "data"), "--model_name", str(tiny_bert), "--threads", "1", "--seeds", "3,4",
+           "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    ds = doc["datasets"]["tweets_sentiment"]
+    one, two = ds["variants"]["one_stage"], ds["variants"]["two_stage_focal"]
+    # --quick trains 1 + 1 epochs in two stages, so the one-stage variant trains 2 epochs on all 160 rows
+    assert [s["epochs"] for s in one["stages"]] == [2] and [s["name"] for s in two["stages"]] == ["stage1_balanced", "stage2_full"]
+    assert one["rows_trained"] == 2 * 160
+    # the embedded tweets are 69 % positive: the balanced downsample leaves out more than 25 %, so auto runs two stages
+    plan = ds["auto_plans"]["3"]
+    assert plan["two_stage"] is True and plan["dropped_share"] > 0.25
+    r = doc["recipe"]["datasets"]["tweets_sentiment"]
+    assert r["auto"] == r["two_stage"] and r["auto_two_stage"] == [True] and r["seeds"] == [3, 4]
+    assert r["two_minus_one_per_seed"] == [round(t["macro_f1"] - o["macro_f1"], 4)
+                                           for o, t in zip(one["seed_runs"], two["seed_runs"], strict=True)]
+    assert doc["recipe"]["mean_over_datasets"]["auto"] == r["two_stage"]["mean"]
+    assert "| tweets_sentiment | " in doc["table_markdown"] and "| **mean of 1 datasets** |" in doc["table_markdown"]
+    # --resume with the same settings trains nothing again and keeps the results
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert log.count("done in the earlier run (--resume)") == 4 and "FAILED" not in log
+    assert json.loads(out.read_text())["recipe"]["datasets"] == doc["recipe"]["datasets"]

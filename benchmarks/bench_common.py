@@ -120,6 +120,45 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def quiet_job() -> None:
+    """In a job process: training reports go to stderr (stdout keeps the tables), libraries stay quiet, no hub."""
+    import logging
+    import warnings
+
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.WARNING, force=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+
+
+def train_job(family: str, paths: dict, out: str, overrides: list[str], code: str | None = None) -> tuple[dict, float]:
+    """Train (search if asked, refit) ``family`` into ``out`` through the run service, in a job process.
+
+    ``code``: a plug-in file that registers ``family`` (``textclf train --code``). Returns the run's
+    ``meta.json`` and the training wall seconds.
+    """
+    quiet_job()
+    from textclf.core.meta import read_meta
+    from textclf.core.registry import get_family, load_code
+    from textclf.services.runs import fit_family
+
+    if code:
+        load_code(code)
+    cfg, splits = load_job_splits(paths, family, overrides)
+    start = time.perf_counter()
+    fit_family(get_family(family), cfg, splits, out, False)
+    return read_meta(out), time.perf_counter() - start
+
+
+def search_summary(meta: dict) -> dict | None:
+    """The search part of a run's ``meta.json`` for a results file: trials, best value and params (None: no search)."""
+    search = meta.get("search") or {}
+    return {"n_trials": search.get("n_trials"), "best_value": search.get("best_value"),
+            "best_params": search.get("best_params")} if search else None
+
+
 def load_job_splits(paths: dict, family: str, overrides: list[str]) -> tuple[dict, Any]:
     """``family``'s config with ``overrides``, and the splits ``paths`` names loaded as its ``data`` section says.
 

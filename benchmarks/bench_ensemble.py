@@ -54,6 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_common
 import click
 from bench_common import (
     DATA_ROOT,
@@ -83,17 +84,7 @@ ROWS = ("auto", "weighted", "weighted_grid", "weighted_logloss", "stacking")
 THRESHOLD_ENSEMBLES = ("ensemble_weighted", "ensemble_auto")
 
 
-def _quiet() -> None:
-    """In a job process: training reports go to stderr (stdout keeps the tables), libraries stay quiet."""
-    import logging
-    import warnings
-
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    logging.basicConfig(level=logging.WARNING, force=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
+_quiet = bench_common.quiet_job
 
 
 def _pick(metrics: dict | None) -> dict | None:
@@ -105,26 +96,10 @@ def _pick(metrics: dict | None) -> dict | None:
 # --------------------------------------------------------------------------- jobs (each in a fresh process)
 def job_train(family: str, paths: dict, out: str, overrides: list[str], code: str | None) -> dict:
     """Train (search, refit) one family into ``out``; return its valid/test metrics and search summary."""
-    _quiet()
-    from textclf.core.config import load_config
-    from textclf.core.meta import read_meta
-    from textclf.core.registry import get_family, load_code
-    from textclf.core.training import load_splits
-    from textclf.services.runs import fit_family as train_family
-
-    if code:
-        load_code(code)
-    cfg = load_config(family, overrides=overrides)
-    splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
-    start = time.perf_counter()
-    train_family(get_family(family), cfg, splits, out, False)
-    wall = time.perf_counter() - start
-    meta = read_meta(out)
-    search = meta.get("search") or {}
+    meta, wall = bench_common.train_job(family, paths, out, overrides, code)
     return {"family": family, "train_wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb(),
             "valid": _pick(meta["metrics"]["valid"]), "test": _pick(meta["metrics"].get("test")),
-            "search": {"n_trials": search.get("n_trials"), "best_value": search.get("best_value"),
-                       "best_params": search.get("best_params")}}
+            "search": bench_common.search_summary(meta) or {"n_trials": None, "best_value": None, "best_params": None}}
 
 
 def job_ensemble(members: list[str], paths: dict, out: str, method: str, beta: float, objective: str, bags: int) -> dict:

@@ -35,12 +35,11 @@ test micro-F1 averaged over the models. Prints a markdown table and writes
 from __future__ import annotations
 
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench_common
 import click
 from bench_common import DATA_ROOT, RSS_NOTE, in_child, make_echo, peak_rss_mb, results_doc, results_path, start_fork_server
 
@@ -72,17 +71,7 @@ METRICS = ("micro_f1", "macro_f1", "samples_f1")
 TARGETS = {"best_micro_f1": 0.75, "best_macro_f1": 0.55, "family_micro_f1": 0.70}
 
 
-def _quiet() -> None:
-    """In a job process: training reports go to stderr (stdout keeps the table), libraries stay quiet."""
-    import logging
-    import warnings
-
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    logging.basicConfig(level=logging.WARNING, force=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
+_quiet = bench_common.quiet_job
 
 
 # --------------------------------------------------------------------------- jobs (each in a fresh process)
@@ -91,26 +80,9 @@ def job_train(family: str, paths: dict, out: str, overrides: list[str], code: st
 
     ``code``: a plug-in file that registers ``family`` (``textclf train --code``).
     """
-    _quiet()
-    from textclf.core.config import load_config
-    from textclf.core.meta import read_meta
-    from textclf.core.registry import get_family, load_code
-    from textclf.core.training import load_splits
-    from textclf.services.runs import fit_family
-
-    if code:
-        load_code(code)
-    cfg = load_config(family, overrides=overrides)
-    splits = load_splits(paths["train"], paths["valid"], paths["test"], cfg["data"])
-    start = time.perf_counter()
-    fit_family(get_family(family), cfg, splits, out, False)
-    wall = time.perf_counter() - start
-    meta = read_meta(out)
-    search = meta.get("search") or {}
+    meta, wall = bench_common.train_job(family, paths, out, overrides, code)
     return {"family": family, "train_wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb(), "params": meta.get("params"),
-            "valid_micro_f1": round(meta["metrics"]["valid"]["micro_f1"], 4),
-            "search": {"n_trials": search.get("n_trials"), "best_value": search.get("best_value"),
-                       "best_params": search.get("best_params")} if search else None}
+            "valid_micro_f1": round(meta["metrics"]["valid"]["micro_f1"], 4), "search": bench_common.search_summary(meta)}
 
 
 def job_score(model_dir: str, paths: dict, beta: float, cv: int) -> dict:

@@ -102,7 +102,7 @@ bench_lstm: install ## Benchmark the BiLSTM vs a bare PyTorch loop vs fastText -
 # BERT_CONFIG: a JSON merged over BERT's default config (and your config/bert.json), e.g. config/bert_smoke.json.
 BERT_CONFIG ?=
 
-train_bert_classification: install ## Fine-tune BERT in Catalyst (focal loss, two stages on imbalanced labels; MiniLM offline) -> models/bert
+train_bert_classification: install ## Fine-tune BERT in Catalyst (focal loss, two stages on labels imbalanced 3:1 or worse; MiniLM offline) -> models/bert
 	$(BIN)/python bert_classification/train.py --train_path $(TRAIN_PATH) --valid_path $(VALID_PATH) --test_path $(TEST_PATH) \
 		--output_dir $(BERT_DIR) $(if $(BERT_CONFIG),--config $(BERT_CONFIG)) $(SET_FLAGS)
 

@@ -155,12 +155,18 @@ def test_two_stage_auto_follows_the_label_balance(tweets, shared_dataset):
     from textclf.core.config import load_config
     from textclf.families.bert.stages import plan_stages, staged_config
 
-    cfg = load_config("bert")  # two_stage auto, stage1 1 epoch + stage2 2 epochs, auto_min_dropped 0.25
+    cfg = load_config("bert")  # two_stage auto, stage1 1 epoch + stage2 2 epochs, auto_min_dropped 0.5
     tweets_labels = read_labelled(tweets["train"]).labels  # 38 % of train left out by the downsample
     movie_labels = read_labelled(shared_dataset("movie_review_sentences", "train.csv")).labels  # 0.8 % left out
-    plan = plan_stages(cfg, tweets_labels)
-    assert plan.two_stage and plan.stage2_epochs == 2 and plan.balanced_rows == 2 * Counter(tweets_labels)["negative"]
-    assert plan.reason.startswith("auto: two stages, the balanced downsample keeps 2078 of 3356 rows (38.1% left out)")
+    skewed = ["ham"] * 800 + ["spam"] * 200  # 4:1: the downsample keeps 400 of 1,000 rows (60 % left out)
+    plan = plan_stages(cfg, skewed)
+    assert plan.two_stage and plan.stage2_epochs == 2 and plan.balanced_rows == 400
+    assert plan.reason.startswith("auto: two stages, the balanced downsample keeps 400 of 1000 rows (60.0% left out)")
+    plan = plan_stages(cfg, tweets_labels)  # 2.2:1, like spamassassin: one stage scored higher over five seeds
+    assert not plan.two_stage and plan.stage2_epochs == 3 and plan.balanced_rows == 2 * Counter(tweets_labels)["negative"]
+    assert plan.reason.startswith("auto: one stage of 3 epochs (stage1 + stage2), the balanced downsample keeps 2078 of "
+                                  "3356 rows (38.1% left out)")
+    assert plan_stages(load_config("bert", overrides=["stage1.auto_min_dropped=0.25"]), tweets_labels).two_stage
     plan = plan_stages(cfg, movie_labels)
     assert not plan.two_stage and plan.stage2_epochs == 3 and plan.as_dict()["dropped_share"] == 0.008
     assert plan.reason.startswith("auto: one stage of 3 epochs (stage1 + stage2)")

@@ -30,7 +30,7 @@ FAMILY = register_family(Family(
         Option("--two_stage", "two_stage", bool,
                "Stage 1 on a class-balanced downsample, stage 2 on the full train set from stage 1's best weights; "
                "--one_stage: one stage on all of train. Default (config two_stage auto): two stages only when the "
-               "downsample leaves out >= stage1.auto_min_dropped (0.25) of train, else one stage of "
+               "downsample leaves out >= stage1.auto_min_dropped (0.5) of train, else one stage of "
                "stage1 + stage2 epochs.", is_flag=True, secondary="--one_stage"),
         Option("--device", "device", str, "auto | cpu | cuda | cuda:N (default: config device, or $TEXTCLF_DEVICE)."),
         Option("--devices", "devices", int,

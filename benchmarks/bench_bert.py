@@ -80,8 +80,8 @@ VARIANTS = {
 #: ``--long_text``: the long-document datasets, truncation (the default) against chunking
 LONG_TEXT = {"datasets": ("bbc_news", "spamassassin"), "variants": ("default", "chunk")}
 #: ``--recipe``: the BERT recipe across the four datasets, one stage against two (auto picks one of them per dataset)
-RECIPE = {"variants": ("one_stage", "two_stage_focal"), "seeds": "13,14,15,16,17", "auto_of": {True: "two_stage_focal",
-                                                                                               False: "one_stage"}}
+#: (``auto_of``: the variant that runs what auto's plan picks, by its ``two_stage``)
+RECIPE = {"seeds": "13,14,15,16,17", "auto_of": {False: "one_stage", True: "two_stage_focal"}}
 #: the plain baseline, the default and the loss/stage combinations
 DEFAULT_VARIANTS = ("plain", "default", "one_stage_ce", "one_stage_focal", "two_stage_ce")
 PUBLISHED = {"movie_review_sentences": {"NBSVM (Wang & Manning 2012)": 0.794, "CNN (Kim 2014)": 0.815}}
@@ -378,10 +378,11 @@ def recipe_summary(datasets: dict, auto_plans: dict) -> dict:
                 "n": len(xs)}
 
     out, means = {"datasets": {}}, {"one_stage": [], "two_stage": [], "auto": []}
+    one_key, two_key = RECIPE["auto_of"][False], RECIPE["auto_of"][True]
     for name, r in datasets.items():
         v = r.get("variants") or {}
-        one = {s["seed"]: s["macro_f1"] for s in (v.get("one_stage") or {}).get("seed_runs", [])}
-        two = {s["seed"]: s["macro_f1"] for s in (v.get("two_stage_focal") or {}).get("seed_runs", [])}
+        one = {s["seed"]: s["macro_f1"] for s in (v.get(one_key) or {}).get("seed_runs", [])}
+        two = {s["seed"]: s["macro_f1"] for s in (v.get(two_key) or {}).get("seed_runs", [])}
         seeds = sorted(set(one) & set(two) & set(auto_plans.get(name, {})))
         if not seeds:
             continue
@@ -488,7 +489,7 @@ def add_ratios(result: dict) -> None:
 @click.option("--resume", is_flag=True,
               help="Keep the seed runs already in --output (same settings) and run only the missing ones.")
 @click.option("--recipe", is_flag=True,
-              help=f"The BERT recipe: all four datasets, variants {', '.join(RECIPE['variants'])}, seeds {RECIPE['seeds']} "
+              help=f"The BERT recipe: all four datasets, variants {', '.join(RECIPE['auto_of'].values())}, seeds {RECIPE['seeds']} "
                    "unless --seeds is given; adds the one stage / two stages / auto table [results: bert_recipe.json].")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Results JSON [default: benchmarks/results/bert.json, --quick: bert_quick.json].")
@@ -498,14 +499,13 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
     bench.start_fork_server()  # before anything large is loaded: see bench_common
     from textclf.core.atomic import atomic_write_json
 
+    datasets_given = click.get_current_context().get_parameter_source("datasets") != click.core.ParameterSource.DEFAULT
     if long_text:  # its datasets unless --datasets names others, always truncate against chunk
-        if click.get_current_context().get_parameter_source("datasets") == click.core.ParameterSource.DEFAULT:
-            datasets = ",".join(LONG_TEXT["datasets"])
+        datasets = datasets if datasets_given else ",".join(LONG_TEXT["datasets"])
         variants = ",".join(LONG_TEXT["variants"])
     if recipe:  # all four datasets unless --datasets names others; one stage against two; five seeds by default
-        if click.get_current_context().get_parameter_source("datasets") == click.core.ParameterSource.DEFAULT:
-            datasets = "all"
-        variants = ",".join(RECIPE["variants"])
+        datasets = datasets if datasets_given else "all"
+        variants = ",".join(RECIPE["auto_of"].values())
         seeds = seeds or RECIPE["seeds"]
     names = list(ALL_DATASETS) if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
     wanted = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
@@ -557,6 +557,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
     echo(f"BERT benchmark: {', '.join(names)}; variants {', '.join(wanted)}; device {device}; "
          f"{doc['machine']['cores_usable']} cores" + (f"; budget {max_minutes:g} min" if max_minutes else ""))
     common = [f"model.model_name={json.dumps(model_name)}", *overrides]
+    extras = {key: variant_overrides(key, common) for key in wanted}  # resolved once: the config is the same for every run
     with tempfile.TemporaryDirectory(prefix="bench-bert-") as tmp:
         for name in names:
             d = Path(data_root) / name
@@ -582,7 +583,7 @@ def main(datasets, variants, data_root, model_name, device, max_minutes, max_tra
                     result.setdefault("auto_plans", {})[str(seed)] = plan
                 run_label = f"run {rep + 1}" + ("" if seed is None else f", seed {seed}")
                 for i, key in enumerate(wanted, 1):
-                    title, extra = VARIANTS[key][0], variant_overrides(key, common)
+                    title, extra = VARIANTS[key][0], extras[key]
                     if max_minutes is not None and (time.perf_counter() - started) / 60 >= max_minutes:
                         echo(f"{name} / {title}: skipped, --max_minutes {max_minutes:g} spent")
                         result["variants"].setdefault(key, {"status": "skipped: time budget"})

@@ -139,6 +139,12 @@ def test_resume_adds_trials_to_the_same_study(tmp_path, tweets):
     assert meta["search"]["n_trials"] == 4
     train_cli(tweets, out, "--n_trials", "4", *small)  # target reached: no new trial, only the refit
     assert len(optuna.load_study(study_name="fasttext", storage=make_storage(None, out)).trials) == 4
+    # the refit rewrote the last run's model.bin: meta.json lists it again, so the directory still loads
+    assert list(json.loads((out / "meta.json").read_text())["files"]) == ["model.bin"]
+    result = CliRunner().invoke(cli, ["predict", "--model_path", str(out), "--input_path", str(tweets["test"]),
+                                      "--output_path", str(tmp_path / "pred.txt")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "pred.txt").read_text().splitlines()) == len(read_labelled(tweets["test"]).texts)
 
 
 def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, tweets):

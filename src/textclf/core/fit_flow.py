@@ -253,6 +253,11 @@ def train_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resu
     return fit_family(family, cfg, splits, output_dir, resume, meta_extra=meta_extra).output_dir
 
 
+def file_times(folder: Path) -> dict[Path, int]:
+    """Every file under ``folder`` with its modification time (ns): what a step wrote is what changed across it."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
 def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume: bool = False, *,
                search_dir: str | Path | None = None, shared: dict | None = None, echo: bool = True, plots: bool = True,
                meta_extra: dict | None = None) -> FitResult:
@@ -279,6 +284,7 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
     search_seconds = 0.0
     if wants_search(s):
         start = time.monotonic()
+        earlier = file_times(output_dir)  # a model directory trained before holds the last run's files
         space = family.space_fn() or config_space
         study = search(family, cfg, splits, search_dir, fit, space, shared)
         export_trials(study, search_dir)
@@ -290,10 +296,11 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
         best = best_trial(study)
         point = best.user_attrs.get("params") or {}
         final_cfg = apply_params(cfg, point)
-        searched = {p.name for p in output_dir.iterdir() if p.is_file()}  # trials.csv, the plots
+        # what the search wrote (trials.csv, the plots): not the model's files; the last run's model.bin is
+        searched = {p.name for p, t in file_times(output_dir).items() if p.parent == output_dir and earlier.get(p) != t}
         extra["search"] = search_summary(study, s["storage"], search_dir, s["metric"])
         log.info("best point on valid: %s", point)
-    before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
+    before = file_times(output_dir)
     fit_start = time.monotonic()
     predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume, shared=shared))
     extra["training_cost"] = {"fit_seconds": round(time.monotonic() - fit_start, 3), "search_seconds": round(search_seconds, 3)}

@@ -3,16 +3,21 @@
 For every dataset (``--datasets``; a missing one is skipped with a message), on the first
 ``--n_train`` rows of train (0: all), ``--n_valid``/``--n_test`` of valid/test (0: all):
 
-  teacher       the embeddings family with the packaged MiniLM encoder + logistic regression (its
-                default config, no search): the strongest teacher that fits this benchmark's time on
-                the shared 2-core machine (the issue's teacher, a fine-tuned MiniLM, is not trained here);
+  teacher       ``--teacher embeddings`` (default): the embeddings family with the packaged MiniLM
+                encoder + logistic regression (its default config, no search);
+                ``--teacher bert``: the issue's teacher, MiniLM fine-tuned by the BERT family (its default
+                config), exported with ``textclf export --quantize int8``: the teacher and the cascades
+                then run ONNX int8, its fastest CPU backend, and ``teacher_torch`` scores the same model
+                on PyTorch for the record;
   fasttext      fastText on the gold labels (``--ft_trials`` Optuna trials, bucket fixed to 200,000);
   distilled     ``textclf distill --student fasttext``: the same search on the gold rows plus the
                 teacher's labels of the train texts (confidence-weighted copies);
   distilled+U   the same plus ``--n_unlabeled`` unlabelled texts: the train rows after the first
                 ``--n_train`` (their labels are dropped), so only with ``--n_train`` < the train size;
-  cascade       ``textclf cascade --max_f1_loss 0.005`` of the gold fastText and of the best-fed student
-                (distilled+U, else distilled) with the teacher, tau chosen on valid.
+  distilled_aug ``textclf distill --augment N`` (``--augment``, default 5): the teacher also labels N synthetic
+                variants of each train text (token deletion, n-gram sampling: :mod:`textclf.core.augment`);
+  cascade       ``textclf cascade --max_f1_loss 0.005`` of the gold fastText and of the distilled student
+                with the best valid macro-F1, with the teacher, tau chosen on valid.
 
 Every model is scored on the test slice in this process with the leaderboard's ``measure``
 (``predict`` in batches of 256, one warm-up batch, repeated until 0.5 s are timed): macro-F1 and
@@ -59,14 +64,33 @@ def ft_overrides(trials: int) -> list[str]:
     return [f"search.n_trials={trials}", f"search.space.bucket={BUCKET_SPACE}", "model.bucket=200000"]
 
 
-def score(model_dir: Path, test: Path) -> dict:
+def train_teacher(kind: str, spec) -> None:
+    """Train the teacher (``kind``: embeddings or bert, see the module docstring); a BERT teacher is exported to ONNX int8."""
+    from textclf.services import runs
+    from textclf.services.export import export_onnx
+
+    if kind == "embeddings":
+        runs.train(spec("embeddings", "teacher", ["encoder.name=minilm", "classifier=logreg", "device=cpu",
+                                                  "search.n_trials=0"]))
+        return
+    run = spec("bert", "teacher", ["device=cpu"])
+    runs.train(run)
+    export_onnx(run.output_dir, quantize="int8")
+
+
+def best_student(work: Path, names: list[str]) -> str:
+    """The distilled student with the best valid macro-F1 (its meta.json): the one the second cascade uses."""
+    return max(names, key=lambda n: json.loads((work / n / "meta.json").read_text())["metrics"]["valid"]["macro_f1"])
+
+
+def score(model_dir: Path, test: Path, backend: str | None = None) -> dict:
     """Test macro-F1 and docs/s of ``model_dir`` (the leaderboard's measure); a cascade's test share to the teacher."""
     from textclf.core.data import read_labelled
     from textclf.core.loading import load_predictor
     from textclf.core.metrics import classification_metrics
     from textclf.services.compare.leaderboard import measure
 
-    r = measure(str(model_dir), str(test), batch_size=256)
+    r = measure(str(model_dir), str(test), batch_size=256, backend=backend)
     ds = read_labelled(test, min_classes=0)
     m = classification_metrics(ds.labels, r["predictions"], r["labels"])
     out = {"macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4), "docs_per_s": round(r["docs_per_s"], 1),
@@ -117,15 +141,17 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
         return RunSpec(family=family, train_path=str(train), valid_path=str(valid), test_path=str(test),
                        output_dir=d / out, overrides=tuple(overrides), track=False)
 
-    timed("teacher", lambda: runs.train(spec("embeddings", "teacher", ["encoder.name=minilm", "classifier=logreg",
-                                                                        "device=cpu", "search.n_trials=0"])))
+    timed("teacher", lambda: train_teacher(opts["teacher"], spec))
     ft = ft_overrides(opts["ft_trials"])
     timed("fasttext", lambda: runs.train(spec("fasttext", "fasttext", ft)))
     timed("distilled", lambda: distill(DistillSpec(spec("fasttext", "distilled", ft), str(d / "teacher"))))
     if unlabeled:
         timed("distilled_u", lambda: distill(DistillSpec(spec("fasttext", "distilled_u", ft), str(d / "teacher"),
                                                          str(unlabeled))))
-    for student in ("fasttext", "distilled_u" if unlabeled else "distilled"):
+    if opts["augment"]:
+        timed("distilled_aug", lambda: distill(DistillSpec(spec("fasttext", "distilled_aug", ft), str(d / "teacher"),
+                                                           augment=opts["augment"])))
+    for student in ("fasttext", best_student(d, [k for k in models if k.startswith("distilled")])):
         if student in models:
             timed(f"cascade_{student}", lambda s=student: build_cascade(d / s, d / "teacher", valid, d / f"cascade_{s}",
                                                                         test_path=test))
@@ -133,6 +159,8 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
     for key, model in models.items():
         echo(f"{name}: scoring {key} on test ...")
         rows[key] = score(model, test)
+        if key == "teacher" and opts["teacher"] == "bert":
+            rows["teacher_torch"] = score(model, test, backend="torch")
     t = rows["teacher"]
     for r in rows.values():
         r["speedup_vs_teacher"] = round(r["docs_per_s"] / t["docs_per_s"], 1)
@@ -175,16 +203,21 @@ def table(results: dict) -> str:
 @click.option("--output", default=None, help="Results JSON (default benchmarks/results/distill.json).")
 @click.option("--keep", default=None, help="Keep the models under this folder (default: a temporary one).")
 @click.option("--reuse", is_flag=True, help="With --keep: reuse the teacher and the gold fastText already trained there.")
+@click.option("--teacher", type=click.Choice(["embeddings", "bert"]), default="embeddings", show_default=True,
+              help="MiniLM embeddings + logistic regression, or MiniLM fine-tuned by the BERT family (ONNX int8).")
+@click.option("--augment", type=int, default=5, show_default=True,
+              help="distilled_aug: the student with this many synthetic variants of each train text (0: no such student).")
 @click.option("--quick", is_flag=True, help="Smoke check: 100/60/60 rows, 50 unlabelled, 2 trials (-> distill_quick.json).")
-def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, output, keep, reuse, quick):
-    """Distilled fastText students and cascades against an embeddings MiniLM teacher (see the module docstring)."""
+def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, output, keep, reuse, teacher, augment,
+         quick):
+    """Distilled fastText students and cascades against a MiniLM teacher (see the module docstring)."""
     os.environ.setdefault("TEXTCLF_TRACK", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     echo = make_echo(show_elapsed=True)
     if quick:
         n_train, n_valid, n_test, n_unlabeled, ft_trials = 100, 60, 60, 50, 2
     opts = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unlabeled": n_unlabeled, "ft_trials": ft_trials,
-            "reuse": reuse and bool(keep)}
+            "reuse": reuse and bool(keep), "teacher": teacher, "augment": augment}
     out = results_path(output, "distill", quick)
     doc = results_doc("distill", {**opts, "datasets": datasets}, PACKAGES, results={})
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench-distill-"))

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from textclf.cli import cli
+from textclf.core.augment import augment_texts
 from textclf.core.data import read_labelled
 from textclf.core.loading import load_predictor
 from textclf.core.metrics import classification_metrics
@@ -153,6 +154,37 @@ def test_embeddings_student_learns_the_soft_labels(models, data, tmp_path):
     one_line_error(textclf("distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", data["train"],
                            "--valid_path", data["valid"], "--soft", "--output_dir", tmp_path / "ft", *FT, ok=False),
                    "family 'fasttext' does not take per-row weights")
+
+
+def test_augment_texts_makes_seeded_distinct_variants():
+    texts = ["i really love this phone and the battery lasts all day", "meh", "no way this is happening again today"]
+    a = augment_texts(texts, 5, seed=13)
+    assert a == augment_texts(texts, 5, seed=13) and a != augment_texts(texts, 5, seed=14)
+    assert len(a) == len(set(a)) and not set(a) & set(texts) and all(v.strip() for v in a)
+    # every variant is an ordered subsequence of the tokens of one source text (deletion, then an n-gram window)
+    def subsequence(v, t):
+        it = iter(t.split())
+        return all(tok in it for tok in v.split())
+    assert all(any(subsequence(v, t) for t in texts) for v in a)
+    assert len(a) <= 5 * len(texts) and len(a) >= 5  # the long texts give several variants; "meh" may give none
+    assert augment_texts(texts, 0) == []
+
+
+def test_distill_augment_labels_variants_of_the_train_texts(models, data, tmp_path):
+    out = tmp_path / "aug"
+    textclf("distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", data["train"],
+            "--valid_path", data["valid"], "--augment", "2", "--output_dir", out, *FT)
+    meta = json.loads((out / "meta.json").read_text())
+    d = meta["distill"]
+    train = read_labelled(data["train"])
+    expected = augment_texts(train.texts, 2, seed=meta["config"]["seed"])
+    assert d["data"]["augmented_texts"] == len(expected) > len(train)
+    assert d["data"]["teacher_texts"] == len(train) + len(expected)
+    assert d["augment"]["per_text"] == 2 and d["augment"]["seed"] == meta["config"]["seed"]
+    assert load_predictor(out).predict(["what a great day"])[0] in meta["labels"]
+    one_line_error(textclf("distill", "--teacher", models["teacher"], "--student", "fasttext", "--train_path", data["train"],
+                           "--valid_path", data["valid"], "--augment", "-1", "--output_dir", tmp_path / "bad", ok=False),
+                   "--augment")
 
 
 def test_distill_bad_input_is_one_line(models, data, tmp_path):

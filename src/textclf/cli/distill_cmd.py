@@ -32,9 +32,12 @@ from textclf.services.distill import DEFAULT_REPEATS
 @click.option("--soft/--hard", default=None,
               help="Learn the teacher's soft labels as per-row weights (default when the student's family takes weights: "
                    "embeddings), or its hard labels with confidence-weighted copies (the default for the others).")
+@click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also let the teacher label N synthetic variants of each training text (token deletion, n-gram "
+                   "sampling; seeded by the config's seed).")
 @store_options
 def distill(teacher, student, train_path, valid_path, test_path, output_dir, config_path, overrides, unlabeled_path,
-            unlabeled_format, text_column, temperature, repeats, balance, batch_size, soft, tracking_uri, track):
+            unlabeled_format, text_column, temperature, repeats, balance, batch_size, soft, augment, tracking_uri, track):
     """Train a STUDENT family on the gold labels plus TEACHER's labels of the train (and unlabelled) texts."""
     from textclf.services.distill import DistillSpec
     from textclf.services.distill import distill as run_distill
@@ -43,7 +46,7 @@ def distill(teacher, student, train_path, valid_path, test_path, output_dir, con
     run = RunSpec(family=student, train_path=train_path, valid_path=valid_path, test_path=test_path, output_dir=output_dir,
                   config=config_path, overrides=tuple(overrides), track=track, tracking_uri=tracking_uri, command="distill")
     result = run_distill(DistillSpec(run, teacher, unlabeled_path, unlabeled_format, text_column, temperature, repeats,
-                                     batch_size, balance, soft))
+                                     batch_size, balance, soft, augment))
     click.echo(f"distilled {student} student written to {result.model_dir}")
 
 

@@ -5,7 +5,9 @@ The flow (:func:`distill`):
 1. the student's family, config and gold splits come from :func:`textclf.services.runs.prepare`
    (the same checks as ``textclf train``);
 2. the teacher (any model directory: BERT, embeddings, an ensemble, a cascade) predicts
-   probabilities on the training texts plus any unlabelled text (``--unlabeled_path``), softened by the ``temperature`` ``T``
+   probabilities on the training texts plus any unlabelled text (``--unlabeled_path``) plus
+   ``--augment N`` synthetic variants of each training text (:mod:`textclf.core.augment`: token
+   deletion and n-gram sampling), softened by the ``temperature`` ``T``
    (``q ∝ p^(1/T)``, i.e. the logits divided by ``T``);
 3. the training set the student sees is the gold rows plus the teacher's argmax label of every
    unlabelled text, repeated by the teacher's confidence (:func:`copies`): a text the teacher is
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from textclf.core.augment import MAX_NGRAM, P_DROP, P_NGRAM, augment_texts
 from textclf.core.data import Dataset, batched, iter_texts
 from textclf.core.errors import ConfigError, DataError
 from textclf.core.integrity import sha256_file
@@ -64,6 +67,8 @@ class DistillSpec:
     balance: bool = True
     #: learn the teacher's soft labels as per-row weights (None: when the student's family takes weights)
     soft: bool | None = None
+    #: variants of each training text added to the teacher's texts (:mod:`textclf.core.augment`; 0: none)
+    augment: int = 0
 
 
 def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -189,6 +194,8 @@ def distill(spec: DistillSpec) -> RunResult:
         raise ConfigError(f"--temperature must be > 0, got {spec.temperature:g}")
     if spec.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {spec.repeats}")
+    if spec.augment < 0:
+        raise ConfigError(f"--augment must be >= 0, got {spec.augment}")
     teacher_dir = _resolve(spec.teacher)[0]
     out = Path(spec.run.output_dir)
     if out.resolve() == teacher_dir.resolve() or teacher_dir.resolve() in out.resolve().parents:
@@ -203,6 +210,8 @@ def distill(spec: DistillSpec) -> RunResult:
     texts = list(splits.train.texts)
     if spec.unlabeled_path:
         texts += read_unlabeled(spec.unlabeled_path, spec.unlabeled_format, spec.text_column)
+    augmented = augment_texts(splits.train.texts, spec.augment, seed=int(cfg.get("seed") or 0)) if spec.augment else []
+    texts += augmented
     teacher_hash = sha256_file(teacher_dir / META_FILE)  # meta.json lists the hash of every file the model loads
     proba = teacher_proba(teacher, texts, splits.labels, spec.batch_size)
     soft = bool(family.weights) if spec.soft is None else spec.soft
@@ -218,7 +227,11 @@ def distill(spec: DistillSpec) -> RunResult:
         method = "hard labels, confidence-weighted copies" + (", balanced to the gold class shares" if spec.balance else "")
     record = {"teacher": {"path": str(teacher_dir), "kind": teacher.kind, "meta_sha256": teacher_hash},
               "temperature": spec.temperature, "soft": soft, **({} if soft else {"repeats": spec.repeats, "balance": spec.balance}),
-              "method": method, "data": {"train": splits.paths.get("train"), "unlabeled": spec.unlabeled_path, **counts}}
+              "method": method, "data": {"train": splits.paths.get("train"), "unlabeled": spec.unlabeled_path,
+                                         "augmented_texts": len(augmented), **counts}}
+    if spec.augment:
+        record["augment"] = {"per_text": spec.augment, "p_drop": P_DROP, "p_ngram": P_NGRAM, "max_ngram": MAX_NGRAM,
+                             "seed": int(cfg.get("seed") or 0), "rules": "Tang et al. 2019: token deletion, n-gram sampling"}
     tags = {f"{TAG_PREFIX}teacher": str(teacher_dir), f"{TAG_PREFIX}teacher_sha256": teacher_hash,
             f"{TAG_PREFIX}temperature": str(spec.temperature), f"{TAG_PREFIX}unlabeled": str(spec.unlabeled_path or "")}
     run = replace(spec.run, meta_extra={**(spec.run.meta_extra or {}), META_KEY: record},

@@ -98,16 +98,18 @@ def model_size_bytes(model_dir: Path, meta: dict) -> int:
 
 
 def measure(model_dir: str, data_path: str, data_format: str | None = None, text_column: str = "text",
-            label_column: str = "label", batch_size: int = 1024, thresholds: bool = True) -> dict:
+            label_column: str = "label", batch_size: int = 1024, thresholds: bool = True,
+            backend: str | None = None) -> dict:
     """Load one model, note its load time and peak RSS, then predict ``data_path`` (timed); return it all.
 
     Meant to run in a fresh process (:func:`measure_isolated`) so the RSS is the model's own.
+    ``backend``: as :func:`textclf.core.loading.load_predictor`'s (None: ONNX when the model has an export).
     """
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import load_predictor
 
     start = time.perf_counter()
-    predictor = load_predictor(model_dir, thresholds=thresholds)
+    predictor = load_predictor(model_dir, thresholds=thresholds, backend=backend)
     load_s = time.perf_counter() - start
     rss = peak_rss_mb()
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,

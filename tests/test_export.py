@@ -210,3 +210,44 @@ def test_export_and_backend_errors_are_one_line(tmp_path, tweets):
     result = invoke("predict", "--model_path", lstm, "--input_path", tweets["test"], "--output_path", tmp_path / "o.txt")
     assert result.exit_code == 2 and "model.onnx: truncated" in result.output and "Traceback" not in result.output
     assert type(load_predictor(lstm, backend="torch")).__name__ == "LSTMPredictor"
+
+
+# --------------------------------------------------------------------------- an export belongs to one model
+
+
+def test_export_follows_the_model_it_was_made_from(tmp_path, tweets):
+    """Calibrating keeps the export; retraining into the directory removes it; weights copied in make it stale."""
+    from conftest import head_csv
+
+    train, valid = head_csv(tweets["train"], tmp_path / "train.csv", 300), head_csv(tweets["valid"], tmp_path / "valid.csv", 100)
+    model = tmp_path / "lstm"
+
+    def train_lstm(out, seed):
+        result = invoke("train", "lstm", "--train_path", train, "--valid_path", valid, "--output_dir", out, "--epochs", "1",
+                        "--device", "cpu", "--set", f"seed={seed}")
+        assert result.exit_code == 0, result.output
+
+    train_lstm(model, 1)
+    assert invoke("export", "--model_path", model).exit_code == 0
+    info = json.loads((model / "onnx.json").read_text())
+    assert info["source_files"] == json.loads((model / "meta.json").read_text())["files"] and "model.pt" in info["source_files"]
+    assert invoke("calibrate", "--model_path", model, "--valid_path", valid, "--method", "temperature").exit_code == 0
+    assert load_predictor(model).backend == "onnx"  # the calibration file is not part of what was exported
+
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(model, copy)
+    train_lstm(model, 2)  # a new model in the same directory: the old export goes
+    assert not any((model / name).exists() for name in ("onnx.json", "model.onnx", "model.int8.onnx"))
+    assert type(load_predictor(model)).__name__ == "LSTMPredictor"
+
+    for name in ("model.pt", "meta.json"):  # the new weights copied over the exported directory: its export is stale
+        shutil.copy(model / name, copy / name)
+    texts = read_labelled(valid).texts
+    np.testing.assert_array_equal(load_predictor(copy).predict_proba(texts), load_predictor(model).predict_proba(texts))
+    result = invoke("predict", "--model_path", copy, "--input_path", valid, "--output_path", tmp_path / "o.txt",
+                    "--backend", "onnx")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == (f"Error: {copy}/onnx.json: the ONNX export is of an earlier model (the weights in "
+                                     f"meta.json changed since); run again: textclf export --model_path {copy} --format onnx")

@@ -59,6 +59,7 @@ from textclf.core.errors import ConfigError
 from textclf.core.integrity import FILES_KEY, files_block
 from textclf.core.meta import META_FILE
 from textclf.core.metrics import direction, metric_value
+from textclf.core.onnx_runtime import remove_export
 from textclf.core.predictor import Predictor, evaluate_predictor
 from textclf.core.tempfiles import owned_temp_dir
 from textclf.core.training import PLUGIN_DIR, Splits, ddp_rank, finish_run
@@ -309,6 +310,9 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
     if not isinstance(predictor, Predictor):
         raise ConfigError(f"family {family.name!r} does not implement the contract: fit must return a Predictor, "
                           f"got {type(predictor).__name__}")
+    stale = remove_export(output_dir)  # an ONNX export of the model this one replaces
+    if stale:
+        log.info("removed the earlier model's ONNX export from %s: %s", output_dir, ", ".join(stale))
     info = {**({"params": final_cfg["model"]} if "model" in final_cfg else {}),  # families without a model block: none
             **(getattr(predictor, "fit_info", None) or {})}
     # the files loading needs: what fit names in fit_info["files"] (a family that also writes logs or

@@ -26,6 +26,7 @@ usable cores).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -43,6 +44,8 @@ BACKENDS = ("torch", "onnx")
 ACTIVATION_KEY = "textclf.activation_quantization"
 DYNAMIC_ACTIVATIONS = "dynamic-per-tensor"
 THREADS_ENV = "TEXTCLF_THREADS"
+
+log = logging.getLogger(__name__)
 
 
 def read_info(model_dir: str | Path) -> dict | None:
@@ -64,8 +67,50 @@ def onnx_kinds() -> tuple[str, ...]:
     return tuple(name for name, fam in all_families().items() if fam.onnx)
 
 
+#: ``onnx.json`` key: the model files (sizes and SHA-256, from meta.json's ``files``) the export was made from
+SOURCE_KEY = "source_files"
+#: every file ``textclf export`` writes; training a new model into the directory removes them (:func:`remove_export`)
+EXPORT_FILES = (INFO_FILE, FP32_FILE, INT8_FILE)
+
+
+def source_files(meta: dict) -> dict:
+    """The records of meta.json's ``files`` an export is made from: all but the calibration file.
+
+    ``textclf calibrate`` adds or replaces that file after an export, and the ONNX Predictor applies
+    it as the family's own does, so it does not make an export stale.
+    """
+    from textclf.core.calibration import FILE_PREFIX
+
+    return {name: rec for name, rec in (meta.get("files") or {}).items() if not name.startswith(FILE_PREFIX)}
+
+
+def stale_export(model_dir: str | Path, meta: dict) -> bool:
+    """Whether ``onnx.json`` exports another model than the one meta.json describes (retrained since the export).
+
+    An export records :func:`source_files` of the meta.json it was made from (:data:`SOURCE_KEY`); an
+    export older than that record cannot be checked and counts as current.
+    """
+    info = read_info(model_dir)
+    return bool(info) and SOURCE_KEY in info and info[SOURCE_KEY] != source_files(meta)
+
+
+def remove_export(model_dir: str | Path) -> list[str]:
+    """Delete the ONNX export of ``model_dir`` (``onnx.json`` first, so no half export is ever picked); the names removed."""
+    removed = []
+    for name in EXPORT_FILES:
+        path = Path(model_dir) / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
 def use_onnx(model_dir: str | Path, meta: dict, model_file: str | Path | None, backend: str | None) -> bool:
-    """Whether ``load_predictor`` should load the ONNX export (see the module docstring)."""
+    """Whether ``load_predictor`` should load the ONNX export (see the module docstring).
+
+    A stale export (:func:`stale_export`) is never used: asked for (``--backend onnx`` or an
+    ``.onnx`` file) it is a one-line ModelError, by default the family's own Predictor loads, with a warning.
+    """
     if backend not in (None, "auto", *BACKENDS):
         raise ConfigError(f"--backend {backend!r}: choose torch or onnx")
     names_onnx = model_file is not None and Path(model_file).suffix == ".onnx"
@@ -73,18 +118,26 @@ def use_onnx(model_dir: str | Path, meta: dict, model_file: str | Path | None, b
         if names_onnx:
             raise ConfigError(f"--backend torch, but --model_path names an ONNX file ({model_file})")
         return False
+    exported = (Path(model_dir) / INFO_FILE).is_file()
+    stale = exported and stale_export(model_dir, meta)
+    command = f"textclf export --model_path {model_dir} --format onnx"
+    if stale and (names_onnx or backend == "onnx"):
+        raise ModelError(f"{model_dir}/{INFO_FILE}: the ONNX export is of an earlier model (the weights in meta.json "
+                         f"changed since); run again: {command}")
     if names_onnx:
         return True
-    exported = (Path(model_dir) / INFO_FILE).is_file()
     kinds = onnx_kinds()
     if backend == "onnx":
         if meta.get("kind") not in kinds:
             raise ModelError(f"{model_dir}: --backend onnx: {meta.get('kind')} models have no ONNX export "
                              f"(families with one: {', '.join(kinds)})")
         if not exported:
-            raise ModelError(f"{model_dir}: --backend onnx, but there is no ONNX export ({INFO_FILE}); "
-                             f"run: textclf export --model_path {model_dir} --format onnx")
+            raise ModelError(f"{model_dir}: --backend onnx, but there is no ONNX export ({INFO_FILE}); run: {command}")
         return True
+    if stale:
+        log.warning("%s: the ONNX export is of an earlier model (the weights changed since): using the %s Predictor; %s",
+                    model_dir, meta.get("kind"), f"run again: {command}")
+        return False
     return exported and model_file is None and meta.get("kind") in kinds
 
 

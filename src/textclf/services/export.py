@@ -42,8 +42,10 @@ from textclf.core.onnx_runtime import (
     FP32_FILE,
     INFO_FILE,
     INT8_FILE,
+    SOURCE_KEY,
     load_onnx_predictor,
     onnx_kinds,
+    source_files,
 )
 from textclf.core.registry import get_family
 
@@ -146,7 +148,8 @@ def export_onnx(model_dir: str | Path, quantize: str | None = None, check_texts:
         (model_dir / INT8_FILE).unlink(missing_ok=True)
     info = {"format": "onnx", "kind": kind, "opset": OPSET, "default": files[-1],
             "files": {name: file_record(model_dir / name) for name in files},
-            "quantize": quantize, "check": checks, "seconds": round(time.perf_counter() - start, 2),
+            "quantize": quantize, "check": checks, SOURCE_KEY: source_files(meta),
+            "seconds": round(time.perf_counter() - start, 2),
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
     atomic_write_json(model_dir / INFO_FILE, info)
     log.info("exported %s: %s", model_dir, json.dumps(checks))

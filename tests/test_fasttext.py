@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -145,6 +146,37 @@ def test_resume_adds_trials_to_the_same_study(tmp_path, tweets):
                                       "--output_path", str(tmp_path / "pred.txt")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "pred.txt").read_text().splitlines()) == len(read_labelled(tweets["test"]).texts)
+
+
+def test_a_search_on_other_data_never_resumes_another_study(tmp_path, tweets):
+    """Same output directory, other training rows: a new study (the old journal kept aside); in a named storage: an error."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import head_csv
+
+    small = ["--set", "search.space.epoch.high=10", "--set", 'search.space.dim={"type": "categorical", "choices": [20]}',
+             *SMALL_BUCKETS]
+    out = tmp_path / "model"
+    train_cli(tweets, out, "--n_trials", "2", *small)
+    other = dict(tweets, train=head_csv(tweets["train"], tmp_path / "train_head.csv", 1000))
+    train_cli(other, out, "--n_trials", "2", *small)
+    journal = make_storage(None, out)
+    [study] = optuna.get_all_study_summaries(journal)
+    assert study.n_trials == 2  # two new trials, not the two of the first search
+    assert (out / "study.journal.previous").is_file()
+    assert len(optuna.load_study(study_name="fasttext", storage=make_storage(str(out / "study.journal.previous"), out)).trials) == 2
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["search"]["n_trials"] == 2 and meta["data"]["train"] == str(other["train"])
+    train_cli(other, out, "--n_trials", "3", *small)  # the same search again: it resumes
+    assert len(optuna.load_study(study_name="fasttext", storage=make_storage(None, out)).trials) == 3
+
+    shared = tmp_path / "shared.journal"
+    train_cli(tweets, tmp_path / "a", "--n_trials", "1", "--set", f"search.storage={shared}", *small)
+    args = ["train", "fasttext", "--train_path", str(other["train"]), "--valid_path", str(tweets["valid"]),
+            "--output_dir", str(tmp_path / "b"), "--n_trials", "1", "--set", f"search.storage={shared}", *small]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: study 'fasttext' in {shared} holds 1 trials of another search (other training or validation data, "
+        "labels or metric); name a new study with --set search.study_name=NAME")
 
 
 def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, tweets):

@@ -188,16 +188,62 @@ def checked_config(family, cfg: dict, task: str) -> dict:
     return with_task_metric(cfg, task)
 
 
+#: the study's user attribute holding :func:`search_fingerprint`
+FINGERPRINT_KEY = "textclf.search_fingerprint"
+#: a search replaced in its model directory keeps its journal under this suffix
+PREVIOUS_SUFFIX = ".previous"
+def search_fingerprint(family: str, metric: str, splits: Splits) -> str:
+    """SHA-256 of what makes two searches' trial values comparable: the family, the metric, the label set and
+    task, and the training and validation rows (texts, labels, weights).
+
+    A study resumes only when this matches (:func:`search`). The test split, the budget and the search
+    space may change: a trial records its own parameters, and Optuna's samplers take a space that
+    grows or shrinks between runs.
+    """
+    import hashlib
+    import json
+
+    rows = [[d.texts, [list(y) if isinstance(y, tuple) else y for y in d.labels], d.weights]
+            for d in (splits.train, splits.valid)]
+    text = json.dumps([family, metric, splits.task, list(splits.labels), rows], default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def search(family, cfg: dict, splits: Splits, output_dir: Path, fit: Callable, space: Callable, shared: dict | None = None):
-    """Run (or resume) the family's Optuna study on valid (journal, progress.log in ``output_dir``); returns it."""
+    """Run (or resume) the family's Optuna study on valid (journal, progress.log in ``output_dir``); returns it.
+
+    A study resumes only for the same search (:func:`search_fingerprint`). A study in the model
+    directory that holds another search's trials (other data, labels or metric) is moved to
+    ``study.journal.previous`` and a new one starts; in a storage named by ``search.storage`` that is
+    a one-line ConfigError instead (other workers may own it). Studies older than the fingerprint resume.
+    """
     import optuna
     from optuna.trial import TrialState
 
     s = cfg["search"]
     check_metric(s["metric"], splits.labels, splits.task)
     make_pruner = family.pruner_fn()
-    study = open_study(s["study_name"] or family.name, make_storage(s["storage"], output_dir), seed=cfg["seed"],
-                       direction=direction(s["metric"]), pruner=make_pruner(cfg) if make_pruner else None)
+
+    def study_here():
+        return open_study(s["study_name"] or family.name, make_storage(s["storage"], output_dir), seed=cfg["seed"],
+                          direction=direction(s["metric"]), pruner=make_pruner(cfg) if make_pruner else None)
+
+    study = study_here()
+    fingerprint = search_fingerprint(family.name, s["metric"], splits)
+    held = study.user_attrs.get(FINGERPRINT_KEY)
+    n_held = len(study.get_trials(deepcopy=False))
+    if held not in (None, fingerprint) and n_held:
+        if s["storage"]:
+            raise ConfigError(f"study {study.study_name!r} in {s['storage']} holds {n_held} trials of another search "
+                              "(other training or validation data, labels or metric); name a new study "
+                              "with --set search.study_name=NAME")
+        previous = output_dir / f"{JOURNAL_FILE}{PREVIOUS_SUFFIX}"
+        (output_dir / JOURNAL_FILE).replace(previous)
+        log.warning("%s held a search of %d trials on other data, labels or metric: kept as %s; "
+                    "starting a new study", output_dir, n_held, previous.name)
+        study = study_here()
+    if held != fingerprint:
+        study.set_user_attr(FINGERPRINT_KEY, fingerprint)
     if not study.get_trials(deepcopy=False) and s.get("start_params"):
         points = start_points(s.get("space") or {}, s["start_params"])
         for point in points[: s["n_trials"] or None]:

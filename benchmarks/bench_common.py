@@ -129,6 +129,7 @@ def quiet_job() -> None:
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, force=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
 

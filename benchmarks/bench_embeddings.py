@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,16 +45,7 @@ SHORT_TEXT = ("tweets_sentiment", "movie_review_sentences")
 PACKAGES = ("textclf", "torch", "sentence-transformers", "scikit-learn", "optuna", "fasttext-community", "numpy")
 
 
-def _quiet() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, force=True)
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the families' reports; this job returns its numbers
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_quiet = bench.quiet_job
 
 
 def _metrics(true, pred, labels) -> dict:

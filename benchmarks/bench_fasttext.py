@@ -35,6 +35,7 @@ from bench_common import (
     machine_info,
     make_echo,
     peak_rss_mb,
+    quiet_job,
     start_fork_server,
     usable_cores,
     utc_now,
@@ -52,17 +53,7 @@ AUTOTUNE_NOTE = ("fastText autotune cannot optimise macro-F1: it ran with autotu
 
 # --------------------------------------------------------------------------- helpers run in child processes
 
-def _quiet_child() -> None:
-    """In a phase process: fastText's C++ progress output goes to stderr, Optuna and warnings stay quiet."""
-    import logging
-    import warnings
-
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module="optuna")
-    warnings.filterwarnings("ignore", category=Warning, message=".*experimental.*")
+_quiet_child = quiet_job
 
 
 def _score(model, labels: list[str], test_path: str) -> dict:

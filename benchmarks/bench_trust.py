@@ -27,13 +27,23 @@ binomial standard errors of the test accuracy, ``2 * sqrt(acc (1 - acc) / n)``):
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import click
-from bench_common import DATA_ROOT, REPO, dataset_paths, in_child, machine_info, make_echo, peak_rss_mb, start_fork_server, utc_now
+from bench_common import (
+    DATA_ROOT,
+    REPO,
+    dataset_paths,
+    in_child,
+    machine_info,
+    make_echo,
+    peak_rss_mb,
+    quiet_job,
+    start_fork_server,
+    utc_now,
+)
 
 DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 PLUGIN = REPO / "examples" / "plugins" / "tfidf_logreg.py"
@@ -44,15 +54,7 @@ ECE_TARGET = 0.03
 ROUND_TRIP_ROWS = 200
 
 
-def _quiet() -> None:
-    """In a job process: training reports go to stderr, libraries stay quiet."""
-    import logging
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    logging.getLogger().setLevel(logging.WARNING)
-    sys.stdout = sys.stderr
+_quiet = quiet_job
 
 
 # --------------------------------------------------------------------------- section: calibration

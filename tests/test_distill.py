@@ -111,6 +111,10 @@ def test_distill_records_the_teacher_and_trains_on_its_labels(models, data, tmp_
     gold_share = train.labels.count(meta["labels"][0]) / len(train)
     assert d["data"]["teacher_label_counts"][meta["labels"][0]] / d["data"]["teacher_rows"] == pytest.approx(gold_share, abs=0.02)
     assert meta["kind"] == "fasttext" and meta["metrics"]["valid"]["macro_f1"] > 0.5
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"- distilled from the teacher `{models['teacher']}` (embeddings, meta.json SHA-256 `{d['teacher']['meta_sha256']}`)" in card
+    assert f"- student training set: {len(train)} gold rows, {len(texts)} texts labelled by the teacher, unlabelled text " \
+           f"from `{unlabeled}`; {d['data']['teacher_rows']} teacher rows" in card
     from textclf.services.tracking import open_store
 
     [run] = open_store(uri).search()
@@ -223,6 +227,10 @@ def test_cascade_meta_share_and_tau_consistent(models, data):
     assert all(p["macro_f1"] < teacher_f1 - 0.005 for p in curve if p["share_to_teacher"] < share - 1e-12)
     assert meta["metrics"]["valid"]["macro_f1"] == pytest.approx(meta["cascade"]["valid"]["macro_f1"])
     assert f"{share:.1%} of valid reaches the teacher" in models["cascade_output"]
+    card = (models["cascade"] / "MODEL_CARD.md").read_text()
+    assert (f"- cascade: the student `fasttext` (`members/student`) answers a text when its confidence is >= tau "
+            f"{meta['tau']:.4f}, the teacher `embeddings` (`members/teacher`) answers the rest") in card
+    assert f"{share:.1%} of the valid texts go to the teacher" in card and "- ensemble (" not in card
 
 
 @pytest.mark.slow  # predicts in another process (quick: test_cascade_records_its_size_under_a_budget)

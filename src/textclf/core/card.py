@@ -219,6 +219,35 @@ def data_section(meta: dict) -> list[str]:
     return out
 
 
+def cascade_lines(meta: dict) -> list[str]:
+    """A cascade's members, its threshold and the share of texts its teacher answers (``textclf cascade``)."""
+    roles = {m.get("role"): m for m in meta.get("members") or []}
+    student, teacher = roles.get("student") or {}, roles.get("teacher") or {}
+    info = meta.get("cascade") or {}
+    valid = info.get("valid") or {}
+    target = ", ".join(f"{k} {v}" for k, v in (info.get("target") or {}).items()) or "?"
+    share = f"{valid['share_to_teacher']:.1%}" if isinstance(valid.get("share_to_teacher"), int | float) else "?"
+    return [f"- cascade: the student `{student.get('kind')}` (`{student.get('path')}`) answers a text when its "
+            f"confidence is >= tau {_fmt(meta.get('tau'))}, the teacher `{teacher.get('kind')}` (`{teacher.get('path')}`) "
+            f"answers the rest",
+            f"- tau chosen on valid for the target {target}: {share} of the valid texts go to the teacher; valid macro-F1 {_fmt(valid.get('macro_f1'))} (student alone "
+            f"{_fmt(valid.get('student_macro_f1'))}, teacher alone {_fmt(valid.get('teacher_macro_f1'))})"]
+
+
+def distill_lines(record: dict) -> list[str]:
+    """Where a distilled student's extra training rows came from (``textclf distill``'s meta.json block)."""
+    teacher = record.get("teacher") or {}
+    data = record.get("data") or {}
+    sources = [f"{data.get('gold_rows', '?')} gold rows", f"{data.get('teacher_texts', '?')} texts labelled by the teacher"]
+    if data.get("unlabeled"):
+        sources.append(f"unlabelled text from `{data['unlabeled']}`")
+    if data.get("augmented_texts"):
+        sources.append(f"{data['augmented_texts']} synthetic variants of the train texts")
+    return [f"- distilled from the teacher `{teacher.get('path')}` ({teacher.get('kind')}, meta.json SHA-256 "
+            f"`{teacher.get('meta_sha256')}`), temperature {record.get('temperature')}: {record.get('method')}",
+            f"- student training set: {', '.join(sources)}; {data.get('teacher_rows', '?')} teacher rows"]
+
+
 def render_card(meta: dict, model_dir: str | Path, previous: str = "") -> str:
     """The Markdown of ``MODEL_CARD.md`` for a model directory's meta.json; ``previous`` (the old card) gives the user sections."""
     model_dir = Path(model_dir)
@@ -237,11 +266,15 @@ def render_card(meta: dict, model_dir: str | Path, previous: str = "") -> str:
     if search:
         lines.append(f"- search: {search.get('n_trials', '?')} trials of study `{search.get('study_name')}`, best "
                      f"{search.get('metric')} on valid {_fmt(search.get('best_value'))} (trial {search.get('best_trial')})")
-    if meta.get("members"):
+    if meta.get("kind") == "cascade":
+        lines += cascade_lines(meta)
+    elif meta.get("members"):
         lines.append(f"- ensemble ({meta.get('method')}) of: "
                      + ", ".join(f"`{m.get('name')}` ({m.get('kind')}"
                                + (f", weight {_fmt(m['weight'], 3)}" if m.get("weight") is not None else "") + ")"
                                for m in meta["members"]))
+    if meta.get("distill"):
+        lines += distill_lines(meta["distill"])
     if meta.get("params"):
         lines.append(f"- parameters: `{json.dumps(meta['params'], sort_keys=True, default=str)}`")
     lines += ["", "## Data", "", *data_section(meta),

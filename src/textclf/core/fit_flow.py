@@ -203,9 +203,11 @@ def search_fingerprint(family: str, metric: str, splits: Splits) -> str:
     import hashlib
     import json
 
-    rows = [[d.texts, [list(y) if isinstance(y, tuple) else y for y in d.labels], d.weights]
-            for d in (splits.train, splits.valid)]
-    text = json.dumps([family, metric, splits.task, list(splits.labels), rows], default=str)
+    from textclf.core.data import sha256_datasets
+
+    weights = [d.weights for d in (splits.train, splits.valid)]
+    text = json.dumps([family, metric, splits.task, list(splits.labels), sha256_datasets([splits.train, splits.valid]),
+                       weights if any(w is not None for w in weights) else None])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -192,6 +192,8 @@ def checked_config(family, cfg: dict, task: str) -> dict:
 FINGERPRINT_KEY = "textclf.search_fingerprint"
 #: a search replaced in its model directory keeps its journal under this suffix
 PREVIOUS_SUFFIX = ".previous"
+
+
 def search_fingerprint(family: str, metric: str, splits: Splits) -> str:
     """SHA-256 of what makes two searches' trial values comparable: the family, the metric, the label set and
     task, and the training and validation rows (texts, labels, weights).

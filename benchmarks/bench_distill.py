@@ -96,6 +96,9 @@ def score(model_dir: Path, test: Path, backend: str | None = None) -> dict:
     out = {"macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4), "docs_per_s": round(r["docs_per_s"], 1),
            "passes": r["timed_passes"]}
     meta = json.loads((model_dir / "meta.json").read_text())
+    valid = (meta.get("metrics") or {}).get("valid") or {}
+    if "macro_f1" in valid:
+        out["valid_macro_f1"] = round(valid["macro_f1"], 4)
     if meta["kind"] == "cascade":
         p = load_predictor(model_dir)
         _, mask = p.route(ds.texts)
@@ -179,14 +182,16 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
 
 def table(results: dict) -> str:
     """The markdown table of every dataset's models."""
-    lines = ["| dataset (train/valid/test, unlabelled) | model | test macro-F1 | vs teacher | docs/s | x teacher | to teacher (test) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| dataset (train/valid/test, unlabelled) | model | test macro-F1 | vs teacher | valid macro-F1 | docs/s | x teacher "
+             "| to teacher (test) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, res in results.items():
         s = res["sizes"]
         where = f"{name} ({s['train']}/{s['valid']}/{s['test']}, {s['unlabeled']})"
         for key, r in res["models"].items():
             share = f"{r['share_to_teacher_test']:.1%}" if "share_to_teacher_test" in r else "-"
-            lines.append(f"| {where} | {key} | {r['macro_f1']:.4f} | {r['f1_vs_teacher']:+.4f} | {r['docs_per_s']:,.0f} | "
+            valid = f"{r['valid_macro_f1']:.4f}" if "valid_macro_f1" in r else "-"
+            lines.append(f"| {where} | {key} | {r['macro_f1']:.4f} | {r['f1_vs_teacher']:+.4f} | {valid} | {r['docs_per_s']:,.0f} | "
                          f"{r['speedup_vs_teacher']:.1f} | {share} |")
     return "\n".join(lines)
 

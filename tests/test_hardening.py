@@ -540,3 +540,29 @@ def test_csv_output_of_labels_with_commas_quotes_and_spaces(tmp_path):
     predict_file(p, tmp_path / "in.txt", tmp_path / "o.jsonl", progress=False)
     got = [json.loads(line)["label"] for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
     assert got == labels
+
+
+def test_a_sigterm_that_library_code_swallows_still_stops_the_search():
+    """Optuna's journal lock, hit by SIGTERM while it releases its lock file, turns the SystemExit into a
+    FileNotFoundError, which the search records as a failed trial and goes on; the search stops all the same."""
+    import optuna
+
+    from textclf.core.tempfiles import sigterm_as_exit
+    from textclf.core.tuning import run_search
+
+    def objective(trial):
+        if trial.number == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises SystemExit here
+            except SystemExit:
+                raise FileNotFoundError(2, "No such file or directory") from None  # what the lock release raised
+        return trial.suggest_float("x", 0, 1)
+
+    study = optuna.create_study(direction="maximize")
+    with sigterm_as_exit(), pytest.raises(SystemExit) as exc:
+        run_search(study, objective, n_trials=10)
+    assert exc.value.code == 143
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]  # no third trial
+    with sigterm_as_exit():  # a new command starts with no signal pending
+        assert run_search(optuna.create_study(direction="maximize"), lambda t: t.suggest_float("x", 0, 1), n_trials=2) == 2

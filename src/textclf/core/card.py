@@ -230,7 +230,8 @@ def cascade_lines(meta: dict) -> list[str]:
     return [f"- cascade: the student `{student.get('kind')}` (`{student.get('path')}`) answers a text when its "
             f"confidence is >= tau {_fmt(meta.get('tau'))}, the teacher `{teacher.get('kind')}` (`{teacher.get('path')}`) "
             f"answers the rest",
-            f"- tau chosen on valid for the target {target}: {share} of the valid texts go to the teacher; valid macro-F1 {_fmt(valid.get('macro_f1'))} (student alone "
+            f"- tau chosen on valid for the target {target}: {share} of the valid texts go to the teacher; "
+            f"valid macro-F1 {_fmt(valid.get('macro_f1'))} (student alone "
             f"{_fmt(valid.get('student_macro_f1'))}, teacher alone {_fmt(valid.get('teacher_macro_f1'))})"]
 
 

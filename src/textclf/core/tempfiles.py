@@ -116,6 +116,21 @@ def owned_temp_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+#: the signals :func:`sigterm_as_exit`'s handler received (see :func:`exit_requested`)
+_received: list[int] = []
+
+
+def exit_requested() -> int | None:
+    """The exit status a SIGTERM asked for inside :func:`sigterm_as_exit`, or None.
+
+    The handler's ``SystemExit`` can be lost in library code: Optuna's journal lock, hit while it
+    releases its lock file, replaces it with a ``FileNotFoundError``, which the search records as a
+    failed trial before going on. Loops that must stop check this between steps
+    (:func:`textclf.core.tuning.run_search` does after every trial).
+    """
+    return 128 + _received[-1] if _received else None
+
+
 @contextlib.contextmanager
 def sigterm_as_exit() -> Iterator[None]:
     """While inside: SIGTERM raises ``SystemExit(143)`` in the main thread, so cleanup code runs.
@@ -136,8 +151,10 @@ def sigterm_as_exit() -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        _received.append(signum)
         raise SystemExit(128 + signum)
 
+    _received.clear()
     signal.signal(signal.SIGTERM, handler)
     try:
         yield

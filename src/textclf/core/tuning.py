@@ -218,7 +218,9 @@ def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     optuna_log = logging.getLogger("optuna.study._optimize")
     optuna_log.addFilter(quiet)
     try:
-        return _optimize(study, objective, n_trials, timeout, n_jobs, progress)
+        ran = _optimize(study, objective, n_trials, timeout, n_jobs, progress)
+        stop_if_terminated()  # a SIGTERM swallowed in the last trial
+        return ran
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count_done(study)} trials; run the same command to resume") from None
     finally:
@@ -245,6 +247,18 @@ class _NoInterruptTraceback(logging.Filter):
         return not (self.trial and message.startswith(f"{self.trial} failed with value"))
 
 
+def stop_if_terminated(*_args) -> None:
+    """Raise the ``SystemExit`` of a SIGTERM that library code swallowed (:func:`textclf.core.tempfiles.exit_requested`).
+
+    An Optuna callback: it runs after every trial, failed ones included.
+    """
+    from textclf.core.tempfiles import exit_requested
+
+    code = exit_requested()
+    if code is not None:
+        raise SystemExit(code)
+
+
 def _optimize(study: optuna.Study, objective: Callable, n_trials: int | None, timeout: float | None, n_jobs: int,
               progress: Callable) -> int:
     """The search loop of :func:`run_search` (``progress`` is called after every trial)."""
@@ -254,9 +268,9 @@ def _optimize(study: optuna.Study, objective: Callable, n_trials: int | None, ti
     deadline = time.monotonic() + timeout if timeout else None
     kwargs = {"n_jobs": n_jobs, "catch": (Exception,), "gc_after_trial": False, "show_progress_bar": False}
     if n_trials is None:
-        study.optimize(objective, timeout=timeout, callbacks=[progress], **kwargs)
+        study.optimize(objective, timeout=timeout, callbacks=[progress, stop_if_terminated], **kwargs)
         return _started(study) - before
-    cap = [MaxTrialsCallback(n_trials, states=DONE_STATES), progress]
+    cap = [MaxTrialsCallback(n_trials, states=DONE_STATES), progress, stop_if_terminated]
     while (remaining := n_trials - count_done(study)) > 0:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:

@@ -542,27 +542,34 @@ def test_csv_output_of_labels_with_commas_quotes_and_spaces(tmp_path):
     assert got == labels
 
 
-def test_a_sigterm_that_library_code_swallows_still_stops_the_search():
-    """Optuna's journal lock, hit by SIGTERM while it releases its lock file, turns the SystemExit into a
-    FileNotFoundError, which the search records as a failed trial and goes on; the search stops all the same."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_signal_that_library_code_swallows_still_stops_the_search(signum):
+    """Optuna's journal lock, hit by SIGTERM (or Ctrl-C) while it releases its lock file, turns the SystemExit
+    (KeyboardInterrupt) into a FileNotFoundError, which the search records as a failed trial and goes on; the
+    search stops all the same: SIGTERM exits 143, Ctrl-C is the resumable one-line interruption."""
     import optuna
 
+    from textclf.core.errors import Interrupted
     from textclf.core.tempfiles import sigterm_as_exit
     from textclf.core.tuning import run_search
 
     def objective(trial):
         if trial.number == 1:
             try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)  # the handler raises SystemExit here
-            except SystemExit:
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the handler raises SystemExit / KeyboardInterrupt here
+            except (SystemExit, KeyboardInterrupt):
                 raise FileNotFoundError(2, "No such file or directory") from None  # what the lock release raised
         return trial.suggest_float("x", 0, 1)
 
     study = optuna.create_study(direction="maximize")
-    with sigterm_as_exit(), pytest.raises(SystemExit) as exc:
+    expected = SystemExit if signum == signal.SIGTERM else Interrupted
+    with sigterm_as_exit(), pytest.raises(expected) as exc:
         run_search(study, objective, n_trials=10)
-    assert exc.value.code == 143
+    if signum == signal.SIGTERM:
+        assert exc.value.code == 143
+    else:
+        assert exc.value.message == "interrupted after 1 trials; run the same command to resume"
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]  # no third trial
     with sigterm_as_exit():  # a new command starts with no signal pending
         assert run_search(optuna.create_study(direction="maximize"), lambda t: t.suggest_float("x", 0, 1), n_trials=2) == 2

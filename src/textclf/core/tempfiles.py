@@ -121,12 +121,12 @@ _received: list[int] = []
 
 
 def exit_requested() -> int | None:
-    """The exit status a SIGTERM asked for inside :func:`sigterm_as_exit`, or None.
+    """The exit status a SIGTERM (143) or Ctrl-C (SIGINT, 130) asked for inside :func:`sigterm_as_exit`, or None.
 
-    The handler's ``SystemExit`` can be lost in library code: Optuna's journal lock, hit while it
-    releases its lock file, replaces it with a ``FileNotFoundError``, which the search records as a
-    failed trial before going on. Loops that must stop check this between steps
-    (:func:`textclf.core.tuning.run_search` does after every trial).
+    The handler's ``SystemExit`` (or ``KeyboardInterrupt``) can be lost in library code: Optuna's
+    journal lock, hit while it releases its lock file, replaces it with a ``FileNotFoundError``,
+    which the search records as a failed trial before going on. Loops that must stop check this
+    between steps (:func:`textclf.core.tuning.run_search` does after every trial).
     """
     return 128 + _received[-1] if _received else None
 
@@ -135,29 +135,33 @@ def exit_requested() -> int | None:
 def sigterm_as_exit() -> Iterator[None]:
     """While inside: SIGTERM raises ``SystemExit(143)`` in the main thread, so cleanup code runs.
 
-    Does nothing outside the main thread or where a handler other than the default one is installed
-    (a server's own handler is left alone). The previous handler comes back on exit.
+    Ctrl-C still raises ``KeyboardInterrupt`` as Python's own handler does, and both are recorded for
+    :func:`exit_requested`. Does nothing outside the main thread; a signal whose handler is not the
+    default one (a server's own) is left alone. The previous handlers come back on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     try:
-        previous = signal.getsignal(signal.SIGTERM)
+        previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), signal.SIGINT: signal.getsignal(signal.SIGINT)}
     except (ValueError, OSError):
         yield
         return
-    if previous not in (signal.SIG_DFL, None):
-        yield
-        return
+    defaults = {signal.SIGTERM: (signal.SIG_DFL, None), signal.SIGINT: (signal.default_int_handler,)}
+    ours = [signum for signum, handler in previous.items() if handler in defaults[signum]]
 
     def handler(signum, frame):
         _received.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
     _received.clear()
-    signal.signal(signal.SIGTERM, handler)
+    for signum in ours:
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        with contextlib.suppress(ValueError, OSError):
-            signal.signal(signal.SIGTERM, previous)
+        for signum in ours:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, previous[signum])

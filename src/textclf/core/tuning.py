@@ -219,7 +219,7 @@ def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     optuna_log.addFilter(quiet)
     try:
         ran = _optimize(study, objective, n_trials, timeout, n_jobs, progress)
-        stop_if_terminated()  # a SIGTERM swallowed in the last trial
+        stop_if_terminated()  # a SIGTERM or Ctrl-C swallowed in the last trial
         return ran
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count_done(study)} trials; run the same command to resume") from None
@@ -248,13 +248,18 @@ class _NoInterruptTraceback(logging.Filter):
 
 
 def stop_if_terminated(*_args) -> None:
-    """Raise the ``SystemExit`` of a SIGTERM that library code swallowed (:func:`textclf.core.tempfiles.exit_requested`).
+    """Raise again the ``SystemExit`` of a SIGTERM, or the ``KeyboardInterrupt`` of a Ctrl-C, that library code
+    swallowed (:func:`textclf.core.tempfiles.exit_requested`).
 
     An Optuna callback: it runs after every trial, failed ones included.
     """
+    import signal
+
     from textclf.core.tempfiles import exit_requested
 
     code = exit_requested()
+    if code == 128 + signal.SIGINT:
+        raise KeyboardInterrupt
     if code is not None:
         raise SystemExit(code)
 

@@ -117,6 +117,32 @@ def test_predictor_round_trip_and_cli(trained, tweets, tmp_path):
     assert json.loads(result.output)["macro_f0.5"] == pytest.approx(read_meta(trained)["metrics"]["test"]["macro_f0.5"])
 
 
+def test_prediction_runs_on_one_thread_and_restores_the_process_count(trained, monkeypatch):
+    """predict.num_threads (default 1, also for models without the key) caps torch's threads while the BiLSTM
+    predicts; $TEXTCLF_THREADS (serve --threads) overrides it; the process's own count comes back after."""
+    seen = []
+    texts = ["I love this, best day ever", "worst service, I hate it"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for env, expected in ((None, 1), ("2", 2)):
+            if env is None:
+                monkeypatch.delenv("TEXTCLF_THREADS", raising=False)
+            else:
+                monkeypatch.setenv("TEXTCLF_THREADS", env)
+            predictor = load_predictor(trained)
+            forward = predictor.model.forward
+            monkeypatch.setattr(predictor.model, "forward", lambda *a, f=forward: (seen.append(torch.get_num_threads()), f(*a))[1])
+            predictor.predict_proba(texts)
+            assert seen[-1] == expected and torch.get_num_threads() == 2
+        assert read_meta(trained)["config"]["predict"]["num_threads"] == 1
+        assert lstm.predict_threads({}) == 2  # $TEXTCLF_THREADS still set
+        monkeypatch.delenv("TEXTCLF_THREADS")
+        assert lstm.predict_threads({}) == 1 and lstm.predict_threads({"predict": {"num_threads": 0}}) is None
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_padding_does_not_change_predictions(trained, tweets):
     predictor = load_predictor(trained)
     texts = read_labelled(tweets["test"]).texts

@@ -1,11 +1,13 @@
 """PyTorch helpers shared by the torch families (LSTM, BERT): device choice, seeding, length-bucketed batches.
 
-Also the learning-rate scaling rule for larger batches (:func:`scaled_lr`) and padding of
-pre-tokenised texts kept as one flat id array plus offsets (:func:`pad_flat`).
+Also the learning-rate scaling rule for larger batches (:func:`scaled_lr`), padding of
+pre-tokenised texts kept as one flat id array plus offsets (:func:`pad_flat`), and a cap on torch's
+intra-op threads for one block (:func:`torch_threads`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -18,6 +20,25 @@ from torch.utils.data import DataLoader, Sampler
 from textclf.core.errors import ConfigError
 
 DEVICE_ENV = "TEXTCLF_DEVICE"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` inside the block and restored after (None or 0: left as they are).
+
+    Models made of many small operations (the BiLSTM's time steps, a small head) gain little from a
+    second thread on an idle CPU, and lose badly on a busy one: OpenMP threads wait at every
+    operation for a thread whose core another process holds (see docs/families.md, BiLSTM).
+    """
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(spec: str | None = None) -> torch.device:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from textclf.core.integrity import load_torch_weights
 from textclf.core.model_checks import check_label_count
 from textclf.core.precision import DeviceInfo, predict_batch_size
 from textclf.core.predictor import Predictor
-from textclf.core.torch_common import bucket_loader, pad_ids, predict_by_length, resolve_device
+from textclf.core.torch_common import bucket_loader, pad_ids, predict_by_length, resolve_device, torch_threads
 from textclf.families.lstm.text import PAD_ID, VOCAB_FILE, TextEncoder, Tokenizer, Vocab
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 KIND = "lstm"
 MODEL_FILE = "model.pt"
 POOLINGS = ("max", "mean", "last")
+#: ``predict.num_threads`` when the config has none (models trained before it existed too): one thread, because a
+#: BiLSTM's many small operations gain about 10 % from a second thread on an idle CPU and run 100x slower beside
+#: another busy process (benchmarks/README.md, BiLSTM)
+DEFAULT_PREDICT_THREADS = 1
 
 # --------------------------------------------------------------------------- model
 
@@ -173,6 +178,7 @@ class LSTMPredictor(Predictor):
         self.model = model.to(self.device).eval()
         self.encoder = encoder
         self.batch_size = batch_size
+        self.threads = predict_threads(meta.get("config") or {}) if self.device.type == "cpu" else None
 
     @classmethod
     def load(cls, model_dir: str | Path, meta: dict | None = None, model_file: str | Path | None = None,
@@ -203,7 +209,19 @@ class LSTMPredictor(Predictor):
             ids, lengths = pad_ids([encoded[i] for i in idx], PAD_ID)
             return activation(self.model(ids.to(self.device), lengths).float())
 
-        return predict_by_length(encoded, self.batch_size, len(self.labels), forward, dtype=np.float64)
+        with torch_threads(self.threads):
+            return predict_by_length(encoded, self.batch_size, len(self.labels), forward, dtype=np.float64)
+
+
+def predict_threads(cfg: dict) -> int | None:
+    """Torch threads for CPU prediction: ``$TEXTCLF_THREADS`` (``serve --threads``) when set, else
+    ``predict.num_threads`` (default 1; 0: torch's own default, one a core)."""
+    from textclf.core.onnx_runtime import THREADS_ENV
+
+    value = os.environ.get(THREADS_ENV, "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return int((cfg.get("predict") or {}).get("num_threads", DEFAULT_PREDICT_THREADS)) or None
 
 
 def predict_batch(cfg: dict, device: torch.device) -> int:

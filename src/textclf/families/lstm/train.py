@@ -30,7 +30,7 @@ from textclf.core.integrity import FILES_KEY, checkpoint_globals, load_checkpoin
 from textclf.core.metrics import MULTILABEL_AVERAGES, beta_name, classification_metrics, is_minimized, multilabel_metrics
 from textclf.core.precision import DeviceInfo, Precision, precision_setting, resolve_precision
 from textclf.core.progress import PROGRESS_FILE, append_line
-from textclf.core.torch_common import lightning_device_args, resolve_device, seed_everything
+from textclf.core.torch_common import lightning_device_args, resolve_device, seed_everything, torch_threads
 from textclf.core.training import Splits, fitted_meta
 from textclf.families.lstm.model import (
     KIND,
@@ -383,14 +383,9 @@ def _run(trainer: L.Trainer, module: LSTMModule, loaders, resume_path: Path | No
         check_resumable(saved.get("textclf_config"), cfg, resume_path)
         resumed_from = int(saved["epoch"]) + 1
         log.info("resuming %s at epoch %d", resume_path, resumed_from)
-    threads = torch.get_num_threads()
-    if cfg["train"]["num_threads"]:
-        torch.set_num_threads(cfg["train"]["num_threads"])
-    try:
-        with torch.serialization.safe_globals(checkpoint_globals()):
-            trainer.fit(module, *loaders, ckpt_path=str(resume_path) if resume_path else None, weights_only=True)
-    finally:
-        torch.set_num_threads(threads)  # the cap is for this run only, not for the rest of the process
+    # the cap is for this run only, not for the rest of the process
+    with torch_threads(cfg["train"]["num_threads"]), torch.serialization.safe_globals(checkpoint_globals()):
+        trainer.fit(module, *loaders, ckpt_path=str(resume_path) if resume_path else None, weights_only=True)
     return resumed_from
 
 

@@ -20,7 +20,6 @@ one sigmoid a label on its logits and trains with ``BCEWithLogitsLoss`` (``head.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -32,23 +31,13 @@ import torch
 from torch import nn
 
 from textclf.core.errors import ConfigError, ModelError
+from textclf.core.torch_common import torch_threads
 
 log = logging.getLogger(__name__)
 
 HEAD_TYPES = ("torch", "logreg")
 TORCH_FILE = "head.pt"
 LOGREG_FILE = "head.skops"
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread inside the block: a head this small only loses to thread hand-offs (badly on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def build_head_module(dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Sequential:
@@ -127,7 +116,7 @@ class TorchHead:
             yt = torch.as_tensor(y, dtype=torch.long)
             loss_fn = nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
         start = time.monotonic()
-        with one_thread():
+        with torch_threads(1):  # a head this small only loses to thread hand-offs
             self._train_epochs(xt, yt, x_valid, y_valid, opt, loss_fn, gen)
         if self.best_state is not None:
             self.module.load_state_dict(self.best_state)
@@ -175,7 +164,7 @@ class TorchHead:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Softmax probabilities (float64), one column per class index (label sets: one sigmoid a label)."""
         self.module.eval()
-        with torch.inference_mode(), one_thread():
+        with torch.inference_mode(), torch_threads(1):
             logits = self.module(torch.as_tensor(np.asarray(x), dtype=torch.float32))
         if self.multilabel:
             return torch.sigmoid(logits.double()).numpy()

@@ -564,8 +564,14 @@ def test_a_signal_that_library_code_swallows_still_stops_the_search(signum):
 
     study = optuna.create_study(direction="maximize")
     expected = SystemExit if signum == signal.SIGTERM else Interrupted
-    with sigterm_as_exit(), pytest.raises(expected) as exc:
-        run_search(study, objective, n_trials=10)
+    # a process started in a shell's background job (CI) inherits SIGINT ignored: give it Python's handler,
+    # as a terminal does (sigterm_as_exit leaves an ignored or custom SIGINT alone)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with sigterm_as_exit(), pytest.raises(expected) as exc:
+            run_search(study, objective, n_trials=10)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     if signum == signal.SIGTERM:
         assert exc.value.code == 143
     else:

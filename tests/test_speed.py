@@ -112,7 +112,8 @@ def test_bert_and_lstm_configs_default_to_auto(repo):
     off = load_config("bert", overrides=["model.gradient_checkpointing=false"])["model"]["gradient_checkpointing"]
     assert P.resolve_checkpointing(off, H200).enabled is False
     lstm = load_config("lstm")
-    assert lstm["train"]["precision"] == "auto" and lstm["predict"] == {"batch_size_cpu": 256, "batch_size_gpu": 2048}
+    assert lstm["train"]["precision"] == "auto" and lstm["train"]["num_threads"] == 1
+    assert lstm["predict"] == {"num_threads": 1, "batch_size_cpu": 256, "batch_size_gpu": 2048}
 
 
 # --------------------------------------------------------------------------- checkpointing and memory

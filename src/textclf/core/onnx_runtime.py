@@ -146,10 +146,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def threads_from_env() -> int | None:
+    """``$TEXTCLF_THREADS`` (``serve --threads``) as a positive thread count, or None when unset or not one."""
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def default_threads() -> int:
     """Intra-op threads: ``$TEXTCLF_THREADS`` when set, else every usable core."""
-    value = os.environ.get(THREADS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else usable_cores()
+    return threads_from_env() or usable_cores()
 
 
 def make_session(path: str | Path, threads: int | None = None):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -216,12 +215,9 @@ class LSTMPredictor(Predictor):
 def predict_threads(cfg: dict) -> int | None:
     """Torch threads for CPU prediction: ``$TEXTCLF_THREADS`` (``serve --threads``) when set, else
     ``predict.num_threads`` (default 1; 0: torch's own default, one a core)."""
-    from textclf.core.onnx_runtime import THREADS_ENV
+    from textclf.core.onnx_runtime import threads_from_env
 
-    value = os.environ.get(THREADS_ENV, "")
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    return int((cfg.get("predict") or {}).get("num_threads", DEFAULT_PREDICT_THREADS)) or None
+    return threads_from_env() or int((cfg.get("predict") or {}).get("num_threads", DEFAULT_PREDICT_THREADS)) or None
 
 
 def predict_batch(cfg: dict, device: torch.device) -> int:

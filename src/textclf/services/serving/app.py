@@ -189,14 +189,12 @@ def apply_thread_limit() -> int | None:
     """
     import sys
 
-    from textclf.core.onnx_runtime import THREADS_ENV
+    from textclf.core.onnx_runtime import threads_from_env
 
-    value = os.environ.get(THREADS_ENV, "")
-    if not value.isdigit() or int(value) < 1:
-        return None
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(int(value))
-    return int(value)
+    threads = threads_from_env()
+    if threads is not None and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
 
 
 class ModelState:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import textclf
 from textclf.cli import cli
-from textclf.core.data import Dataset, iter_texts, read_labelled, write_labelled
+from textclf.core.data import Dataset, iter_texts, read_labelled, sha256_datasets, write_labelled
 from textclf.core.errors import DataError, ModelError
 from textclf.core.predictor import predict_file
 from textclf.core.tuning import TrialSeededTPESampler, make_storage, open_study, run_search
@@ -514,6 +514,34 @@ def test_full_disk_is_a_clear_error_with_no_partial_output(ft_model, tmp_path):
         one_line_error(result, "file not found")
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_resume_on_other_data_is_refused_and_names_what_changed(ft_model, tweets, tmp_path):
+    """``--resume`` continues a run only on the data it started with (core.resume_check): other training rows in the
+    same model directory stop at once with a one-line error, before any training; the same data resumes."""
+    from textclf.core.resume_check import RESUME_FILE
+
+    out = copy_model(ft_model, tmp_path / "model")
+    saved = json.loads((out / RESUME_FILE).read_text())
+    lines = tweets["train"].read_text(encoding="utf-8").splitlines(keepends=True)
+    smaller = tmp_path / "train_small.csv"
+    smaller.write_text("".join(lines[:301]), encoding="utf-8")  # the header and 300 rows
+    new_sha = sha256_datasets([read_labelled(smaller)])
+    before = (out / "model.bin").stat().st_mtime_ns
+    settings = ["--n_trials", "0", "--set", "model.dim=10", "--set", "model.bucket=50000"]
+    result = invoke("train", "fasttext", "--train_path", smaller, "--valid_path", tweets["valid"], "--output_dir", out,
+                    "--resume", *settings)
+    one_line_error(result, f"{out}: cannot resume, the run there was started on other data (train: {saved['train']['rows']} "
+                           f"rows sha256 {saved['train']['sha256'][:12]} -> 300 rows sha256 {new_sha[:12]}); rerun without "
+                           "--resume to start over, or choose another --output_dir")
+    assert (out / "model.bin").stat().st_mtime_ns == before  # nothing was trained or replaced
+    assert json.loads((out / RESUME_FILE).read_text()) == saved
+    again = invoke("train", "fasttext", "--train_path", tweets["train"], "--valid_path", tweets["valid"], "--output_dir", out,
+                   "--resume", *settings)
+    assert again.exit_code == 0, again.output
+    fresh = invoke("train", "fasttext", "--train_path", smaller, "--valid_path", tweets["valid"], "--output_dir", out, *settings)
+    assert fresh.exit_code == 0, fresh.output  # without --resume a new run replaces the model and its record
+    assert json.loads((out / RESUME_FILE).read_text())["train"] == {"rows": 300, "sha256": new_sha}
 
 
 def test_csv_output_of_labels_with_commas_quotes_and_spaces(tmp_path):

@@ -61,6 +61,7 @@ from textclf.core.meta import META_FILE
 from textclf.core.metrics import direction, metric_value
 from textclf.core.onnx_runtime import remove_export
 from textclf.core.predictor import Predictor, evaluate_predictor
+from textclf.core.resume_check import RESUME_FILE, check_and_record
 from textclf.core.tempfiles import owned_temp_dir
 from textclf.core.training import PLUGIN_DIR, Splits, ddp_rank, finish_run
 from textclf.core.tuning import (
@@ -81,7 +82,7 @@ from textclf.core.tuning import (
 log = logging.getLogger(__name__)
 
 #: files the core writes into a model directory (never part of the family's recorded files)
-CORE_FILES = {META_FILE, CARD_FILE, "metrics.txt", JOURNAL_FILE, "trials.csv"}
+CORE_FILES = {META_FILE, CARD_FILE, "metrics.txt", JOURNAL_FILE, "trials.csv", RESUME_FILE}
 TRIAL_PREFIX = "textclf-trial-"
 
 
@@ -351,6 +352,7 @@ def fit_family(family, cfg: dict, splits: Splits, output_dir: str | Path, resume
         searched = {p.name for p, t in file_times(output_dir).items() if p.parent == output_dir and earlier.get(p) != t}
         extra["search"] = search_summary(study, s["storage"], search_dir, s["metric"])
         log.info("best point on valid: %s", point)
+    check_and_record(output_dir, splits, resume)  # --resume continues only a run on the same data
     before = file_times(output_dir)
     fit_start = time.monotonic()
     predictor = fit(final_cfg, splits, FitContext(output_dir, final_cfg["seed"], resume=resume, shared=shared))

@@ -603,6 +603,8 @@ def train_model(cfg: dict, splits: Splits, output_dir: str | Path, *, world: Wor
     max_length = min(m["max_length"], getattr(factory.config, "max_position_embeddings", m["max_length"]))
     loss_fn = loss_function(cfg, splits)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and world.is_main:  # a new run: an interrupted run's checkpoints here must not be resumed later
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     precision, ckpt = resolve_speed(cfg, factory, device, max_length, world)
     announce(f"{'two stages' if plan.two_stage else 'one stage'} ({plan.reason})", world)
     data, token_cache = encode_splits(cfg, splits, tokenizer, max_length, output_dir)

@@ -231,9 +231,9 @@ def test_bad_input_is_one_line_exit_2(overconfident, tmp_path):
         return result.output.strip()
 
     unknown = tmp_path / "unknown.csv"
-    unknown.write_text("text,label\ngreat,neutral\n")
+    unknown.write_text("text,label\ngreat,positive\nmeh,neutral\nso so,neutral\n")
     assert fails("calibrate", "--model_path", overconfident, "--valid_path", unknown) == \
-        f"Error: {unknown}: label(s) 'neutral' unknown to the model (its labels: negative, positive)"
+        f"Error: {unknown}:3: label(s) 'neutral' unknown to the model (its labels: negative, positive)"  # its first row
     few = tmp_path / "few.csv"
     few.write_text("text,label\ngreat,positive\nbad,negative\n")
     assert fails("calibrate", "--model_path", overconfident, "--valid_path", few) == \

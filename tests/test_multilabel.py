@@ -95,6 +95,21 @@ def test_bad_multilabel_input_is_one_line_naming_file_and_line(tmp_path, name, c
     assert str(err.value) == f"{p}:{message}"
 
 
+def test_a_label_the_model_does_not_know_names_the_first_row_line(tmp_path):
+    """tune-thresholds, calibrate, ensemble, cascade and report read labelled files for a trained model: a label it does
+    not know is one line naming the file line of the first such row (multi-label sets and single labels alike)."""
+    from textclf.services.compare.label_thresholds import indicator_matrix
+    from textclf.services.compare.thresholds import label_indices
+
+    with pytest.raises(DataError) as err:
+        indicator_matrix([("a",), (), ("b", "z"), ("q",)], ["a", "b"], "v.jsonl", [1, 2, 3, 4])
+    assert str(err.value) == "v.jsonl:3: label(s) 'q', 'z' unknown to the model (its labels: a, b)"
+    with pytest.raises(DataError) as err:
+        label_indices(["a", "b", "c"], ["a", "b"], "v.csv", [2, 3, 5])
+    assert str(err.value) == "v.csv:5: label(s) 'c' unknown to the model (its labels: a, b)"
+    assert label_indices(["b", "a"], ["a", "b"], "v.csv", [2, 3]).tolist() == [1, 0]
+
+
 def test_mixed_single_and_list_labels_read_as_sets_when_told(tmp_path):
     p = write(tmp_path, "d.jsonl", '{"text": "a", "labels": ["x"]}\n{"text": "b", "label": "y"}\n')
     assert read_labelled(p, task="multilabel", min_classes=0).labels == [("x",), ("y",)]

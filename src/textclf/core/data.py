@@ -598,19 +598,28 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def first_unknown_label(labels: Sequence, known: Iterable[str],
+                        line_numbers: Sequence[int] | None = None) -> tuple[str, int | None] | None:
+    """The first label of ``labels`` (single labels or label sets, in row order) not in ``known``, with its row's
+    file line (from ``line_numbers``; None when not known); None when every label is known."""
+    known = set(known)
+    for i, row in enumerate(labels):
+        for label in row if isinstance(row, tuple | list) else (row,):
+            if label not in known:
+                return label, (line_numbers[i] if line_numbers and i < len(line_numbers) else None)
+    return None
+
+
 def check_labels_known(train: Dataset, other: Dataset) -> None:
     """Raise DataError at the first row of ``other`` whose label (or, multi-label, a label of whose set) never occurs in ``train``."""
-    known = set(train.label_set)
-    for i, labels in enumerate(other.labels):
-        for label in labels if other.multilabel else (labels,):
-            if label in known:
-                continue
-            line = other.line_numbers[i] if other.line_numbers else None
-            raise DataError(
-                other.path,
-                f"label {label!r} does not occur in the training data {train.path} (train labels: {', '.join(train.label_set)})",
-                line,
-            )
+    first = first_unknown_label(other.labels, train.label_set, other.line_numbers)
+    if first is not None:
+        label, line = first
+        raise DataError(
+            other.path,
+            f"label {label!r} does not occur in the training data {train.path} (train labels: {', '.join(train.label_set)})",
+            line,
+        )
 
 
 def sha256_files(paths: Iterable[str | Path | None]) -> str:

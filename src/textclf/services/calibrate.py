@@ -43,7 +43,7 @@ def calibrate_model(model_path: str | Path, valid_path: str | Path, method: str 
         ds = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
                            label_separator=predictor.label_separator)
         check = indicator_matrix if predictor.multilabel else label_indices
-        check(ds.labels, predictor.labels, valid_path)  # unknown labels: a one-line error before anything is written
+        check(ds.labels, predictor.labels, valid_path, ds.line_numbers)  # unknown labels: a one-line error before anything is written
         block = calibrate_predictor(predictor, ds.texts, ds.labels, method, model_dir, seed, batch_size) or {}
         valid_sha = sha256_files([valid_path]) if labelled_format(valid_path, data_format).files else sha256_datasets([ds])
         block.update({"valid_path": str(valid_path), "valid_sha256": valid_sha,

@@ -257,7 +257,7 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
     check_members(student, teacher, "textclf cascade")
     labels = list(student.labels)
     valid = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0)
-    y = label_indices(valid.labels, labels, valid_path)
+    y = label_indices(valid.labels, labels, valid_path, valid.line_numbers)
 
     def proba_of(p: Predictor) -> tuple[np.ndarray, float]:
         start = time.perf_counter()

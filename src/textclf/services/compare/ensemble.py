@@ -739,7 +739,8 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         raise EnsembleError(STACKING_MULTILABEL)
     read = {"task": task, "label_separator": members[0].label_separator} if multilabel else {}
     valid = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0, **read)
-    y = indicator_matrix(valid.labels, labels, valid_path) if multilabel else label_indices(valid.labels, labels, valid_path)
+    lines = valid.line_numbers
+    y = indicator_matrix(valid.labels, labels, valid_path, lines) if multilabel else label_indices(valid.labels, labels, valid_path, lines)
 
     def probas_of(texts: Sequence[str]) -> list[np.ndarray]:
         out = []

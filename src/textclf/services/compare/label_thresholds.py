@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from textclf.core.data import first_unknown_label
 from textclf.core.decision import decide_multilabel
 from textclf.core.errors import DataError
 
@@ -145,13 +146,15 @@ def tune_label_thresholds(proba: np.ndarray, y: np.ndarray, beta: float = 1.0, s
             "after": micro_fbeta(y, proba >= per_label, beta), "rounds": rounds, "moves": moves, "cv": check}
 
 
-def indicator_matrix(label_sets, label_order, path="") -> np.ndarray:
-    """Label sets as a boolean (n, L) matrix in ``label_order``; a label the model does not know is a one-line DataError."""
+def indicator_matrix(label_sets, label_order, path="", line_numbers=None) -> np.ndarray:
+    """Label sets as a boolean (n, L) matrix in ``label_order``; a label the model does not know is a one-line DataError
+    naming the file line of the first such row (``line_numbers``: the dataset's)."""
     index = {label: i for i, label in enumerate(label_order)}
     unknown = sorted({label for row in label_sets for label in row} - set(index))
     if unknown:
+        first = first_unknown_label(label_sets, index, line_numbers)
         raise DataError(path or "data", f"label(s) {', '.join(map(repr, unknown))} unknown to the model "
-                        f"(its labels: {', '.join(label_order)})")
+                        f"(its labels: {', '.join(label_order)})", first[1] if first else None)
     y = np.zeros((len(label_sets), len(label_order)), dtype=bool)
     for i, row in enumerate(label_sets):
         y[i, [index[label] for label in row]] = True

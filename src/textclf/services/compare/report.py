@@ -411,7 +411,7 @@ def write_report(model_path: str | Path, data_path: str | Path, out_dir: str | P
     meta = predictor.meta
     labels = list(predictor.labels)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0)
-    y = label_indices(ds.labels, labels, data_path)
+    y = label_indices(ds.labels, labels, data_path, ds.line_numbers)
     chunks = [predictor.predict_proba(b) for b in batched(ds.texts, batch_size)]
     proba = np.vstack(chunks) if chunks else np.zeros((0, len(labels)))
     pred = predictor.decide(proba) if len(proba) else np.zeros(0, dtype=np.int64)
@@ -517,7 +517,7 @@ def _write_multilabel(predictor, model_dir: Path, data_path: str | Path, out_dir
     labels = list(predictor.labels)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
                        label_separator=predictor.label_separator)
-    y = indicator_matrix(ds.labels, labels, data_path)
+    y = indicator_matrix(ds.labels, labels, data_path, ds.line_numbers)
     out_dir.mkdir(parents=True, exist_ok=True)
     chunks = [predictor.predict_proba(b) for b in batched(ds.texts, batch_size)]
     proba = np.vstack(chunks) if chunks else np.zeros((0, len(labels)))

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from textclf.core.data import first_unknown_label
 from textclf.core.decision import EPS, META_KEY, decide, log_proba, offsets_from_meta  # noqa: F401  (re-exported)
 from textclf.core.errors import DataError
 from textclf.core.metrics import fbeta_from_counts
@@ -51,13 +52,16 @@ DEFAULT_CV = 5
 
 
 # --------------------------------------------------------------------------- scoring
-def label_indices(labels: Sequence[str], label_order: Sequence[str], path: str | Path = "") -> np.ndarray:
-    """``labels`` as indices into ``label_order``; a label the model does not know is a one-line DataError."""
+def label_indices(labels: Sequence[str], label_order: Sequence[str], path: str | Path = "",
+                  line_numbers: Sequence[int] | None = None) -> np.ndarray:
+    """``labels`` as indices into ``label_order``; a label the model does not know is a one-line DataError
+    naming the file line of the first such row (``line_numbers``: the dataset's)."""
     index = {label: i for i, label in enumerate(label_order)}
     unknown = sorted(set(labels) - set(index))
     if unknown:
+        first = first_unknown_label(labels, index, line_numbers)
         raise DataError(path or "data", f"label(s) {', '.join(map(repr, unknown))} unknown to the model "
-                        f"(its labels: {', '.join(label_order)})")
+                        f"(its labels: {', '.join(label_order)})", first[1] if first else None)
     return np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
 
 
@@ -253,8 +257,8 @@ def tune_thresholds(model_path: str | Path, valid_path: str | Path, beta: float 
     predictor = load_predictor(model_dir, thresholds=False)
     ds = read_labelled(valid_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
                        label_separator=predictor.label_separator)
-    y = indicator_matrix(ds.labels, predictor.labels, valid_path) if predictor.multilabel else \
-        label_indices(ds.labels, predictor.labels, valid_path)
+    y = indicator_matrix(ds.labels, predictor.labels, valid_path, ds.line_numbers) if predictor.multilabel else \
+        label_indices(ds.labels, predictor.labels, valid_path, ds.line_numbers)
     probas = [predictor.predict_proba(batch) for batch in batched(ds.texts, batch_size)]
     proba = np.vstack(probas) if probas else np.zeros((0, len(predictor.labels)))
     valid_sha = sha256_files([valid_path]) if labelled_format(valid_path, data_format).files else sha256_datasets([ds])

@@ -292,6 +292,13 @@ def test_resume_continues_from_last_epoch(tweet_slice, tiny_bert, tmp_path):
     assert stage["resumed_from_epoch"] == 1 and stage["epochs_run"] == 2
     assert [h["epoch"] for h in stage["history"]] == [1, 2]
     assert stage["history"][0] == first["training"]["stages"][0]["history"][0]
+    # a new run (no --resume) first clears what an interrupted run left, so a later --resume cannot continue it
+    stale = out / "checkpoints" / "stage1_balanced"
+    stale.mkdir(parents=True)
+    (stale / "last.pth").write_bytes(b"an interrupted run's state")
+    third = train_cli(tweet_slice, out, tiny_bert, *TINY_SETTINGS, "--one_stage", "--set", "stage2.epochs=1")
+    assert [h["epoch"] for h in third["training"]["stages"][0]["history"]] == [1]
+    assert not stale.exists() and (out / "checkpoints" / "stage2_full").is_dir()
 
 
 # --------------------------------------------------------------------------- search (contract v2: the core's study)

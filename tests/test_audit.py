@@ -97,6 +97,39 @@ def test_audit_repeat_reuses_out_of_fold_memo(audited, tmp_path):
     assert json.loads((tmp_path / "a3" / "audit.json").read_text())["folds"] == 3
 
 
+def test_an_interrupted_audit_refits_only_the_folds_it_had_not_finished(tmp_path, monkeypatch):
+    """Ctrl-C during fold 3 of 4: the memo keeps folds 1-2, the rerun fits only folds 3-4, and the probabilities equal an
+    uninterrupted audit's (fastText on one thread is deterministic)."""
+    import numpy as np
+
+    from textclf.services.audit import oof
+
+    data = tmp_path / "train.csv"
+    synthetic(data)
+    args = ("audit", "--data_path", data, "--family", "fasttext", "--set", "fasttext:model.thread=1", "--folds", "4")
+    invoke(*args, "--output_dir", tmp_path / "straight")
+    real, calls = oof.fit_family, []
+
+    def counted(family, cfg, splits, *rest, **kw):
+        calls.append(splits.paths["valid"])
+        if len(calls) == 3 and interrupt:
+            raise KeyboardInterrupt
+        return real(family, cfg, splits, *rest, **kw)
+
+    monkeypatch.setattr(oof, "fit_family", counted)
+    interrupt = True
+    result = CliRunner().invoke(cli, [str(a) for a in (*args, "--output_dir", tmp_path / "cut")])
+    assert result.exit_code != 0 and not (tmp_path / "cut" / "issues.csv").exists()
+    with np.load(tmp_path / "cut" / "oof" / "fasttext.npz") as memo:
+        assert memo["done"].tolist() == [True, True, False, False]
+    interrupt, calls[:] = False, []
+    invoke(*args, "--output_dir", tmp_path / "cut")
+    assert [c.rsplit("(", 1)[1] for c in calls] == ["fold 3 held out)", "fold 4 held out)"]
+    np.testing.assert_array_equal(np.load(tmp_path / "cut" / "oof" / "fasttext.npz")["proba"],
+                                  np.load(tmp_path / "straight" / "oof" / "fasttext.npz")["proba"])
+    assert (tmp_path / "cut" / "issues.csv").read_text() == (tmp_path / "straight" / "issues.csv").read_text()
+
+
 def test_audit_through_the_run_queue_equals_the_in_process_audit(tmp_path):
     """--queue: the K fold fits are queue tasks (this process works them); same probabilities and ranking as in-process."""
     import numpy as np

@@ -8,7 +8,8 @@ pay a model directory on disk for each. ``textclf audit --queue STORAGE`` runs t
 the run queue instead, so workers elsewhere share them (:mod:`.queued`; docs/audit.md). The
 result is memoised in ``<audit dir>/oof/<family>.npz`` under a key of the data, the effective
 config, the folds and the seed, so a repeated audit refits nothing; the embeddings family encodes
-the whole file once and its folds read their rows from the embedding cache.
+the whole file once and its folds read their rows from the embedding cache. The memo is written
+after every fold with the folds done, so an interrupted audit refits only the folds that were not.
 """
 
 from __future__ import annotations
@@ -120,25 +121,33 @@ def fold_splits(ds: Dataset, train_idx: np.ndarray, held_idx: np.ndarray, data_s
 
 def family_oof(name: str, ds: Dataset, labels: list[str], folds: list[tuple[np.ndarray, np.ndarray]], data_sha256: str,
                seed: int, overrides: Sequence[str], memo_dir: Path | None) -> np.ndarray:
-    """Family ``name``'s out-of-fold probabilities (rows of ``ds``, columns in ``labels`` order), memoised in ``memo_dir``."""
+    """Family ``name``'s out-of-fold probabilities (rows of ``ds``, columns in ``labels`` order), memoised in ``memo_dir``.
+
+    The memo is written after every fold, with the folds done so far: an audit interrupted after
+    fold k (Ctrl-C, a killed job) refits only the folds after k when it is run again.
+    """
     family = audit_family(name)
     family.check_task(ds.task)
     cfg = family_config(name, seed, overrides)
     memo = memo_path(memo_dir, name, cfg, data_sha256, len(folds), seed)
-    stored = read_memo(memo, (len(ds), len(labels)))
-    if stored is not None:
+    proba, done = read_partial_memo(memo, (len(ds), len(labels)), len(folds))
+    if done.all():
         log.info("audit: %s out-of-fold probabilities from %s", name, memo[0])
-        return stored
+        return proba
+    if done.any():
+        log.info("audit: %s resumes after %d of %d folds (%s)", name, int(done.sum()), len(folds), memo[0])
     if name == "embeddings":
-        prime_embedding_cache(cfg, ds, [part for pair in folds for part in pair])
-    proba = np.zeros((len(ds), len(labels)), dtype=np.float64)
+        prime_embedding_cache(cfg, ds, [part for i, pair in enumerate(folds) if not done[i] for part in pair])
     for number, (train_idx, held_idx) in enumerate(folds, 1):
+        if done[number - 1]:
+            continue
         splits = fold_splits(ds, train_idx, held_idx, data_sha256, number)
         with owned_temp_dir("textclf-audit-") as tmp:
             result = fit_family(family, cfg, splits, tmp, echo=False, plots=False)
             fill_held_out(proba, labels, result.predictor, ds, held_idx)
+        done[number - 1] = True
+        write_memo(memo, proba, done)
         log.info("audit: %s fold %d/%d done", name, number, len(folds))
-    write_memo(memo, proba)
     return proba
 
 
@@ -162,26 +171,43 @@ def memo_path(memo_dir: Path | None, name: str, cfg: dict, data_sha256: str, fol
 
 
 def read_memo(memo: tuple[Path, str] | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """The memoised probabilities when the file holds ``memo``'s key and ``shape``, else None."""
+    """The memoised probabilities when the file holds ``memo``'s key and ``shape`` and every fold is done, else None."""
+    proba, done = read_partial_memo(memo, shape, None)
+    return proba if done.size and done.all() else None
+
+
+def read_partial_memo(memo: tuple[Path, str] | None, shape: tuple[int, int],
+                      folds: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, done)``: what the memo holds for ``memo``'s key and ``shape`` (zeros and no fold done otherwise).
+
+    ``done[k]`` says whether fold k+1's held-out rows are filled in. A memo written before folds were
+    recorded holds a finished audit. ``folds`` None: take the memo's own fold count.
+    """
+    empty = np.zeros(shape, dtype=np.float64), np.zeros(folds or 0, dtype=bool)
     if memo is None or not memo[0].is_file():
-        return None
+        return empty
     with np.load(memo[0], allow_pickle=False) as stored:
-        if str(stored["key"]) == memo[1] and stored["proba"].shape == shape:
-            return stored["proba"]
-    return None
+        if str(stored["key"]) != memo[1] or stored["proba"].shape != shape:
+            return empty
+        n = folds if folds is not None else (len(stored["done"]) if "done" in stored.files else 1)
+        done = stored["done"].astype(bool) if "done" in stored.files else np.ones(n, dtype=bool)
+        if len(done) != n:
+            return empty
+        return np.array(stored["proba"], dtype=np.float64), done
 
 
-def write_memo(memo: tuple[Path, str] | None, proba: np.ndarray) -> None:
-    """Store ``proba`` under ``memo``'s key (atomically); nothing without a memo."""
+def write_memo(memo: tuple[Path, str] | None, proba: np.ndarray, done: np.ndarray) -> None:
+    """Store ``proba`` and which folds are ``done`` under ``memo``'s key (atomically); nothing without a memo."""
     if memo is None:
         return
     from textclf.core.atomic import atomic_replace_file
 
     path, key = memo
     path.parent.mkdir(parents=True, exist_ok=True)
+    done = np.asarray(done, dtype=bool)
 
     def save(target: str) -> None:
         with open(target, "wb") as fh:
-            np.savez(fh, key=np.array(key), proba=proba)
+            np.savez(fh, key=np.array(key), proba=proba, done=done)
 
     atomic_replace_file(save, path)

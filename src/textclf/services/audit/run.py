@@ -95,7 +95,7 @@ def queued_family_proba(ds: Dataset, labels: list[str], families: Sequence[str],
         fitted = queued_oof(missing, ds, labels, parts, seed, overrides, memo_dir.parent, queue.storage,
                             queue.queue_name(data_sha256), queue.work, timeout=queue.timeout)
         for name, proba in fitted.items():
-            write_memo(memos[name], proba)
+            write_memo(memos[name], proba, np.ones(len(parts), dtype=bool))
             out[name] = proba
     return out
 

@@ -47,6 +47,12 @@ def one_line_error(result, *fragments: str) -> str:
     return line
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(cache_dir):
+    """Every test here keeps the teacher's cached probabilities (and the embeddings) in a private cache."""
+    return cache_dir
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tweets):
     d = tmp_path_factory.mktemp("distill_data")
@@ -121,6 +127,46 @@ def test_distill_records_the_teacher_and_trains_on_its_labels(models, data, tmp_
     assert run.data.tags["textclf.distill.teacher"] == str(models["teacher"])
     assert run.data.tags["textclf.distill.teacher_sha256"] == d["teacher"]["meta_sha256"]
     assert run.data.tags["textclf.command"] == "distill"
+
+
+def test_teacher_probabilities_are_cached_in_slices_and_an_interrupted_run_resumes(models, data, monkeypatch):
+    """distill's teacher predictions go to the embedding cache in slices: a second distill from the same teacher predicts
+    nothing, one interrupted in its third slice predicts only from there, and the probabilities are the same each time."""
+    from textclf.core.integrity import sha256_file
+    from textclf.families.common.cache import EmbeddingCache
+    from textclf.services import distill
+
+    monkeypatch.setattr(distill, "TEACHER_SLICE", 100)
+    teacher = load_predictor(models["teacher"], thresholds=False)
+    texts = read_labelled(data["train"]).texts[:450]  # slices of 100, 100, 100, 100, 50
+    sha = sha256_file(models["teacher"] / "meta.json")
+    real, seen = teacher.predict_proba, []
+
+    def counted(batch):
+        seen.append(len(batch))
+        if fail_at is not None and len(seen) == fail_at:
+            raise KeyboardInterrupt
+        return real(batch)
+
+    teacher.predict_proba = counted
+    fail_at = 3  # batch size 100: the third call is the third slice
+    with pytest.raises(KeyboardInterrupt):
+        distill.teacher_proba(teacher, texts, ["positive", "negative"], 100, sha)
+    before = len(EmbeddingCache().entries())
+    fail_at, seen[:] = None, []
+    first = distill.teacher_proba(teacher, texts, ["positive", "negative"], 100, sha)
+    assert seen == [100, 100, 50]  # slices 1-2 came from the cache
+    assert len(EmbeddingCache().entries()) == before + 3
+    seen[:] = []
+    again = distill.teacher_proba(teacher, texts, ["negative", "positive"], 100, sha)
+    assert seen == []  # everything from the cache, columns in the order asked
+    np.testing.assert_array_equal(again, first[:, ::-1])
+    fresh = distill.teacher_proba(teacher, texts, ["positive", "negative"], 100, sha, cache=False)
+    np.testing.assert_array_equal(fresh, first)  # float32 round trip either way: cached and fresh runs agree
+    assert seen == [100] * 4 + [50]
+    expected = np.asarray(real(texts), dtype=np.float32).astype(np.float64)
+    order = [list(teacher.labels).index("positive"), list(teacher.labels).index("negative")]
+    np.testing.assert_allclose(first, expected[:, order], atol=1e-6)
 
 
 def test_embeddings_student_learns_the_soft_labels(models, data, tmp_path):

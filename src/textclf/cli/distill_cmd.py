@@ -35,9 +35,13 @@ from textclf.services.distill import DEFAULT_REPEATS
 @click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also let the teacher label N synthetic variants of each training text (token deletion, n-gram "
                    "sampling; seeded by the config's seed).")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="Keep the teacher's probabilities in the embedding cache ($TEXTCLF_CACHE): another distill from the "
+                   "same teacher predicts nothing again, an interrupted one resumes.")
 @store_options
 def distill(teacher, student, train_path, valid_path, test_path, output_dir, config_path, overrides, unlabeled_path,
-            unlabeled_format, text_column, temperature, repeats, balance, batch_size, soft, augment, tracking_uri, track):
+            unlabeled_format, text_column, temperature, repeats, balance, batch_size, soft, augment, cache, tracking_uri,
+            track):
     """Train a STUDENT family on the gold labels plus TEACHER's labels of the train (and unlabelled) texts."""
     from textclf.services.distill import DistillSpec
     from textclf.services.distill import distill as run_distill
@@ -46,7 +50,7 @@ def distill(teacher, student, train_path, valid_path, test_path, output_dir, con
     run = RunSpec(family=student, train_path=train_path, valid_path=valid_path, test_path=test_path, output_dir=output_dir,
                   config=config_path, overrides=tuple(overrides), track=track, tracking_uri=tracking_uri, command="distill")
     result = run_distill(DistillSpec(run, teacher, unlabeled_path, unlabeled_format, text_column, temperature, repeats,
-                                     batch_size, balance, soft, augment))
+                                     batch_size, balance, soft, augment, cache))
     click.echo(f"distilled {student} student written to {result.model_dir}")
 
 

@@ -46,6 +46,8 @@ from textclf.services.runs import RunResult, RunSpec
 
 #: ``--repeats`` default: a row the teacher is certain of is added this many times (on top of any gold row)
 DEFAULT_REPEATS = 3
+#: texts a cached slice of teacher probabilities holds (:func:`teacher_proba`)
+TEACHER_SLICE = 4096
 #: meta.json key of the distillation record
 META_KEY = "distill"
 #: the store's tag prefix (the run service's own: ``textclf.``)
@@ -69,6 +71,8 @@ class DistillSpec:
     soft: bool | None = None
     #: variants of each training text added to the teacher's texts (:mod:`textclf.core.augment`; 0: none)
     augment: int = 0
+    #: keep the teacher's probabilities in the embedding cache (:func:`teacher_proba`)
+    cache: bool = True
 
 
 def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -117,12 +121,41 @@ def balance_copies(n: np.ndarray, argmax: np.ndarray, gold_labels: Sequence[str]
     return out
 
 
-def teacher_proba(teacher, texts: Sequence[str], labels: Sequence[str], batch_size: int) -> np.ndarray:
-    """The teacher's probabilities on ``texts`` with columns in ``labels`` order (the student's label set)."""
+def teacher_proba(teacher, texts: Sequence[str], labels: Sequence[str], batch_size: int,
+                  teacher_sha256: str | None = None, cache: bool = True) -> np.ndarray:
+    """The teacher's probabilities on ``texts`` with columns in ``labels`` order (the student's label set).
+
+    With ``teacher_sha256`` (its meta.json's hash, which lists every file it loads) and ``cache``, each
+    slice of :data:`TEACHER_SLICE` texts goes to the embedding cache (:class:`EmbeddingCache`, keyed
+    by the teacher, its backend, its label order and the slice's texts). Another distill from the
+    same teacher (another student, temperature or ``--repeats``) then predicts nothing again, and
+    one that was interrupted resumes after its last finished slice. The probabilities go through
+    float32 either way, so a cached run and a fresh one give the student the same data.
+    """
+    from textclf.families.common.cache import EmbeddingCache, sha256_texts
     from textclf.services.compare.ensemble import align_columns
 
-    chunks = [teacher.predict_proba(list(b)) for b in batched(list(texts), batch_size)]
-    proba = np.vstack(chunks) if chunks else np.zeros((0, len(teacher.labels)))
+    texts = list(texts)
+    store = EmbeddingCache() if cache and teacher_sha256 else None
+
+    def predict(part: list[str]) -> np.ndarray:
+        chunks = [teacher.predict_proba(list(b)) for b in batched(part, batch_size)]
+        return np.vstack(chunks) if chunks else np.zeros((0, len(teacher.labels)))
+
+    parts = []
+    for start in range(0, len(texts), TEACHER_SLICE):
+        part = texts[start:start + TEACHER_SLICE]
+        if store is None:
+            parts.append(np.asarray(predict(part), dtype=np.float32))
+            continue
+        doc = {"teacher_proba": teacher_sha256, "backend": getattr(teacher, "backend", None),
+               "labels": list(teacher.labels), "texts": sha256_texts(part)}
+        key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        info = {"encoder": f"teacher probabilities ({teacher.kind})", "teacher_meta_sha256": teacher_sha256,
+                "backend": doc["backend"], "labels": doc["labels"]}
+        proba, _ = store.get_or_compute(key, lambda part=part: predict(part), info)
+        parts.append(proba)
+    proba = np.vstack(parts).astype(np.float64) if parts else np.zeros((0, len(teacher.labels)))
     return align_columns(proba, teacher.labels, labels)
 
 
@@ -213,7 +246,7 @@ def distill(spec: DistillSpec) -> RunResult:
     augmented = augment_texts(splits.train.texts, spec.augment, seed=int(cfg.get("seed") or 0)) if spec.augment else []
     texts += augmented
     teacher_hash = sha256_file(teacher_dir / META_FILE)  # meta.json lists the hash of every file the model loads
-    proba = teacher_proba(teacher, texts, splits.labels, spec.batch_size)
+    proba = teacher_proba(teacher, texts, splits.labels, spec.batch_size, teacher_hash, spec.cache)
     soft = bool(family.weights) if spec.soft is None else spec.soft
     if soft and not family.weights:
         raise ConfigError(f"family {family.name!r} does not take per-row weights, so it cannot learn soft labels; "

@@ -151,7 +151,7 @@ def teacher_proba(teacher, texts: Sequence[str], labels: Sequence[str], batch_si
         doc = {"teacher_proba": teacher_sha256, "backend": getattr(teacher, "backend", None),
                "labels": list(teacher.labels), "texts": sha256_texts(part)}
         key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-        info = {"encoder": f"teacher probabilities ({teacher.kind})", "teacher_meta_sha256": teacher_sha256,
+        info = {"encoder": f"teacher:{teacher.kind} probabilities", "teacher_meta_sha256": teacher_sha256,
                 "backend": doc["backend"], "labels": doc["labels"]}
         proba, _ = store.get_or_compute(key, lambda part=part: predict(part), info)
         parts.append(proba)

@@ -544,6 +544,21 @@ def test_resume_on_other_data_is_refused_and_names_what_changed(ft_model, tweets
     assert json.loads((out / RESUME_FILE).read_text())["train"] == {"rows": 300, "sha256": new_sha}
 
 
+def test_evaluate_scores_labels_the_model_does_not_know_and_says_so(ft_model, tmp_path):
+    """evaluate counts rows whose label the model cannot predict as errors (they are part of the task), with a note on
+    stderr naming how many and the first line; tune-thresholds refuses the same file (it fits on those labels)."""
+    data = tmp_path / "eval.csv"
+    data.write_text("text,label\nI love it,positive\nmeh,neutral\nso so,neutral\nawful,negative\n")
+    result = CliRunner().invoke(cli, ["evaluate", "--model_path", str(ft_model), "--data_path", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (f"note: 2 row(s) of {data} hold a label the model does not know (first: 'neutral' at "
+                                     f"{data}:3); the model never predicts it, so those rows count as errors")
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 4 and metrics["accuracy"] <= 0.5
+    one_line_error(invoke("tune-thresholds", "--model_path", ft_model, "--valid_path", data),
+                   f"{data}:3: label(s) 'neutral' unknown to the model (its labels: negative, positive)")
+
+
 def test_csv_output_of_labels_with_commas_quotes_and_spaces(tmp_path):
     """A model whose labels hold commas, quotes and spaces writes CSV/JSONL that read back exactly."""
     from textclf.core.predictor import Predictor

@@ -48,13 +48,13 @@ def predict(model_path, input_path, output_path, output_format, input_format, te
 
 def note_unknown_labels(ds, model_labels) -> None:
     """A note on stderr when ``ds`` holds labels the model cannot predict: they are scored (always wrong), not refused."""
-    from textclf.core.data import first_unknown_label
+    from textclf.core.data import first_unknown_label, row_labels
 
     first = first_unknown_label(ds.labels, model_labels, ds.line_numbers)
     if first is None:
         return
     known = set(model_labels)
-    rows = sum(1 for row in ds.labels if any(label not in known for label in (row if isinstance(row, tuple) else (row,))))
+    rows = sum(1 for row in ds.labels if any(label not in known for label in row_labels(row)))
     where = f"{ds.path}:{first[1]}" if first[1] is not None else ds.path
     click.echo(f"note: {rows} row(s) of {ds.path} hold a label the model does not know (first: {first[0]!r} at "
                f"{where}); the model never predicts it, so those rows count as errors", err=True)

@@ -598,13 +598,18 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def row_labels(row) -> tuple:
+    """The labels of one row of ``Dataset.labels``: a label set's labels, or the single label."""
+    return tuple(row) if isinstance(row, tuple | list) else (row,)
+
+
 def first_unknown_label(labels: Sequence, known: Iterable[str],
                         line_numbers: Sequence[int] | None = None) -> tuple[str, int | None] | None:
     """The first label of ``labels`` (single labels or label sets, in row order) not in ``known``, with its row's
     file line (from ``line_numbers``; None when not known); None when every label is known."""
     known = set(known)
     for i, row in enumerate(labels):
-        for label in row if isinstance(row, tuple | list) else (row,):
+        for label in row_labels(row):
             if label not in known:
                 return label, (line_numbers[i] if line_numbers and i < len(line_numbers) else None)
     return None

@@ -18,6 +18,9 @@ N_TRIALS ?= 50
 SET ?=
 # make test-quick: pytest-xdist worker processes (auto: one per core)
 QUICK_WORKERS ?= auto
+# make test: one pytest process per core (every test runs single-threaded, OMP_NUM_THREADS=1 in tests/conftest.py);
+# the daemon tests (SLURM, PostgreSQL, containers) stay together on one of them. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 
 FASTTEXT_DIR ?= $(MODELS)/fasttext
@@ -408,11 +411,11 @@ test_infra: install ## Container, SLURM and PostgreSQL tests (builds images, sta
 	TEXTCLF_INFRA_TESTS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "containers or slurm or postgres" $(PYTEST_ARGS)
 
 ## ---- checks ----
-test: install ## Run every test, the slow ones too, offline (what CI runs; the mpnet ones skip unless fetched: test-encoders)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install ## Run every test, the slow ones too, offline, on TEST_WORKERS processes (what CI runs; the mpnet ones skip unless fetched: test-encoders)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-quick: install ## Day-to-day: every test but those marked slow (and the infra ones, unless TEXTCLF_INFRA_TESTS=1), on QUICK_WORKERS processes
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -n $(QUICK_WORKERS) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -n $(QUICK_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-full: test ## Same as test (kept for old habits)
 

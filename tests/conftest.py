@@ -41,6 +41,20 @@ SHARED_DATA = Path(os.environ.get("TEXTCLF_SHARED_DATA") or REPO.parent / "share
 INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep the tests that start daemons (SLURM, PostgreSQL, container builds) on one xdist worker.
+
+    ``make test`` runs on two processes with ``--dist loadgroup``: every other test may run beside them, but two
+    local SLURM clusters (one munge socket) or two image builds at once would fight. ``tryfirst`` so the group mark
+    is there before xdist reads it.
+    """
+    for item in items:
+        if any(item.get_closest_marker(m) for m in ("slurm", "postgres", "containers")):
+            item.add_marker(pytest.mark.xdist_group("infra"))
+
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -557,6 +557,12 @@ def test_evaluate_scores_labels_the_model_does_not_know_and_says_so(ft_model, tm
     assert metrics["n"] == 4 and metrics["accuracy"] <= 0.5
     one_line_error(invoke("tune-thresholds", "--model_path", ft_model, "--valid_path", data),
                    f"{data}:3: label(s) 'neutral' unknown to the model (its labels: negative, positive)")
+    board = CliRunner().invoke(cli, ["leaderboard", str(ft_model), "--data_path", str(data), "--no-isolate", "--n_boot",
+                                     "10", "--json"])
+    assert board.exit_code == 0, board.output
+    assert (f"{ft_model.name}: note: 2 row(s) of {data} hold a label the model does not know (first: 'neutral' at "
+            f"{data}:3); the model never predicts it, so those rows count as errors") in board.stderr.splitlines()
+    assert json.loads(board.stdout)["rows"][0]["accuracy"] <= 0.5
 
 
 def test_csv_output_of_labels_with_commas_quotes_and_spaces(tmp_path):

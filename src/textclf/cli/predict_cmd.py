@@ -7,7 +7,7 @@ import json
 import click
 
 from textclf.cli.options import FormatChoice, code_option, trust_code_option
-from textclf.core.data import read_labelled
+from textclf.core.data import read_labelled, unknown_label_note
 from textclf.core.loading import load_predictor
 from textclf.core.metrics import format_report
 from textclf.core.predictor import evaluate_predictor, predict_file
@@ -46,20 +46,6 @@ def predict(model_path, input_path, output_path, output_format, input_format, te
     click.echo(f"wrote {n} predictions to {output_path}", err=True)
 
 
-def note_unknown_labels(ds, model_labels) -> None:
-    """A note on stderr when ``ds`` holds labels the model cannot predict: they are scored (always wrong), not refused."""
-    from textclf.core.data import first_unknown_label, row_labels
-
-    first = first_unknown_label(ds.labels, model_labels, ds.line_numbers)
-    if first is None:
-        return
-    known = set(model_labels)
-    rows = sum(1 for row in ds.labels if any(label not in known for label in row_labels(row)))
-    where = f"{ds.path}:{first[1]}" if first[1] is not None else ds.path
-    click.echo(f"note: {rows} row(s) of {ds.path} hold a label the model does not know (first: {first[0]!r} at "
-               f"{where}); the model never predicts it, so those rows count as errors", err=True)
-
-
 @click.command()
 @code_option
 @trust_code_option
@@ -80,7 +66,9 @@ def evaluate(model_path, data_path, beta, text_column, label_column, data_format
     predictor = load_predictor(model_path, thresholds=thresholds, backend=backend)
     ds = read_labelled(data_path, data_format, text_column, label_column, min_classes=0, task=predictor.task,
                        label_separator=predictor.label_separator)
-    note_unknown_labels(ds, predictor.labels)
+    note = unknown_label_note(ds, predictor.labels)
+    if note:
+        click.echo(note, err=True)
     metrics = evaluate_predictor(predictor, ds.texts, ds.labels, batch_size, betas=beta or (1.0, 0.5))
     if as_json:
         click.echo(json.dumps(metrics, indent=2))

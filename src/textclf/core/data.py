@@ -615,6 +615,19 @@ def first_unknown_label(labels: Sequence, known: Iterable[str],
     return None
 
 
+def unknown_label_note(ds: Dataset, model_labels: Iterable[str]) -> str | None:
+    """A one-line note when ``ds`` holds labels the model cannot predict (scored as errors, not refused); None when
+    every label is known. ``evaluate`` and ``leaderboard`` print it on stderr."""
+    first = first_unknown_label(ds.labels, model_labels, ds.line_numbers)
+    if first is None:
+        return None
+    known = set(model_labels)
+    rows = sum(1 for row in ds.labels if any(label not in known for label in row_labels(row)))
+    where = f"{ds.path}:{first[1]}" if first[1] is not None else ds.path
+    return (f"note: {rows} row(s) of {ds.path} hold a label the model does not know (first: {first[0]!r} at {where}); "
+            "the model never predicts it, so those rows count as errors")
+
+
 def check_labels_known(train: Dataset, other: Dataset) -> None:
     """Raise DataError at the first row of ``other`` whose label (or, multi-label, a label of whose set) never occurs in ``train``."""
     first = first_unknown_label(other.labels, train.label_set, other.line_numbers)

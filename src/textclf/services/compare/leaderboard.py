@@ -269,7 +269,7 @@ def leaderboard(model_dirs: Sequence[str | Path], data_path: str | Path | None =
     ``metric`` is macro-F1 (multi-class) or micro-F1 (multi-label models: label sets). Without
     ``data_path`` the models must share ``data_sha256`` and their recorded test split is used.
     """
-    from textclf.core.data import DEFAULT_LABEL_SEPARATOR, labelled_format, read_labelled
+    from textclf.core.data import DEFAULT_LABEL_SEPARATOR, labelled_format, read_labelled, unknown_label_note
     from textclf.core.loading import _resolve
     from textclf.core.meta import read_meta
 
@@ -295,6 +295,9 @@ def leaderboard(model_dirs: Sequence[str | Path], data_path: str | Path | None =
     for name, d, meta in zip(_names(dirs), dirs, metas, strict=True):
         if progress:
             progress(f"scoring {d} ...")
+            note = unknown_label_note(ds, meta["labels"]) if meta.get("labels") else None
+            if note:
+                progress(f"{name}: {note}")
         r = measure_isolated(str(d), str(data_path), **kw) if isolate else measure(str(d), str(data_path), **kw)
         if not isolate:
             r["load_rss_mb"] = None  # shared with this process: not the model's own

@@ -8,7 +8,9 @@ modules as ``from conftest import ...`` after putting this folder on ``sys.path`
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import glob
 import os
 import re
@@ -41,18 +43,47 @@ SHARED_DATA = Path(os.environ.get("TEXTCLF_SHARED_DATA") or REPO.parent / "share
 INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
 
 
-@pytest.hookimpl(tryfirst=True)
+INFRA_MARKS = ("slurm", "postgres", "containers")
+INFRA_GROUP = "infra"
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """Keep the tests that start daemons (SLURM, PostgreSQL, container builds) on one xdist worker.
 
-    ``make test`` runs on two processes with ``--dist loadgroup``: every other test may run beside them, but two
-    local SLURM clusters (one munge socket) or two image builds at once would fight. ``tryfirst`` so the group mark
-    is there before xdist reads it.
+    ``make test`` runs on one process per core with ``--dist loadgroup``: every other test may run beside them, but two
+    local SLURM clusters, PostgreSQL servers or image builds at once would fight for the machine (and the cluster's
+    munge socket). xdist groups by a ``@group`` suffix on the node id, which xdist 3.8 writes to ``item._nodeid``;
+    pytest 9.2 keeps the id in ``item._id``, so the suffix is set here (on the workers, after xdist's own hook).
+    :func:`infra_lock` makes the daemon fixtures wait for each other should the grouping ever be lost.
     """
-    for item in items:
-        if any(item.get_closest_marker(m) for m in ("slurm", "postgres", "containers")):
-            item.add_marker(pytest.mark.xdist_group("infra"))
+    if not getattr(config.option, "loadgroup", False):  # set by xdist on its workers under --dist loadgroup
+        return
+    from _pytest.nodeid import NodeId
 
+    for item in items:
+        if any(item.get_closest_marker(m) for m in INFRA_MARKS) and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{INFRA_GROUP}")
+
+
+_infra_depth = 0
+
+
+@contextlib.contextmanager
+def infra_lock():
+    """Hold the machine-wide lock of the daemon fixtures (a file lock, re-entrant within a process): a SLURM cluster and
+    a PostgreSQL server of one test module never run beside those of a module on another xdist worker."""
+    global _infra_depth
+    with open(Path(tempfile.gettempdir()) / "textclf-test-infra.lock", "a") as fh:
+        if _infra_depth == 0:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        _infra_depth += 1
+        try:
+            yield
+        finally:
+            _infra_depth -= 1
+            if _infra_depth == 0:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -252,14 +283,15 @@ def cluster(tmp_path_factory) -> dict:
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
         pytest.skip("slurm-wlm is not installed and apt-get is unavailable")
     d = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()), SLURM_CONF=str(d / "slurm.conf"))
-    up = run(["bash", "slurm/local-cluster.sh", "up", str(d)], env, timeout=300, check=False)
-    if up.returncode == 3:
-        pytest.skip(f"cannot install SLURM here: {up.stderr.strip()}")
-    assert up.returncode == 0, up.stderr
-    env["TEXTCLF_TEST_SLURM_DIR"] = str(d)
-    yield env
-    run(["bash", "slurm/local-cluster.sh", "down", str(d)], env, check=False)
+    with infra_lock():
+        env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()), SLURM_CONF=str(d / "slurm.conf"))
+        up = run(["bash", "slurm/local-cluster.sh", "up", str(d)], env, timeout=300, check=False)
+        if up.returncode == 3:
+            pytest.skip(f"cannot install SLURM here: {up.stderr.strip()}")
+        assert up.returncode == 0, up.stderr
+        env["TEXTCLF_TEST_SLURM_DIR"] = str(d)
+        yield env
+        run(["bash", "slurm/local-cluster.sh", "down", str(d)], env, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -274,23 +306,24 @@ def postgres_url() -> str:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg is not installed: pip install '.[postgres]'")
-    bindir = Path(initdb[-1]).parent
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="textclf-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    run(as_user + [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"], timeout=120)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o", opts, "start"], timeout=60)
-    try:
-        run(as_user + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"])
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    with infra_lock():
+        bindir = Path(initdb[-1]).parent
+        as_user: list[str] = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            as_user = ["runuser", "-u", "postgres", "--"]
+        root = Path(tempfile.mkdtemp(prefix="textclf-pg-"))
+        if as_user:
+            shutil.chown(root, "postgres")
+        data, port = root / "data", free_port()
+        run(as_user + [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"], timeout=120)
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o", opts, "start"], timeout=60)
+        try:
+            run(as_user + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"])
+            yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+        finally:
+            run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def make(target: str, env: dict, **variables: str) -> subprocess.CompletedProcess:

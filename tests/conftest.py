@@ -45,6 +45,8 @@ INFRA = os.environ.get("TEXTCLF_INFRA_TESTS") == "1"
 
 INFRA_MARKS = ("slurm", "postgres", "containers")
 INFRA_GROUP = "infra"
+#: the file lock of :func:`infra_lock`
+INFRA_LOCK = Path(tempfile.gettempdir()) / "textclf-test-infra.lock"
 
 
 @pytest.hookimpl(trylast=True)
@@ -53,8 +55,9 @@ def pytest_collection_modifyitems(config, items):
 
     ``make test`` runs on one process per core with ``--dist loadgroup``: every other test may run beside them, but two
     local SLURM clusters, PostgreSQL servers or image builds at once would fight for the machine (and the cluster's
-    munge socket). xdist groups by a ``@group`` suffix on the node id, which xdist 3.8 writes to ``item._nodeid``;
-    pytest 9.2 keeps the id in ``item._id``, so the suffix is set here (on the workers, after xdist's own hook).
+    munge socket). Those tests join the ``infra`` group, beside any ``xdist_group`` mark of their own. xdist groups by
+    a ``@group`` suffix on the node id, which xdist 3.8 writes to ``item._nodeid``; pytest 9.2 keeps the id in
+    ``item._id``, so the suffix is set here (on the workers, after xdist's own hook).
     :func:`infra_lock` makes the daemon fixtures wait for each other should the grouping ever be lost.
     """
     if not getattr(config.option, "loadgroup", False):  # set by xdist on its workers under --dist loadgroup
@@ -62,8 +65,11 @@ def pytest_collection_modifyitems(config, items):
     from _pytest.nodeid import NodeId
 
     for item in items:
-        if any(item.get_closest_marker(m) for m in INFRA_MARKS) and "@" not in item.nodeid:
-            item._id = NodeId.parse(f"{item.nodeid}@{INFRA_GROUP}")
+        groups = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        if any(item.get_closest_marker(m) for m in INFRA_MARKS):
+            groups.add(INFRA_GROUP)
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(groups))}")
 
 
 _infra_depth = 0
@@ -74,7 +80,7 @@ def infra_lock():
     """Hold the machine-wide lock of the daemon fixtures (a file lock, re-entrant within a process): a SLURM cluster and
     a PostgreSQL server of one test module never run beside those of a module on another xdist worker."""
     global _infra_depth
-    with open(Path(tempfile.gettempdir()) / "textclf-test-infra.lock", "a") as fh:
+    with open(INFRA_LOCK, "a") as fh:
         if _infra_depth == 0:
             fcntl.flock(fh, fcntl.LOCK_EX)
         _infra_depth += 1

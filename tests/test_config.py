@@ -113,17 +113,22 @@ def test_override_folders_working_directory_then_checkout(tmp_path, monkeypatch,
 
 
 def test_set_parses_json_values():
-    cfg = load_config("fasttext", overrides=["model.lr=0.5", "model.loss=ova", "search.timeout=30",
+    cfg = load_config("fasttext", overrides=["model.t=0.5", "model.loss=ova", "search.timeout=30",
                                              'search.space.dim={"type": "categorical", "choices": [10]}'])
-    assert cfg["model"]["lr"] == 0.5
+    assert cfg["model"]["t"] == 0.5
     assert cfg["model"]["loss"] == "ova"
     assert cfg["search"]["timeout"] == 30
     assert cfg["search"]["space"]["dim"] == {"type": "categorical", "choices": [10]}
 
 
 def test_int_accepted_for_float_and_string_kept():
-    cfg = apply_override(default_config("fasttext"), "model.lr=1")
-    assert cfg["model"]["lr"] == 1.0 and isinstance(cfg["model"]["lr"], float)
+    cfg = apply_override(default_config("fasttext"), "model.t=1")
+    assert cfg["model"]["t"] == 1.0 and isinstance(cfg["model"]["t"], float)
+    # over an "auto" default a number arrives as text, which the setting's reader parses (fastText's lr)
+    from textclf.families.fasttext.model import resolve_params
+
+    lr = apply_override(cfg, "model.lr=0.5")["model"]
+    assert lr["lr"] == "0.5" and resolve_params(lr, ["a text"])["lr"] == 0.5
     cfg = apply_override(cfg, "data.text_column=123")
     assert cfg["data"]["text_column"] == "123"
 
@@ -155,7 +160,7 @@ def test_config_file_partial_merge(tmp_path):
     p = tmp_path / "mine.json"
     p.write_text(json.dumps({"model": {"epoch": 7}, "search": {"n_trials": 3}}))
     cfg = load_config("fasttext", p, ["search.n_trials=4"])
-    assert cfg["model"]["epoch"] == 7 and cfg["search"]["n_trials"] == 4 and cfg["model"]["lr"] == 0.1
+    assert cfg["model"]["epoch"] == 7 and cfg["search"]["n_trials"] == 4 and cfg["model"]["lr"] == "auto"
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": {"epoch": 7,}}')
     with pytest.raises(ConfigError, match=r"bad\.json:1: invalid JSON"):

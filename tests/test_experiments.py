@@ -114,7 +114,7 @@ BAD_GRIDS = [
     ({"family": "fasttext", "data": "DATA", "set": {"model.dropout": [0.1]}},
      ": set 'model.dropout': no family of the grid (fasttext) has this config key"),
     ({"family": "fasttext", "data": "DATA", "set": {"model.lr": []}}, ": set 'model.lr': empty list of values"),
-    ({"family": "fasttext", "data": "DATA", "set": {"model.lr": ["fast"]}}, ": model.lr: expected float, got str 'fast'"),
+    ({"family": "fasttext", "data": "DATA", "set": {"model.t": ["fast"]}}, ": model.t: expected float, got str 'fast'"),
     ({"family": "fasttext", "data": "DATA", "config": "missing.json"}, ": missing.json: config file not found"),
 ]
 

@@ -111,7 +111,7 @@ def test_run_records_data_config_metrics_and_code_version(first, data):
     assert json.loads(tags[f"{TAG}versions"])["fasttext-community"] == meta["versions"]["fasttext-community"]
     assert json.loads(tags[f"{TAG}paths"])["train"] == str(data["train"].resolve())
     assert params == flatten(meta["config"])
-    assert params["model.lr"] == "0.1" and params["search.n_trials"] == "0" and params["seed"] == "13"
+    assert params["model.lr"] == "auto" and params["search.n_trials"] == "0" and params["seed"] == "13"
     for split in ("valid", "test"):
         for key in ("accuracy", "macro_f1", "macro_f0.5"):
             assert metrics[f"{split}.{key}"] == meta["metrics"][split][key]
@@ -233,7 +233,7 @@ def test_runs_list_show_diff_rerun(first, uri, tmp_path):
     assert child.data.tags[f"{TAG}data_sha256"] == run.data.tags[f"{TAG}data_sha256"]
     assert child.data.tags[f"{TAG}command"] == "rerun" and child.data.params["model.lr"] == "0.5"
     child_meta = json.loads((tmp_path / "rerun" / "meta.json").read_text())
-    assert child_meta["config"] == {**meta["config"], "model": {**meta["config"]["model"], "lr": 0.5}}
+    assert child_meta["config"] == {**meta["config"], "model": {**meta["config"]["model"], "lr": "0.5"}}
 
     # list: one row per run with the exact metrics; filters; JSON
     listing = invoke("runs", "list", "--tracking_uri", uri, "--family", "fasttext", "--dataset", "tweets_small")
@@ -262,14 +262,14 @@ def test_runs_list_show_diff_rerun(first, uri, tmp_path):
     # show
     shown = invoke("runs", "show", rid[:10], "--tracking_uri", uri).splitlines()
     assert shown[0] == f"run        {rid}" and "status     FINISHED" in shown
-    assert "  model.lr = 0.1" in shown and f"  valid.macro_f1 = {fmt(meta['metrics']['valid']['macro_f1'])}" in shown
+    assert "  model.lr = auto" in shown and f"  valid.macro_f1 = {fmt(meta['metrics']['valid']['macro_f1'])}" in shown
     assert f"parent     {rid} (--set model.lr=0.5)" in invoke("runs", "show", child.info.run_id, "--tracking_uri", uri)
 
     # diff: model.lr is the only config key that differs; only differing metrics
     lines = invoke("runs", "diff", rid, child.info.run_id, "--tracking_uri", uri).splitlines()
     assert lines[0].split() == [rid[:8], child.info.run_id[:8]]
     config = lines[lines.index("config:") + 1: lines.index("metrics:")]
-    assert [x.split() for x in config] == [["model.lr", "0.1", "0.5"]]
+    assert [x.split() for x in config] == [["model.lr", "auto", "0.5"]]
     for line in lines[lines.index("metrics:") + 1:]:
         key, va, vb = line.split()
         assert va != vb

@@ -30,7 +30,7 @@ INPUT ?= $(TEST_PATH)
 OUTPUT ?=
 
 .PHONY: help install encoders test test-quick test-full test-encoders lint clean \
-	train_fasttext predict_fasttext bench_fasttext bench_small
+	train_fasttext predict_fasttext bench_fasttext bench_small bench_fasttext_lr
 
 help: ## Show this list of targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-34s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,9 @@ bench_fasttext: install ## Benchmark: defaults vs autotune vs Optuna, throughput
 
 bench_small: install ## Benchmark: default 20 MB fastText vs unconstrained (bucket 2M) on the shared datasets -> benchmarks/results/small.json
 	$(BIN)/python benchmarks/bench_small.py $(BENCH_ARGS)
+
+bench_fasttext_lr: install ## Benchmark: fastText with no search at lr 0.1-1.0 vs lr "auto" on the shared datasets -> benchmarks/results/fasttext_lr.json
+	$(BIN)/python benchmarks/bench_fasttext_lr.py $(BENCH_ARGS)
 
 ## ---- LSTM (allennlp/) ----
 .PHONY: train_allennlp predict_allennlp tune_allennlp tensorboard bench_lstm

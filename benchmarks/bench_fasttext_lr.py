@@ -4,7 +4,7 @@ fastText averages a text's word vectors, so a word's update is the learning rate
 ``auto`` (:func:`textclf.families.fasttext.model.auto_lr`) raises the rate with the mean token count. Each rate
 trains fastText once per dataset with the family's other defaults (dim 100, ``wordNgrams`` 2, 25 epochs, softmax)
 at bucket 200,000, one thread, seed 13, on the training file textclf writes, and scores valid and test macro-F1
-with the family's Predictor path (texts folded to one line as textclf does).
+(the texts folded to fastText lines as the family's Predictor folds them).
 
 Run: ``make bench_fasttext_lr`` (``python benchmarks/bench_fasttext_lr.py``); results in
 ``benchmarks/results/fasttext_lr.json`` with a markdown table.
@@ -33,12 +33,12 @@ def run_dataset(paths: dict, rates, seed: int) -> dict:
     import fasttext
     from textclf.core.data import read_labelled
     from textclf.core.tempfiles import owned_temp_dir
-    from textclf.families.fasttext.model import auto_lr, fasttext_lines, write_training_file
+    from textclf.families.fasttext.model import auto_lr, fasttext_lines, mean_tokens, write_training_file
 
     train, valid, test = (read_labelled(paths[s]) for s in ("train", "valid", "test"))
     labels = train.label_set
     auto = auto_lr(train.texts)
-    out = {"mean_tokens": round(sum(len(t.split()) for t in train.texts) / len(train), 1), "auto_lr": auto, "rates": {}}
+    out = {"mean_tokens": round(mean_tokens(train.texts), 1), "auto_lr": auto, "rates": {}}
     with owned_temp_dir("textclf-bench-lr-") as tmp:
         train_file = Path(tmp) / "train.txt"
         write_training_file(train, labels, train_file, None)

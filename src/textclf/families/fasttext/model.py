@@ -166,6 +166,11 @@ AUTO_LR = (0.1, 1.0)
 AUTO_LR_TOKENS = 40
 
 
+def mean_tokens(texts: Sequence[str]) -> float:
+    """Mean whitespace-token count of ``texts`` (0 for none): what :func:`auto_lr` scales the rate by."""
+    return sum(len(t.split()) for t in texts) / max(1, len(texts))
+
+
 def auto_lr(texts: Sequence[str]) -> float:
     """The learning rate ``model.lr: "auto"`` gives fastText for these training texts.
 
@@ -175,8 +180,7 @@ def auto_lr(texts: Sequence[str]) -> float:
     ``AUTO_LR_TOKENS`` tokens, capped at 1.0 (benchmarks/README.md, fastText's learning rate).
     """
     low, high = AUTO_LR
-    mean = sum(len(t.split()) for t in texts) / max(1, len(texts))
-    return round(min(high, max(low, low * mean / AUTO_LR_TOKENS)), 4)
+    return round(min(high, max(low, low * mean_tokens(texts) / AUTO_LR_TOKENS)), 4)
 
 
 def resolve_params(model_cfg: dict, texts: Sequence[str]) -> dict:

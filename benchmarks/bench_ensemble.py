@@ -195,11 +195,12 @@ def job_probas(members: list[str], paths: dict) -> dict:
     return out
 
 
-def small_valid_case(probas: dict, rows: list[int], seed: int) -> dict:
+def small_valid_case(probas: dict, rows: list[int], seed: int, member_calibration: str = "temperature") -> dict:
     """``auto`` fitted (``fit_method``, as ``textclf ensemble`` does) on the valid ``rows``, scored on test."""
     import numpy as np
 
     from textclf.services.compare.ensemble import DEFAULT_BAGS, fit_method, stacker_proba, weighted_average
+    from textclf.services.compare.member_temperature import apply_temperatures
     from textclf.services.compare.thresholds import macro_fbeta
 
     k = len(probas["labels"])
@@ -207,7 +208,9 @@ def small_valid_case(probas: dict, rows: list[int], seed: int) -> dict:
     valid = [np.asarray(p)[rows] for p in probas["valid"]["probas"]]
     test = [np.asarray(p) for p in probas["test"]["probas"]]
     y_test = np.asarray(probas["test"]["y"])
-    saved, weights, stacker, search = fit_method("auto", valid, y, k, seed=seed, bags=DEFAULT_BAGS)
+    saved, weights, stacker, search = fit_method("auto", valid, y, k, seed=seed, bags=DEFAULT_BAGS,
+                                                 member_calibration=member_calibration)
+    test = apply_temperatures(test, search["member_temperatures"], False)  # as the saved ensemble scales its members
     proba = stacker_proba(stacker, test, k) if saved == "stacking" else weighted_average(test, weights)
     members = [macro_fbeta(y_test, p.argmax(axis=1), k) for p in test]
     auto = search["auto"]
@@ -233,7 +236,7 @@ def bench_small_valid(name: str, paths: dict, work: Path, args: dict, echo) -> d
     size = min(args["small_valid"], n_valid)
     for i in range(args["subsamples"]):
         rows = np.sort(np.random.default_rng(1000 + i).choice(n_valid, size, replace=False)).tolist()
-        case = {"subsample": i, "seed": 1000 + i, "rows": size, **small_valid_case(probas, rows, 13)}
+        case = {"subsample": i, "seed": 1000 + i, "rows": size, **small_valid_case(probas, rows, 13, args["member_calibration"])}
         case["gain"] = case["test_macro_f1"] - case["best_member_test_macro_f1"]
         case["ok"] = bool(case["gain"] >= -SMALL_VALID_TOLERANCE)
         result["cases"].append(case)
@@ -456,14 +459,14 @@ def summary(datasets: dict) -> dict:
 
 
 def run_small_valid(datasets: str, data_root: str, output: str | None, keep: str | None, reuse: bool, size: int,
-                    subsamples: int) -> None:
+                    subsamples: int, member_calibration: str = "temperature") -> None:
     """The ``--small_valid`` experiment over the datasets; a table and ``ensemble_small_valid.json``."""
     from textclf.core.atomic import atomic_write_json
 
     output = Path(output or REPO / "benchmarks" / "results" / "ensemble_small_valid.json")
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     echo = make_echo(show_elapsed=True)
-    args = {"reuse": reuse, "small_valid": size, "subsamples": subsamples}
+    args = {"reuse": reuse, "small_valid": size, "subsamples": subsamples, "member_calibration": member_calibration}
     doc = {"benchmark": "ensemble_small_valid", "started": utc_now(),
            "command": " ".join(["python", "benchmarks/bench_ensemble.py", *sys.argv[1:]]),
            "settings": {**args, "datasets": names, "data_root": str(data_root),
@@ -546,10 +549,12 @@ def merge_small_valid(paths: list[str], output: str | None) -> None:
 @click.option("--small_valid", type=int, default=0, show_default=True,
               help="Instead: cheap members trained once, auto fitted on --subsamples random N-row subsamples of valid.")
 @click.option("--subsamples", type=int, default=5, show_default=True, help="Subsamples of valid per dataset (--small_valid).")
+@click.option("--member_calibration", type=click.Choice(["temperature", "none"]), default="temperature", show_default=True,
+              help="With --small_valid: the ensembles' member calibration (textclf ensemble --member_calibration).")
 @click.option("--merge", default=None, metavar="A.json,B.json",
               help="With --small_valid: merge the results of runs over other datasets (e.g. run in parallel) into --output.")
 def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_trials, tfidf, threshold_beta, keep, holdout,
-         reuse, bags, quick, small_valid, subsamples, merge):
+         reuse, bags, quick, small_valid, subsamples, member_calibration, merge):
     """Members vs weighted and stacked ensembles, and threshold tuning, per shared dataset; a table and a JSON."""
     from textclf.services.compare.ensemble import DEFAULT_BAGS
 
@@ -560,7 +565,7 @@ def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_
         merge_small_valid(merge.split(","), output)
         return
     if small_valid:
-        run_small_valid(datasets, data_root, output, keep, reuse, small_valid, subsamples)
+        run_small_valid(datasets, data_root, output, keep, reuse, small_valid, subsamples, member_calibration)
         return
     args = {"reuse": reuse, "bags": DEFAULT_BAGS if bags is None else bags,
             "ft_trials": ft_trials or (3 if quick else 30), "ft_budget_s": ft_budget_s or (10.0 if quick else 400.0),

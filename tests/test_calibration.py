@@ -278,8 +278,9 @@ def test_thresholds_and_ensembles_use_the_calibrated_probabilities(overconfident
     member = ensemble.members[0]
     assert member.calibration is not None and ensemble.members[1].calibration is None
     texts = texts_labels(DATA / "test.csv")[0][:40]
-    calibrated = ensemble.combine([m.predict_proba(texts) for m in ensemble.members])
-    raw = ensemble.combine([m.uncalibrated_proba(texts) for m in ensemble.members])
+    # the members' calibrated probabilities (then the ensemble's own temperature per member), not their raw ones
+    calibrated = ensemble.combine(ensemble.tempered([m.predict_proba(texts) for m in ensemble.members]))
+    raw = ensemble.combine(ensemble.tempered([m.uncalibrated_proba(texts) for m in ensemble.members]))
     assert np.allclose(ensemble.predict_proba(texts), calibrated)
     assert ensemble.weights[0] == 0 or not np.allclose(calibrated, raw)
     # the ensemble itself can be calibrated too, like any model directory

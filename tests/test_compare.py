@@ -247,13 +247,31 @@ def test_weighted_ensemble_round_trips_and_averages_its_members(models, tweets, 
     ens = load_predictor(out)
     assert type(ens).__name__ == "EnsemblePredictor" and ens.kind == "ensemble"
     texts = read_labelled(tweets["test"]).texts
-    parts = [load_predictor(m).predict_proba(texts) for m in members]
+    # every member is scaled by its own temperature, fitted on valid, before the average
+    temps = [r["temperature"] for r in meta["members"]]
+    assert search["member_temperatures"] == temps and all(len(t) == 1 and 0.02 < t[0] < 55 for t in temps)
+    assert meta["config"]["member_calibration"] == "temperature"
+    raw = [load_predictor(m).predict_proba(texts) for m in members]
+    parts = []
+    for p, (t,) in zip(raw, temps, strict=True):
+        z = np.log(np.clip(p, 1e-7, None)) / t
+        parts.append(np.exp(z - z.max(axis=1, keepdims=True)) / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True))
+        assert (parts[-1].argmax(axis=1) == p.argmax(axis=1)).all()  # a temperature keeps the member's decisions
     expected = np.zeros_like(parts[0])
     for w, p in zip(weights, parts, strict=True):
         if w:
             expected += w * p
-    np.testing.assert_array_equal(ens.predict_proba(texts), expected)
+    np.testing.assert_allclose(ens.predict_proba(texts), expected, atol=1e-12)
     assert ens.predict(texts) == [ens.labels[i] for i in expected.argmax(axis=1)]
+
+    plain = tmp_path / "plain"  # --member_calibration none: the members' probabilities as they are
+    result = invoke("ensemble", "--model_path", members[0], "--model_path", members[1], "--valid_path", tweets["valid"],
+                    "--output_dir", plain, "--method", "weighted", "--bags", "0", "--member_calibration", "none")
+    assert result.exit_code == 0, result.output
+    plain_meta = json.loads((plain / "meta.json").read_text())
+    assert [r["temperature"] for r in plain_meta["members"]] == [None, None]
+    np.testing.assert_array_equal(load_predictor(plain).predict_proba(texts),
+                                  sum(w * p for w, p in zip(plain_meta["weights"], raw, strict=True) if w))
 
     pred = tmp_path / "pred.txt"
     assert invoke("predict", "--model_path", out, "--input_path", tweets["test"], "--output_path", pred).exit_code == 0
@@ -283,6 +301,8 @@ def test_stacking_ensemble(models, tweets, tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     assert meta["method"] == "stacking" and meta["weights"] is None and (out / "stacker.skops").is_file()
+    # the stacker learns each member's scale itself: no member temperatures
+    assert [r["temperature"] for r in meta["members"]] == [None, None, None]
     s = meta["ensemble_search"]
     assert s["cv_folds"] == 3 and 0.5 < s["cv_score"] <= 1 and s["features"] == 6 and set(s["params"]) == {"C", "class_weight"}
     ens = load_predictor(out)
@@ -360,8 +380,11 @@ def test_auto_keeps_the_single_member_that_combining_cannot_beat(models, tweets,
     ens = load_predictor(out)
     texts = read_labelled(tweets["test"]).texts
     alone = load_predictor(chosen)
-    np.testing.assert_array_equal(ens.predict_proba(texts), alone.predict_proba(texts))
-    assert ens.predict(texts) == alone.predict(texts)
+    assert ens.predict(texts) == alone.predict(texts)  # decides like the member; its probabilities are temperature-scaled
+    from textclf.services.compare.member_temperature import apply_temperatures
+
+    scaled = apply_temperatures([alone.predict_proba(texts)], [meta["members"][1]["temperature"]], False)[0]
+    np.testing.assert_allclose(ens.predict_proba(texts), scaled, atol=1e-12)
 
 
 @pytest.mark.slow  # an auto ensemble search (quick: tests/test_small_models.py's auto rule)

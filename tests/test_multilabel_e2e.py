@@ -75,7 +75,12 @@ def test_ensemble_averages_per_label_probabilities(models):
     assert meta["ensemble_search"]["valid_score"] >= max(meta["ensemble_search"]["single"]) - 1e-12
     ens, a, b = (load_predictor(models[k], thresholds=False) for k in ("ens", "a", "b"))
     texts = read_labelled(FIXTURE / "test.jsonl", task="multilabel").texts[:20]
-    expected = meta["weights"][0] * a.predict_proba(texts) + meta["weights"][1] * b.predict_proba(texts)
+    temps = [r["temperature"] for r in meta["members"]]  # one temperature per member and label, fitted on valid
+    assert all(len(t) == len(LABELS) for t in temps)
+    scaled = ens.tempered([a.predict_proba(texts), b.predict_proba(texts)])
+    for raw, s in zip((a.predict_proba(texts), b.predict_proba(texts)), scaled, strict=True):
+        assert ((raw >= 0.5) == (s >= 0.5)).all()  # a temperature keeps every 0.5 decision
+    expected = meta["weights"][0] * scaled[0] + meta["weights"][1] * scaled[1]
     np.testing.assert_allclose(ens.predict_proba(texts), expected, atol=1e-9)
     assert all(isinstance(p, tuple) for p in ens.predict(texts))
     result = CliRunner().invoke(cli, ["ensemble", "--model_path", str(models["a"]), "--model_path", str(models["b"]),
@@ -191,3 +196,16 @@ def test_lstm_export_and_onnx_serving_give_the_torch_label_sets(tmp_path):
         assert [tuple(p["labels"]) for p in answer["predictions"]] == expected
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_explain_says_no_label_when_the_label_set_is_empty(models, tmp_path):
+    text = "the of and a"  # words of every topic: no label reaches 0.5
+    source = tmp_path / "in.txt"
+    source.write_text(text + "\n")
+    assert invoke("predict", "--model_path", str(models["b"]), "--input_path", str(source), "--output_path",
+                  str(tmp_path / "out.txt")).exit_code == 0
+    assert (tmp_path / "out.txt").read_text() == "\n"  # the empty label set: an empty line, aligned
+    result = invoke("explain", "--model_path", str(models["b"]), "--text", text)
+    assert result.exit_code == 0, result.output
+    head = result.output.splitlines()[0]
+    assert head.endswith("; predicted no label; occlusion)") and head.split(" ")[0] in LABELS

@@ -104,16 +104,20 @@ def report(model_path, data_path, out_dir, text_column, label_column, data_forma
 @click.option("--max_model_mb", type=float, default=None,
               help="Size budget: the members' sizes summed (MB) stay within it; the best members alone on valid are kept "
               "first, the others skipped with a message.")
+@click.option("--member_calibration", type=click.Choice(["temperature", "none"]), default="temperature", show_default=True,
+              help="Scale each member's probabilities by a temperature fitted on valid before averaging them (one scale of "
+              "confidence for every family; a member's own decisions do not change; stacking reads them as they are), "
+              "or average them as they are.")
 @data_format_options
 @click.option("--batch_size", type=int, default=1024, show_default=True)
 def ensemble(model_paths, valid_path, output_dir, method, beta, objective, copy, test_path, step, bags, cv, seed, max_model_mb,
-             text_column, label_column, data_format, batch_size):
+             member_calibration, text_column, label_column, data_format, batch_size):
     """Combine model directories of any families into one ensemble model directory (kind ``ensemble``)."""
     from textclf.services.compare.ensemble import build_ensemble, weights_table
 
     meta = build_ensemble(model_paths, valid_path, output_dir, method, beta, copy, test_path, step, cv, seed, data_format,
                           text_column, label_column, batch_size, echo=True, objective=objective, bags=bags,
-                          max_model_mb=max_model_mb)
+                          max_model_mb=max_model_mb, member_calibration=member_calibration)
     s = meta["ensemble_search"]
     click.echo(f"\n{weights_table(meta)}\n\nvalid {s['metric']}: {s['valid_score']:.4f} ({s.get('strategy') or 'cross-validated'})"
                f"; best single member on valid: {max(s['single']):.4f}")

@@ -132,6 +132,15 @@ def _strength(scores: Sequence[float]) -> list[float]:
     return [s / peak if peak > 0 else 0.0 for s in scores]
 
 
+#: what the header says when a multi-label model predicts no label for the text
+NO_LABEL = "no label"
+
+
+def _predicted(e: Explanation) -> str:
+    """The prediction as the header shows it (an empty label set of a multi-label model: :data:`NO_LABEL`)."""
+    return str(e.predicted) if str(e.predicted) else NO_LABEL
+
+
 def format_terminal(explanation: Explanation, color: bool = True, top: int = 5) -> str:
     """A header line, the tokens coloured by attribution (green toward the label, red against), and the top tokens.
 
@@ -140,7 +149,7 @@ def format_terminal(explanation: Explanation, color: bool = True, top: int = 5) 
     import click
 
     e = explanation
-    head = f"{e.label} (p={e.probability:.3f}; predicted {e.predicted}; {e.attribution.method})"
+    head = f"{e.label} (p={e.probability:.3f}; predicted {_predicted(e)}; {e.attribution.method})"
     parts = []
     for token, s in zip(e.tokens, _strength(e.scores), strict=True):
         if not color or abs(s) < 0.1:
@@ -161,7 +170,7 @@ def html_snippet(explanation: Explanation) -> str:
         spans.append(f'<span style="background:rgba({rgb},{abs(s) * 0.75:.2f});padding:1px 2px;border-radius:3px" '
                      f'title="{score:+.4f}">{html.escape(token)}</span>')
     head = (f'<div style="font-size:90%;color:#555">{html.escape(str(e.label))} (p={e.probability:.3f}; predicted '
-            f'{html.escape(str(e.predicted))}; {html.escape(e.attribution.method)})</div>')
+            f'{html.escape(_predicted(e))}; {html.escape(e.attribution.method)})</div>')
     return f'<div class="textclf-explanation" style="margin:6px 0;line-height:1.9">{head}{" ".join(spans)}</div>'
 
 

@@ -14,7 +14,7 @@ with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`
   bootstrap of the macro F-beta difference whose one-sided 95 % lower bound must be above 0, a
   bar that rises as valid shrinks); among clear winners the better out-of-fold score wins, ties
   going to the simpler (weighted < stacking). The winner is fitted on all of valid. A single
-  member is saved as one-hot weights (method ``weighted``): the ensemble predicts exactly like
+  member is saved as one-hot weights (method ``weighted``): the ensemble decides exactly like
   it. meta.json keeps every candidate's CV score and the evidence (``ensemble_search.auto``,
   its ``rule``). ``max_model_mb`` bounds the sum of the members' sizes (:func:`fit_budget`).
 * ``weighted``: ``P = sum_m w_m P_m`` with ``w`` on the simplex (``w_m >= 0``, sum 1),
@@ -34,6 +34,11 @@ with :func:`build_ensemble`; the result is a model directory of kind ``ensemble`
   probabilities, its ``C`` and ``class_weight`` picked by stratified k-fold cross-validation
   (``--cv``, macro F-beta), then refitted on all of valid (``stacker.skops``, saved with skops; the
   ``stacker.joblib`` pickle of an older version loads only with ``--trust-code``).
+
+Before they are averaged, the members' probabilities are scaled by a temperature each, fitted on valid
+(``--member_calibration temperature``, default; :mod:`.member_temperature`), so members of different
+families are averaged on one scale of confidence; a member's own decisions do not change. Stacking
+reads them as they are (its regression learns each member's scale); ``none`` averages them as they are.
 
 Multi-label members (``meta.json`` ``"task": "multilabel"``, docs/multilabel.md): the ensemble
 averages the members' independent per-label probabilities, ``weighted`` only (``auto`` is the
@@ -170,6 +175,11 @@ class EnsemblePredictor(Predictor):
         self.method = meta.get("method", "weighted")
         self.weights = np.asarray(weights if weights is not None else meta.get("weights") or [], dtype=np.float64)
         self.stacker = stacker
+        #: per member, the temperature(s) its probabilities are scaled by before combining (None: as they are)
+        self.temperatures = [r.get("temperature") for r in meta.get("members") or []] or None
+        if self.temperatures is not None and len(self.temperatures) != len(self.members):
+            raise ModelError(f"{self.model_dir / META_FILE}: {len(self.temperatures)} member record(s) for "
+                             f"{len(self.members)} member(s)")
         if self.method == "weighted" and len(self.weights) != len(self.members):
             raise ModelError(f"{self.model_dir / META_FILE}: {len(self.weights)} weight(s) for {len(self.members)} member(s)")
         if self.method == "stacking" and stacker is None:
@@ -214,14 +224,21 @@ class EnsemblePredictor(Predictor):
         return cls(model_dir, meta, members, meta.get("weights"), stacker)
 
     def member_probas(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Every member's probabilities on ``texts``, columns in this ensemble's label order."""
+        """Every member's probabilities on ``texts`` as the ensemble combines them: columns in this ensemble's
+        label order, scaled by the member's temperature."""
         out = []
         for weight, member in itertools.zip_longest(self.weights, self.members, fillvalue=None):
             if self.method == "weighted" and weight == 0:  # a zero weight needs no inference
                 out.append(np.zeros((len(texts), len(self.labels))))
                 continue
             out.append(align_columns(member.predict_proba(texts), member.labels, self.labels))
-        return out
+        return self.tempered(out)
+
+    def tempered(self, probas: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The members' (label-aligned) probabilities scaled by their temperatures (:mod:`.member_temperature`)."""
+        from textclf.services.compare.member_temperature import apply_temperatures
+
+        return apply_temperatures(probas, self.temperatures, self.task == "multilabel")
 
     def combine(self, probas: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities from its members' (label-aligned) probabilities."""
@@ -450,16 +467,22 @@ def _predict_candidate(name: str, fitted, probas: Sequence[np.ndarray], n_classe
 def _cv_candidate(name: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int,
                   folds: Sequence[tuple[np.ndarray, np.ndarray]], opts: dict) -> dict:
     """Pooled out-of-fold macro F-beta of one candidate (fitted on each training part, predicting its held-out part)."""
+    from textclf.services.compare.member_temperature import apply_temperatures, fit_temperatures
     from textclf.services.compare.thresholds import macro_fbeta
 
     pred = np.empty(len(y), dtype=np.int64)
     fitted_per_fold = []
     for train, held in folds:
+        train_p, held_p = [p[train] for p in probas], [p[held] for p in probas]
+        if opts.get("member_calibration") == "temperature" and name != "stacking":  # fitted on the training part only
+            temps = fit_temperatures(train_p, y[train])
+            multilabel = np.ndim(y) == 2
+            train_p, held_p = apply_temperatures(train_p, temps, multilabel), apply_temperatures(held_p, temps, multilabel)
         try:
-            fitted = _fit_candidate(name, [p[train] for p in probas], y[train], n_classes, opts)
+            fitted = _fit_candidate(name, train_p, y[train], n_classes, opts)
         except EnsembleError as e:  # stacking on a fold whose classes are too small for its inner CV
             return {"cv_score": None, "skipped": str(e)}
-        pred[held] = _predict_candidate(name, fitted, [p[held] for p in probas], n_classes)
+        pred[held] = _predict_candidate(name, fitted, held_p, n_classes)
         fitted_per_fold.append(fitted)
     out: dict = {"cv_score": macro_fbeta(y, pred, n_classes, opts["beta"]), "oof": pred}
     if name == "single":
@@ -546,7 +569,8 @@ def choose_clear_winner(candidates: dict, y: np.ndarray, n_classes: int, beta: f
 
 
 def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0, cv: int = 5,
-                  seed: int = 13, step: float = 0.05, bags: int = 0, objective: str = "fbeta") -> dict:
+                  seed: int = 13, step: float = 0.05, bags: int = 0, objective: str = "fbeta",
+                  member_calibration: str = "temperature") -> dict:
     """``--method auto``: estimate each candidate's out-of-sample macro F-beta by stratified k-fold CV on valid.
 
     Candidates (:data:`CANDIDATES`): the best single member (chosen on the training folds), the
@@ -554,7 +578,10 @@ def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, b
     the training folds, its own CV nested inside them). Every candidate sees the same folds and
     predicts its held-out folds; the best single member is kept unless a combination beats it
     clearly on those out-of-fold predictions (:func:`choose_clear_winner`: a paired bootstrap
-    whose bar grows as valid shrinks). Returns ``{"folds", "seed", "metric", "candidates": {name:
+    whose bar grows as valid shrinks). ``member_calibration="temperature"``: each fold scales the
+    members by temperatures fitted on its training part (:mod:`.member_temperature`) for the single
+    member and the weighted average; stacking reads the raw probabilities.
+    Returns ``{"folds", "seed", "metric", "candidates": {name:
     {"cv_score", ...}}, "rule": {evidence}, "chosen"}``.
     """
     from textclf.core.metrics import beta_name
@@ -566,7 +593,8 @@ def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, b
         raise EnsembleError(f"--method auto needs at least 2 classes with 2+ validation examples each for its "
                             f"cross-validation (class counts: {np.bincount(y, minlength=n_classes).tolist()})")
     folds = stratified_folds(y, k, seed)
-    opts = {"beta": beta, "step": step, "bags": bags, "seed": seed, "objective": objective, "cv": cv}
+    opts = {"beta": beta, "step": step, "bags": bags, "seed": seed, "objective": objective, "cv": cv,
+            "member_calibration": member_calibration}
     names = CANDIDATES if len(probas) > 1 else ("single",)
     candidates = {name: _cv_candidate(name, probas, y, n_classes, folds, opts) for name in names}
     chosen, rule = choose_clear_winner(candidates, y, n_classes, beta, seed)
@@ -577,13 +605,24 @@ def select_method(probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, b
 
 
 def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_classes: int, beta: float = 1.0,
-               step: float = 0.05, cv: int = 5, seed: int = 13, bags: int = 0, objective: str = "fbeta") -> tuple:
+               step: float = 0.05, cv: int = 5, seed: int = 13, bags: int = 0, objective: str = "fbeta",
+               member_calibration: str = "temperature") -> tuple:
     """Fit ``method`` (auto, weighted, stacking; ``single`` too) on all of valid.
 
     Returns ``(saved method, weights or None, stacker or None, search info)``. ``auto`` runs
     :func:`select_method` first (its report lands in ``search["auto"]``); a single member is
-    saved as one-hot weights (method ``weighted``), so the ensemble predicts exactly like it.
+    saved as one-hot weights (method ``weighted``), so the ensemble decides exactly like it.
+    ``member_calibration="temperature"`` (default) scales every member by a temperature fitted on
+    valid before they are averaged (:mod:`.member_temperature`); the temperatures are in
+    ``search["member_temperatures"]`` (None with ``"none"``, and for stacking, which reads the raw ones).
     """
+    from textclf.services.compare.member_temperature import MODES, apply_temperatures, fit_temperatures
+
+    if member_calibration not in MODES:
+        raise EnsembleError(f"--member_calibration {member_calibration!r}: choose one of {', '.join(MODES)}")
+    raw = probas
+    temperatures = fit_temperatures(probas, y) if member_calibration == "temperature" else None
+    probas = apply_temperatures(probas, temperatures, np.ndim(y) == 2)
     n = len(probas)
     singles = [_objective(probas, y, np.eye(n)[m], beta)[0] for m in range(n)]
     selection = None
@@ -592,7 +631,7 @@ def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_class
             raise EnsembleError(STACKING_MULTILABEL)
         method = "weighted"
     if method == "auto":
-        selection = select_method(probas, y, n_classes, beta, cv, seed, step, bags, objective)
+        selection = select_method(raw, y, n_classes, beta, cv, seed, step, bags, objective, member_calibration)
         method = selection["chosen"]
     weights, stacker = None, None
     if method == "single":
@@ -609,9 +648,11 @@ def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_class
             score, logloss = _objective(probas, y, np.asarray(weights), beta)
             search = {**search, "weights": weights, "score": score, "logloss": logloss, "member": m,
                       "strategy": f"best member on valid (the bagged weights scored {search['score']:.4f})"}
-    else:
-        stacker, search = fit_stacker(probas, y, n_classes, beta, cv, seed)
-    search = {**search, "single": singles, "chosen": method}
+    else:  # the stacker learns each member's scale itself: it reads their probabilities as they are
+        stacker, search = fit_stacker(raw, y, n_classes, beta, cv, seed)
+        temperatures = None
+    search = {**search, "single": singles, "chosen": method, "member_calibration": member_calibration,
+              "member_temperatures": temperatures}
     if selection is not None:
         search["auto"] = selection
     return ("stacking" if stacker is not None else "weighted"), weights, stacker, search
@@ -690,12 +731,14 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
                    step: float = 0.05, cv: int = 5, seed: int = 13, data_format: str | None = None,
                    text_column: str = "text", label_column: str = "label", batch_size: int = 1024,
                    echo: bool = False, objective: str = "fbeta", bags: int = DEFAULT_BAGS,
-                   max_model_mb: float | None = None) -> dict:
+                   max_model_mb: float | None = None, member_calibration: str = "temperature") -> dict:
     """Build an ensemble of ``model_paths`` on ``valid_path`` into ``output_dir``; return its meta.json content.
 
     ``method`` is one of :data:`METHODS` (``auto``: see :func:`select_method`); ``bags`` bootstrap
     resamples bag the weight search (0: the plain grid search). ``max_model_mb`` bounds the sum of
     the members' sizes (:func:`fit_budget`: the best members alone on valid first, the rest skipped).
+    ``member_calibration`` (``temperature`` or ``none``): scale each member by a temperature fitted on
+    valid before combining (:mod:`.member_temperature`).
     """
     import datetime as _dt
 
@@ -762,7 +805,9 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
     if len(keep) < len(members):
         dirs, metas, members = [dirs[i] for i in keep], [metas[i] for i in keep], [members[i] for i in keep]
         valid_probas = [valid_probas[i] for i in keep]
-    saved, weights, stacker, search = fit_method(method, valid_probas, y, len(labels), beta, step, cv, seed, bags, objective)
+    saved, weights, stacker, search = fit_method(method, valid_probas, y, len(labels), beta, step, cv, seed, bags, objective,
+                                                 member_calibration)
+    temperatures = search.get("member_temperatures") or [None] * len(members)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -777,7 +822,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
             rel = Path(os.path.relpath(d.resolve(), output_dir.resolve())).as_posix()
         records.append({"path": rel, "kind": meta.get("kind"), "name": d.resolve().name,
                         "data_sha256": meta.get("data_sha256"), "weight": None if weights is None else weights[i],
-                        "valid_score_alone": search["single"][i]})
+                        "valid_score_alone": search["single"][i], "temperature": temperatures[i]})
     if stacker is not None:
         from textclf.core.skops_io import save_sklearn
 
@@ -786,7 +831,8 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
         (output_dir / STACKER_FILE).unlink()
 
     config = {"members": [str(p) for p in model_paths], "method": method, "beta": beta, "objective": objective, "copy": copy,
-              "step": step, "bags": bags, "cv": cv, "seed": seed, "max_model_mb": max_model_mb, "valid_path": str(valid_path),
+              "step": step, "bags": bags, "cv": cv, "seed": seed, "max_model_mb": max_model_mb,
+              "member_calibration": member_calibration, "valid_path": str(valid_path),
               "test_path": None if test_path is None else str(test_path)}
     if multilabel:  # how predictions join a label set (Predictor.label_separator)
         config["data"] = {"task": task, "label_separator": members[0].label_separator}
@@ -794,7 +840,7 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
                 "config": config}
     predictor = EnsemblePredictor(output_dir, tmp_meta, members, weights, stacker)
     label_order = list(labels)
-    ens_valid = predictor.combine(valid_probas)
+    ens_valid = predictor.combine(predictor.tempered(valid_probas))
     if multilabel:
         metrics = {"valid": multilabel_metrics(valid.labels, predictor.labels_of(predictor.decide(ens_valid)), label_order)}
     else:

@@ -235,6 +235,9 @@ def test_weighted_ensemble_round_trips_and_averages_its_members(models, tweets, 
                     "--test_path", tweets["test"], "--output_dir", out, "--method", "weighted", "--bags", "0")
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
+    t0, t1 = (r["temperature"][0] for r in meta["members"])
+    assert (f"| {meta['members'][0]['path']} | fasttext | {meta['weights'][0]:.2f} | {t0:.2f} | "
+            f"{meta['members'][0]['valid_score_alone']:.4f} |") in result.output
     assert meta["kind"] == "ensemble" and meta["method"] == "weighted" and meta["labels"] == ["negative", "positive"]
     for record, member in zip(meta["members"], members, strict=True):  # referenced by relative path
         assert not Path(record["path"]).is_absolute() and (out / record["path"]).resolve() == member.resolve()

@@ -878,10 +878,15 @@ def build_ensemble(model_paths: Sequence[str | Path], valid_path: str | Path, ou
 
 
 def weights_table(meta: dict) -> str:
-    """A markdown table of an ensemble's members: path, kind, weight, valid score alone."""
-    rows = ["| member | kind | weight | valid score alone |", "|---|---|---:|---:|"]
+    """A markdown table of an ensemble's members: path, kind, weight, temperature, valid score alone.
+
+    The temperature column is the mean over labels for a multi-label member; "-" where none was fitted.
+    """
+    rows = ["| member | kind | weight | temperature | valid score alone |", "|---|---|---:|---:|---:|"]
     for r in meta.get("members") or []:
         weight = "-" if r.get("weight") is None else f"{r['weight']:.2f}"
+        temps = r.get("temperature")
+        temperature = "-" if not temps else f"{sum(temps) / len(temps):.2f}"
         alone = r.get("valid_score_alone")
-        rows.append(f"| {r['path']} | {r.get('kind')} | {weight} | {'-' if alone is None else f'{alone:.4f}'} |")
+        rows.append(f"| {r['path']} | {r.get('kind')} | {weight} | {temperature} | {'-' if alone is None else f'{alone:.4f}'} |")
     return "\n".join(rows)

@@ -10,7 +10,7 @@ logistic regression, the example plug-in TF-IDF + logistic regression), a job in
 
   1. trains the family on train (``calibration: none``, search on valid);
   2. takes its uncalibrated probabilities on valid and test, fits every method on valid
-     (``temperature``, ``isotonic``, ``auto``: textclf.core.calibration, the code ``calibration=...``
+     (``temperature``, ``bcts``, ``isotonic``, ``auto``: textclf.core.calibration, the code ``calibration=...``
      and ``textclf calibrate`` run) and scores test: accuracy, macro-F1, ECE (15 equal-width bins),
      adaptive ECE (15 equal-mass bins), Brier, log-loss;
   3. runs ``textclf calibrate --method auto`` on the model directory, loads it again and checks that its
@@ -48,7 +48,7 @@ from bench_common import (
 DATASETS = ("tweets_sentiment", "movie_review_sentences", "bbc_news", "spamassassin")
 PLUGIN = REPO / "examples" / "plugins" / "tfidf_logreg.py"
 PACKAGES = ("textclf", "fasttext-community", "torch", "sentence-transformers", "scikit-learn", "scipy", "numpy")
-METHODS = ("none", "temperature", "isotonic", "auto")
+METHODS = ("none", "temperature", "bcts", "isotonic", "auto")
 ECE_TARGET = 0.03
 #: test rows the stored-calibration round trip predicts again
 ROUND_TRIP_ROWS = 200
@@ -183,18 +183,19 @@ def calibration_table(datasets: dict) -> str:
 
 def calibration_summary_table(datasets: dict) -> str:
     """One row per (dataset, family): test ECE of every method, the auto choice, accuracy/macro-F1 change, the targets."""
-    lines = ["| dataset | family | train rows | test rows | ECE none | temperature | isotonic | auto (chose) | adaptive ECE none -> auto "
-             "| log-loss none -> auto | accuracy none -> auto | macro-F1 none -> auto | ECE <= 0.03 | not worse |",
-             "|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | family | train rows | test rows | ECE none | temperature | bcts | isotonic | auto (chose) | adaptive ECE "
+             "none -> auto | log-loss none -> auto | accuracy none -> auto | macro-F1 none -> auto | ECE <= 0.03 | not worse |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|"]
     for name, entries in datasets.items():
         for e in entries:
             if "methods" not in e:
-                lines.append(f"| {name} | {e['family']} | {e.get('error', '?')} |" + " |" * 11)
+                lines.append(f"| {name} | {e['family']} | {e.get('error', '?')} |" + " |" * 12)
                 continue
             m, t = e["methods"], e["targets"]
             n, a = m["none"], m["auto"]
             lines.append(f"| {name} | {e['family']} | {e['train_rows']} | {e['n_test']} | {n['ece']:.4f} | "
-                         f"{m['temperature']['ece']:.4f} | {m['isotonic']['ece']:.4f} | {a['ece']:.4f} ({a['chosen']}) | "
+                         f"{m['temperature']['ece']:.4f} | {m.get('bcts', {}).get('ece', float('nan')):.4f} | "
+                         f"{m['isotonic']['ece']:.4f} | {a['ece']:.4f} ({a['chosen']}) | "
                          f"{n['ece_adaptive']:.4f} -> {a['ece_adaptive']:.4f} | {n['log_loss']:.3f} -> {a['log_loss']:.3f} | "
                          f"{n['accuracy']:.4f} -> {a['accuracy']:.4f} | {n['macro_f1']:.4f} -> {a['macro_f1']:.4f} | "
                          f"{'yes' if t['ece_le_0.03'] else 'no'} | {'yes' if t['ece_not_worse'] else 'no'} |")

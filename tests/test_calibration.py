@@ -97,6 +97,40 @@ def test_temperature_recovers_the_over_confidence_and_keeps_the_argmax():
     assert calibration_metrics(out, y)["ece"] < 0.3 * calibration_metrics(proba, y)["ece"]
 
 
+def test_bcts_recovers_a_planted_temperature_and_base_rate_and_round_trips(tmp_path):
+    from scipy.special import softmax
+
+    from textclf.core.calibration import load_calibrator, write_calibrator
+
+    rng = np.random.default_rng(4)
+    n, k = 6000, 3
+    z = rng.normal(scale=1.5, size=(n, k))
+    y = np.array([rng.choice(k, p=p) for p in softmax(z, axis=1)])
+    shift = np.array([0.0, 1.2, -0.8])  # the model's base rates are off: class 1 too often, class 2 too rarely
+    proba = softmax(z * 2.0 + shift, axis=1)  # and it is over-confident (T 2)
+    cal = fit_method("bcts", proba, y, list("abc"), "multiclass")
+    # softmax(log p / T + b) undoes it: T = 2, b = -shift / T (relative to the first class)
+    assert cal.temperatures[0] == pytest.approx(2.0, rel=0.1)
+    assert cal.biases == pytest.approx([0.0, -0.6, 0.4], abs=0.1)
+    temp = fit_method("temperature", proba, y, list("abc"), "multiclass")
+    assert calibration_metrics(cal.apply(proba), y)["log_loss"] < calibration_metrics(temp.apply(proba), y)["log_loss"] - 0.01
+    assert cal.params() == {"temperature": cal.temperatures[0], "biases": dict(zip("abc", cal.biases, strict=True))}
+    # a class absent from valid keeps its bias at 0 (no push toward never predicting it)
+    absent = fit_method("bcts", proba[y != 2], y[y != 2], list("abc"), "multiclass")
+    assert absent.biases[2] == 0.0
+    # stored as JSON and read back to the same function
+    name = write_calibrator(tmp_path, cal)
+    meta = {"labels": list("abc"), "calibration": {"file": name}}
+    back = load_calibrator(tmp_path, meta)
+    np.testing.assert_allclose(back.apply(proba), cal.apply(proba))
+    # multi-label: Platt scaling per label
+    logits = rng.normal(size=(4000, 2)) * 1.5
+    yy = rng.random((4000, 2)) < 1 / (1 + np.exp(-logits))
+    off = 1 / (1 + np.exp(-(logits * np.array([3.0, 1.0]) + np.array([0.0, 1.5]))))
+    ml = fit_method("bcts", off, yy, ["x", "y"], "multilabel")
+    assert ml.temperatures == pytest.approx([3.0, 1.0], rel=0.15) and ml.biases == pytest.approx([0.0, -1.5], abs=0.15)
+
+
 def test_isotonic_is_scikit_learns_step_function():
     from sklearn.isotonic import IsotonicRegression
 
@@ -116,7 +150,7 @@ def test_auto_picks_by_cross_validated_log_loss_and_records_before_after():
     proba, y = overconfident_sample()
     cal, record = fit_calibration("auto", proba, y, list("abcd"), "multiclass")
     scores = record["cv_log_loss"]
-    assert set(scores) == {"none", "temperature", "isotonic"}
+    assert set(scores) == {"none", "temperature", "bcts", "isotonic"}
     assert record["chosen"] == min(scores, key=scores.get) != "none"
     assert record["valid_after"]["log_loss"] < record["valid_before"]["log_loss"]
     # already calibrated probabilities: nothing beats leaving them alone by much, and none stays a candidate
@@ -243,7 +277,7 @@ def test_bad_input_is_one_line_exit_2(overconfident, tmp_path):
     assert "--valid_path is required" in fails("calibrate", "--model_path", overconfident)
     assert fails("train", "fasttext", "--train_path", DATA / "train.csv", "--valid_path", DATA / "valid.csv",
                  "--output_dir", tmp_path / "x", "--set", "calibration=platt") == \
-        "Error: calibration 'platt': choose one of none, temperature, isotonic, auto"
+        "Error: calibration 'platt': choose one of none, temperature, bcts, isotonic, auto"
     assert not (tmp_path / "x" / "meta.json").exists()
 
 

@@ -193,9 +193,11 @@ def label_thresholds_summary(block: dict, model_dir) -> str:
 @trust_code_option
 @click.option("--model_path", required=True, type=click.Path(), help="Model directory (gets the calibration file).")
 @click.option("--valid_path", type=click.Path(dir_okay=False), default=None, help="Labelled validation file.")
-@click.option("--method", type=click.Choice(["auto", "temperature", "isotonic", "none"]), default="auto", show_default=True,
-              help="temperature scaling, isotonic regression, auto (the lowest cross-validated log-loss on valid, none "
-              "included), or none (remove the calibration).")
+@click.option("--method", type=click.Choice(["auto", "temperature", "bcts", "isotonic", "none"]), default="auto",
+              show_default=True,
+              help="temperature scaling, bcts (temperature plus a bias per class: Platt scaling for two classes), isotonic "
+              "regression, auto (the lowest cross-validated log-loss on valid, none included), or none (remove the "
+              "calibration).")
 @data_format_options
 @click.option("--seed", type=int, default=13, show_default=True, help="Seed of auto's folds.")
 @click.option("--batch_size", type=int, default=1024, show_default=True)

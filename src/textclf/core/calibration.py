@@ -15,6 +15,11 @@ Methods (the fitting is scipy's and scikit-learn's, not hand-made):
 * ``temperature``: multi-class probabilities become ``softmax(log p / T)`` with one ``T`` (the argmax,
   hence accuracy and macro-F1, cannot change); multi-label ones ``sigmoid(logit(p_k) / T_k)`` with a
   ``T_k`` per label. ``T`` minimises the valid log-loss (``scipy.optimize.minimize_scalar``, bounded, on ``log T``).
+* ``bcts``: bias-corrected temperature scaling (Alexandari et al. 2020), a temperature plus one bias
+  per class: ``softmax(log p / T + b)`` (``b`` of the first class fixed at 0; a class absent from
+  valid keeps 0); multi-label ``sigmoid(logit(p_k) / T_k + b_k)``, i.e. Platt scaling per label
+  (for two classes it is Platt scaling of the log-odds). Fitted by ``scipy.optimize.minimize``
+  (L-BFGS-B) on the valid log-loss. The biases can move decisions, where a model's base rates are off.
 * ``isotonic``: ``sklearn.isotonic.IsotonicRegression`` (``out_of_bounds="clip"``) maps each class's
   probability one-vs-rest (binary: the second class only, as ``CalibratedClassifierCV`` does), then
   multi-class rows are renormalised; multi-label labels stay independent. The fitted step function
@@ -38,9 +43,11 @@ from textclf.core.errors import ConfigError, ModelError
 from textclf.core.metrics import calibration_metrics, log_loss_of
 
 #: the values of the config key ``calibration``
-METHODS = ("none", "temperature", "isotonic", "auto")
-#: what ``auto`` chooses among
-CANDIDATES = ("none", "temperature", "isotonic")
+METHODS = ("none", "temperature", "bcts", "isotonic", "auto")
+#: what ``auto`` chooses among (ties go to the earlier, simpler one)
+CANDIDATES = ("none", "temperature", "bcts", "isotonic")
+#: bcts: the biases' bounds (a bias of 10 multiplies a class's odds by e^10)
+BIAS_BOUNDS = (-10.0, 10.0)
 #: the config key and the meta.json key
 CONFIG_KEY = META_KEY = "calibration"
 #: the calibration files' names start with it (:func:`file_name`)
@@ -76,10 +83,16 @@ def _softmax_t(proba: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.clip(proba, EPS, None)) / temperature, axis=1)
 
 
-def _sigmoid_t(p: np.ndarray, temperature: float) -> np.ndarray:
+def _sigmoid_t(p: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
     from scipy.special import expit
 
-    return expit(_logit(p) / temperature)
+    return expit(_logit(p) / temperature + bias)
+
+
+def _softmax_tb(proba: np.ndarray, temperature: float, biases: Sequence[float]) -> np.ndarray:
+    from scipy.special import softmax
+
+    return softmax(np.log(np.clip(proba, EPS, None)) / temperature + np.asarray(biases, dtype=np.float64), axis=1)
 
 
 def _normalise(q: np.ndarray) -> np.ndarray:
@@ -91,16 +104,18 @@ def _normalise(q: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Calibrator:
-    """A fitted calibrator: ``method`` (temperature or isotonic), the ``task`` and its parameters.
+    """A fitted calibrator: ``method`` (temperature, bcts or isotonic), the ``task`` and its parameters.
 
-    ``temperatures``: one (multi-class) or one per label (multi-label); ``curves``: per calibrated column
-    the isotonic breakpoints ``(x, y)``; for a binary multi-class model only column 1 has one.
+    ``temperatures``: one (multi-class) or one per label (multi-label); ``biases`` (bcts): one per
+    class or label; ``curves``: per calibrated column the isotonic breakpoints ``(x, y)``; for a
+    binary multi-class model only column 1 has one.
     """
 
     method: str
     task: str
     labels: list[str]
     temperatures: list[float] = field(default_factory=list)
+    biases: list[float] = field(default_factory=list)
     curves: list[tuple[list[float], list[float]] | None] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
@@ -120,6 +135,11 @@ class Calibrator:
             if self.multilabel:
                 return np.column_stack([_sigmoid_t(proba[:, k], t) for k, t in enumerate(self.temperatures)])
             return _softmax_t(proba, self.temperatures[0])
+        if self.method == "bcts":
+            if self.multilabel:
+                return np.column_stack([_sigmoid_t(proba[:, k], t, b)
+                                        for k, (t, b) in enumerate(zip(self.temperatures, self.biases, strict=True))])
+            return _softmax_tb(proba, self.temperatures[0], self.biases)
         out = proba.copy()
         for k, curve in enumerate(self.curves):
             if curve is not None:
@@ -133,16 +153,21 @@ class Calibrator:
 
     def params(self) -> dict:
         """The fitted parameters as JSON (meta.json gets the temperatures; isotonic: the breakpoint counts)."""
-        if self.method == "temperature":
-            return {"temperature": self.temperatures[0]} if not self.multilabel else \
+        if self.method in ("temperature", "bcts"):
+            out = {"temperature": self.temperatures[0]} if not self.multilabel else \
                 {"temperatures": dict(zip(self.labels, self.temperatures, strict=True))}
+            if self.method == "bcts":
+                out["biases"] = dict(zip(self.labels, self.biases, strict=True))
+            return out
         return {"breakpoints": {label: (0 if c is None else len(c[0])) for label, c in zip(self.labels, self.curves, strict=True)}}
 
     def to_json(self) -> dict:
         """The whole calibrator as JSON (the content of the model directory's calibration file)."""
         body = {"format": FORMAT_VERSION, "method": self.method, "task": self.task, "labels": list(self.labels)}
-        if self.method == "temperature":
+        if self.method in ("temperature", "bcts"):
             body["temperatures"] = [float(t) for t in self.temperatures]
+            if self.method == "bcts":
+                body["biases"] = [float(b) for b in self.biases]
         else:
             body["curves"] = [None if c is None else {"x": [float(v) for v in c[0]], "y": [float(v) for v in c[1]]}
                               for c in self.curves]
@@ -157,19 +182,24 @@ class Calibrator:
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
             raise bad(f"expected an object with \"format\": {FORMAT_VERSION}")
         method, task = data.get("method"), data.get("task")
-        if method not in ("temperature", "isotonic"):
-            raise bad(f"method {method!r} (expected temperature or isotonic)")
+        if method not in ("temperature", "bcts", "isotonic"):
+            raise bad(f"method {method!r} (expected temperature, bcts or isotonic)")
         if task not in ("multiclass", "multilabel"):
             raise bad(f"task {task!r}")
         if list(data.get("labels") or []) != list(labels):
             raise bad("its labels differ from the model's (meta.json labels)")
         k = len(labels)
         try:
-            if method == "temperature":
+            if method in ("temperature", "bcts"):
                 temps = [float(t) for t in data["temperatures"]]
                 if len(temps) != (k if task == "multilabel" else 1) or not all(np.isfinite(t) and t > 0 for t in temps):
                     raise bad("temperatures must be positive numbers, one (multi-class) or one per label")
-                return cls(method, task, list(labels), temperatures=temps)
+                if method == "temperature":
+                    return cls(method, task, list(labels), temperatures=temps)
+                biases = [float(b) for b in data["biases"]]
+                if len(biases) != k or not all(np.isfinite(b) for b in biases):
+                    raise bad("bcts biases must be finite numbers, one per label")
+                return cls(method, task, list(labels), temperatures=temps, biases=biases)
             curves: list = []
             for c in data["curves"]:
                 if c is None:
@@ -205,6 +235,41 @@ def _best_temperature(loss) -> float:
     return float(np.exp(result.x))
 
 
+def _fit_bcts_multiclass(proba: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
+    """The temperature and per-class biases minimising the log-loss of ``softmax(log p / T + b)`` (scipy L-BFGS-B).
+
+    The first class's bias is 0 (the softmax is unchanged by a shared shift); a class absent from ``y`` keeps 0.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    logp = np.log(np.clip(proba, EPS, None))
+    k = proba.shape[1]
+    present = np.bincount(y, minlength=k) > 0
+    free = [j for j in range(1, k) if present[j]]
+    rows = np.arange(len(y))
+
+    def biases_of(w: np.ndarray) -> np.ndarray:
+        b = np.zeros(k)
+        b[free] = w[1:]
+        return b
+
+    def nll(w: np.ndarray) -> float:
+        return float(-np.mean(log_softmax(logp / np.exp(w[0]) + biases_of(w), axis=1)[rows, y]))
+
+    result = minimize(nll, np.zeros(1 + len(free)), method="L-BFGS-B", bounds=[LOG_T_BOUNDS] + [BIAS_BOUNDS] * len(free))
+    return float(np.exp(result.x[0])), [float(b) for b in biases_of(result.x)]
+
+
+def _fit_platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Temperature and bias of ``sigmoid(logit(p) / T + b)`` minimising the binary log-loss (one label)."""
+    from scipy.optimize import minimize
+
+    result = minimize(lambda w: _nll_binary(_sigmoid_t(p, float(np.exp(w[0])), float(w[1])), y), np.zeros(2),
+                      method="L-BFGS-B", bounds=[LOG_T_BOUNDS, BIAS_BOUNDS])
+    return float(np.exp(result.x[0])), float(result.x[1])
+
+
 def _isotonic_curve(scores: np.ndarray, target: np.ndarray) -> tuple[list[float], list[float]] | None:
     """scikit-learn's isotonic fit of ``target`` on ``scores`` as breakpoints; None (identity) when one class is missing."""
     from sklearn.isotonic import IsotonicRegression
@@ -226,7 +291,7 @@ def _targets(y: np.ndarray, k: int, multilabel: bool) -> np.ndarray:
 
 
 def fit_method(method: str, proba: np.ndarray, y: np.ndarray, labels: Sequence[str], task: str) -> Calibrator | None:
-    """Fit ``temperature`` or ``isotonic`` on ``proba`` (uncalibrated) and the gold ``y`` (None for ``none``).
+    """Fit ``temperature``, ``bcts`` or ``isotonic`` on ``proba`` (uncalibrated) and the gold ``y`` (None for ``none``).
 
     ``y``: class indices (multi-class) or an ``(n, L)`` boolean matrix (multi-label).
     """
@@ -243,6 +308,13 @@ def fit_method(method: str, proba: np.ndarray, y: np.ndarray, labels: Sequence[s
         else:
             temps = [_best_temperature(lambda t: _nll_multiclass(_softmax_t(proba, t), y))]
         return Calibrator("temperature", task, list(labels), temperatures=temps)
+    if method == "bcts":
+        if multilabel:
+            yy = np.asarray(y, dtype=bool)
+            fits = [_fit_platt(proba[:, j], yy[:, j]) if 0 < yy[:, j].sum() < len(yy) else (1.0, 0.0) for j in range(k)]
+            return Calibrator("bcts", task, list(labels), temperatures=[t for t, _ in fits], biases=[b for _, b in fits])
+        t, biases = _fit_bcts_multiclass(proba, np.asarray(y, dtype=np.int64))
+        return Calibrator("bcts", task, list(labels), temperatures=[t], biases=biases)
     if method == "isotonic":
         target = _targets(y, k, multilabel)
         columns = [1] if (not multilabel and k == 2) else range(k)

@@ -59,7 +59,7 @@ CORE_DEFAULTS: dict = {
     "search": {"n_trials": 0, "timeout": None, "n_jobs": 1, "storage": None, "study_name": None, "metric": None,
                "refit": True, "start_params": []},
     "decision": {"threshold": 0.5, "at_least_one": False},
-    "calibration": "none",  # none | temperature | isotonic | auto, fitted on valid (textclf.core.calibration)
+    "calibration": "none",  # none | temperature | bcts | isotonic | auto, fitted on valid (textclf.core.calibration)
 }
 #: ``search.metric: null`` means the task's default (:func:`textclf.core.fit_flow.train_family` fills it in)
 DEFAULT_METRICS = {"multiclass": "macro_f1", "multilabel": "micro_f1"}

@@ -80,6 +80,8 @@ def summary(block: dict, model_dir: str | Path, thresholds: bool) -> str:
         shown = f" (T={params['temperature']:.3f})"
     elif "temperatures" in params:
         shown = " (T per label: " + ", ".join(f"{k} {v:.3f}" for k, v in params["temperatures"].items()) + ")"
+    if "biases" in params:
+        shown = shown[:-1] + "; biases " + ", ".join(f"{k} {v:+.3f}" for k, v in params["biases"].items()) + ")"
     lines.append(f"calibration {chosen}{shown}: valid ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
                  f"Brier {before['brier']:.4f} -> {after['brier']:.4f}, log-loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}")
     where = f"{Path(model_dir) / block['file']}" if block.get("file") else f"{Path(model_dir)}/meta.json (no calibrator: none won)"

@@ -171,8 +171,12 @@ def test_audit_queue_tasks_run_by_a_separate_worker_process(tmp_path):
     args = ("audit", "--data_path", data, "--family", "fasttext", "--set", "fasttext:model.thread=1", "--folds", "2",
             "--output_dir", tmp_path / "a", "--queue", storage, "--queue_name", "shared", "--no-work")
     out = invoke(*args, "--wait", "0.5", code=2)
-    assert out.strip().splitlines() == ["Error: audit: 2 fold task(s) still unfinished after 0.5 s; start workers "
-                                        "(textclf queue worker --queue shared --storage ...) and run the audit again"]
+    # the error is one line, the last; textclf's INFO lines (stderr) come before it when this is the process's first
+    # command (the log handler writes to the stderr of the first invocation that set it up)
+    lines = out.strip().splitlines()
+    assert lines[-1] == ("Error: audit: 2 fold task(s) still unfinished after 0.5 s; start workers "
+                         "(textclf queue worker --queue shared --storage ...) and run the audit again")
+    assert all(" INFO textclf." in line for line in lines[:-1])
     worker = subprocess.run([str(Path(sys.executable).parent / "textclf"), "queue", "worker", "--queue", "shared", "--storage", storage,
                              "--idle_exit", "1", "--no-track", "--output_root", str(tmp_path / "worker_models")],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -124,13 +124,12 @@ def _nll(p: np.ndarray, given: np.ndarray) -> float:
 
 
 def tempered(p: np.ndarray, given: np.ndarray) -> np.ndarray:
-    """``p`` temperature-scaled to the lowest out-of-fold log-loss on the given labels (scipy, one parameter)."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import softmax
+    """``p`` temperature-scaled to the lowest out-of-fold log-loss on the given labels (the core's temperature fit,
+    :func:`textclf.core.calibration.fit_method`: one parameter, scipy's bounded minimiser)."""
+    from textclf.core.calibration import fit_method
 
-    logp = np.log(np.clip(_normalised(p), 1e-12, None))
-    best = minimize_scalar(lambda t: _nll(softmax(logp / t, axis=1), given), bounds=(0.05, 20.0), method="bounded")
-    return softmax(logp / best.x, axis=1)
+    p = _normalised(p)
+    return fit_method("temperature", p, given, [str(j) for j in range(p.shape[1])], "multiclass").apply(p)
 
 
 def combine(family_proba: dict[str, np.ndarray], given: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:

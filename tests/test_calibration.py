@@ -250,6 +250,17 @@ def test_calibrate_round_trip_in_another_process(overconfident, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(model), json.dumps(texts)], capture_output=True, text=True, check=True)
     assert np.allclose(np.array(json.loads(out.stdout)), here, atol=1e-12)
     assert not np.allclose(here, load_predictor(overconfident).predict_proba(texts))
+    # --method bcts: a temperature and a bias per class, shown, stored, loaded by another process the same
+    result = run("calibrate", "--model_path", model, "--valid_path", DATA / "valid.csv", "--method", "bcts")
+    assert result.exit_code == 0, result.output
+    params = json.loads((model / "meta.json").read_text())["calibration"]["params"]
+    assert set(params) == {"temperature", "biases"} and params["biases"]["negative"] == 0.0
+    assert (f"calibration bcts (T={params['temperature']:.3f}; biases negative +0.000, "
+            f"positive {params['biases']['positive']:+.3f}): valid ECE") in result.output
+    here = load_predictor(model).predict_proba(texts)
+    out = subprocess.run([sys.executable, "-c", code, str(model), json.dumps(texts)], capture_output=True, text=True, check=True)
+    assert np.allclose(np.array(json.loads(out.stdout)), here, atol=1e-12)
+    new = json.loads((model / "meta.json").read_text())["calibration"]["file"]
     # --method none removes it: the family's own probabilities again
     assert run("calibrate", "--model_path", model, "--method", "none").exit_code == 0
     meta = json.loads((model / "meta.json").read_text())

@@ -300,18 +300,19 @@ def fit_method(method: str, proba: np.ndarray, y: np.ndarray, labels: Sequence[s
     multilabel = task == "multilabel"
     if method == "none":
         return None
+    yy = np.asarray(y, dtype=bool) if multilabel else None
+    # the labels with both outcomes in y; the others keep T=1 and bias 0
+    both = [0 < yy[:, j].sum() < len(yy) for j in range(k)] if multilabel else []
     if method == "temperature":
         if multilabel:
-            yy = np.asarray(y, dtype=bool)
             temps = [(_best_temperature(lambda t, j=j: _nll_binary(_sigmoid_t(proba[:, j], t), yy[:, j]))
-                      if 0 < yy[:, j].sum() < len(yy) else 1.0) for j in range(k)]
+                      if both[j] else 1.0) for j in range(k)]
         else:
             temps = [_best_temperature(lambda t: _nll_multiclass(_softmax_t(proba, t), y))]
         return Calibrator("temperature", task, list(labels), temperatures=temps)
     if method == "bcts":
         if multilabel:
-            yy = np.asarray(y, dtype=bool)
-            fits = [_fit_platt(proba[:, j], yy[:, j]) if 0 < yy[:, j].sum() < len(yy) else (1.0, 0.0) for j in range(k)]
+            fits = [_fit_platt(proba[:, j], yy[:, j]) if both[j] else (1.0, 0.0) for j in range(k)]
             return Calibrator("bcts", task, list(labels), temperatures=[t for t, _ in fits], biases=[b for _, b in fits])
         t, biases = _fit_bcts_multiclass(proba, np.asarray(y, dtype=np.int64))
         return Calibrator("bcts", task, list(labels), temperatures=[t], biases=biases)

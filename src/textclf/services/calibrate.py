@@ -75,13 +75,14 @@ def summary(block: dict, model_dir: str | Path, thresholds: bool) -> str:
     if block.get("cv_log_loss"):
         lines.append("cross-validated valid log-loss: " + ", ".join(f"{m} {v:.4f}" for m, v in block["cv_log_loss"].items()))
     params = block.get("params") or {}
-    shown = ""
+    parts = []
     if "temperature" in params:
-        shown = f" (T={params['temperature']:.3f})"
+        parts.append(f"T={params['temperature']:.3f}")
     elif "temperatures" in params:
-        shown = " (T per label: " + ", ".join(f"{k} {v:.3f}" for k, v in params["temperatures"].items()) + ")"
+        parts.append("T per label: " + ", ".join(f"{k} {v:.3f}" for k, v in params["temperatures"].items()))
     if "biases" in params:
-        shown = shown[:-1] + "; biases " + ", ".join(f"{k} {v:+.3f}" for k, v in params["biases"].items()) + ")"
+        parts.append("biases " + ", ".join(f"{k} {v:+.3f}" for k, v in params["biases"].items()))
+    shown = f" ({'; '.join(parts)})" if parts else ""
     lines.append(f"calibration {chosen}{shown}: valid ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
                  f"Brier {before['brier']:.4f} -> {after['brier']:.4f}, log-loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}")
     where = f"{Path(model_dir) / block['file']}" if block.get("file") else f"{Path(model_dir)}/meta.json (no calibrator: none won)"

@@ -226,19 +226,24 @@ class EnsemblePredictor(Predictor):
     def member_probas(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Every member's probabilities on ``texts`` as the ensemble combines them: columns in this ensemble's
         label order, scaled by the member's temperature."""
-        out = []
-        for weight, member in itertools.zip_longest(self.weights, self.members, fillvalue=None):
-            if self.method == "weighted" and weight == 0:  # a zero weight needs no inference
+        out, skipped = [], set()
+        for i, (weight, member) in enumerate(itertools.zip_longest(self.weights, self.members, fillvalue=None)):
+            if self.method == "weighted" and weight == 0:  # a zero weight needs no inference (nor scaling)
                 out.append(np.zeros((len(texts), len(self.labels))))
+                skipped.add(i)
                 continue
             out.append(align_columns(member.predict_proba(texts), member.labels, self.labels))
-        return self.tempered(out)
+        return self.tempered(out, skipped)
 
-    def tempered(self, probas: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The members' (label-aligned) probabilities scaled by their temperatures (:mod:`.member_temperature`)."""
+    def tempered(self, probas: Sequence[np.ndarray], skip: set[int] | frozenset = frozenset()) -> list[np.ndarray]:
+        """The members' (label-aligned) probabilities scaled by their temperatures (:mod:`.member_temperature`);
+        the members numbered in ``skip`` stay as they are."""
         from textclf.services.compare.member_temperature import apply_temperatures
 
-        return apply_temperatures(probas, self.temperatures, self.task == "multilabel")
+        temps = self.temperatures
+        if temps and skip:
+            temps = [None if i in skip else t for i, t in enumerate(temps)]
+        return apply_temperatures(probas, temps, self.task == "multilabel")
 
     def combine(self, probas: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities from its members' (label-aligned) probabilities."""
@@ -621,10 +626,8 @@ def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_class
     if member_calibration not in MODES:
         raise EnsembleError(f"--member_calibration {member_calibration!r}: choose one of {', '.join(MODES)}")
     raw = probas
-    temperatures = fit_temperatures(probas, y) if member_calibration == "temperature" else None
-    probas = apply_temperatures(probas, temperatures, np.ndim(y) == 2)
     n = len(probas)
-    singles = [_objective(probas, y, np.eye(n)[m], beta)[0] for m in range(n)]
+    singles = [_objective(probas, y, np.eye(n)[m], beta)[0] for m in range(n)]  # a temperature keeps every decision
     selection = None
     if np.ndim(y) == 2:  # label sets: the weighted search (its grid holds every single member)
         if method == "stacking":
@@ -633,6 +636,10 @@ def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_class
     if method == "auto":
         selection = select_method(raw, y, n_classes, beta, cv, seed, step, bags, objective, member_calibration)
         method = selection["chosen"]
+    temperatures = None  # stacking reads the raw probabilities: no temperatures to fit
+    if member_calibration == "temperature" and method != "stacking":
+        temperatures = fit_temperatures(probas, y)
+        probas = apply_temperatures(probas, temperatures, np.ndim(y) == 2)
     weights, stacker = None, None
     if method == "single":
         m = best_member(probas, y, beta)
@@ -650,7 +657,6 @@ def fit_method(method: str, probas: Sequence[np.ndarray], y: np.ndarray, n_class
                       "strategy": f"best member on valid (the bagged weights scored {search['score']:.4f})"}
     else:  # the stacker learns each member's scale itself: it reads their probabilities as they are
         stacker, search = fit_stacker(raw, y, n_classes, beta, cv, seed)
-        temperatures = None
     search = {**search, "single": singles, "chosen": method, "member_calibration": member_calibration,
               "member_temperatures": temperatures}
     if selection is not None:

@@ -16,6 +16,7 @@ For every dataset (``--datasets``; a missing one is skipped with a message), on 
                 ``--n_train`` (their labels are dropped), so only with ``--n_train`` < the train size;
   distilled_aug ``textclf distill --augment N`` (``--augment``, default 5): the teacher also labels N synthetic
                 variants of each train text (token deletion, n-gram sampling: :mod:`textclf.core.augment`);
+                ``--augment 5,20`` adds ``distilled_aug20`` (every N after the first gets its own student);
   distilled_lstm ``--lstm_student``: ``textclf distill --student lstm --augment N --repeats 1`` (the BiLSTM
                 family, ``--lstm_set`` overrides; default batch 128, at most 8 epochs): a student that reads
                 word order, about 20x the teacher's speed;
@@ -157,12 +158,14 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
     if unlabeled:
         timed("distilled_u", lambda: distill(DistillSpec(spec("fasttext", "distilled_u", ft), str(d / "teacher"),
                                                          str(unlabeled))))
-    if opts["augment"]:
-        timed("distilled_aug", lambda: distill(DistillSpec(spec("fasttext", "distilled_aug", ft), str(d / "teacher"),
-                                                           augment=opts["augment"])))
+    for i, n_aug in enumerate(opts["augment"]):
+        key = "distilled_aug" if i == 0 else f"distilled_aug{n_aug}"
+        timed(key, lambda key=key, n_aug=n_aug: distill(DistillSpec(spec("fasttext", key, ft), str(d / "teacher"),
+                                                                    augment=n_aug)))
     if opts["lstm"]:
         timed("distilled_lstm", lambda: distill(DistillSpec(spec("lstm", "distilled_lstm", list(opts["lstm_set"])),
-                                                            str(d / "teacher"), repeats=1, augment=opts["augment"])))
+                                                            str(d / "teacher"), repeats=1,
+                                                            augment=opts["augment"][0] if opts["augment"] else 0)))
     fasttext_students = [k for k in models if k.startswith("distilled") and k != "distilled_lstm"]
     for student in ("fasttext", best_student(d, fasttext_students), "distilled_lstm"):
         if student in models:
@@ -221,8 +224,9 @@ def table(results: dict) -> str:
               "(cascades are always built again).")
 @click.option("--teacher", type=click.Choice(["embeddings", "bert"]), default="embeddings", show_default=True,
               help="MiniLM embeddings + logistic regression, or MiniLM fine-tuned by the BERT family (ONNX int8).")
-@click.option("--augment", type=int, default=5, show_default=True,
-              help="distilled_aug: the student with this many synthetic variants of each train text (0: no such student).")
+@click.option("--augment", default="5", show_default=True,
+              help="distilled_aug: the student with this many synthetic variants of each train text (0: no such student); "
+                   "a comma list (5,20) adds a student per further count (distilled_aug20).")
 @click.option("--lstm_student", is_flag=True, help="Also distil a BiLSTM student (distilled_lstm) and cascade it.")
 @click.option("--lstm_set", multiple=True, help=f"--set overrides of distilled_lstm (default: {' '.join(LSTM_SET)}).")
 @click.option("--quick", is_flag=True, help="Smoke check: 100/60/60 rows, 50 unlabelled, 2 trials (-> distill_quick.json).")
@@ -235,7 +239,8 @@ def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, 
     if quick:
         n_train, n_valid, n_test, n_unlabeled, ft_trials = 100, 60, 60, 50, 2
     opts = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unlabeled": n_unlabeled, "ft_trials": ft_trials,
-            "reuse": reuse and bool(keep), "teacher": teacher, "augment": augment,
+            "reuse": reuse and bool(keep), "teacher": teacher,
+            "augment": [int(a) for a in str(augment).split(",") if a.strip() and int(a)],
             "lstm": lstm_student, "lstm_set": list(lstm_set or LSTM_SET)}
     out = results_path(output, "distill", quick)
     doc = results_doc("distill", {**opts, "datasets": datasets}, PACKAGES, results={})

@@ -23,6 +23,11 @@ For every dataset (``--datasets``; a missing one is skipped with a message), on 
   cascade       ``textclf cascade --max_f1_loss 0.005`` of the gold fastText and of the distilled fastText student
                 with the best valid macro-F1 (and of ``distilled_lstm``), with the teacher, tau chosen on valid.
 
+``--seeds 14,15,16`` trains fastText on gold, ``distilled`` and ``distilled_aug`` again with each further
+seed (the search, the refit and the synthetic variants; the teacher stays) and reports each seed's test
+macro-F1 and the means: one 10-trial search moves fastText's test macro-F1 by 0.01-0.015, as much as the
+target gain.
+
 Every model is scored on the test slice with the leaderboard's ``measure`` in a fresh process
 (``measure_isolated``: no thread pool of a model scored before it is left in the process), ``predict`` in
 batches of 256, one warm-up batch, repeated until 0.5 s are timed; docs/s is the median of
@@ -95,14 +100,14 @@ def best_student(work: Path, names: list[str]) -> str:
     return max(names, key=lambda n: json.loads((work / n / "meta.json").read_text())["metrics"]["valid"]["macro_f1"])
 
 
-def score(model_dir: Path, test: Path, backend: str | None = None) -> dict:
+def score(model_dir: Path, test: Path, backend: str | None = None, timing_runs: int = TIMING_RUNS) -> dict:
     """Test macro-F1 and docs/s of ``model_dir`` (the leaderboard's measure); a cascade's test share to the teacher."""
     from textclf.core.data import read_labelled
     from textclf.core.loading import load_predictor
     from textclf.core.metrics import classification_metrics
     from textclf.services.compare.leaderboard import measure_isolated
 
-    runs = [measure_isolated(str(model_dir), str(test), batch_size=256, backend=backend) for _ in range(TIMING_RUNS)]
+    runs = [measure_isolated(str(model_dir), str(test), batch_size=256, backend=backend) for _ in range(timing_runs)]
     r = {**runs[0], "docs_per_s": statistics.median(x["docs_per_s"] for x in runs),
          "timed_passes": sum(x["timed_passes"] for x in runs)}
     ds = read_labelled(test, min_classes=0)
@@ -196,12 +201,64 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
             checks[key] = {"gain_vs_fasttext": round(r["macro_f1"] - rows["fasttext"]["macro_f1"], 4),
                            "ok": r["macro_f1"] >= rows["fasttext"]["macro_f1"] + 0.02}
     sizes = {s: sum(1 for _ in open(p, encoding="utf-8")) - 1 for s, p in (("train", train), ("valid", valid), ("test", test))}
-    return {"sizes": {**sizes, "unlabeled": opts["n_unlabeled"] if unlabeled else 0}, "models": rows, "checks": checks,
-            "seconds": timings}
+    out = {"sizes": {**sizes, "unlabeled": opts["n_unlabeled"] if unlabeled else 0}, "models": rows, "checks": checks,
+           "seconds": timings}
+    if opts["seeds"]:
+        out["seeds"] = seed_runs(rows, opts, ft, timed, spec, d, test, echo, name)
+    return out
+
+
+def seed_runs(rows: dict, opts: dict, ft: list[str], timed, spec, d: Path, test: Path, echo, name: str) -> dict:
+    """``--seeds``: fastText on gold, ``distilled`` and the first ``distilled_aug`` again with each further seed (the
+    search, the refit and the synthetic variants), the teacher fixed; per model the test/valid macro-F1 of every seed
+    (the first is the run above, the config's seed 13) and their means, and the students' mean gain over fastText."""
+    from textclf.services import runs
+    from textclf.services.distill import DistillSpec, distill
+
+    names = ["fasttext", "distilled"] + (["distilled_aug"] if opts["augment"] else [])
+    per = {n: {"13": {"test": rows[n]["macro_f1"], "valid": rows[n].get("valid_macro_f1")}} for n in names}
+    for seed in opts["seeds"]:
+        over = [*ft, f"seed={seed}"]
+        jobs = {"fasttext": lambda key, over=over: runs.train(spec("fasttext", key, over)),
+                "distilled": lambda key, over=over: distill(DistillSpec(spec("fasttext", key, over), str(d / "teacher"))),
+                "distilled_aug": lambda key, over=over: distill(DistillSpec(spec("fasttext", key, over), str(d / "teacher"),
+                                                                            augment=opts["augment"][0]))}
+        for n in names:
+            key = f"{n}_s{seed}"
+            timed(key, lambda key=key, job=jobs[n]: job(key))
+            echo(f"{name}: scoring {key} on test ...")
+            r = score(d / key, test, timing_runs=1)
+            per[n][str(seed)] = {"test": r["macro_f1"], "valid": r.get("valid_macro_f1")}
+    out = {}
+    for n, by_seed in per.items():
+        tests = [v["test"] for v in by_seed.values()]
+        valids = [v["valid"] for v in by_seed.values() if v["valid"] is not None]
+        out[n] = {"seeds": by_seed, "test_mean": round(statistics.mean(tests), 4),
+                  "valid_mean": round(statistics.mean(valids), 4) if valids else None}
+    for n in names[1:]:
+        gain = round(out[n]["test_mean"] - out["fasttext"]["test_mean"], 4)
+        out[n].update(gain_vs_fasttext=gain, ok=gain >= 0.02)
+    return out
+
+
+def seeds_table(results: dict) -> str:
+    """``--seeds``: the markdown table of every dataset's per-seed test macro-F1 and means ("" when none ran)."""
+    lines = []
+    for name, res in results.items():
+        for model, r in (res.get("seeds") or {}).items():
+            if not lines:
+                seeds = list(r["seeds"])
+                lines = [f"| dataset | model | {' | '.join(f'seed {x}' for x in seeds)} | test mean | valid mean | "
+                         "gain over fastText |", "|---|---|" + "---:|" * (len(seeds) + 3)]
+            gain = f"{r['gain_vs_fasttext']:+.4f}" if "gain_vs_fasttext" in r else "-"
+            valid = f"{r['valid_mean']:.4f}" if r["valid_mean"] is not None else "-"
+            tests = " | ".join(f"{v['test']:.4f}" for v in r["seeds"].values())
+            lines.append(f"| {name} | {model} | {tests} | {r['test_mean']:.4f} | {valid} | {gain} |")
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:
-    """The markdown table of every dataset's models."""
+    """The markdown table of every dataset's models (then :func:`seeds_table`'s, when ``--seeds`` ran)."""
     lines = ["| dataset (train/valid/test, unlabelled) | model | test macro-F1 | vs teacher | valid macro-F1 | docs/s | x teacher "
              "| to teacher (test) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -213,7 +270,8 @@ def table(results: dict) -> str:
             valid = f"{r['valid_macro_f1']:.4f}" if "valid_macro_f1" in r else "-"
             lines.append(f"| {where} | {key} | {r['macro_f1']:.4f} | {r['f1_vs_teacher']:+.4f} | {valid} | {r['docs_per_s']:,.0f} | "
                          f"{r['speedup_vs_teacher']:.1f} | {share} |")
-    return "\n".join(lines)
+    extra = seeds_table(results)
+    return "\n".join(lines) + (f"\n\n{extra}" if extra else "")
 
 
 @click.command()
@@ -234,11 +292,13 @@ def table(results: dict) -> str:
 @click.option("--augment", default="5", show_default=True,
               help="distilled_aug: the student with this many synthetic variants of each train text (0: no such student); "
                    "a comma list (5,20) adds a student per further count (distilled_aug20).")
+@click.option("--seeds", default="", help="Further seeds (14,15,16): fastText on gold, distilled and distilled_aug again "
+              "with each; the results JSON gets their per-seed scores and means (block 'seeds').")
 @click.option("--lstm_student", is_flag=True, help="Also distil a BiLSTM student (distilled_lstm) and cascade it.")
 @click.option("--lstm_set", multiple=True, help=f"--set overrides of distilled_lstm (default: {' '.join(LSTM_SET)}).")
 @click.option("--quick", is_flag=True, help="Smoke check: 100/60/60 rows, 50 unlabelled, 2 trials (-> distill_quick.json).")
 def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, output, keep, reuse, teacher, augment,
-         lstm_student, lstm_set, quick):
+         seeds, lstm_student, lstm_set, quick):
     """Distilled fastText students and cascades against a MiniLM teacher (see the module docstring)."""
     os.environ.setdefault("TEXTCLF_TRACK", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -248,6 +308,7 @@ def main(datasets, data_root, n_train, n_valid, n_test, n_unlabeled, ft_trials, 
     opts = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unlabeled": n_unlabeled, "ft_trials": ft_trials,
             "reuse": reuse and bool(keep), "teacher": teacher,
             "augment": [int(a) for a in str(augment).split(",") if a.strip() and int(a)],
+            "seeds": [int(x) for x in seeds.split(",") if x.strip()],
             "lstm": lstm_student, "lstm_set": list(lstm_set or LSTM_SET)}
     out = results_path(output, "distill", quick)
     doc = results_doc("distill", {**opts, "datasets": datasets}, PACKAGES, results={})

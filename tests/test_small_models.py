@@ -66,6 +66,28 @@ def test_no_bucket_when_no_ngram_uses_it_and_budget_null_is_unlimited():
     assert record["estimated_bytes"] == bin_bytes(counts, fitted) == 92 + 2 * (4 + 10) + 2 * (10 + 10) + 34 + 4 * 10 * 4
     kept, record = fit_params_to_budget(counts, {**params, "wordNgrams": 2}, None)
     assert kept["bucket"] == 2_000_000 and record["action"] == "fits"
+    # minn 2 with maxn 0 (the search draws them apart) is character 2-grams: they need the buckets
+    kept, _ = fit_params_to_budget(counts, {**params, "minn": 2}, None)
+    assert kept["bucket"] == 2_000_000
+    gone, _ = fit_params_to_budget(counts, {**params, "maxn": 5}, None)  # minn 0: no character n-grams
+    assert gone["bucket"] == 0
+
+
+def test_char_ngrams_with_maxn_under_minn_train(tmp_path):
+    """A search point with minn > 0 and maxn 0 trained with bucket 0 ("bucket must be > 0 when using subwords")."""
+    from collections import Counter
+
+    from textclf.families.fasttext.model import fit_params, train_model
+    from textclf.families.fasttext.size import fit_params_to_budget
+
+    train = tmp_path / "train.txt"
+    train.write_text("".join(f"__label__{i % 2} {'good great fine' if i % 2 else 'bad awful poor'} text{i}\n"
+                             for i in range(40)), encoding="utf-8")
+    params = {"dim": 10, "bucket": 100_000, "wordNgrams": 1, "minn": 2, "maxn": 0, "epoch": 5, "lr": 0.5}
+    fitted, _ = fit_params_to_budget(Counter(train.read_text().split()), params, None)
+    assert fit_params(fitted)["minn"] == 2 and fit_params(fitted)["maxn"] == 2
+    model = train_model(train, {**fitted, "thread": 1})  # the old bucket 0 failed here
+    assert "<g" in model.get_subwords("goodness")[0]  # character 2-grams are in use
 
 
 def test_a_large_vocabulary_lowers_dim_then_needs_quantization():

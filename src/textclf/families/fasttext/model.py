@@ -36,6 +36,7 @@ from textclf.families.fasttext.size import (
     MB,
     MIN_CUTOFF,
     budget_bytes,
+    char_ngrams,
     count_tokens,
     entry_bytes,
     fit_params_to_budget,
@@ -152,10 +153,8 @@ def fit_params(params: dict, n_jobs: int = 1) -> dict:
     """fastText keyword arguments from a params dict: known names only, thread set, maxn >= minn."""
     kw = {k: v for k, v in params.items() if k in FASTTEXT_PARAMS and v is not None}
     kw.setdefault("thread", default_threads(n_jobs))
-    if kw.get("minn", 0) == 0:
-        kw["maxn"] = 0
-    elif kw.get("maxn", 0) < kw["minn"]:
-        kw["maxn"] = kw["minn"]
+    if "minn" in kw or "maxn" in kw:
+        kw["minn"], kw["maxn"] = char_ngrams(kw)
     if not kw.get("pretrainedVectors"):
         kw.pop("pretrainedVectors", None)
     return kw

@@ -76,9 +76,20 @@ def dictionary(counts: Counter, min_count: int) -> tuple[int, int, int]:
     return len(words), len(labels), _DICT_HEADER + entry_bytes
 
 
+def char_ngrams(params: dict) -> tuple[int, int]:
+    """``(minn, maxn)`` as fastText is given them: none when ``minn`` is 0, else ``maxn`` at least ``minn``.
+
+    The search draws ``minn`` and ``maxn`` independently, so ``minn 2, maxn 0`` means character
+    2-grams (and ``minn 0, maxn 5`` none); :func:`textclf.families.fasttext.model.fit_params` and
+    :func:`uses_buckets` both read them through here.
+    """
+    minn, maxn = int(params.get("minn") or 0), int(params.get("maxn") or 0)
+    return (0, 0) if minn <= 0 else (minn, max(maxn, minn))
+
+
 def uses_buckets(params: dict) -> bool:
     """Whether word or character n-grams are hashed into ``bucket`` rows."""
-    return int(params.get("wordNgrams", 1)) > 1 or int(params.get("maxn", 0)) > 0
+    return int(params.get("wordNgrams", 1)) > 1 or char_ngrams(params)[1] > 0
 
 
 def bin_bytes(counts: Counter, params: dict) -> int:

@@ -34,7 +34,9 @@ from textclf.services.distill import DEFAULT_REPEATS
                    "embeddings), or its hard labels with confidence-weighted copies (the default for the others).")
 @click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also let the teacher label N synthetic variants of each training text (token deletion, n-gram "
-                   "sampling; seeded by the config's seed).")
+                   "sampling; seeded by the config's seed). 5 is the measured choice for a fastText or BiLSTM student "
+                   "without unlabelled text (+0.024 to +0.036 over fastText on gold); it costs the teacher N more "
+                   "predictions a text.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Keep the teacher's probabilities in the embedding cache ($TEXTCLF_CACHE): another distill from the "
                    "same teacher predicts nothing again, an interrupted one resumes.")

@@ -163,17 +163,23 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
         return RunSpec(family=family, train_path=str(train), valid_path=str(valid), test_path=str(test),
                        output_dir=d / out, overrides=tuple(overrides), track=False)
 
+    def fasttext_model(kind: str, key: str, overrides: list[str], augment: int = 0) -> None:
+        """fastText on gold (``kind`` fasttext) or a fastText student of the teacher (distilled)."""
+        if kind == "fasttext":
+            runs.train(spec("fasttext", key, overrides))
+        else:
+            distill(DistillSpec(spec("fasttext", key, overrides), str(d / "teacher"), augment=augment))
+
     timed("teacher", lambda: train_teacher(opts["teacher"], spec))
     ft = ft_overrides(opts["ft_trials"])
-    timed("fasttext", lambda: runs.train(spec("fasttext", "fasttext", ft)))
-    timed("distilled", lambda: distill(DistillSpec(spec("fasttext", "distilled", ft), str(d / "teacher"))))
+    timed("fasttext", lambda: fasttext_model("fasttext", "fasttext", ft))
+    timed("distilled", lambda: fasttext_model("distilled", "distilled", ft))
     if unlabeled:
         timed("distilled_u", lambda: distill(DistillSpec(spec("fasttext", "distilled_u", ft), str(d / "teacher"),
                                                          str(unlabeled))))
     for i, n_aug in enumerate(opts["augment"]):
         key = "distilled_aug" if i == 0 else f"distilled_aug{n_aug}"
-        timed(key, lambda key=key, n_aug=n_aug: distill(DistillSpec(spec("fasttext", key, ft), str(d / "teacher"),
-                                                                    augment=n_aug)))
+        timed(key, lambda key=key, n_aug=n_aug: fasttext_model("distilled", key, ft, n_aug))
     if opts["lstm"]:
         timed("distilled_lstm", lambda: distill(DistillSpec(spec("lstm", "distilled_lstm", list(opts["lstm_set"])),
                                                             str(d / "teacher"), repeats=1,
@@ -204,28 +210,23 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
     out = {"sizes": {**sizes, "unlabeled": opts["n_unlabeled"] if unlabeled else 0}, "models": rows, "checks": checks,
            "seconds": timings}
     if opts["seeds"]:
-        out["seeds"] = seed_runs(rows, opts, ft, timed, spec, d, test, echo, name)
+        out["seeds"] = seed_runs(rows, opts, ft, timed, fasttext_model, d, test, echo, name)
     return out
 
 
-def seed_runs(rows: dict, opts: dict, ft: list[str], timed, spec, d: Path, test: Path, echo, name: str) -> dict:
+def seed_runs(rows: dict, opts: dict, ft: list[str], timed, fasttext_model, d: Path, test: Path, echo, name: str) -> dict:
     """``--seeds``: fastText on gold, ``distilled`` and the first ``distilled_aug`` again with each further seed (the
     search, the refit and the synthetic variants), the teacher fixed; per model the test/valid macro-F1 of every seed
-    (the first is the run above, the config's seed 13) and their means, and the students' mean gain over fastText."""
-    from textclf.services import runs
-    from textclf.services.distill import DistillSpec, distill
-
+    (the first is the run above, at the config's seed) and their means, and the students' mean gain over fastText."""
     names = ["fasttext", "distilled"] + (["distilled_aug"] if opts["augment"] else [])
-    per = {n: {"13": {"test": rows[n]["macro_f1"], "valid": rows[n].get("valid_macro_f1")}} for n in names}
+    first = str(json.loads((d / "fasttext" / "meta.json").read_text())["config"]["seed"])
+    per = {n: {first: {"test": rows[n]["macro_f1"], "valid": rows[n].get("valid_macro_f1")}} for n in names}
     for seed in opts["seeds"]:
         over = [*ft, f"seed={seed}"]
-        jobs = {"fasttext": lambda key, over=over: runs.train(spec("fasttext", key, over)),
-                "distilled": lambda key, over=over: distill(DistillSpec(spec("fasttext", key, over), str(d / "teacher"))),
-                "distilled_aug": lambda key, over=over: distill(DistillSpec(spec("fasttext", key, over), str(d / "teacher"),
-                                                                            augment=opts["augment"][0]))}
         for n in names:
             key = f"{n}_s{seed}"
-            timed(key, lambda key=key, job=jobs[n]: job(key))
+            kind, augment = ("fasttext", 0) if n == "fasttext" else ("distilled", opts["augment"][0] if n == "distilled_aug" else 0)
+            timed(key, lambda key=key, kind=kind, augment=augment, over=over: fasttext_model(kind, key, over, augment))
             echo(f"{name}: scoring {key} on test ...")
             r = score(d / key, test, timing_runs=1)
             per[n][str(seed)] = {"test": r["macro_f1"], "valid": r.get("valid_macro_f1")}

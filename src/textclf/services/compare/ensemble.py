@@ -226,24 +226,23 @@ class EnsemblePredictor(Predictor):
     def member_probas(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Every member's probabilities on ``texts`` as the ensemble combines them: columns in this ensemble's
         label order, scaled by the member's temperature."""
-        out, skipped = [], set()
+        from textclf.services.compare.member_temperature import apply_temperatures
+
+        out = []
         for i, (weight, member) in enumerate(itertools.zip_longest(self.weights, self.members, fillvalue=None)):
             if self.method == "weighted" and weight == 0:  # a zero weight needs no inference (nor scaling)
                 out.append(np.zeros((len(texts), len(self.labels))))
-                skipped.add(i)
                 continue
-            out.append(align_columns(member.predict_proba(texts), member.labels, self.labels))
-        return self.tempered(out, skipped)
+            p = align_columns(member.predict_proba(texts), member.labels, self.labels)
+            temps = None if not self.temperatures else [self.temperatures[i]]
+            out.append(apply_temperatures([p], temps, self.task == "multilabel")[0])
+        return out
 
-    def tempered(self, probas: Sequence[np.ndarray], skip: set[int] | frozenset = frozenset()) -> list[np.ndarray]:
-        """The members' (label-aligned) probabilities scaled by their temperatures (:mod:`.member_temperature`);
-        the members numbered in ``skip`` stay as they are."""
+    def tempered(self, probas: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The members' (label-aligned) probabilities scaled by their temperatures (:mod:`.member_temperature`)."""
         from textclf.services.compare.member_temperature import apply_temperatures
 
-        temps = self.temperatures
-        if temps and skip:
-            temps = [None if i in skip else t for i, t in enumerate(temps)]
-        return apply_temperatures(probas, temps, self.task == "multilabel")
+        return apply_temperatures(probas, self.temperatures, self.task == "multilabel")
 
     def combine(self, probas: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities from its members' (label-aligned) probabilities."""

@@ -161,7 +161,8 @@ def job_setfit(paths: dict, out: str, per_class: int | None, seed: int, override
     wall = time.perf_counter() - start
     meta = read_meta(out)
     result = {"wall_s": round(wall, 2), "train_rows": meta.get("few_shot", {}).get("n_train"),
-              "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": bench.peak_rss_mb(),
+              "test": {k: round(meta["metrics"]["test"][k], 4) for k in ("accuracy", "macro_f1")},
+              "valid": {k: round(meta["metrics"]["valid"][k], 4) for k in ("accuracy", "macro_f1")}, "peak_rss_mb": bench.peak_rss_mb(),
               "seconds": meta.get("seconds"), "long_text": meta.get("long_text")}
     if frozen:
         result["frozen_minilm_logreg"] = _frozen_on_rows(paths, per_class, seed)
@@ -302,10 +303,12 @@ def long_text_table(datasets: dict) -> str:
             def ratio(k, sb=sb, sc=sc):
                 return f"{sc.get(k, 0):g} / {sb.get(k, 0):g} ({sc.get(k, 0) / max(sb.get(k, 0), 1e-9):.1f}x)"
 
-            st = ((chunk.get("long_text") or {}).get("splits") or {}).get("train") or {}
+            lt = chunk.get("long_text") or {}
+            st = (lt.get("splits") or {}).get("train") or {}
             frozen = (base.get("frozen_minilm_logreg") or {}).get("test", {}).get("macro_f1")
+            pooling = lt.get("chunk_pooling", "mean") + (" (auto)" if "pooling_choice" in lt else "")
             lines.append(f"| {name} | {key.removeprefix('setfit_').removesuffix('_chunk')}/class | "
-                         f"{base['test']['macro_f1']:.3f} | {chunk['test']['macro_f1']:.3f} | "
+                         f"{base['test']['macro_f1']:.3f} | {chunk['test']['macro_f1']:.3f}, {pooling} | "
                          f"{'—' if frozen is None else f'{frozen:.3f}'} | {ratio('contrastive')} | {ratio('embed')} | "
                          f"{st.get('share_over_max_length', '—')}, {st.get('mean_chunks', '—')} |")
     return "\n".join(lines)

@@ -119,6 +119,8 @@ def test_pooling_mean_max_length_exactly():
 @pytest.mark.parametrize(("block", "message"), [
     ({"long_text": "split"}, "encoder.long_text: expected one of truncate, chunk, got 'split'"),
     ({"chunk_pooling": "sum"}, "encoder.chunk_pooling: expected one of mean, max, length, got 'sum'"),
+    ({"chunk_pooling": "auto"},
+     "encoder.chunk_pooling: expected one of mean, max, length, got 'auto' (auto, chosen on valid, is the setfit family's)"),
     ({"stride": -1}, "encoder.stride: expected an integer of at least 0, got -1"),
     ({"max_chunks": 0}, "encoder.max_chunks: expected an integer >= 1, got 0"),
 ])
@@ -126,6 +128,38 @@ def test_bad_settings_are_one_line_errors(block, message):
     with pytest.raises(ConfigError) as exc:
         ChunkSettings.from_config(block)
     assert str(exc.value) == message
+
+
+def test_auto_pooling_is_accepted_where_the_family_chooses_it():
+    assert ChunkSettings.from_config({"long_text": "chunk", "chunk_pooling": "AUTO"}, auto=True).pooling == "auto"
+    assert ChunkSettings("chunk", 3, 4, "auto").with_pooling("length") == ChunkSettings("chunk", 3, 4, "length")
+
+
+def test_setfit_auto_pooling_keeps_the_head_that_scores_best_on_valid(cue_data):
+    """``chunk_pooling: auto`` on the untuned MiniLM: one encoding of the windows, a head per pooling, the best kept."""
+    from textclf.families.common.encoders import resolve_model_dir
+    from textclf.families.setfit.head import LogregHead, valid_score
+    from textclf.families.setfit.model import embed_long, load_sentence_model
+    from textclf.families.setfit.pooling import CANDIDATES, choose_pooling
+
+    model = load_sentence_model(resolve_model_dir("minilm"), "cpu", 32)
+    train, valid = read_labelled(cue_data["train"]), read_labelled(cue_data["valid"])
+    codes = {"finance": 0, "sport": 1}
+    y_train = np.array([codes[x] for x in train.labels])
+    y_valid = np.array([codes[x] for x in valid.labels])
+    settings = ChunkSettings("chunk", pooling="auto")
+    choice = choose_pooling(model, train.texts, valid.texts, 64, settings, lambda dim: LogregHead(2, seed=0),
+                            y_train, y_valid)
+    scores = choice.record["scores"]
+    assert list(scores) == list(CANDIDATES) == ["mean", "length", "max"] and choice.record["metric"] == "valid_macro_f1"
+    best = max(scores.values())
+    assert choice.record["chosen"] == next(k for k in CANDIDATES if scores[k] == best)  # ties: the earlier candidate
+    assert choice.chunking == settings.with_pooling(choice.record["chosen"])
+    # the kept rows are what a model pooling that way computes, and the kept head scores what the record says
+    np.testing.assert_allclose(choice.x_valid, embed_long(model, valid.texts, 64, choice.chunking)[0], atol=1e-5)
+    assert round(valid_score(choice.head, choice.x_valid, y_valid), 5) == best
+    assert choice.stats_train["documents"] == len(train) and choice.stats_valid["documents"] == len(valid)
+    assert best >= 0.9, scores  # the cue is in the last window, which every pooling reads; truncation to 32 tokens does not
 
 
 def test_bad_setting_stops_the_cli_with_exit_2(cue_data, tmp_path):
@@ -238,14 +272,20 @@ def test_chunked_models_are_refused_by_onnx_export_in_one_line(embeddings_runs):
 def test_setfit_chunk_round_trip(cue_data, tmp_path):
     out = tmp_path / "setfit"
     train_family_cli("setfit", cue_data, out, "--no-track", "--per_class", "8", "--max_length", "32",
-                     "--set", 'encoder.long_text="chunk"')
+                     "--set", 'encoder.long_text="chunk"', "--set", 'encoder.chunk_pooling="auto"')
     meta = json.loads((out / "meta.json").read_text())
     assert meta["metrics"]["test"]["macro_f1"] >= SETFIT_CHUNK_FLOOR, meta["metrics"]["test"]
     assert meta["encoder"]["long_text"] == "chunk" and meta["long_text"]["contrastive_windows"] == 58
     assert meta["contrastive"]["rows_per_epoch"] == 2 * 2 * 58  # pairs drawn over the windows, each with its text's label
+    # auto: the config keeps "auto", the model records the pooling chosen on valid, and prediction pools that way
+    choice = meta["long_text"]["pooling_choice"]
+    assert meta["config"]["encoder"]["chunk_pooling"] == "auto" and set(choice["scores"]) == {"mean", "length", "max"}
+    assert choice["scores"][choice["chosen"]] == max(choice["scores"].values())
+    assert meta["encoder"]["chunk_pooling"] == meta["long_text"]["chunk_pooling"] == choice["chosen"]
+    assert meta["metrics"]["valid"]["macro_f1"] == pytest.approx(choice["scores"][choice["chosen"]], abs=1e-5)
     ds = read_labelled(cue_data["test"])
     predictor = textclf.load_predictor(out)
-    assert predictor.chunking == ChunkSettings("chunk")
+    assert predictor.chunking == ChunkSettings("chunk", pooling=choice["chosen"])
     acc = np.mean([p == t for p, t in zip(predictor.predict(ds.texts), ds.labels, strict=True)])
     assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"])
 

@@ -35,6 +35,9 @@ from textclf.core.errors import ConfigError, ModelError
 
 MODES = ("truncate", "chunk")
 POOLINGS = ("mean", "max", "length")
+#: ``chunk_pooling: auto``: pool every way and keep the pooling with the best valid score. Only a family that
+#: can refit what reads the pooled rows cheaply offers it (setfit: its head); BERT pools inside the trained model.
+AUTO_POOLING = "auto"
 DEFAULT_MAX_CHUNKS = 8
 #: texts per tokenizer call: one batched call per slice keeps memory bounded on large splits
 ENCODE_SLICE = 20000
@@ -65,21 +68,25 @@ def default_stride(max_length: int) -> int:
 
 
 def long_text_settings(model: dict, max_length: int | None = None, where: str = "model",
-                       capped: bool = True) -> LongText:
+                       capped: bool = True, auto: bool = False) -> LongText:
     """The ``long_text``/``stride``/``max_chunks``/``chunk_pooling`` keys of a ``model`` block, checked.
 
     Missing keys mean truncation (configs and models older than these settings). A bad value is a
     one-line ConfigError naming ``where.<key>``. ``capped`` (BERT): ``max_length`` is known, a null
     stride is ``max_length // 4`` and a stride may not pass ``max_length // 2``. Not ``capped`` (the
     sentence encoders, whose null ``max_length`` is the model's own): a null stride is 0 and the
-    stride is checked against the window when texts are cut (:func:`window_size`).
+    stride is checked against the window when texts are cut (:func:`window_size`). ``auto``: the
+    family accepts ``chunk_pooling: auto`` (:data:`AUTO_POOLING`).
     """
     mode = str(model.get("long_text") or "truncate").lower()
     if mode not in MODES:
         raise ConfigError(f"{where}.long_text: expected one of {', '.join(MODES)}, got {model.get('long_text')!r}")
     pooling = str(model.get("chunk_pooling") or "mean").lower()
-    if pooling not in POOLINGS:
-        raise ConfigError(f"{where}.chunk_pooling: expected one of {', '.join(POOLINGS)}, got {model.get('chunk_pooling')!r}")
+    allowed = POOLINGS + ((AUTO_POOLING,) if auto else ())
+    if pooling not in allowed:
+        hint = " (auto, chosen on valid, is the setfit family's)" if pooling == AUTO_POOLING else ""
+        raise ConfigError(f"{where}.chunk_pooling: expected one of {', '.join(allowed)}, "
+                          f"got {model.get('chunk_pooling')!r}{hint}")
     max_chunks = model.get("max_chunks")
     max_chunks = DEFAULT_MAX_CHUNKS if max_chunks is None else max_chunks
     if not _is_int(max_chunks) or max_chunks < 1:

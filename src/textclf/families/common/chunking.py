@@ -41,14 +41,19 @@ class ChunkSettings(LongText):
     and written to the ``encoder`` block's key names (``long_text``, ``stride``, ``max_chunks``, ``chunk_pooling``)."""
 
     @classmethod
-    def from_config(cls, block: dict | None) -> ChunkSettings:
+    def from_config(cls, block: dict | None, auto: bool = False) -> ChunkSettings:
         """The settings of an ``encoder`` config block (or a meta.json encoder record); a bad value is a one-line ConfigError.
 
         Checked by :func:`textclf.core.long_text.long_text_settings` (not ``capped``: the encoder's
-        window is known once its tokenizer is, and the stride is checked against it then).
+        window is known once its tokenizer is, and the stride is checked against it then). ``auto``: the
+        family accepts ``chunk_pooling: auto`` (setfit's training; a saved model records the pooling chosen).
         """
-        s = long_text_settings(block or {}, where=WHERE, capped=False)
+        s = long_text_settings(block or {}, where=WHERE, capped=False, auto=auto)
         return cls(s.mode, s.stride, s.max_chunks, s.pooling)
+
+    def with_pooling(self, pooling: str) -> ChunkSettings:
+        """The same settings pooling by ``pooling``."""
+        return type(self)(self.mode, self.stride, self.max_chunks, pooling)
 
     def record(self) -> dict:
         """The settings as config/meta.json keys."""
@@ -113,7 +118,17 @@ def pool(vectors: np.ndarray, doc: np.ndarray, n_docs: int, how: str = "mean", l
 def encode_windows(texts: Sequence[str], tokenizer: Any, max_length: int, settings: ChunkSettings,
                    encode: Callable[[list[str]], np.ndarray], normalize: bool) -> tuple[np.ndarray, dict]:
     """``(one pooled vector per text, chunk statistics)``: split, encode every window in one call, pool."""
+    windows, vectors = encoded_windows(texts, tokenizer, max_length, settings, encode)
+    return pool_windows(windows, vectors, settings.pooling, normalize), windows.stats()
+
+
+def encoded_windows(texts: Sequence[str], tokenizer: Any, max_length: int, settings: ChunkSettings,
+                    encode: Callable[[list[str]], np.ndarray]) -> tuple[Windows, np.ndarray]:
+    """``(the windows, their vectors)``: split, and encode every window in one call (to pool more than one way)."""
     windows = split_windows(tokenizer, texts, max_length, settings)
-    vectors = encode(windows.texts)
-    pooled = pool(vectors, windows.doc, windows.n_docs, settings.pooling, windows.lengths, normalize)
-    return pooled, windows.stats()
+    return windows, encode(windows.texts)
+
+
+def pool_windows(windows: Windows, vectors: np.ndarray, how: str, normalize: bool) -> np.ndarray:
+    """One vector per document of ``windows`` from the windows' ``vectors``, pooled by ``how``."""
+    return pool(vectors, windows.doc, windows.n_docs, how, windows.lengths, normalize)

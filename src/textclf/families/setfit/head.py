@@ -146,10 +146,7 @@ class TorchHead:
                 total += float(loss.detach()) * len(idx)
             row = {"epoch": epoch, "train_loss": round(total / max(1, len(yt)), 5)}
             if x_valid is not None and y_valid is not None and len(y_valid):
-                proba = self.predict_proba(x_valid)
-                score = (micro_f1(y_valid, proba >= p["threshold"]) if self.multilabel
-                         else macro_f1(y_valid, proba.argmax(1), p["n_classes"]))
-                row[self.metric] = round(score, 5)
+                row[self.metric] = round(valid_score(self, x_valid, y_valid), 5)
                 if row[self.metric] > best:
                     best, self.best_state, self.best_epoch = row[self.metric], copy.deepcopy(self.module.state_dict()), epoch
             self.history.append(row)
@@ -256,6 +253,15 @@ class LogregHead:
         check_label_indices(clf, path, list(range(int(record["n_classes"]))))
         return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13), clf=clf,
                    multilabel=bool(record.get("multilabel")))
+
+
+def valid_score(head: TorchHead | LogregHead, x: np.ndarray, y: np.ndarray) -> float:
+    """What a head's fit is judged by on valid: macro-F1 of the argmax, or for label sets micro-F1 at the head's
+    ``threshold`` (0.5 for the logreg head)."""
+    proba = head.predict_proba(x)
+    if head.multilabel:
+        return micro_f1(y, proba >= float(head.params.get("threshold", 0.5)))
+    return macro_f1(y, proba.argmax(1), int(head.params["n_classes"]))
 
 
 def make_head(cfg: dict, dim: int, n_classes: int, seed: int, multilabel: bool = False,

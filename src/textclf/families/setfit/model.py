@@ -27,7 +27,7 @@ import numpy as np
 from textclf.core.errors import ModelError
 from textclf.core.model_checks import check_label_count
 from textclf.core.predictor import Predictor
-from textclf.families.common.chunking import ChunkSettings, encode_windows
+from textclf.families.common.chunking import ChunkSettings, Windows, encode_windows, encoded_windows
 from textclf.families.setfit.head import LogregHead, TorchHead, load_head
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,13 @@ def embed_long(model: Any, texts: Sequence[str], batch_size: int = 64,
         return _embed_texts(model, texts, batch_size), None
     return encode_windows(texts, model.tokenizer, int(model.max_seq_length), chunking,
                           lambda windows: _embed_texts(model, windows, batch_size), normalize=True)
+
+
+def embed_windows(model: Any, texts: Sequence[str], batch_size: int, chunking: ChunkSettings) -> tuple[Windows, np.ndarray]:
+    """``(windows, their L2-normalised vectors)`` of ``texts`` cut by ``chunking``, every window encoded in one call;
+    pool them with :func:`..common.chunking.pool_windows` (``chunk_pooling: auto`` pools them every way)."""
+    return encoded_windows(texts, model.tokenizer, int(model.max_seq_length), chunking,
+                           lambda windows: _embed_texts(model, windows, batch_size))
 
 
 def _embed_texts(model: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -65,7 +65,7 @@ def check_settings(cfg: dict) -> None:
     from textclf.families.setfit.head import make_head
     from textclf.families.setfit.sampling import few_shot_indices, sample_texts
 
-    ChunkSettings.from_config(cfg["encoder"])
+    ChunkSettings.from_config(cfg["encoder"], auto=True)
     loss_name(cfg["loss"])
     h = cfg["head"]
     if h.get("type", "torch") == "torch":

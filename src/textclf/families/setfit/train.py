@@ -28,6 +28,7 @@ import numpy as np
 
 from textclf.core.class_weights import pos_weight
 from textclf.core.integrity import FILES_KEY
+from textclf.core.long_text import AUTO_POOLING
 from textclf.core.torch_common import resolve_device, seed_everything
 from textclf.core.training import Splits, fitted_meta
 from textclf.families.common.cache import weight_hash
@@ -36,6 +37,7 @@ from textclf.families.common.encoders import resolve_model_dir
 from textclf.families.setfit.contrastive import tune_encoder
 from textclf.families.setfit.head import make_head
 from textclf.families.setfit.model import ENCODER_DIR, KIND, SetFitPredictor, embed_long, load_sentence_model, save_encoder
+from textclf.families.setfit.pooling import choose_pooling
 from textclf.families.setfit.sampling import few_shot_indices
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,9 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
     e = cfg["encoder"]
     source = resolve_model_dir(e["name"])
     model = load_sentence_model(source, str(device), e.get("max_length"))
-    chunking = ChunkSettings.from_config(e)
+    chunking = ChunkSettings.from_config(e, auto=True)
+    if not chunking.chunk and chunking.pooling == AUTO_POOLING:  # nothing to pool: the model records the default
+        chunking = chunking.with_pooling("mean")
     pair_texts, pair_codes = train_ds.texts, y_train
     if chunking.chunk:  # contrastive rows on the windows, each carrying its document's label
         windows = split_windows(model.tokenizer, train_ds.texts, int(model.max_seq_length), chunking)
@@ -89,10 +93,23 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
     contrastive = tune_encoder(model, pair_texts, pair_codes, cfg, device, seed,
                                log_path=output_dir / PROGRESS_FILE if final else None)
 
-    start = time.monotonic()
     batch = int(e.get("batch_size", 64))
-    x_train, stats_train = embed_long(model, train_ds.texts, batch, chunking)
-    x_valid, stats_valid = embed_long(model, splits.valid.texts, batch, chunking)
+    y_valid = label_codes(splits.valid.labels, splits.labels, splits.multilabel)
+    weights = pos_weight(cfg["head"].get("pos_weight"), splits.labels, train_ds.labels, key="head.pos_weight") \
+        if splits.multilabel else None
+
+    def new_head(dim: int):
+        return make_head(cfg, dim, len(splits.labels), seed, splits.multilabel, weights)
+
+    start = time.monotonic()
+    choice = None
+    if chunking.chunk and chunking.pooling == AUTO_POOLING:  # pool every way, keep the best head on valid
+        choice = choose_pooling(model, train_ds.texts, splits.valid.texts, batch, chunking, new_head, y_train, y_valid)
+        chunking, head = choice.chunking, choice.head
+        x_train, x_valid, stats_train, stats_valid = choice.x_train, choice.x_valid, choice.stats_train, choice.stats_valid
+    else:
+        x_train, stats_train = embed_long(model, train_ds.texts, batch, chunking)
+        x_valid, stats_valid = embed_long(model, splits.valid.texts, batch, chunking)
     x_test, stats_test = (embed_long(model, splits.test.texts, batch, chunking) if final and splits.test is not None
                           else (None, None))
     embed_seconds = round(time.monotonic() - start, 2)
@@ -100,10 +117,8 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
              0 if x_test is None else len(x_test), embed_seconds)
 
     start = time.monotonic()
-    weights = pos_weight(cfg["head"].get("pos_weight"), splits.labels, train_ds.labels, key="head.pos_weight") \
-        if splits.multilabel else None
-    head = make_head(cfg, x_train.shape[1], len(splits.labels), seed, splits.multilabel, weights)
-    head.fit(x_train, y_train, x_valid, label_codes(splits.valid.labels, splits.labels, splits.multilabel))
+    if choice is None:
+        head = new_head(x_train.shape[1]).fit(x_train, y_train, x_valid, y_valid)
     head_seconds = round(time.monotonic() - start, 2)
 
     if final:
@@ -129,7 +144,8 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
     if chunking.chunk:
         stats = {"train": stats_train, "valid": stats_valid, **({"test": stats_test} if stats_test else {})}
         predictor.fit_info["long_text"] = {**chunking.record(), "max_length": record["max_length"], "splits": stats,
-                                           "contrastive_windows": len(pair_texts)}
+                                           "contrastive_windows": len(pair_texts),
+                                           **({"pooling_choice": choice.record} if choice else {})}
     if context.trial is not None:
         context.trial.set_user_attr("head_best_epoch", getattr(head, "best_epoch", None))
     log.info("setfit: fitted in %.1fs", time.monotonic() - started)

@@ -1,0 +1,69 @@
+"""``encoder.chunk_pooling: auto`` for the setfit family: pool the windows every way, keep the best on valid.
+
+With ``long_text: chunk`` the tuned encoder's windows of train and valid are encoded once. Each pooling
+(:data:`CANDIDATES`: ``mean`` first, so a tie keeps the default) pools them, a head is fitted on the pooled
+train rows and scored on the pooled valid rows (:func:`.head.valid_score`: macro-F1, or micro-F1 for label
+sets), and the pooling with the best score is kept. No pooling wins everywhere (benchmarks/README.md,
+"Long documents: SetFit chunk vs truncate"), and the head is the cheap part of a SetFit fit: the contrastive
+stage and the encoding are shared, so choosing costs two more head fits. The model records the pooling
+chosen (``encoder.chunk_pooling`` in meta.json, which prediction reads) and every candidate's score
+(``long_text.pooling_choice``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from textclf.families.common.chunking import ChunkSettings, pool_windows
+from textclf.families.setfit.head import LogregHead, TorchHead, valid_score
+from textclf.families.setfit.model import embed_windows
+
+log = logging.getLogger(__name__)
+
+#: the poolings ``auto`` tries, in the order that breaks ties
+CANDIDATES = ("mean", "length", "max")
+
+
+@dataclass
+class PoolingChoice:
+    """What :func:`choose_pooling` kept: the settings with the chosen pooling, its fitted head, the pooled
+    train/valid rows, the chunk statistics of both splits and the meta.json record of the choice."""
+
+    chunking: ChunkSettings
+    head: TorchHead | LogregHead
+    x_train: np.ndarray
+    x_valid: np.ndarray
+    stats_train: dict
+    stats_valid: dict
+    record: dict
+
+
+def choose_pooling(model: Any, train_texts: Sequence[str], valid_texts: Sequence[str], batch_size: int,
+                   chunking: ChunkSettings, new_head: Callable[[int], TorchHead | LogregHead],
+                   y_train: np.ndarray, y_valid: np.ndarray) -> PoolingChoice:
+    """Fit a head (``new_head(dim)``, the same seed each time) on every pooling of the train windows and keep the
+    pooling whose head scores best on the valid windows pooled the same way (ties: the earlier of
+    :data:`CANDIDATES`). With no valid rows there is nothing to choose on: ``mean``."""
+    w_train, v_train = embed_windows(model, train_texts, batch_size, chunking)
+    w_valid, v_valid = embed_windows(model, valid_texts, batch_size, chunking)
+    candidates = CANDIDATES if len(y_valid) else CANDIDATES[:1]
+    scores: dict[str, float] = {}
+    best = None
+    for how in candidates:
+        x_train = pool_windows(w_train, v_train, how, normalize=True)
+        x_valid = pool_windows(w_valid, v_valid, how, normalize=True)
+        head = new_head(x_train.shape[1]).fit(x_train, y_train, x_valid, y_valid)
+        if len(y_valid):
+            scores[how] = round(valid_score(head, x_valid, y_valid), 5)
+        if best is None or scores.get(how, 0.0) > scores.get(best[0], 0.0):
+            best = (how, head, x_train, x_valid)
+    how, head, x_train, x_valid = best
+    metric = "valid_micro_f1" if head.multilabel else "valid_macro_f1"
+    log.info("setfit: chunk_pooling auto -> %s (%s)", how, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no valid rows")
+    record = {"chosen": how, "metric": metric, "scores": scores}
+    return PoolingChoice(chunking.with_pooling(how), head, x_train, x_valid, w_train.stats(), w_valid.stats(), record)

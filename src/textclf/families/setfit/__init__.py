@@ -39,7 +39,8 @@ FAMILY = register_family(Family(
         Option("--label_smoothing", "head.label_smoothing", float, "Label smoothing of the head's cross-entropy."),
         Option("--max_length", "encoder.max_length", int, "Maximum tokens per text (encoder.max_length)."),
         Option("--long_text", "encoder.long_text", ["truncate", "chunk"], "Texts longer than max_length: truncate "
-               "(default) or chunk into windows pooled per text (encoder.stride, max_chunks, chunk_pooling)."),
+               "(default) or chunk into windows pooled per text (encoder.stride, max_chunks, chunk_pooling: auto, the "
+               "pooling whose head scores best on valid)."),
         Option("--batch_size", "train.batch_size", int, "Contrastive batch size (pairs per step)."),
         Option("--device", "device", str, "auto (default), cpu, cuda, cuda:N or mps."),
     ),

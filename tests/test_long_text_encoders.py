@@ -328,3 +328,24 @@ def test_stats_token_lengths_against_each_family(tmp_path):
     assert "  tokens (all-MiniLM-L6-v2 WordPiece, per text): mean 106.5, p50 62, p90 300, p95 300, p99 300, max 300" in text
     assert "  setfit               64     50.00%      56.10%" in text
     assert "tokens" not in json.loads(CliRunner().invoke(cli, ["stats", str(path), "--json", "--no-tokens"]).output)[0]
+
+
+def test_valid_score_is_macro_f1_or_micro_f1_on_label_sets():
+    """What ``chunk_pooling: auto`` compares: macro-F1 of the argmax, or micro-F1 at the head's threshold for label sets."""
+    from sklearn.metrics import f1_score
+
+    from textclf.families.setfit.head import LogregHead, TorchHead, valid_score
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y_multi = np.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 2] + x[:, 3] > 0], axis=1).astype(np.int64)
+    head = LogregHead(3, seed=0, multilabel=True).fit(x[:40], y_multi[:40])
+    expected = f1_score(y_multi[40:], head.predict_proba(x[40:]) >= 0.5, average="micro", zero_division=0)
+    assert valid_score(head, x[40:], y_multi[40:]) == pytest.approx(expected)
+    torch_head = TorchHead(4, 3, epochs=3, seed=0, multilabel=True, threshold=0.3).fit(x[:40], y_multi[:40])
+    expected = f1_score(y_multi[40:], torch_head.predict_proba(x[40:]) >= 0.3, average="micro", zero_division=0)
+    assert valid_score(torch_head, x[40:], y_multi[40:]) == pytest.approx(expected)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)  # 3 classes, unbalanced
+    single = LogregHead(3, seed=0).fit(x[:40], y[:40])
+    expected = f1_score(y[40:], single.predict_proba(x[40:]).argmax(1), labels=[0, 1, 2], average="macro", zero_division=0)
+    assert valid_score(single, x[40:], y[40:]) == pytest.approx(expected)

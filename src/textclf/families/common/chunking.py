@@ -15,6 +15,7 @@ and L2-normalised again when the encoder normalises.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ class ChunkSettings(LongText):
 
     def with_pooling(self, pooling: str) -> ChunkSettings:
         """The same settings pooling by ``pooling``."""
-        return type(self)(self.mode, self.stride, self.max_chunks, pooling)
+        return dataclasses.replace(self, pooling=pooling)
 
     def record(self) -> dict:
         """The settings as config/meta.json keys."""

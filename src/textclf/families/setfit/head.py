@@ -96,8 +96,8 @@ class TorchHead:
 
     @property
     def metric(self) -> str:
-        """The valid metric the best epoch is chosen on: ``valid_micro_f1`` (label sets) or ``valid_macro_f1``."""
-        return "valid_micro_f1" if self.multilabel else "valid_macro_f1"
+        """The valid metric the best epoch is chosen on (:func:`valid_metric`)."""
+        return valid_metric(self)
 
     def fit(self, x: np.ndarray, y: np.ndarray, x_valid: np.ndarray | None = None, y_valid: np.ndarray | None = None) -> TorchHead:
         """Train for ``epochs``; keep the epoch with the best valid macro-F1 (label sets: micro-F1; the last without valid data)."""
@@ -253,6 +253,11 @@ class LogregHead:
         check_label_indices(clf, path, list(range(int(record["n_classes"]))))
         return cls(record["n_classes"], record.get("C", 1.0), record.get("max_iter", 2000), record.get("seed", 13), clf=clf,
                    multilabel=bool(record.get("multilabel")))
+
+
+def valid_metric(head: TorchHead | LogregHead) -> str:
+    """The name of what :func:`valid_score` measures: ``valid_micro_f1`` (label sets) or ``valid_macro_f1``."""
+    return "valid_micro_f1" if head.multilabel else "valid_macro_f1"
 
 
 def valid_score(head: TorchHead | LogregHead, x: np.ndarray, y: np.ndarray) -> float:

@@ -14,6 +14,7 @@ and every candidate's score (``long_text.pooling_choice``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from textclf.families.common.chunking import ChunkSettings, pool_windows
-from textclf.families.setfit.head import LogregHead, TorchHead, valid_score
+from textclf.families.setfit.head import LogregHead, TorchHead, valid_metric, valid_score
 from textclf.families.setfit.model import embed_windows
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ CANDIDATES = ("mean", "length", "max")
 @dataclass
 class PoolingChoice:
     """What :func:`choose_pooling` kept: the settings with the chosen pooling, its fitted head, the pooled
-    train/valid rows, the chunk statistics of both splits and the meta.json record of the choice."""
+    train/valid rows, the chunk statistics of both splits, the meta.json record of the choice and the seconds
+    spent fitting the heads (all candidates)."""
 
     chunking: ChunkSettings
     head: TorchHead | LogregHead
@@ -42,6 +44,7 @@ class PoolingChoice:
     stats_train: dict
     stats_valid: dict
     record: dict
+    head_seconds: float
 
 
 def choose_pooling(model: Any, train_texts: Sequence[str], valid_texts: Sequence[str], batch_size: int,
@@ -56,20 +59,24 @@ def choose_pooling(model: Any, train_texts: Sequence[str], valid_texts: Sequence
     tolerance = 0.5 / max(1, len(y_valid))
     scores: dict[str, float] = {}
     fitted = {}
+    head_seconds = 0.0
     for how in candidates:
         x_train = pool_windows(w_train, v_train, how, normalize=True)
         x_valid = pool_windows(w_valid, v_valid, how, normalize=True)
+        start = time.monotonic()
         head = new_head(x_train.shape[1]).fit(x_train, y_train, x_valid, y_valid)
+        head_seconds += time.monotonic() - start
         scores[how] = round(valid_score(head, x_valid, y_valid), 5) if len(y_valid) else 0.0
         fitted[how] = (head, x_train, x_valid)
     how = pick(scores, tolerance)
     head, x_train, x_valid = fitted[how]
-    metric = "valid_micro_f1" if head.multilabel else "valid_macro_f1"
+    metric = valid_metric(head)
     log.info("setfit: chunk_pooling auto -> %s (%s)", how,
              ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) if len(y_valid) else "no valid rows")
     record = {"chosen": how, "metric": metric, "scores": scores if len(y_valid) else {},
               "tie_tolerance": round(tolerance, 6)}
-    return PoolingChoice(chunking.with_pooling(how), head, x_train, x_valid, w_train.stats(), w_valid.stats(), record)
+    return PoolingChoice(chunking.with_pooling(how), head, x_train, x_valid, w_train.stats(), w_valid.stats(), record,
+                         head_seconds)
 
 
 def pick(scores: dict[str, float], tolerance: float) -> str:

@@ -112,14 +112,14 @@ def fit(cfg: dict, splits: Splits, context) -> SetFitPredictor:
         x_valid, stats_valid = embed_long(model, splits.valid.texts, batch, chunking)
     x_test, stats_test = (embed_long(model, splits.test.texts, batch, chunking) if final and splits.test is not None
                           else (None, None))
-    embed_seconds = round(time.monotonic() - start, 2)
+    embed_seconds = round(time.monotonic() - start - (choice.head_seconds if choice else 0.0), 2)
     log.info("embedded train/valid/test (%d/%d/%d texts) with the tuned encoder in %.1fs", len(x_train), len(x_valid),
              0 if x_test is None else len(x_test), embed_seconds)
 
     start = time.monotonic()
     if choice is None:
         head = new_head(x_train.shape[1]).fit(x_train, y_train, x_valid, y_valid)
-    head_seconds = round(time.monotonic() - start, 2)
+    head_seconds = round(choice.head_seconds if choice else time.monotonic() - start, 2)
 
     if final:
         save_encoder(model, output_dir)

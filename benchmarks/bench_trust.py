@@ -58,13 +58,27 @@ _quiet = quiet_job
 
 
 # --------------------------------------------------------------------------- section: calibration
-def calibration_specs(quick: bool) -> list[tuple[str, str, list[str], str | None]]:
-    """``(name, family, overrides, code file)`` of every family the calibration section trains (embeddings: on
-    ``--emb_max_train`` training rows at most; the encoder is the slow part on a small CPU)."""
+def calibration_specs(quick: bool, emb_max_train: int = 2000, torch_max_train: int = 1000) -> list[tuple]:
+    """``(name, family, overrides, code file, max training rows or 0)`` of every family the calibration section trains.
+
+    Every family of textclf: fastText (short search), the embeddings family (frozen MiniLM + logreg), the TF-IDF
+    plug-in (short search), the BiLSTM, BERT (fine-tuned MiniLM, one stage) and SetFit, with their defaults. The
+    transformer families train on a stratified sample of ``max training rows`` (the encoder is the slow part on a
+    small CPU; 0: all rows).
+    """
     ft_trials = 2 if quick else 8
-    return [("fasttext", "fasttext", [f"search.n_trials={ft_trials}", "search.timeout=300", "model.bucket=200000"], None),
-            ("embeddings", "embeddings", ["encoder.name=minilm", "classifier=logreg", "search.n_trials=0"], None),
-            ("tfidf_logreg", "tfidf_logreg", [f"search.n_trials={2 if quick else 8}"], str(PLUGIN))]
+    cpu = ["device=cpu"]
+    return [("fasttext", "fasttext", [f"search.n_trials={ft_trials}", "search.timeout=300", "model.bucket=200000"], None, 0),
+            ("embeddings", "embeddings", ["encoder.name=minilm", "classifier=logreg", "search.n_trials=0"], None,
+             emb_max_train),
+            ("tfidf_logreg", "tfidf_logreg", [f"search.n_trials={2 if quick else 8}"], str(PLUGIN), 0),
+            ("lstm", "lstm", [*cpu, *(["train.epochs=2"] if quick else [])], None, 0),
+            ("bert", "bert", [*cpu, "two_stage=false", *(["stage2.epochs=1"] if quick else [])], None, torch_max_train),
+            ("setfit", "setfit", cpu, None, torch_max_train)]
+
+
+#: the families a calibration run trains unless --families says otherwise
+DEFAULT_CALIBRATION_FAMILIES = ("fasttext", "embeddings", "tfidf_logreg", "lstm", "bert", "setfit")
 
 
 def _scores(y, proba, labels) -> dict:
@@ -213,6 +227,11 @@ def calibration_summary_table(datasets: dict) -> str:
     return "\n".join(lines)
 
 
+def specs(args: dict) -> list[tuple]:
+    """:func:`calibration_specs` with the command line's settings."""
+    return calibration_specs(args["quick"], args["emb_max_train"], args.get("torch_max_train", 1000))
+
+
 def rotation_paths(paths: dict, work: Path, k: int, seed: int = 13) -> list[dict]:
     """``k`` train/valid/test splits that rotate over every row of a dataset (train, valid and test pooled).
 
@@ -283,11 +302,11 @@ def calibration_rotations(args: dict, echo) -> dict:
     result = {"benchmark": "trust_calibration_rotations", "started": utc_now(), "machine": machine_info(PACKAGES),
               "settings": {"quick": args["quick"], "emb_max_train": args["emb_max_train"], "ece_bins": 15, "ece_target": ECE_TARGET,
                            "rotations": k, "fold_seed": 13,
-                           "families": {n: o for n, _, o, _ in calibration_specs(args["quick"])},
+                           "families": {n: {"overrides": o, "max_train_rows": m} for n, _, o, _, m in specs(args)},
                            "noise": "2 binomial standard errors of the pooled uncalibrated test accuracy"},
               "datasets": {}}
     work = Path(args["keep"] or tempfile.mkdtemp(prefix="bench-trust-"))
-    specs = {spec[0]: spec for spec in calibration_specs(args["quick"])}
+    by_name = {spec[0]: spec for spec in specs(args)}
     for name in args["datasets"]:
         paths = dataset_paths(args["data_root"], name)
         if paths is None:
@@ -295,14 +314,14 @@ def calibration_rotations(args: dict, echo) -> dict:
             continue
         rotations = rotation_paths(paths, work / name, k)
         entries = []
-        for member in args.get("families") or list(specs):
-            _, family, overrides, code = specs[member]
+        for member in args.get("families") or DEFAULT_CALIBRATION_FAMILIES:
+            _, family, overrides, code, max_train = by_name[member]
             runs = []
             for r, rot in enumerate(rotations):
                 echo(f"{name}: {member} rotation {r + 1}/{k} ...")
                 job_paths = rot
-                if member == "embeddings" and args["emb_max_train"]:
-                    job_paths, _ = capped_train(rot, work / name / f"rotation{r}", args["emb_max_train"])
+                if max_train:
+                    job_paths, _ = capped_train(rot, work / name / f"rotation{r}", max_train)
                 runs.append(in_child(job_calibration, family, job_paths, str(work / name / f"rotation{r}" / member),
                                      overrides, code, bool(args.get("reuse")), True))
             entry = {"family": member, **pooled_entry(runs)}
@@ -332,7 +351,7 @@ def section_calibration(args: dict, echo) -> dict:
     output = Path(args["output_dir"]) / "trust_calibration.json"
     result = {"benchmark": "trust_calibration", "started": utc_now(), "machine": machine_info(PACKAGES),
               "settings": {"quick": args["quick"], "emb_max_train": args["emb_max_train"], "ece_bins": 15, "ece_target": ECE_TARGET,
-                           "families": {n: o for n, _, o, _ in calibration_specs(args["quick"])},
+                           "families": {n: {"overrides": o, "max_train_rows": m} for n, _, o, _, m in specs(args)},
                            "noise": "2 binomial standard errors of the uncalibrated test accuracy"},
               "datasets": {}}
     work = Path(args["keep"] or tempfile.mkdtemp(prefix="bench-trust-"))
@@ -342,13 +361,13 @@ def section_calibration(args: dict, echo) -> dict:
             echo(f"{name}: not found under {args['data_root']}, skipped")
             continue
         entries = []
-        specs = {spec[0]: spec for spec in calibration_specs(args["quick"])}
-        for member in args.get("families") or list(specs):
-            _, family, overrides, code = specs[member]
+        by_name = {spec[0]: spec for spec in specs(args)}
+        for member in args.get("families") or DEFAULT_CALIBRATION_FAMILIES:
+            _, family, overrides, code, max_train = by_name[member]
             echo(f"{name}: {member} ...")
             job_paths = paths
-            if member == "embeddings" and args["emb_max_train"]:
-                job_paths, _ = capped_train(paths, work / name, args["emb_max_train"])
+            if max_train:
+                job_paths, _ = capped_train(paths, work / name, max_train)
             try:
                 entry = in_child(job_calibration, family, job_paths, str(work / name / member), overrides, code,
                                  bool(args.get("reuse")))
@@ -410,18 +429,20 @@ SECTIONS = {"calibration": section_calibration, "audit": section_audit, "explain
 @click.option("--quick", is_flag=True, help="Fewer search trials (a smoke run).")
 @click.option("--emb_max_train", type=int, default=2000, show_default=True,
               help="calibration: train the embeddings family on at most this many training rows (stratified; 0: all).")
+@click.option("--torch_max_train", type=int, default=1000, show_default=True,
+              help="calibration: train BERT and SetFit on at most this many training rows (stratified; 0: all).")
 @click.option("--families", default=None, help="calibration: comma-separated families to run, in this order "
-              "(default: fasttext,embeddings,tfidf_logreg).")
+              f"(default: {','.join(DEFAULT_CALIBRATION_FAMILIES)}).")
 @click.option("--reuse", is_flag=True, help="calibration: score the models already under --keep instead of training them again.")
 @click.option("--rotations", type=int, default=0, show_default=True,
               help="calibration: train every family K times on splits that rotate over the whole dataset and score "
                    "ECE on all K test folds together (trust_calibration_rotations.json; 0: the shipped split).")
-def main(sections, datasets, data_root, output_dir, keep, quick, emb_max_train, families, reuse, rotations):
+def main(sections, datasets, data_root, output_dir, keep, quick, emb_max_train, torch_max_train, families, reuse, rotations):
     """Run the trust benchmark's sections."""
     start_fork_server()
     echo = make_echo(show_elapsed=True)
     args = {"datasets": [d for d in datasets.split(",") if d], "data_root": data_root, "output_dir": output_dir,
-            "keep": keep, "quick": quick, "emb_max_train": emb_max_train,
+            "keep": keep, "quick": quick, "emb_max_train": emb_max_train, "torch_max_train": torch_max_train,
             "families": [f for f in (families or "").split(",") if f], "reuse": reuse,
             "rotations": rotations}
     for name in sections or sorted(SECTIONS):

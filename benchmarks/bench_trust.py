@@ -5,16 +5,23 @@ in :data:`SECTIONS` and writes its own ``benchmarks/results/trust_<section>.json
 every dataset), so sections can be added (audit, explain) and rerun independently.
 
 Section ``calibration``: for every dataset under ``--data_root`` (default ``<repo>/../shared/data``) and
-every family (fastText with a short Optuna search, embeddings with the frozen MiniLM encoder and
-logistic regression, the example plug-in TF-IDF + logistic regression), a job in a fresh process:
+every family of textclf (fastText with a short Optuna search, embeddings with the frozen MiniLM encoder and
+logistic regression, the example plug-in TF-IDF + logistic regression, the BiLSTM, BERT (fine-tuned MiniLM, one
+stage) and SetFit; the MiniLM families on a stratified sample of ``--emb_max_train`` / ``--torch_max_train``
+training rows), a job in a fresh process:
 
   1. trains the family on train (``calibration: none``, search on valid);
   2. takes its uncalibrated probabilities on valid and test, fits every method on valid
      (``temperature``, ``bcts``, ``isotonic``, ``auto``: textclf.core.calibration, the code ``calibration=...``
      and ``textclf calibrate`` run) and scores test: accuracy, macro-F1, ECE (15 equal-width bins),
-     adaptive ECE (15 equal-mass bins), Brier, log-loss;
+     adaptive ECE (15 equal-mass bins), Brier, log-loss, and the ECE floor (:func:`ece_floor`: what a perfectly
+     calibrated model with the same confidences would measure on as many texts);
   3. runs ``textclf calibrate --method auto`` on the model directory, loads it again and checks that its
      ``predict_proba`` on test is what step 2 computed for ``auto``.
+
+``--rotations K`` (K >= 3) pools train, valid and test, cuts them into K stratified folds and runs the job
+K times (test fold r, valid fold r + 1, train the rest), then scores every method on all K test folds together:
+ECE on every text of the dataset instead of one small test split (``trust_calibration_rotations.json``).
 
 Targets (issue 25): test ECE <= 0.03 after calibration (``auto``) for every family on every dataset,
 never worse than uncalibrated, accuracy and macro-F1 unchanged within noise (here: within two
@@ -22,6 +29,8 @@ binomial standard errors of the test accuracy, ``2 * sqrt(acc (1 - acc) / n)``):
 
     python benchmarks/bench_trust.py --section calibration
     python benchmarks/bench_trust.py --section calibration --datasets tweets_sentiment --quick
+    python benchmarks/bench_trust.py --section calibration --datasets tweets_sentiment --rotations 10 \
+        --families fasttext,embeddings,tfidf_logreg
 """
 
 from __future__ import annotations

@@ -367,3 +367,29 @@ def test_leaderboard_shows_the_calibrated_probabilities_scores(overconfident):
         assert row[key] == pytest.approx(test[key], abs=1e-9)
     markdown = run("leaderboard", overconfident, "--no-isolate", "--n_boot", "10").output
     assert "| ECE | Brier | log-loss |" in markdown
+
+
+def test_bench_rotations_test_every_row_once_and_the_ece_floor_is_what_sampling_adds(tweets, tmp_path, monkeypatch):
+    """bench_trust --rotations: every text is a test text exactly once; the ECE floor of a calibrated model."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from bench_trust import ece_floor, rotation_paths
+
+    from textclf.core.data import read_labelled
+
+    rows = [read_labelled(tweets[s]) for s in ("train", "valid", "test")]
+    everything = sorted(zip([t for d in rows for t in d.texts], [x for d in rows for x in d.labels], strict=True))
+    rotations = rotation_paths({k: str(v) for k, v in tweets.items()}, tmp_path, 10)
+    seen = []
+    for r, split in enumerate(rotations):
+        parts = {s: read_labelled(split[s]) for s in ("train", "valid", "test")}
+        assert sorted(p for d in parts.values() for p in zip(d.texts, d.labels, strict=True)) == everything
+        assert len(parts["test"]) in (419, 420, 421) and len(parts["valid"]) in (419, 420, 421)
+        assert parts["valid"].texts == read_labelled(rotations[(r + 1) % 10]["test"]).texts  # valid = the next test fold
+        seen += parts["test"].texts
+    assert sorted(seen) == sorted(t for t, _ in everything)  # each row tested once
+    # a model calibrated by construction: the ECE that sampling alone gives shrinks with the number of texts
+    conf = np.random.default_rng(1).uniform(0.5, 1.0, 5000)
+    proba = np.column_stack([conf, 1 - conf])
+    assert 0.040 < ece_floor(proba, 420) < 0.050 and 0.010 < ece_floor(proba, 4196) < 0.017
+    assert ece_floor(proba, 420, quantile=0.95) > ece_floor(proba, 420)
+    assert ece_floor(np.array([[1.0, 0.0]] * 10), 420) == 0.0  # sure and always right: nothing to sample

@@ -260,6 +260,28 @@ def calibration_summary_table(datasets: dict) -> str:
     return "\n".join(lines)
 
 
+def keep_entry(result: dict, output: Path, dataset: str, entry: dict) -> dict:
+    """Add the issue's checks to ``entry``, append it to ``result``'s dataset and write ``output`` (atomically)."""
+    from textclf.core.atomic import atomic_write_json
+
+    entry["targets"] = calibration_targets(entry)
+    result["datasets"].setdefault(dataset, []).append(entry)
+    atomic_write_json(output, result)
+    return entry
+
+
+def finish_calibration(result: dict, output: Path) -> None:
+    """Count the targets met over the entries that ran, stamp ``finished``, write ``output`` and print the table."""
+    from textclf.core.atomic import atomic_write_json
+
+    ok = [e for entries in result["datasets"].values() for e in entries if "targets" in e]
+    result["summary"] = {key: f"{sum(e['targets'][key] for e in ok)}/{len(ok)}"
+                         for key in ("ece_le_0.03", "ece_not_worse", "accuracy_within_noise", "macro_f1_within_noise")}
+    result["finished"] = utc_now()
+    atomic_write_json(output, result)
+    click.echo(calibration_summary_table(result["datasets"]))
+
+
 def specs(args: dict) -> list[tuple]:
     """:func:`calibration_specs` with the command line's settings."""
     return calibration_specs(args["quick"], args["emb_max_train"], args.get("torch_max_train", 1000))
@@ -329,7 +351,6 @@ def calibration_rotations(args: dict, echo) -> dict:
     calibrated on its own valid fold) measures the same quantity on K times the texts.
     Writes ``trust_calibration_rotations.json``.
     """
-    from textclf.core.atomic import atomic_write_json
 
     k = args["rotations"]
     if k < 3:
@@ -350,7 +371,6 @@ def calibration_rotations(args: dict, echo) -> dict:
             echo(f"{name}: not found under {args['data_root']}, skipped")
             continue
         rotations = rotation_paths(paths, work / name, k)
-        entries = []
         for member in args.get("families") or DEFAULT_CALIBRATION_FAMILIES:
             _, family, overrides, code, max_train = by_name[member]
             runs = []
@@ -361,27 +381,17 @@ def calibration_rotations(args: dict, echo) -> dict:
                     job_paths, _ = capped_train(rot, work / name / f"rotation{r}", max_train)
                 runs.append(in_child(job_calibration, family, job_paths, str(work / name / f"rotation{r}" / member),
                                      overrides, code, bool(args.get("reuse")), True))
-            entry = {"family": member, **pooled_entry(runs)}
-            entry["targets"] = calibration_targets(entry)
+            entry = keep_entry(result, output, name, {"family": member, **pooled_entry(runs)})
             a, n = entry["methods"]["auto"], entry["methods"]["none"]
             echo(f"{name}: {member}: pooled test ECE ({entry['n_test']} texts) {n['ece']:.4f} -> {a['ece']:.4f}, "
                  f"per rotation auto {[round(x['auto']['ece'], 4) for x in entry['per_rotation']]}")
-            entries.append(entry)
-            result["datasets"][name] = entries
-            atomic_write_json(output, result)
-    ok = [e for entries in result["datasets"].values() for e in entries]
-    result["summary"] = {key: f"{sum(e['targets'][key] for e in ok)}/{len(ok)}"
-                         for key in ("ece_le_0.03", "ece_not_worse", "accuracy_within_noise", "macro_f1_within_noise")}
-    result["finished"] = utc_now()
-    atomic_write_json(output, result)
-    click.echo(calibration_summary_table(result["datasets"]))
+    finish_calibration(result, output)
     click.echo("\n" + json.dumps(result["summary"]))
     return result
 
 
 def section_calibration(args: dict, echo) -> dict:
     """Run the calibration section over the datasets; returns the results (also written to trust_calibration.json)."""
-    from textclf.core.atomic import atomic_write_json
 
     if args.get("rotations"):
         return calibration_rotations(args, echo)
@@ -397,7 +407,6 @@ def section_calibration(args: dict, echo) -> dict:
         if paths is None:
             echo(f"{name}: not found under {args['data_root']}, skipped")
             continue
-        entries = []
         by_name = {spec[0]: spec for spec in specs(args)}
         for member in args.get("families") or DEFAULT_CALIBRATION_FAMILIES:
             _, family, overrides, code, max_train = by_name[member]
@@ -410,23 +419,14 @@ def section_calibration(args: dict, echo) -> dict:
                                  bool(args.get("reuse")))
             except Exception as exc:  # a family that cannot run here is reported, not fatal
                 echo(f"{name}: {member} failed: {type(exc).__name__}: {exc}")
-                entries.append({"family": member, "error": f"{type(exc).__name__}: {exc}"})
+                result["datasets"].setdefault(name, []).append({"family": member, "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            entry["family"] = member
-            entry["targets"] = calibration_targets(entry)
+            entry = keep_entry(result, output, name, {**entry, "family": member})
             a, n = entry["methods"]["auto"], entry["methods"]["none"]
             echo(f"{name}: {member}: test ECE {n['ece']:.4f} -> {a['ece']:.4f} (auto: {a['chosen']}), "
                  f"accuracy {n['accuracy']:.4f} -> {a['accuracy']:.4f}")
-            entries.append(entry)
-        result["datasets"][name] = entries
-        atomic_write_json(output, result)
-    ok = [e for entries in result["datasets"].values() for e in entries if "targets" in e]
-    result["summary"] = {key: f"{sum(e['targets'][key] for e in ok)}/{len(ok)}"
-                         for key in ("ece_le_0.03", "ece_not_worse", "accuracy_within_noise", "macro_f1_within_noise")}
-    result["finished"] = utc_now()
-    atomic_write_json(output, result)
+    finish_calibration(result, output)
     done = {name: [e for e in entries if "methods" in e] for name, entries in result["datasets"].items()}
-    click.echo(calibration_summary_table(result["datasets"]))
     click.echo("\n" + calibration_table(done))
     click.echo("\n" + json.dumps(result["summary"]))
     return result

@@ -86,8 +86,8 @@ def calibration_specs(quick: bool, emb_max_train: int = 2000, torch_max_train: i
             ("setfit", "setfit", cpu, None, torch_max_train)]
 
 
-#: the families a calibration run trains unless --families says otherwise
-DEFAULT_CALIBRATION_FAMILIES = ("fasttext", "embeddings", "tfidf_logreg", "lstm", "bert", "setfit")
+#: the families a calibration run trains unless --families says otherwise: all of them, in their order
+DEFAULT_CALIBRATION_FAMILIES = tuple(spec[0] for spec in calibration_specs(quick=False))
 
 
 def _scores(y, proba, labels) -> dict:
@@ -260,6 +260,15 @@ def calibration_summary_table(datasets: dict) -> str:
     return "\n".join(lines)
 
 
+def new_result(benchmark: str, args: dict, **settings) -> dict:
+    """The results document of a calibration run before any dataset: machine, command-line settings, ``settings``."""
+    return {"benchmark": benchmark, "started": utc_now(), "machine": machine_info(PACKAGES),
+            "settings": {"quick": args["quick"], "emb_max_train": args["emb_max_train"], "ece_bins": 15, "ece_target": ECE_TARGET,
+                         "families": {n: {"overrides": o, "max_train_rows": m} for n, _, o, _, m in specs(args)},
+                         **settings},
+            "datasets": {}}
+
+
 def keep_entry(result: dict, output: Path, dataset: str, entry: dict) -> dict:
     """Add the issue's checks to ``entry``, append it to ``result``'s dataset and write ``output`` (atomically)."""
     from textclf.core.atomic import atomic_write_json
@@ -351,18 +360,13 @@ def calibration_rotations(args: dict, echo) -> dict:
     calibrated on its own valid fold) measures the same quantity on K times the texts.
     Writes ``trust_calibration_rotations.json``.
     """
-
     k = args["rotations"]
     if k < 3:
         raise click.BadParameter(f"expected at least 3 rotations (a test, a valid and a train fold), got {k}",
                                  param_hint="--rotations")
     output = Path(args["output_dir"]) / "trust_calibration_rotations.json"
-    result = {"benchmark": "trust_calibration_rotations", "started": utc_now(), "machine": machine_info(PACKAGES),
-              "settings": {"quick": args["quick"], "emb_max_train": args["emb_max_train"], "ece_bins": 15, "ece_target": ECE_TARGET,
-                           "rotations": k, "fold_seed": 13,
-                           "families": {n: {"overrides": o, "max_train_rows": m} for n, _, o, _, m in specs(args)},
-                           "noise": "2 binomial standard errors of the pooled uncalibrated test accuracy"},
-              "datasets": {}}
+    result = new_result("trust_calibration_rotations", args, rotations=k, fold_seed=13,
+                        noise="2 binomial standard errors of the pooled uncalibrated test accuracy")
     work = Path(args["keep"] or tempfile.mkdtemp(prefix="bench-trust-"))
     by_name = {spec[0]: spec for spec in specs(args)}
     for name in args["datasets"]:
@@ -392,15 +396,10 @@ def calibration_rotations(args: dict, echo) -> dict:
 
 def section_calibration(args: dict, echo) -> dict:
     """Run the calibration section over the datasets; returns the results (also written to trust_calibration.json)."""
-
     if args.get("rotations"):
         return calibration_rotations(args, echo)
     output = Path(args["output_dir"]) / "trust_calibration.json"
-    result = {"benchmark": "trust_calibration", "started": utc_now(), "machine": machine_info(PACKAGES),
-              "settings": {"quick": args["quick"], "emb_max_train": args["emb_max_train"], "ece_bins": 15, "ece_target": ECE_TARGET,
-                           "families": {n: {"overrides": o, "max_train_rows": m} for n, _, o, _, m in specs(args)},
-                           "noise": "2 binomial standard errors of the uncalibrated test accuracy"},
-              "datasets": {}}
+    result = new_result("trust_calibration", args, noise="2 binomial standard errors of the uncalibrated test accuracy")
     work = Path(args["keep"] or tempfile.mkdtemp(prefix="bench-trust-"))
     for name in args["datasets"]:
         paths = dataset_paths(args["data_root"], name)

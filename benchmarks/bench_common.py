@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: jobs in small fresh processes, their peak RSS, machine facts,
-the datasets' splits and the results JSON's head and tail.
+the datasets' splits (and rotations over all their rows) and the results JSON's head and tail.
 
 Peak RSS: Linux keeps ``ru_maxrss`` across ``fork`` and ``exec``, so a job forked or spawned from the
 benchmark process reports at least the benchmark's own peak (with its loaded data, earlier results,
@@ -196,3 +196,35 @@ def finish_doc(output: str | Path, doc: dict, table_markdown: str) -> None:
     doc["finished"] = utc_now()
     doc["table_markdown"] = table_markdown
     atomic_write_json(output, doc)
+
+
+def rotation_paths(paths: dict, work: Path, k: int, seed: int = 13) -> list[dict]:
+    """``k`` train/valid/test splits that rotate over every row of a dataset (train, valid and test pooled).
+
+    The pooled rows are cut into ``k`` stratified folds (scikit-learn's ``StratifiedKFold``, shuffled with
+    ``seed``); rotation ``r`` tests on fold ``r``, uses fold ``r + 1`` as its valid split (searches, calibration,
+    ensembles) and trains on the rest, so every row is a test row exactly once. The splits are written as CSV
+    files under ``work/rotation<r>/``. With ``k = 10`` on a 80/10/10 dataset the parts have the sizes
+    of the shipped split.
+    """
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    from textclf.core.data import Dataset, read_labelled, write_labelled
+
+    parts = [read_labelled(paths[s]) for s in ("train", "valid", "test")]
+    texts = [t for d in parts for t in d.texts]
+    labels = [x for d in parts for x in d.labels]
+    folds = [test for _, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)]
+    out = []
+    for r in range(k):
+        test, valid = folds[r], folds[(r + 1) % k]
+        train = np.sort(np.concatenate([folds[i] for i in range(k) if i not in (r, (r + 1) % k)]))
+        d = work / f"rotation{r}"
+        d.mkdir(parents=True, exist_ok=True)
+        split = {}
+        for name, rows in (("train", train), ("valid", valid), ("test", test)):
+            split[name] = str(d / f"{name}.csv")
+            write_labelled(split[name], Dataset([texts[i] for i in rows], [labels[i] for i in rows]))
+        out.append(split)
+    return out

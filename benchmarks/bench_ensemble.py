@@ -32,6 +32,9 @@ dataset, then ``--method auto`` is fitted on ``--subsamples`` random N-row subsa
 member - 0.002 in >= 18 of 20 cases (four datasets x five subsamples) and a mean gain >= 0
 (results: ``benchmarks/results/ensemble_small_valid.json``). ``auto`` is fitted with the very
 function ``textclf ensemble`` calls (``fit_method``) on the members' probabilities, computed once.
+With ``--rotations K`` the members are trained K times, over rotating splits of all the dataset's rows
+(test fold r, valid fold r + 1, train the rest), and each subsample's ``auto`` is scored on the K test
+folds together: every row of the dataset is a test row once (``ensemble_small_valid_rotations.json``).
 
 ``--keep DIR --reuse`` reuses members already trained under ``DIR/<dataset>/<member>`` (a
 ``meta.json`` whose ``data_sha256`` matches the train, valid and test files; their training record
@@ -65,6 +68,7 @@ from bench_common import (
     machine_info,
     make_echo,
     peak_rss_mb,
+    rotation_paths,
     start_fork_server,
     utc_now,
 )
@@ -190,58 +194,198 @@ def job_probas(members: list[str], paths: dict) -> dict:
     out = {"labels": labels}
     for split in ("valid", "test"):
         ds = read_labelled(paths[split], min_classes=0)
+        remember_cached(predictors, ds.texts)
         out[split] = {"y": label_indices(ds.labels, labels, paths[split]).tolist(),
                       "probas": [align_columns(p.predict_proba(ds.texts), p.labels, labels).tolist() for p in predictors]}
     return out
 
 
-def small_valid_case(probas: dict, rows: list[int], seed: int, member_calibration: str = "temperature") -> dict:
-    """``auto`` fitted (``fit_method``, as ``textclf ensemble`` does) on the valid ``rows``, scored on test."""
+def remember_cached(predictors: list, texts: list[str]) -> None:
+    """Hand a sentence-encoder member its vectors of ``texts`` from the embedding cache (encoded and stored on a miss).
+
+    A loaded embeddings model encodes at predict time without the disk cache; :func:`job_prime_embeddings` has
+    stored every rotation's splits there, so a rotation's valid and test vectors load instead of being encoded again.
+    """
+    from textclf.families.common.cache import EmbeddingCache
+    from textclf.families.common.encoders import SentenceEncoder
+
+    for p in predictors:
+        if isinstance(getattr(p, "encoder", None), SentenceEncoder) and hasattr(p, "remember"):
+            vectors, _, _ = p.encoder.encode_cached(texts, EmbeddingCache(), desc="cached")
+            p.remember(texts, vectors)
+
+
+def job_prime_embeddings(splits: list[dict], overrides: list[str]) -> dict:
+    """Encode the texts of all ``splits`` once; store each split file's matrix under its own embedding-cache key.
+
+    The embeddings member looks its train/valid/test matrices up by the texts they hold, so every rotation then
+    loads its vectors instead of encoding ten times the dataset (the label audit's ``prime_embedding_cache``,
+    for split files).
+    """
+    _quiet()
+    from textclf.core.config import load_config
+    from textclf.core.data import read_labelled
+    from textclf.families.common.cache import EmbeddingCache
+    from textclf.families.common.encoders import make_encoder
+
+    cfg = load_config("embeddings", overrides=overrides)
+    enc = make_encoder(cfg["encoder"]["name"], cfg)
+    cache = EmbeddingCache()
+    parts = [read_labelled(path, min_classes=0).texts for split in splits for path in split.values()]
+    unique = list(dict.fromkeys(t for texts in parts for t in texts))
+    start = time.perf_counter()
+    full, _, hit = enc.encode_cached(unique, cache, desc="rotations")
+    row = {t: i for i, t in enumerate(unique)}
+    info = {**enc.spec(), "model_dir": str(enc.model_dir)}
+    for texts in parts:
+        cache.get_or_compute(enc.key(texts), lambda texts=texts: full[[row[t] for t in texts]], info)
+    return {"texts": len(unique), "hit": hit, "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def fit_auto_on_rows(probas: dict, rows: list[int], seed: int, member_calibration: str = "temperature") -> tuple:
+    """``auto`` fitted (``fit_method``, as ``textclf ensemble`` does) on the valid ``rows``: its record and test predictions.
+
+    The record has ``chosen``, ``weights``, the candidates' ``cv_scores``, the rule's ``versus_single`` evidence and
+    ``reason``; the predictions are label indices of ``probas['test']``'s rows.
+    """
     import numpy as np
 
     from textclf.services.compare.ensemble import DEFAULT_BAGS, fit_method, stacker_proba, weighted_average
     from textclf.services.compare.member_temperature import apply_temperatures
-    from textclf.services.compare.thresholds import macro_fbeta
 
     k = len(probas["labels"])
     y = np.asarray(probas["valid"]["y"])[rows]
     valid = [np.asarray(p)[rows] for p in probas["valid"]["probas"]]
     test = [np.asarray(p) for p in probas["test"]["probas"]]
-    y_test = np.asarray(probas["test"]["y"])
     saved, weights, stacker, search = fit_method("auto", valid, y, k, seed=seed, bags=DEFAULT_BAGS,
                                                  member_calibration=member_calibration)
     test = apply_temperatures(test, search["member_temperatures"], False)  # as the saved ensemble scales its members
     proba = stacker_proba(stacker, test, k) if saved == "stacking" else weighted_average(test, weights)
-    members = [macro_fbeta(y_test, p.argmax(axis=1), k) for p in test]
     auto = search["auto"]
-    return {"chosen": search["chosen"], "weights": weights, "test_macro_f1": macro_fbeta(y_test, proba.argmax(axis=1), k),
-            "members_test_macro_f1": members, "best_member_test_macro_f1": max(members),
-            "cv_scores": {n: c["cv_score"] for n, c in auto["candidates"].items()},
-            "versus_single": {n: {key: e[key] for key in ("gain", "ci_low", "se", "clear_win")}
-                              for n, e in auto["rule"].get("versus_single", {}).items()},
-            "reason": auto["rule"].get("reason")}
+    record = {"chosen": search["chosen"], "weights": weights,
+              "cv_scores": {n: c["cv_score"] for n, c in auto["candidates"].items()},
+              "versus_single": {n: {key: e[key] for key in ("gain", "ci_low", "se", "clear_win")}
+                                for n, e in auto["rule"].get("versus_single", {}).items()},
+              "reason": auto["rule"].get("reason")}
+    return record, proba.argmax(axis=1)
+
+
+def small_valid_case(probas: dict, rows: list[int], seed: int, member_calibration: str = "temperature") -> dict:
+    """``auto`` fitted on the valid ``rows`` (:func:`fit_auto_on_rows`), scored on test against every member."""
+    import numpy as np
+
+    from textclf.services.compare.thresholds import macro_fbeta
+
+    k = len(probas["labels"])
+    y_test = np.asarray(probas["test"]["y"])
+    record, pred = fit_auto_on_rows(probas, rows, seed, member_calibration)
+    members = [macro_fbeta(y_test, np.asarray(p).argmax(axis=1), k) for p in probas["test"]["probas"]]
+    return {**record, "test_macro_f1": macro_fbeta(y_test, pred, k), "members_test_macro_f1": members,
+            "best_member_test_macro_f1": max(members)}
+
+
+def subsample_rows(n_valid: int, size: int, i: int) -> list[int]:
+    """Subsample ``i``'s valid rows: ``size`` of ``n_valid`` drawn without replacement (seed 1000 + i), sorted."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(1000 + i).choice(n_valid, min(size, n_valid), replace=False)).tolist()
+
+
+def judge_case(case: dict) -> dict:
+    """Add the case's ``gain`` over the best member on test and whether it is within the tolerance (``ok``)."""
+    case["gain"] = case["test_macro_f1"] - case["best_member_test_macro_f1"]
+    case["ok"] = bool(case["gain"] >= -SMALL_VALID_TOLERANCE)
+    return case
+
+
+def echo_case(echo, case: dict) -> None:
+    """One progress line of a case."""
+    echo(f"  subsample {case['subsample']} ({case['rows']} rows): auto -> {case['chosen']}, test macro-F1 "
+         f"{case['test_macro_f1']:.4f} vs best member {case['best_member_test_macro_f1']:.4f} ({case['gain']:+.4f})")
+
+
+def member_probas(paths: dict, work: Path, reuse: bool, echo) -> tuple[dict, dict]:
+    """Train (or reuse) the cheap members on ``paths`` under ``work``: their records and valid/test probabilities."""
+    records, dirs = {}, []
+    for member, family, overrides, code in SMALL_VALID_MEMBERS:
+        records[member] = train_member(member, family, overrides, code, paths, work, reuse, echo)
+        dirs.append(str(work / member))
+    return records, in_child(job_probas, dirs, paths)
 
 
 def bench_small_valid(name: str, paths: dict, work: Path, args: dict, echo) -> dict:
     """Train the cheap members once, then ``auto`` on ``args['subsamples']`` random small subsamples of valid."""
+    if args.get("rotations"):
+        return bench_small_valid_rotations(paths, work, args, echo)
+    result: dict = {"status": "ok", "cases": []}
+    result["members"], probas = member_probas(paths, work, args["reuse"], echo)
+    n_valid = len(probas["valid"]["y"])
+    for i in range(args["subsamples"]):
+        rows = subsample_rows(n_valid, args["small_valid"], i)
+        case = judge_case({"subsample": i, "seed": 1000 + i, "rows": len(rows),
+                           **small_valid_case(probas, rows, 13, args["member_calibration"])})
+        result["cases"].append(case)
+        echo_case(echo, case)
+    return result
+
+
+def bench_small_valid_rotations(paths: dict, work: Path, args: dict, echo) -> dict:
+    """``--rotations K``: the members trained on each of K rotations over all the dataset's rows; test pooled.
+
+    Rotation ``r`` (:func:`bench_common.rotation_paths`) trains the members on its train part; subsample ``i``
+    fits ``auto`` on ``args['small_valid']`` rows of the rotation's valid fold (seed 1000 + i) and predicts its
+    test fold. Case ``i`` then scores ``auto``'s predictions of all K test folds together (every row of the
+    dataset once) against each member's pooled test predictions: a 592-row test split tells two members
+    0.01 macro-F1 apart by a handful of texts, the pooled one by ten times as many.
+    """
     import numpy as np
 
-    result: dict = {"status": "ok", "members": {}, "cases": []}
-    dirs = []
-    for member, family, overrides, code in SMALL_VALID_MEMBERS:
-        result["members"][member] = train_member(member, family, overrides, code, paths, work, args["reuse"], echo)
-        dirs.append(str(work / member))
-    probas = in_child(job_probas, dirs, paths)
-    n_valid = len(probas["valid"]["y"])
-    size = min(args["small_valid"], n_valid)
+    from textclf.services.compare.thresholds import macro_fbeta
+
+    k = args["rotations"]
+    if k < 3:
+        raise click.BadParameter(f"expected at least 3 rotations (a test, a valid and a train fold), got {k}",
+                                 param_hint="--rotations")
+    result: dict = {"status": "ok", "rotations": k, "members": {}, "cases": []}
+    labels, y, member_preds, auto_preds, records = None, [], [], [[] for _ in range(args["subsamples"])], []
+    rotations = rotation_paths(paths, work, k)
+    for _, family, overrides, _ in SMALL_VALID_MEMBERS:
+        if family == "embeddings":
+            primed = in_child(job_prime_embeddings, rotations, overrides)
+            result["embedding_cache"] = primed
+            echo(f" {primed['texts']} texts encoded once for every rotation ({primed['wall_s']:.0f} s"
+                 f"{', a cache hit' if primed['hit'] else ''})")
+    for r, rot in enumerate(rotations):
+        echo(f" rotation {r + 1}/{k}:")
+        members, probas = member_probas(rot, work / f"rotation{r}", args["reuse"], echo)
+        for member, record in members.items():
+            result["members"].setdefault(member, []).append(record)
+        if labels is None:
+            labels = probas["labels"]
+        elif probas["labels"] != labels:
+            raise ValueError(f"rotation {r}: the members' label order {probas['labels']} is not rotation 0's {labels}")
+        y.append(np.asarray(probas["test"]["y"]))
+        member_preds.append([np.asarray(p).argmax(axis=1) for p in probas["test"]["probas"]])
+        n_valid = len(probas["valid"]["y"])
+        records.append([])
+        for i in range(args["subsamples"]):
+            record, pred = fit_auto_on_rows(probas, subsample_rows(n_valid, args["small_valid"], i), 13,
+                                            args["member_calibration"])
+            records[-1].append({"rotation": r, "n_valid": n_valid, "n_test": len(pred), **record})
+            auto_preds[i].append(pred)
+    y_all = np.concatenate(y)
+    members = [macro_fbeta(y_all, np.concatenate([p[m] for p in member_preds]), len(labels))
+               for m in range(len(SMALL_VALID_MEMBERS))]
     for i in range(args["subsamples"]):
-        rows = np.sort(np.random.default_rng(1000 + i).choice(n_valid, size, replace=False)).tolist()
-        case = {"subsample": i, "seed": 1000 + i, "rows": size, **small_valid_case(probas, rows, 13, args["member_calibration"])}
-        case["gain"] = case["test_macro_f1"] - case["best_member_test_macro_f1"]
-        case["ok"] = bool(case["gain"] >= -SMALL_VALID_TOLERANCE)
+        per_rotation = [rotation[i] for rotation in records]
+        chosen = [c["chosen"] for c in per_rotation]
+        case = judge_case({"subsample": i, "seed": 1000 + i, "rows": min(args["small_valid"], per_rotation[0]["n_valid"]),
+                           "chosen": " + ".join(f"{c} x{chosen.count(c)}" for c in sorted(set(chosen))),
+                           "test_macro_f1": macro_fbeta(y_all, np.concatenate(auto_preds[i]), len(labels)),
+                           "members_test_macro_f1": members, "best_member_test_macro_f1": max(members),
+                           "n_test": len(y_all), "per_rotation": per_rotation})
         result["cases"].append(case)
-        echo(f"  subsample {i} ({size} rows): auto -> {case['chosen']}, test macro-F1 {case['test_macro_f1']:.4f} vs best "
-             f"member {case['best_member_test_macro_f1']:.4f} ({case['gain']:+.4f})")
+        echo_case(echo, case)
     return result
 
 
@@ -459,14 +603,17 @@ def summary(datasets: dict) -> dict:
 
 
 def run_small_valid(datasets: str, data_root: str, output: str | None, keep: str | None, reuse: bool, size: int,
-                    subsamples: int, member_calibration: str = "temperature") -> None:
-    """The ``--small_valid`` experiment over the datasets; a table and ``ensemble_small_valid.json``."""
+                    subsamples: int, member_calibration: str = "temperature", rotations: int = 0) -> None:
+    """The ``--small_valid`` experiment over the datasets; a table and ``ensemble_small_valid.json``
+    (``ensemble_small_valid_rotations.json`` with ``rotations``)."""
     from textclf.core.atomic import atomic_write_json
 
-    output = Path(output or REPO / "benchmarks" / "results" / "ensemble_small_valid.json")
+    default = "ensemble_small_valid_rotations.json" if rotations else "ensemble_small_valid.json"
+    output = Path(output or REPO / "benchmarks" / "results" / default)
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     echo = make_echo(show_elapsed=True)
-    args = {"reuse": reuse, "small_valid": size, "subsamples": subsamples, "member_calibration": member_calibration}
+    args = {"reuse": reuse, "small_valid": size, "subsamples": subsamples, "member_calibration": member_calibration,
+            "rotations": rotations}
     doc = {"benchmark": "ensemble_small_valid", "started": utc_now(),
            "command": " ".join(["python", "benchmarks/bench_ensemble.py", *sys.argv[1:]]),
            "settings": {**args, "datasets": names, "data_root": str(data_root),
@@ -551,10 +698,14 @@ def merge_small_valid(paths: list[str], output: str | None) -> None:
 @click.option("--subsamples", type=int, default=5, show_default=True, help="Subsamples of valid per dataset (--small_valid).")
 @click.option("--member_calibration", type=click.Choice(["temperature", "none"]), default="temperature", show_default=True,
               help="With --small_valid: the ensembles' member calibration (textclf ensemble --member_calibration).")
+@click.option("--rotations", type=int, default=0, show_default=True,
+              help="With --small_valid: train the members on K rotations over all of a dataset's rows (test fold r, valid "
+                   "fold r + 1) and score each subsample's auto on all K test folds together "
+                   "(ensemble_small_valid_rotations.json; 0: the shipped split).")
 @click.option("--merge", default=None, metavar="A.json,B.json",
               help="With --small_valid: merge the results of runs over other datasets (e.g. run in parallel) into --output.")
 def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_trials, tfidf, threshold_beta, keep, holdout,
-         reuse, bags, quick, small_valid, subsamples, member_calibration, merge):
+         reuse, bags, quick, small_valid, subsamples, member_calibration, rotations, merge):
     """Members vs weighted and stacked ensembles, and threshold tuning, per shared dataset; a table and a JSON."""
     from textclf.services.compare.ensemble import DEFAULT_BAGS
 
@@ -565,7 +716,7 @@ def main(datasets, data_root, output, ft_trials, ft_budget_s, emb_trials, tfidf_
         merge_small_valid(merge.split(","), output)
         return
     if small_valid:
-        run_small_valid(datasets, data_root, output, keep, reuse, small_valid, subsamples, member_calibration)
+        run_small_valid(datasets, data_root, output, keep, reuse, small_valid, subsamples, member_calibration, rotations)
         return
     args = {"reuse": reuse, "bags": DEFAULT_BAGS if bags is None else bags,
             "ft_trials": ft_trials or (3 if quick else 30), "ft_budget_s": ft_budget_s or (10.0 if quick else 400.0),

@@ -50,6 +50,7 @@ from bench_common import (
     make_echo,
     peak_rss_mb,
     quiet_job,
+    rotation_paths,
     start_fork_server,
     utc_now,
 )
@@ -294,37 +295,6 @@ def finish_calibration(result: dict, output: Path) -> None:
 def specs(args: dict) -> list[tuple]:
     """:func:`calibration_specs` with the command line's settings."""
     return calibration_specs(args["quick"], args["emb_max_train"], args.get("torch_max_train", 1000))
-
-
-def rotation_paths(paths: dict, work: Path, k: int, seed: int = 13) -> list[dict]:
-    """``k`` train/valid/test splits that rotate over every row of a dataset (train, valid and test pooled).
-
-    The pooled rows are cut into ``k`` stratified folds (scikit-learn's ``StratifiedKFold``, shuffled with
-    ``seed``); rotation ``r`` tests on fold ``r``, calibrates (and searches) on fold ``r + 1`` and trains on the
-    rest, so every row is a test row exactly once. With ``k = 10`` on a 80/10/10 dataset the parts have the sizes
-    of the shipped split.
-    """
-    import numpy as np
-    from sklearn.model_selection import StratifiedKFold
-
-    from textclf.core.data import Dataset, read_labelled, write_labelled
-
-    parts = [read_labelled(paths[s]) for s in ("train", "valid", "test")]
-    texts = [t for d in parts for t in d.texts]
-    labels = [x for d in parts for x in d.labels]
-    folds = [test for _, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)]
-    out = []
-    for r in range(k):
-        test, valid = folds[r], folds[(r + 1) % k]
-        train = np.sort(np.concatenate([folds[i] for i in range(k) if i not in (r, (r + 1) % k)]))
-        d = work / f"rotation{r}"
-        d.mkdir(parents=True, exist_ok=True)
-        split = {}
-        for name, rows in (("train", train), ("valid", valid), ("test", test)):
-            split[name] = str(d / f"{name}.csv")
-            write_labelled(split[name], Dataset([texts[i] for i in rows], [labels[i] for i in rows]))
-        out.append(split)
-    return out
 
 
 def pooled_entry(runs: list[dict]) -> dict:

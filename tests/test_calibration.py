@@ -372,7 +372,8 @@ def test_leaderboard_shows_the_calibrated_probabilities_scores(overconfident):
 def test_bench_rotations_test_every_row_once_and_the_ece_floor_is_what_sampling_adds(tweets, tmp_path, monkeypatch):
     """bench_trust --rotations: every text is a test text exactly once; the ECE floor of a calibrated model."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from bench_trust import ece_floor, rotation_paths
+    from bench_common import rotation_paths
+    from bench_trust import ece_floor
 
     from textclf.core.data import read_labelled
 

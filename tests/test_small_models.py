@@ -234,3 +234,45 @@ def test_ensemble_size_budget_skips_the_weaker_member_or_refuses(members, tweets
     result = ensemble(members, tmp_path / "none", "--valid_path", tweets["valid"], "--max_model_mb", "0.001")
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("Error: --max_model_mb 0.001: no member fits (the smallest, ")
+
+
+@pytest.mark.slow  # trains three members on three rotations in benchmark subprocesses (about two minutes)
+def test_bench_small_valid_rotations_pool_every_row_once(tweets, tmp_path, cache_dir):
+    """bench_ensemble --small_valid --rotations: auto per rotation, scored on all rotations' test folds together."""
+    from sklearn.metrics import f1_score
+
+    root = tmp_path / "data"
+    (root / "tiny").mkdir(parents=True)
+    for split, n in (("train", 120), ("valid", 40), ("test", 40)):
+        write_labelled(root / "tiny" / f"{split}.csv", read_labelled(tweets[split]).subset(range(n)))
+    out, keep = tmp_path / "rotations.json", tmp_path / "keep"
+    cmd = [sys.executable, str(PLUGIN.parents[2] / "benchmarks" / "bench_ensemble.py"), "--small_valid", "30",
+           "--subsamples", "2", "--rotations", "3", "--datasets", "tiny", "--data_root", str(root), "--keep", str(keep),
+           "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["rotations"] == 3
+    result = doc["datasets"]["tiny"]
+    assert [len(records) for records in result["members"].values()] == [3, 3, 3]
+    # fastText's pooled test macro-F1, recomputed from the kept models and their rotations' test folds
+    y, pred = [], []
+    for r in range(3):
+        test = read_labelled(keep / "tiny" / f"rotation{r}" / "test.csv")
+        y += test.labels
+        pred += load_predictor(keep / "tiny" / f"rotation{r}" / "fasttext").predict(test.texts)
+    assert sorted(y) == sorted(x for s in ("train", "valid", "test") for x in read_labelled(root / "tiny" / f"{s}.csv").labels)
+    fasttext = f1_score(y, pred, average="macro")
+    for i, case in enumerate(result["cases"]):
+        assert case["subsample"] == i and case["rows"] == 30 and case["n_test"] == 200
+        assert [c["rotation"] for c in case["per_rotation"]] == [0, 1, 2]
+        assert case["members_test_macro_f1"][0] == pytest.approx(fasttext, abs=1e-9)
+        assert case["best_member_test_macro_f1"] == max(case["members_test_macro_f1"])
+        assert case["gain"] == pytest.approx(case["test_macro_f1"] - case["best_member_test_macro_f1"], abs=1e-12)
+        assert case["ok"] == (case["gain"] >= -0.002)
+        assert sum(int(part.rsplit(" x", 1)[1]) for part in case["chosen"].split(" + ")) == 3
+    assert doc["target"]["cases"] == 2 and "| tiny |" in doc["table_markdown"]
+    # MiniLM encoded the 200 texts once: one cache entry for them and one per fold (with 3 rotations each split file
+    # is one fold: train, valid and test of the rotations), nothing else; training and predicting only read them
+    assert result["embedding_cache"]["texts"] == 200 and not result["embedding_cache"]["hit"]
+    assert sorted(json.loads(p.read_text())["n"] for p in cache_dir.glob("*.json")) == [66, 67, 67, 200]

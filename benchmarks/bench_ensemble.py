@@ -219,27 +219,23 @@ def job_prime_embeddings(splits: list[dict], overrides: list[str]) -> dict:
     """Encode the texts of all ``splits`` once; store each split file's matrix under its own embedding-cache key.
 
     The embeddings member looks its train/valid/test matrices up by the texts they hold, so every rotation then
-    loads its vectors instead of encoding ten times the dataset (the label audit's ``prime_embedding_cache``,
-    for split files).
+    loads its vectors instead of encoding the dataset again (the label audit's ``prime_embedding_cache``, applied
+    to the split files' texts).
     """
     _quiet()
-    from textclf.core.config import load_config
-    from textclf.core.data import read_labelled
-    from textclf.families.common.cache import EmbeddingCache
-    from textclf.families.common.encoders import make_encoder
+    import numpy as np
 
-    cfg = load_config("embeddings", overrides=overrides)
-    enc = make_encoder(cfg["encoder"]["name"], cfg)
-    cache = EmbeddingCache()
+    from textclf.core.config import load_config
+    from textclf.core.data import Dataset, read_labelled
+    from textclf.services.audit.oof import prime_embedding_cache
+
     parts = [read_labelled(path, min_classes=0).texts for split in splits for path in split.values()]
     unique = list(dict.fromkeys(t for texts in parts for t in texts))
-    start = time.perf_counter()
-    full, _, hit = enc.encode_cached(unique, cache, desc="rotations")
     row = {t: i for i, t in enumerate(unique)}
-    info = {**enc.spec(), "model_dir": str(enc.model_dir)}
-    for texts in parts:
-        cache.get_or_compute(enc.key(texts), lambda texts=texts: full[[row[t] for t in texts]], info)
-    return {"texts": len(unique), "hit": hit, "wall_s": round(time.perf_counter() - start, 1)}
+    start = time.perf_counter()
+    prime_embedding_cache(load_config("embeddings", overrides=overrides), Dataset(unique, [None] * len(unique)),
+                          [np.array([row[t] for t in texts]) for texts in parts])
+    return {"texts": len(unique), "wall_s": round(time.perf_counter() - start, 1)}
 
 
 def fit_auto_on_rows(probas: dict, rows: list[int], seed: int, member_calibration: str = "temperature") -> tuple:
@@ -353,8 +349,7 @@ def bench_small_valid_rotations(paths: dict, work: Path, args: dict, echo) -> di
         if family == "embeddings":
             primed = in_child(job_prime_embeddings, rotations, overrides)
             result["embedding_cache"] = primed
-            echo(f" {primed['texts']} texts encoded once for every rotation ({primed['wall_s']:.0f} s"
-                 f"{', a cache hit' if primed['hit'] else ''})")
+            echo(f" {primed['texts']} texts encoded once for every rotation ({primed['wall_s']:.0f} s)")
     for r, rot in enumerate(rotations):
         echo(f" rotation {r + 1}/{k}:")
         members, probas = member_probas(rot, work / f"rotation{r}", args["reuse"], echo)

@@ -32,7 +32,9 @@ Every model is scored on the test slice with the leaderboard's ``measure`` in a 
 (``measure_isolated``: no thread pool of a model scored before it is left in the process), ``predict`` in
 batches of 256, one warm-up batch, repeated until 0.5 s are timed; docs/s is the median of
 ``TIMING_RUNS`` such processes. It reports macro-F1, docs/s and the cascades' share of test texts
-that reached the teacher. Ratios (docs/s against the
+that reached the teacher, and beside it the least share any tau could send on test at teacher - 0.005 (tau
+chosen on test itself, :func:`test_oracle`) with the speed-up that share gives: the ceiling of a cascade of
+that student. Ratios (docs/s against the
 teacher's) come from the same run. Targets: cascade macro-F1 >= teacher - 0.005 at >= 5x the
 teacher's docs/s; distilled fastText >= fastText on gold + 0.02. Writes
 ``benchmarks/results/distill.json`` (after every dataset) and prints the markdown table::
@@ -122,10 +124,39 @@ def score(model_dir: Path, test: Path, backend: str | None = None, timing_runs: 
         p = load_predictor(model_dir)
         _, mask = p.route(ds.texts)
         out.update(tau=round(meta["tau"], 4), share_to_teacher_test=round(float(mask.mean()), 4),
-                   share_to_teacher_valid=round(meta["share_to_teacher"], 4))
+                   share_to_teacher_valid=round(meta["share_to_teacher"], 4), oracle=test_oracle(p, ds, test))
     if meta.get("distill"):
         out["distill"] = {k: meta["distill"]["data"][k] for k in ("gold_rows", "teacher_texts", "teacher_rows")}
     return out
+
+
+def test_oracle(cascade, ds, test: Path, max_f1_loss: float = 0.005) -> dict:
+    """tau chosen on the test split itself: the least share of test texts that must reach the teacher for the
+    cascade's test macro-F1 to stay within ``max_f1_loss`` of the teacher's. No tau chosen on valid can send
+    fewer texts to the teacher at that quality on this test split, so it bounds what the student can give."""
+    import numpy as np
+
+    from textclf.services.compare.cascade import choose_tau, tau_curve
+    from textclf.services.compare.ensemble import align_columns
+    from textclf.services.compare.thresholds import label_indices
+
+    labels = list(cascade.labels)
+    y = label_indices(ds.labels, labels, str(test), ds.line_numbers)
+    proba = [align_columns(np.asarray(m.predict_proba(ds.texts), dtype=np.float64), m.labels, labels)
+             for m in (cascade.student, cascade.teacher)]
+    curve = tau_curve(y, *proba)
+    point = choose_tau(curve, curve[-1]["macro_f1"], max_f1_loss)
+    return {"share_to_teacher": round(point["share_to_teacher"], 4), "macro_f1": round(point["macro_f1"], 4),
+            "teacher_macro_f1": round(curve[-1]["macro_f1"], 4), "student_macro_f1": round(curve[0]["macro_f1"], 4)}
+
+
+def oracle_speedup(oracle: dict, student: dict, teacher: dict) -> float:
+    """The cascade's speed-up over the teacher at the oracle's share, from the members' measured docs/s
+    (:func:`textclf.services.compare.cascade.estimated_docs_per_s`): the most a cascade of this student can give."""
+    from textclf.services.compare.cascade import estimated_docs_per_s
+
+    rate = estimated_docs_per_s(oracle["share_to_teacher"], student["docs_per_s"], teacher["docs_per_s"])
+    return round(rate / teacher["docs_per_s"], 2)
 
 
 def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
@@ -196,9 +227,11 @@ def run_dataset(name: str, paths: dict, work: Path, opts: dict, echo) -> dict:
         if key == "teacher" and opts["teacher"] == "bert":
             rows["teacher_torch"] = score(model, test, backend="torch")
     t = rows["teacher"]
-    for r in rows.values():
+    for key, r in rows.items():
         r["speedup_vs_teacher"] = round(r["docs_per_s"] / t["docs_per_s"], 1)
         r["f1_vs_teacher"] = round(r["macro_f1"] - t["macro_f1"], 4)
+        if "oracle" in r:
+            r["oracle"]["speedup_bound"] = oracle_speedup(r["oracle"], rows[key.removeprefix("cascade_")], t)
     checks = {}
     for key, r in rows.items():
         if key.startswith("cascade_"):
@@ -261,13 +294,15 @@ def seeds_table(results: dict) -> str:
 def table(results: dict) -> str:
     """The markdown table of every dataset's models (then :func:`seeds_table`'s, when ``--seeds`` ran)."""
     lines = ["| dataset (train/valid/test, unlabelled) | model | test macro-F1 | vs teacher | valid macro-F1 | docs/s | x teacher "
-             "| to teacher (test) |",
+             "| to teacher (test; tau chosen on test, its speed-up) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, res in results.items():
         s = res["sizes"]
         where = f"{name} ({s['train']}/{s['valid']}/{s['test']}, {s['unlabeled']})"
         for key, r in res["models"].items():
             share = f"{r['share_to_teacher_test']:.1%}" if "share_to_teacher_test" in r else "-"
+            if "oracle" in r:
+                share += f" ({r['oracle']['share_to_teacher']:.1%}, {r['oracle']['speedup_bound']:.1f}x)"
             valid = f"{r['valid_macro_f1']:.4f}" if "valid_macro_f1" in r else "-"
             lines.append(f"| {where} | {key} | {r['macro_f1']:.4f} | {r['f1_vs_teacher']:+.4f} | {valid} | {r['docs_per_s']:,.0f} | "
                          f"{r['speedup_vs_teacher']:.1f} | {share} |")

@@ -357,6 +357,33 @@ def test_min_docs_per_s_target(models, data, tmp_path):
     assert meta["cascade"]["valid"]["macro_f1"] >= best - 1e-5  # the curve in meta.json is rounded to 5 places
 
 
+def test_confidence_keeps_the_loss_at_the_bootstrap_bound(models, data, tmp_path):
+    """--confidence: tau holds the loss at the one-sided bootstrap bound, so at least as many texts go to the teacher."""
+    from textclf.services.compare.ensemble import paired_gain
+
+    out = textclf("cascade", "--student", models["student"], "--teacher", models["teacher"], "--valid_path", data["valid"],
+                  "--output_dir", tmp_path / "sure", "--confidence", "0.9").output
+    meta = json.loads((tmp_path / "sure" / "meta.json").read_text())
+    plain = json.loads((models["cascade"] / "meta.json").read_text())
+    assert meta["cascade"]["target"] == {"max_f1_loss": 0.005, "confidence": 0.9}
+    assert meta["share_to_teacher"] >= plain["share_to_teacher"]
+    student, teacher = load_predictor(models["student"], thresholds=False), load_predictor(models["teacher"], thresholds=False)
+    valid = read_labelled(data["valid"])
+    y = np.array([student.labels.index(label) for label in valid.labels])
+    sp = student.predict_proba(valid.texts)
+    tp = teacher.predict_proba(valid.texts)[:, [teacher.labels.index(label) for label in student.labels]]
+    pred = np.where(sp.max(axis=1) < meta["tau"], tp.argmax(axis=1), sp.argmax(axis=1))
+    check = paired_gain(y, pred, tp.argmax(axis=1), len(student.labels), 1.0, 0.9)
+    assert meta["cascade"]["valid"]["loss_ci_low"] == pytest.approx(check["ci_low"]) and check["ci_low"] >= -0.005 - 1e-12
+    assert meta["cascade"]["valid"]["macro_f1"] >= meta["cascade"]["valid"]["teacher_macro_f1"] - 0.005 - 1e-12
+    assert f"--confidence 0.9: the valid macro-F1 difference to the teacher is >= {check['ci_low']:+.4f}" in out
+    base = ["cascade", "--student", models["student"], "--teacher", models["teacher"], "--valid_path", data["valid"]]
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "a", "--confidence", "1", ok=False),
+                   "--confidence must be in [0.5, 1), got 1")
+    one_line_error(textclf(*base, "--output_dir", tmp_path / "b", "--confidence", "0.9", "--min_docs_per_s", "5", ok=False),
+                   "--confidence goes with --max_f1_loss, not --min_docs_per_s")
+
+
 @pytest.mark.slow  # starts textclf serve (quick: tests/test_serve.py)
 def test_serve_answers_with_a_cascade(models, data):
     import httpx

@@ -72,10 +72,13 @@ def distill(teacher, student, train_path, valid_path, test_path, output_dir, con
 @click.option("--batch_size", type=int, default=256, show_default=True)
 @click.option("--max_model_mb", type=float, default=None,
               help="Refuse a student + teacher pair whose sizes add up to more (MiB; as ensemble --max_model_mb).")
+@click.option("--confidence", type=float, default=None,
+              help="With --max_f1_loss: the loss must hold at this one-sided lower bound of a paired bootstrap on valid "
+                   "(e.g. 0.9), not only on valid's point estimate: safer on new texts, more of them to the teacher.")
 def cascade(student, teacher, valid_path, output_dir, max_f1_loss, min_docs_per_s, test_path, text_column, label_column,
-            data_format, batch_size, max_model_mb):
+            data_format, batch_size, max_model_mb, confidence):
     """Build a cascade: STUDENT answers when its confidence >= tau, TEACHER the rest; tau chosen on valid for the target."""
     from textclf.services.compare.cascade import build_cascade
 
     build_cascade(student, teacher, valid_path, output_dir, max_f1_loss, min_docs_per_s, test_path, data_format,
-                  text_column, label_column, batch_size, echo=True, max_model_mb=max_model_mb)
+                  text_column, label_column, batch_size, echo=True, max_model_mb=max_model_mb, confidence=confidence)

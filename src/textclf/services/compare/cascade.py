@@ -14,7 +14,11 @@
   and a valid macro-F1. ``--max_f1_loss L`` (default 0.005) takes the smallest share whose
   macro-F1 is >= the teacher's - L; ``--min_docs_per_s N`` takes the best macro-F1 whose
   estimated speed ``1 / (1/s_student + share/s_teacher)`` is >= N (both speeds measured on valid:
-  the student's repeated, the teacher's from its one pass over valid).
+  the student's repeated, the teacher's from its one pass over valid). ``--confidence C`` (with
+  ``--max_f1_loss``) asks more: the one-sided ``C`` lower bound of a paired bootstrap of the valid
+  macro-F1 difference cascade - teacher must be >= -L (:func:`choose_tau_with_confidence`), so a
+  tau chosen on a small valid split keeps the target on new texts more often, at the price of more
+  texts to the teacher.
 * **Members** are copied into ``C/members/student`` and ``C/members/teacher``: the directory
   moves as one, and every path it names stays inside it (:func:`textclf.core.integrity.inside_path`;
   each member is loaded with all of ``load_predictor``'s checks). meta.json records the members,
@@ -154,6 +158,38 @@ def estimated_docs_per_s(share: float, student_docs_per_s: float, teacher_docs_p
     return 1.0 / (1.0 / student_docs_per_s + share / teacher_docs_per_s)
 
 
+#: ``--confidence``: at most this many candidate taus get a bootstrap each (every k-th of those meeting the point target)
+MAX_BOOTSTRAPPED = 100
+
+
+def choose_tau_with_confidence(curve: list[dict], y: np.ndarray, student_proba: np.ndarray, teacher_proba: np.ndarray,
+                               max_f1_loss: float, confidence: float) -> dict:
+    """``--max_f1_loss`` with ``--confidence C``: the smallest share whose loss against the teacher is within
+    ``max_f1_loss`` at the one-sided ``C`` lower bound, not only on the point estimate.
+
+    Each candidate (from the fewest texts to the teacher up, among those meeting the point target, at most
+    :data:`MAX_BOOTSTRAPPED` of them evenly spaced) gets a paired bootstrap of the valid macro-F1 difference
+    cascade - teacher (:func:`textclf.services.compare.ensemble.paired_gain`, the test ``ensemble --method auto``
+    uses); the first whose lower bound is >= -``max_f1_loss`` is taken. "All to the teacher" always passes (no
+    difference). The bound widens as valid shrinks, so a small valid sends more texts to the teacher.
+    Returns the point with its ``ci_low`` and ``se``.
+    """
+    from textclf.services.compare.ensemble import paired_gain
+
+    conf = student_proba.max(axis=1)
+    s_pred, t_pred = student_proba.argmax(axis=1), teacher_proba.argmax(axis=1)
+    teacher_f1 = curve[-1]["macro_f1"]
+    ok = sorted((p for p in curve if p["macro_f1"] >= teacher_f1 - max_f1_loss - 1e-12),
+                key=lambda p: (p["share_to_teacher"], -p["macro_f1"]))
+    step = max(1, -(-len(ok) // MAX_BOOTSTRAPPED))
+    for p in [*ok[::step], curve[-1]]:
+        pred = np.where(conf < p["tau"], t_pred, s_pred)
+        check = paired_gain(y, pred, t_pred, student_proba.shape[1], 1.0, confidence)
+        if check["ci_low"] >= -max_f1_loss - 1e-12:
+            return {**p, "ci_low": check["ci_low"], "se": check["se"]}
+    raise AssertionError("unreachable: all to the teacher has no difference")
+
+
 def choose_tau(curve: list[dict], teacher_f1: float, max_f1_loss: float | None = None, min_docs_per_s: float | None = None,
                speeds: dict | None = None) -> dict:
     """The point of ``curve`` meeting the target (see the module docstring); a one-line error when none does."""
@@ -223,11 +259,13 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
                   max_f1_loss: float | None = None, min_docs_per_s: float | None = None,
                   test_path: str | Path | None = None, data_format: str | None = None, text_column: str = "text",
                   label_column: str = "label", batch_size: int = 256, echo: bool = False,
-                  max_model_mb: float | None = None) -> dict:
+                  max_model_mb: float | None = None, confidence: float | None = None) -> dict:
     """Build a cascade of ``student_path`` and ``teacher_path`` on ``valid_path`` into ``output_dir``; return its meta.
 
     ``max_model_mb`` bounds the sum of the two members' sizes, as for ensembles; a cascade needs both, so a pair
-    over the budget is a one-line CascadeError before anything is loaded.
+    over the budget is a one-line CascadeError before anything is loaded. ``confidence`` (with the
+    ``max_f1_loss`` target): tau must keep the loss within the target at that one-sided bootstrap lower bound
+    (:func:`choose_tau_with_confidence`), not only on valid's point estimate.
     """
     from textclf.core.data import batched, read_labelled
     from textclf.core.loading import _resolve, load_predictor
@@ -243,6 +281,10 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
         raise CascadeError(f"--max_f1_loss must be in [0, 1), got {max_f1_loss:g}")
     if min_docs_per_s is not None and min_docs_per_s <= 0:
         raise CascadeError(f"--min_docs_per_s must be > 0, got {min_docs_per_s:g}")
+    if confidence is not None and min_docs_per_s is not None:
+        raise CascadeError("--confidence goes with --max_f1_loss, not --min_docs_per_s")
+    if confidence is not None and not 0.5 <= confidence < 1:
+        raise CascadeError(f"--confidence must be in [0.5, 1), got {confidence:g}")
     output_dir = Path(output_dir)
     dirs = {"student": _resolve(student_path)[0], "teacher": _resolve(teacher_path)[0]}
     if dirs["student"].resolve() == dirs["teacher"].resolve():
@@ -270,9 +312,13 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
     curve = tau_curve(y, sp, tp)
     teacher_f1, student_f1 = curve[-1]["macro_f1"], curve[0]["macro_f1"]
     speeds = {"student": docs_per_s(student, valid.texts, batch_size), "teacher": teacher_rate}
-    point = choose_tau(curve, teacher_f1, max_f1_loss, min_docs_per_s, speeds)
     target = ({"min_docs_per_s": min_docs_per_s} if min_docs_per_s is not None
               else {"max_f1_loss": DEFAULT_MAX_F1_LOSS if max_f1_loss is None else max_f1_loss})
+    if confidence is None:
+        point = choose_tau(curve, teacher_f1, max_f1_loss, min_docs_per_s, speeds)
+    else:
+        point = choose_tau_with_confidence(curve, y, sp, tp, target["max_f1_loss"], confidence)
+        target["confidence"] = confidence
 
     output_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -283,7 +329,8 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
                         "source": str(dirs[role].resolve()), "data_sha256": meta_m.get("data_sha256")})
     cascade_block = {"target": target, "tau": point["tau"], "valid_path": str(valid_path),
                      "valid": {"share_to_teacher": point["share_to_teacher"], "macro_f1": point["macro_f1"],
-                               "teacher_macro_f1": teacher_f1, "student_macro_f1": student_f1},
+                               "teacher_macro_f1": teacher_f1, "student_macro_f1": student_f1,
+                               **({"loss_ci_low": point["ci_low"], "loss_se": point["se"]} if "ci_low" in point else {})},
                      "docs_per_s_on_valid": {**{k: round(v, 1) for k, v in speeds.items()},
                                              "cascade_estimate": round(estimated_docs_per_s(point["share_to_teacher"],
                                                                                             speeds["student"], speeds["teacher"]), 1)},
@@ -320,6 +367,9 @@ def build_cascade(student_path: str | Path, teacher_path: str | Path, valid_path
                    f"{point['macro_f1']:.4f} (teacher {teacher_f1:.4f}, student {student_f1:.4f}); estimated "
                    f"{cascade_block['docs_per_s_on_valid']['cascade_estimate']:,.0f} docs/s (teacher "
                    f"{speeds['teacher']:,.0f}, student {speeds['student']:,.0f})")
+        if "ci_low" in point:
+            click.echo(f"--confidence {confidence:g}: the valid macro-F1 difference to the teacher is >= {point['ci_low']:+.4f} "
+                       f"at that one-sided bound (SE {point['se']:.4f}; target >= {-target['max_f1_loss']:+.4f})")
         click.echo(f"cascade written to {output_dir}")
     return meta
 

@@ -158,6 +158,13 @@ def estimated_docs_per_s(share: float, student_docs_per_s: float, teacher_docs_p
     return 1.0 / (1.0 / student_docs_per_s + share / teacher_docs_per_s)
 
 
+def within_loss(curve: list[dict], teacher_f1: float, max_f1_loss: float) -> list[dict]:
+    """The points of ``curve`` whose macro-F1 is >= ``teacher_f1 - max_f1_loss``, fewest texts to the teacher first
+    (ties: the higher macro-F1). "All to the teacher" is always among them."""
+    ok = [p for p in curve if p["macro_f1"] >= teacher_f1 - max_f1_loss - 1e-12]
+    return sorted(ok, key=lambda p: (p["share_to_teacher"], -p["macro_f1"]))
+
+
 #: ``--confidence``: at most this many candidate taus get a bootstrap each (every k-th of those meeting the point target)
 MAX_BOOTSTRAPPED = 100
 
@@ -178,9 +185,7 @@ def choose_tau_with_confidence(curve: list[dict], y: np.ndarray, student_proba: 
 
     conf = student_proba.max(axis=1)
     s_pred, t_pred = student_proba.argmax(axis=1), teacher_proba.argmax(axis=1)
-    teacher_f1 = curve[-1]["macro_f1"]
-    ok = sorted((p for p in curve if p["macro_f1"] >= teacher_f1 - max_f1_loss - 1e-12),
-                key=lambda p: (p["share_to_teacher"], -p["macro_f1"]))
+    ok = within_loss(curve, curve[-1]["macro_f1"], max_f1_loss)
     step = max(1, -(-len(ok) // MAX_BOOTSTRAPPED))
     for p in [*ok[::step], curve[-1]]:
         pred = np.where(conf < p["tau"], t_pred, s_pred)
@@ -201,8 +206,7 @@ def choose_tau(curve: list[dict], teacher_f1: float, max_f1_loss: float | None =
                                f"{speeds['student']:,.0f} docs/s on valid")
         return max(ok, key=lambda p: (p["macro_f1"], -p["share_to_teacher"]))
     loss = DEFAULT_MAX_F1_LOSS if max_f1_loss is None else max_f1_loss
-    ok = [p for p in curve if p["macro_f1"] >= teacher_f1 - loss - 1e-12]
-    return min(ok, key=lambda p: (p["share_to_teacher"], -p["macro_f1"]))
+    return within_loss(curve, teacher_f1, loss)[0]
 
 
 def docs_per_s(predictor: Predictor, texts: Sequence[str], batch_size: int, min_seconds: float = 0.3) -> float:
